@@ -1,0 +1,3 @@
+from dqagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""The configuration contract: every setting, its default, and its validation.
+
+Pure: takes a mapping of raw strings (already merged from flags, environment and `.env`) and returns
+one frozen `Settings`, or raises `ConfigError` naming the first bad key. Reading files lives in
+`dqagent.sources`, so this module can be tested exhaustively without touching a disk.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from dqagent.errors import ConfigError
+
+# Dramatiq's own rule for queue names (dramatiq/actor.py); also safe inside Redis key names.
+_QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
+_NAMESPACE_RE = re.compile(r"[a-zA-Z0-9_.-]+")
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+MAX_PROCESSES_LIMIT = 1000
+
+
+class QueueMetric(StrEnum):
+    """Which Redis figure feeds the scaling rule."""
+
+    #: ready + prefetched + running (`HLEN Q.msgs`): the real backlog.
+    OUTSTANDING = "outstanding"
+    #: `LLEN Q` only, as the old manager did; blind to prefetched messages.
+    READY = "ready"
+
+
+#: Defaults, with the old manager's names and values. Strings, as they would appear in `.env`.
+DEFAULTS: dict[str, str] = {
+    "REDIS_HOST": "localhost",
+    "REDIS_PORT": "6379",
+    "REDIS_DB": "0",
+    "REDIS_PASSWORD": "",
+    "REDIS_URL": "",
+    "REDIS_PASSWORD_FILE": "/etc/dqagent/redis-password",
+    "REDIS_TIMEOUT": "5",
+    "DRAMATIQ_QUEUE_NAME": "nietest_subtask",
+    "DRAMATIQ_NAMESPACE": "dramatiq",
+    "DRAMATIQ_COMMAND": (
+        "python -m dramatiq --processes 1 --threads 5 --verbose backend.dramatiq_app.workers.subtask"
+    ),
+    "MIN_PROCESSES": "1",
+    "MAX_PROCESSES": "10",
+    "CHECK_INTERVAL": "180",
+    "SCALE_UP_THRESHOLD_MULTIPLIER": "5",
+    "SCALE_DOWN_THRESHOLD_MULTIPLIER": "2.5",
+    "LOG_LEVEL": "INFO",
+    "LOG_FILE": "process_manager.log",
+    "GRACEFUL_SHUTDOWN_TIMEOUT": "30",
+    "PROCESS_STARTUP_DELAY": "5",
+    "QUEUE_METRIC": "outstanding",
+    "WORKER_USER": "dqworker",
+    "WORKER_DIRECTORY": "/var/lib/dqagent/worker",
+}
+
+#: Settings whose value must never reach a log, a status line or a repr.
+SECRET_KEYS = frozenset({"REDIS_PASSWORD", "REDIS_URL"})
+#: Where systemd's `LoadCredential=redis_password:...` puts the password for the service.
+CREDENTIAL_NAME = "redis_password"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting dqagent uses, validated. Secrets are excluded from `repr()`."""
+
+    redis_host: str
+    redis_port: int
+    redis_db: int
+    redis_password: str = field(repr=False)
+    redis_url: str = field(repr=False)
+    redis_timeout_s: float
+    queue_names: tuple[str, ...]
+    namespace: str
+    dramatiq_command: str
+    min_processes: int
+    max_processes: int
+    check_interval_s: float
+    scale_up_multiplier: float
+    scale_down_multiplier: float
+    log_level: str
+    log_file: str
+    graceful_shutdown_timeout_s: float
+    process_startup_delay_s: float
+    queue_metric: QueueMetric
+    worker_user: str
+    worker_directory: str
+
+    def clamp(self, n: int) -> int:
+        """Bring a worker count into [min_processes, max_processes]."""
+        return max(self.min_processes, min(self.max_processes, n))
+
+    def redis_location(self) -> str:
+        """Where Redis is, for logs and status: never the password."""
+        if self.redis_url:
+            return redact_url(self.redis_url)
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def public_items(self) -> list[tuple[str, str]]:
+        """(name, value) pairs safe to print: secrets show as set/unset only."""
+        out: list[tuple[str, str]] = []
+        for f in fields(self):
+            value: Any = getattr(self, f.name)
+            if f.name == "redis_password":
+                value = "(set)" if value else "(unset)"
+            elif f.name == "redis_url":
+                value = redact_url(value) if value else ""
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            out.append((f.name, str(value)))
+        return out
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL with any password replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _int(key: str, raw: str, lo: int | None = None, hi: int | None = None, accepted: str = "") -> int:
+    text = raw.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(key, raw, accepted or "expected an integer") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(key, raw, accepted)
+    return value
+
+
+def _float(key: str, raw: str, accepted: str, ok: Callable[[float], bool]) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(key, raw, f"expected a number; {accepted}") from None
+    if value != value or value in (float("inf"), float("-inf")) or not ok(value):
+        raise ConfigError(key, raw, accepted)
+    return value
+
+
+def parse_queue_names(key: str, raw: str) -> tuple[str, ...]:
+    """Split a comma-separated queue list; each name must be a valid Dramatiq queue name."""
+    names = tuple(part.strip() for part in raw.split(","))
+    accepted = (
+        "one or more comma-separated queue names, each a letter or _ then letters, digits, . _ -"
+    )
+    if not raw.strip() or any(not _QUEUE_NAME_RE.fullmatch(n) for n in names):
+        raise ConfigError(key, raw, accepted)
+    if len(set(names)) != len(names):
+        raise ConfigError(key, raw, "queue names must not repeat")
+    return names
+
+
+def parse_settings(values: Mapping[str, str]) -> Settings:
+    """Validate raw settings (missing keys take `DEFAULTS`) into `Settings`.
+
+    Raises `ConfigError` for the first invalid key, with a one-line message naming it.
+    """
+    v = {**DEFAULTS, **{k: val for k, val in values.items() if k in DEFAULTS}}
+
+    port = _int("REDIS_PORT", v["REDIS_PORT"], 1, 65535, "expected an integer in 1..65535")
+    db = _int("REDIS_DB", v["REDIS_DB"], 0, None, "expected an integer >= 0")
+    url = v["REDIS_URL"].strip()
+    if url:
+        scheme = urlsplit(url).scheme if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("REDIS_URL", redact_url(url), "expected a redis://, rediss:// or unix:// URL")
+    redis_timeout = _float("REDIS_TIMEOUT", v["REDIS_TIMEOUT"], "expected seconds > 0", lambda x: x > 0)
+    queues = parse_queue_names("DRAMATIQ_QUEUE_NAME", v["DRAMATIQ_QUEUE_NAME"])
+    namespace = v["DRAMATIQ_NAMESPACE"].strip()
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise ConfigError("DRAMATIQ_NAMESPACE", namespace, "expected letters, digits, . _ -")
+    command = v["DRAMATIQ_COMMAND"].strip()
+    if not command:
+        raise ConfigError("DRAMATIQ_COMMAND", v["DRAMATIQ_COMMAND"], "expected a non-empty command line")
+    lo = _int("MIN_PROCESSES", v["MIN_PROCESSES"], 0, MAX_PROCESSES_LIMIT,
+              f"expected an integer in 0..{MAX_PROCESSES_LIMIT}")
+    hi = _int("MAX_PROCESSES", v["MAX_PROCESSES"], max(lo, 1), MAX_PROCESSES_LIMIT,
+              f"expected an integer in {max(lo, 1)}..{MAX_PROCESSES_LIMIT} (>= MIN_PROCESSES={lo}, >= 1)")
+    interval = _float("CHECK_INTERVAL", v["CHECK_INTERVAL"], "expected seconds > 0", lambda x: x > 0)
+    up = _float("SCALE_UP_THRESHOLD_MULTIPLIER", v["SCALE_UP_THRESHOLD_MULTIPLIER"],
+                "expected a number > 0", lambda x: x > 0)
+    down = _float("SCALE_DOWN_THRESHOLD_MULTIPLIER", v["SCALE_DOWN_THRESHOLD_MULTIPLIER"],
+                  f"expected a number > 0 and < SCALE_UP_THRESHOLD_MULTIPLIER={v['SCALE_UP_THRESHOLD_MULTIPLIER']}"
+                  " (otherwise the workers would flap)",
+                  lambda x: 0 < x < up)
+    level = v["LOG_LEVEL"].strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("LOG_LEVEL", v["LOG_LEVEL"], "expected one of " + ", ".join(LOG_LEVELS))
+    grace = _float("GRACEFUL_SHUTDOWN_TIMEOUT", v["GRACEFUL_SHUTDOWN_TIMEOUT"], "expected seconds >= 0",
+                   lambda x: x >= 0)
+    delay = _float("PROCESS_STARTUP_DELAY", v["PROCESS_STARTUP_DELAY"], "expected seconds >= 0",
+                   lambda x: x >= 0)
+    metric_raw = v["QUEUE_METRIC"].strip().lower()
+    try:
+        metric = QueueMetric(metric_raw)
+    except ValueError:
+        raise ConfigError("QUEUE_METRIC", v["QUEUE_METRIC"], "expected outstanding or ready") from None
+    user = v["WORKER_USER"].strip()
+    if not _USER_RE.fullmatch(user):
+        raise ConfigError("WORKER_USER", user, "expected a system user name ([a-z_][a-z0-9_-]*)")
+    workdir = v["WORKER_DIRECTORY"].strip()
+    if not workdir.startswith("/"):
+        raise ConfigError("WORKER_DIRECTORY", workdir, "expected an absolute path")
+
+    return Settings(
+        redis_host=v["REDIS_HOST"].strip() or "localhost",
+        redis_port=port,
+        redis_db=db,
+        redis_password=v["REDIS_PASSWORD"],
+        redis_url=url,
+        redis_timeout_s=redis_timeout,
+        queue_names=queues,
+        namespace=namespace,
+        dramatiq_command=command,
+        min_processes=lo,
+        max_processes=hi,
+        check_interval_s=interval,
+        scale_up_multiplier=up,
+        scale_down_multiplier=down,
+        log_level=level,
+        log_file=v["LOG_FILE"].strip(),
+        graceful_shutdown_timeout_s=grace,
+        process_startup_delay_s=delay,
+        queue_metric=metric,
+        worker_user=user,
+        worker_directory=workdir,
+    )

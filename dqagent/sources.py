@@ -1,0 +1,99 @@
+"""Where raw settings come from: flags, the environment, a `.env` file, and credentials.
+
+Precedence, highest first: command-line flags, the process environment, the `.env` file
+(read with python-dotenv, so the old manager's file with inline comments loads unchanged).
+The Redis password comes, in order, from systemd's credential directory, `REDIS_PASSWORD`,
+or the file named by `REDIS_PASSWORD_FILE`; an unreadable file is reported, not fatal, so
+`dqagent status` works for any user.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from dqagent.config import CREDENTIAL_NAME, DEFAULTS, Settings, parse_settings
+from dqagent.errors import ConfigError
+
+SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Validated settings plus what could not be read (for status output)."""
+
+    settings: Settings
+    env_file: Path | None
+    #: Why the password could not be read, or "" when it could (or none is configured).
+    password_note: str
+
+
+def default_env_file(cwd: Path) -> Path | None:
+    """`./.env` if it exists, else the system file if it exists, else nothing."""
+    for candidate in (cwd / ".env", SYSTEM_ENV_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Raw values from a `.env` file; a key without a value reads as empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--env-file", str(path), f"cannot read it: {exc.strerror}") from None
+
+
+    return {k: (val or "") for k, val in dotenv_values(stream=io.StringIO(text)).items()}
+
+
+def merge_values(
+    file_values: Mapping[str, str], environ: Mapping[str, str], flags: Mapping[str, str]
+) -> dict[str, str]:
+    """Apply the precedence: flags over environment over file. Only known keys are kept."""
+    merged: dict[str, str] = {}
+    for source in (file_values, environ, flags):
+        merged.update({k: v for k, v in source.items() if k in DEFAULTS})
+    return merged
+
+
+def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tuple[str | None, str]:
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        cred = Path(cred_dir) / CREDENTIAL_NAME
+        if cred.is_file():
+            return cred.read_text(encoding="utf-8").strip(), ""
+    if values.get("REDIS_PASSWORD"):
+        return None, ""
+    path_text = values.get("REDIS_PASSWORD_FILE", DEFAULTS["REDIS_PASSWORD_FILE"]).strip()
+    if not path_text:
+        return None, ""
+    path = Path(path_text)
+    try:
+        return path.read_text(encoding="utf-8").strip(), ""
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"password file {path} unavailable ({exc.strerror})"
+
+
+def load(
+    env_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Loaded:
+    """Read, merge and validate the settings. Raises `ConfigError` with a one-line message."""
+    environ = os.environ if environ is None else environ
+    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd())
+    file_values = read_env_file(path) if path is not None else {}
+    values = merge_values(file_values, environ, flags or {})
+    password, note = _read_password(values, environ)
+    if password is not None:
+        values["REDIS_PASSWORD"] = password
+    return Loaded(settings=parse_settings(values), env_file=path, password_note=note)

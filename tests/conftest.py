@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.bench import Container, RedisServer, require_bench
+
+
+@pytest.fixture(scope="session")
+def bench() -> Iterator[Container]:
+    """One real systemd for the session (for tests that leave no state behind)."""
+    require_bench()
+    c = Container()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def fresh_container() -> Iterator[Container]:
+    """A real systemd of its own, for tests that install dqagent or break things."""
+    require_bench()
+    c = Container()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    require_bench()
+    r = RedisServer()
+    try:
+        yield r
+    finally:
+        r.stop()

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dqagent import sources
+from dqagent.config import DEFAULTS, QueueMetric, parse_settings
+from dqagent.errors import ConfigError
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "old-manager.env"
+
+
+def test_defaults_are_the_old_managers() -> None:
+    s = parse_settings({})
+    assert (s.redis_host, s.redis_port, s.redis_db, s.redis_password) == ("localhost", 6379, 0, "")
+    assert s.queue_names == ("nietest_subtask",)
+    assert s.dramatiq_command == (
+        "python -m dramatiq --processes 1 --threads 5 --verbose backend.dramatiq_app.workers.subtask")
+    assert (s.min_processes, s.max_processes, s.check_interval_s) == (1, 10, 180)
+    assert (s.scale_up_multiplier, s.scale_down_multiplier) == (5, 2.5)
+    assert (s.log_level, s.log_file) == ("INFO", "process_manager.log")
+    assert (s.graceful_shutdown_timeout_s, s.process_startup_delay_s) == (30, 5)
+    assert s.queue_metric is QueueMetric.OUTSTANDING
+
+
+def test_old_manager_env_file_loads_as_written() -> None:
+    loaded = sources.load(FIXTURE, environ={}, cwd=FIXTURE.parent)
+    assert loaded.settings == parse_settings({})  # the documented file spells out the defaults
+    assert loaded.settings.check_interval_s == 180  # despite "  # 检查间隔（秒）"
+
+
+def test_precedence_flags_over_environment_over_file(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("MIN_PROCESSES=2\nMAX_PROCESSES=7\nCHECK_INTERVAL=9\n")
+    loaded = sources.load(None, environ={"MAX_PROCESSES": "8", "CHECK_INTERVAL": "4"},
+                          flags={"CHECK_INTERVAL": "3"}, cwd=tmp_path)
+    s = loaded.settings
+    assert (s.min_processes, s.max_processes, s.check_interval_s) == (2, 8, 3)
+    assert loaded.env_file == env
+
+
+def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--env-file"):
+        sources.load(tmp_path / "nope.env", environ={})
+
+
+def test_password_never_in_repr_or_public_items() -> None:
+    s = parse_settings({"REDIS_PASSWORD": "s3cr3t-pw", "REDIS_URL": "redis://:url-pw@h:1/0"})
+    assert "s3cr3t" not in repr(s) and "url-pw" not in repr(s)
+    text = str(s.public_items())
+    assert "s3cr3t" not in text and "url-pw" not in text and "(set)" in text
+    assert "url-pw" not in s.redis_location()
+
+
+def test_password_from_credentials_directory(tmp_path: Path) -> None:
+    (tmp_path / "redis_password").write_text("from-cred\n")
+    loaded = sources.load(None, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)}, cwd=tmp_path)
+    assert loaded.settings.redis_password == "from-cred"
+
+
+def test_unreadable_password_file_is_reported_not_fatal(tmp_path: Path) -> None:
+    loaded = sources.load(None, environ={"REDIS_PASSWORD_FILE": str(tmp_path)}, cwd=tmp_path)
+    assert loaded.settings.redis_password == ""
+    assert "unavailable" in loaded.password_note
+
+
+def test_comma_separated_queues() -> None:
+    assert parse_settings({"DRAMATIQ_QUEUE_NAME": "a, b.c,_d-e"}).queue_names == ("a", "b.c", "_d-e")
+
+
+INVALID = [
+    ("REDIS_PORT", "abc", "integer"),
+    ("REDIS_PORT", "0", "1..65535"),
+    ("REDIS_PORT", "65536", "1..65535"),
+    ("REDIS_DB", "-1", ">= 0"),
+    ("REDIS_DB", "x", "integer"),
+    ("MIN_PROCESSES", "-1", "0..1000"),
+    ("MIN_PROCESSES", "1.5", "integer"),
+    ("MAX_PROCESSES", "1001", "..1000"),
+    ("MAX_PROCESSES", "zz", "integer"),
+    ("CHECK_INTERVAL", "0", "> 0"),
+    ("CHECK_INTERVAL", "-5", "> 0"),
+    ("CHECK_INTERVAL", "soon", "number"),
+    ("SCALE_UP_THRESHOLD_MULTIPLIER", "0", "> 0"),
+    ("SCALE_UP_THRESHOLD_MULTIPLIER", "nan", "> 0"),
+    ("SCALE_DOWN_THRESHOLD_MULTIPLIER", "-1", "> 0"),
+    ("SCALE_DOWN_THRESHOLD_MULTIPLIER", "5", "flap"),
+    ("SCALE_DOWN_THRESHOLD_MULTIPLIER", "6", "flap"),
+    ("LOG_LEVEL", "LOUD", "DEBUG"),
+    ("GRACEFUL_SHUTDOWN_TIMEOUT", "-1", ">= 0"),
+    ("PROCESS_STARTUP_DELAY", "-0.5", ">= 0"),
+    ("DRAMATIQ_QUEUE_NAME", "", "queue name"),
+    ("DRAMATIQ_QUEUE_NAME", "bad queue", "queue name"),
+    ("DRAMATIQ_QUEUE_NAME", "9lives", "queue name"),
+    ("DRAMATIQ_QUEUE_NAME", "a,,b", "queue name"),
+    ("DRAMATIQ_QUEUE_NAME", "x*", "queue name"),
+    ("DRAMATIQ_COMMAND", "   ", "non-empty"),
+    ("QUEUE_METRIC", "llen", "outstanding or ready"),
+    ("REDIS_URL", "http://x", "redis://"),
+    ("WORKER_DIRECTORY", "relative/dir", "absolute"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "hint"), INVALID)
+def test_each_invalid_setting_is_one_line_naming_key_value_and_range(key: str, value: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings({key: value})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid {key}=")
+    assert hint in message
+    assert info.value.key == key
+
+
+def test_max_below_min_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"invalid MAX_PROCESSES='2'.*>= MIN_PROCESSES=3"):
+        parse_settings({"MIN_PROCESSES": "3", "MAX_PROCESSES": "2"})
+
+
+def test_unknown_keys_are_ignored_and_every_default_parses() -> None:
+    assert parse_settings({"SOMETHING_ELSE": "x"}) == parse_settings(dict(DEFAULTS))
