@@ -195,8 +195,9 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
     interval = _float("CHECK_INTERVAL", v["CHECK_INTERVAL"], "expected seconds > 0", lambda x: x > 0)
     up = _float("SCALE_UP_THRESHOLD_MULTIPLIER", v["SCALE_UP_THRESHOLD_MULTIPLIER"],
                 "expected a number > 0", lambda x: x > 0)
+    up_raw = v["SCALE_UP_THRESHOLD_MULTIPLIER"].strip()
     down = _float("SCALE_DOWN_THRESHOLD_MULTIPLIER", v["SCALE_DOWN_THRESHOLD_MULTIPLIER"],
-                  f"expected a number > 0 and < SCALE_UP_THRESHOLD_MULTIPLIER={v['SCALE_UP_THRESHOLD_MULTIPLIER']}"
+                  f"expected a number > 0 and < SCALE_UP_THRESHOLD_MULTIPLIER={up_raw}"
                   " (otherwise the workers would flap)",
                   lambda x: 0 < x < up)
     level = v["LOG_LEVEL"].strip().upper()

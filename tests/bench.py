@@ -25,7 +25,7 @@ MASKED = (
     "postgresql.service", "postgresql@15-main.service", "getty@tty1.service", "console-getty.service",
     "redis-server.service", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
     "e2scrub_all.timer", "fstrim.timer", "systemd-timesyncd.service", "cron.service",
-    "ssh.service", "dqagent.service",
+    "ssh.service",
 )
 
 _BOOT_SCRIPT = r"""
@@ -159,7 +159,11 @@ class Container:
         envs = [f"{k}={v}" for k, v in (env or {}).items()]
         full = [*prefix, "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "LANG=C.UTF-8", *envs, *cmd]
-        return subprocess.run(full, check=check, capture_output=True, text=True, timeout=timeout, input=input)
+        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}\nstdout: {done.stdout[-3000:]}"
+                                 f"\nstderr: {done.stderr[-3000:]}")
+        return done
 
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run(["systemctl", "--no-pager", *args], check=check)

@@ -43,7 +43,7 @@ async def _start_stop(address: str, verb: str, names: list[str]) -> dict[str, st
                            interface="org.freedesktop.DBus", member="AddMatch", signature="s",
                            body=["type='signal',interface='org.freedesktop.systemd1.Manager',member='JobRemoved'"]))
     jobs = await asyncio.gather(*(_call(bus, verb, "ss", [n, "replace"]) for n in names))
-    for name, (job,) in zip(names, jobs, strict=True):
+    for (job,) in jobs:
         pending[str(job)] = loop.create_future()
     for name, (job,) in zip(names, jobs, strict=True):
         results[name] = await asyncio.wait_for(pending[str(job)], 30)

@@ -1,0 +1,351 @@
+"""The agent loop: the only place where the broker, systemd, the policy and notify meet.
+
+Every tick re-reads demand from Redis and the workers from systemd (the agent keeps no list of
+processes), asks the policy for a target, and starts or stops instances to reach it.
+Transient faults (Redis down, a worker that fails) are logged when the state changes, reported in
+STATUS=, and retried with capped backoff; the workers are never touched on unknown data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dqagent.config import Settings
+from dqagent.demand import Demand, DemandProbe
+from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, SystemdError
+from dqagent.logs import event
+from dqagent.notify import Notifier
+from dqagent.policies import Observation, Policy
+from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_unit
+from dqagent.workercmd import shutdown_warning
+
+log = logging.getLogger(__name__)
+
+#: Longest pause between retries of a failing Redis or of failing worker starts.
+MAX_BACKOFF_S = 300.0
+
+
+class UnitManager(Protocol):
+    """What the loop needs from `dqagent.systemd.SystemdClient` (a fake implements it in unit tests)."""
+
+    async def worker_states(self) -> list[UnitState]: ...
+    async def start_units(self, units: Sequence[str], timeout_s: float = ...) -> list[JobOutcome]: ...
+    async def stop_units(self, units: Sequence[str], timeout_s: float = ...) -> list[JobOutcome]: ...
+    async def reset_failed(self, unit: str) -> None: ...
+    async def pending_job_type(self, unit: str = ...) -> str: ...
+    async def wait_disconnected(self) -> None: ...
+
+
+def free_instances(states: Sequence[UnitState], count: int) -> list[int]:
+    """The `count` lowest instance numbers from 1 that no unit occupies."""
+    taken = {s.instance for s in states if s.occupied}
+    out: list[int] = []
+    n = 1
+    while len(out) < count:
+        if n not in taken:
+            out.append(n)
+        n += 1
+    return out
+
+
+def highest_instances(states: Sequence[UnitState], count: int) -> list[int]:
+    """The `count` highest occupied instance numbers (scale-down keeps numbering compact)."""
+    return sorted((s.instance for s in states if s.occupied), reverse=True)[:count]
+
+
+async def start_workers(units: UnitManager, states: Sequence[UnitState], count: int,
+                        startup_delay_s: float) -> tuple[list[UnitState], list[UnitState]]:
+    """Start `count` instances at the lowest free numbers; return (running, failed) after the delay.
+
+    Failed instances are reset first so a number is reusable after start-limit-hit.
+    """
+    numbers = free_instances(states, count)
+    names = [worker_unit(n) for n in numbers]
+    by_name = {s.unit: s for s in states}
+    for name in names:
+        if name in by_name:
+            await units.reset_failed(name)
+    await units.start_units(names)
+    if startup_delay_s > 0:
+        await asyncio.sleep(startup_delay_s)
+    after = {s.unit: s for s in await units.worker_states()}
+    ok = [after[n] for n in names if n in after and after[n].running]
+    bad = [after[n] for n in names if n in after and not after[n].running]
+    # An instance that vanished (garbage-collected after exiting) did not start either.
+    bad += [UnitState(name, n, ActiveState.INACTIVE, "dead", 0, 0, 0, "exited", False)
+            for n, name in zip(numbers, names, strict=True) if name not in after]
+    return ok, bad
+
+
+async def stop_workers(units: UnitManager, states: Sequence[UnitState], count: int,
+                       timeout_s: float) -> list[JobOutcome]:
+    """Stop the `count` highest-numbered instances concurrently, waiting for each job."""
+    names = [worker_unit(n) for n in highest_instances(states, count)]
+    return await units.stop_units(names, timeout_s=timeout_s)
+
+
+@dataclass
+class _Health:
+    """What has been logged, so each fault is logged once when it starts and once when it ends."""
+
+    redis_error: str = ""
+    redis_failures: int = 0
+    failed_units: dict[str, str] = field(default_factory=dict)
+    start_failures: int = 0
+    start_backoff_until: float = 0.0
+
+
+class Agent:
+    """Runs the loop until asked to stop. Construct with real or fake collaborators."""
+
+    def __init__(self, settings: Settings, units: UnitManager, probe: DemandProbe, notifier: Notifier,
+                 policy: Policy, *, initial_processes: int | None = None,
+                 clock: Callable[[], float] = time.monotonic, watchdog_s: float | None = None,
+                 own_unit: str = "dqagent.service", under_systemd: bool | None = None) -> None:
+        self.s = settings
+        self.units = units
+        self.probe = probe
+        self.notifier = notifier
+        self.policy = policy
+        self.initial = initial_processes
+        self.clock = clock
+        self.watchdog_s = watchdog_s
+        self.own_unit = own_unit
+        self.under_systemd = bool(os.environ.get("INVOCATION_ID")) if under_systemd is None else under_systemd
+        self.stop_requested = asyncio.Event()
+        self._policy_state: Any = policy.initial_state()
+        self._health = _Health()
+        #: The loop must finish its current step before this monotonic time, or the watchdog starves.
+        self._progress_deadline = math.inf
+        self._last_demand: Demand | None = None
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Reconcile once, send READY, tick until stopped; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_requested.set)
+        watchdog = asyncio.create_task(self._watchdog()) if self.watchdog_s else None
+        bus_lost = asyncio.create_task(self.units.wait_disconnected())
+        try:
+            warning = shutdown_warning(self.s.dramatiq_command, self.s.graceful_shutdown_timeout_s)
+            if warning:
+                log.warning(warning, extra=event("config_warning"))
+            await self._guard(self._adopt(), 120)
+            self.notifier.ready()
+            while not self.stop_requested.is_set():
+                delay = await self._guard(self.tick(), self._tick_budget_s())
+                self._progress_deadline = self.clock() + delay + self._tick_budget_s()
+                stop = asyncio.create_task(self.stop_requested.wait())
+                done, _ = await asyncio.wait({stop, bus_lost}, timeout=delay,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if bus_lost in done:
+                    raise BusConnectionError("system bus connection lost")
+        except (BusConnectionError, SystemdError) as exc:
+            # Leave the workers alone: systemd restarts us (Restart=on-failure) and we adopt them.
+            log.error("lost systemd: %s; exiting for systemd to restart the agent", exc,
+                      extra=event("bus_lost"))
+            return EXIT_UNAVAILABLE
+        finally:
+            bus_lost.cancel()
+            if watchdog:
+                watchdog.cancel()
+        return await self._shutdown()
+
+    async def _guard(self, step: Any, budget_s: float) -> Any:
+        """Run one step of the loop with a progress deadline the watchdog task checks."""
+        self._progress_deadline = self.clock() + budget_s
+        return await step
+
+    def _tick_budget_s(self) -> float:
+        return (3 * self.s.redis_timeout_s + self.s.process_startup_delay_s
+                + self.s.graceful_shutdown_timeout_s + 120)
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog only while the loop keeps meeting its progress deadline."""
+        assert self.watchdog_s
+        while True:
+            if self.clock() <= self._progress_deadline:
+                self.notifier.watchdog()
+            await asyncio.sleep(self.watchdog_s)
+
+    async def _adopt(self) -> None:
+        states = await self.units.worker_states()
+        running = [s for s in states if s.running]
+        for s in running:
+            log.info("adopted %s (pid %d)", s.unit, s.main_pid,
+                     extra=event("adopted", unit=s.unit, pid=s.main_pid))
+        occupied = sum(1 for s in states if s.occupied)
+        if self.initial is not None:
+            target = self.s.clamp(self.initial)
+            if target != self.initial:
+                log.warning("--processes %d clamped to %d (MIN_PROCESSES=%d, MAX_PROCESSES=%d)",
+                            self.initial, target, self.s.min_processes, self.s.max_processes,
+                            extra=event("clamped", target=target))
+        else:
+            target = self.s.clamp(occupied)
+        log.info("starting with %d workers (adopted %d)", target, len(running),
+                 extra=event("start", workers=len(running), target=target))
+        await self._reconcile(target, states, reason="startup")
+
+    async def tick(self) -> float:
+        """One check: read, decide, act. Returns the seconds until the next check."""
+        try:
+            demand = await self.probe.fetch_demand()
+        except BrokerError as exc:
+            return self._redis_down(str(exc))
+        self._redis_up()
+        self._last_demand = demand
+        if demand.orphaned:
+            await self._recover(demand)
+        states = await self.units.worker_states()
+        self._note_failures(states)
+        running = [s for s in states if s.running]
+        now_us = time.time() * 1e6
+        starting = sum(1 for s in running
+                       if now_us - s.active_enter_us < self.s.process_startup_delay_s * 1e6)
+        queue_length = demand.queue_length(self.s.queue_metric)
+        obs = Observation(now_s=self.clock(), queue_length=queue_length, ready=demand.ready,
+                          in_flight=demand.in_flight, delayed=demand.delayed, workers=len(running),
+                          starting=starting)
+        decision, self._policy_state = self.policy.decide(obs, self._policy_state)
+        fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=len(running),
+                      target=decision.target, ready=demand.ready, in_flight=demand.in_flight,
+                      delayed=demand.delayed, dead_lettered=demand.dead, orphaned=demand.orphaned,
+                      policy=self.policy.name)
+        log.info("decision: %d -> %d workers (%s)", len(running), decision.target, decision.reason,
+                 extra=event("decision", **fields))
+        await self._reconcile(decision.target, states, reason=decision.reason)
+        self._status(len(running) if decision.target == len(running) else decision.target, queue_length)
+        return self.s.check_interval_s
+
+    # -- acting ----------------------------------------------------------------------------------
+
+    async def _reconcile(self, target: int, states: list[UnitState], reason: str) -> None:
+        occupied = sum(1 for s in states if s.occupied)
+        if target > occupied:
+            if self.clock() < self._health.start_backoff_until:
+                log.debug("scale-up postponed: backing off after failed starts")
+                return
+            count = target - occupied
+            log.info("scale up by %d to %d: %s", count, target, reason,
+                     extra=event("scale_up", workers=occupied, target=target))
+            ok, bad = await start_workers(self.units, states, count, self.s.process_startup_delay_s)
+            for s in ok:
+                log.info("started %s (pid %d)", s.unit, s.main_pid,
+                         extra=event("worker_started", unit=s.unit, pid=s.main_pid))
+            for s in bad:
+                log.error("worker %s did not start: %s/%s, result=%s, restarts=%d", s.unit, s.active_state,
+                          s.sub_state, s.result, s.n_restarts,
+                          extra=event("worker_failed", unit=s.unit, result=s.result, n_restarts=s.n_restarts))
+            if bad:
+                self._health.start_failures += 1
+                backoff = min(MAX_BACKOFF_S, self.s.check_interval_s * 2 ** self._health.start_failures)
+                self._health.start_backoff_until = self.clock() + backoff
+                log.warning("backing off scale-ups for %.0fs after %d failed start(s)", backoff, len(bad),
+                            extra=event("start_backoff", backoff_s=round(backoff)))
+            else:
+                self._health.start_failures = 0
+        elif target < occupied:
+            count = occupied - target
+            log.info("scale down by %d to %d: %s", count, target, reason,
+                     extra=event("scale_down", workers=occupied, target=target))
+            for outcome in await stop_workers(self.units, states, count, self._stop_timeout_s()):
+                log.info("stopped %s: %s", outcome.unit, outcome.result,
+                         extra=event("worker_stopped", unit=outcome.unit, result=outcome.result))
+
+    def _stop_timeout_s(self) -> float:
+        return self.s.graceful_shutdown_timeout_s + 60
+
+    async def _recover(self, demand: Demand) -> None:
+        try:
+            requeued = await self.probe.recover_orphans()
+        except BrokerError as exc:
+            log.warning("orphan recovery failed: %s", exc, extra=event("orphans_failed"))
+            return
+        log.warning("%d orphaned messages of dead workers found; %d requeued by Dramatiq's maintenance",
+                    demand.orphaned, requeued,
+                    extra=event("orphans_recovered", orphaned=demand.orphaned, requeued=requeued))
+
+    def _note_failures(self, states: Sequence[UnitState]) -> None:
+        """Log each failed or crash-looping unit once per distinct reason."""
+        seen: dict[str, str] = {}
+        for s in states:
+            if s.running:
+                continue
+            if s.active_state.value == "failed" or s.sub_state == "auto-restart":
+                reason = f"{s.active_state}/{s.sub_state} result={s.result} restarts={s.n_restarts}"
+                seen[s.unit] = reason
+                if self._health.failed_units.get(s.unit) != reason:
+                    log.error("worker %s is not running: %s", s.unit, reason,
+                              extra=event("worker_failed", unit=s.unit, result=s.result,
+                                          n_restarts=s.n_restarts))
+        self._health.failed_units = seen
+
+    def _redis_down(self, message: str) -> float:
+        h = self._health
+        h.redis_failures += 1
+        if h.redis_error != message:
+            log.error("redis unavailable, keeping the current workers: %s", message,
+                      extra=event("redis_error", error=message))
+            h.redis_error = message
+        retry = min(self.s.check_interval_s, MAX_BACKOFF_S, 2.0 ** min(h.redis_failures, 10))
+        self.notifier.status(f"redis unavailable ({message[:80]}), keeping workers, retry in {retry:.0f}s")
+        return retry
+
+    def _redis_up(self) -> None:
+        h = self._health
+        if h.redis_error:
+            log.info("redis reachable again after %d failed checks", h.redis_failures,
+                     extra=event("redis_ok"))
+        h.redis_error = ""
+        h.redis_failures = 0
+
+    def _status(self, workers: int, queue_length: int) -> None:
+        self.notifier.status(f"{workers} workers, queue {queue_length}, "
+                             f"next check in {self.s.check_interval_s:g}s")
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> int:
+        """Stop the workers only when the agent itself is being stopped, not restarted."""
+        self.notifier.stopping()
+        if self.under_systemd:
+            try:
+                job = await self.units.pending_job_type(self.own_unit)
+            except (SystemdError, BusConnectionError) as exc:
+                log.warning("cannot read my own pending job (%s); leaving the workers running", exc)
+                return EXIT_OK
+            stop_workers_now = job == "stop"
+        else:
+            job = "terminal"
+            stop_workers_now = True
+        states = await self.units.worker_states()
+        occupied = [s for s in states if s.occupied]
+        if not stop_workers_now:
+            log.info("agent %s: leaving %d workers running for the next agent", job or "exit", len(occupied),
+                     extra=event("shutdown", workers=len(occupied), job=job))
+            return EXIT_OK
+        log.info("agent stopping (%s): stopping %d workers gracefully", job, len(occupied),
+                 extra=event("shutdown", workers=len(occupied), job=job))
+        self.notifier.extend_timeout(self._stop_timeout_s() + 10)
+        for outcome in await stop_workers(self.units, states, len(occupied), self._stop_timeout_s()):
+            log.info("stopped %s: %s", outcome.unit, outcome.result,
+                     extra=event("worker_stopped", unit=outcome.unit, result=outcome.result))
+        # Failed instances hold no process but stay listed; clear them so nothing is left behind.
+        for s in states:
+            if s.active_state.value == "failed":
+                with contextlib.suppress(SystemdError):
+                    await self.units.reset_failed(s.unit)
+        return EXIT_OK

@@ -1,0 +1,227 @@
+"""The `dqagent` command: parses arguments and wires the modules; no logic of its own.
+
+Exit codes (dqagent.errors): 0 ok, 1 a worker action failed, 2 bad arguments, 69 system bus
+unavailable, 77 permission denied, 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from dqagent import __version__, sources
+from dqagent.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_NOPERM,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    AccessDeniedError,
+    BusConnectionError,
+    ConfigError,
+    SystemdError,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dqagent", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"dqagent {__version__}")
+    parser.add_argument("--env-file", type=Path, default=None,
+                        help="settings file (default: ./.env, else /etc/dqagent/dqagent.env)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    start = sub.add_parser("start", help="run the agent in the foreground (what dqagent.service runs)")
+    start.add_argument("--processes", type=positive_int, default=None,
+                       help="initial worker count, clamped to [MIN_PROCESSES, MAX_PROCESSES]")
+
+    status = sub.add_parser("status", help="show queue, workers and thresholds from systemd and Redis")
+    status.add_argument("--json", action="store_true", help="machine-readable, old manager's keys")
+
+    for name, verb in (("scale-up", "start"), ("scale-down", "stop")):
+        p = sub.add_parser(name, help=f"{verb} workers now, through systemd")
+        p.add_argument("--processes", type=positive_int, default=1, help="how many (default 1)")
+
+    sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec DRAMATIQ_COMMAND")
+
+    inst = sub.add_parser("install", help="install units, user, polkit rule and settings (root)")
+    inst.add_argument("--now", action="store_true", help="also enable and start dqagent.service")
+    uninst = sub.add_parser("uninstall", help="stop everything and remove what install added (root)")
+    uninst.add_argument("--purge", action="store_true", help="also remove /etc/dqagent")
+
+    try:
+        from dqagent.sim.cli import add_simulate_parser
+    except ImportError:
+        pass
+    else:
+        add_simulate_parser(sub)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> sources.Loaded:
+    return sources.load(args.env_file)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"dqagent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except AccessDeniedError as exc:
+        print(f"dqagent: permission denied by systemd/polkit: {exc.text}", file=sys.stderr)
+        return EXIT_NOPERM
+    except (BusConnectionError, SystemdError) as exc:
+        print(f"dqagent: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    if command == "worker-exec":
+        return _worker_exec(args)
+    if command == "start":
+        return asyncio.run(_start(args))
+    if command == "status":
+        return asyncio.run(_status(args))
+    if command in ("scale-up", "scale-down"):
+        return asyncio.run(_scale(args, up=command == "scale-up"))
+    if command in ("install", "uninstall"):
+        from dqagent.install import install, uninstall
+
+        if command == "install":
+            return install(_load(args).settings, now=args.now)
+        return uninstall(purge=args.purge)
+    if command == "simulate":
+        from dqagent.sim.cli import run_simulate
+
+        code: int = run_simulate(args)
+        return code
+    raise AssertionError(command)
+
+
+def _worker_exec(args: argparse.Namespace) -> int:
+    from dqagent.workercmd import command_argv
+
+    settings = _load(args).settings
+    argv = command_argv(settings.dramatiq_command)
+    try:
+        os.chdir(settings.worker_directory)
+    except OSError as exc:
+        print(f"dqagent: cannot enter WORKER_DIRECTORY={settings.worker_directory}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"dqagent: cannot run DRAMATIQ_COMMAND ({argv[0]}): {exc.strerror}", file=sys.stderr)
+        return 127
+    raise AssertionError("unreachable")
+
+
+async def _start(args: argparse.Namespace) -> int:
+    from dqagent import logs
+    from dqagent.agent import Agent
+    from dqagent.demand import RedisDemandProbe
+    from dqagent.notify import SystemdNotifier, watchdog_interval_s
+    from dqagent.policies import make_policy
+    from dqagent.systemd import SystemdClient
+
+    loaded = _load(args)
+    s = loaded.settings
+    note = logs.setup(s.log_level, s.log_file)
+    import logging
+
+    log = logging.getLogger("dqagent")
+    if note:
+        log.warning(note)
+    if loaded.password_note:
+        log.warning(loaded.password_note)
+    log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs",
+             __version__, ",".join(s.queue_names), s.redis_location(), getattr(s, "scaling_policy", "step"),
+             s.min_processes, s.max_processes, s.check_interval_s)
+    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    await units.connect()
+    probe = RedisDemandProbe(s)
+    agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, getattr(s, "scaling_policy", "step")),
+                  initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
+                  own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"))
+    try:
+        return await agent.run()
+    finally:
+        await probe.close()
+        units.close()
+
+
+async def _scale(args: argparse.Namespace, up: bool) -> int:
+    from dqagent.agent import start_workers, stop_workers
+    from dqagent.systemd import SystemdClient
+
+    s = _load(args).settings
+    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    await units.connect()
+    try:
+        states = await units.worker_states()
+        current = sum(1 for st in states if st.occupied)
+        wanted = current + args.processes if up else current - args.processes
+        target = s.clamp(wanted)
+        if target != wanted:
+            print(f"dqagent: {wanted} workers is outside [MIN_PROCESSES={s.min_processes}, "
+                  f"MAX_PROCESSES={s.max_processes}]: going to {target}", file=sys.stderr)
+        if target == current:
+            print(f"nothing to do: {current} workers")
+            return EXIT_OK
+        failed = 0
+        if target > current:
+            ok, bad = await start_workers(units, states, target - current, s.process_startup_delay_s)
+            for st in ok:
+                print(f"{st.unit}: started (pid {st.main_pid})")
+            for st in bad:
+                print(f"{st.unit}: failed ({st.active_state}/{st.sub_state}, result {st.result})")
+            failed = len(bad)
+        else:
+            outcomes = await stop_workers(units, states, current - target, s.graceful_shutdown_timeout_s + 60)
+            for o in outcomes:
+                print(f"{o.unit}: stopped ({o.result})" if o.ok else f"{o.unit}: stop failed ({o.result})")
+            failed = sum(1 for o in outcomes if not o.ok)
+        return EXIT_FAILED if failed else EXIT_OK
+    finally:
+        units.close()
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from dqagent.status import collect, render_json, render_text
+
+    loaded = _load(args)
+    report: dict[str, Any] = await collect(loaded, os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    print(render_json(report) if args.json else render_text(report))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""`dqagent install` / `dqagent uninstall`: put the units, user, polkit rule and settings in place.
+
+Idempotent: each file is written only when its content differs, and a second run says that
+nothing changed. The settings file is never overwritten. systemd is reloaded and the agent
+enabled/started over D-Bus (never by running systemctl).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dqagent.config import DEFAULTS, Settings
+from dqagent.errors import EXIT_FAILED, EXIT_NOPERM, EXIT_OK
+from dqagent.systemd import AGENT_UNIT, SystemdClient
+
+PACKAGING = Path(__file__).resolve().parent.parent / "packaging" / "systemd"
+UNIT_DIR = Path("/etc/systemd/system")
+ETC = Path("/etc/dqagent")
+ENV_FILE = ETC / "dqagent.env"
+PASSWORD_FILE = ETC / "redis-password"
+POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-dqagent.rules")
+SYSUSERS = Path("/etc/sysusers.d/dqagent.conf")
+WORKER_TEMPLATE_FILE = UNIT_DIR / "dramatiq-worker@.service"
+AGENT_UNIT_FILE = UNIT_DIR / AGENT_UNIT
+DEFAULT_WORKER_USER = DEFAULTS["WORKER_USER"]
+
+#: One line per setting for the commented settings file (and the README's table).
+DESCRIPTIONS: dict[str, str] = {
+    "REDIS_HOST": "Redis host of the Dramatiq broker",
+    "REDIS_PORT": "Redis port (1..65535)",
+    "REDIS_DB": "Redis database number (>= 0)",
+    "REDIS_PASSWORD": "do not set it here: put it in /etc/dqagent/redis-password (mode 0600)",
+    "REDIS_URL": "redis:// or rediss:// URL; replaces host/port/db when set (password: see above)",
+    "REDIS_PASSWORD_FILE": "file read for the password when not run by systemd (dqagent status)",
+    "REDIS_TIMEOUT": "seconds before a Redis call is abandoned (keeps the loop under the watchdog)",
+    "DRAMATIQ_QUEUE_NAME": "queue(s) the workers consume, comma-separated; demand is the sum",
+    "DRAMATIQ_NAMESPACE": "Dramatiq's Redis key namespace",
+    "DRAMATIQ_COMMAND": "one worker process; use the absolute path of your venv's python",
+    "MIN_PROCESSES": "fewest workers (0..1000)",
+    "MAX_PROCESSES": "most workers (MIN_PROCESSES..1000, >= 1)",
+    "CHECK_INTERVAL": "seconds between checks (> 0)",
+    "SCALE_UP_THRESHOLD_MULTIPLIER": "step policy: +1 worker when queue > workers x this",
+    "SCALE_DOWN_THRESHOLD_MULTIPLIER": "step policy: -1 worker when queue < workers x this (< up)",
+    "LOG_LEVEL": "CRITICAL, ERROR, WARNING, INFO or DEBUG",
+    "LOG_FILE": "extra log file; relative paths go under /var/log/dqagent; empty disables",
+    "GRACEFUL_SHUTDOWN_TIMEOUT": "seconds a worker may take to stop before SIGKILL (TimeoutStopSec)",
+    "PROCESS_STARTUP_DELAY": "seconds after a start before the worker must still be running",
+    "QUEUE_METRIC": "outstanding (ready + prefetched + running) or ready (LLEN, the old behaviour)",
+    "WORKER_USER": "user the workers run as (re-run dqagent install after changing it)",
+    "WORKER_DIRECTORY": "working directory of the workers (Dramatiq's --path defaults to .)",
+}
+
+
+@dataclass
+class _Report:
+    changed: list[str]
+    kept: list[str]
+
+    def say(self) -> None:
+        for line in self.changed:
+            print(f"  {line}")
+        if not self.changed:
+            print("already installed: nothing changed")
+
+
+def dqagent_executable() -> str:
+    """The absolute path of the `dqagent` script of this installation."""
+    candidate = Path(sys.executable).parent / "dqagent"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("dqagent")
+    if found:
+        return os.path.abspath(found)
+    return os.path.abspath(sys.argv[0])
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        template = template.replace(f"@{key}@", value)
+    return template
+
+
+def env_template() -> str:
+    """The commented settings file: every setting with its default."""
+    lines = ["# dqagent settings (python-dotenv syntax; inline comments allowed).",
+             "# Every setting with its default. The password belongs in /etc/dqagent/redis-password.",
+             ""]
+    for key, default in DEFAULTS.items():
+        if key == "REDIS_PASSWORD":
+            lines.append(f"# {key}=  # {DESCRIPTIONS.get(key, '')}")
+            continue
+        lines.append(f"# {DESCRIPTIONS.get(key, '')}")
+        lines.append(f"{key}={default}" if " " not in default else f'{key}="{default}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, int] = (0, 0)) -> None:
+    if path.exists() and path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
+        report.kept.append(str(path))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".dqagent-tmp")
+    tmp.write_text(text)
+    os.chown(tmp, *owner)
+    tmp.chmod(mode)
+    tmp.replace(path)
+    report.changed.append(f"wrote {path}")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def install(settings: Settings, now: bool = False, bus_address: str | None = None) -> int:
+    """Install (or bring up to date) everything dqagent needs on this host."""
+    if os.geteuid() != 0:
+        print("dqagent install: must run as root", file=sys.stderr)
+        return EXIT_NOPERM
+    report = _Report([], [])
+    exe = dqagent_executable()
+    _write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
+           + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
+              if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
+    subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
+    try:
+        worker = pwd.getpwnam(settings.worker_user)
+    except KeyError:
+        print(f"dqagent install: WORKER_USER={settings.worker_user} does not exist: create it first",
+              file=sys.stderr)
+        return EXIT_FAILED
+    workdir = Path(settings.worker_directory)
+    if not workdir.exists():
+        workdir.mkdir(parents=True, mode=0o750)
+        os.chown(workdir, worker.pw_uid, worker.pw_gid)
+        report.changed.append(f"created {workdir}")
+    values = {
+        "DQAGENT": exe, "DOCS": str(PACKAGING.parent.parent / "README.md"),
+        "WORKER_USER": settings.worker_user, "WORKER_DIRECTORY": settings.worker_directory,
+        "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
+    }
+    _write(AGENT_UNIT_FILE, render((PACKAGING / "dqagent.service").read_text(), values), 0o644, report)
+    _write(WORKER_TEMPLATE_FILE, render((PACKAGING / "dramatiq-worker@.service").read_text(), values),
+           0o644, report)
+    _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
+    if not ENV_FILE.exists():
+        # Non-secret settings: world-readable so `dqagent status` works for any user.
+        _write(ENV_FILE, env_template(), 0o644, report)
+    if not PASSWORD_FILE.exists():
+        # The secret: root only; systemd hands it to the agent as a credential.
+        _write(PASSWORD_FILE, "", 0o600, report)
+    started = asyncio.run(_apply(now, bus_address, reload=bool(report.changed)))
+    if started:
+        report.changed.append(f"{AGENT_UNIT}: {started}")
+    report.say()
+    return EXIT_OK if started in ("", "started") else EXIT_FAILED
+
+
+async def _apply(now: bool, bus_address: str | None, reload: bool) -> str:
+    """Reload systemd if files changed; with `now`, enable and start the agent. Returns what happened."""
+    client = SystemdClient(bus_address)
+    await client.connect()
+    try:
+        if reload:
+            await client.daemon_reload()
+        if not now:
+            return ""
+        await client.manager_call("EnableUnitFiles", "asbb", [[AGENT_UNIT], False, True])
+        state = await client.unit_property(AGENT_UNIT, "Unit", "ActiveState")
+        if state == "active":
+            return ""
+        (outcome,) = await client.start_units([AGENT_UNIT], timeout_s=200)
+        return "started" if outcome.ok else f"start failed ({outcome.result}): see journalctl -u dqagent"
+    finally:
+        client.close()
+
+
+def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
+    """Stop the agent and every worker, then remove what `install` added."""
+    if os.geteuid() != 0:
+        print("dqagent uninstall: must run as root", file=sys.stderr)
+        return EXIT_NOPERM
+    asyncio.run(_stop_everything(bus_address))
+    removed = []
+    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS]
+    if purge:
+        paths += [ENV_FILE, PASSWORD_FILE]
+    for path in paths:
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    if purge and ETC.exists() and not any(ETC.iterdir()):
+        ETC.rmdir()
+    asyncio.run(_reload(bus_address))
+    for path_text in removed:
+        print(f"  removed {path_text}")
+    if not purge and ENV_FILE.exists():
+        print(f"  kept {ENV_FILE} and {PASSWORD_FILE} (use --purge to remove them)")
+    if not removed:
+        print("not installed: nothing removed")
+    return EXIT_OK
+
+
+async def _stop_everything(bus_address: str | None) -> None:
+    client = SystemdClient(bus_address)
+    await client.connect()
+    try:
+        if AGENT_UNIT_FILE.exists():
+            await client.manager_call("DisableUnitFiles", "asb", [[AGENT_UNIT], False])
+            await client.stop_units([AGENT_UNIT])
+        states = await client.worker_states()
+        await client.stop_units([s.unit for s in states if s.occupied])
+        for s in states:
+            await client.reset_failed(s.unit)
+    finally:
+        client.close()
+
+
+async def _reload(bus_address: str | None) -> None:
+    client = SystemdClient(bus_address)
+    await client.connect()
+    try:
+        await client.daemon_reload()
+    finally:
+        client.close()

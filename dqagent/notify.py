@@ -1,0 +1,84 @@
+"""sd_notify: READY, STATUS, WATCHDOG, STOPPING, EXTEND_TIMEOUT_USEC.
+
+A thin wrapper so the loop can be tested with `RecordingNotifier`. Outside systemd
+(`$NOTIFY_SOCKET` unset) every call is a no-op. STATUS lines are kept ASCII because the
+sdnotify package encodes latin-1.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import sdnotify
+
+
+class Notifier(Protocol):
+    def ready(self) -> None: ...
+    def status(self, line: str) -> None: ...
+    def watchdog(self) -> None: ...
+    def stopping(self) -> None: ...
+    def extend_timeout(self, seconds: float) -> None: ...
+
+
+def watchdog_interval_s(environ: dict[str, str] | None = None) -> float | None:
+    """Half of `$WATCHDOG_USEC` when the watchdog is meant for this process, else None."""
+    env = dict(os.environ) if environ is None else environ
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 2_000_000
+    except ValueError:
+        return None
+
+
+class SystemdNotifier:
+    """Talks to `$NOTIFY_SOCKET` through the sdnotify package."""
+
+    def __init__(self) -> None:
+        self._enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        self._n = sdnotify.SystemdNotifier() if self._enabled else None
+
+    def _send(self, text: str) -> None:
+        if self._n is not None:
+            self._n.notify(text)
+
+    def ready(self) -> None:
+        self._send("READY=1")
+
+    def status(self, line: str) -> None:
+        safe = line.encode("ascii", "replace").decode("ascii").replace("\n", " ")
+        self._send(f"STATUS={safe}")
+
+    def watchdog(self) -> None:
+        self._send("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+
+class RecordingNotifier:
+    """In-memory notifier for tests of the loop."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self) -> None:
+        self.sent.append("READY=1")
+
+    def status(self, line: str) -> None:
+        self.sent.append(f"STATUS={line}")
+
+    def watchdog(self) -> None:
+        self.sent.append("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.sent.append("STOPPING=1")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self.sent.append(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")

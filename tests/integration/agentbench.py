@@ -1,0 +1,91 @@
+"""Helpers to run dqagent inside the bench container exactly as an operator installs it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.bench import Container, RedisServer
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+DQAGENT = str(VENV_BIN / "dqagent")
+PYTHON = str(VENV_BIN / "python")
+QUEUE = "dqtest"
+
+
+def make_reachable(c: Container) -> None:
+    """Let unprivileged users in the container traverse to the checkout and venv (overlay only)."""
+    for path in {REPO, VENV_BIN.parent, Path(PYTHON).resolve().parent}:
+        for parent in [path, *path.parents]:
+            target = c.root / str(parent).lstrip("/")
+            if target.exists():
+                target.chmod(target.stat().st_mode | 0o005)
+
+
+def settings_text(redis: RedisServer, **overrides: Any) -> str:
+    values: dict[str, Any] = {
+        "REDIS_HOST": "127.0.0.1", "REDIS_PORT": redis.port, "DRAMATIQ_QUEUE_NAME": QUEUE,
+        "DRAMATIQ_COMMAND": "/bin/sleep infinity", "MIN_PROCESSES": 1, "MAX_PROCESSES": 4,
+        "CHECK_INTERVAL": 1, "PROCESS_STARTUP_DELAY": 0.5, "GRACEFUL_SHUTDOWN_TIMEOUT": 5,
+        "LOG_FILE": "", "LOG_LEVEL": "DEBUG",
+    }
+    values.update(overrides)
+    return "".join(f"{k}={v}\n" if " " not in str(v) else f'{k}="{v}"\n' for k, v in values.items())
+
+
+def install(c: Container, redis: RedisServer, now: bool = True, watchdog_s: int | None = None,
+            **overrides: Any) -> None:
+    """Write /etc/dqagent/dqagent.env, then `dqagent install [--now]` as root inside the container."""
+    make_reachable(c)
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis, **overrides))
+    if watchdog_s is not None:
+        c.write("/etc/systemd/system/dqagent.service.d/10-test.conf",
+                f"[Service]\nWatchdogSec={watchdog_s}s\n")
+    c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install", *(["--now"] if now else [])],
+          timeout=240)
+
+
+def dqagent(c: Container, *args: str, user: str | None = None, check: bool = True) -> Any:
+    return c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", *args], user=user, check=check)
+
+
+def running_workers(c: Container) -> list[str]:
+    out = c.systemctl("list-units", "dramatiq-worker@*", "--plain", "--no-legend", "--state=running").stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return sorted(names, key=lambda n: int(n.split("@")[1].split(".")[0]))
+
+
+def worker_names(n: int) -> list[str]:
+    return [f"dramatiq-worker@{i}.service" for i in range(1, n + 1)]
+
+
+def main_pids(c: Container, units: list[str]) -> dict[str, str]:
+    return {u: c.unit_property(u, "MainPID") for u in units}
+
+
+def journal(c: Container, unit: str = "dqagent", *matches: str) -> list[dict[str, Any]]:
+    out = c.run(["journalctl", "-u", unit, "-o", "json", "--no-pager", *matches]).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def set_backlog(redis: RedisServer, n: int, queue: str = QUEUE) -> None:
+    """Make the broker hold exactly `n` ready messages (ids only; no worker consumes them here)."""
+    redis.cli("DEL", f"dramatiq:{queue}", f"dramatiq:{queue}.msgs")
+    if n:
+        ids = [f"m{i}" for i in range(n)]
+        redis.cli("RPUSH", f"dramatiq:{queue}", *ids)
+        pairs = [x for i in ids for x in (i, "{}")]
+        redis.cli("HSET", f"dramatiq:{queue}.msgs", *pairs)
+
+
+def wait_until(what: str, predicate: Any, timeout: float = 30, interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
