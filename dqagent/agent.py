@@ -300,7 +300,9 @@ class Agent:
             log.error("redis unavailable, keeping the current workers: %s", message,
                       extra=event("redis_error", error=message))
             h.redis_error = message
-        retry = min(self.s.check_interval_s, MAX_BACKOFF_S, 2.0 ** min(h.redis_failures, 10))
+        # 2, 4, 8 ... s, capped at the larger of CHECK_INTERVAL and 30 s: quick to notice recovery,
+        # never a tight loop against a dead server.
+        retry = min(max(self.s.check_interval_s, 30.0), MAX_BACKOFF_S, 2.0 ** min(h.redis_failures, 10))
         self.notifier.status(f"redis unavailable ({message[:80]}), keeping workers, retry in {retry:.0f}s")
         return retry
 

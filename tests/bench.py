@@ -56,9 +56,13 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server on loopback, random port, no persistence, owned by this test run."""
 
-    def __init__(self, password: str = "") -> None:
-        self.port = free_port()
+    def __init__(self, password: str = "", port: int | None = None) -> None:
+        self.port = port or free_port()
         self.password = password
+        self._start()
+
+    def _start(self) -> None:
+        password = self.password
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
         if password:
@@ -82,6 +86,11 @@ class RedisServer:
         if self.password:
             cmd += ["-a", self.password]
         return subprocess.run([*cmd, *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    def restart(self) -> None:
+        """Start again on the same port (after `stop()`), empty."""
+        self.stop()
+        self._start()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,0 +1,72 @@
+"""Faults the agent survives: Redis down (at start and mid-run), workers that cannot start."""
+
+from __future__ import annotations
+
+import time
+
+from tests.bench import Container, RedisServer
+from tests.integration.agentbench import (
+    install,
+    journal,
+    main_pids,
+    running_workers,
+    set_backlog,
+    wait_until,
+    worker_names,
+)
+
+
+def test_redis_down_mid_run_keeps_workers_logs_once_and_recovers(fresh_container: Container,
+                                                                 redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, MIN_PROCESSES=1, MAX_PROCESSES=4)
+    set_backlog(redis_server, 12)  # 12 > 2 x 5: grows to 3 (15 > 12 >= 7.5)
+    wait_until("3 workers", lambda: running_workers(c) == worker_names(3))
+    pids = main_pids(c, worker_names(3))
+
+    # When Redis goes away for several checks
+    redis_server.stop()
+    wait_until("status says redis is down",
+               lambda: "redis unavailable" in c.unit_property("dqagent.service", "StatusText"), timeout=15)
+    # ... and retries with a growing, capped delay (2, 4, 8 s ...)
+    wait_until("backoff", lambda: "retry in 8s" in c.unit_property("dqagent.service", "StatusText"), timeout=20)
+
+    # Then the agent stays up, keeps the workers exactly, and logged the fault once
+    assert c.unit_property("dqagent.service", "ActiveState") == "active"
+    assert main_pids(c, worker_names(3)) == pids
+    assert len(journal(c, "dqagent", "DQAGENT_EVENT=redis_error")) == 1
+
+    # When Redis is back (empty), the agent notices by itself and scales down on real data
+    redis_server.restart()
+    wait_until("redis_ok logged", lambda: journal(c, "dqagent", "DQAGENT_EVENT=redis_ok"), timeout=40)
+    wait_until("back to MIN", lambda: running_workers(c) == worker_names(1), timeout=30)
+
+
+def test_redis_down_at_start_still_ready_with_min_workers(fresh_container: Container,
+                                                          redis_server: RedisServer) -> None:
+    c = fresh_container
+    redis_server.stop()
+    install(c, redis_server, MIN_PROCESSES=2, MAX_PROCESSES=4)
+    assert c.unit_property("dqagent.service", "ActiveState") == "active"
+    wait_until("2 workers", lambda: running_workers(c) == worker_names(2))
+    wait_until("status", lambda: "redis unavailable" in c.unit_property("dqagent.service", "StatusText"))
+    redis_server.restart()
+    set_backlog(redis_server, 100)
+    wait_until("scales once redis is up", lambda: len(running_workers(c)) >= 3, timeout=30)
+
+
+def test_worker_that_cannot_start_is_reported_not_counted_and_backed_off(fresh_container: Container,
+                                                                         redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, MIN_PROCESSES=1, MAX_PROCESSES=4, CHECK_INTERVAL=1,
+            DRAMATIQ_COMMAND="/bin/false")
+    wait_until("worker_failed logged", lambda: journal(c, "dqagent", "DQAGENT_EVENT=worker_failed"), timeout=30)
+    failed = journal(c, "dqagent", "DQAGENT_EVENT=worker_failed")[0]
+    assert failed["UNIT"] == "dramatiq-worker@1.service"
+    assert failed["RESULT"] in ("exit-code", "start-limit-hit")
+    assert journal(c, "dqagent", "DQAGENT_EVENT=start_backoff")
+    assert running_workers(c) == []
+    # The agent itself stays healthy and does not hammer systemd: few start attempts in 8 s
+    time.sleep(8)
+    assert c.unit_property("dqagent.service", "ActiveState") == "active"
+    assert len(journal(c, "dqagent", "DQAGENT_EVENT=scale_up")) <= 3
