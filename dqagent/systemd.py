@@ -127,10 +127,7 @@ class SystemdClient:
     async def connect(self) -> None:
         """Connect and subscribe to job signals; raises BusConnectionError."""
         try:
-            if self._address:
-                bus = MessageBus(bus_address=self._address)
-            else:
-                bus = MessageBus(bus_type=BusType.SYSTEM)
+            bus = MessageBus(bus_address=self._address) if self._address else MessageBus(bus_type=BusType.SYSTEM)
             self._bus = await bus.connect()
         except (OSError, DBusError, EOFError) as exc:
             raise BusConnectionError(f"cannot connect to the system bus: {exc}") from None
