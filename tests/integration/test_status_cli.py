@@ -1,0 +1,76 @@
+"""`dqagent status` and `start --processes`, read back from live systemd and Redis."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from tests.bench import Container, RedisServer
+from tests.integration.agentbench import dqagent, install, running_workers, set_backlog, wait_until, worker_names
+
+OLD_KEYS = {"queue_length", "current_processes", "min_processes", "max_processes", "scale_up_threshold",
+            "scale_down_threshold", "monitoring_active", "process_list"}
+
+
+def test_status_json_uses_old_keys_and_live_state(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, MIN_PROCESSES=2, MAX_PROCESSES=5, CHECK_INTERVAL=30)
+    wait_until("2 workers", lambda: running_workers(c) == worker_names(2))
+    set_backlog(redis_server, 7)
+
+    report = json.loads(dqagent(c, "status", "--json").stdout)
+    assert OLD_KEYS <= set(report)
+    assert report["queue_length"] == 7
+    assert report["current_processes"] == 2
+    assert (report["min_processes"], report["max_processes"]) == (2, 5)
+    assert (report["scale_up_threshold"], report["scale_down_threshold"]) == (10, 5)
+    assert report["monitoring_active"] is True
+    units = [p["unit"] for p in report["process_list"]]
+    assert units == worker_names(2)
+    for p in report["process_list"]:
+        assert p["pid"] == int(c.unit_property(p["unit"], "MainPID"))
+        assert p["status"] == "running"
+        datetime.fromisoformat(p["start_time"])
+
+    text = dqagent(c, "status").stdout
+    assert "current workers: 2" in text and "scale-up threshold: 10" in text
+    assert "dramatiq-worker@1.service" in text
+
+    # Without the agent running, status still reads systemd and Redis
+    c.systemctl("stop", "dqagent")
+    report = json.loads(dqagent(c, "status", "--json").stdout)
+    assert report["monitoring_active"] is False and report["current_processes"] == 0
+    assert report["queue_length"] == 7
+
+
+def test_status_with_redis_down_says_unavailable(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, now=False)
+    redis_server.stop()
+    result = dqagent(c, "status")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "queue length (outstanding): unavailable" in result.stdout
+    assert "redis unavailable" in result.stdout
+
+
+def test_start_processes_sets_initial_count_clamped(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, now=False, MIN_PROCESSES=1, MAX_PROCESSES=3, CHECK_INTERVAL=60)
+    c.write("/etc/systemd/system/dqagent.service.d/20-processes.conf",
+            "[Service]\nExecStart=\nExecStart=" + " ".join(
+                [str(dqagent.__globals__["DQAGENT"]), "--env-file", "/etc/dqagent/dqagent.env", "start",
+                 "--processes", "7"]) + "\n")
+    c.systemctl("daemon-reload")
+    c.systemctl("start", "dqagent")
+    wait_until("3 workers (7 clamped to MAX)", lambda: running_workers(c) == worker_names(3))
+    messages = c.run(["journalctl", "-u", "dqagent", "-o", "cat", "--no-pager"]).stdout
+    assert "--processes 7 clamped to 3" in messages
+
+
+def test_bad_arguments_one_line_exit_2(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, now=False)
+    for bad in ("0", "-3", "abc"):
+        result = dqagent(c, "scale-up", "--processes", bad, check=False)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and "--processes" in result.stderr
