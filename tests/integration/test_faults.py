@@ -70,3 +70,21 @@ def test_worker_that_cannot_start_is_reported_not_counted_and_backed_off(fresh_c
     time.sleep(8)
     assert c.unit_property("dqagent.service", "ActiveState") == "active"
     assert len(journal(c, "dqagent", "DQAGENT_EVENT=scale_up")) <= 3
+
+
+def test_system_bus_loss_restarts_agent_and_workers_are_adopted(fresh_container: Container,
+                                                                redis_server: RedisServer) -> None:
+    # Chosen behaviour: on losing the bus the agent exits (69) and systemd restarts it.
+    c = fresh_container
+    install(c, redis_server, MIN_PROCESSES=2, MAX_PROCESSES=4)
+    wait_until("2 workers", lambda: running_workers(c) == worker_names(2))
+    pids = main_pids(c, worker_names(2))
+    agent_pid = c.unit_property("dqagent.service", "MainPID")
+
+    c.run(["pkill", "-9", "-x", "dbus-daemon"])  # dbus.socket re-activates the bus on next use
+
+    wait_until("agent restarted", lambda: c.unit_property("dqagent.service", "NRestarts") == "1", timeout=30)
+    wait_until("agent active", lambda: c.unit_property("dqagent.service", "ActiveState") == "active")
+    assert c.unit_property("dqagent.service", "MainPID") != agent_pid
+    assert main_pids(c, worker_names(2)) == pids
+    assert journal(c, "dqagent", "DQAGENT_EVENT=bus_lost")
