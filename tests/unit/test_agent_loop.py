@@ -1,0 +1,118 @@
+"""The loop's decisions with fakes for systemd and Redis (both have integration tests of their own)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from dqagent.agent import Agent, free_instances, highest_instances
+from dqagent.config import parse_settings
+from dqagent.notify import RecordingNotifier
+from dqagent.policies import StepPolicy
+from tests.unit.fakes import FakeProbe, FakeUnits
+
+SETTINGS = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
+                           "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(units: FakeUnits, probe: FakeProbe, clock: Clock | None = None, **kw: object) -> Agent:
+    return Agent(SETTINGS, units, probe, RecordingNotifier(), StepPolicy.from_settings(SETTINGS),
+                 clock=clock or Clock(), **kw)  # type: ignore[arg-type]
+
+
+def test_lowest_free_and_highest_occupied_numbers() -> None:
+    units = FakeUnits(running=[1, 3, 4])
+    states = asyncio.run(units.worker_states())
+    assert free_instances(states, 3) == [2, 5, 6]
+    assert highest_instances(states, 2) == [4, 3]
+
+
+def test_tick_scales_up_to_lowest_free_number_and_down_from_highest() -> None:
+    units, probe = FakeUnits(running=[1, 3]), FakeProbe(ready=11)
+    agent = make(units, probe)
+    asyncio.run(agent.tick())  # 11 > 2 x 5
+    assert units.calls[-1] == ("start", ("dramatiq-worker@2.service",))
+    probe.ready = 0
+    asyncio.run(agent.tick())
+    assert units.calls[-1] == ("stop", ("dramatiq-worker@3.service",))
+
+
+def test_redis_error_keeps_workers_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe()
+    agent = make(units, probe)
+    probe.error = "redis redis://h:1/0: ConnectionError"
+    caplog.set_level(logging.INFO)
+    delays = [asyncio.run(agent.tick()) for _ in range(4)]
+    assert units.calls == []  # never scales on unknown data
+    assert delays == [2, 4, 8, 16]  # doubling, capped at max(CHECK_INTERVAL, 30 s)
+    errors = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "redis_error"]
+    assert len(errors) == 1
+    probe.error = ""
+    asyncio.run(agent.tick())
+    assert [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "redis_ok"]
+
+
+def test_failed_start_backs_off_scale_ups() -> None:
+    clock = Clock()
+    units, probe = FakeUnits(running=[1], broken=[2, 3]), FakeProbe(ready=100)
+    agent = make(units, probe, clock)
+    asyncio.run(agent.tick())
+    starts = [c for c in units.calls if c[0] == "start"]
+    assert starts == [("start", ("dramatiq-worker@2.service",))]
+    clock.now += 1
+    asyncio.run(agent.tick())  # within the backoff: no new start attempt
+    assert [c for c in units.calls if c[0] == "start"] == starts
+    clock.now += 10
+    asyncio.run(agent.tick())  # after it: the failed number is reset and reused
+    assert ("reset", ("dramatiq-worker@2.service",)) in units.calls
+    assert [c for c in units.calls if c[0] == "start"][-1] == ("start", ("dramatiq-worker@2.service",))
+
+
+@pytest.mark.parametrize(("job", "under_systemd", "stopped"),
+                         [("stop", True, True), ("restart", True, False), ("", True, False), ("", False, True)])
+def test_shutdown_stops_workers_only_when_the_agent_is_stopped(job: str, under_systemd: bool, stopped: bool) -> None:
+    units, probe = FakeUnits(running=[1, 2]), FakeProbe()
+    units.job = job
+    agent = make(units, probe, under_systemd=under_systemd)
+
+    async def run() -> int:
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.05)
+        agent.stop_requested.set()
+        return await task
+
+    assert asyncio.run(run()) == 0
+    assert (units.units == {}) is stopped
+    notes = agent.notifier.sent  # type: ignore[attr-defined]
+    assert notes[0] == "READY=1" and "STOPPING=1" in notes
+
+
+def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
+    clock = Clock()
+    agent = make(FakeUnits(), FakeProbe(), clock, watchdog_s=0.01)
+
+    async def run() -> list[str]:
+        agent._progress_deadline = clock.now + 5
+        task = asyncio.create_task(agent._watchdog())
+        await asyncio.sleep(0.05)
+        alive = list(agent.notifier.sent)  # type: ignore[attr-defined]
+        clock.now += 10  # the loop missed its deadline: hung
+        agent.notifier.sent.clear()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return alive + ["--"] + agent.notifier.sent  # type: ignore[attr-defined]
+
+    sent = asyncio.run(run())
+    split = sent.index("--")
+    assert "WATCHDOG=1" in sent[:split]
+    assert "WATCHDOG=1" not in sent[split:]
