@@ -110,7 +110,7 @@ def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
         agent.notifier.sent.clear()  # type: ignore[attr-defined]
         await asyncio.sleep(0.05)
         task.cancel()
-        return alive + ["--"] + agent.notifier.sent  # type: ignore[attr-defined]
+        return [*alive, "--", *agent.notifier.sent]  # type: ignore[attr-defined]
 
     sent = asyncio.run(run())
     split = sent.index("--")
