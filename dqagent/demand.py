@@ -150,7 +150,7 @@ class RedisDemandProbe:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._timeout_s = settings.redis_timeout_s
-        self._client: redis.asyncio.Redis = redis.asyncio.Redis(**_client_kwargs(settings))
+        self._client = _async_client(settings)
         self._broker: RedisBroker | None = None
         self._broker_lock = threading.Lock()
 
@@ -252,7 +252,7 @@ class RedisDemandProbe:
                 # Our own client: RedisBroker(url=...) would build a pool without our timeouts. A Broker
                 # does not register itself globally (only dramatiq.set_broker/get_broker do), and no
                 # middleware: nothing here processes messages.
-                client = redis.Redis(**_client_kwargs(self._settings, asyncio_client=False))
+                client = _sync_client(self._settings)
                 self._broker = RedisBroker(  # type: ignore[no-untyped-call]
                     client=client, namespace=self._settings.namespace, middleware=[],
                     maintenance_chance=MAINTENANCE_SCALE,
@@ -264,23 +264,28 @@ class RedisDemandProbe:
         return str(broker.broker_id)
 
 
-def _client_kwargs(settings: Settings, asyncio_client: bool = True) -> dict[str, Any]:
-    """Connection options for a redis-py client (no I/O): REDIS_URL wins over host/port/db/password."""
-    common: dict[str, Any] = {
-        "socket_timeout": settings.redis_timeout_s,
-        "socket_connect_timeout": settings.redis_timeout_s,
-    }
-    if asyncio_client:
-        common["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    else:
-        common["retry"] = redis.retry.Retry(NoBackoff(), 0)
+def _async_client(settings: Settings) -> redis.asyncio.Redis:
+    """The probe's client (no I/O): REDIS_URL wins over host/port/db/password; no client-side retries."""
+    t = settings.redis_timeout_s
+    retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     if settings.redis_url:
-        pool_class = redis.asyncio.ConnectionPool if asyncio_client else redis.ConnectionPool
-        return {"connection_pool": pool_class.from_url(settings.redis_url, **common)}
-    return {
-        "host": settings.redis_host, "port": settings.redis_port, "db": settings.redis_db,
-        "password": settings.redis_password or None, **common,
-    }
+        return redis.asyncio.Redis.from_url(settings.redis_url, retry=retry, socket_timeout=t,
+                                            socket_connect_timeout=t)
+    return redis.asyncio.Redis(host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
+                               password=settings.redis_password or None, retry=retry, socket_timeout=t,
+                               socket_connect_timeout=t)
+
+
+def _sync_client(settings: Settings) -> redis.Redis:
+    """The same, blocking, for Dramatiq's RedisBroker."""
+    t = settings.redis_timeout_s
+    retry = redis.retry.Retry(NoBackoff(), 0)
+    if settings.redis_url:
+        return redis.Redis.from_url(settings.redis_url, retry=retry, socket_timeout=t,
+                                    socket_connect_timeout=t)
+    return redis.Redis(host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
+                       password=settings.redis_password or None, retry=retry, socket_timeout=t,
+                       socket_connect_timeout=t)
 
 
 def describe_failure(exc: BaseException, settings: Settings) -> str:
