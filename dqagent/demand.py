@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -303,15 +303,17 @@ def describe_failure(exc: BaseException, settings: Settings) -> str:
 
 
 def _secrets(settings: Settings) -> list[str]:
-    out = [settings.redis_password] if settings.redis_password else []
+    """The password in every spelling an error text might carry (as set, URL-quoted, URL-unquoted)."""
+    raw = [settings.redis_password] if settings.redis_password else []
     if settings.redis_url:
         try:
             password = urlsplit(settings.redis_url).password
         except ValueError:
             password = None
         if password:
-            out += [password, unquote(password)]
-    return out
+            raw += [password, unquote(password)]
+    spellings = {form for secret in raw for form in (secret, quote(secret, safe=""))}
+    return sorted(spellings, key=len, reverse=True)
 
 
 def _text(value: bytes | str) -> str:

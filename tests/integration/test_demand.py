@@ -15,9 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 import dramatiq.broker
@@ -31,6 +31,7 @@ from tests.bench import RedisServer, require_bench
 
 APP_DIR = Path(__file__).resolve().parents[1] / "app"
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 def settings_for(url: str, queues: str = "qa", timeout_s: float = 2, **extra: str) -> Settings:
@@ -38,24 +39,23 @@ def settings_for(url: str, queues: str = "qa", timeout_s: float = 2, **extra: st
                            **extra})
 
 
-def fetch(settings: Settings) -> Demand:
-    async def go() -> Demand:
+def run_probe(settings: Settings, use: Callable[[RedisDemandProbe], Awaitable[T]]) -> T:
+    """One call on a fresh probe, closed afterwards, in its own event loop."""
+    async def go() -> T:
         probe = RedisDemandProbe(settings)
         try:
-            return await probe.fetch_demand()
+            return await use(probe)
         finally:
             await probe.close()
     return asyncio.run(go())
+
+
+def fetch(settings: Settings) -> Demand:
+    return run_probe(settings, lambda p: p.fetch_demand())
 
 
 def recover(settings: Settings) -> int:
-    async def go() -> int:
-        probe = RedisDemandProbe(settings)
-        try:
-            return await probe.recover_orphans()
-        finally:
-            await probe.close()
-    return asyncio.run(go())
+    return run_probe(settings, lambda p: p.recover_orphans())
 
 
 @pytest.fixture
