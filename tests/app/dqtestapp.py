@@ -1,0 +1,45 @@
+"""A real Dramatiq application for the integration tests, run as the worker units would run it.
+
+    DQTEST_REDIS_URL=redis://127.0.0.1:6379/0 python -m dramatiq -p 1 -t 4 dqtestapp --path tests/app
+
+Put the module before `--path` (or write `--path=tests/app dqtestapp`): in Dramatiq 2.2.1 `--path` takes
+any number of values, so `--path tests/app dqtestapp` swallows the module name and exits 2 (usage).
+
+`work(msg_id, ms)` sleeps `ms` milliseconds, then records `msg_id` in the Redis set `dqtest:done` and
+counts it in the hash `dqtest:count` (a count above 1 is an at-least-once duplicate). Environment:
+`DQTEST_REDIS_URL` (required), `DQTEST_QUEUE` (default `dqtest`), `DQTEST_NAMESPACE` (default `dramatiq`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+QUEUE = os.environ.get("DQTEST_QUEUE", "dqtest")
+DONE_KEY = "dqtest:done"
+COUNT_KEY = "dqtest:count"
+
+broker = RedisBroker(url=os.environ["DQTEST_REDIS_URL"],
+                     namespace=os.environ.get("DQTEST_NAMESPACE", "dramatiq"))
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def work(msg_id: str, ms: int) -> None:
+    time.sleep(ms / 1000)
+    with broker.client.pipeline(transaction=True) as pipe:
+        pipe.sadd(DONE_KEY, msg_id)
+        pipe.hincrby(COUNT_KEY, msg_id, 1)
+        pipe.execute()
+
+
+def enqueue_burst(n: int, ms: int) -> list[str]:
+    """Enqueue `n` messages of `ms` milliseconds each; returns their ids (as recorded in `dqtest:done`)."""
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    for msg_id in ids:
+        work.send(msg_id, ms)
+    return ids
