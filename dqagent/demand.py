@@ -171,7 +171,8 @@ class RedisDemandProbe:
         dead brokers left without ack sets, and purges dead letters older than Dramatiq's 7-day TTL, as
         any worker's maintenance does. No queue is declared: Redis has no registry of queues and nothing
         is written for a queue without orphans (it is not called for them). The call leaves this probe's
-        own heartbeat entry, which is removed at once.
+        own heartbeat entry, which is removed at once. Cost in Redis: Dramatiq's maintenance runs a `KEYS`
+        per dead broker, so it is only triggered for the queues that hold orphans, not every tick.
 
         The whole call (count, maintenance, count again) has one deadline of `redis_timeout_s`. The
         maintenance runs in a thread (Dramatiq's broker is blocking); if the deadline passes, that thread
