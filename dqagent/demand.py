@@ -171,17 +171,17 @@ class RedisDemandProbe:
         dead brokers left without ack sets, and purges dead letters older than Dramatiq's 7-day TTL, as
         any worker's maintenance does. No queue is declared: Redis has no registry of queues and nothing
         is written for a queue without orphans (it is not called for them). The call leaves this probe's
-        own heartbeat entry, which is removed at once.
+        own heartbeat entry, which is removed at once. Cost in Redis: Dramatiq's maintenance runs a `KEYS`
+        per dead broker, so it is only triggered for the queues that hold orphans, not every tick.
+
+        The whole call (count, maintenance, count again) has one deadline of `redis_timeout_s`. The
+        maintenance runs in a thread (Dramatiq's broker is blocking); if the deadline passes, that thread
+        still ends by itself within its socket timeouts, and a Lua call it already sent completes
+        atomically in Redis or not at all.
 
         Returns how many orphans went back (orphans counted before minus after). Raises `BrokerError`.
         """
-        _, before = await self._guard(self._read())
-        targets = [name for name, n in before.items() if n]
-        if not targets:
-            return 0
-        broker_id = await self._guard(asyncio.to_thread(self._run_maintenance, targets))
-        _, after = await self._guard(self._drop_heartbeat_and_read(broker_id))
-        return max(0, sum(before.values()) - sum(after.values()))
+        return await self._guard(self._recover())
 
     async def close(self) -> None:
         """Close the Redis connections (the async client's and the maintenance broker's)."""
@@ -198,6 +198,18 @@ class RedisDemandProbe:
                 return await work
         except (redis.RedisError, OSError) as exc:  # TimeoutError is an OSError
             raise BrokerError(describe_failure(exc, self._settings)) from None
+
+    async def _recover(self) -> int:
+        _, before = await self._read()
+        targets = [name for name, n in before.items() if n]
+        if not targets:
+            return 0
+        broker_id = await asyncio.to_thread(self._run_maintenance, targets)
+        # Our maintenance broker never fetches, so it has no ack set: its heartbeat entry is noise that
+        # would otherwise go stale and cost every later read a second round trip.
+        await self._client.zrem(f"{self._settings.namespace}:__heartbeats__", broker_id)
+        _, after = await self._read()
+        return max(0, sum(before.values()) - sum(after.values()))
 
     async def _read(self) -> tuple[Demand, dict[str, int]]:
         """The demand and the orphan count per dispatch queue name (`Q` and `Q.DQ`)."""
@@ -238,12 +250,6 @@ class RedisDemandProbe:
         for i, n in enumerate(replies):
             counts[names[i % len(names)]] += int(n)
         return counts
-
-    async def _drop_heartbeat_and_read(self, broker_id: str) -> tuple[Demand, dict[str, int]]:
-        # Our maintenance broker never fetches, so it has no ack set: its heartbeat entry is noise that
-        # would otherwise go stale and cost every later read a second round trip.
-        await self._client.zrem(f"{self._settings.namespace}:__heartbeats__", broker_id)
-        return await self._read()
 
     def _run_maintenance(self, queue_names: Sequence[str]) -> str:
         """Blocking: one Dramatiq dispatch per queue name with maintenance forced; returns the broker id."""

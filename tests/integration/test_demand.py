@@ -329,3 +329,53 @@ def test_dqtestapp_runs_under_the_dramatiq_cli(redis_server: RedisServer) -> Non
         proc.stderr.close()
     assert proc.returncode == 0, stderr[-2000:]
 
+
+
+def test_one_probe_fails_while_redis_is_down_and_recovers_when_it_is_back(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = redis_server.port
+    settings = settings_for(redis_server.url)
+    monkeypatch.setattr("tests.bench.free_port", lambda: port)  # the next server takes the same port
+
+    async def scenario() -> None:
+        probe = RedisDemandProbe(settings)
+        try:
+            assert (await probe.fetch_demand()).outstanding == 0
+            redis_server.stop()
+            with pytest.raises(BrokerError):
+                await probe.fetch_demand()
+            with pytest.raises(BrokerError):
+                await probe.recover_orphans()
+            again = RedisServer()
+            try:
+                again.cli("RPUSH", "dramatiq:qa", "x")
+                assert (await probe.fetch_demand()).ready == 1
+            finally:
+                again.stop()
+        finally:
+            await probe.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_redis_times_out_and_the_same_probe_reads_again_afterwards(redis_server: RedisServer) -> None:
+    # Given Redis that stalls every client for 1.5 s (CLIENT PAUSE) and a probe with a 0.4 s timeout
+    settings = settings_for(redis_server.url, timeout_s=0.4)
+
+    async def scenario() -> None:
+        probe = RedisDemandProbe(settings)
+        try:
+            await probe.fetch_demand()  # the connection is open before the stall
+            redis_server.cli("CLIENT", "PAUSE", "1500", "ALL")
+            t0 = time.monotonic()
+            with pytest.raises(BrokerError, match=r"no answer within 0\.4 s"):
+                await probe.fetch_demand()
+            assert time.monotonic() - t0 < 0.4 + 0.25
+            # Then once Redis answers again, the same probe works (no half-read reply left on a connection)
+            await asyncio.sleep(1.5)
+            redis_server.cli("RPUSH", "dramatiq:qa", "y")
+            assert (await probe.fetch_demand()).ready == 1
+        finally:
+            await probe.close()
+
+    asyncio.run(scenario())
