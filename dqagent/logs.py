@@ -66,6 +66,9 @@ def setup(level: str, log_file: str, *, console: bool = True) -> str:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(level)
+    # Libraries' chatter (redis-py's DEBUG handshake notes, asyncio) is not an operator's event.
+    for name in ("redis", "dramatiq", "dbus_fast", "asyncio"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     fmt = FieldsFormatter("%(asctime)s %(levelname)s %(message)s")
     if _under_journal():
         from systemd.journal import JournalHandler
