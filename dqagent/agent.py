@@ -93,6 +93,12 @@ async def stop_workers(units: UnitManager, states: Sequence[UnitState], count: i
     return await units.stop_units(names, timeout_s=timeout_s)
 
 
+def breakdown(demand: Demand) -> str:
+    """Per-queue figures in one journal field, e.g. `q1:ready=3,in_flight=8,delayed=0,dead=0,orphaned=0`."""
+    return ";".join(f"{q.queue}:ready={q.ready},in_flight={q.in_flight},delayed={q.delayed},"
+                    f"dead={q.dead},orphaned={q.orphaned}" for q in demand.queues)
+
+
 @dataclass
 class _Health:
     """What has been logged, so each fault is logged once when it starts and once when it ends."""
@@ -223,7 +229,7 @@ class Agent:
         fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=len(running),
                       target=decision.target, ready=demand.ready, in_flight=demand.in_flight,
                       delayed=demand.delayed, dead_lettered=demand.dead, orphaned=demand.orphaned,
-                      policy=self.policy.name)
+                      policy=self.policy.name, breakdown=breakdown(demand))
         log.info("decision: %d -> %d workers (%s)", len(running), decision.target, decision.reason,
                  extra=event("decision", **fields))
         await self._reconcile(decision.target, states, reason=decision.reason)

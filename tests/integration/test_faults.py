@@ -88,3 +88,39 @@ def test_system_bus_loss_restarts_agent_and_workers_are_adopted(fresh_container:
     assert c.unit_property("dqagent.service", "MainPID") != agent_pid
     assert main_pids(c, worker_names(2)) == pids
     assert journal(c, "dqagent", "DQAGENT_EVENT=bus_lost")
+
+
+SLOW_STOP = "#!/bin/sh\ntrap 'sleep 3; exit 0' TERM\nwhile :; do sleep 0.2; done\n"
+
+
+def _only_instances(c: Container, n: int) -> bool:
+    """Exactly instances 1..n are loaded and not inactive: no duplicate, stray or failed unit."""
+    listed = c.systemctl("list-units", "dramatiq-worker@*", "--all", "--plain", "--no-legend").stdout
+    rows = [line.split() for line in listed.splitlines() if line.strip()]
+    live = sorted((r[0] for r in rows if r[2] != "inactive"), key=lambda u: int(u.split("@")[1].split(".")[0]))
+    return live == worker_names(n) and all(r[2] in ("active", "inactive") for r in rows)
+
+
+def test_agent_sigkilled_mid_scale_up_and_down_converges(fresh_container: Container,
+                                                         redis_server: RedisServer) -> None:
+    c = fresh_container
+    c.write("/usr/local/bin/slow-stop-worker", SLOW_STOP, mode=0o755)
+    install(c, redis_server, MIN_PROCESSES=1, MAX_PROCESSES=4, PROCESS_STARTUP_DELAY=3,
+            DRAMATIQ_COMMAND="/usr/local/bin/slow-stop-worker")
+    wait_until("1 worker", lambda: running_workers(c) == worker_names(1))
+
+    # Kill the agent while it waits on a freshly started instance (mid scale-up)
+    set_backlog(redis_server, 100)
+    wait_until("a scale-up in progress", lambda: len(journal(c, "dqagent", "DQAGENT_EVENT=scale_up")) >= 2)
+    c.systemctl("kill", "--signal=SIGKILL", "dqagent")
+    wait_until("restarted", lambda: c.unit_property("dqagent.service", "NRestarts") == "1", timeout=20)
+    wait_until("converged to 4", lambda: running_workers(c) == worker_names(4), timeout=60)
+    wait_until("exactly 1..4", lambda: _only_instances(c, 4), timeout=20)
+
+    # Kill it again while workers take 3 s to stop (mid scale-down)
+    set_backlog(redis_server, 0)
+    wait_until("a scale-down in progress", lambda: journal(c, "dqagent", "DQAGENT_EVENT=scale_down"), timeout=30)
+    c.systemctl("kill", "--signal=SIGKILL", "dqagent")
+    wait_until("restarted again", lambda: c.unit_property("dqagent.service", "NRestarts") == "2", timeout=20)
+    wait_until("converged to 1", lambda: running_workers(c) == worker_names(1), timeout=60)
+    wait_until("exactly 1", lambda: _only_instances(c, 1), timeout=20)
