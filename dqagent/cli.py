@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -71,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     uninst.add_argument("--purge", action="store_true", help="also remove /etc/dqagent")
 
     try:
-        from dqagent.sim.cli import add_simulate_parser
-    except ImportError:
+        sim_cli = importlib.import_module("dqagent.sim.cli")
+    except ImportError:  # the simulator is optional (plots need the `plot` extra)
         pass
     else:
-        add_simulate_parser(sub)
+        sim_cli.add_simulate_parser(sub)
     return parser
 
 
@@ -117,9 +118,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return install(_load(args).settings, now=args.now)
         return uninstall(purge=args.purge)
     if command == "simulate":
-        from dqagent.sim.cli import run_simulate
-
-        code: int = run_simulate(args)
+        code: int = importlib.import_module("dqagent.sim.cli").run_simulate(args)
         return code
     raise AssertionError(command)
 
