@@ -302,10 +302,12 @@ class Agent:
     def _redis_down(self, message: str) -> float:
         h = self._health
         h.redis_failures += 1
-        if h.redis_error != message:
+        if not h.redis_error:
             log.error("redis unavailable, keeping the current workers: %s", message,
                       extra=event("redis_error", error=message))
-            h.redis_error = message
+        elif h.redis_error != message:  # same outage, different wording: not a new event
+            log.debug("redis still unavailable: %s", message)
+        h.redis_error = message
         # 2, 4, 8 ... s, capped at the larger of CHECK_INTERVAL and 30 s: quick to notice recovery,
         # never a tight loop against a dead server.
         retry = min(max(self.s.check_interval_s, 30.0), MAX_BACKOFF_S, 2.0 ** min(h.redis_failures, 10))

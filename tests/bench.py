@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 #: Units the tests do not need; masking them keeps the boot about a second and quiet.
@@ -45,6 +45,16 @@ def require_bench() -> None:
         raise RuntimeError("the integration bench needs root (systemd-nspawn, mounts)")
     if missing:
         raise RuntimeError(f"the integration bench needs {', '.join(missing)}: run ./dev/test to install them")
+
+
+def wait_until(what: str, predicate: Callable[[], object], timeout: float = 30, interval: float = 0.25) -> None:
+    """Poll `predicate()` until truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
 
 
 def free_port() -> int:
@@ -185,16 +195,6 @@ class Container:
 
     def unit_property(self, unit: str, prop: str) -> str:
         return self.systemctl("show", unit, "-p", prop, "--value").stdout.strip()
-
-    def wait_for(self, what: str, predicate: object, timeout: float = 30, interval: float = 0.2) -> None:
-        """Poll `predicate()` until true; fail with `what` after `timeout` seconds."""
-        assert callable(predicate)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
 
     def stop(self) -> None:
         """Power the container off (SIGTERM to nspawn), SIGKILL after 15 s; remove its mount point."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.bench import Container, RedisServer
+from tests.bench import wait_until as wait_until  # re-exported for the tests
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -80,12 +80,3 @@ def set_backlog(redis: RedisServer, n: int, queue: str = QUEUE) -> None:
         redis.cli("RPUSH", f"dramatiq:{queue}", *ids)
         pairs = [x for i in ids for x in (i, "{}")]
         redis.cli("HSET", f"dramatiq:{queue}.msgs", *pairs)
-
-
-def wait_until(what: str, predicate: Any, timeout: float = 30, interval: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")

@@ -8,7 +8,7 @@ import json
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from tests.bench import Container, RedisServer
+from tests.bench import Container, RedisServer, wait_until
 
 UNIT = """[Unit]
 Description=dqagent bench smoke %i
@@ -65,7 +65,7 @@ def test_units_started_over_dbus_are_seen_by_systemctl_and_journalctl(bench: Con
     listed = bench.systemctl("list-units", "dqsmoke@*", "--plain", "--no-legend").stdout
     running = sorted(line.split()[0] for line in listed.splitlines() if " running " in line)
     assert running == names
-    bench.wait_for("journal line of dqsmoke@1", lambda: "smoke-started-1" in bench.run(
+    wait_until("journal line of dqsmoke@1", lambda: "smoke-started-1" in bench.run(
         ["journalctl", "-u", "dqsmoke@1", "-o", "json", "--no-pager"]).stdout)
     records = [json.loads(line) for line in bench.run(
         ["journalctl", "-u", "dqsmoke@1", "-o", "json", "--no-pager"]).stdout.splitlines()]
