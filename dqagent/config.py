@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit, urlunsplit
 
 from dqagent.errors import ConfigError
@@ -59,6 +59,12 @@ DEFAULTS: dict[str, str] = {
     "QUEUE_METRIC": "outstanding",
     "WORKER_USER": "dqworker",
     "WORKER_DIRECTORY": "/var/lib/dqagent/worker",
+    # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
+    "SCALING_POLICY": "step",
+    "TARGET_PER_WORKER": "5",
+    "TARGET_TOLERANCE": "0.1",
+    "SCALE_UP_MAX_STEP": "4",
+    "SCALE_DOWN_WINDOW": "120",
 }
 
 #: Settings whose value must never reach a log, a status line or a repr.
@@ -92,6 +98,12 @@ class Settings:
     queue_metric: QueueMetric
     worker_user: str
     worker_directory: str
+    # --- Scaling policy (issue 6): defaults mirror DEFAULTS so tests may build Settings directly. ---
+    scaling_policy: str = "step"
+    target_per_worker: float = 5.0
+    target_tolerance: float = 0.1
+    scale_up_max_step: int = 4
+    scale_down_window_s: float = 120.0
 
     def clamp(self, n: int) -> int:
         """Bring a worker count into [min_processes, max_processes]."""
@@ -164,6 +176,37 @@ def parse_queue_names(key: str, raw: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ConfigError(key, raw, "queue names must not repeat")
     return names
+
+
+#: Names accepted by SCALING_POLICY; `dqagent.policies.POLICIES` has exactly these keys (a test checks).
+SCALING_POLICIES = ("step", "target")
+
+
+class _PolicySettings(TypedDict):
+    scaling_policy: str
+    target_per_worker: float
+    target_tolerance: float
+    scale_up_max_step: int
+    scale_down_window_s: float
+
+
+def _parse_policy_settings(v: Mapping[str, str]) -> _PolicySettings:
+    """The scaling-policy block, kept apart so the rest of `parse_settings` stays as it was."""
+    policy = v["SCALING_POLICY"].strip().lower()
+    if policy not in SCALING_POLICIES:
+        raise ConfigError("SCALING_POLICY", v["SCALING_POLICY"],
+                          "expected one of " + ", ".join(SCALING_POLICIES))
+    per_worker = _float("TARGET_PER_WORKER", v["TARGET_PER_WORKER"],
+                        "expected outstanding messages per worker > 0 (e.g. the worker's --threads)",
+                        lambda x: x > 0)
+    tolerance = _float("TARGET_TOLERANCE", v["TARGET_TOLERANCE"], "expected a fraction in [0, 1)",
+                       lambda x: 0 <= x < 1)
+    max_step = _int("SCALE_UP_MAX_STEP", v["SCALE_UP_MAX_STEP"], 1, MAX_PROCESSES_LIMIT,
+                    f"expected an integer in 1..{MAX_PROCESSES_LIMIT}")
+    window = _float("SCALE_DOWN_WINDOW", v["SCALE_DOWN_WINDOW"], "expected seconds in 0..86400",
+                    lambda x: 0 <= x <= 86400)
+    return _PolicySettings(scaling_policy=policy, target_per_worker=per_worker, target_tolerance=tolerance,
+                           scale_up_max_step=max_step, scale_down_window_s=window)
 
 
 def parse_settings(values: Mapping[str, str]) -> Settings:
@@ -241,4 +284,5 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         queue_metric=metric,
         worker_user=user,
         worker_directory=workdir,
+        **_parse_policy_settings(v),
     )

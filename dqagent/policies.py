@@ -10,6 +10,8 @@ registering it in `POLICIES`. (This replaces the old manager's advice to overrid
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -108,9 +110,114 @@ class StepPolicy:
         return decision, None
 
 
+#: Dramatiq's own default when the command line gives no --threads (dramatiq/cli.py).
+DRAMATIQ_DEFAULT_THREADS = 8
+_THREADS_RE = re.compile(r"(?:--threads|-t)(?:=|\s+)(\d+)")
+
+
+def worker_threads(command: str) -> int:
+    """Threads per worker process, read from the Dramatiq command line (Dramatiq's default if absent)."""
+    found = _THREADS_RE.findall(command)
+    return max(1, int(found[-1])) if found else DRAMATIQ_DEFAULT_THREADS
+
+
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    """Recent recommendations, for the scale-down window.
+
+    Kept as a monotone queue: times ascending, recommendations strictly descending, so the first
+    entry is the highest recommendation still inside the window and the tuple stays short.
+    """
+
+    recommendations: tuple[tuple[float, int], ...] = ()
+
+    def remember(self, now_s: float, recommendation: int, window_s: float) -> TargetState:
+        kept = tuple((t, r) for t, r in self.recommendations if t > now_s - window_s and r > recommendation)
+        return TargetState((*kept, (now_s, recommendation)))
+
+    def highest(self) -> int:
+        return self.recommendations[0][1]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPolicy:
+    """Target tracking on outstanding messages (ready + in flight) per worker (SCALING_POLICY=target).
+
+    What it takes from the anchors, and what it leaves:
+    - HPA's proportional rule, desired = ceil(outstanding / per_worker), so a burst is answered in
+      one decision instead of one worker per check; bounded by `max_step` per decision so a
+      mis-read metric cannot start MAX_PROCESSES workers at once.
+    - Outstanding, not `LLEN`: Dramatiq prefetches 2 x threads per worker, so the ready list can be
+      empty while every worker is saturated (KEDA's Redis list scaler is blind to that and flaps).
+    - A tolerance band around the target (HPA's 10 %), so noise does not move the count.
+    - Scale-down to the highest recommendation seen within `window_s` (HPA's stabilization), and
+      never below ceil(in_flight / threads), the processes the fetched work needs.
+    - Workers still starting count as capacity: demand they will absorb adds nothing, so a slow
+      start does not trigger a second wave (the mistake AWS warm-up rules exist to prevent).
+    - Unlike Celery's autoscale it does not shrink right after growth; unlike Judoscale it has no
+      up-cooldown: scale-up is the part that must be fast.
+    """
+
+    min_processes: int
+    max_processes: int
+    #: Outstanding messages one worker should hold: its threads, so a full worker is "on target".
+    per_worker: float
+    #: Relative band around the target inside which the worker count is kept.
+    tolerance: float
+    #: Most workers added by one decision.
+    max_step: int
+    #: How long a higher recommendation holds off scale-down.
+    window_s: float
+    #: Threads per worker, for the in-flight floor.
+    threads: int
+    name: ClassVar[str] = "target"
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> TargetPolicy:
+        return cls(s.min_processes, s.max_processes, s.target_per_worker, s.target_tolerance,
+                   s.scale_up_max_step, s.scale_down_window_s, worker_threads(s.dramatiq_command))
+
+    def initial_state(self) -> TargetState:
+        return TargetState()
+
+    def decide(self, obs: Observation, state: TargetState) -> tuple[Decision, TargetState]:
+        outstanding = obs.outstanding
+        workers = obs.workers
+        desired = math.ceil(outstanding / self.per_worker)
+        starting = f", {obs.starting} starting" if obs.starting else ""
+        head = f"outstanding {outstanding} for {workers} workers{starting} at {_fmt(self.per_worker)} each"
+        ratio = outstanding / (workers * self.per_worker) if workers else math.inf
+        if workers and abs(ratio - 1) <= self.tolerance:
+            recommendation = workers
+            why = f"{head}: within {_fmt(self.tolerance * 100)}% of target"
+        else:
+            recommendation = desired
+            why = f"{head}: wants {desired}"
+        state = state.remember(obs.now_s, recommendation, self.window_s)
+        if recommendation > workers:
+            proposed = min(recommendation, workers + self.max_step)
+            if proposed < recommendation:
+                why += f"; up by at most {self.max_step}"
+        elif recommendation < workers:
+            stable = state.highest()
+            floor = math.ceil(obs.in_flight / self.threads)
+            proposed = min(workers, max(stable, floor))
+            if proposed == stable and stable > recommendation:
+                why += f"; holding {stable}, the highest in {_fmt(self.window_s)}s"
+            elif proposed == floor and floor > recommendation:
+                why += f"; in flight {obs.in_flight} needs {floor}"
+        else:
+            proposed = workers
+        target = max(self.min_processes, min(self.max_processes, proposed))
+        if target != proposed:
+            why += f"; clamped to [{self.min_processes}, {self.max_processes}]"
+        return Decision(target=target, reason=why), state
+
+
 #: Policies offered to users, by SCALING_POLICY name.
 POLICIES: dict[str, Callable[[Settings], Policy]] = {
     StepPolicy.name: StepPolicy.from_settings,
+    TargetPolicy.name: TargetPolicy.from_settings,
 }
 
 

@@ -1,0 +1,113 @@
+"""Properties of the target-tracking policy: bounds, monotone in demand, max step, no flap."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dqagent.config import parse_settings
+from dqagent.policies import Observation, TargetPolicy, TargetState, worker_threads
+
+demand = st.integers(min_value=0, max_value=20_000)
+workers = st.integers(min_value=0, max_value=200)
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> TargetPolicy:
+    lo = draw(st.integers(0, 20))
+    hi = draw(st.integers(max(lo, 1), 200))
+    return TargetPolicy(
+        min_processes=lo,
+        max_processes=hi,
+        per_worker=draw(st.floats(0.5, 50)),
+        tolerance=draw(st.floats(0, 0.5)),
+        max_step=draw(st.integers(1, 20)),
+        window_s=draw(st.floats(0, 600)),
+        threads=draw(st.integers(1, 16)),
+    )
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> TargetState:
+    """A state left by earlier decisions, as `remember` builds it."""
+    state = TargetState()
+    for i in range(draw(st.integers(0, 6))):
+        state = state.remember(float(i * 10), draw(st.integers(0, 200)), 600)
+    return state
+
+
+def obs(t: float, ready: int, in_flight: int, n: int, starting: int = 0) -> Observation:
+    return Observation(now_s=t, queue_length=ready + in_flight, ready=ready, in_flight=in_flight,
+                       delayed=0, workers=n, starting=min(starting, n))
+
+
+@given(policies(), histories(), demand, demand, workers)
+def test_target_within_bounds(p: TargetPolicy, s: TargetState, ready: int, fl: int, n: int) -> None:
+    d, _ = p.decide(obs(100, ready, fl, n), s)
+    assert p.min_processes <= d.target <= p.max_processes
+
+
+@given(policies(), histories(), demand, demand, demand, workers)
+def test_monotone_in_demand(p: TargetPolicy, s: TargetState, r1: int, r2: int, fl: int, n: int) -> None:
+    small, big = sorted((r1, r2))
+    assert p.decide(obs(100, small, fl, n), s)[0].target <= p.decide(obs(100, big, fl, n), s)[0].target
+
+
+@given(policies(), histories(), demand, demand, workers)
+def test_respects_max_step(p: TargetPolicy, s: TargetState, ready: int, fl: int, n: int) -> None:
+    d, _ = p.decide(obs(100, ready, fl, n), s)
+    if p.min_processes <= n:
+        assert d.target <= n + p.max_step
+
+
+@given(policies(), histories(), demand, demand, workers)
+def test_never_below_in_flight_needs_when_shrinking(
+    p: TargetPolicy, s: TargetState, ready: int, fl: int, n: int
+) -> None:
+    d, _ = p.decide(obs(100, ready, fl, n), s)
+    if d.target < n:
+        assert d.target >= min(-(-fl // p.threads), p.max_processes)
+
+
+@given(policies(), demand, demand, workers, st.integers(1, 5))
+def test_no_flap_under_constant_demand(p: TargetPolicy, ready: int, fl: int, n: int, tick_s: int) -> None:
+    # Given a constant demand, when the decisions are applied tick after tick,
+    # then the worker count moves in one direction only and settles.
+    state = p.initial_state()
+    directions: set[int] = set()
+    for i in range(int(p.window_s // tick_s) + p.max_processes + 2):
+        d, state = p.decide(obs(float(i * tick_s), ready, fl, n), state)
+        if d.target != n:
+            directions.add(1 if d.target > n else -1)
+        n = d.target
+    assert len(directions) <= 1
+    assert p.decide(obs(1e9, ready, fl, n), state)[0].target == n
+
+
+def test_burst_is_answered_in_proportion_not_one_by_one() -> None:
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    d, _ = p.decide(obs(0, 5000, 10, 1), p.initial_state())
+    assert d.target == 5 and "up by at most 4" in d.reason
+
+
+def test_starting_workers_count_as_capacity() -> None:
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    d, _ = p.decide(obs(0, 30, 10, 8, starting=4), p.initial_state())
+    assert d.target == 8 and "4 starting" in d.reason
+
+
+def test_scale_down_waits_for_the_window() -> None:
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    _, s = p.decide(obs(0, 40, 10, 10), p.initial_state())
+    held, s = p.decide(obs(60, 0, 5, 10), s)
+    assert held.target == 10 and "highest in 120s" in held.reason
+    after, _ = p.decide(obs(121, 0, 5, 10), s)
+    assert after.target == 1
+
+
+def test_threads_are_read_from_the_dramatiq_command() -> None:
+    assert worker_threads("python -m dramatiq --processes 1 --threads 5 app") == 5
+    assert worker_threads("dramatiq -t 3 app") == 3
+    assert worker_threads("dramatiq --threads=12 app") == 12
+    assert worker_threads("dramatiq app") == 8
+    assert TargetPolicy.from_settings(parse_settings({"SCALING_POLICY": "target"})).threads == 5
