@@ -133,6 +133,7 @@ class Agent:
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
         self._last_demand: Demand | None = None
+        self._last_logged = -math.inf
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -230,11 +231,16 @@ class Agent:
                       target=decision.target, ready=demand.ready, in_flight=demand.in_flight,
                       delayed=demand.delayed, dead_lettered=demand.dead, orphaned=demand.orphaned,
                       policy=self.policy.name, breakdown=breakdown(demand))
-        log.info("decision: %d -> %d workers (%s)", len(running), decision.target, decision.reason,
-                 extra=event("decision", **fields))
+        # One record per decision at CHECK_INTERVAL; the target policy's faster polls log changes only.
+        now = self.clock()
+        routine = decision.target == len(running) and now - self._last_logged < self.s.check_interval_s
+        log.log(logging.DEBUG if routine else logging.INFO, "decision: %d -> %d workers (%s)",
+                len(running), decision.target, decision.reason, extra=event("decision", **fields))
+        if not routine:
+            self._last_logged = now
         await self._reconcile(decision.target, states, reason=decision.reason)
         self._status(len(running) if decision.target == len(running) else decision.target, queue_length)
-        return self.s.check_interval_s
+        return self.s.tick_interval_s()
 
     # -- acting ----------------------------------------------------------------------------------
 
@@ -324,7 +330,7 @@ class Agent:
 
     def _status(self, workers: int, queue_length: int) -> None:
         self.notifier.status(f"{workers} workers, queue {queue_length}, "
-                             f"next check in {self.s.check_interval_s:g}s")
+                             f"next check in {self.s.tick_interval_s():g}s")
 
     # -- stopping --------------------------------------------------------------------------------
 

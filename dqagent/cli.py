@@ -162,12 +162,12 @@ async def _start(args: argparse.Namespace) -> int:
     if loaded.password_note:
         log.warning(loaded.password_note)
     log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs",
-             __version__, ",".join(s.queue_names), s.redis_location(), getattr(s, "scaling_policy", "step"),
+             __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
              s.min_processes, s.max_processes, s.check_interval_s)
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     await units.connect()
     probe = RedisDemandProbe(s)
-    agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, getattr(s, "scaling_policy", "step")),
+    agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy),
                   initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
                   own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"))
     try:

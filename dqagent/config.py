@@ -59,6 +59,7 @@ DEFAULTS: dict[str, str] = {
     "QUEUE_METRIC": "outstanding",
     "WORKER_USER": "dqworker",
     "WORKER_DIRECTORY": "/var/lib/dqagent/worker",
+    "DEMAND_POLL_INTERVAL": "5",
     # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
     "SCALING_POLICY": "step",
     "TARGET_PER_WORKER": "5",
@@ -98,12 +99,20 @@ class Settings:
     queue_metric: QueueMetric
     worker_user: str
     worker_directory: str
+    #: With SCALING_POLICY=target, how often demand is read between full checks.
+    demand_poll_interval_s: float = 5.0
     # --- Scaling policy (issue 6): defaults mirror DEFAULTS so tests may build Settings directly. ---
     scaling_policy: str = "step"
     target_per_worker: float = 5.0
     target_tolerance: float = 0.1
     scale_up_max_step: int = 4
     scale_down_window_s: float = 120.0
+
+    def tick_interval_s(self) -> float:
+        """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
+        if self.scaling_policy == "step":
+            return self.check_interval_s
+        return min(self.check_interval_s, self.demand_poll_interval_s)
 
     def clamp(self, n: int) -> int:
         """Bring a worker count into [min_processes, max_processes]."""
@@ -284,5 +293,7 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         queue_metric=metric,
         worker_user=user,
         worker_directory=workdir,
+        demand_poll_interval_s=_float("DEMAND_POLL_INTERVAL", v["DEMAND_POLL_INTERVAL"], "expected seconds > 0",
+                                      lambda x: x > 0),
         **_parse_policy_settings(v),
     )

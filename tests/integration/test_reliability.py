@@ -138,3 +138,25 @@ def test_burst_of_2000_with_scaling_and_a_killed_worker_loses_nothing(fresh_cont
     counts = redis_server.cli("HVALS", "dqtest:count").split()
     duplicates = sum(int(x) - 1 for x in counts)
     print(f"\nburst of 2000 x 60 ms drained in {drained_s:.1f}s; at-least-once duplicates: {duplicates}")
+
+
+def test_target_policy_scales_a_real_burst_up_within_seconds(fresh_container: Container,
+                                                             redis_server: RedisServer) -> None:
+    c = fresh_container
+    # CHECK_INTERVAL stays long: the target policy reads demand every DEMAND_POLL_INTERVAL instead
+    install_real(c, redis_server, threads=4, SCALING_POLICY="target", TARGET_PER_WORKER=4, SCALE_UP_MAX_STEP=4,
+                 SCALE_DOWN_WINDOW=5, MIN_PROCESSES=1, MAX_PROCESSES=5, CHECK_INTERVAL=60,
+                 DEMAND_POLL_INTERVAL=1, PROCESS_STARTUP_DELAY=1)
+    wait_until("worker", lambda: running_workers(c) == worker_names(1))
+    time.sleep(2)
+    started = time.monotonic()
+    ids = enqueue(c, redis_server, 400, 100)
+    wait_until("5 workers", lambda: running_workers(c) == worker_names(5), timeout=20, interval=0.2)
+    reaction_s = time.monotonic() - started
+    # One proportional step, not one worker per check
+    ups = journal(c, "dqagent", "DQAGENT_EVENT=scale_up")
+    assert int(ups[-1]["TARGET"]) == 5 and len(ups) <= 3
+    assert reaction_s < 12
+    wait_until("burst done", lambda: set(ids) <= done(redis_server), timeout=120, interval=1)
+    wait_until("back to MIN after the window", lambda: running_workers(c) == worker_names(1), timeout=60)
+    print(f"\ntarget policy: 1 -> 5 workers {reaction_s:.1f}s after a 400-message burst")
