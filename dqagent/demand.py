@@ -275,8 +275,9 @@ def _async_client(settings: Settings) -> redis.asyncio.Redis:
     t = settings.redis_timeout_s
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     if settings.redis_url:
+        # A password inside the URL wins; otherwise the credential's (so the URL can stay public).
         return redis.asyncio.Redis.from_url(settings.redis_url, retry=retry, socket_timeout=t,
-                                            socket_connect_timeout=t)
+                                            socket_connect_timeout=t, password=settings.redis_password or None)
     return redis.asyncio.Redis(host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
                                password=settings.redis_password or None, retry=retry, socket_timeout=t,
                                socket_connect_timeout=t)
@@ -288,7 +289,7 @@ def _sync_client(settings: Settings) -> redis.Redis:
     retry = redis.retry.Retry(NoBackoff(), 0)
     if settings.redis_url:
         return redis.Redis.from_url(settings.redis_url, retry=retry, socket_timeout=t,
-                                    socket_connect_timeout=t)
+                                    socket_connect_timeout=t, password=settings.redis_password or None)
     return redis.Redis(host=settings.redis_host, port=settings.redis_port, db=settings.redis_db,
                        password=settings.redis_password or None, retry=retry, socket_timeout=t,
                        socket_connect_timeout=t)

@@ -174,7 +174,8 @@ class Container:
         """Run a command inside the container (all its namespaces), as root or `user`."""
         prefix = ["nsenter", "-t", str(self.leader), "-a"]
         if user:
-            prefix += ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+            gid = subprocess.run([*prefix, "id", "-g", user], capture_output=True, text=True, check=True).stdout
+            prefix += ["setpriv", f"--reuid={user}", f"--regid={gid.strip()}", "--init-groups", "--"]
         envs = [f"{k}={v}" for k, v in (env or {}).items()]
         full = [*prefix, "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "LANG=C.UTF-8", *envs, *cmd]

@@ -1,0 +1,72 @@
+"""Least privilege: the agent runs as `dqagent`, polkit lets it manage numbered workers and nothing else."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.bench import Container, RedisServer
+from tests.integration.agentbench import dqagent, install, running_workers, worker_names
+
+REFUSED = ("Access denied", "Interactive authentication required")
+
+
+def test_agent_runs_as_dqagent_and_scales(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, MIN_PROCESSES=2)
+    assert c.unit_property("dqagent.service", "User") == "dqagent"
+    pid = c.unit_property("dqagent.service", "MainPID")
+    status = c.run(["cat", f"/proc/{pid}/status"]).stdout
+    uid = c.run(["id", "-u", "dqagent"]).stdout.strip()
+    assert re.search(rf"^Uid:\s+{uid}\s", status, re.M)
+    assert re.search(r"^CapEff:\s+0+$", status, re.M)
+    assert running_workers(c) == worker_names(2)
+    worker_user = c.run(["ps", "-o", "user=", "-p", c.unit_property("dramatiq-worker@1.service", "MainPID")])
+    assert worker_user.stdout.strip() == "dqworker"
+
+
+@pytest.mark.parametrize("cmd", [
+    ["start", "redis-server.service"],
+    ["stop", "dbus.service"],
+    ["restart", "systemd-journald.service"],
+    ["start", "dramatiq-worker@x.service"],
+    ["start", "dramatiq-worker@1.socket"],
+    ["daemon-reload"],
+])
+def test_dqagent_user_is_refused_everything_else(fresh_container: Container, redis_server: RedisServer,
+                                                 cmd: list[str]) -> None:
+    c = fresh_container
+    install(c, redis_server, now=False)
+    result = c.run(["systemctl", "--no-ask-password", *cmd], user="dqagent", check=False)
+    assert result.returncode != 0
+    assert any(text in result.stderr for text in REFUSED), result.stderr
+
+
+def test_dqagent_user_may_scale_numbered_workers(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, now=False, MIN_PROCESSES=0)
+    dqagent(c, "scale-up", "--processes", "2", user="dqagent")
+    assert running_workers(c) == worker_names(2)
+    dqagent(c, "scale-down", "--processes", "2", user="dqagent")
+    assert running_workers(c) == []
+
+
+def test_status_for_any_user_reports_what_it_cannot_read(fresh_container: Container,
+                                                         redis_server: RedisServer) -> None:
+    c = fresh_container
+    redis_server.stop()
+    pw = RedisServer(password="only-root-knows", port=redis_server.port)
+    try:
+        install(c, pw, MIN_PROCESSES=1)
+        c.write("/etc/dqagent/redis-password", "only-root-knows\n", mode=0o600)
+        result = dqagent(c, "status", "--json", user="nobody")
+        assert "Traceback" not in result.stderr
+        report = json.loads(result.stdout)
+        assert report["queue_length"] is None
+        assert "password file /etc/dqagent/redis-password unavailable" in report["redis_error"]
+        assert report["current_processes"] == 1  # systemd is readable by anyone
+        assert dqagent(c, "status").stdout.count("unavailable") == 0  # root reads the credential
+    finally:
+        pw.stop()
