@@ -1,0 +1,106 @@
+"""The demo: dqagent scaling real Dramatiq workers end to end, on any Debian 12 machine (root).
+
+A throwaway systemd (the test bench's nspawn container over a tmpfs overlay), a private Redis, the
+small sample Dramatiq app in tests/app, `dqagent install --now` exactly as on a real host, a burst of
+messages, and the live view an operator would use. Everything it starts is stopped by PID at the end,
+also on Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.bench import Container, RedisServer, require_bench
+from tests.integration.agentbench import DQAGENT, PYTHON, QUEUE, REPO, make_reachable, settings_text
+
+APP_DIR = REPO / "tests" / "app"
+BURST, TASK_MS = 1500, 200
+DEADLINE_S = 240
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def sh(c: Container, *cmd: str) -> str:
+    return c.run(list(cmd), check=False).stdout.rstrip()
+
+
+def main() -> int:
+    require_bench()
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    redis = container = None
+    try:
+        banner("booting a throwaway systemd 252 (systemd-nspawn over a tmpfs overlay) and a private Redis")
+        redis = RedisServer()
+        container = c = Container(name="dqagent-demo")
+        print(sh(c, "systemctl", "--version").splitlines()[0], "| redis on 127.0.0.1:", redis.port)
+
+        banner("settings: /etc/dqagent/dqagent.env (step rule, check every 2 s, 1..5 workers)")
+        make_reachable(c)
+        c.write("/etc/dqagent/dqagent.env", settings_text(
+            redis, MIN_PROCESSES=1, MAX_PROCESSES=5, CHECK_INTERVAL=2, PROCESS_STARTUP_DELAY=1,
+            GRACEFUL_SHUTDOWN_TIMEOUT=20, LOG_LEVEL="INFO", WORKER_DIRECTORY=str(APP_DIR),
+            DRAMATIQ_COMMAND=f"{PYTHON} -m dramatiq --processes 1 --threads 4 --worker-shutdown-timeout 15000 "
+                             "dqtestapp"))
+        c.write("/etc/dqagent/worker.env", f"DQTEST_REDIS_URL={redis.url}\nDQTEST_QUEUE={QUEUE}\n")
+        print((c.root / "etc/dqagent/dqagent.env").read_text().rstrip())
+
+        banner("dqagent install --now")
+        print(c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install", "--now"]).stdout.rstrip())
+        print(sh(c, "systemctl", "status", "dqagent", "--no-pager", "--lines=0"))
+
+        banner(f"enqueueing a burst of {BURST} messages of {TASK_MS} ms")
+        time.sleep(2)
+        code = (f"import sys; sys.path.insert(0, {str(APP_DIR)!r}); import dqtestapp; "
+                f"dqtestapp.enqueue_burst({BURST}, {TASK_MS})")
+        c.run([PYTHON, "-c", code], env={"DQTEST_REDIS_URL": redis.url, "DQTEST_QUEUE": QUEUE})
+
+        started = time.monotonic()
+        peak = 0
+        while time.monotonic() - started < DEADLINE_S:
+            banner(f"t+{time.monotonic() - started:.0f}s: dqagent status; systemctl list-units 'dramatiq-worker@*'")
+            print(sh(c, DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "status"))
+            print(sh(c, "systemctl", "list-units", "dramatiq-worker@*", "--no-pager"))
+            running = len([ln for ln in sh(c, "systemctl", "list-units", "dramatiq-worker@*", "--plain",
+                                            "--no-legend", "--state=running").splitlines() if ln.strip()])
+            peak = max(peak, running)
+            done = int(redis.cli("SCARD", "dqtest:done"))
+            if done >= BURST and running == 1 and peak > 1:
+                break
+            time.sleep(3)
+
+        banner("journalctl -u dqagent (scale events)")
+        print(sh(c, "journalctl", "-u", "dqagent", "--no-pager", "-o", "short-monotonic",
+                 "DQAGENT_EVENT=scale_up", "+", "_SYSTEMD_UNIT=dqagent.service", "DQAGENT_EVENT=scale_down"))
+        done = int(redis.cli("SCARD", "dqtest:done"))
+        left = sh(c, "systemctl", "list-units", "dramatiq-worker@*", "--plain", "--no-legend", "--state=running")
+        banner(f"result: {done}/{BURST} messages done, workers peaked at {peak}, back to {left.count('running')}")
+        return 0 if done >= BURST and peak > 1 else 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        return 130
+    except (subprocess.SubprocessError, AssertionError, RuntimeError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if container is not None:
+            container.stop()
+        if redis is not None:
+            redis.stop()
+        print("cleaned up: container and redis-server stopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
