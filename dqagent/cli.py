@@ -47,7 +47,8 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="dqagent", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser = _Parser(prog="dqagent", description="Keeps the right number of Dramatiq workers running as "
+                     "dramatiq-worker@N.service units, from the backlog in the Dramatiq Redis broker.")
     parser.add_argument("--version", action="version", version=f"dqagent {__version__}")
     parser.add_argument("--env-file", type=Path, default=None,
                         help="settings file (default: ./.env, else /etc/dqagent/dqagent.env)")

@@ -20,7 +20,8 @@ from dqagent.config import DEFAULTS, Settings
 from dqagent.errors import EXIT_FAILED, EXIT_NOPERM, EXIT_OK
 from dqagent.systemd import AGENT_UNIT, SystemdClient
 
-PACKAGING = Path(__file__).resolve().parent.parent / "packaging" / "systemd"
+#: packaging/systemd, shipped inside the package as `dqagent/units` (a symlink in the source tree).
+PACKAGING = Path(__file__).resolve().parent / "units"
 UNIT_DIR = Path("/etc/systemd/system")
 ETC = Path("/etc/dqagent")
 ENV_FILE = ETC / "dqagent.env"
@@ -147,7 +148,7 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         os.chown(workdir, worker.pw_uid, worker.pw_gid)
         report.changed.append(f"created {workdir}")
     values = {
-        "DQAGENT": exe, "DOCS": str(PACKAGING.parent.parent / "README.md"),
+        "DQAGENT": exe,
         "WORKER_USER": settings.worker_user, "WORKER_DIRECTORY": settings.worker_directory,
         "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
     }
