@@ -62,8 +62,8 @@ DEFAULTS: dict[str, str] = {
     "DEMAND_POLL_INTERVAL": "5",
     # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
     "SCALING_POLICY": "step",
-    "TARGET_PER_WORKER": "5",
-    "TARGET_TOLERANCE": "0.1",
+    "TARGET_PER_WORKER": "auto",
+    "TARGET_TOLERANCE": "0.2",
     "SCALE_UP_MAX_STEP": "4",
     "SCALE_DOWN_WINDOW": "120",
 }
@@ -103,8 +103,9 @@ class Settings:
     demand_poll_interval_s: float = 5.0
     # --- Scaling policy (issue 6): defaults mirror DEFAULTS so tests may build Settings directly. ---
     scaling_policy: str = "step"
-    target_per_worker: float = 5.0
-    target_tolerance: float = 0.1
+    #: None ("auto"): the worker's prefetch, 2 x --threads of DRAMATIQ_COMMAND.
+    target_per_worker: float | None = None
+    target_tolerance: float = 0.2
     scale_up_max_step: int = 4
     scale_down_window_s: float = 120.0
 
@@ -193,7 +194,7 @@ SCALING_POLICIES = ("step", "target")
 
 class _PolicySettings(TypedDict):
     scaling_policy: str
-    target_per_worker: float
+    target_per_worker: float | None
     target_tolerance: float
     scale_up_max_step: int
     scale_down_window_s: float
@@ -205,9 +206,10 @@ def _parse_policy_settings(v: Mapping[str, str]) -> _PolicySettings:
     if policy not in SCALING_POLICIES:
         raise ConfigError("SCALING_POLICY", v["SCALING_POLICY"],
                           "expected one of " + ", ".join(SCALING_POLICIES))
-    per_worker = _float("TARGET_PER_WORKER", v["TARGET_PER_WORKER"],
-                        "expected outstanding messages per worker > 0 (e.g. the worker's --threads)",
-                        lambda x: x > 0)
+    per_worker = None if v["TARGET_PER_WORKER"].strip().lower() == "auto" else _float(
+        "TARGET_PER_WORKER", v["TARGET_PER_WORKER"],
+        "expected auto or outstanding messages per worker > 0 (auto = 2 x --threads, the prefetch)",
+        lambda x: x > 0)
     tolerance = _float("TARGET_TOLERANCE", v["TARGET_TOLERANCE"], "expected a fraction in [0, 1)",
                        lambda x: 0 <= x < 1)
     max_step = _int("SCALE_UP_MAX_STEP", v["SCALE_UP_MAX_STEP"], 1, MAX_PROCESSES_LIMIT,

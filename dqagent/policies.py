@@ -174,8 +174,12 @@ class TargetPolicy:
 
     @classmethod
     def from_settings(cls, s: Settings) -> TargetPolicy:
-        return cls(s.min_processes, s.max_processes, s.target_per_worker, s.target_tolerance,
-                   s.scale_up_max_step, s.scale_down_window_s, worker_threads(s.dramatiq_command))
+        threads = worker_threads(s.dramatiq_command)
+        # "auto": a worker is on target when it holds its full prefetch (2 x threads): every thread busy
+        # and the next messages already fetched, so outstanding / prefetch is the fleet's fill level.
+        per_worker = s.target_per_worker if s.target_per_worker is not None else 2.0 * threads
+        return cls(s.min_processes, s.max_processes, per_worker, s.target_tolerance,
+                   s.scale_up_max_step, s.scale_down_window_s, threads)
 
     def initial_state(self) -> TargetState:
         return TargetState()

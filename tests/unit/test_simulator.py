@@ -1,0 +1,126 @@
+"""The simulator's bookkeeping and the reference policies' documented behaviour."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dqagent.policies import Decision, Observation, StepPolicy
+from dqagent.sim.bench import contenders, count_flaps, metrics, percentile, run
+from dqagent.sim.model import PoolConfig, oracle_worker_seconds, simulate
+from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
+from dqagent.sim.traces import TRACES, Trace, generate, load_trace
+
+SMALL = Trace("small", 600, ((0, 2), (300, 6), (600, 1)), bursts=((100, 300),), service_mean_s=1.5,
+              long_fraction=0.02, long_mean_s=60)
+
+
+@pytest.mark.parametrize("name", list(contenders()))
+def test_every_arrival_is_completed_exactly_once(name: str) -> None:
+    workload = generate(SMALL, seed=3)
+    result = run(contenders()[name], workload, PoolConfig())
+    assert Counter(result.completed) == Counter({1: len(workload)})
+    assert len(result.waits_s) == len(workload) and min(result.waits_s) >= 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 8), st.integers(0, 3), st.floats(0, 20))
+def test_conservation_for_any_seed_and_pool(seed: int, threads: int, lo: int, startup: float) -> None:
+    workload = generate(Trace("h", 200, ((0, 3),), bursts=((50, 80),), service_mean_s=1.0), seed)
+    pool = PoolConfig(threads=threads, prefetch=2 * threads, startup_delay_s=startup, min_workers=lo,
+                      max_workers=max(lo, 1) + 3)
+    result = simulate(workload, StepPolicy(lo, max(lo, 1) + 3, 5, 2.5), pool, tick_s=5)
+    assert sorted(result.completed) == [1] * len(workload)
+
+
+def test_same_seed_same_result_other_seed_other_result() -> None:
+    contender = contenders()["target"]
+    a = run(contender, generate(SMALL, 7), PoolConfig())
+    b = run(contender, generate(SMALL, 7), PoolConfig())
+    c = run(contender, generate(SMALL, 8), PoolConfig())
+    assert a == b
+    assert a.waits_s != c.waits_s
+
+
+def test_prefetch_is_invisible_to_ready_but_not_to_outstanding() -> None:
+    # One worker, 2 threads, prefetch 4; 10 long messages at once: 2 run, 2 wait prefetched, 6 ready.
+    workload = generate(Trace("p", 1, ((0, 0),), bursts=((0, 10),), service_mean_s=100, service_cv=0.01), 1)
+    seen: list[Observation] = []
+
+    class Spy(StepPolicy):
+        def decide(self, obs: Observation, state: None) -> tuple:  # type: ignore[type-arg]
+            seen.append(obs)
+            return super().decide(obs, state)
+
+    simulate(workload, Spy(1, 1, 5, 2.5), PoolConfig(threads=2, prefetch=4, max_workers=1), tick_s=10)
+    assert (seen[1].ready, seen[1].in_flight, seen[1].outstanding) == (6, 4, 10)
+
+
+def test_graceful_stop_returns_prefetched_messages_and_finishes_running() -> None:
+    # A policy that stops the only worker while it holds work: nothing may be lost.
+    workload = generate(Trace("g", 30, ((0, 0),), bursts=((0, 40),), service_mean_s=5, service_cv=0.1), 1)
+
+    class Flip(StepPolicy):
+        def decide(self, obs: Observation, state: None) -> tuple[Decision, None]:
+            return Decision(2 if int(obs.now_s) % 20 < 10 else 1, "flip"), None
+
+    result = simulate(workload, Flip(1, 2, 5, 2.5), PoolConfig(threads=2, prefetch=4, max_workers=2), tick_s=5)
+    assert sorted(result.completed) == [1] * 40
+
+
+def test_oracle_is_a_lower_bound_for_every_policy() -> None:
+    workload = generate(SMALL, 5)
+    bound = oracle_worker_seconds(workload, PoolConfig())
+    for contender in contenders().values():
+        assert run(contender, workload, PoolConfig()).worker_seconds >= bound * 0.999, contender.name
+
+
+def test_metrics_helpers() -> None:
+    assert percentile([5, 1, 4, 2, 3], 0.5) == 3 and percentile([], 0.95) == 0
+    events = [(0, 1), (100, -1), (800, 1), (900, 1), (1000, -1)]
+    assert count_flaps(events) == 2  # 0->100 and 900->1000; 100->800 is 700 s apart
+    m = metrics(run(contenders()["step"], generate(SMALL, 1), PoolConfig()), "small", "step")
+    assert m.p50_s <= m.p95_s <= m.p99_s and not math.isnan(m.drain_s)
+
+
+def test_keda_hpa_behaviour() -> None:
+    keda = KedaHpa(1, 100)
+    obs = Observation(now_s=0, queue_length=0, ready=500, in_flight=0, delayed=0, workers=2)
+    d, state = keda.decide(obs, keda.initial_state())
+    assert d.target == 6  # up by max(100 %, 4 pods)
+    raw = KedaHpa(1, 100, behavior=False)
+    assert raw.decide(obs, raw.initial_state())[0].target == 100
+    low = Observation(now_s=60, queue_length=0, ready=0, in_flight=0, delayed=0, workers=6)
+    assert keda.decide(low, state)[0].target == 6  # 300 s stabilization holds the earlier 100
+    assert keda.decide(Observation(now_s=400, queue_length=0, ready=0, in_flight=0, delayed=0, workers=6),
+                       state)[0].target == 1
+    within = Observation(now_s=0, queue_length=0, ready=52, in_flight=0, delayed=0, workers=10)
+    assert raw.decide(within, raw.initial_state())[0].target == 10  # 10 % tolerance
+
+
+def test_celery_and_aws_behaviour() -> None:
+    celery = CeleryAutoscale(1, 10, threads=5)
+    up, last = celery.decide(Observation(0, 0, ready=40, in_flight=0, delayed=0, workers=1), celery.initial_state())
+    assert up.target == 8 and last == 0
+    assert celery.decide(Observation(10, 0, 0, 0, 0, workers=8), last)[0].target == 8  # keepalive
+    assert celery.decide(Observation(40, 0, 0, 12, 0, workers=8), last)[0].target == 7  # never below busy
+    aws = AwsBacklogPerInstance(1, 10, threads=5, mean_service_s=2)  # 150 messages per instance
+    assert aws.decide(Observation(0, 0, ready=600, in_flight=0, delayed=0, workers=1), -math.inf)[0].target == 4
+
+
+def test_trace_files_load_and_bad_ones_are_one_line_errors(tmp_path: object) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    good = d / "mine.json"
+    good.write_text('{"duration_s": 60, "rate_points": [[0, 1]], "bursts": [[10, 5]]}')
+    assert load_trace(str(good)).name == "mine"
+    bad = d / "bad.json"
+    bad.write_text('{"duration_s": 60, "colour": 1}')
+    with pytest.raises(ValueError, match="unknown fields"):
+        load_trace(str(bad))
+    assert set(TRACES) == {"burst", "ramp", "diurnal", "spiky", "idle_burst", "long_jobs"}
