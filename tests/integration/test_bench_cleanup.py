@@ -1,0 +1,39 @@
+"""The bench leaves nothing behind: container, mounts and Redis stopped by PID; the host's /tmp untouched."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from tests.bench import Container, RedisServer, require_bench
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_two_containers_in_a_row_clean_up_and_spare_host_tmp() -> None:
+    require_bench()
+    sentinel = Path("/tmp") / f"dqagent-bench-sentinel-{uuid.uuid4().hex}"
+    sentinel.write_text("host file")
+    try:
+        for _ in range(2):
+            c = Container()
+            r = RedisServer()
+            # systemd-tmpfiles inside the container cleans ITS /tmp, which is the overlay's
+            c.run(["systemd-tmpfiles", "--clean", "--remove"], check=False)
+            assert c.run(["test", "-e", str(sentinel)], check=False).returncode == 0  # seen through overlay
+            c.run(["rm", "-f", str(sentinel)])  # a write inside goes to the tmpfs upper layer only
+            pids = (c.proc.pid, c.leader, r.proc.pid)
+            c.stop()
+            r.stop()
+            assert not any(_alive(p) for p in pids)
+            assert not c.root_dir.exists()
+            assert sentinel.read_text() == "host file"
+    finally:
+        sentinel.unlink()
