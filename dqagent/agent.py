@@ -74,14 +74,15 @@ async def start_workers(units: UnitManager, states: Sequence[UnitState], count: 
     for name in names:
         if name in by_name:
             await units.reset_failed(name)
-    await units.start_units(names)
+    jobs = {o.unit: o.result for o in await units.start_units(names)}
     if startup_delay_s > 0:
         await asyncio.sleep(startup_delay_s)
     after = {s.unit: s for s in await units.worker_states()}
     ok = [after[n] for n in names if n in after and after[n].running]
     bad = [after[n] for n in names if n in after and not after[n].running]
-    # An instance that vanished (garbage-collected after exiting) did not start either.
-    bad += [UnitState(name, n, ActiveState.INACTIVE, "dead", 0, 0, 0, "exited", False)
+    # An instance that vanished (garbage-collected after exiting, or refused) did not start either;
+    # its job result says why ("done" then exit, "failed", "error: ...AccessDenied").
+    bad += [UnitState(name, n, ActiveState.INACTIVE, "dead", 0, 0, 0, f"job {jobs.get(name, 'unknown')}", False)
             for n, name in zip(numbers, names, strict=True) if name not in after]
     return ok, bad
 
