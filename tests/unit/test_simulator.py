@@ -127,3 +127,19 @@ def test_trace_files_load_and_bad_ones_are_one_line_errors(tmp_path: object) -> 
     with pytest.raises(ValueError, match="unknown fields"):
         load_trace(str(bad))
     assert set(TRACES) == {"burst", "ramp", "diurnal", "spiky", "idle_burst", "long_jobs"}
+
+
+def test_simulate_command_prints_metrics_and_writes_a_png(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from dqagent.cli import main
+
+    png = Path(str(tmp_path)) / "out.png"
+    trace = Path(str(tmp_path)) / "t.json"
+    trace.write_text('{"duration_s": 300, "rate_points": [[0, 2]], "bursts": [[60, 200]]}')
+    assert main(["simulate", "--trace", str(trace), "--policy", "target", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "p95 s" in out and any(line.split()[:2] == ["t", "target"] for line in out.splitlines())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert main(["simulate", "--trace", "burst", "--policy", "nope"]) == 2
+    assert "unknown 'nope'" in capsys.readouterr().err
