@@ -133,7 +133,6 @@ class Agent:
         self._health = _Health()
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
-        self._last_demand: Demand | None = None
         self._last_logged = -math.inf
 
     # -- the loop --------------------------------------------------------------------------------
@@ -214,7 +213,6 @@ class Agent:
         except BrokerError as exc:
             return self._redis_down(str(exc))
         self._redis_up()
-        self._last_demand = demand
         if demand.orphaned:
             await self._recover(demand)
         states = await self.units.worker_states()
