@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -33,6 +34,17 @@ def fresh_container() -> Iterator[Container]:
 def redis_server() -> Iterator[RedisServer]:
     require_bench()
     r = RedisServer()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture
+def redis_with_password() -> Iterator[RedisServer]:
+    """A private Redis that requires a password (random, so finding it anywhere is a real leak)."""
+    require_bench()
+    r = RedisServer(password=f"pw-{uuid.uuid4().hex}")
     try:
         yield r
     finally:

@@ -127,22 +127,17 @@ def test_agent_sigkilled_mid_scale_up_and_down_converges(fresh_container: Contai
 
 
 def test_redis_refusing_auth_keeps_workers_and_says_so(fresh_container: Container,
-                                                       redis_server: RedisServer) -> None:
-    c = fresh_container
-    redis_server.stop()
-    locked = RedisServer(password="the-right-one", port=redis_server.port)
-    try:
-        install(c, locked, now=False, MIN_PROCESSES=2, MAX_PROCESSES=4)
-        c.write("/etc/dqagent/redis-password", "a-wrong-one\n", mode=0o600)
-        c.systemctl("start", "dqagent")
-        wait_until("2 workers", lambda: running_workers(c) == worker_names(2))
-        wait_until("status", lambda: "redis unavailable" in c.unit_property("dqagent.service", "StatusText"))
-        time.sleep(5)
-        assert c.unit_property("dqagent.service", "ActiveState") == "active"
-        assert running_workers(c) == worker_names(2)
-        errors = journal(c, "dqagent", "DQAGENT_EVENT=redis_error")
-        assert len(errors) == 1
-        text = str(errors) + c.unit_property("dqagent.service", "StatusText")
-        assert "a-wrong-one" not in text and "the-right-one" not in text
-    finally:
-        locked.stop()
+                                                       redis_with_password: RedisServer) -> None:
+    c, locked = fresh_container, redis_with_password
+    install(c, locked, now=False, MIN_PROCESSES=2, MAX_PROCESSES=4)
+    c.write("/etc/dqagent/redis-password", "a-wrong-one\n", mode=0o600)
+    c.systemctl("start", "dqagent")
+    wait_until("2 workers", lambda: running_workers(c) == worker_names(2))
+    wait_until("status", lambda: "redis unavailable" in c.unit_property("dqagent.service", "StatusText"))
+    time.sleep(5)
+    assert c.unit_property("dqagent.service", "ActiveState") == "active"
+    assert running_workers(c) == worker_names(2)
+    errors = journal(c, "dqagent", "DQAGENT_EVENT=redis_error")
+    assert len(errors) == 1
+    text = str(errors) + c.unit_property("dqagent.service", "StatusText")
+    assert "a-wrong-one" not in text and locked.password not in text

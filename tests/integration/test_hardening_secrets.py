@@ -7,9 +7,15 @@ import re
 from pathlib import Path
 
 from tests.bench import Container, RedisServer
-from tests.integration.agentbench import dqagent, install, running_workers, set_backlog, wait_until, worker_names
-
-SECRET = "pa55-w0rd-never-shown"
+from tests.integration.agentbench import (
+    DQAGENT,
+    dqagent,
+    install,
+    running_workers,
+    set_backlog,
+    wait_until,
+    worker_names,
+)
 
 
 def exposure(c: Container, unit: str) -> float:
@@ -49,44 +55,34 @@ def _everything_visible(c: Container) -> str:
 
 
 def test_password_from_credential_works_and_never_leaks(fresh_container: Container,
-                                                        redis_server: RedisServer) -> None:
-    c = fresh_container
-    redis_server.stop()
-    pw = RedisServer(password=SECRET, port=redis_server.port)
-    try:
-        install(c, pw, now=False, MIN_PROCESSES=1, MAX_PROCESSES=3)
-        c.write("/etc/dqagent/redis-password", SECRET + "\n", mode=0o600)
-        c.systemctl("start", "dqagent")
-        set_backlog(pw, 100)
-        wait_until("scaled with the authenticated Redis", lambda: len(running_workers(c)) == 3, timeout=30)
-        report = json.loads(dqagent(c, "status", "--json").stdout)
-        assert report["queue_length"] == 100
-        assert SECRET not in _everything_visible(c)
-    finally:
-        pw.stop()
+                                                        redis_with_password: RedisServer) -> None:
+    c, pw = fresh_container, redis_with_password
+    install(c, pw, now=False, MIN_PROCESSES=1, MAX_PROCESSES=3)
+    c.write("/etc/dqagent/redis-password", pw.password + "\n", mode=0o600)
+    c.systemctl("start", "dqagent")
+    set_backlog(pw, 100)
+    wait_until("scaled with the authenticated Redis", lambda: len(running_workers(c)) == 3, timeout=30)
+    report = json.loads(dqagent(c, "status", "--json").stdout)
+    assert report["queue_length"] == 100
+    assert pw.password not in _everything_visible(c)
 
 
 def test_redis_url_with_credential_password_and_url_password_never_leak(fresh_container: Container,
-                                                                       redis_server: RedisServer) -> None:
-    c = fresh_container
-    redis_server.stop()
-    pw = RedisServer(password=SECRET, port=redis_server.port)
-    try:
-        # REDIS_URL in the world-readable settings carries no password; the credential file does
-        install(c, pw, now=False, MIN_PROCESSES=1, MAX_PROCESSES=3, REDIS_URL=f"redis://127.0.0.1:{pw.port}/0",
-                REDIS_HOST="unused.invalid")
-        c.write("/etc/dqagent/redis-password", SECRET + "\n", mode=0o600)
-        c.systemctl("start", "dqagent")
-        set_backlog(pw, 100)
-        wait_until("scaled through REDIS_URL", lambda: len(running_workers(c)) == 3, timeout=30)
-        assert SECRET not in _everything_visible(c)
+                                                                       redis_with_password: RedisServer) -> None:
+    c, pw = fresh_container, redis_with_password
+    # REDIS_URL in the world-readable settings carries no password; the credential file does
+    install(c, pw, now=False, MIN_PROCESSES=1, MAX_PROCESSES=3, REDIS_URL=f"redis://127.0.0.1:{pw.port}/0",
+            REDIS_HOST="unused.invalid")
+    c.write("/etc/dqagent/redis-password", pw.password + "\n", mode=0o600)
+    c.systemctl("start", "dqagent")
+    set_backlog(pw, 100)
+    wait_until("scaled through REDIS_URL", lambda: len(running_workers(c)) == 3, timeout=30)
+    assert pw.password not in _everything_visible(c)
 
-        # A URL with a (wrong) password given on the environment is redacted in every message
-        wrong = "wr0ng-" + SECRET
-        result = c.run([str(dqagent.__globals__["DQAGENT"]), "--env-file", "/etc/dqagent/dqagent.env", "status"],
-                       env={"REDIS_URL": f"redis://:{wrong}@127.0.0.1:{pw.port}/0", "REDIS_PASSWORD_FILE": ""})
-        assert wrong not in result.stdout + result.stderr and SECRET not in result.stdout + result.stderr
-        assert "redis://:***@127.0.0.1" in result.stdout
-        assert "unavailable" in result.stdout
-    finally:
-        pw.stop()
+    # A URL with a (wrong) password given on the environment is redacted in every message
+    wrong = "wr0ng-" + pw.password
+    result = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "status"],
+                   env={"REDIS_URL": f"redis://:{wrong}@127.0.0.1:{pw.port}/0", "REDIS_PASSWORD_FILE": ""})
+    assert wrong not in result.stdout + result.stderr and pw.password not in result.stdout + result.stderr
+    assert "redis://:***@127.0.0.1" in result.stdout
+    assert "unavailable" in result.stdout

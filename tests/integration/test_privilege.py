@@ -54,19 +54,14 @@ def test_dqagent_user_may_scale_numbered_workers(fresh_container: Container, red
 
 
 def test_status_for_any_user_reports_what_it_cannot_read(fresh_container: Container,
-                                                         redis_server: RedisServer) -> None:
-    c = fresh_container
-    redis_server.stop()
-    pw = RedisServer(password="only-root-knows", port=redis_server.port)
-    try:
-        install(c, pw, MIN_PROCESSES=1)
-        c.write("/etc/dqagent/redis-password", "only-root-knows\n", mode=0o600)
-        result = dqagent(c, "status", "--json", user="nobody")
-        assert "Traceback" not in result.stderr
-        report = json.loads(result.stdout)
-        assert report["queue_length"] is None
-        assert "password file /etc/dqagent/redis-password unavailable" in report["redis_error"]
-        assert report["current_processes"] == 1  # systemd is readable by anyone
-        assert dqagent(c, "status").stdout.count("unavailable") == 0  # root reads the credential
-    finally:
-        pw.stop()
+                                                         redis_with_password: RedisServer) -> None:
+    c, pw = fresh_container, redis_with_password
+    install(c, pw, MIN_PROCESSES=1)
+    c.write("/etc/dqagent/redis-password", pw.password + "\n", mode=0o600)
+    result = dqagent(c, "status", "--json", user="nobody")
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["queue_length"] is None
+    assert "password file /etc/dqagent/redis-password unavailable" in report["redis_error"]
+    assert report["current_processes"] == 1  # systemd is readable by anyone
+    assert dqagent(c, "status").stdout.count("unavailable") == 0  # root reads the credential

@@ -6,7 +6,15 @@ import json
 from datetime import datetime
 
 from tests.bench import Container, RedisServer
-from tests.integration.agentbench import dqagent, install, running_workers, set_backlog, wait_until, worker_names
+from tests.integration.agentbench import (
+    DQAGENT,
+    dqagent,
+    install,
+    running_workers,
+    set_backlog,
+    wait_until,
+    worker_names,
+)
 
 OLD_KEYS = {"queue_length", "current_processes", "min_processes", "max_processes", "scale_up_threshold",
             "scale_down_threshold", "monitoring_active", "process_list"}
@@ -58,7 +66,7 @@ def test_start_processes_sets_initial_count_clamped(fresh_container: Container, 
     install(c, redis_server, now=False, MIN_PROCESSES=1, MAX_PROCESSES=3, CHECK_INTERVAL=60)
     c.write("/etc/systemd/system/dqagent.service.d/20-processes.conf",
             "[Service]\nExecStart=\nExecStart=" + " ".join(
-                [str(dqagent.__globals__["DQAGENT"]), "--env-file", "/etc/dqagent/dqagent.env", "start",
+                [DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "start",
                  "--processes", "7"]) + "\n")
     c.systemctl("daemon-reload")
     c.systemctl("start", "dqagent")
