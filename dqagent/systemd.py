@@ -34,6 +34,10 @@ _WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@([1-9][0-9]{{0,5}})\.service")
 AGENT_UNIT = "dqagent.service"
 
 #: D-Bus error names mapped onto the project's exceptions; anything else is a plain SystemdError.
+#: Errors that mean the unit was unloaded between ListUnitsByPatterns and reading it.
+_VANISHED = frozenset({"org.freedesktop.DBus.Error.UnknownObject", "org.freedesktop.systemd1.NoSuchUnit",
+                       "org.freedesktop.DBus.Error.UnknownMethod", "org.freedesktop.DBus.Error.UnknownInterface"})
+
 _ERRORS: dict[str, type[SystemdError]] = {
     "org.freedesktop.DBus.Error.AccessDenied": AccessDeniedError,
     "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": AccessDeniedError,
@@ -123,6 +127,7 @@ class SystemdClient:
         self._bus: MessageBus | None = None
         self._jobs: dict[str, asyncio.Future[str]] = {}
         self._early: dict[str, str] = {}
+        self._systemd_owner = ""
 
     async def connect(self) -> None:
         """Connect and subscribe to job signals; raises BusConnectionError."""
@@ -132,6 +137,8 @@ class SystemdClient:
         except (OSError, DBusError, EOFError) as exc:
             raise BusConnectionError(f"cannot connect to the system bus: {exc}") from None
         self._bus.add_message_handler(self._on_message)
+        # Only systemd's own connection may report job results (any peer can send us a signal).
+        (self._systemd_owner,) = await self._call_bus("GetNameOwner", "s", [SYSTEMD])
         await self._call_bus("AddMatch", "s", [
             f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"])
         await self._manager("Subscribe", "", [])
@@ -159,7 +166,8 @@ class SystemdClient:
         return self._bus
 
     def _on_message(self, msg: Message) -> bool | None:
-        if msg.message_type is MessageType.SIGNAL and msg.member == "JobRemoved":
+        if (msg.message_type is MessageType.SIGNAL and msg.member == "JobRemoved" and msg.interface == MANAGER
+                and msg.sender == self._systemd_owner and msg.signature == "uoss"):
             _id, job, _unit, result = msg.body
             future = self._jobs.pop(job, None)
             if future is not None and not future.done():
@@ -256,7 +264,12 @@ class SystemdClient:
         # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
         wanted = [(str(r[0]), str(r[6])) for r in rows if worker_instance(str(r[0])) is not None]
         states = await asyncio.gather(*(self.unit_state(n, p) for n, p in wanted), return_exceptions=True)
-        out = [s for s in states if isinstance(s, UnitState)]
+        out: list[UnitState] = []
+        for state in states:
+            if isinstance(state, UnitState):
+                out.append(state)
+            elif not (isinstance(state, SystemdError) and state.name in _VANISHED):
+                raise state  # a unit that went away between list and read is skipped; nothing else
         return sorted(out, key=lambda s: s.instance)
 
     async def unit_property(self, unit: str, interface: str, name: str) -> Any:
