@@ -22,7 +22,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from dqagent.errors import AccessDeniedError, BusConnectionError, NoSuchUnitError, SystemdError
+from dqagent.errors import AccessDeniedError, BusConnectionError, NoSuchUnitError, SystemdError, UnitNameError
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -59,7 +59,7 @@ class ActiveState(StrEnum):
 def worker_unit(instance: int) -> str:
     """The unit name of worker `instance`; refuses anything but a positive instance number."""
     if not isinstance(instance, int) or isinstance(instance, bool) or not 1 <= instance <= 999_999:
-        raise ValueError(f"worker instance must be an integer in 1..999999, got {instance!r}")
+        raise UnitNameError(f"worker instance must be an integer in 1..999999, got {instance!r}")
     return f"{WORKER_TEMPLATE}@{instance}.service"
 
 
@@ -245,7 +245,7 @@ class SystemdClient:
         """Read one worker unit's properties."""
         instance = worker_instance(unit)
         if instance is None:
-            raise ValueError(f"not a dqagent worker unit: {unit!r}")
+            raise UnitNameError(f"not a dqagent worker unit: {unit!r}")
         if path is None:
             (path,) = await self._manager("LoadUnit", "s", [unit])
         u, s = await asyncio.gather(self._get_all(path, f"{SYSTEMD}.Unit"),
