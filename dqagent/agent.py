@@ -201,6 +201,10 @@ class Agent:
                 log.warning("%s", warning, extra=event("config_warning"))
             await self._guard(self._adopt(), 120)
             self.notifier.ready()
+            if self.initial is not None:
+                # `start --processes N` is the operator's explicit count: hold it until the first check.
+                self._progress_deadline = self.clock() + self.s.tick_interval_s() + self._tick_budget_s()
+                await self._pause(self.s.tick_interval_s(), bus_lost)
             while not self.stop_requested.is_set():
                 try:
                     delay = await self._guard(self.tick(), self._tick_budget_s())
@@ -209,12 +213,7 @@ class Agent:
                 except SystemdError as exc:  # refused or failed request: transient, back off
                     delay = self._systemd_refused(exc)
                 self._progress_deadline = self.clock() + delay + self._tick_budget_s()
-                stop = asyncio.create_task(self.stop_requested.wait())
-                done, _ = await asyncio.wait({stop, bus_lost}, timeout=delay,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                if bus_lost in done:
-                    raise BusConnectionError("system bus connection lost")
+                await self._pause(delay, bus_lost)
         except (BusConnectionError, SystemdError) as exc:  # SystemdError here: before the loop ran
             # Leave the workers alone: systemd restarts us (Restart=on-failure) and we adopt them.
             log.error("lost systemd: %s; exiting for systemd to restart the agent", exc,
@@ -225,6 +224,14 @@ class Agent:
             if watchdog:
                 watchdog.cancel()
         return await self._shutdown()
+
+    async def _pause(self, delay_s: float, bus_lost: asyncio.Task[None]) -> None:
+        """Wait for the next check, a stop request, or the loss of the bus (raised)."""
+        stop = asyncio.create_task(self.stop_requested.wait())
+        done, _ = await asyncio.wait({stop, bus_lost}, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if bus_lost in done:
+            raise BusConnectionError("system bus connection lost")
 
     def _on_stop_signal(self) -> None:
         """Only flags the stop; and asks systemd for time to finish the current step and the stops."""

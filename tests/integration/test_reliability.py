@@ -125,7 +125,9 @@ def test_burst_of_2000_with_scaling_and_a_killed_worker_loses_nothing(fresh_cont
 
     # SIGKILL one worker in the middle of its tasks (systemd restarts it: Restart=on-failure)
     wait_until("tasks in flight", lambda: len(done(redis_server)) > 200, timeout=60)
-    c.systemctl("kill", "--signal=SIGKILL", "dramatiq-worker@2.service")
+    # (systemd answers EIO when one of the unit's processes is exiting at that instant: try again)
+    wait_until("worker@2 SIGKILLed", lambda: c.systemctl("kill", "--signal=SIGKILL", "dramatiq-worker@2.service",
+                                                         check=False).returncode == 0, timeout=10)
 
     wait_until("every message completed", lambda: set(ids) <= done(redis_server), timeout=240, interval=1)
     drained_s = time.monotonic() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 
 from tests.bench import Container, RedisServer
@@ -70,7 +71,10 @@ def test_start_processes_sets_initial_count_clamped(fresh_container: Container, 
                  "--processes", "7"]) + "\n")
     c.systemctl("daemon-reload")
     c.systemctl("start", "dqagent")
+    # Held until the first check (CHECK_INTERVAL=60), although an empty queue would scale it down
     wait_until("3 workers (7 clamped to MAX)", lambda: running_workers(c) == worker_names(3))
+    time.sleep(3)
+    assert running_workers(c) == worker_names(3)
     messages = c.run(["journalctl", "-u", "dqagent", "-o", "cat", "--no-pager"]).stdout
     assert "--processes 7 clamped to 3" in messages
 
