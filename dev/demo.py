@@ -40,7 +40,11 @@ def main() -> int:
     def interrupted(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupted)
+    # Ctrl+C, kill and a closed terminal all clean up; SIGINT is reset because a shell starting the
+    # demo in the background hands it over ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
     redis = container = None
     try:
         banner("booting a throwaway systemd 252 (systemd-nspawn over a tmpfs overlay) and a private Redis")
