@@ -180,7 +180,7 @@ async def _start(args: argparse.Namespace) -> int:
 
 async def _scale(args: argparse.Namespace, up: bool) -> int:
     from dqagent.agent import start_workers, stop_workers
-    from dqagent.systemd import SystemdClient
+    from dqagent.systemd import SystemdClient, refused_by_polkit
 
     s = _load(args).settings
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
@@ -196,20 +196,24 @@ async def _scale(args: argparse.Namespace, up: bool) -> int:
         if target == current:
             print(f"nothing to do: {current} workers")
             return EXIT_OK
-        failed = 0
+        failures: list[str] = []
         if target > current:
             ok, bad = await start_workers(units, states, target - current, s.process_startup_delay_s)
             for st in ok:
                 print(f"{st.unit}: started (pid {st.main_pid})")
             for st in bad:
                 print(f"{st.unit}: failed ({st.active_state}/{st.sub_state}, result {st.result})")
-            failed = len(bad)
+            failures = [st.result for st in bad]
         else:
             outcomes = await stop_workers(units, states, current - target, s.graceful_shutdown_timeout_s + 60)
             for o in outcomes:
                 print(f"{o.unit}: stopped ({o.result})" if o.ok else f"{o.unit}: stop failed ({o.result})")
-            failed = sum(1 for o in outcomes if not o.ok)
-        return EXIT_FAILED if failed else EXIT_OK
+            failures = [o.result for o in outcomes if not o.ok]
+        if any(refused_by_polkit(r) for r in failures):
+            print(f"dqagent: permission denied by systemd/polkit: run as root or as user dqagent "
+                  f"(uid {os.getuid()} may not start or stop workers)", file=sys.stderr)
+            return EXIT_NOPERM
+        return EXIT_FAILED if failures else EXIT_OK
     finally:
         units.close()
 
