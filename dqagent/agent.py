@@ -24,8 +24,8 @@ from dqagent.demand import Demand, DemandProbe
 from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, SystemdError
 from dqagent.logs import event
 from dqagent.notify import Notifier
-from dqagent.policies import Observation, Policy
-from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_unit
+from dqagent.policies import Decision, Observation, Policy
+from dqagent.systemd import ActiveState, JobOutcome, UnitState, refused_by_polkit, worker_unit
 from dqagent.workercmd import shutdown_warning
 
 log = logging.getLogger(__name__)
@@ -71,19 +71,26 @@ async def start_workers(units: UnitManager, states: Sequence[UnitState], count: 
     numbers = free_instances(states, count)
     names = [worker_unit(n) for n in numbers]
     by_name = {s.unit: s for s in states}
+    refused: dict[str, str] = {}
     for name in names:
         if name in by_name:
-            await units.reset_failed(name)
-    jobs = {o.unit: o.result for o in await units.start_units(names)}
+            try:
+                await units.reset_failed(name)
+            except BusConnectionError:
+                raise
+            except SystemdError as exc:
+                refused[name] = f"error: {exc.name}"
+    jobs = {o.unit: o.result for o in await units.start_units([n for n in names if n not in refused])}
+    jobs.update(refused)
     if startup_delay_s > 0:
         await asyncio.sleep(startup_delay_s)
     after = {s.unit: s for s in await units.worker_states()}
     ok = [after[n] for n in names if n in after and after[n].running]
-    bad = [after[n] for n in names if n in after and not after[n].running]
+    bad = [after[n] for n in names if n in after and not after[n].running and n not in refused]
     # An instance that vanished (garbage-collected after exiting, or refused) did not start either;
     # its job result says why ("done" then exit, "failed", "error: ...AccessDenied").
     bad += [UnitState(name, n, ActiveState.INACTIVE, "dead", 0, 0, 0, f"job {jobs.get(name, 'unknown')}", False)
-            for n, name in zip(numbers, names, strict=True) if name not in after]
+            for n, name in zip(numbers, names, strict=True) if name not in after or name in refused]
     return ok, bad
 
 
@@ -92,6 +99,50 @@ async def stop_workers(units: UnitManager, states: Sequence[UnitState], count: i
     """Stop the `count` highest-numbered instances concurrently, waiting for each job."""
     names = [worker_unit(n) for n in highest_instances(states, count)]
     return await units.stop_units(names, timeout_s=timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleReport:
+    """What a manual `scale-up`/`scale-down` did, one line per unit."""
+
+    current: int
+    wanted: int
+    target: int
+    lines: tuple[str, ...]
+    failed: int
+    #: Some failure was polkit (or the bus) refusing the caller, not the unit failing.
+    refused: bool = False
+
+    @property
+    def clamped(self) -> bool:
+        return self.target != self.wanted
+
+
+async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleReport:
+    """Add (or remove, delta < 0) workers now, within [MIN, MAX]; the agent continues from there."""
+    states = await units.worker_states()
+    current = sum(1 for st in states if st.occupied)
+    wanted = current + delta
+    target = settings.clamp(wanted)
+    lines: list[str] = []
+    failures: list[str] = []
+    if target > current:
+        ok, bad = await start_workers(units, states, target - current, settings.process_startup_delay_s)
+        lines += [f"{st.unit}: started (pid {st.main_pid})" for st in ok]
+        lines += [f"{st.unit}: failed ({st.active_state}/{st.sub_state}, result {st.result})" for st in bad]
+        failures = [st.result for st in bad]
+    elif target < current:
+        outcomes = await stop_workers(units, states, current - target, stop_timeout_s(settings))
+        lines += [f"{o.unit}: stopped ({o.result})" if o.ok else f"{o.unit}: stop failed ({o.result})"
+                  for o in outcomes]
+        failures = [o.result for o in outcomes if not o.ok]
+    return ScaleReport(current, wanted, target, tuple(lines), len(failures),
+                       refused=any(refused_by_polkit(r) for r in failures))
+
+
+def stop_timeout_s(settings: Settings) -> float:
+    """How long to wait for a stop job: systemd's own SIGKILL comes at GRACEFUL_SHUTDOWN_TIMEOUT."""
+    return settings.graceful_shutdown_timeout_s + 60
 
 
 def breakdown(demand: Demand) -> str:
@@ -108,6 +159,7 @@ class _Health:
     redis_failures: int = 0
     failed_units: dict[str, str] = field(default_factory=dict)
     start_failures: int = 0
+    systemd_error: str = ""
     start_backoff_until: float = 0.0
 
 
@@ -116,7 +168,8 @@ class Agent:
 
     def __init__(self, settings: Settings, units: UnitManager, probe: DemandProbe, notifier: Notifier,
                  policy: Policy, *, initial_processes: int | None = None,
-                 clock: Callable[[], float] = time.monotonic, watchdog_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
+                 watchdog_s: float | None = None,
                  own_unit: str = "dqagent.service", under_systemd: bool | None = None) -> None:
         self.s = settings
         self.units = units
@@ -125,6 +178,7 @@ class Agent:
         self.policy = policy
         self.initial = initial_processes
         self.clock = clock
+        self.wallclock = wallclock
         self.watchdog_s = watchdog_s
         self.own_unit = own_unit
         self.under_systemd = bool(os.environ.get("INVOCATION_ID")) if under_systemd is None else under_systemd
@@ -141,17 +195,22 @@ class Agent:
         """Reconcile once, send READY, tick until stopped; returns the exit status."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop_requested.set)
+            loop.add_signal_handler(sig, self._on_stop_signal)
         watchdog = asyncio.create_task(self._watchdog()) if self.watchdog_s else None
         bus_lost = asyncio.create_task(self.units.wait_disconnected())
         try:
             warning = shutdown_warning(self.s.dramatiq_command, self.s.graceful_shutdown_timeout_s)
             if warning:
-                log.warning(warning, extra=event("config_warning"))
+                log.warning("%s", warning, extra=event("config_warning"))
             await self._guard(self._adopt(), 120)
             self.notifier.ready()
             while not self.stop_requested.is_set():
-                delay = await self._guard(self.tick(), self._tick_budget_s())
+                try:
+                    delay = await self._guard(self.tick(), self._tick_budget_s())
+                except BusConnectionError:
+                    raise
+                except SystemdError as exc:  # refused or failed request: transient, back off
+                    delay = self._systemd_refused(exc)
                 self._progress_deadline = self.clock() + delay + self._tick_budget_s()
                 stop = asyncio.create_task(self.stop_requested.wait())
                 done, _ = await asyncio.wait({stop, bus_lost}, timeout=delay,
@@ -159,7 +218,7 @@ class Agent:
                 stop.cancel()
                 if bus_lost in done:
                     raise BusConnectionError("system bus connection lost")
-        except (BusConnectionError, SystemdError) as exc:
+        except (BusConnectionError, SystemdError) as exc:  # SystemdError here: before the loop ran
             # Leave the workers alone: systemd restarts us (Restart=on-failure) and we adopt them.
             log.error("lost systemd: %s; exiting for systemd to restart the agent", exc,
                       extra=event("bus_lost"))
@@ -169,6 +228,12 @@ class Agent:
             if watchdog:
                 watchdog.cancel()
         return await self._shutdown()
+
+    def _on_stop_signal(self) -> None:
+        """Only flags the stop; and asks systemd for time to finish the current step and the stops."""
+        if not self.stop_requested.is_set():
+            self.notifier.extend_timeout(self._tick_budget_s() + self._stop_timeout_s())
+        self.stop_requested.set()
 
     async def _guard(self, step: Any, budget_s: float) -> Any:
         """Run one step of the loop with a progress deadline the watchdog task checks."""
@@ -218,7 +283,7 @@ class Agent:
         states = await self.units.worker_states()
         self._note_failures(states)
         running = [s for s in states if s.running]
-        now_us = time.time() * 1e6
+        now_us = self.wallclock() * 1e6
         starting = sum(1 for s in running
                        if now_us - s.active_enter_us < self.s.process_startup_delay_s * 1e6)
         queue_length = demand.queue_length(self.s.queue_metric)
@@ -226,6 +291,9 @@ class Agent:
                           in_flight=demand.in_flight, delayed=demand.delayed, workers=len(running),
                           starting=starting)
         decision, self._policy_state = self.policy.decide(obs, self._policy_state)
+        if decision.target == 0 and demand.delayed > 0:
+            # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
+            decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
         fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=len(running),
                       target=decision.target, ready=demand.ready, in_flight=demand.in_flight,
                       delayed=demand.delayed, dead_lettered=demand.dead, orphaned=demand.orphaned,
@@ -262,7 +330,8 @@ class Agent:
                           extra=event("worker_failed", unit=s.unit, result=s.result, n_restarts=s.n_restarts))
             if bad:
                 self._health.start_failures += 1
-                backoff = min(MAX_BACKOFF_S, self.s.check_interval_s * 2 ** self._health.start_failures)
+                backoff = min(MAX_BACKOFF_S,
+                              max(5.0, self.s.tick_interval_s()) * 2 ** (self._health.start_failures - 1))
                 self._health.start_backoff_until = self.clock() + backoff
                 log.warning("backing off scale-ups for %.0fs after %d failed start(s)", backoff, len(bad),
                             extra=event("start_backoff", backoff_s=round(backoff)))
@@ -272,12 +341,29 @@ class Agent:
             count = occupied - target
             log.info("scale down by %d to %d: %s", count, target, reason,
                      extra=event("scale_down", workers=occupied, target=target))
-            for outcome in await stop_workers(self.units, states, count, self._stop_timeout_s()):
+            self._log_stops(await stop_workers(self.units, states, count, self._stop_timeout_s()))
+
+    @staticmethod
+    def _log_stops(outcomes: Sequence[JobOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.ok:
                 log.info("stopped %s: %s", outcome.unit, outcome.result,
                          extra=event("worker_stopped", unit=outcome.unit, result=outcome.result))
+            else:
+                log.error("stopping %s failed: %s", outcome.unit, outcome.result,
+                          extra=event("worker_stop_failed", unit=outcome.unit, result=outcome.result))
+
+    def _systemd_refused(self, exc: SystemdError) -> float:
+        """A request systemd refused or failed (e.g. polkit): log once per reason, retry later."""
+        if self._health.systemd_error != exc.name:
+            log.error("systemd refused a request, keeping the current workers: %s", exc,
+                      extra=event("systemd_error", error=exc.name))
+            self._health.systemd_error = exc.name
+        self.notifier.status(f"systemd refused a request ({exc.name}), retry in {self.s.tick_interval_s():g}s")
+        return self.s.tick_interval_s()
 
     def _stop_timeout_s(self) -> float:
-        return self.s.graceful_shutdown_timeout_s + 60
+        return stop_timeout_s(self.s)
 
     async def _recover(self, demand: Demand) -> None:
         try:
@@ -340,7 +426,8 @@ class Agent:
             try:
                 job = await self.units.pending_job_type(self.own_unit)
             except (SystemdError, BusConnectionError) as exc:
-                log.warning("cannot read my own pending job (%s); leaving the workers running", exc)
+                log.warning("cannot read my own pending job (%s); leaving the workers running", exc,
+                            extra=event("shutdown", job="unknown"))
                 return EXIT_OK
             stop_workers_now = job == "stop"
         else:
@@ -355,9 +442,7 @@ class Agent:
         log.info("agent stopping (%s): stopping %d workers gracefully", job, len(occupied),
                  extra=event("shutdown", workers=len(occupied), job=job))
         self.notifier.extend_timeout(self._stop_timeout_s() + 10)
-        for outcome in await stop_workers(self.units, states, len(occupied), self._stop_timeout_s()):
-            log.info("stopped %s: %s", outcome.unit, outcome.result,
-                     extra=event("worker_stopped", unit=outcome.unit, result=outcome.result))
+        self._log_stops(await stop_workers(self.units, states, len(occupied), self._stop_timeout_s()))
         # Failed instances hold no process but stay listed; clear them so nothing is left behind.
         for s in states:
             if s.active_state.value == "failed":

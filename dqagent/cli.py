@@ -155,13 +155,14 @@ async def _start(args: argparse.Namespace) -> int:
     loaded = _load(args)
     s = loaded.settings
     note = logs.setup(s.log_level, s.log_file)
+    event = logs.event
     import logging
 
     log = logging.getLogger("dqagent")
     if note:
-        log.warning(note)
+        log.warning("%s", note, extra=event("log_file_unavailable"))
     if loaded.password_note:
-        log.warning(loaded.password_note)
+        log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
     log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs",
              __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
              s.min_processes, s.max_processes, s.check_interval_s)
@@ -179,43 +180,28 @@ async def _start(args: argparse.Namespace) -> int:
 
 
 async def _scale(args: argparse.Namespace, up: bool) -> int:
-    from dqagent.agent import start_workers, stop_workers
-    from dqagent.systemd import SystemdClient, refused_by_polkit
+    from dqagent.agent import scale_by
+    from dqagent.systemd import SystemdClient
 
     s = _load(args).settings
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     await units.connect()
     try:
-        states = await units.worker_states()
-        current = sum(1 for st in states if st.occupied)
-        wanted = current + args.processes if up else current - args.processes
-        target = s.clamp(wanted)
-        if target != wanted:
-            print(f"dqagent: {wanted} workers is outside [MIN_PROCESSES={s.min_processes}, "
-                  f"MAX_PROCESSES={s.max_processes}]: going to {target}", file=sys.stderr)
-        if target == current:
-            print(f"nothing to do: {current} workers")
-            return EXIT_OK
-        failures: list[str] = []
-        if target > current:
-            ok, bad = await start_workers(units, states, target - current, s.process_startup_delay_s)
-            for st in ok:
-                print(f"{st.unit}: started (pid {st.main_pid})")
-            for st in bad:
-                print(f"{st.unit}: failed ({st.active_state}/{st.sub_state}, result {st.result})")
-            failures = [st.result for st in bad]
-        else:
-            outcomes = await stop_workers(units, states, current - target, s.graceful_shutdown_timeout_s + 60)
-            for o in outcomes:
-                print(f"{o.unit}: stopped ({o.result})" if o.ok else f"{o.unit}: stop failed ({o.result})")
-            failures = [o.result for o in outcomes if not o.ok]
-        if any(refused_by_polkit(r) for r in failures):
-            print(f"dqagent: permission denied by systemd/polkit: run as root or as user dqagent "
-                  f"(uid {os.getuid()} may not start or stop workers)", file=sys.stderr)
-            return EXIT_NOPERM
-        return EXIT_FAILED if failures else EXIT_OK
+        report = await scale_by(units, s, args.processes if up else -args.processes)
     finally:
         units.close()
+    if report.clamped:
+        print(f"dqagent: {report.wanted} workers is outside [MIN_PROCESSES={s.min_processes}, "
+              f"MAX_PROCESSES={s.max_processes}]: going to {report.target}", file=sys.stderr)
+    if not report.lines:
+        print(f"nothing to do: {report.current} workers")
+    for line in report.lines:
+        print(line)
+    if report.refused:
+        print(f"dqagent: permission denied by systemd/polkit: run as root or as user dqagent "
+              f"(uid {os.getuid()} may not start or stop workers)", file=sys.stderr)
+        return EXIT_NOPERM
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 async def _status(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ one frozen `Settings`, or raises `ConfigError` naming the first bad key. Reading
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -242,6 +243,10 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
     command = v["DRAMATIQ_COMMAND"].strip()
     if not command:
         raise ConfigError("DRAMATIQ_COMMAND", v["DRAMATIQ_COMMAND"], "expected a non-empty command line")
+    try:
+        shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError("DRAMATIQ_COMMAND", command, f"expected a shell-like command line ({exc})") from None
     lo = _int("MIN_PROCESSES", v["MIN_PROCESSES"], 0, MAX_PROCESSES_LIMIT,
               f"expected an integer in 0..{MAX_PROCESSES_LIMIT}")
     hi = _int("MAX_PROCESSES", v["MAX_PROCESSES"], max(lo, 1), MAX_PROCESSES_LIMIT,
@@ -257,8 +262,9 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
     level = v["LOG_LEVEL"].strip().upper()
     if level not in LOG_LEVELS:
         raise ConfigError("LOG_LEVEL", v["LOG_LEVEL"], "expected one of " + ", ".join(LOG_LEVELS))
-    grace = _float("GRACEFUL_SHUTDOWN_TIMEOUT", v["GRACEFUL_SHUTDOWN_TIMEOUT"], "expected seconds >= 0",
-                   lambda x: x >= 0)
+    # 0 would become TimeoutStopSec=0, which systemd reads as "never SIGKILL".
+    grace = _float("GRACEFUL_SHUTDOWN_TIMEOUT", v["GRACEFUL_SHUTDOWN_TIMEOUT"], "expected seconds > 0",
+                   lambda x: x > 0)
     delay = _float("PROCESS_STARTUP_DELAY", v["PROCESS_STARTUP_DELAY"], "expected seconds >= 0",
                    lambda x: x >= 0)
     metric_raw = v["QUEUE_METRIC"].strip().lower()

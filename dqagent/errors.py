@@ -51,6 +51,10 @@ class NoSuchUnitError(SystemdError, LookupError):
     """The unit is not loaded."""
 
 
+class UnitNameError(DqAgentError, ValueError):
+    """A unit name would be built from something other than a valid worker instance number."""
+
+
 class BusConnectionError(DqAgentError, ConnectionError):
     """The system bus is unreachable or the connection dropped."""
 

@@ -38,7 +38,7 @@ DESCRIPTIONS: dict[str, str] = {
     "REDIS_PORT": "Redis port (1..65535)",
     "REDIS_DB": "Redis database number (>= 0)",
     "REDIS_PASSWORD": "do not set it here: put it in /etc/dqagent/redis-password (mode 0600)",
-    "REDIS_URL": "redis:// or rediss:// URL; replaces host/port/db when set (password: see above)",
+    "REDIS_URL": "redis://, rediss:// or unix:// URL; replaces host/port/db when set (password: see above)",
     "REDIS_PASSWORD_FILE": "file read for the password when not run by systemd (dqagent status)",
     "REDIS_TIMEOUT": "seconds before a Redis call is abandoned (keeps the loop under the watchdog)",
     "DRAMATIQ_QUEUE_NAME": "queue(s) the workers consume, comma-separated; demand is the sum",
@@ -151,6 +151,7 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         "DQAGENT": exe,
         "WORKER_USER": settings.worker_user, "WORKER_DIRECTORY": settings.worker_directory,
         "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
+        "AGENT_TIMEOUT": _seconds(2 * settings.graceful_shutdown_timeout_s + 180),
     }
     _write(AGENT_UNIT_FILE, render((PACKAGING / "dqagent.service").read_text(), values), 0o644, report)
     _write(WORKER_TEMPLATE_FILE, render((PACKAGING / "dramatiq-worker@.service").read_text(), values),

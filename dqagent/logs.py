@@ -9,6 +9,7 @@ same events as one line each, with the fields appended as `key=value`.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -83,7 +84,8 @@ def setup(level: str, log_file: str, *, console: bool = True) -> str:
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(path, encoding="utf-8")
+            # Reopens the file when logrotate moves it away.
+            file_handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
         except OSError as exc:
             note = f"LOG_FILE {path} not writable ({exc.strerror}); logging to the journal/console only"
         else:

@@ -218,6 +218,18 @@ class TargetPolicy:
         return Decision(target=target, reason=why), state
 
 
+def thresholds(settings: Settings, workers: int) -> tuple[float, float]:
+    """(scale-up, scale-down) queue lengths for `workers`, as `dqagent status` shows them.
+
+    For `step` the seed's n x multipliers; for `target` the edges of the tolerance band around
+    n x TARGET_PER_WORKER (outstanding messages), outside which the count changes.
+    """
+    if settings.scaling_policy == TargetPolicy.name:
+        p = TargetPolicy.from_settings(settings)
+        return workers * p.per_worker * (1 + p.tolerance), workers * p.per_worker * (1 - p.tolerance)
+    return workers * settings.scale_up_multiplier, workers * settings.scale_down_multiplier
+
+
 #: Policies offered to users, by SCALING_POLICY name.
 POLICIES: dict[str, Callable[[Settings], Policy]] = {
     StepPolicy.name: StepPolicy.from_settings,

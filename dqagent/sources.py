@@ -66,8 +66,10 @@ def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tup
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         cred = Path(cred_dir) / CREDENTIAL_NAME
-        if cred.is_file():
-            return cred.read_text(encoding="utf-8").strip(), ""
+        # An empty credential (install creates one) means "no password here", not "no password".
+        text = cred.read_text(encoding="utf-8").strip() if cred.is_file() else ""
+        if text:
+            return text, ""
     if values.get("REDIS_PASSWORD"):
         return None, ""
     path_text = values.get("REDIS_PASSWORD_FILE", DEFAULTS["REDIS_PASSWORD_FILE"]).strip()

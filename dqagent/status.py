@@ -13,6 +13,7 @@ from typing import Any
 
 from dqagent.demand import RedisDemandProbe
 from dqagent.errors import DqAgentError
+from dqagent.policies import thresholds
 from dqagent.sources import Loaded
 from dqagent.systemd import AGENT_UNIT, SystemdClient
 
@@ -36,6 +37,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         "process_list": [],
         "queues": {},
         "queue_metric": str(s.queue_metric),
+        "scaling_policy": s.scaling_policy,
         "redis": s.redis_location(),
         "redis_error": None,
         "systemd_error": None,
@@ -63,8 +65,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         running = [st for st in states if st.running]
         n = len(running)
         report["current_processes"] = n
-        report["scale_up_threshold"] = n * s.scale_up_multiplier
-        report["scale_down_threshold"] = n * s.scale_down_multiplier
+        report["scale_up_threshold"], report["scale_down_threshold"] = thresholds(s, n)
         report["monitor_state"] = agent_state
         report["monitoring_active"] = agent_state == "active"
         report["process_list"] = [
@@ -94,7 +95,7 @@ def render_text(r: dict[str, Any]) -> str:
                      f"dead-lettered {q['dead_lettered']}, orphaned {q['orphaned']}")
     lines.append(f"current workers: {show(r['current_processes'])}")
     lines.append(f"range: {r['min_processes']} - {r['max_processes']}")
-    lines.append(f"scale-up threshold: {show(r['scale_up_threshold'])}")
+    lines.append(f"scale-up threshold ({r['scaling_policy']} policy): {show(r['scale_up_threshold'])}")
     lines.append(f"scale-down threshold: {show(r['scale_down_threshold'])}")
     lines.append(f"agent (dqagent.service): {r['monitor_state']}"
                  + (f"   [systemd unavailable: {r['systemd_error']}]" if r["systemd_error"] else ""))

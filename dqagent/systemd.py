@@ -22,7 +22,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from dqagent.errors import AccessDeniedError, BusConnectionError, NoSuchUnitError, SystemdError
+from dqagent.errors import AccessDeniedError, BusConnectionError, NoSuchUnitError, SystemdError, UnitNameError
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -34,6 +34,10 @@ _WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@([1-9][0-9]{{0,5}})\.service")
 AGENT_UNIT = "dqagent.service"
 
 #: D-Bus error names mapped onto the project's exceptions; anything else is a plain SystemdError.
+#: Errors that mean the unit was unloaded between ListUnitsByPatterns and reading it.
+_VANISHED = frozenset({"org.freedesktop.DBus.Error.UnknownObject", "org.freedesktop.systemd1.NoSuchUnit",
+                       "org.freedesktop.DBus.Error.UnknownMethod", "org.freedesktop.DBus.Error.UnknownInterface"})
+
 _ERRORS: dict[str, type[SystemdError]] = {
     "org.freedesktop.DBus.Error.AccessDenied": AccessDeniedError,
     "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": AccessDeniedError,
@@ -60,7 +64,7 @@ class ActiveState(StrEnum):
 def worker_unit(instance: int) -> str:
     """The unit name of worker `instance`; refuses anything but a positive instance number."""
     if not isinstance(instance, int) or isinstance(instance, bool) or not 1 <= instance <= 999_999:
-        raise ValueError(f"worker instance must be an integer in 1..999999, got {instance!r}")
+        raise UnitNameError(f"worker instance must be an integer in 1..999999, got {instance!r}")
     return f"{WORKER_TEMPLATE}@{instance}.service"
 
 
@@ -128,6 +132,7 @@ class SystemdClient:
         self._bus: MessageBus | None = None
         self._jobs: dict[str, asyncio.Future[str]] = {}
         self._early: dict[str, str] = {}
+        self._systemd_owner = ""
 
     async def connect(self) -> None:
         """Connect and subscribe to job signals; raises BusConnectionError."""
@@ -137,6 +142,8 @@ class SystemdClient:
         except (OSError, DBusError, EOFError) as exc:
             raise BusConnectionError(f"cannot connect to the system bus: {exc}") from None
         self._bus.add_message_handler(self._on_message)
+        # Only systemd's own connection may report job results (any peer can send us a signal).
+        (self._systemd_owner,) = await self._call_bus("GetNameOwner", "s", [SYSTEMD])
         await self._call_bus("AddMatch", "s", [
             f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"])
         await self._manager("Subscribe", "", [])
@@ -164,7 +171,8 @@ class SystemdClient:
         return self._bus
 
     def _on_message(self, msg: Message) -> bool | None:
-        if msg.message_type is MessageType.SIGNAL and msg.member == "JobRemoved":
+        if (msg.message_type is MessageType.SIGNAL and msg.member == "JobRemoved" and msg.interface == MANAGER
+                and msg.sender == self._systemd_owner and msg.signature == "uoss"):
             _id, job, _unit, result = msg.body
             future = self._jobs.pop(job, None)
             if future is not None and not future.done():
@@ -242,7 +250,7 @@ class SystemdClient:
         """Read one worker unit's properties."""
         instance = worker_instance(unit)
         if instance is None:
-            raise ValueError(f"not a dqagent worker unit: {unit!r}")
+            raise UnitNameError(f"not a dqagent worker unit: {unit!r}")
         if path is None:
             (path,) = await self._manager("LoadUnit", "s", [unit])
         u, s = await asyncio.gather(self._get_all(path, f"{SYSTEMD}.Unit"),
@@ -261,7 +269,12 @@ class SystemdClient:
         # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
         wanted = [(str(r[0]), str(r[6])) for r in rows if worker_instance(str(r[0])) is not None]
         states = await asyncio.gather(*(self.unit_state(n, p) for n, p in wanted), return_exceptions=True)
-        out = [s for s in states if isinstance(s, UnitState)]
+        out: list[UnitState] = []
+        for state in states:
+            if isinstance(state, UnitState):
+                out.append(state)
+            elif not (isinstance(state, SystemdError) and state.name in _VANISHED):
+                raise state  # a unit that went away between list and read is skipped; nothing else
         return sorted(out, key=lambda s: s.instance)
 
     async def unit_property(self, unit: str, interface: str, name: str) -> Any:

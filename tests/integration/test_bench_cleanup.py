@@ -25,15 +25,17 @@ def test_two_containers_in_a_row_clean_up_and_spare_host_tmp() -> None:
         for _ in range(2):
             c = Container()
             r = RedisServer()
-            # The container's systemd-tmpfiles (boot and an explicit run) only ever sees its own /tmp
-            c.run(["systemd-tmpfiles", "--clean", "--remove"], check=False)
-            assert c.run(["test", "-e", str(sentinel)], check=False).returncode == 1
-            # and a write to the host's files inside goes to the tmpfs upper layer only
-            c.run(["rm", "-f", "/etc/debian_version"])
-            assert Path("/etc/debian_version").exists()
-            pids = (c.proc.pid, c.leader, r.proc.pid)
-            c.stop()
-            r.stop()
+            try:
+                # The container's systemd-tmpfiles (boot and an explicit run) only sees its own /tmp
+                c.run(["systemd-tmpfiles", "--clean", "--remove"], check=False)
+                assert c.run(["test", "-e", str(sentinel)], check=False).returncode == 1
+                # and a write to the host's files inside goes to the tmpfs upper layer only
+                c.run(["rm", "-f", "/etc/debian_version"])
+                assert Path("/etc/debian_version").exists()
+            finally:
+                pids = (c.proc.pid, c.leader, r.proc.pid)
+                c.stop()
+                r.stop()
             assert not any(_alive(p) for p in pids)
             assert not c.root_dir.exists()
             assert sentinel.read_text() == "host file"

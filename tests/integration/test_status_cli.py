@@ -41,7 +41,7 @@ def test_status_json_uses_old_keys_and_live_state(fresh_container: Container, re
         datetime.fromisoformat(p["start_time"])
 
     text = dqagent(c, "status").stdout
-    assert "current workers: 2" in text and "scale-up threshold: 10" in text
+    assert "current workers: 2" in text and "scale-up threshold (step policy): 10" in text
     assert "dramatiq-worker@1.service" in text
 
     # Without the agent running, status still reads systemd and Redis

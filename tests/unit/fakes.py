@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dqagent.demand import Demand, QueueDemand
-from dqagent.errors import BrokerError
+from dqagent.errors import BrokerError, SystemdError
 from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_instance
 
 
@@ -20,6 +20,8 @@ class FakeUnits:
         self.broken = set(broken)
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         self.job = ""
+        #: When set, start/stop/reset requests are refused with this D-Bus error name.
+        self.refuse = ""
 
     async def worker_states(self) -> list[UnitState]:
         out = []
@@ -40,6 +42,8 @@ class FakeUnits:
 
     async def stop_units(self, units: Sequence[str], timeout_s: float = 600) -> list[JobOutcome]:
         self.calls.append(("stop", tuple(units)))
+        if self.refuse:
+            return [JobOutcome(u, f"error: {self.refuse}") for u in units]
         for u in units:
             n = worker_instance(u)
             assert n is not None
@@ -48,6 +52,8 @@ class FakeUnits:
 
     async def reset_failed(self, unit: str) -> None:
         self.calls.append(("reset", (unit,)))
+        if self.refuse:
+            raise SystemdError(self.refuse, "refused")
         n = worker_instance(unit)
         if n is not None and self.units.get(n) == "failed":
             del self.units[n]
@@ -64,14 +70,15 @@ class FakeUnits:
 class FakeProbe:
     """A broker whose backlog the test sets; `error` makes the next reads fail."""
 
-    def __init__(self, ready: int = 0) -> None:
+    def __init__(self, ready: int = 0, delayed: int = 0) -> None:
         self.ready = ready
+        self.delayed = delayed
         self.error = ""
 
     async def fetch_demand(self) -> Demand:
         if self.error:
             raise BrokerError(self.error)
-        return Demand((QueueDemand("q", self.ready, self.ready, 0, 0, 0),))
+        return Demand((QueueDemand("q", self.ready, self.ready, self.delayed, 0, 0),))
 
     async def recover_orphans(self) -> int:
         return 0

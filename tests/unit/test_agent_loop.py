@@ -116,3 +116,43 @@ def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
     split = sent.index("--")
     assert "WATCHDOG=1" in sent[:split]
     assert "WATCHDOG=1" not in sent[split:]
+
+
+def test_delayed_messages_keep_one_consumer_when_min_is_zero() -> None:
+    settings = parse_settings({"MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
+                               "PROCESS_STARTUP_DELAY": "0"})
+    units, probe = FakeUnits(running=[1]), FakeProbe(delayed=3)
+    agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings), clock=Clock())
+    asyncio.run(agent.tick())
+    assert units.units == {1: "running"}  # the step rule alone would stop it (0 < 1 x 2.5)
+    probe.delayed = 0
+    asyncio.run(agent.tick())
+    assert units.units == {}
+
+
+def test_refused_requests_are_logged_as_failures_not_successes(caplog: pytest.LogCaptureFixture) -> None:
+    units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe(ready=0)
+    units.refuse = "org.freedesktop.DBus.Error.AccessDenied"
+    caplog.set_level(logging.INFO)
+    asyncio.run(make(units, probe).tick())
+    events = [getattr(r, "DQAGENT_EVENT", "") for r in caplog.records]
+    assert "worker_stop_failed" in events and "worker_stopped" not in events
+
+
+def test_refused_reset_counts_as_a_failed_start_and_backs_off(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    units, probe = FakeUnits(running=[1], broken=[2]), FakeProbe(ready=100)
+    units.units[2] = "failed"
+    units.refuse = "org.freedesktop.DBus.Error.AccessDenied"
+    caplog.set_level(logging.INFO)
+    asyncio.run(make(units, probe, clock).tick())  # must not raise: the loop keeps running
+    failed = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "worker_failed"]
+    assert any("AccessDenied" in str(getattr(r, "RESULT", "")) for r in failed)
+    assert [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "start_backoff"]
+
+
+def test_stop_signal_asks_systemd_for_time_at_once() -> None:
+    agent = make(FakeUnits(), FakeProbe())
+    agent._on_stop_signal()
+    sent = agent.notifier.sent  # type: ignore[attr-defined]
+    assert sent and sent[0].startswith("EXTEND_TIMEOUT_USEC=") and agent.stop_requested.is_set()

@@ -53,6 +53,13 @@ def test_password_never_in_repr_or_public_items() -> None:
     assert "url-pw" not in s.redis_location()
 
 
+def test_empty_credential_does_not_hide_redis_password(tmp_path: Path) -> None:
+    (tmp_path / "redis_password").write_text("")
+    loaded = sources.load(None, environ={"CREDENTIALS_DIRECTORY": str(tmp_path), "REDIS_PASSWORD": "pw"},
+                          cwd=tmp_path)
+    assert loaded.settings.redis_password == "pw"
+
+
 def test_password_from_credentials_directory(tmp_path: Path) -> None:
     (tmp_path / "redis_password").write_text("from-cred\n")
     loaded = sources.load(None, environ={"CREDENTIALS_DIRECTORY": str(tmp_path)}, cwd=tmp_path)
@@ -88,7 +95,9 @@ INVALID = [
     ("SCALE_DOWN_THRESHOLD_MULTIPLIER", "5", "flap"),
     ("SCALE_DOWN_THRESHOLD_MULTIPLIER", "6", "flap"),
     ("LOG_LEVEL", "LOUD", "DEBUG"),
-    ("GRACEFUL_SHUTDOWN_TIMEOUT", "-1", ">= 0"),
+    ("GRACEFUL_SHUTDOWN_TIMEOUT", "-1", "> 0"),
+    ("GRACEFUL_SHUTDOWN_TIMEOUT", "0", "> 0"),
+    ("DRAMATIQ_COMMAND", "python -m dramatiq 'app", "No closing quotation"),
     ("PROCESS_STARTUP_DELAY", "-0.5", ">= 0"),
     ("DRAMATIQ_QUEUE_NAME", "", "queue name"),
     ("DRAMATIQ_QUEUE_NAME", "bad queue", "queue name"),

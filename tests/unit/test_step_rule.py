@@ -63,3 +63,13 @@ def test_step_policy_uses_the_rule() -> None:
     obs = Observation(now_s=0, queue_length=16, ready=16, in_flight=0, delayed=0, workers=3)
     decision, state = p.decide(obs, p.initial_state())
     assert decision.target == 4 and state is None
+
+
+def test_thresholds_follow_the_configured_policy() -> None:
+    from dqagent.config import parse_settings
+    from dqagent.policies import thresholds
+
+    assert thresholds(parse_settings({}), 3) == (15, 7.5)
+    target = parse_settings({"SCALING_POLICY": "target", "DRAMATIQ_COMMAND": "python -m dramatiq -t 4 app"})
+    up, down = thresholds(target, 3)  # 3 workers x 8 (2 x 4 threads), +/- 20 %
+    assert (round(up, 6), round(down, 6)) == (28.8, 19.2)
