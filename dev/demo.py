@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import FrameType
 
@@ -39,12 +40,16 @@ def main() -> int:
     def interrupted(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupted)
+    # Ctrl+C, kill and a closed terminal all clean up; SIGINT is reset because a shell starting the
+    # demo in the background hands it over ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupted)
     redis = container = None
     try:
         banner("booting a throwaway systemd 252 (systemd-nspawn over a tmpfs overlay) and a private Redis")
         redis = RedisServer()
-        container = c = Container(name="dqagent-demo")
+        container = c = Container(name=f"dqagent-demo-{uuid.uuid4().hex[:6]}")
         print(sh(c, "systemctl", "--version").splitlines()[0], "| redis on 127.0.0.1:", redis.port)
 
         banner("settings: /etc/dqagent/dqagent.env (step rule, check every 2 s, 1..5 workers)")
@@ -79,7 +84,7 @@ def main() -> int:
             done = int(redis.cli("SCARD", "dqtest:done"))
             if done >= BURST and running == 1 and peak > 1:
                 break
-            time.sleep(3)
+            time.sleep(2)
 
         banner("journalctl -u dqagent (scale events)")
         print(sh(c, "journalctl", "-u", "dqagent", "--no-pager", "-o", "short-monotonic",
@@ -91,7 +96,7 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: cleaning up", file=sys.stderr)
         return 130
-    except (subprocess.SubprocessError, AssertionError, RuntimeError) as exc:
+    except (subprocess.SubprocessError, AssertionError, RuntimeError, OSError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -25,7 +25,7 @@ from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnection
 from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.policies import Decision, Observation, Policy
-from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_unit
+from dqagent.systemd import ActiveState, JobOutcome, UnitState, refused_by_polkit, worker_unit
 from dqagent.workercmd import shutdown_warning
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ class ScaleReport:
     target: int
     lines: tuple[str, ...]
     failed: int
+    #: Some failure was polkit (or the bus) refusing the caller, not the unit failing.
+    refused: bool = False
 
     @property
     def clamped(self) -> bool:
@@ -123,18 +125,19 @@ async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleR
     wanted = current + delta
     target = settings.clamp(wanted)
     lines: list[str] = []
-    failed = 0
+    failures: list[str] = []
     if target > current:
         ok, bad = await start_workers(units, states, target - current, settings.process_startup_delay_s)
         lines += [f"{st.unit}: started (pid {st.main_pid})" for st in ok]
         lines += [f"{st.unit}: failed ({st.active_state}/{st.sub_state}, result {st.result})" for st in bad]
-        failed = len(bad)
+        failures = [st.result for st in bad]
     elif target < current:
         outcomes = await stop_workers(units, states, current - target, stop_timeout_s(settings))
         lines += [f"{o.unit}: stopped ({o.result})" if o.ok else f"{o.unit}: stop failed ({o.result})"
                   for o in outcomes]
-        failed = sum(1 for o in outcomes if not o.ok)
-    return ScaleReport(current, wanted, target, tuple(lines), failed)
+        failures = [o.result for o in outcomes if not o.ok]
+    return ScaleReport(current, wanted, target, tuple(lines), len(failures),
+                       refused=any(refused_by_polkit(r) for r in failures))
 
 
 def stop_timeout_s(settings: Settings) -> float:

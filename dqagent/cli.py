@@ -197,6 +197,10 @@ async def _scale(args: argparse.Namespace, up: bool) -> int:
         print(f"nothing to do: {report.current} workers")
     for line in report.lines:
         print(line)
+    if report.refused:
+        print(f"dqagent: permission denied by systemd/polkit: run as root or as user dqagent "
+              f"(uid {os.getuid()} may not start or stop workers)", file=sys.stderr)
+        return EXIT_NOPERM
     return EXIT_FAILED if report.failed else EXIT_OK
 
 

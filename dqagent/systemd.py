@@ -46,6 +46,11 @@ _ERRORS: dict[str, type[SystemdError]] = {
 }
 
 
+def refused_by_polkit(result: str) -> bool:
+    """Whether a job result or error text (e.g. `error: ...AccessDenied`) is a polkit/bus refusal."""
+    return any(name in result for name, kind in _ERRORS.items() if issubclass(kind, AccessDeniedError))
+
+
 class ActiveState(StrEnum):
     ACTIVE = "active"
     RELOADING = "reloading"

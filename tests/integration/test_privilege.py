@@ -29,10 +29,17 @@ def test_agent_runs_as_dqagent_and_scales(fresh_container: Container, redis_serv
 
 @pytest.mark.parametrize("cmd", [
     ["start", "redis-server.service"],
+    ["stop", "redis-server.service"],
+    ["start", "dbus.service"],
     ["stop", "dbus.service"],
+    ["kill", "dbus.service"],
     ["restart", "systemd-journald.service"],
     ["start", "dramatiq-worker@x.service"],
+    ["stop", "dramatiq-worker@x.service"],
     ["start", "dramatiq-worker@1.socket"],
+    # Allowed units, but verbs outside start/stop/restart/kill/reset-failed
+    ["set-property", "dramatiq-worker@1.service", "MemoryMax=1M"],
+    ["enable", "dramatiq-worker@1.service"],
     ["daemon-reload"],
 ])
 def test_dqagent_user_is_refused_everything_else(fresh_container: Container, redis_server: RedisServer,
@@ -53,6 +60,19 @@ def test_dqagent_user_may_scale_numbered_workers(fresh_container: Container, red
     assert running_workers(c) == []
 
 
+def test_other_users_may_not_scale(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, now=False, MIN_PROCESSES=0)
+    result = dqagent(c, "scale-up", "--processes", "1", user="nobody", check=False)
+    assert result.returncode == 77, result.stderr
+    assert "permission denied by systemd/polkit" in result.stderr and "Traceback" not in result.stderr
+    assert running_workers(c) == []
+    dqagent(c, "scale-up", "--processes", "1")  # root may
+    result = dqagent(c, "scale-down", "--processes", "1", user="nobody", check=False)
+    assert result.returncode == 77 and "permission denied by systemd/polkit" in result.stderr
+    assert running_workers(c) == worker_names(1)
+
+
 def test_status_for_any_user_reports_what_it_cannot_read(fresh_container: Container,
                                                          redis_with_password: RedisServer) -> None:
     c, pw = fresh_container, redis_with_password
@@ -64,4 +84,9 @@ def test_status_for_any_user_reports_what_it_cannot_read(fresh_container: Contai
     assert report["queue_length"] is None
     assert "password file /etc/dqagent/redis-password unavailable" in report["redis_error"]
     assert report["current_processes"] == 1  # systemd is readable by anyone
+    text = dqagent(c, "status", user="nobody")
+    assert "Traceback" not in text.stderr and text.stderr == ""
+    assert "queue length (outstanding): unavailable" in text.stdout
+    assert "password file /etc/dqagent/redis-password unavailable (Permission denied)" in text.stdout
+    assert "current workers: 1" in text.stdout
     assert dqagent(c, "status").stdout.count("unavailable") == 0  # root reads the credential

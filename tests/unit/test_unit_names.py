@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dqagent.errors import UnitNameError
-from dqagent.systemd import worker_instance, worker_unit
+from dqagent.systemd import refused_by_polkit, worker_instance, worker_unit
 
 
 @given(st.integers(1, 999_999))
@@ -26,3 +26,14 @@ def test_anything_else_is_refused(bad: object) -> None:
                                   "dramatiq-worker@1;x.service", "dramatiq-worker@.service"])
 def test_foreign_names_are_not_managed(name: str) -> None:
     assert worker_instance(name) is None
+
+
+@pytest.mark.parametrize(("result", "refused"), [
+    ("error: org.freedesktop.DBus.Error.AccessDenied", True),
+    ("job error: org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", True),
+    ("error: org.freedesktop.systemd1.NoSuchUnit", False),
+    ("failed", False),
+    ("timeout", False),
+])
+def test_polkit_refusal_is_told_apart_from_a_failed_unit(result: str, refused: bool) -> None:
+    assert refused_by_polkit(result) is refused
