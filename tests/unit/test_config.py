@@ -108,6 +108,23 @@ INVALID = [
     ("QUEUE_METRIC", "llen", "outstanding or ready"),
     ("REDIS_URL", "http://x", "redis://"),
     ("WORKER_DIRECTORY", "relative/dir", "absolute"),
+    ("DEMAND_POLL_INTERVAL", "0", "> 0"),
+    # the scaling-policy block
+    ("SCALING_POLICY", "hpa", "step, target"),
+    ("SCALING_POLICY", "", "step, target"),
+    ("TARGET_PER_WORKER", "0", "> 0"),
+    ("TARGET_PER_WORKER", "-3", "> 0"),
+    ("TARGET_PER_WORKER", "five", "number"),
+    ("TARGET_PER_WORKER", "inf", "> 0"),
+    ("TARGET_TOLERANCE", "-0.1", "[0, 1)"),
+    ("TARGET_TOLERANCE", "1", "[0, 1)"),
+    ("TARGET_TOLERANCE", "nan", "[0, 1)"),
+    ("SCALE_UP_MAX_STEP", "0", "1..1000"),
+    ("SCALE_UP_MAX_STEP", "1001", "1..1000"),
+    ("SCALE_UP_MAX_STEP", "2.5", "1..1000"),
+    ("SCALE_DOWN_WINDOW", "-1", "0..86400"),
+    ("SCALE_DOWN_WINDOW", "86401", "0..86400"),
+    ("SCALE_DOWN_WINDOW", "later", "number"),
 ]
 
 
