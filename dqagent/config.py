@@ -69,8 +69,6 @@ DEFAULTS: dict[str, str] = {
     "SCALE_DOWN_WINDOW": "120",
 }
 
-#: Settings whose value must never reach a log, a status line or a repr.
-SECRET_KEYS = frozenset({"REDIS_PASSWORD", "REDIS_URL"})
 #: Where systemd's `LoadCredential=redis_password:...` puts the password for the service.
 CREDENTIAL_NAME = "redis_password"
 

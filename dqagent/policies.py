@@ -160,7 +160,7 @@ class TargetPolicy:
 
     min_processes: int
     max_processes: int
-    #: Outstanding messages one worker should hold: its threads, so a full worker is "on target".
+    #: Outstanding messages one worker should hold at target (TARGET_PER_WORKER; auto = 2 x threads).
     per_worker: float
     #: Relative band around the target inside which the worker count is kept.
     tolerance: float

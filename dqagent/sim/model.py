@@ -102,7 +102,6 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     state: Any = policy.initial_state()
     done_count = 0
     max_backlog = 0
-    in_system = 0  # arrived, not completed
     last_done = 0.0
 
     def start_worker(now: float) -> None:
@@ -154,7 +153,6 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         now, _, kind, a, b = heapq.heappop(events)
         if kind == _ARRIVE:
             queue.append(a)
-            in_system += 1
             for w in workers.values():
                 if queue and w.ready and not w.stopping:
                     feed(w, now)
@@ -169,7 +167,6 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             completions[b] += 1
             done_count += 1
             last_done = now
-            in_system -= 1
             if w.stopping and w.running == 0 and not w.held:
                 retire(w, now)
             else:

@@ -1,4 +1,4 @@
-"""In-memory stand-ins for systemd and the broker, for unit tests of the loop only.
+"""An in-memory stand-in for systemd, for unit tests of the loop only (the broker's is `FakeDemandProbe`).
 
 The real implementations have their own integration tests in the bench.
 """
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dqagent.demand import Demand, QueueDemand
-from dqagent.errors import BrokerError, SystemdError
+from dqagent.errors import SystemdError
 from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_instance
 
 
@@ -65,25 +64,3 @@ class FakeUnits:
         import asyncio
 
         await asyncio.Event().wait()
-
-
-class FakeProbe:
-    """A broker whose backlog the test sets; `error` makes the next reads fail."""
-
-    def __init__(self, ready: int = 0, delayed: int = 0) -> None:
-        self.ready = ready
-        self.delayed = delayed
-        self.error = ""
-
-    async def fetch_demand(self) -> Demand:
-        if self.error:
-            raise BrokerError(self.error)
-        return Demand((QueueDemand("q", self.ready, self.ready, self.delayed, 0, 0),))
-
-    async def recover_orphans(self) -> int:
-        return 0
-
-    async def close(self) -> None:
-        return None
-
-

@@ -9,9 +9,11 @@ import pytest
 
 from dqagent.agent import Agent, free_instances, highest_instances
 from dqagent.config import parse_settings
+from dqagent.demand import FakeDemandProbe
+from dqagent.errors import BrokerError
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
-from tests.unit.fakes import FakeProbe, FakeUnits
+from tests.unit.fakes import FakeUnits
 
 SETTINGS = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
@@ -25,7 +27,14 @@ class Clock:
         return self.now
 
 
-def make(units: FakeUnits, probe: FakeProbe, clock: Clock | None = None, **kw: object) -> Agent:
+def FakeProbe(ready: int = 0, delayed: int = 0) -> FakeDemandProbe:
+    """The broker fake with one queue `q`."""
+    probe = FakeDemandProbe()
+    probe.set_queue("q", ready=ready, delayed=delayed)
+    return probe
+
+
+def make(units: FakeUnits, probe: FakeDemandProbe, clock: Clock | None = None, **kw: object) -> Agent:
     return Agent(SETTINGS, units, probe, RecordingNotifier(), StepPolicy.from_settings(SETTINGS),
                  clock=clock or Clock(), **kw)  # type: ignore[arg-type]
 
@@ -42,7 +51,7 @@ def test_tick_scales_up_to_lowest_free_number_and_down_from_highest() -> None:
     agent = make(units, probe)
     asyncio.run(agent.tick())  # 11 > 2 x 5
     assert units.calls[-1] == ("start", ("dramatiq-worker@2.service",))
-    probe.ready = 0
+    probe.set_queue("q", ready=0)
     asyncio.run(agent.tick())
     assert units.calls[-1] == ("stop", ("dramatiq-worker@3.service",))
 
@@ -50,14 +59,14 @@ def test_tick_scales_up_to_lowest_free_number_and_down_from_highest() -> None:
 def test_redis_error_keeps_workers_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe()
     agent = make(units, probe)
-    probe.error = "redis redis://h:1/0: ConnectionError"
+    probe.error = BrokerError("redis redis://h:1/0: ConnectionError")
     caplog.set_level(logging.INFO)
     delays = [asyncio.run(agent.tick()) for _ in range(4)]
     assert units.calls == []  # never scales on unknown data
     assert delays == [2, 4, 8, 16]  # doubling, capped at max(CHECK_INTERVAL, 30 s)
     errors = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "redis_error"]
     assert len(errors) == 1
-    probe.error = ""
+    probe.error = None
     asyncio.run(agent.tick())
     assert [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "redis_ok"]
 
@@ -125,7 +134,7 @@ def test_delayed_messages_keep_one_consumer_when_min_is_zero() -> None:
     agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings), clock=Clock())
     asyncio.run(agent.tick())
     assert units.units == {1: "running"}  # the step rule alone would stop it (0 < 1 x 2.5)
-    probe.delayed = 0
+    probe.set_queue("q", delayed=0)
     asyncio.run(agent.tick())
     assert units.units == {}
 
