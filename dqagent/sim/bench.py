@@ -21,6 +21,8 @@ from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHp
 from dqagent.sim.traces import TRACES, Trace, Workload, generate
 
 FLAP_WINDOW_S = 600.0
+#: Traces whose load is one batch: one up-then-down is the least any policy can do.
+BURST_TRACES = ("burst", "idle_burst")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,17 @@ class Contender:
     build: Callable[[PoolConfig, Trace], Policy]
     tick_s: float
     metric: str = "outstanding"
+    #: Start at MAX with every worker warm and never move: not a policy, the best wait any policy
+    #: capped at MAX_PROCESSES can give, which bounds what the targets can ask of one.
+    warm_max: bool = False
+
+
+def target_policy(pool: PoolConfig, **settings: str) -> TargetPolicy:
+    """Exactly what SCALING_POLICY=target builds from these settings (defaults otherwise) for `pool`."""
+    env = {"SCALING_POLICY": "target", "MIN_PROCESSES": str(pool.min_workers),
+           "MAX_PROCESSES": str(pool.max_workers),
+           "DRAMATIQ_COMMAND": f"python -m dramatiq --threads {pool.threads} app", **settings}
+    return TargetPolicy.from_settings(parse_settings(env))
 
 
 def contenders() -> dict[str, Contender]:
@@ -38,11 +51,7 @@ def contenders() -> dict[str, Contender]:
         return StepPolicy(p.min_workers, p.max_workers, 5.0, 2.5)
 
     def target(p: PoolConfig, t: Trace) -> Policy:
-        # Exactly what SCALING_POLICY=target builds from the default settings and the seed command.
-        settings = parse_settings({"SCALING_POLICY": "target", "MIN_PROCESSES": str(p.min_workers),
-                                   "MAX_PROCESSES": str(p.max_workers),
-                                   "DRAMATIQ_COMMAND": f"python -m dramatiq --threads {p.threads} app"})
-        return TargetPolicy.from_settings(settings)
+        return target_policy(p)
 
     return {c.name: c for c in (
         Contender("step", step, 180.0),
@@ -54,6 +63,7 @@ def contenders() -> dict[str, Contender]:
         Contender("celery", lambda p, t: CeleryAutoscale(p.min_workers, p.max_workers, p.threads), 1.0),
         Contender("aws", lambda p, t: AwsBacklogPerInstance(p.min_workers, p.max_workers, p.threads,
                                                             t.service_mean_s), 60.0, metric="ready"),
+        Contender("max-warm", step, 180.0, warm_max=True),
     )}
 
 
@@ -92,8 +102,8 @@ def metrics(result: Result, trace: str, policy: str) -> Metrics:
 
 
 def run(contender: Contender, workload: Workload, pool: PoolConfig) -> Result:
-    p = PoolConfig(pool.threads, pool.prefetch, pool.startup_delay_s, pool.min_workers, pool.max_workers,
-                   contender.metric)
+    lo = pool.max_workers if contender.warm_max else pool.min_workers
+    p = PoolConfig(pool.threads, pool.prefetch, pool.startup_delay_s, lo, pool.max_workers, contender.metric)
     return simulate(workload, contender.build(p, workload.trace), p, contender.tick_s)
 
 
@@ -107,36 +117,86 @@ HEADER = (f"{'trace':<11} {'policy':<13} {'p50 s':>8} {'p95 s':>8} {'p99 s':>8} 
           f"{'drain s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5}")
 
 
-def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float]) -> list[tuple[str, bool]]:
-    """The issue's targets, each with its measured figures."""
-    out: list[tuple[str, bool]] = []
+#: How a target came out. BOUND: not met, and no policy capped at MAX_PROCESSES could meet it (the
+#: max-warm row shows the best wait possible). TIE: equal, where one is the least any policy can do.
+PASS, TIE, BOUND, FAIL = "PASS", "TIE", "BOUND", "FAIL"
+
+
+def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float]) -> list[tuple[str, str]]:
+    """The issue's targets, each with its verdict and its measured figures."""
+    out: list[tuple[str, str]] = []
     for trace in ("burst", "ramp"):
-        t, s = table[(trace, "target")], table[(trace, "step")]
+        t, s, w = table[(trace, "target")], table[(trace, "step")], table[(trace, "max-warm")]
         ratio = s.p95_s / t.p95_s if t.p95_s else math.inf
-        out.append((f"{trace}: target p95 {t.p95_s:.1f}s vs step {s.p95_s:.1f}s = {ratio:.0f}x lower (>= 10x)",
-                    ratio >= 10))
+        text = f"{trace}: target p95 {t.p95_s:.1f}s vs step {s.p95_s:.1f}s = {ratio:.1f}x lower (>= 10x)"
+        if ratio >= 10:
+            out.append((text, PASS))
+        elif w.p95_s > s.p95_s / 10:
+            out.append((f"{text}; needs <= {s.p95_s / 10:.1f}s but MAX warm workers from the start give "
+                        f"{w.p95_s:.1f}s", BOUND))
+        else:
+            out.append((text, FAIL))
     for trace in TRACES:
         t, k = table[(trace, "target")], table[(trace, "keda-hpa")]
-        out.append((f"{trace}: target p95 {t.p95_s:.1f}s <= keda-hpa {k.p95_s:.1f}s", t.p95_s <= k.p95_s))
-        # One burst gives one up-then-down within 10 min to any policy that does not keep MAX workers
-        # idle for 10 min afterwards: equal at 1 is reported as such.
-        out.append((f"{trace}: target flaps {t.flaps} < keda-hpa {k.flaps}"
-                    + (" (equal: one burst, one up-then-down)" if t.flaps == k.flaps == 1 else ""),
-                    t.flaps < k.flaps or t.flaps == k.flaps <= 1))
+        out.append((f"{trace}: target p95 {t.p95_s:.1f}s <= keda-hpa {k.p95_s:.1f}s",
+                     PASS if t.p95_s <= k.p95_s else FAIL))
+        text = f"{trace}: target flaps {t.flaps} < keda-hpa {k.flaps}"
+        if t.flaps < k.flaps:
+            out.append((text, PASS))
+        elif t.flaps == k.flaps == 1 and trace in BURST_TRACES:
+            # One burst: scaling up and releasing the workers within 10 min is one reversal; only keeping
+            # MAX workers idle for 10 min after it avoids it.
+            out.append((f"{text}: one burst, one up-then-down", TIE))
+        else:
+            out.append((text, FAIL))
         extra = t.worker_seconds / k.worker_seconds - 1
         out.append((f"{trace}: target worker-s {t.worker_seconds:.0f} vs keda-hpa {k.worker_seconds:.0f} "
-                    f"({extra:+.0%}, <= +10%)", extra <= 0.10))
+                    f"({extra:+.0%}, <= +10%)", PASS if t.worker_seconds <= 1.10 * k.worker_seconds else FAIL))
         over = t.worker_seconds / oracle[trace] - 1
         out.append((f"{trace}: target worker-s {t.worker_seconds:.0f} vs oracle {oracle[trace]:.0f} "
-                    f"({over:+.0%}, <= +25%)", over <= 0.25))
+                    f"({over:+.0%}, <= +25%)", PASS if t.worker_seconds <= 1.25 * oracle[trace] else FAIL))
     return out
+
+
+#: The grid `--sweep` walks: the two settings that trade wait and flaps against cost.
+SWEEP_PER_WORKER = ("auto", "12.5", "15", "20")
+SWEEP_WINDOW = ("30", "60", "120", "180", "300")
+
+
+def sweep(trace: str, seed: int) -> None:
+    """`target` over a grid of TARGET_PER_WORKER x SCALE_DOWN_WINDOW on one trace, against keda-hpa and
+    the oracle: shows whether any setting meets the four per-trace targets at once, and what each costs."""
+    pool = PoolConfig()
+    workload = generate(TRACES[trace], seed)
+    k = metrics(run(contenders()["keda-hpa"], workload, pool), trace, "keda-hpa")
+    oracle = oracle_worker_seconds(workload, pool)
+    print(f"{trace} (seed {seed}): keda-hpa p95 {k.p95_s:.1f}s, {k.flaps} flaps, {k.worker_seconds:.0f} worker-s; "
+          f"oracle {oracle:.0f} worker-s")
+    print(f"{'TARGET_PER_WORKER':>17} {'SCALE_DOWN_WINDOW':>17} {'p95 s':>7} {'flaps':>5} {'worker-s':>8} "
+          f"{'vs keda':>7} {'vs oracle':>9}  targets met")
+    for per_worker in SWEEP_PER_WORKER:
+        for window in SWEEP_WINDOW:
+            policy = target_policy(pool, TARGET_PER_WORKER=per_worker, SCALE_DOWN_WINDOW=window)
+            m = metrics(simulate(workload, policy, pool, 5.0), trace, "target")
+            met = [name for name, ok in (
+                ("p95", m.p95_s <= k.p95_s), ("flaps", m.flaps < k.flaps),
+                ("cost-keda", m.worker_seconds <= 1.10 * k.worker_seconds),
+                ("cost-oracle", m.worker_seconds <= 1.25 * oracle)) if ok]
+            print(f"{per_worker:>17} {window:>17} {m.p95_s:>7.1f} {m.flaps:>5} {m.worker_seconds:>8.0f} "
+                  f"{m.worker_seconds / k.worker_seconds - 1:>+7.0%} {m.worker_seconds / oracle - 1:>+9.0%}  "
+                  f"{len(met)}/4 {' '.join(met)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dev/bench", description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--traces", nargs="*", default=list(TRACES))
+    parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
+    parser.add_argument("--sweep", choices=list(TRACES), metavar="TRACE",
+                        help="instead of the table: target over a grid of its settings on one trace")
     args = parser.parse_args(argv)
+    if args.sweep:
+        sweep(args.sweep, args.seed)
+        return 0
     pool = PoolConfig()
     started = time.monotonic()
     table: dict[tuple[str, str], Metrics] = {}
@@ -154,10 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(args.traces) == set(TRACES):
         print("\ntargets:")
         results = check_targets(table, oracle)
-        for text, ok in results:
-            print(f"  {'PASS' if ok else 'FAIL'}  {text}")
-        print(f"\n{sum(ok for _, ok in results)}/{len(results)} targets met; "
-              f"{time.monotonic() - started:.0f}s (seed {args.seed})")
+        for text, verdict in results:
+            print(f"  {verdict:<5}  {text}")
+        counts = {v: sum(1 for _, got in results if got == v) for v in (PASS, TIE, BOUND, FAIL)}
+        print(f"\n{counts[PASS]}/{len(results)} targets met ({counts[TIE]} tie, {counts[BOUND]} beyond MAX, "
+              f"{counts[FAIL]} failed); {time.monotonic() - started:.0f}s (seed {args.seed})")
     return 0
 
 
