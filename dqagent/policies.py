@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
 from dqagent.config import Settings
@@ -123,20 +124,32 @@ def worker_threads(command: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class TargetState:
-    """Recent recommendations, for the scale-down window.
+    """What the scale-down path remembers of the last window.
 
-    Kept as a monotone queue: times ascending, recommendations strictly descending, so the first
-    entry is the highest recommendation still inside the window and the tuple stays short.
+    `recommendations` is a monotone queue: times ascending, recommendations strictly descending, so the
+    first entry is the highest recommendation still inside the window and the tuple stays short.
+    `flow` holds (time, in flight) read while the ready list was empty: the work the pool carried when
+    it was keeping up, free of any backlog.
     """
 
     recommendations: tuple[tuple[float, int], ...] = ()
+    flow: tuple[tuple[float, int], ...] = ()
 
     def remember(self, now_s: float, recommendation: int, window_s: float) -> TargetState:
         kept = tuple((t, r) for t, r in self.recommendations if t > now_s - window_s and r > recommendation)
-        return TargetState((*kept, (now_s, recommendation)))
+        return replace(self, recommendations=(*kept, (now_s, recommendation)))
 
     def highest(self) -> int:
         return self.recommendations[0][1]
+
+    def note_flow(self, now_s: float, ready: int, in_flight: int, window_s: float) -> TargetState:
+        kept = tuple((t, f) for t, f in self.flow if t > now_s - window_s)
+        return replace(self, flow=(*kept, (now_s, in_flight)) if ready == 0 else kept)
+
+    def typical_in_flight(self, now_s: float, window_s: float) -> float | None:
+        """Median in flight over the window's backlog-free reads (None if the backlog never emptied)."""
+        recent = [f for t, f in self.flow if t > now_s - window_s]
+        return statistics.median(recent) if recent else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +165,10 @@ class TargetPolicy:
     - A tolerance band around the target (HPA's 10 %), so noise does not move the count.
     - Scale-down to the highest recommendation seen within `window_s` (HPA's stabilization), and
       never below ceil(in_flight / threads), the processes the fetched work needs.
+    - But a drained backlog does not hold its workers for the whole window (HPA's stabilization is
+      why it costs most after bursts): the hold is capped at what the window's typical flow needs
+      (median in flight while the ready list was empty, at the band's lower edge) plus one spare.
+      Noise around a steady level stays inside that cap, so it still does not flap.
     - Workers still starting count as capacity: demand they will absorb adds nothing, so a slow
       start does not trigger a second wave (the mistake AWS warm-up rules exist to prevent).
     - Unlike Celery's autoscale it does not shrink right after growth; unlike Judoscale it has no
@@ -197,6 +214,8 @@ class TargetPolicy:
         else:
             recommendation = desired
             why = f"{head}: wants {desired}"
+        # The flow cap reads the reads before this one, so more demand now can never lower the target.
+        typical = state.typical_in_flight(obs.now_s, self.window_s)
         state = state.remember(obs.now_s, recommendation, self.window_s)
         if recommendation > workers:
             proposed = min(recommendation, workers + self.max_step)
@@ -204,14 +223,23 @@ class TargetPolicy:
                 why += f"; up by at most {self.max_step}"
         elif recommendation < workers:
             stable = state.highest()
+            # What the typical flow needs at the band's lower edge; the hold keeps one spare above it.
+            flow_needs = math.inf if typical is None else math.ceil(typical / (self.per_worker * (1 - self.tolerance)))
+            capped = flow_needs + 1 < stable
+            if capped:
+                stable = max(recommendation, int(flow_needs) + 1)
             floor = math.ceil(obs.in_flight / self.threads)
             proposed = min(workers, max(stable, floor))
-            if proposed == stable and stable > recommendation:
-                why += f"; holding {stable}, the highest in {_fmt(self.window_s)}s"
-            elif proposed == floor and floor > recommendation:
-                why += f"; in flight {obs.in_flight} needs {floor}"
+            if proposed > recommendation:
+                if floor >= stable:
+                    why += f"; in flight {obs.in_flight} needs {floor}"
+                elif capped:
+                    why += f"; holding {proposed}: the last {_fmt(self.window_s)}s of flow need {flow_needs} + 1 spare"
+                else:
+                    why += f"; holding {proposed}, the highest in {_fmt(self.window_s)}s"
         else:
             proposed = workers
+        state = state.note_flow(obs.now_s, obs.ready, obs.in_flight, self.window_s)
         target = max(self.min_processes, min(self.max_processes, proposed))
         if target != proposed:
             why += f"; clamped to [{self.min_processes}, {self.max_processes}]"

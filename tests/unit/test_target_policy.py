@@ -29,10 +29,11 @@ def policies(draw: st.DrawFn) -> TargetPolicy:
 
 @st.composite
 def histories(draw: st.DrawFn) -> TargetState:
-    """A state left by earlier decisions, as `remember` builds it."""
+    """A state left by earlier decisions, as `remember` and `note_flow` build it."""
     state = TargetState()
     for i in range(draw(st.integers(0, 6))):
         state = state.remember(float(i * 10), draw(st.integers(0, 200)), 600)
+        state = state.note_flow(float(i * 10), draw(st.sampled_from([0, 0, 3])), draw(st.integers(0, 2000)), 600)
     return state
 
 
@@ -103,6 +104,36 @@ def test_scale_down_waits_for_the_window() -> None:
     assert held.target == 10 and "highest in 120s" in held.reason
     after, _ = p.decide(obs(121, 0, 5, 10), s)
     assert after.target == 1
+
+
+def test_a_drained_burst_releases_its_workers_before_the_window_ends() -> None:
+    # Given a burst that asked for 10 workers, then 30 s of keeping up with 6 messages in flight,
+    # when the backlog is gone, the hold drops to what that flow needs (6 / (5 x 0.9) -> 2) + 1 spare.
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    _, s = p.decide(obs(0, 400, 50, 10), p.initial_state())
+    for t in range(5, 35, 5):
+        d, s = p.decide(obs(t, 0, 6, 10), s)
+    assert d.target == 3 and "flow need 2 + 1 spare" in d.reason
+
+
+def test_a_quiet_read_after_a_burst_keeps_what_the_flow_needs_plus_a_spare() -> None:
+    # Given a burst, then a steady flow of 8 in flight (8 / 4.5 -> 2 workers), when one quiet read asks
+    # for 1, then the count stays at 3 (2 + 1 spare), and only drops once the window forgets the flow.
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    _, s = p.decide(obs(0, 400, 50, 10), p.initial_state())
+    for t in range(5, 60, 5):
+        _, s = p.decide(obs(t, 0, 8, 10), s)
+    quiet, s = p.decide(obs(60, 0, 2, 10), s)
+    assert quiet.target == 3 and "flow need 2 + 1 spare" in quiet.reason
+    later, _ = p.decide(obs(300, 0, 2, 3), s)
+    assert later.target == 1
+
+
+def test_a_backlog_that_never_empties_holds_the_whole_window() -> None:
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    _, s = p.decide(obs(0, 400, 50, 10), p.initial_state())
+    d, _ = p.decide(obs(30, 1, 5, 10), s)
+    assert d.target == 10 and "highest in 120s" in d.reason
 
 
 def test_threads_are_read_from_the_dramatiq_command() -> None:
