@@ -106,33 +106,34 @@ def test_scale_down_waits_for_the_window() -> None:
     assert after.target == 1
 
 
+#: The policy of the hand-written cases: 10 workers at most, 5 per worker, band 10 %, window 120 s.
+SMALL = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+
+
+def after_burst(in_flight: int, until_s: int) -> TargetState:
+    """A burst that asked for 10 workers, then the pool keeping up with `in_flight` every 5 s."""
+    _, s = SMALL.decide(obs(0, 400, 50, 10), SMALL.initial_state())
+    for t in range(5, until_s, 5):
+        _, s = SMALL.decide(obs(t, 0, in_flight, 10), s)
+    return s
+
+
 def test_a_drained_burst_releases_its_workers_before_the_window_ends() -> None:
-    # Given a burst that asked for 10 workers, then 30 s of keeping up with 6 messages in flight,
-    # when the backlog is gone, the hold drops to what that flow needs (6 / (5 x 0.9) -> 2) + 1 spare.
-    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
-    _, s = p.decide(obs(0, 400, 50, 10), p.initial_state())
-    for t in range(5, 35, 5):
-        d, s = p.decide(obs(t, 0, 6, 10), s)
+    # 30 s of 6 in flight: the hold drops to what that flow needs (6 / (5 x 0.9) -> 2) + 1 spare.
+    d, _ = SMALL.decide(obs(35, 0, 6, 10), after_burst(6, 35))
     assert d.target == 3 and "flow need 2 + 1 spare" in d.reason
 
 
 def test_a_quiet_read_after_a_burst_keeps_what_the_flow_needs_plus_a_spare() -> None:
-    # Given a burst, then a steady flow of 8 in flight (8 / 4.5 -> 2 workers), when one quiet read asks
-    # for 1, then the count stays at 3 (2 + 1 spare), and only drops once the window forgets the flow.
-    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
-    _, s = p.decide(obs(0, 400, 50, 10), p.initial_state())
-    for t in range(5, 60, 5):
-        _, s = p.decide(obs(t, 0, 8, 10), s)
-    quiet, s = p.decide(obs(60, 0, 2, 10), s)
+    # A steady 8 in flight (-> 2 workers); one quiet read asking for 1 keeps 3 until the window forgets.
+    quiet, s = SMALL.decide(obs(60, 0, 2, 10), after_burst(8, 60))
     assert quiet.target == 3 and "flow need 2 + 1 spare" in quiet.reason
-    later, _ = p.decide(obs(300, 0, 2, 3), s)
+    later, _ = SMALL.decide(obs(300, 0, 2, 3), s)
     assert later.target == 1
 
 
 def test_a_backlog_that_never_empties_holds_the_whole_window() -> None:
-    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
-    _, s = p.decide(obs(0, 400, 50, 10), p.initial_state())
-    d, _ = p.decide(obs(30, 1, 5, 10), s)
+    d, _ = SMALL.decide(obs(30, 1, 5, 10), after_burst(0, 5))
     assert d.target == 10 and "highest in 120s" in d.reason
 
 
