@@ -10,17 +10,20 @@ import argparse
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from dqagent.config import parse_settings
+from dqagent.errors import ConfigError
 from dqagent.policies import Policy, StepPolicy, TargetPolicy
 from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
 from dqagent.sim.traces import TRACES, Trace, Workload, generate
 
 FLAP_WINDOW_S = 600.0
+#: The seed defaults' pool, where the issue's targets are set.
+DEFAULT_POOL = PoolConfig()
 #: Traces whose load is one batch: one up-then-down is the least any policy can do.
 BURST_TRACES = ("burst", "idle_burst")
 
@@ -46,12 +49,15 @@ def target_policy(pool: PoolConfig, **settings: str) -> TargetPolicy:
     return TargetPolicy.from_settings(parse_settings(env))
 
 
-def contenders() -> dict[str, Contender]:
+def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Contender]:
+    """Every policy the benchmark compares; `target_settings` overrides settings of `target` only."""
+    overrides = dict(target_settings or {})
+
     def step(p: PoolConfig, t: Trace) -> Policy:
         return StepPolicy(p.min_workers, p.max_workers, 5.0, 2.5)
 
     def target(p: PoolConfig, t: Trace) -> Policy:
-        return target_policy(p)
+        return target_policy(p, **overrides)
 
     return {c.name: c for c in (
         Contender("step", step, 180.0),
@@ -166,7 +172,7 @@ SWEEP_WINDOW = ("30", "60", "120", "180", "300")
 def sweep(trace: str, seed: int) -> None:
     """`target` over a grid of TARGET_PER_WORKER x SCALE_DOWN_WINDOW on one trace, against keda-hpa and
     the oracle: shows whether any setting meets the four per-trace targets at once, and what each costs."""
-    pool = PoolConfig()
+    pool = DEFAULT_POOL
     workload = generate(TRACES[trace], seed)
     k = metrics(run(contenders()["keda-hpa"], workload, pool), trace, "keda-hpa")
     oracle = oracle_worker_seconds(workload, pool)
@@ -187,24 +193,53 @@ def sweep(trace: str, seed: int) -> None:
                   f"{len(met)}/4 {' '.join(met)}")
 
 
+def variant(trace: Trace, service_mean_s: float | None, service_cv: float | None) -> Trace:
+    """`trace` with another service time; arrival rates scale inversely, so the offered load is the same."""
+    if service_mean_s is not None:
+        factor = trace.service_mean_s / service_mean_s
+        trace = replace(trace, service_mean_s=service_mean_s,
+                        rate_points=tuple((t, r * factor) for t, r in trace.rate_points))
+    return trace if service_cv is None else replace(trace, service_cv=service_cv)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dev/bench", description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
     parser.add_argument("--sweep", choices=list(TRACES), metavar="TRACE",
                         help="instead of the table: target over a grid of its settings on one trace")
+    held_out = parser.add_argument_group("held-out variants (not the seed defaults the targets are set at)")
+    held_out.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                          help="a setting of the target policy, e.g. TARGET_PER_WORKER=12.5")
+    held_out.add_argument("--threads", type=int, default=DEFAULT_POOL.threads, help="threads per worker")
+    held_out.add_argument("--max-workers", type=int, default=DEFAULT_POOL.max_workers)
+    held_out.add_argument("--service-mean", type=float, default=None, metavar="S",
+                          help="mean service time; arrival rates scale so the offered load is the same")
+    held_out.add_argument("--service-cv", type=float, default=None, metavar="CV")
     args = parser.parse_args(argv)
     if args.sweep:
         sweep(args.sweep, args.seed)
         return 0
-    pool = PoolConfig()
+    pool = PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers)
+    roster = contenders(dict(args.set))
+    try:
+        target_policy(pool, **dict(args.set))
+    except ConfigError as exc:
+        parser.error(f"--set: {exc}")
     started = time.monotonic()
     table: dict[tuple[str, str], Metrics] = {}
     oracle: dict[str, float] = {}
     print(HEADER)
     for name in args.traces:
-        workload = generate(TRACES[name], args.seed)
-        for contender in contenders().values():
+        workload = generate(variant(TRACES[name], args.service_mean, args.service_cv), args.seed)
+        for contender in roster.values():
             m = metrics(run(contender, workload, pool), name, contender.name)
             table[(name, contender.name)] = m
             print(format_row(m), flush=True)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from dqagent.sim.bench import BOUND, FAIL, PASS, TIE, Metrics, check_targets, contenders, main, run
+from dqagent.sim.bench import BOUND, FAIL, PASS, TIE, Metrics, check_targets, contenders, main, run, variant
 from dqagent.sim.model import PoolConfig
 from dqagent.sim.traces import TRACES, Trace, generate
 
@@ -77,3 +77,19 @@ def test_sweep_prints_one_row_per_setting_pair(capsys: pytest.CaptureFixture[str
     assert main(["--sweep", "burst"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "/4" in line]
     assert len(rows) == 4 * 5
+
+
+def test_a_service_time_variant_keeps_the_offered_load() -> None:
+    trace = TRACES["ramp"]
+    slow = variant(trace, service_mean_s=4.0, service_cv=2.0)
+    assert (slow.service_mean_s, slow.service_cv) == (4.0, 2.0)
+    for (t0, r0), (t1, r1) in zip(trace.rate_points, slow.rate_points, strict=True):
+        assert t0 == t1 and r0 * trace.service_mean_s == pytest.approx(r1 * slow.service_mean_s)
+    assert variant(trace, None, None) == trace
+
+
+def test_a_bad_target_setting_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--traces", "burst", "--set", "SCALE_DOWN_WINDOW=-1"])
+    assert exit_info.value.code == 2
+    assert "SCALE_DOWN_WINDOW" in capsys.readouterr().err.splitlines()[-1]
