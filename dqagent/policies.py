@@ -167,7 +167,8 @@ class TargetPolicy:
       never below ceil(in_flight / threads), the processes the fetched work needs.
     - But a drained backlog does not hold its workers for the whole window (HPA's stabilization is
       why it costs most after bursts): the hold is capped at what the window's typical flow needs
-      (median in flight while the ready list was empty, at the band's lower edge) plus one spare.
+      (median in flight while the ready list was empty, over threads filled up to the tolerance)
+      plus one spare.
       Noise around a steady level stays inside that cap, so it still does not flap.
     - Workers still starting count as capacity: demand they will absorb adds nothing, so a slow
       start does not trigger a second wave (the mistake AWS warm-up rules exist to prevent).
@@ -223,8 +224,9 @@ class TargetPolicy:
                 why += f"; up by at most {self.max_step}"
         elif recommendation < workers:
             stable = state.highest()
-            # What the typical flow needs at the band's lower edge; the hold keeps one spare above it.
-            flow_needs = math.inf if typical is None else math.ceil(typical / (self.per_worker * (1 - self.tolerance)))
+            # The workers whose threads the typical flow fills (up to the tolerance), plus one spare. Threads,
+            # not TARGET_PER_WORKER: the flow is measured with no backlog, so it is mostly running work.
+            flow_needs = math.inf if typical is None else math.ceil(typical / (self.threads * (1 + self.tolerance)))
             capped = flow_needs + 1 < stable
             if capped:
                 stable = max(recommendation, int(flow_needs) + 1)

@@ -109,7 +109,7 @@ def metrics(result: Result, trace: str, policy: str) -> Metrics:
 
 def run(contender: Contender, workload: Workload, pool: PoolConfig) -> Result:
     lo = pool.max_workers if contender.warm_max else pool.min_workers
-    p = PoolConfig(pool.threads, pool.prefetch, pool.startup_delay_s, lo, pool.max_workers, contender.metric)
+    p = replace(pool, min_workers=lo, metric=contender.metric)
     return simulate(workload, contender.build(p, workload.trace), p, contender.tick_s)
 
 
@@ -223,11 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out.add_argument("--service-mean", type=float, default=None, metavar="S",
                           help="mean service time; arrival rates scale so the offered load is the same")
     held_out.add_argument("--service-cv", type=float, default=None, metavar="CV")
+    held_out.add_argument("--dispatch", choices=("first", "random"), default=DEFAULT_POOL.dispatch,
+                          help="which worker with prefetch room takes an arrival (a modelling assumption)")
     args = parser.parse_args(argv)
     if args.sweep:
         sweep(args.sweep, args.seed)
         return 0
-    pool = PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers)
+    pool = PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers,
+                      dispatch=args.dispatch)
     roster = contenders(dict(args.set))
     try:
         target_policy(pool, **dict(args.set))

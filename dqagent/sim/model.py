@@ -5,7 +5,8 @@ What it models, because it is what makes policies differ on real pools:
   the ones it holds but does not run yet are invisible to `LLEN` (ready) but count in outstanding;
 - a started worker takes work only after `startup_delay_s` (interpreter and app import);
 - a stopped worker finishes its running tasks and returns its prefetched ones to the queue tail;
-- the policy sees an `Observation` every `tick_s` and its decision is applied at once.
+- the policy sees an `Observation` every `tick_s` and its decision is applied at once;
+- an arriving message goes to the first worker with prefetch room, or a random one (`dispatch`).
 
 The real policy classes run unchanged through the `Policy` protocol. Same seed, same result.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,10 @@ class PoolConfig:
     max_workers: int = 10
     #: Whether the policy is fed `ready` (LLEN) or `outstanding` as its queue length.
     metric: str = "outstanding"
+    #: Which worker with prefetch room takes an arrival: "first" (a busy consumer polls again at once
+    #: while idle ones back off, so the same one keeps winning) or "random" (the consumers race evenly;
+    #: seeded by the workload). A modelling assumption, so the benchmark can check both.
+    dispatch: str = "first"
 
 
 @dataclass
@@ -92,6 +98,9 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     push(0.0, _TICK)
 
     queue: deque[int] = deque()
+    if pool.dispatch not in ("first", "random"):
+        raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected first or random")
+    rng = random.Random(workload.seed) if pool.dispatch == "random" else None
     workers: dict[int, _Worker] = {}
     next_wid = 0
     started_at = [math.nan] * n
@@ -153,9 +162,13 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         now, _, kind, a, b = heapq.heappop(events)
         if kind == _ARRIVE:
             queue.append(a)
-            for w in workers.values():
-                if queue and w.ready and not w.stopping:
-                    feed(w, now)
+            takers = [w for w in workers.values() if w.ready and not w.stopping]
+            if rng is not None:
+                rng.shuffle(takers)
+            for w in takers:
+                if not queue:
+                    break
+                feed(w, now)
         elif kind == _READY:
             starter = workers.get(a)
             if starter is not None:

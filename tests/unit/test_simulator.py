@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -143,3 +144,19 @@ def test_simulate_command_prints_metrics_and_writes_a_png(tmp_path: object, caps
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert main(["simulate", "--trace", "burst", "--policy", "nope"]) == 2
     assert "unknown 'nope'" in capsys.readouterr().err
+
+
+def test_random_dispatch_spreads_arrivals_that_first_fit_queues_behind_busy_threads() -> None:
+    # Two warm workers of 2 threads, prefetch 4, four long messages at once: first fit puts all four
+    # on the first worker (two wait in its prefetch); racing consumers usually spread them.
+    workload = generate(Trace("d", 1, ((0, 0),), bursts=((0, 4),), service_mean_s=100, service_cv=0.01), 1)
+
+    def longest_wait(dispatch: str, seed: int) -> float:
+        pool = PoolConfig(threads=2, prefetch=4, min_workers=2, max_workers=2, dispatch=dispatch)
+        result = simulate(dataclasses.replace(workload, seed=seed), StepPolicy(2, 2, 5, 2.5), pool, tick_s=10,
+                          initial_workers=2)
+        assert sorted(result.completed) == [1, 1, 1, 1]
+        return max(result.waits_s)
+
+    assert all(longest_wait("first", seed) > 90 for seed in range(10))
+    assert any(longest_wait("random", seed) == 0 for seed in range(10))

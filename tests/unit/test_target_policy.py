@@ -119,7 +119,7 @@ def after_burst(in_flight: int, until_s: int) -> TargetState:
 
 
 def test_a_drained_burst_releases_its_workers_before_the_window_ends() -> None:
-    # 30 s of 6 in flight: the hold drops to what that flow needs (6 / (5 x 0.9) -> 2) + 1 spare.
+    # 30 s of 6 in flight: the hold drops to what that flow needs (6 / (5 threads x 1.1) -> 2) + 1 spare.
     d, _ = SMALL.decide(obs(35, 0, 6, 10), after_burst(6, 35))
     assert d.target == 3 and "flow need 2 + 1 spare" in d.reason
 
