@@ -38,6 +38,23 @@ exec systemd-nspawn --register=no --keep-unit -q -D "$R/merged" -b "$@"
 """
 
 
+#: The checkout (and its .venv), which the container must see through the overlay of the host root.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def checkout_problem(checkout: Path = CHECKOUT) -> str | None:
+    """Why the container could not see `checkout`, or None.
+
+    The overlay's lower layer is the host's root filesystem only (no other mounts), and the container's
+    systemd mounts a fresh tmpfs on /tmp; a clone there fails every test with "No such file".
+    """
+    if checkout.is_relative_to("/tmp"):
+        return f"the checkout {checkout} is under /tmp, which the bench's systemd replaces with its own tmpfs"
+    if checkout.stat().st_dev != Path("/").stat().st_dev:
+        return f"the checkout {checkout} is on another filesystem than /, which the bench's overlay does not include"
+    return None
+
+
 def require_bench() -> None:
     """Fail loudly (never skip) when the machine cannot host the bench."""
     missing = [tool for tool in ("systemd-nspawn", "redis-server", "unshare", "nsenter") if not shutil.which(tool)]
@@ -45,6 +62,9 @@ def require_bench() -> None:
         raise RuntimeError("the integration bench needs root (systemd-nspawn, mounts)")
     if missing:
         raise RuntimeError(f"the integration bench needs {', '.join(missing)}: run ./dev/test to install them")
+    problem = checkout_problem()
+    if problem:
+        raise RuntimeError(f"{problem}: clone it elsewhere on the root filesystem (e.g. under /root or /srv)")
 
 
 def wait_until(what: str, predicate: Callable[[], object], timeout: float = 30, interval: float = 0.25) -> None:
