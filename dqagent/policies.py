@@ -122,6 +122,10 @@ def worker_threads(command: str) -> int:
     return max(1, int(found[-1])) if found else DRAMATIQ_DEFAULT_THREADS
 
 
+#: Most backlog-free reads the scale-down window keeps for its median.
+FLOW_SAMPLES = 256
+
+
 @dataclass(frozen=True, slots=True)
 class TargetState:
     """What the scale-down path remembers of the last window.
@@ -144,7 +148,9 @@ class TargetState:
 
     def note_flow(self, now_s: float, ready: int, in_flight: int, window_s: float) -> TargetState:
         kept = tuple((t, f) for t, f in self.flow if t > now_s - window_s)
-        return replace(self, flow=(*kept, (now_s, in_flight)) if ready == 0 else kept)
+        # At most FLOW_SAMPLES reads per window, so a day-long window polled every second stays small.
+        spaced = not kept or now_s - kept[-1][0] >= window_s / FLOW_SAMPLES
+        return replace(self, flow=(*kept, (now_s, in_flight)) if ready == 0 and spaced else kept)
 
     def typical_in_flight(self, now_s: float, window_s: float) -> float | None:
         """Median in flight over the window's backlog-free reads (None if the backlog never emptied)."""

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dqagent.config import parse_settings
-from dqagent.policies import Observation, TargetPolicy, TargetState, worker_threads
+from dqagent.policies import FLOW_SAMPLES, Observation, TargetPolicy, TargetState, worker_threads
 
 demand = st.integers(min_value=0, max_value=20_000)
 workers = st.integers(min_value=0, max_value=200)
@@ -143,3 +143,12 @@ def test_threads_are_read_from_the_dramatiq_command() -> None:
     assert worker_threads("dramatiq --threads=12 app") == 12
     assert worker_threads("dramatiq app") == 8
     assert TargetPolicy.from_settings(parse_settings({"SCALING_POLICY": "target"})).threads == 5
+
+
+def test_a_long_window_keeps_a_bounded_sample_of_the_flow() -> None:
+    # A day-long window read every second: the flow kept for the median stays at FLOW_SAMPLES reads.
+    s = TargetState()
+    for t in range(20_000):
+        s = s.note_flow(float(t), 0, t % 7, 86_400)
+    assert len(s.flow) <= FLOW_SAMPLES + 1
+    assert s.typical_in_flight(20_000.0, 86_400) is not None
