@@ -76,8 +76,6 @@ async def start_workers(units: UnitManager, states: Sequence[UnitState], count: 
         if name in by_name:
             try:
                 await units.reset_failed(name)
-            except BusConnectionError:
-                raise
             except SystemdError as exc:
                 refused[name] = f"error: {exc.name}"
     jobs = {o.unit: o.result for o in await units.start_units([n for n in names if n not in refused])}
@@ -211,8 +209,6 @@ class Agent:
             while not self.stop_requested.is_set():
                 try:
                     delay = await self._guard(self.tick(), self._tick_budget_s())
-                except BusConnectionError:
-                    raise
                 except SystemdError as exc:  # refused or failed request: transient, back off
                     delay = self._systemd_refused(exc)
                 self._progress_deadline = self.clock() + delay + self._tick_budget_s()
@@ -239,7 +235,7 @@ class Agent:
     def _on_stop_signal(self) -> None:
         """Only flags the stop; and asks systemd for time to finish the current step and the stops."""
         if not self.stop_requested.is_set():
-            self.notifier.extend_timeout(self._tick_budget_s() + self._stop_timeout_s())
+            self.notifier.extend_timeout(self._tick_budget_s() + stop_timeout_s(self.s))
         self.stop_requested.set()
 
     async def _guard(self, step: Any, budget_s: float) -> Any:
@@ -348,7 +344,7 @@ class Agent:
             count = occupied - target
             log.info("scale down by %d to %d: %s", count, target, reason,
                      extra=event("scale_down", workers=occupied, target=target))
-            self._log_stops(await stop_workers(self.units, states, count, self._stop_timeout_s()))
+            self._log_stops(await stop_workers(self.units, states, count, stop_timeout_s(self.s)))
 
     @staticmethod
     def _log_stops(outcomes: Sequence[JobOutcome]) -> None:
@@ -368,9 +364,6 @@ class Agent:
             self._health.systemd_error = exc.name
         self.notifier.status(f"systemd refused a request ({exc.name}), retry in {self.s.tick_interval_s():g}s")
         return self.s.tick_interval_s()
-
-    def _stop_timeout_s(self) -> float:
-        return stop_timeout_s(self.s)
 
     async def _recover(self, demand: Demand) -> None:
         try:
@@ -448,8 +441,8 @@ class Agent:
             return EXIT_OK
         log.info("agent stopping (%s): stopping %d workers gracefully", job, len(occupied),
                  extra=event("shutdown", workers=len(occupied), job=job))
-        self.notifier.extend_timeout(self._stop_timeout_s() + 10)
-        self._log_stops(await stop_workers(self.units, states, len(occupied), self._stop_timeout_s()))
+        self.notifier.extend_timeout(stop_timeout_s(self.s) + 10)
+        self._log_stops(await stop_workers(self.units, states, len(occupied), stop_timeout_s(self.s)))
         # Failed instances hold no process but stay listed; clear them so nothing is left behind.
         for s in states:
             if s.active_state.value == "failed":
