@@ -174,8 +174,7 @@ class TargetPolicy:
     - But a drained backlog does not hold its workers for the whole window (HPA's stabilization is
       why it costs most after bursts): the hold is capped at what the window's typical flow needs
       (median in flight while the ready list was empty, over threads filled up to the tolerance)
-      plus one spare.
-      Noise around a steady level stays inside that cap, so it still does not flap.
+      plus one spare, so one quiet read at a steady level does not take a needed worker away.
     - Workers still starting count as capacity: demand they will absorb adds nothing, so a slow
       start does not trigger a second wave (the mistake AWS warm-up rules exist to prevent).
     - Unlike Celery's autoscale it does not shrink right after growth; unlike Judoscale it has no
@@ -232,17 +231,17 @@ class TargetPolicy:
             stable = state.highest()
             # The workers whose threads the typical flow fills (up to the tolerance), plus one spare. Threads,
             # not TARGET_PER_WORKER: the flow is measured with no backlog, so it is mostly running work.
-            flow_needs = math.inf if typical is None else math.ceil(typical / (self.threads * (1 + self.tolerance)))
-            capped = flow_needs + 1 < stable
+            cap = stable if typical is None else math.ceil(typical / (self.threads * (1 + self.tolerance))) + 1
+            capped = cap < stable
             if capped:
-                stable = max(recommendation, int(flow_needs) + 1)
+                stable = max(recommendation, cap)
             floor = math.ceil(obs.in_flight / self.threads)
             proposed = min(workers, max(stable, floor))
             if proposed > recommendation:
                 if floor >= stable:
                     why += f"; in flight {obs.in_flight} needs {floor}"
                 elif capped:
-                    why += f"; holding {proposed}: the last {_fmt(self.window_s)}s of flow need {flow_needs} + 1 spare"
+                    why += f"; holding {proposed}: the last {_fmt(self.window_s)}s of flow need {cap - 1} + 1 spare"
                 else:
                     why += f"; holding {proposed}, the highest in {_fmt(self.window_s)}s"
         else:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dqagent.sim.bench import HEADER, contenders, format_row, metrics, run
-from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds
+from dqagent.sim.bench import DEFAULT_POOL, HEADER, contenders, format_row, metrics, run
+from dqagent.sim.model import Result, oracle_worker_seconds
 from dqagent.sim.traces import TRACES, generate, load_trace
 
 
@@ -32,7 +32,7 @@ def run_simulate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     chosen = list(roster.values()) if args.policy == "all" else [roster[args.policy]]
-    pool = PoolConfig()
+    pool = DEFAULT_POOL
     workload = generate(trace, args.seed)
     print(f"trace {trace.name}: {len(workload)} messages over {trace.duration_s:g}s"
           f" ({trace.description or 'from file'}), seed {args.seed}")
