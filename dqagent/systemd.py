@@ -89,6 +89,10 @@ class UnitState:
     result: str
     #: True while a job (start/stop/restart) is queued for the unit.
     has_job: bool
+    #: The pending job's type ("start", "stop", "restart", ...), "" when none; its id, 0 when none.
+    #: Who issued it is not known here: the agent compares with the jobs it has in flight itself.
+    job_type: str = ""
+    job_id: int = 0
 
     @property
     def running(self) -> bool:
@@ -246,8 +250,8 @@ class SystemdClient:
         with contextlib.suppress(NoSuchUnitError):
             await self._manager("ResetFailedUnit", "s", [unit])
 
-    async def unit_state(self, unit: str, path: str | None = None) -> UnitState:
-        """Read one worker unit's properties."""
+    async def unit_state(self, unit: str, path: str | None = None, job: tuple[int, str] = (0, "")) -> UnitState:
+        """Read one worker unit's properties; `job` is (id, type) from ListUnitsByPatterns when known."""
         instance = worker_instance(unit)
         if instance is None:
             raise UnitNameError(f"not a dqagent worker unit: {unit!r}")
@@ -255,20 +259,22 @@ class SystemdClient:
             (path,) = await self._manager("LoadUnit", "s", [unit])
         u, s = await asyncio.gather(self._get_all(path, f"{SYSTEMD}.Unit"),
                                     self._get_all(path, f"{SYSTEMD}.Service"))
-        job = u.get("Job") or (0, "/")
+        job_id = int((u.get("Job") or (0, "/"))[0])
         return UnitState(
             unit=unit, instance=instance, active_state=_state(str(u.get("ActiveState", ""))),
             sub_state=str(u.get("SubState", "")), main_pid=int(s.get("MainPID", 0)),
             active_enter_us=int(u.get("ActiveEnterTimestamp", 0)), n_restarts=int(s.get("NRestarts", 0)),
-            result=str(s.get("Result", "")), has_job=int(job[0]) != 0,
+            result=str(s.get("Result", "")), has_job=job_id != 0,
+            job_type=job[1] if job_id and job[0] == job_id else "", job_id=job_id,
         )
 
     async def worker_states(self) -> list[UnitState]:
         """Every loaded worker unit dqagent manages, by instance number."""
         (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], [WORKER_PATTERN]])
         # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
-        wanted = [(str(r[0]), str(r[6])) for r in rows if worker_instance(str(r[0])) is not None]
-        states = await asyncio.gather(*(self.unit_state(n, p) for n, p in wanted), return_exceptions=True)
+        wanted = [(str(r[0]), str(r[6]), (int(r[7]), str(r[8]))) for r in rows
+                  if worker_instance(str(r[0])) is not None]
+        states = await asyncio.gather(*(self.unit_state(n, p, j) for n, p, j in wanted), return_exceptions=True)
         out: list[UnitState] = []
         for state in states:
             if isinstance(state, UnitState):
