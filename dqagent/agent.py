@@ -26,7 +26,7 @@ from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.policies import Decision, Observation, Policy
 from dqagent.systemd import ActiveState, JobOutcome, UnitState, refused_by_polkit, worker_unit
-from dqagent.workercmd import shutdown_warning
+from dqagent.workercmd import startup_warnings
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,7 @@ class Agent:
         watchdog = asyncio.create_task(self._watchdog()) if self.watchdog_s else None
         bus_lost = asyncio.create_task(self.units.wait_disconnected())
         try:
-            warning = shutdown_warning(self.s.dramatiq_command, self.s.graceful_shutdown_timeout_s)
-            if warning:
+            for warning in startup_warnings(self.s, os.cpu_count()):
                 log.warning("%s", warning, extra=event("config_warning"))
             await self._guard(self._adopt(), 120)
             self.notifier.ready()

@@ -151,9 +151,11 @@ async def _start(args: argparse.Namespace) -> int:
     from dqagent.notify import SystemdNotifier, watchdog_interval_s
     from dqagent.policies import make_policy
     from dqagent.systemd import SystemdClient
+    from dqagent.workercmd import worker_shape
 
     loaded = _load(args)
     s = loaded.settings
+    shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
     note = logs.setup(s.log_level, s.log_file)
     event = logs.event
     import logging
@@ -163,13 +165,14 @@ async def _start(args: argparse.Namespace) -> int:
         log.warning("%s", note, extra=event("log_file_unavailable"))
     if loaded.password_note:
         log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
-    log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs",
-             __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
-             s.min_processes, s.max_processes, s.check_interval_s)
+    log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d (each %d processes x %d threads%s), "
+             "check every %gs", __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
+             s.min_processes, s.max_processes, shape.processes, shape.threads,
+             "" if shape.is_dramatiq else ", assumed: not a dramatiq command", s.check_interval_s)
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     await units.connect()
     probe = RedisDemandProbe(s)
-    agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy),
+    agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy, shape=shape),
                   initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
                   own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"))
     try:

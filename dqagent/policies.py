@@ -11,13 +11,15 @@ registering it in `POLICIES`. (This replaces the old manager's advice to overrid
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dqagent.config import Settings
+
+if TYPE_CHECKING:  # a type only: the policies stay free of the parser's imports
+    from dqagent.workercmd import WorkerShape
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,8 @@ class StepPolicy:
     name: ClassVar[str] = "step"
 
     @classmethod
-    def from_settings(cls, s: Settings) -> StepPolicy:
+    def from_settings(cls, s: Settings, shape: WorkerShape | None = None) -> StepPolicy:
+        """The seed rule counts units, whatever their shape."""
         return cls(s.min_processes, s.max_processes, s.scale_up_multiplier, s.scale_down_multiplier)
 
     def initial_state(self) -> None:
@@ -109,17 +112,6 @@ class StepPolicy:
             self.up_multiplier, self.down_multiplier,
         )
         return decision, None
-
-
-#: Dramatiq's own default when the command line gives no --threads (dramatiq/cli.py).
-DRAMATIQ_DEFAULT_THREADS = 8
-_THREADS_RE = re.compile(r"(?:--threads|-t)(?:=|\s+)(\d+)")
-
-
-def worker_threads(command: str) -> int:
-    """Threads per worker process, read from the Dramatiq command line (Dramatiq's default if absent)."""
-    found = _THREADS_RE.findall(command)
-    return max(1, int(found[-1])) if found else DRAMATIQ_DEFAULT_THREADS
 
 
 #: Most backlog-free reads the scale-down window keeps for its median.
@@ -166,14 +158,14 @@ class TargetPolicy:
     - HPA's proportional rule, desired = ceil(outstanding / per_worker), so a burst is answered in
       one decision instead of one worker per check; bounded by `max_step` per decision so a
       mis-read metric cannot start MAX_PROCESSES workers at once.
-    - Outstanding, not `LLEN`: Dramatiq prefetches 2 x threads per worker, so the ready list can be
-      empty while every worker is saturated (KEDA's Redis list scaler is blind to that and flaps).
+    - Outstanding, not `LLEN`: Dramatiq prefetches 2 x threads per worker process, so the ready list
+      can be empty while every worker is saturated (KEDA's Redis list scaler is blind to that and flaps).
     - A tolerance band around the target (HPA's 10 %), so noise does not move the count.
     - Scale-down to the highest recommendation seen within `window_s` (HPA's stabilization), and
-      never below ceil(in_flight / threads), the processes the fetched work needs.
+      never below ceil(in_flight / capacity), the units the fetched work needs.
     - But a drained backlog does not hold its workers for the whole window (HPA's stabilization is
       why it costs most after bursts): the hold is capped at what the window's typical flow needs
-      (median in flight while the ready list was empty, over threads filled up to the tolerance)
+      (median in flight while the ready list was empty, over capacity filled up to the tolerance)
       plus one spare, so one quiet read at a steady level does not take a needed worker away.
     - Workers still starting count as capacity: demand they will absorb adds nothing, so a slow
       start does not trigger a second wave (the mistake AWS warm-up rules exist to prevent).
@@ -183,7 +175,8 @@ class TargetPolicy:
 
     min_processes: int
     max_processes: int
-    #: Outstanding messages one worker should hold at target (TARGET_PER_WORKER; auto = 2 x threads).
+    #: Outstanding messages one worker unit should hold at target (TARGET_PER_WORKER; auto = the
+    #: unit's prefetch, processes x 2 x threads).
     per_worker: float
     #: Relative band around the target inside which the worker count is kept.
     tolerance: float
@@ -191,18 +184,18 @@ class TargetPolicy:
     max_step: int
     #: How long a higher recommendation holds off scale-down.
     window_s: float
-    #: Threads per worker, for the in-flight floor.
-    threads: int
+    #: Messages one unit runs at once (processes x threads), for the in-flight floor and the flow cap.
+    capacity: int
     name: ClassVar[str] = "target"
 
     @classmethod
-    def from_settings(cls, s: Settings) -> TargetPolicy:
-        threads = worker_threads(s.dramatiq_command)
-        # "auto": a worker is on target when it holds its full prefetch (2 x threads): every thread busy
-        # and the next messages already fetched, so outstanding / prefetch is the fleet's fill level.
-        per_worker = s.target_per_worker if s.target_per_worker is not None else 2.0 * threads
+    def from_settings(cls, s: Settings, shape: WorkerShape) -> TargetPolicy:
+        """The policy for units of `shape` (read from DRAMATIQ_COMMAND by `dqagent.workercmd.worker_shape`)."""
+        # "auto": a unit is on target when it holds its full prefetch (processes x 2 x threads): every
+        # thread busy and the next messages already fetched, so outstanding / prefetch is the fill level.
+        per_worker = s.target_per_worker if s.target_per_worker is not None else float(shape.prefetch)
         return cls(s.min_processes, s.max_processes, per_worker, s.target_tolerance,
-                   s.scale_up_max_step, s.scale_down_window_s, threads)
+                   s.scale_up_max_step, s.scale_down_window_s, shape.capacity)
 
     def initial_state(self) -> TargetState:
         return TargetState()
@@ -229,13 +222,13 @@ class TargetPolicy:
                 why += f"; up by at most {self.max_step}"
         elif recommendation < workers:
             stable = state.highest()
-            # The workers whose threads the typical flow fills (up to the tolerance), plus one spare. Threads,
+            # The units whose threads the typical flow fills (up to the tolerance), plus one spare. Capacity,
             # not TARGET_PER_WORKER: the flow is measured with no backlog, so it is mostly running work.
-            cap = stable if typical is None else math.ceil(typical / (self.threads * (1 + self.tolerance))) + 1
+            cap = stable if typical is None else math.ceil(typical / (self.capacity * (1 + self.tolerance))) + 1
             capped = cap < stable
             if capped:
                 stable = max(recommendation, cap)
-            floor = math.ceil(obs.in_flight / self.threads)
+            floor = math.ceil(obs.in_flight / self.capacity)
             proposed = min(workers, max(stable, floor))
             if proposed > recommendation:
                 if floor >= stable:
@@ -253,25 +246,25 @@ class TargetPolicy:
         return Decision(target=target, reason=why), state
 
 
-def thresholds(settings: Settings, workers: int) -> tuple[float, float]:
+def thresholds(settings: Settings, workers: int, shape: WorkerShape) -> tuple[float, float]:
     """(scale-up, scale-down) queue lengths for `workers`, as `dqagent status` shows them.
 
     For `step` the seed's n x multipliers; for `target` the edges of the tolerance band around
     n x TARGET_PER_WORKER (outstanding messages), outside which the count changes.
     """
     if settings.scaling_policy == TargetPolicy.name:
-        p = TargetPolicy.from_settings(settings)
+        p = TargetPolicy.from_settings(settings, shape)
         return workers * p.per_worker * (1 + p.tolerance), workers * p.per_worker * (1 - p.tolerance)
     return workers * settings.scale_up_multiplier, workers * settings.scale_down_multiplier
 
 
 #: Policies offered to users, by SCALING_POLICY name.
-POLICIES: dict[str, Callable[[Settings], Policy]] = {
+POLICIES: dict[str, Callable[[Settings, WorkerShape], Policy]] = {
     StepPolicy.name: StepPolicy.from_settings,
     TargetPolicy.name: TargetPolicy.from_settings,
 }
 
 
-def make_policy(settings: Settings, name: str = "step") -> Policy:
-    """Build the configured policy (names are validated by the configuration)."""
-    return POLICIES[name](settings)
+def make_policy(settings: Settings, name: str = "step", *, shape: WorkerShape) -> Policy:
+    """Build the configured policy for units of `shape` (names are validated by the configuration)."""
+    return POLICIES[name](settings, shape)

@@ -8,6 +8,7 @@ keys (`queue_length`, `current_processes`, ... `process_list`) so existing scrip
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from dqagent.errors import DqAgentError
 from dqagent.policies import thresholds
 from dqagent.sources import Loaded
 from dqagent.systemd import AGENT_UNIT, SystemdClient
+from dqagent.workercmd import WorkerShape, worker_shape
 
 
 def _iso(us: int) -> str | None:
@@ -41,7 +43,18 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         "redis": s.redis_location(),
         "redis_error": None,
         "systemd_error": None,
+        "worker_shape": None,
+        "command_error": None,
     }
+    shape: WorkerShape | None = None
+    try:
+        shape = worker_shape(s.dramatiq_command, os.cpu_count())
+    except DqAgentError as exc:
+        report["command_error"] = str(exc)
+    else:
+        report["worker_shape"] = {"processes": shape.processes, "threads": shape.threads,
+                                  "queues": list(shape.queues) if shape.queues else None,
+                                  "is_dramatiq": shape.is_dramatiq}
     probe = RedisDemandProbe(s)
     try:
         demand = await probe.fetch_demand()
@@ -65,7 +78,8 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         running = [st for st in states if st.running]
         n = len(running)
         report["current_processes"] = n
-        report["scale_up_threshold"], report["scale_down_threshold"] = thresholds(s, n)
+        if shape is not None:
+            report["scale_up_threshold"], report["scale_down_threshold"] = thresholds(s, n, shape)
         report["monitor_state"] = agent_state
         report["monitoring_active"] = agent_state == "active"
         report["process_list"] = [
@@ -95,6 +109,12 @@ def render_text(r: dict[str, Any]) -> str:
                      f"dead-lettered {q['dead_lettered']}, orphaned {q['orphaned']}")
     lines.append(f"current workers: {show(r['current_processes'])}")
     lines.append(f"range: {r['min_processes']} - {r['max_processes']}")
+    shape = r["worker_shape"]
+    if shape and shape["is_dramatiq"]:
+        lines.append(f"each worker: {shape['processes']} processes x {shape['threads']} threads"
+                     + (f", queues {','.join(shape['queues'])}" if shape["queues"] else ""))
+    if r["command_error"]:
+        lines.append(f"DRAMATIQ_COMMAND: {r['command_error']}")
     lines.append(f"scale-up threshold ({r['scaling_policy']} policy): {show(r['scale_up_threshold'])}")
     lines.append(f"scale-down threshold: {show(r['scale_down_threshold'])}")
     lines.append(f"agent (dqagent.service): {r['monitor_state']}"

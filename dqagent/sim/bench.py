@@ -20,6 +20,7 @@ from dqagent.policies import Policy, StepPolicy, TargetPolicy
 from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
 from dqagent.sim.traces import TRACES, Trace, Workload, generate
+from dqagent.workercmd import worker_shape
 
 FLAP_WINDOW_S = 600.0
 #: The seed defaults' pool, where the issue's targets are set.
@@ -45,8 +46,10 @@ def target_policy(pool: PoolConfig, **settings: str) -> TargetPolicy:
     """Exactly what SCALING_POLICY=target builds from these settings (defaults otherwise) for `pool`."""
     env = {"SCALING_POLICY": "target", "MIN_PROCESSES": str(pool.min_workers),
            "MAX_PROCESSES": str(pool.max_workers),
-           "DRAMATIQ_COMMAND": f"python -m dramatiq --threads {pool.threads} app", **settings}
-    return TargetPolicy.from_settings(parse_settings(env))
+           "DRAMATIQ_COMMAND": f"python -m dramatiq --processes 1 --threads {pool.threads} app", **settings}
+    s = parse_settings(env)
+    # A simulated worker is one Dramatiq process; the CPU count is not used with --processes given.
+    return TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
 
 
 def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Contender]:

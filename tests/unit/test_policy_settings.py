@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dqagent.config import DEFAULTS, SCALING_POLICIES, Settings, parse_settings
 from dqagent.policies import POLICIES, StepPolicy, TargetPolicy, make_policy
+from dqagent.workercmd import worker_shape
 
 
 def test_defaults_keep_the_step_rule_and_document_the_target_parameters() -> None:
@@ -32,9 +33,10 @@ def test_valid_values_parse() -> None:
 
 
 def test_make_policy_builds_the_configured_class() -> None:
-    assert isinstance(make_policy(parse_settings({})), StepPolicy)
+    seed = parse_settings({})
+    assert isinstance(make_policy(seed, shape=worker_shape(seed.dramatiq_command, 4)), StepPolicy)
     s = parse_settings({"SCALING_POLICY": "target"})
-    assert isinstance(make_policy(s, s.scaling_policy), TargetPolicy)
+    assert isinstance(make_policy(s, s.scaling_policy, shape=worker_shape(s.dramatiq_command, 4)), TargetPolicy)
 
 
 def test_policy_keys_are_a_marked_block_at_the_end_of_defaults() -> None:

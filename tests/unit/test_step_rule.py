@@ -68,8 +68,10 @@ def test_step_policy_uses_the_rule() -> None:
 def test_thresholds_follow_the_configured_policy() -> None:
     from dqagent.config import parse_settings
     from dqagent.policies import thresholds
+    from dqagent.workercmd import worker_shape
 
-    assert thresholds(parse_settings({}), 3) == (15, 7.5)
-    target = parse_settings({"SCALING_POLICY": "target", "DRAMATIQ_COMMAND": "python -m dramatiq -t 4 app"})
-    up, down = thresholds(target, 3)  # 3 workers x 8 (2 x 4 threads), +/- 20 %
+    seed = parse_settings({})
+    assert thresholds(seed, 3, worker_shape(seed.dramatiq_command, 1)) == (15, 7.5)
+    target = parse_settings({"SCALING_POLICY": "target", "DRAMATIQ_COMMAND": "python -m dramatiq -p 1 -t 4 app"})
+    up, down = thresholds(target, 3, worker_shape(target.dramatiq_command, 1))  # 3 x 8 (2 x 4 threads), +/- 20 %
     assert (round(up, 6), round(down, 6)) == (28.8, 19.2)

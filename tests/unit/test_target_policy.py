@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dqagent.config import parse_settings
-from dqagent.policies import FLOW_SAMPLES, Observation, TargetPolicy, TargetState, worker_threads
+from dqagent.policies import FLOW_SAMPLES, Observation, TargetPolicy, TargetState
+from dqagent.workercmd import worker_shape
 
 demand = st.integers(min_value=0, max_value=20_000)
 workers = st.integers(min_value=0, max_value=200)
@@ -23,7 +24,7 @@ def policies(draw: st.DrawFn) -> TargetPolicy:
         tolerance=draw(st.floats(0, 0.5)),
         max_step=draw(st.integers(1, 20)),
         window_s=draw(st.floats(0, 600)),
-        threads=draw(st.integers(1, 16)),
+        capacity=draw(st.integers(1, 64)),
     )
 
 
@@ -67,7 +68,7 @@ def test_never_below_in_flight_needs_when_shrinking(
 ) -> None:
     d, _ = p.decide(obs(100, ready, fl, n), s)
     if d.target < n:
-        assert d.target >= min(-(-fl // p.threads), p.max_processes)
+        assert d.target >= min(-(-fl // p.capacity), p.max_processes)
 
 
 @given(policies(), demand, demand, workers, st.integers(1, 5))
@@ -86,19 +87,19 @@ def test_no_flap_under_constant_demand(p: TargetPolicy, ready: int, fl: int, n: 
 
 
 def test_burst_is_answered_in_proportion_not_one_by_one() -> None:
-    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, capacity=5)
     d, _ = p.decide(obs(0, 5000, 10, 1), p.initial_state())
     assert d.target == 5 and "up by at most 4" in d.reason
 
 
 def test_starting_workers_count_as_capacity() -> None:
-    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, capacity=5)
     d, _ = p.decide(obs(0, 30, 10, 8, starting=4), p.initial_state())
     assert d.target == 8 and "4 starting" in d.reason
 
 
 def test_scale_down_waits_for_the_window() -> None:
-    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+    p = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, capacity=5)
     _, s = p.decide(obs(0, 40, 10, 10), p.initial_state())
     held, s = p.decide(obs(60, 0, 5, 10), s)
     assert held.target == 10 and "highest in 120s" in held.reason
@@ -107,7 +108,7 @@ def test_scale_down_waits_for_the_window() -> None:
 
 
 #: The policy of the hand-written cases: 10 workers at most, 5 per worker, band 10 %, window 120 s.
-SMALL = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, threads=5)
+SMALL = TargetPolicy(1, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, capacity=5)
 
 
 def after_burst(in_flight: int, until_s: int) -> TargetState:
@@ -119,7 +120,7 @@ def after_burst(in_flight: int, until_s: int) -> TargetState:
 
 
 def test_a_drained_burst_releases_its_workers_before_the_window_ends() -> None:
-    # 30 s of 6 in flight: the hold drops to what that flow needs (6 / (5 threads x 1.1) -> 2) + 1 spare.
+    # 30 s of 6 in flight: the hold drops to what that flow needs (6 / (capacity 5 x 1.1) -> 2) + 1 spare.
     d, _ = SMALL.decide(obs(35, 0, 6, 10), after_burst(6, 35))
     assert d.target == 3 and "flow need 2 + 1 spare" in d.reason
 
@@ -137,12 +138,24 @@ def test_a_backlog_that_never_empties_holds_the_whole_window() -> None:
     assert d.target == 10 and "highest in 120s" in d.reason
 
 
-def test_threads_are_read_from_the_dramatiq_command() -> None:
-    assert worker_threads("python -m dramatiq --processes 1 --threads 5 app") == 5
-    assert worker_threads("dramatiq -t 3 app") == 3
-    assert worker_threads("dramatiq --threads=12 app") == 12
-    assert worker_threads("dramatiq app") == 8
-    assert TargetPolicy.from_settings(parse_settings({"SCALING_POLICY": "target"})).threads == 5
+def test_auto_figures_are_per_unit_processes_x_threads() -> None:
+    # --processes 4 --threads 2: a unit runs 8 messages at once and prefetches 4 x (2 x 2) = 16.
+    s = parse_settings({"SCALING_POLICY": "target",
+                        "DRAMATIQ_COMMAND": "/srv/venv/bin/dramatiq --processes 4 --threads 2 app"})
+    p = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=2))
+    assert (p.per_worker, p.capacity) == (16, 8)
+    # 2 units hold 32 outstanding: on target; 24 in flight keep 3 units (24 / 8), never 12 (24 / 2 threads).
+    assert p.decide(obs(0, 0, 32, 2), p.initial_state())[0].target == 2
+    assert p.decide(obs(0, 0, 24, 4), p.initial_state())[0].target == 3
+
+
+def test_processes_default_to_the_cpu_count_as_in_dramatiq() -> None:
+    # The case: no --processes on an 8-core host holds 8 x the prefetch of one process.
+    s = parse_settings({"SCALING_POLICY": "target", "DRAMATIQ_COMMAND": "/srv/venv/bin/dramatiq app"})
+    p = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=8))
+    assert (p.per_worker, p.capacity) == (8 * 16, 8 * 8)
+    seed = parse_settings({"SCALING_POLICY": "target"})  # --processes 1 --threads 5
+    assert TargetPolicy.from_settings(seed, worker_shape(seed.dramatiq_command, 8)).per_worker == 10
 
 
 def test_a_long_window_keeps_a_bounded_sample_of_the_flow() -> None:

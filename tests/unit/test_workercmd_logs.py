@@ -6,21 +6,23 @@ from pathlib import Path
 import pytest
 
 from dqagent import logs
-from dqagent.workercmd import command_argv, dramatiq_shutdown_timeout_s, shutdown_warning
+from dqagent.workercmd import command_argv, shutdown_warning, worker_shape
 
 SEED = "python -m dramatiq --processes 1 --threads 5 --verbose backend.dramatiq_app.workers.subtask"
 
 
 def test_seed_command_is_killed_before_dramatiqs_own_timeout() -> None:
-    assert dramatiq_shutdown_timeout_s(command_argv(SEED)) == 600
-    warning = shutdown_warning(SEED, 30)
+    shape = worker_shape(SEED, 4)
+    assert shape.shutdown_timeout_s == 600
+    warning = shutdown_warning(shape, 30)
     assert "GRACEFUL_SHUTDOWN_TIMEOUT=30s" in warning and "600s" in warning and "\n" not in warning
 
 
 @pytest.mark.parametrize("flag", ["--worker-shutdown-timeout 20000", "--worker-shutdown-timeout=20000"])
 def test_no_warning_when_dramatiq_gives_up_first(flag: str) -> None:
-    assert dramatiq_shutdown_timeout_s(command_argv(f"{SEED} {flag}")) == 20
-    assert shutdown_warning(f"{SEED} {flag}", 30) == ""
+    shape = worker_shape(f"{SEED} {flag}", 4)
+    assert shape.shutdown_timeout_s == 20
+    assert shutdown_warning(shape, 30) == ""
 
 
 def test_command_is_split_like_a_shell_without_a_shell() -> None:
