@@ -94,7 +94,9 @@ class RedisServer:
     def _start(self) -> None:
         password = self.password
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]
+                "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+                # DEBUG SLEEP (a Redis that accepts connections but answers nothing) needs it; off by default.
+                "--enable-debug-command", "local"]
         if password:
             args += ["--requirepass", password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
