@@ -3,25 +3,69 @@
 Whatever cannot be read (Redis down, a credential the user may not read, no system bus) is
 reported as unavailable in the output, never as a traceback. `--json` keeps the old manager's
 keys (`queue_length`, `current_processes`, ... `process_list`) so existing scripts keep working.
+
+For a failing worker (failed, waiting to be restarted after a crash, or restarted by systemd since its
+last start) it adds systemd's `Result`, the main process's exit and the last line the worker logged
+(from the journal, when this user may read it; otherwise the `journalctl` command that shows more),
+and it shows the agent's own `STATUS=` text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 from datetime import UTC, datetime
 from typing import Any
 
+from dqagent import journal
 from dqagent.demand import RedisDemandProbe
 from dqagent.errors import DqAgentError
 from dqagent.policies import thresholds
 from dqagent.sources import Loaded
-from dqagent.systemd import AGENT_UNIT, SystemdClient
+from dqagent.systemd import AGENT_UNIT, ActiveState, SystemdClient, UnitState
 from dqagent.workercmd import WorkerShape, worker_shape
 
 
 def _iso(us: int) -> str | None:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds") if us else None
+
+
+def is_failing(st: UnitState) -> bool:
+    """Failed, waiting in RestartSec after a crash, or restarted by systemd since its last start."""
+    return st.active_state is ActiveState.FAILED or st.sub_state == "auto-restart" or st.n_restarts > 0
+
+
+#: `ExecMainCode` values (siginfo's CLD_* codes, as systemd reports them).
+_CLD_EXITED, _CLD_KILLED, _CLD_DUMPED = 1, 2, 3
+
+
+def describe_exit(code: int, status: int) -> str | None:
+    """The main process's end in words ("exit status 2", "killed by SIGKILL"), None if it has not ended."""
+    if code == _CLD_EXITED:
+        return f"exit status {status}"
+    if code in (_CLD_KILLED, _CLD_DUMPED):
+        try:
+            name = signal.Signals(status).name
+        except ValueError:
+            name = f"signal {status}"
+        return f"killed by {name}" + (" (core dumped)" if code == _CLD_DUMPED else "")
+    return None
+
+
+async def _failure(client: SystemdClient, st: UnitState) -> dict[str, Any]:
+    """What is known about why `st` fails: systemd's result and exit, and the last line it logged."""
+    try:
+        code = int(await client.unit_property(st.unit, "Service", "ExecMainCode"))
+        status = int(await client.unit_property(st.unit, "Service", "ExecMainStatus"))
+    except DqAgentError:
+        code = status = 0
+    line = journal.last_line(st.unit)
+    return {"unit": st.unit, "state": f"{st.active_state}/{st.sub_state}", "result": st.result,
+            "restarts": st.n_restarts, "exit_code": code or None, "exit_status": status if code else None,
+            "exit": describe_exit(code, status), "last_line": line,
+            "more": f"journalctl -u {st.unit}"}
 
 
 async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
@@ -45,6 +89,8 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         "systemd_error": None,
         "worker_shape": None,
         "command_error": None,
+        "agent_status_text": None,
+        "failing_workers": [],
     }
     shape: WorkerShape | None = None
     try:
@@ -82,6 +128,10 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
             report["scale_up_threshold"], report["scale_down_threshold"] = thresholds(s, n, shape)
         report["monitor_state"] = agent_state
         report["monitoring_active"] = agent_state == "active"
+        with contextlib.suppress(DqAgentError):  # not installed: no Service interface to read
+            report["agent_status_text"] = str(await client.unit_property(AGENT_UNIT, "Service", "StatusText"))
+        # Read one by one: failing units are few, and this stays far below the bus's pending-reply limit.
+        report["failing_workers"] = [await _failure(client, st) for st in states if is_failing(st)]
         report["process_list"] = [
             {"unit": st.unit, "pid": st.main_pid or None, "start_time": _iso(st.active_enter_us),
              "status": st.sub_state if st.running else f"{st.active_state}/{st.sub_state}",
@@ -114,14 +164,26 @@ def render_text(r: dict[str, Any]) -> str:
         lines.append(f"each worker: {shape['processes']} processes x {shape['threads']} threads"
                      + (f", queues {','.join(shape['queues'])}" if shape["queues"] else ""))
     if r["command_error"]:
-        lines.append(f"DRAMATIQ_COMMAND: {r['command_error']}")
+        lines.append(f"worker command: {r['command_error']}")
     lines.append(f"scale-up threshold ({r['scaling_policy']} policy): {show(r['scale_up_threshold'])}")
     lines.append(f"scale-down threshold: {show(r['scale_down_threshold'])}")
     lines.append(f"agent (dqagent.service): {r['monitor_state']}"
+                 + (f": {r['agent_status_text']}" if r["agent_status_text"] else "")
                  + (f"   [systemd unavailable: {r['systemd_error']}]" if r["systemd_error"] else ""))
     if r["process_list"]:
         lines.append("workers:")
         for p in r["process_list"]:
             lines.append(f"  {p['unit']}  pid {show(p['pid'])}  since {show(p['start_time'])}  {p['status']}")
+    if r["failing_workers"]:
+        lines.append("failing workers:")
+        for f in r["failing_workers"]:
+            why = ", ".join(x for x in (f"result {f['result']}", f["exit"], f"{f['restarts']} restarts") if x)
+            lines.append(f"  {f['unit']}  {f['state']}  {why}")
+            if f["last_line"]:
+                lines.append(f"    last logged: {f['last_line']}")
+                lines.append(f"    more: {f['more']}")
+            else:
+                lines.append(f"    no log line readable by this user; as root or a member of systemd-journal "
+                             f"or adm: {f['more']}")
     lines.append("======================")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from datetime import datetime
 from tests.bench import Container, RedisServer
 from tests.integration.agentbench import (
     DQAGENT,
+    VENV_BIN,
     dqagent,
     install,
     running_workers,
@@ -41,9 +42,14 @@ def test_status_json_uses_old_keys_and_live_state(fresh_container: Container, re
         assert p["status"] == "running"
         datetime.fromisoformat(p["start_time"])
 
+    # The agent's own STATUS= text is shown too (new key; the old ones are unchanged)
+    assert report["agent_status_text"] == c.unit_property("dqagent.service", "StatusText")
+    assert "2 workers" in report["agent_status_text"] and report["failing_workers"] == []
+
     text = dqagent(c, "status").stdout
     assert "current workers: 2" in text and "scale-up threshold (step policy): 10" in text
     assert "dramatiq-worker@1.service" in text
+    assert "agent (dqagent.service): active: " in text and "failing workers" not in text
 
     # Without the agent running, status still reads systemd and Redis
     c.systemctl("stop", "dqagent")
@@ -86,3 +92,41 @@ def test_bad_arguments_one_line_exit_2(fresh_container: Container, redis_server:
         result = dqagent(c, "scale-up", "--processes", bad, check=False)
         assert result.returncode == 2
         assert result.stderr.count("\n") == 1 and "--processes" in result.stderr
+
+
+USAGE_ERROR = "dramatiq: error: the following arguments are required: broker, module"
+
+
+def test_status_shows_why_a_worker_fails(fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    # Given a worker whose Dramatiq command has no broker module: Dramatiq exits 2 with a usage error,
+    # and systemd restarts it (Restart=on-failure) until the start limit. The agent is not running
+    # (it refuses a command Dramatiq's parser rejects), so the worker is started by hand.
+    install(c, redis_server, now=False, DRAMATIQ_COMMAND=f"{VENV_BIN}/dramatiq")
+    c.systemctl("start", "dramatiq-worker@1.service", check=False)
+    # (Between restarts the unit is briefly running, with no exit status yet: wait for the start limit.)
+    wait_until("the worker failed after its restarts",
+               lambda: c.unit_property("dramatiq-worker@1.service", "ActiveState") == "failed", timeout=60)
+    wait_until("its error is in the journal", lambda: USAGE_ERROR in c.run(
+        ["journalctl", "-u", "dramatiq-worker@1.service", "-o", "cat", "--no-pager"]).stdout, timeout=30)
+
+    # Then status, as root, shows systemd's result, the exit status and the worker's own last line
+    text = dqagent(c, "status").stdout
+    assert "failing workers:" in text and "exit status 2" in text, text
+    assert f"last logged: {USAGE_ERROR}" in text
+    assert "more: journalctl -u dramatiq-worker@1.service" in text
+    assert "DRAMATIQ_COMMAND" in text  # the command Dramatiq rejects is named
+    report = json.loads(dqagent(c, "status", "--json").stdout)
+    [failing] = report["failing_workers"]
+    assert failing["unit"] == "dramatiq-worker@1.service" and failing["result"] in ("exit-code", "start-limit-hit")
+    assert (failing["exit_code"], failing["exit_status"], failing["last_line"]) == (1, 2, USAGE_ERROR)
+    assert failing["restarts"] >= 1 and failing["state"] == "failed/failed"
+
+    # And a user who may not read the system journal is told how to see more instead
+    result = dqagent(c, "status", user="nobody")
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "last logged" not in result.stdout and "exit status 2" in result.stdout, result.stdout
+    assert USAGE_ERROR not in result.stdout, result.stdout
+    assert "no log line readable by this user" in result.stdout
+    assert "journalctl -u dramatiq-worker@1.service" in result.stdout
+    c.systemctl("stop", "dramatiq-worker@1.service", check=False)
