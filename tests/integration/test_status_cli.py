@@ -129,4 +129,12 @@ def test_status_shows_why_a_worker_fails(fresh_container: Container, redis_serve
     assert USAGE_ERROR not in result.stdout, result.stdout
     assert "no log line readable by this user" in result.stdout
     assert "journalctl -u dramatiq-worker@1.service" in result.stdout
+
+    # And the agent refuses that command at start: one line naming DRAMATIQ_COMMAND, exit 78, no restart loop
+    c.systemctl("start", "dqagent", check=False)
+    wait_until("agent failed", lambda: c.unit_property("dqagent.service", "ActiveState") == "failed", timeout=30)
+    assert c.unit_property("dqagent.service", "ExecMainStatus") == "78"
+    assert c.unit_property("dqagent.service", "NRestarts") == "0"
+    logged = c.run(["journalctl", "-u", "dqagent", "-o", "cat", "--no-pager"]).stdout
+    assert "invalid DRAMATIQ_COMMAND=" in logged and "the following arguments are required: broker" in logged
     c.systemctl("stop", "dramatiq-worker@1.service", check=False)
