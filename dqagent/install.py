@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dqagent import sandbox
 from dqagent.config import DEFAULTS, Settings
-from dqagent.errors import EXIT_FAILED, EXIT_NOPERM, EXIT_OK
+from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
+from dqagent.reach import dqagent_executable, preflight
 from dqagent.systemd import AGENT_UNIT, SystemdClient
 
 #: packaging/systemd, shipped inside the package as `dqagent/units` (a symlink in the source tree).
@@ -28,6 +29,9 @@ ENV_FILE = ETC / "dqagent.env"
 PASSWORD_FILE = ETC / "redis-password"
 POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-dqagent.rules")
 SYSUSERS = Path("/etc/sysusers.d/dqagent.conf")
+LOGROTATE = Path("/etc/logrotate.d/dqagent")
+#: polkitd's daemon (Debian 12's polkitd package): without it the rule is never read.
+POLKITD = Path("/usr/lib/polkit-1/polkitd")
 WORKER_TEMPLATE_FILE = UNIT_DIR / "dramatiq-worker@.service"
 AGENT_UNIT_FILE = UNIT_DIR / AGENT_UNIT
 DEFAULT_WORKER_USER = DEFAULTS["WORKER_USER"]
@@ -77,17 +81,6 @@ class _Report:
             print("already installed: nothing changed")
 
 
-def dqagent_executable() -> str:
-    """The absolute path of the `dqagent` script of this installation."""
-    candidate = Path(sys.executable).parent / "dqagent"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("dqagent")
-    if found:
-        return os.path.abspath(found)
-    return os.path.abspath(sys.argv[0])
-
-
 def render(template: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         template = template.replace(f"@{key}@", value)
@@ -125,24 +118,51 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+def _refuse(line: str) -> int:
+    print(f"dqagent install: {line}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def install(settings: Settings, now: bool = False, bus_address: str | None = None) -> int:
-    """Install (or bring up to date) everything dqagent needs on this host."""
+    """Install (or bring up to date) everything dqagent needs on this host.
+
+    Every check that can refuse runs before anything is written: polkitd present, WORKER_USER
+    existing, and every path both units need visible in their sandbox and reachable by their users
+    (`dqagent.reach.preflight`). A refusal is one line per problem and exit status 78.
+    """
     if os.geteuid() != 0:
         print("dqagent install: must run as root", file=sys.stderr)
         return EXIT_NOPERM
-    report = _Report([], [])
+    if not POLKITD.exists():
+        return _refuse(f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is "
+                       "never read and every worker start by user dqagent is refused; fix: apt-get install "
+                       "polkitd, then run dqagent install again")
+    if settings.worker_user != DEFAULT_WORKER_USER:
+        try:
+            pwd.getpwnam(settings.worker_user)
+        except KeyError:
+            return _refuse(f"WORKER_USER={settings.worker_user} does not exist; fix: create it first "
+                           f"(e.g. useradd --system {settings.worker_user}) or use the default "
+                           f"{DEFAULT_WORKER_USER}, which install creates")
     exe = dqagent_executable()
+    agent_text = (PACKAGING / "dqagent.service").read_text()
+    worker_text = (PACKAGING / "dramatiq-worker@.service").read_text()
+    pre = preflight(settings, exe, agent_text, worker_text)
+    if pre.refusals:
+        for refusal in pre.refusals:
+            print(f"dqagent install: {refusal.line()}", file=sys.stderr)
+        return EXIT_CONFIG
+    workdir = Path(settings.worker_directory)
+    for problem in pre.missing:
+        if not Path(problem.path).is_relative_to(workdir):  # install creates WORKER_DIRECTORY below
+            print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
+                  file=sys.stderr)
+    report = _Report([], [])
     _write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
            + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
               if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
-    try:
-        worker = pwd.getpwnam(settings.worker_user)
-    except KeyError:
-        print(f"dqagent install: WORKER_USER={settings.worker_user} does not exist: create it first",
-              file=sys.stderr)
-        return EXIT_FAILED
-    workdir = Path(settings.worker_directory)
+    worker = pwd.getpwnam(settings.worker_user)
     if not workdir.exists():
         workdir.mkdir(parents=True, mode=0o750)
         os.chown(workdir, worker.pw_uid, worker.pw_gid)
@@ -153,10 +173,10 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
         "AGENT_TIMEOUT": _seconds(2 * settings.graceful_shutdown_timeout_s + 180),
     }
-    _write(AGENT_UNIT_FILE, render((PACKAGING / "dqagent.service").read_text(), values), 0o644, report)
-    _write(WORKER_TEMPLATE_FILE, render((PACKAGING / "dramatiq-worker@.service").read_text(), values),
-           0o644, report)
+    _write(AGENT_UNIT_FILE, sandbox.render(render(agent_text, values), pre.agent), 0o644, report)
+    _write(WORKER_TEMPLATE_FILE, sandbox.render(render(worker_text, values), pre.worker), 0o644, report)
     _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
+    _write(LOGROTATE, logrotate_rule(settings.log_file), 0o644, report)
     if not ENV_FILE.exists():
         # Non-secret settings: world-readable so `dqagent status` works for any user.
         _write(ENV_FILE, env_template(), 0o644, report)
@@ -168,6 +188,25 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         report.changed.append(f"{AGENT_UNIT}: {started}")
     report.say()
     return EXIT_OK if started in ("", "started") else EXIT_FAILED
+
+
+#: Where relative LOG_FILE names go (the agent unit's LogsDirectory=).
+LOG_DIR = Path("/var/log/dqagent")
+
+
+def logrotate_rule(log_file: str) -> str:
+    """A logrotate rule for /var/log/dqagent/*.log and LOG_FILE (no copytruncate: the agent's
+    WatchedFileHandler reopens the file when logrotate renames it)."""
+    paths = [str(LOG_DIR / "*.log")]
+    if log_file:
+        target = log_file if log_file.startswith("/") else str(LOG_DIR / log_file)
+        if not sandbox.is_under(target, str(LOG_DIR)) or not target.endswith(".log"):
+            paths.append(target)
+    return ("# Installed by `dqagent install`; removed by `dqagent uninstall`.\n"
+            "# No copytruncate: dqagent's log handler reopens the file after the rename.\n"
+            + " ".join(paths) + " {\n"
+            "    weekly\n    rotate 8\n    maxsize 50M\n    compress\n    delaycompress\n"
+            "    missingok\n    notifempty\n    su dqagent dqagent\n    create 0640 dqagent dqagent\n}\n")
 
 
 async def _apply(now: bool, bus_address: str | None, reload: bool) -> str:
@@ -196,7 +235,7 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
         return EXIT_NOPERM
     asyncio.run(_stop_everything(bus_address))
     removed = []
-    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS]
+    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS, LOGROTATE]
     if purge:
         paths += [ENV_FILE, PASSWORD_FILE]
     for path in paths:

@@ -96,6 +96,8 @@ class Refusal:
     path: str
     why: str
     fix: str
+    #: The path does not exist (yet): `install` warns and goes on, `check` fails.
+    missing: bool = False
 
     def line(self) -> str:
         return f"{self.path}: {self.why}; fix: {self.fix}"
@@ -250,7 +252,8 @@ def access_problem(need: Need, who: Who, unit: str, stats: Mapping[str, Stat],
         elif step in stats:
             st = stats[step]
         else:
-            return Refusal(step, f"{need.why} does not exist", "create it, or correct the setting that names it")
+            return Refusal(step, f"does not exist ({need.why}: {need.path})",
+                           "create it, or correct the setting that names it", missing=True)
         bits = who.bits(st)
         if not last:
             if not st.is_dir:
