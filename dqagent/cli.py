@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dqagent import __version__, sources
+from dqagent.config import Settings
 from dqagent.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec DRAMATIQ_COMMAND")
 
+    chk = sub.add_parser("check", help="check settings, Redis, paths, polkit and installed units (like nginx -t)")
+    chk.add_argument("--offline", action="store_true", help="skip the checks that need Redis or the system bus")
+
     inst = sub.add_parser("install", help="install units, user, polkit rule and settings (root)")
     inst.add_argument("--now", action="store_true", help="also enable and start dqagent.service")
     uninst = sub.add_parser("uninstall", help="stop everything and remove what install added (root)")
@@ -116,8 +121,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from dqagent.install import install, uninstall
 
         if command == "install":
-            return install(_load(args).settings, now=args.now)
+            return install(_load(args).settings, now=args.now, env_file=args.env_file)
         return uninstall(purge=args.purge)
+    if command == "check":
+        from dqagent.check import check
+
+        return check(args.env_file, offline=args.offline,
+                     bus_address=os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     if command == "simulate":
         code: int = importlib.import_module("dqagent.sim.cli").run_simulate(args)
         return code
@@ -156,8 +166,6 @@ async def _start(args: argparse.Namespace) -> int:
     s = loaded.settings
     note = logs.setup(s.log_level, s.log_file)
     event = logs.event
-    import logging
-
     log = logging.getLogger("dqagent")
     if note:
         log.warning("%s", note, extra=event("log_file_unavailable"))
@@ -166,6 +174,7 @@ async def _start(args: argparse.Namespace) -> int:
     log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs",
              __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
              s.min_processes, s.max_processes, s.check_interval_s)
+    await _warn_template_timeout(s, log)
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     await units.connect()
     probe = RedisDemandProbe(s)
@@ -177,6 +186,22 @@ async def _start(args: argparse.Namespace) -> int:
     finally:
         await probe.close()
         units.close()
+
+
+async def _warn_template_timeout(s: Settings, log: logging.Logger) -> None:
+    """A `config_warning` when systemd's worker template stops with another timeout than the settings'
+    (the template has the value from install time); nothing when it cannot be read (no template)."""
+    from dqagent.check import stop_timeout_mismatch, template_stop_timeout_s
+    from dqagent.errors import DqAgentError
+    from dqagent.logs import event
+
+    try:
+        loaded_s = await template_stop_timeout_s(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    except DqAgentError:
+        return
+    mismatch = stop_timeout_mismatch(loaded_s, s)
+    if mismatch:
+        log.warning("%s", mismatch, extra=event("config_warning", template_timeout_s=loaded_s))
 
 
 async def _scale(args: argparse.Namespace, up: bool) -> int:

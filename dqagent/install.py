@@ -18,7 +18,7 @@ from pathlib import Path
 from dqagent import sandbox
 from dqagent.config import DEFAULTS, Settings
 from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
-from dqagent.reach import dqagent_executable, preflight
+from dqagent.reach import Preflight, dqagent_executable, preflight
 from dqagent.systemd import AGENT_UNIT, SystemdClient
 
 #: packaging/systemd, shipped inside the package as `dqagent/units` (a symlink in the source tree).
@@ -123,7 +123,8 @@ def _refuse(line: str) -> int:
     return EXIT_CONFIG
 
 
-def install(settings: Settings, now: bool = False, bus_address: str | None = None) -> int:
+def install(settings: Settings, now: bool = False, bus_address: str | None = None,
+            env_file: Path | None = None) -> int:
     """Install (or bring up to date) everything dqagent needs on this host.
 
     Every check that can refuse runs before anything is written: polkitd present, WORKER_USER
@@ -167,14 +168,8 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         workdir.mkdir(parents=True, mode=0o750)
         os.chown(workdir, worker.pw_uid, worker.pw_gid)
         report.changed.append(f"created {workdir}")
-    values = {
-        "DQAGENT": exe,
-        "WORKER_USER": settings.worker_user, "WORKER_DIRECTORY": settings.worker_directory,
-        "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
-        "AGENT_TIMEOUT": _seconds(2 * settings.graceful_shutdown_timeout_s + 180),
-    }
-    _write(AGENT_UNIT_FILE, sandbox.render(render(agent_text, values), pre.agent), 0o644, report)
-    _write(WORKER_TEMPLATE_FILE, sandbox.render(render(worker_text, values), pre.worker), 0o644, report)
+    for path, text in rendered_units(settings, exe, pre).items():
+        _write(path, text, 0o644, report)
     _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
     _write(LOGROTATE, logrotate_rule(settings.log_file), 0o644, report)
     if not ENV_FILE.exists():
@@ -183,11 +178,40 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
     if not PASSWORD_FILE.exists():
         # The secret: root only; systemd hands it to the agent as a credential.
         _write(PASSWORD_FILE, "", 0o600, report)
-    started = asyncio.run(_apply(now, bus_address, reload=bool(report.changed)))
-    if started:
-        report.changed.append(f"{AGENT_UNIT}: {started}")
+    if report.changed:
+        asyncio.run(_reload(bus_address))
+    if now:
+        from dqagent.check import run_checks
+
+        failed = [r for r in asyncio.run(run_checks(env_file, bus_address=bus_address)) if not r.ok]
+        if failed:
+            report.say()
+            for r in failed:
+                print(f"dqagent install: {r.line()}", file=sys.stderr)
+            print(f"dqagent install: not starting {AGENT_UNIT}: dqagent check failed", file=sys.stderr)
+            return EXIT_CONFIG
+        started = asyncio.run(_start_agent(bus_address))
+        if started:
+            report.changed.append(f"{AGENT_UNIT}: {started}")
+        report.say()
+        return EXIT_OK if started in ("", "started") else EXIT_FAILED
     report.say()
-    return EXIT_OK if started in ("", "started") else EXIT_FAILED
+    return EXIT_OK
+
+
+def rendered_units(settings: Settings, exe: str, pre: Preflight) -> dict[Path, str]:
+    """Both unit files as `install` writes them for these settings (also what `check` compares)."""
+    values = {
+        "DQAGENT": exe,
+        "WORKER_USER": settings.worker_user, "WORKER_DIRECTORY": settings.worker_directory,
+        "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
+        "AGENT_TIMEOUT": _seconds(2 * settings.graceful_shutdown_timeout_s + 180),
+    }
+    return {
+        AGENT_UNIT_FILE: sandbox.render(render((PACKAGING / "dqagent.service").read_text(), values), pre.agent),
+        WORKER_TEMPLATE_FILE: sandbox.render(
+            render((PACKAGING / "dramatiq-worker@.service").read_text(), values), pre.worker),
+    }
 
 
 #: Where relative LOG_FILE names go (the agent unit's LogsDirectory=).
@@ -209,15 +233,11 @@ def logrotate_rule(log_file: str) -> str:
             "    missingok\n    notifempty\n    su dqagent dqagent\n    create 0640 dqagent dqagent\n}\n")
 
 
-async def _apply(now: bool, bus_address: str | None, reload: bool) -> str:
-    """Reload systemd if files changed; with `now`, enable and start the agent. Returns what happened."""
+async def _start_agent(bus_address: str | None) -> str:
+    """Enable and start the agent. Returns what happened ("" when it was already running)."""
     client = SystemdClient(bus_address)
     await client.connect()
     try:
-        if reload:
-            await client.daemon_reload()
-        if not now:
-            return ""
         await client.manager_call("EnableUnitFiles", "asbb", [[AGENT_UNIT], False, True])
         state = await client.unit_property(AGENT_UNIT, "Unit", "ActiveState")
         if state == "active":
