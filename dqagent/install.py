@@ -66,6 +66,7 @@ DESCRIPTIONS: dict[str, str] = {
     "TARGET_TOLERANCE": "target policy: relative band around the target with no change",
     "SCALE_UP_MAX_STEP": "target policy: most workers added by one decision",
     "SCALE_DOWN_WINDOW": "target policy: seconds a higher recommendation holds off scale-down",
+    "ALLOW_ROOT_WORKERS": "yes lets WORKER_USER be root (uid 0); refused otherwise (least privilege)",
 }
 
 
@@ -140,11 +141,14 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
                        "polkitd, then run dqagent install again")
     if settings.worker_user != DEFAULT_WORKER_USER:
         try:
-            pwd.getpwnam(settings.worker_user)
+            worker_uid = pwd.getpwnam(settings.worker_user).pw_uid
         except KeyError:
             return _refuse(f"WORKER_USER={settings.worker_user} does not exist; fix: create it first "
                            f"(e.g. useradd --system {settings.worker_user}) or use the default "
                            f"{DEFAULT_WORKER_USER}, which install creates")
+        if worker_uid == 0 and not settings.allow_root_workers:  # another name for uid 0
+            return _refuse(f"WORKER_USER={settings.worker_user} is uid 0: workers as root are refused; fix: "
+                           "use a dedicated user, or set ALLOW_ROOT_WORKERS=yes")
     exe = dqagent_executable()
     agent_text = (PACKAGING / "dqagent.service").read_text()
     worker_text = (PACKAGING / "dramatiq-worker@.service").read_text()

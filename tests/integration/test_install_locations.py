@@ -125,3 +125,9 @@ def test_install_refuses_without_polkitd(bench: Container, redis_server: RedisSe
         bench.run(["mv", "/usr/lib/polkit-1/polkitd.hidden", "/usr/lib/polkit-1/polkitd"])
     assert line.startswith("dqagent install: polkitd is not installed (/usr/lib/polkit-1/polkitd is missing)")
     assert "fix: apt-get install polkitd" in line
+
+
+def test_root_workers_are_refused_without_the_opt_in(bench: Container, redis_server: RedisServer) -> None:
+    line = _refused(bench, redis_server, WORKER_USER="root")
+    assert line.startswith("dqagent: invalid WORKER_USER='root': workers as root are refused")
+    assert line.endswith("or set ALLOW_ROOT_WORKERS=yes to accept root workers (without capabilities)")
