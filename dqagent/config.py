@@ -60,6 +60,8 @@ DEFAULTS: dict[str, str] = {
     "QUEUE_METRIC": "outstanding",
     "WORKER_USER": "dqworker",
     "WORKER_DIRECTORY": "/var/lib/dqagent/worker",
+    # Least privilege (issue 11): WORKER_USER=root only with this explicit opt-in.
+    "ALLOW_ROOT_WORKERS": "no",
     "DEMAND_POLL_INTERVAL": "5",
     # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
     "SCALING_POLICY": "step",
@@ -67,8 +69,6 @@ DEFAULTS: dict[str, str] = {
     "TARGET_TOLERANCE": "0.2",
     "SCALE_UP_MAX_STEP": "4",
     "SCALE_DOWN_WINDOW": "120",
-    # --- Least privilege (issue 11): WORKER_USER=root only with this explicit opt-in. ---
-    "ALLOW_ROOT_WORKERS": "no",
 }
 
 #: Where systemd's `LoadCredential=redis_password:...` puts the password for the service.

@@ -60,13 +60,13 @@ DESCRIPTIONS: dict[str, str] = {
     "QUEUE_METRIC": "outstanding (ready + prefetched + running) or ready (LLEN, the old behaviour)",
     "WORKER_USER": "user the workers run as (re-run dqagent install after changing it)",
     "WORKER_DIRECTORY": "working directory of the workers (Dramatiq's --path defaults to .)",
+    "ALLOW_ROOT_WORKERS": "yes lets WORKER_USER be root (uid 0); refused otherwise (least privilege)",
     "DEMAND_POLL_INTERVAL": "target policy: seconds between cheap demand reads (bursts seen fast)",
     "SCALING_POLICY": "step (the old manager's rule, default) or target (see docs/scaling.md)",
     "TARGET_PER_WORKER": "target policy: outstanding messages one worker should hold",
     "TARGET_TOLERANCE": "target policy: relative band around the target with no change",
     "SCALE_UP_MAX_STEP": "target policy: most workers added by one decision",
     "SCALE_DOWN_WINDOW": "target policy: seconds a higher recommendation holds off scale-down",
-    "ALLOW_ROOT_WORKERS": "yes lets WORKER_USER be root (uid 0); refused otherwise (least privilege)",
 }
 
 
