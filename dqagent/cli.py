@@ -1,7 +1,8 @@
 """The `dqagent` command: parses arguments and wires the modules; no logic of its own.
 
 Exit codes (dqagent.errors): 0 ok, 1 a worker action failed, 2 bad arguments, 69 system bus
-unavailable, 77 permission denied, 78 invalid configuration.
+unavailable, 77 permission denied, 78 invalid configuration (also: `check` found a FAIL, `install`
+refused before writing anything).
 """
 
 from __future__ import annotations
