@@ -1,7 +1,8 @@
 """The `dqagent` command: parses arguments and wires the modules; no logic of its own.
 
 Exit codes (dqagent.errors): 0 ok, 1 a worker action failed, 2 bad arguments, 69 system bus
-unavailable, 77 permission denied, 78 invalid configuration.
+unavailable, 77 permission denied, 78 invalid configuration (also: `check` found a FAIL, `install`
+refused before writing anything).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from dqagent import __version__, sources
+from dqagent.config import Settings
 from dqagent.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -67,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec DRAMATIQ_COMMAND")
 
+    chk = sub.add_parser("check", help="check settings, Redis, paths, polkit and installed units (like nginx -t)")
+    chk.add_argument("--offline", action="store_true", help="skip the checks that need Redis or the system bus")
+
     inst = sub.add_parser("install", help="install units, user, polkit rule and settings (root)")
     inst.add_argument("--now", action="store_true", help="also enable and start dqagent.service")
     uninst = sub.add_parser("uninstall", help="stop everything and remove what install added (root)")
@@ -116,8 +122,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from dqagent.install import install, uninstall
 
         if command == "install":
-            return install(_load(args).settings, now=args.now)
+            return install(_load(args).settings, now=args.now, env_file=args.env_file)
         return uninstall(purge=args.purge)
+    if command == "check":
+        from dqagent.check import check
+
+        return check(args.env_file, offline=args.offline,
+                     bus_address=os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     if command == "simulate":
         code: int = importlib.import_module("dqagent.sim.cli").run_simulate(args)
         return code
@@ -158,8 +169,6 @@ async def _start(args: argparse.Namespace) -> int:
     shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
     note = logs.setup(s.log_level, s.log_file)
     event = logs.event
-    import logging
-
     log = logging.getLogger("dqagent")
     if note:
         log.warning("%s", note, extra=event("log_file_unavailable"))
@@ -169,6 +178,7 @@ async def _start(args: argparse.Namespace) -> int:
              "check every %gs", __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
              s.min_processes, s.max_processes, shape.processes, shape.threads,
              "" if shape.is_dramatiq else ", assumed: not a dramatiq command", s.check_interval_s)
+    await _warn_template_timeout(s, log)
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     await units.connect()
     probe = RedisDemandProbe(s)
@@ -180,6 +190,22 @@ async def _start(args: argparse.Namespace) -> int:
     finally:
         await probe.close()
         units.close()
+
+
+async def _warn_template_timeout(s: Settings, log: logging.Logger) -> None:
+    """A `config_warning` when systemd's worker template stops with another timeout than the settings'
+    (the template has the value from install time); nothing when it cannot be read (no template)."""
+    from dqagent.check import stop_timeout_mismatch, template_stop_timeout_s
+    from dqagent.errors import DqAgentError
+    from dqagent.logs import event
+
+    try:
+        loaded_s = await template_stop_timeout_s(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    except DqAgentError:
+        return
+    mismatch = stop_timeout_mismatch(loaded_s, s)
+    if mismatch:
+        log.warning("%s", mismatch, extra=event("config_warning", template_timeout_s=loaded_s))
 
 
 async def _scale(args: argparse.Namespace, up: bool) -> int:

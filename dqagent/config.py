@@ -60,6 +60,8 @@ DEFAULTS: dict[str, str] = {
     "QUEUE_METRIC": "outstanding",
     "WORKER_USER": "dqworker",
     "WORKER_DIRECTORY": "/var/lib/dqagent/worker",
+    # Least privilege (issue 11): WORKER_USER=root only with this explicit opt-in.
+    "ALLOW_ROOT_WORKERS": "no",
     "DEMAND_POLL_INTERVAL": "5",
     # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
     "SCALING_POLICY": "step",
@@ -107,6 +109,8 @@ class Settings:
     target_tolerance: float = 0.2
     scale_up_max_step: int = 4
     scale_down_window_s: float = 120.0
+    #: WORKER_USER may be root (uid 0) only when this is set (ALLOW_ROOT_WORKERS=yes).
+    allow_root_workers: bool = False
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
@@ -273,6 +277,10 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
     user = v["WORKER_USER"].strip()
     if not _USER_RE.fullmatch(user):
         raise ConfigError("WORKER_USER", user, "expected a system user name ([a-z_][a-z0-9_-]*)")
+    allow_root = _yes_no("ALLOW_ROOT_WORKERS", v["ALLOW_ROOT_WORKERS"])
+    if user == "root" and not allow_root:
+        raise ConfigError("WORKER_USER", user, "workers as root are refused: use a dedicated user (the default "
+                          "dqworker), or set ALLOW_ROOT_WORKERS=yes to accept root workers (without capabilities)")
     workdir = v["WORKER_DIRECTORY"].strip()
     if not workdir.startswith("/"):
         raise ConfigError("WORKER_DIRECTORY", workdir, "expected an absolute path")
@@ -302,4 +310,14 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         demand_poll_interval_s=_float("DEMAND_POLL_INTERVAL", v["DEMAND_POLL_INTERVAL"], "expected seconds > 0",
                                       lambda x: x > 0),
         **_parse_policy_settings(v),
+        allow_root_workers=allow_root,
     )
+
+
+def _yes_no(key: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("yes", "true", "1", "on"):
+        return True
+    if value in ("no", "false", "0", "off", ""):
+        return False
+    raise ConfigError(key, raw, "expected yes or no")

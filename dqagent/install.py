@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dqagent import sandbox
 from dqagent.config import DEFAULTS, Settings
-from dqagent.errors import EXIT_FAILED, EXIT_NOPERM, EXIT_OK
+from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
+from dqagent.reach import Preflight, dqagent_executable, preflight
 from dqagent.systemd import AGENT_UNIT, SystemdClient
 
 #: packaging/systemd, shipped inside the package as `dqagent/units` (a symlink in the source tree).
@@ -28,6 +29,9 @@ ENV_FILE = ETC / "dqagent.env"
 PASSWORD_FILE = ETC / "redis-password"
 POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-dqagent.rules")
 SYSUSERS = Path("/etc/sysusers.d/dqagent.conf")
+LOGROTATE = Path("/etc/logrotate.d/dqagent")
+#: polkitd's daemon (Debian 12's polkitd package): without it the rule is never read.
+POLKITD = Path("/usr/lib/polkit-1/polkitd")
 WORKER_TEMPLATE_FILE = UNIT_DIR / "dramatiq-worker@.service"
 AGENT_UNIT_FILE = UNIT_DIR / AGENT_UNIT
 DEFAULT_WORKER_USER = DEFAULTS["WORKER_USER"]
@@ -56,6 +60,7 @@ DESCRIPTIONS: dict[str, str] = {
     "QUEUE_METRIC": "outstanding (ready + prefetched + running) or ready (LLEN, the old behaviour)",
     "WORKER_USER": "user the workers run as (re-run dqagent install after changing it)",
     "WORKER_DIRECTORY": "working directory of the workers (Dramatiq's --path defaults to .)",
+    "ALLOW_ROOT_WORKERS": "yes lets WORKER_USER be root (uid 0); refused otherwise (least privilege)",
     "DEMAND_POLL_INTERVAL": "target policy: seconds between cheap demand reads (bursts seen fast)",
     "SCALING_POLICY": "step (the old manager's rule, default) or target (see docs/scaling.md)",
     "TARGET_PER_WORKER": "target policy: outstanding messages one worker should hold",
@@ -75,17 +80,6 @@ class _Report:
             print(f"  {line}")
         if not self.changed:
             print("already installed: nothing changed")
-
-
-def dqagent_executable() -> str:
-    """The absolute path of the `dqagent` script of this installation."""
-    candidate = Path(sys.executable).parent / "dqagent"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("dqagent")
-    if found:
-        return os.path.abspath(found)
-    return os.path.abspath(sys.argv[0])
 
 
 def render(template: str, values: dict[str, str]) -> str:
@@ -125,60 +119,129 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def install(settings: Settings, now: bool = False, bus_address: str | None = None) -> int:
-    """Install (or bring up to date) everything dqagent needs on this host."""
+def _refuse(line: str) -> int:
+    print(f"dqagent install: {line}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def install(settings: Settings, now: bool = False, bus_address: str | None = None,
+            env_file: Path | None = None) -> int:
+    """Install (or bring up to date) everything dqagent needs on this host.
+
+    Every check that can refuse runs before anything is written: polkitd present, WORKER_USER
+    existing, and every path both units need visible in their sandbox and reachable by their users
+    (`dqagent.reach.preflight`). A refusal is one line per problem and exit status 78.
+    """
     if os.geteuid() != 0:
         print("dqagent install: must run as root", file=sys.stderr)
         return EXIT_NOPERM
-    report = _Report([], [])
+    if not POLKITD.exists():
+        return _refuse(f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is "
+                       "never read and every worker start by user dqagent is refused; fix: apt-get install "
+                       "polkitd, then run dqagent install again")
+    if settings.worker_user != DEFAULT_WORKER_USER:
+        try:
+            worker_uid = pwd.getpwnam(settings.worker_user).pw_uid
+        except KeyError:
+            return _refuse(f"WORKER_USER={settings.worker_user} does not exist; fix: create it first "
+                           f"(e.g. useradd --system {settings.worker_user}) or use the default "
+                           f"{DEFAULT_WORKER_USER}, which install creates")
+        if worker_uid == 0 and not settings.allow_root_workers:  # another name for uid 0
+            return _refuse(f"WORKER_USER={settings.worker_user} is uid 0: workers as root are refused; fix: "
+                           "use a dedicated user, or set ALLOW_ROOT_WORKERS=yes")
     exe = dqagent_executable()
+    agent_text = (PACKAGING / "dqagent.service").read_text()
+    worker_text = (PACKAGING / "dramatiq-worker@.service").read_text()
+    pre = preflight(settings, exe, agent_text, worker_text)
+    if pre.refusals:
+        for refusal in pre.refusals:
+            print(f"dqagent install: {refusal.line()}", file=sys.stderr)
+        return EXIT_CONFIG
+    workdir = Path(settings.worker_directory)
+    for problem in pre.missing:
+        if not Path(problem.path).is_relative_to(workdir):  # install creates WORKER_DIRECTORY below
+            print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
+                  file=sys.stderr)
+    report = _Report([], [])
     _write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
            + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
               if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
-    try:
-        worker = pwd.getpwnam(settings.worker_user)
-    except KeyError:
-        print(f"dqagent install: WORKER_USER={settings.worker_user} does not exist: create it first",
-              file=sys.stderr)
-        return EXIT_FAILED
-    workdir = Path(settings.worker_directory)
+    worker = pwd.getpwnam(settings.worker_user)
     if not workdir.exists():
         workdir.mkdir(parents=True, mode=0o750)
         os.chown(workdir, worker.pw_uid, worker.pw_gid)
         report.changed.append(f"created {workdir}")
-    values = {
-        "DQAGENT": exe,
-        "WORKER_USER": settings.worker_user, "WORKER_DIRECTORY": settings.worker_directory,
-        "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
-        "AGENT_TIMEOUT": _seconds(2 * settings.graceful_shutdown_timeout_s + 180),
-    }
-    _write(AGENT_UNIT_FILE, render((PACKAGING / "dqagent.service").read_text(), values), 0o644, report)
-    _write(WORKER_TEMPLATE_FILE, render((PACKAGING / "dramatiq-worker@.service").read_text(), values),
-           0o644, report)
+    for path, text in rendered_units(settings, exe, pre).items():
+        _write(path, text, 0o644, report)
     _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
+    _write(LOGROTATE, logrotate_rule(settings.log_file), 0o644, report)
     if not ENV_FILE.exists():
         # Non-secret settings: world-readable so `dqagent status` works for any user.
         _write(ENV_FILE, env_template(), 0o644, report)
     if not PASSWORD_FILE.exists():
         # The secret: root only; systemd hands it to the agent as a credential.
         _write(PASSWORD_FILE, "", 0o600, report)
-    started = asyncio.run(_apply(now, bus_address, reload=bool(report.changed)))
-    if started:
-        report.changed.append(f"{AGENT_UNIT}: {started}")
+    if report.changed:
+        asyncio.run(_reload(bus_address))
+    if now:
+        from dqagent.check import run_checks
+
+        failed = [r for r in asyncio.run(run_checks(env_file, bus_address=bus_address)) if not r.ok]
+        if failed:
+            report.say()
+            for r in failed:
+                print(f"dqagent install: {r.line()}", file=sys.stderr)
+            print(f"dqagent install: not starting {AGENT_UNIT}: dqagent check failed", file=sys.stderr)
+            return EXIT_CONFIG
+        started = asyncio.run(_start_agent(bus_address))
+        if started:
+            report.changed.append(f"{AGENT_UNIT}: {started}")
+        report.say()
+        return EXIT_OK if started in ("", "started") else EXIT_FAILED
     report.say()
-    return EXIT_OK if started in ("", "started") else EXIT_FAILED
+    return EXIT_OK
 
 
-async def _apply(now: bool, bus_address: str | None, reload: bool) -> str:
-    """Reload systemd if files changed; with `now`, enable and start the agent. Returns what happened."""
+def rendered_units(settings: Settings, exe: str, pre: Preflight) -> dict[Path, str]:
+    """Both unit files as `install` writes them for these settings (also what `check` compares)."""
+    values = {
+        "DQAGENT": exe,
+        "WORKER_USER": settings.worker_user, "WORKER_DIRECTORY": settings.worker_directory,
+        "GRACEFUL_SHUTDOWN_TIMEOUT": _seconds(settings.graceful_shutdown_timeout_s),
+        "AGENT_TIMEOUT": _seconds(2 * settings.graceful_shutdown_timeout_s + 180),
+    }
+    return {
+        AGENT_UNIT_FILE: sandbox.render(render((PACKAGING / "dqagent.service").read_text(), values), pre.agent),
+        WORKER_TEMPLATE_FILE: sandbox.render(
+            render((PACKAGING / "dramatiq-worker@.service").read_text(), values), pre.worker),
+    }
+
+
+#: Where relative LOG_FILE names go (the agent unit's LogsDirectory=).
+LOG_DIR = Path("/var/log/dqagent")
+
+
+def logrotate_rule(log_file: str) -> str:
+    """A logrotate rule for /var/log/dqagent/*.log and LOG_FILE (no copytruncate: the agent's
+    WatchedFileHandler reopens the file when logrotate renames it)."""
+    paths = [str(LOG_DIR / "*.log")]
+    if log_file:
+        target = log_file if log_file.startswith("/") else str(LOG_DIR / log_file)
+        if not sandbox.is_under(target, str(LOG_DIR)) or not target.endswith(".log"):
+            paths.append(target)
+    return ("# Installed by `dqagent install`; removed by `dqagent uninstall`.\n"
+            "# No copytruncate: dqagent's log handler reopens the file after the rename.\n"
+            + " ".join(paths) + " {\n"
+            "    weekly\n    rotate 8\n    maxsize 50M\n    compress\n    delaycompress\n"
+            "    missingok\n    notifempty\n    su dqagent dqagent\n    create 0640 dqagent dqagent\n}\n")
+
+
+async def _start_agent(bus_address: str | None) -> str:
+    """Enable and start the agent. Returns what happened ("" when it was already running)."""
     client = SystemdClient(bus_address)
     await client.connect()
     try:
-        if reload:
-            await client.daemon_reload()
-        if not now:
-            return ""
         await client.manager_call("EnableUnitFiles", "asbb", [[AGENT_UNIT], False, True])
         state = await client.unit_property(AGENT_UNIT, "Unit", "ActiveState")
         if state == "active":
@@ -196,7 +259,7 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
         return EXIT_NOPERM
     asyncio.run(_stop_everything(bus_address))
     removed = []
-    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS]
+    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS, LOGROTATE]
     if purge:
         paths += [ENV_FILE, PASSWORD_FILE]
     for path in paths:

@@ -64,13 +64,15 @@ def merge_values(
 
 def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tuple[str | None, str]:
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        cred = Path(cred_dir) / CREDENTIAL_NAME
-        # An empty credential (install creates one) means "no password here", not "no password".
-        text = cred.read_text(encoding="utf-8").strip() if cred.is_file() else ""
-        if text:
-            return text, ""
+    cred = Path(cred_dir) / CREDENTIAL_NAME if cred_dir else None
+    text = cred.read_text(encoding="utf-8").strip() if cred is not None and cred.is_file() else ""
+    if text:
+        return text, ""
     if values.get("REDIS_PASSWORD"):
+        return None, ""
+    if cred is not None and cred.is_file():
+        # systemd handed over the password file, and it is empty (install creates it so): no password,
+        # silently. Reading REDIS_PASSWORD_FILE ourselves would only fail (root's file, mode 0600).
         return None, ""
     path_text = values.get("REDIS_PASSWORD_FILE", DEFAULTS["REDIS_PASSWORD_FILE"]).strip()
     if not path_text:

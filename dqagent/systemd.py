@@ -301,6 +301,14 @@ class SystemdClient:
         (value,) = await self._call(SYSTEMD, job_path, PROPERTIES, "Get", "ss", [f"{SYSTEMD}.Job", "JobType"])
         return str(value.value if isinstance(value, Variant) else value)
 
+    async def bus_name_state(self, name: str) -> str:
+        """Whether a D-Bus name is "running" (has an owner), "activatable", or "absent"."""
+        (owned,) = await self._call_bus("NameHasOwner", "s", [name])
+        if owned:
+            return "running"
+        (names,) = await self._call_bus("ListActivatableNames", "", [])
+        return "activatable" if name in names else "absent"
+
     async def daemon_reload(self) -> None:
         """`systemctl daemon-reload` (used by install, as root)."""
         await self._manager("Reload", "", [])

@@ -25,7 +25,7 @@ MASKED = (
     "postgresql.service", "postgresql@15-main.service", "getty@tty1.service", "console-getty.service",
     "redis-server.service", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
     "e2scrub_all.timer", "fstrim.timer", "systemd-timesyncd.service", "cron.service",
-    "ssh.service",
+    "ssh.service", "logrotate.timer",
 )
 
 _BOOT_SCRIPT = r"""

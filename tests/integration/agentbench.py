@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,27 @@ def make_reachable(c: Container) -> None:
                 target.chmod(target.stat().st_mode | 0o005)
 
 
+def make_venv(c: Container, path: str, copies: bool = False, owner: str | None = None) -> str:
+    """A venv at `path` inside the container with dqagent installed into it (no network, no build).
+
+    `--copies` puts a real interpreter binary in the venv. dqagent is installed as pip lays out a
+    wheel: the package copied into the venv's site-packages and a `dqagent` entry-point script whose
+    `#!` names the venv's python; its dependencies come from the checkout's venv through a `.pth`
+    line (their compiled wheels match Debian's python3). Returns the venv's `dqagent` script.
+    """
+    c.run(["python3", "-m", "venv", "--without-pip", *(["--copies"] if copies else []), path])
+    site = c.run([f"{path}/bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+                 ).stdout.strip()
+    c.write(f"{site}/dqagent-deps.pth", sysconfig.get_path("purelib") + "\n")
+    c.run(["cp", "-rL", str(REPO / "dqagent"), f"{site}/dqagent"])
+    script = f"{path}/bin/dqagent"
+    c.write(script, f"#!{path}/bin/python\nimport sys\nfrom dqagent.cli import main\n"
+            "if __name__ == '__main__':\n    sys.exit(main())\n", mode=0o755)
+    if owner:
+        c.run(["chown", "-R", f"{owner}:", path])
+    return script
+
+
 def settings_text(redis: RedisServer, **overrides: Any) -> str:
     values: dict[str, Any] = {
         "REDIS_HOST": "127.0.0.1", "REDIS_PORT": redis.port, "DRAMATIQ_QUEUE_NAME": QUEUE,
@@ -38,14 +61,14 @@ def settings_text(redis: RedisServer, **overrides: Any) -> str:
 
 
 def install(c: Container, redis: RedisServer, now: bool = True, watchdog_s: int | None = None,
-            **overrides: Any) -> None:
+            dqagent_script: str = DQAGENT, **overrides: Any) -> None:
     """Write /etc/dqagent/dqagent.env, then `dqagent install [--now]` as root inside the container."""
     make_reachable(c)
     c.write("/etc/dqagent/dqagent.env", settings_text(redis, **overrides))
     if watchdog_s is not None:
         c.write("/etc/systemd/system/dqagent.service.d/10-test.conf",
                 f"[Service]\nWatchdogSec={watchdog_s}s\n")
-    c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install", *(["--now"] if now else [])],
+    c.run([dqagent_script, "--env-file", "/etc/dqagent/dqagent.env", "install", *(["--now"] if now else [])],
           timeout=240)
 
 
@@ -80,3 +103,11 @@ def set_backlog(redis: RedisServer, n: int, queue: str = QUEUE) -> None:
         redis.cli("RPUSH", f"dramatiq:{queue}", *ids)
         pairs = [x for i in ids for x in (i, "{}")]
         redis.cli("HSET", f"dramatiq:{queue}.msgs", *pairs)
+
+
+def exposure(c: Container, unit: str) -> float:
+    """`systemd-analyze security`'s overall exposure of a loaded unit (0 best .. 10)."""
+    out = c.run(["systemd-analyze", "security", "--no-pager", unit]).stdout
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert match, out[-500:]
+    return float(match.group(1))

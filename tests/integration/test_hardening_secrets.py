@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from tests.bench import Container, RedisServer
 from tests.integration.agentbench import (
     DQAGENT,
     dqagent,
+    exposure,
     install,
     running_workers,
     set_backlog,
     wait_until,
     worker_names,
 )
-
-
-def exposure(c: Container, unit: str) -> float:
-    out = c.run(["systemd-analyze", "security", "--no-pager", unit]).stdout
-    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
-    assert match, out[-500:]
-    return float(match.group(1))
 
 
 def test_agent_unit_exposure_is_at_most_2(fresh_container: Container, redis_server: RedisServer) -> None:

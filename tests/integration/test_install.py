@@ -5,10 +5,10 @@ from __future__ import annotations
 import stat
 
 from tests.bench import Container, RedisServer
-from tests.integration.agentbench import DQAGENT, install, running_workers, wait_until, worker_names
+from tests.integration.agentbench import DQAGENT, install, journal, running_workers, wait_until, worker_names
 
 ADDED = ["/etc/systemd/system/dqagent.service", "/etc/systemd/system/dramatiq-worker@.service",
-         "/etc/polkit-1/rules.d/50-dqagent.rules", "/etc/sysusers.d/dqagent.conf"]
+         "/etc/polkit-1/rules.d/50-dqagent.rules", "/etc/sysusers.d/dqagent.conf", "/etc/logrotate.d/dqagent"]
 
 
 def _mode(c: Container, path: str) -> tuple[int, int]:
@@ -60,3 +60,20 @@ def test_uninstall_stops_everything_and_purge_removes_settings(fresh_container: 
     again = c.run([DQAGENT, "uninstall", "--purge"]).stdout
     assert not (c.root / "etc/dqagent").exists()
     assert "removed /etc/dqagent/dqagent.env" in again
+
+
+def test_logrotate_rule_is_valid_and_the_agent_writes_on_after_a_rotation(fresh_container: Container,
+                                                                           redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, MIN_PROCESSES=1, LOG_FILE="process_manager.log")
+    log = c.root / "var/log/dqagent/process_manager.log"
+    wait_until("the agent writes its log file", lambda: log.exists() and log.stat().st_size > 0)
+    dry = c.run(["logrotate", "-d", "/etc/logrotate.d/dqagent"])
+    assert "error" not in (dry.stdout + dry.stderr).lower(), dry.stderr
+    assert "copytruncate" not in (c.root / "etc/logrotate.d/dqagent").read_text().replace("# No copytruncate", "")
+    # When logrotate renames the file, the agent's handler reopens a new one and goes on writing
+    c.run(["logrotate", "-f", "/etc/logrotate.d/dqagent"])
+    assert (c.root / "var/log/dqagent/process_manager.log.1").exists()
+    wait_until("new lines in a new process_manager.log", lambda: log.exists() and "decision" in log.read_text())
+    # and a password-less install never complains about the (empty) password file
+    assert not [r for r in journal(c) if r.get("DQAGENT_EVENT") == "password_unavailable"]

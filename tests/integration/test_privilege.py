@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tests.bench import Container, RedisServer
-from tests.integration.agentbench import dqagent, install, running_workers, worker_names
+from tests.integration.agentbench import dqagent, install, running_workers, wait_until, worker_names
 
 REFUSED = ("Access denied", "Interactive authentication required")
 
@@ -37,7 +37,7 @@ def test_agent_runs_as_dqagent_and_scales(fresh_container: Container, redis_serv
     ["start", "dramatiq-worker@x.service"],
     ["stop", "dramatiq-worker@x.service"],
     ["start", "dramatiq-worker@1.socket"],
-    # Allowed units, but verbs outside start/stop/restart/kill/reset-failed
+    # Allowed units, but verbs outside start/stop/reset-failed
     ["set-property", "dramatiq-worker@1.service", "MemoryMax=1M"],
     ["enable", "dramatiq-worker@1.service"],
     ["daemon-reload"],
@@ -49,6 +49,22 @@ def test_dqagent_user_is_refused_everything_else(fresh_container: Container, red
     result = c.run(["systemctl", "--no-ask-password", *cmd], user="dqagent", check=False)
     assert result.returncode != 0
     assert any(text in result.stderr for text in REFUSED), result.stderr
+
+
+def test_dqagent_user_may_not_restart_nor_kill_a_worker(fresh_container: Container,
+                                                       redis_server: RedisServer) -> None:
+    c = fresh_container
+    install(c, redis_server, MIN_PROCESSES=1)
+    wait_until("worker", lambda: running_workers(c) == worker_names(1))
+    pid = c.unit_property("dramatiq-worker@1.service", "MainPID")
+    for verb in ("restart", "kill"):
+        result = c.run(["systemctl", "--no-ask-password", verb, "dramatiq-worker@1.service"], user="dqagent",
+                       check=False)
+        assert result.returncode != 0 and any(text in result.stderr for text in REFUSED), (verb, result.stderr)
+    # the worker was neither restarted nor signalled
+    assert c.unit_property("dramatiq-worker@1.service", "MainPID") == pid
+    assert c.unit_property("dramatiq-worker@1.service", "NRestarts") == "0"
+    assert running_workers(c) == worker_names(1)
 
 
 def test_dqagent_user_may_scale_numbered_workers(fresh_container: Container, redis_server: RedisServer) -> None:

@@ -53,6 +53,23 @@ def test_password_never_in_repr_or_public_items() -> None:
     assert "url-pw" not in s.redis_location()
 
 
+def test_empty_credential_means_no_password_silently(tmp_path: Path) -> None:
+    (tmp_path / "redis_password").write_text("")
+    # A password file that cannot be read, even by root (a directory), as user dqagent sees
+    # /etc/dqagent/redis-password (root's, 0600): with the credential it is never read.
+    unreadable = str(tmp_path)
+    loaded = sources.load(None, environ={"CREDENTIALS_DIRECTORY": str(tmp_path),
+                                        "REDIS_PASSWORD_FILE": unreadable}, cwd=tmp_path)
+    assert (loaded.settings.redis_password, loaded.password_note) == ("", "")
+    without_credential = sources.load(None, environ={"REDIS_PASSWORD_FILE": unreadable}, cwd=tmp_path)
+    assert without_credential.password_note.startswith("password file")  # status still says why
+
+
+def test_root_workers_need_the_explicit_opt_in() -> None:
+    assert parse_settings({"WORKER_USER": "root", "ALLOW_ROOT_WORKERS": "yes"}).allow_root_workers
+    assert not parse_settings({}).allow_root_workers
+
+
 def test_empty_credential_does_not_hide_redis_password(tmp_path: Path) -> None:
     (tmp_path / "redis_password").write_text("")
     loaded = sources.load(None, environ={"CREDENTIALS_DIRECTORY": str(tmp_path), "REDIS_PASSWORD": "pw"},
@@ -108,6 +125,8 @@ INVALID = [
     ("QUEUE_METRIC", "llen", "outstanding or ready"),
     ("REDIS_URL", "http://x", "redis://"),
     ("WORKER_DIRECTORY", "relative/dir", "absolute"),
+    ("WORKER_USER", "root", "ALLOW_ROOT_WORKERS=yes"),
+    ("ALLOW_ROOT_WORKERS", "maybe", "yes or no"),
     ("DEMAND_POLL_INTERVAL", "0", "> 0"),
     # the scaling-policy block
     ("SCALING_POLICY", "hpa", "step, target"),

@@ -1,0 +1,84 @@
+"""`dqagent check`: one line per check, exit 0 on a good install, the right FAIL line otherwise;
+`install --now` runs it and does not start the agent on a failure."""
+
+from __future__ import annotations
+
+from tests.bench import Container, RedisServer
+from tests.integration.agentbench import (
+    DQAGENT,
+    dqagent,
+    install,
+    journal,
+    running_workers,
+    settings_text,
+    wait_until,
+    worker_names,
+)
+
+
+def _check(c: Container) -> tuple[int, list[str]]:
+    result = dqagent(c, "check", check=False)
+    assert result.stderr == "" and "Traceback" not in result.stdout, result
+    return result.returncode, result.stdout.splitlines()
+
+
+def _fails(lines: list[str]) -> list[str]:
+    return [ln for ln in lines if ln.startswith("FAIL: ")]
+
+
+def test_check_passes_then_names_each_broken_part(fresh_container: Container,
+                                                  redis_with_password: RedisServer) -> None:
+    c, pw = fresh_container, redis_with_password
+    # Given a good install against a Redis that requires a password
+    install(c, pw, now=False, MIN_PROCESSES=1)
+    c.write("/etc/dqagent/redis-password", pw.password + "\n", mode=0o600)
+    c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install", "--now"], timeout=240)
+    wait_until("worker", lambda: running_workers(c) == worker_names(1))
+    code, lines = _check(c)
+    assert code == 0 and _fails(lines) == [], lines
+    assert all(ln.startswith("ok: ") for ln in lines)
+    assert f"ok: Redis at redis://127.0.0.1:{pw.port}/0 answers with the configured credentials" in lines
+    assert "ok: queue dqtest (namespace dramatiq) is empty: Redis holds no key for it (nothing enqueued yet, " \
+           "or everything processed)" in lines
+    assert any(ln.startswith("ok: polkitd is installed and org.freedesktop.PolicyKit1 is ") for ln in lines)
+
+    # When the polkit rule is missing
+    c.run(["rm", "/etc/polkit-1/rules.d/50-dqagent.rules"])
+    code, lines = _check(c)
+    assert code == 78 and _fails(lines) == [
+        "FAIL: polkit rule /etc/polkit-1/rules.d/50-dqagent.rules is missing: the agent may not start or stop "
+        "workers; fix: dqagent install"]
+    dqagent(c, "install")
+
+    # When GRACEFUL_SHUTDOWN_TIMEOUT changed but the template was not re-installed
+    c.write("/etc/dqagent/dqagent.env", settings_text(pw, MIN_PROCESSES=1, GRACEFUL_SHUTDOWN_TIMEOUT=12))
+    code, lines = _check(c)
+    fails = _fails(lines)
+    assert code == 78 and len(fails) == 3, lines
+    assert fails[0].startswith("FAIL: /etc/systemd/system/dqagent.service is out of date for these settings")
+    assert fails[1] == ("FAIL: /etc/systemd/system/dramatiq-worker@.service is out of date for these settings "
+                        "(has 'TimeoutStopSec=5s', should have 'TimeoutStopSec=12s'); fix: dqagent install")
+    assert fails[2] == ("FAIL: dramatiq-worker@.service has TimeoutStopSec=5s in systemd but "
+                        "GRACEFUL_SHUTDOWN_TIMEOUT=12: workers are SIGKILLed after the template's value; fix: "
+                        "dqagent install (renders the template and reloads systemd)")
+    # and the agent warns at start
+    c.systemctl("restart", "dqagent")
+    wait_until("config_warning at start", lambda: any(
+        r.get("DQAGENT_EVENT") == "config_warning" and "TimeoutStopSec=5s" in r.get("MESSAGE", "")
+        for r in journal(c)))
+    dqagent(c, "install")
+    assert _check(c)[0] == 0
+
+    # When the Redis password is wrong
+    c.write("/etc/dqagent/redis-password", "wrong\n", mode=0o600)
+    code, lines = _check(c)
+    assert code == 78 and _fails(lines) == [
+        f"FAIL: Redis at redis://127.0.0.1:{pw.port}/0: authentication refused; fix: check REDIS_* in the "
+        "settings file and the password in /etc/dqagent/redis-password"]
+    # then install --now checks first and does not start the agent
+    c.systemctl("stop", "dqagent")
+    result = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install", "--now"], check=False)
+    assert result.returncode == 78, result
+    assert result.stderr.splitlines()[-1] == ("dqagent install: not starting dqagent.service: dqagent check "
+                                              "failed")
+    assert c.unit_property("dqagent.service", "ActiveState") == "inactive"
