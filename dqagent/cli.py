@@ -166,7 +166,7 @@ async def _start(args: argparse.Namespace) -> int:
     log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs",
              __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
              s.min_processes, s.max_processes, s.check_interval_s)
-    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
     probe = RedisDemandProbe(s)
     agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy),
@@ -184,7 +184,7 @@ async def _scale(args: argparse.Namespace, up: bool) -> int:
     from dqagent.systemd import SystemdClient
 
     s = _load(args).settings
-    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
     try:
         report = await scale_by(units, s, args.processes if up else -args.processes)

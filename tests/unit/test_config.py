@@ -109,6 +109,9 @@ INVALID = [
     ("REDIS_URL", "http://x", "redis://"),
     ("WORKER_DIRECTORY", "relative/dir", "absolute"),
     ("DEMAND_POLL_INTERVAL", "0", "> 0"),
+    ("DBUS_TIMEOUT", "0", "(0, 600]"),
+    ("DBUS_TIMEOUT", "601", "(0, 600]"),
+    ("DBUS_TIMEOUT", "never", "number"),
     # the scaling-policy block
     ("SCALING_POLICY", "hpa", "step, target"),
     ("SCALING_POLICY", "", "step, target"),
