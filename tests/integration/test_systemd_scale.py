@@ -144,3 +144,37 @@ def test_daemon_reexec_then_burst_and_daemon_reload_mid_run(fresh_container: Con
     assert running_workers(c) == worker_names(4)
     assert c.unit_property("dqagent.service", "ActiveState") == "active"
     assert len(journal(c, "dqagent", "DQAGENT_EVENT=worker_stopped")) == 0
+
+
+def test_adopts_300_running_units_within_the_watchdog_then_scales_300_10_300(fresh_container: Container,
+                                                                              redis_server: RedisServer) -> None:
+    c = fresh_container
+    # CHECK_INTERVAL=600: only the start-up check runs, and a backlog of 1000 holds 300 workers there
+    # (300 x 2.5 < 1000 < 300 x 5); the scaling below is the operator's.
+    install(c, redis_server, now=False, MIN_PROCESSES=0, MAX_PROCESSES=400, CHECK_INTERVAL=600,
+            PROCESS_STARTUP_DELAY=0, LOG_LEVEL="INFO")
+    set_backlog(redis_server, 1000)
+    # Given 300 workers started by the operator (a rare start fails at the bench's cgroup setup and
+    # is restarted by Restart=on-failure, hence no check of systemctl's status)
+    c.run(["bash", "-c", "systemctl start dramatiq-worker@{1..300}.service"], timeout=900, check=False)
+    wait_until("300 running", lambda: len(running_workers(c)) == 300, timeout=60)
+    pids = main_pids(c, worker_names(300)[::50])
+
+    # When the agent starts, it adopts all 300 within its watchdog (WatchdogSec=30) and start timeout
+    c.systemctl("start", "dqagent")
+    assert c.unit_property("dqagent.service", "ActiveState") == "active"
+    wait_until("300 adopted", lambda: len(journal(c, "dqagent", "DQAGENT_EVENT=adopted")) == 300, timeout=30)
+    assert main_pids(c, worker_names(300)[::50]) == pids
+    assert c.unit_property("dqagent.service", "NRestarts") == "0"
+
+    # When the operator scales 300 -> 10 -> 300 through dqagent
+    down = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "scale-down", "--processes", "290"],
+                 timeout=600)
+    assert down.stdout.count(": stopped (done)") == 290
+    assert running_workers(c) == worker_names(10)
+    up = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "scale-up", "--processes", "290"],
+               timeout=900, check=False)
+    assert up.stdout.count(": started (pid") >= 285, up.stdout[-2000:]
+    wait_until("300 running again", lambda: running_workers(c) == worker_names(300), timeout=60)
+    assert c.unit_property("dqagent.service", "ActiveState") == "active"
+    assert c.unit_property("dqagent.service", "NRestarts") == "0"
