@@ -179,7 +179,7 @@ async def _start(args: argparse.Namespace) -> int:
              s.min_processes, s.max_processes, shape.processes, shape.threads,
              "" if shape.is_dramatiq else ", assumed: not a dramatiq command", s.check_interval_s)
     await _warn_template_timeout(s, log)
-    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
     probe = RedisDemandProbe(s)
     agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy, shape=shape),
@@ -213,7 +213,7 @@ async def _scale(args: argparse.Namespace, up: bool) -> int:
     from dqagent.systemd import SystemdClient
 
     s = _load(args).settings
-    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
     try:
         report = await scale_by(units, s, args.processes if up else -args.processes)

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, str] = {
     # Least privilege (issue 11): WORKER_USER=root only with this explicit opt-in.
     "ALLOW_ROOT_WORKERS": "no",
     "DEMAND_POLL_INTERVAL": "5",
+    "DBUS_TIMEOUT": "25",
     # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
     "SCALING_POLICY": "step",
     "TARGET_PER_WORKER": "auto",
@@ -102,6 +103,8 @@ class Settings:
     worker_directory: str
     #: With SCALING_POLICY=target, how often demand is read between full checks.
     demand_poll_interval_s: float = 5.0
+    #: Longest wait for one D-Bus call to systemd (systemctl's default is 25 s too).
+    dbus_timeout_s: float = 25.0
     # --- Scaling policy (issue 6): defaults mirror DEFAULTS so tests may build Settings directly. ---
     scaling_policy: str = "step"
     #: None ("auto"): the worker's prefetch, 2 x --threads of DRAMATIQ_COMMAND.
@@ -309,6 +312,8 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         worker_directory=workdir,
         demand_poll_interval_s=_float("DEMAND_POLL_INTERVAL", v["DEMAND_POLL_INTERVAL"], "expected seconds > 0",
                                       lambda x: x > 0),
+        dbus_timeout_s=_float("DBUS_TIMEOUT", v["DBUS_TIMEOUT"], "expected seconds in (0, 600]",
+                              lambda x: 0 < x <= 600),
         **_parse_policy_settings(v),
         allow_root_workers=allow_root,
     )

@@ -51,6 +51,10 @@ class NoSuchUnitError(SystemdError, LookupError):
     """The unit is not loaded."""
 
 
+class SystemdTimeoutError(SystemdError, TimeoutError):
+    """systemd (or the bus) did not answer a call within DBUS_TIMEOUT: hung, stopped, or re-executing."""
+
+
 class UnitNameError(DqAgentError, ValueError):
     """A unit name would be built from something other than a valid worker instance number."""
 

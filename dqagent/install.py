@@ -62,6 +62,7 @@ DESCRIPTIONS: dict[str, str] = {
     "WORKER_DIRECTORY": "working directory of the workers (Dramatiq's --path defaults to .)",
     "ALLOW_ROOT_WORKERS": "yes lets WORKER_USER be root (uid 0); refused otherwise (least privilege)",
     "DEMAND_POLL_INTERVAL": "target policy: seconds between cheap demand reads (bursts seen fast)",
+    "DBUS_TIMEOUT": "seconds before a D-Bus call to systemd is abandoned (dqagent status and the agent never hang)",
     "SCALING_POLICY": "step (the old manager's rule, default) or target (see docs/scaling.md)",
     "TARGET_PER_WORKER": "target policy: outstanding messages one worker should hold",
     "TARGET_TOLERANCE": "target policy: relative band around the target with no change",

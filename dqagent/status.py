@@ -113,7 +113,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
                             for q in demand.queues}
     finally:
         await probe.close()
-    client = SystemdClient(bus_address)
+    client = SystemdClient(bus_address, call_timeout_s=s.dbus_timeout_s)
     try:
         await client.connect()
         states = await client.worker_states()

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +24,17 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from dqagent.errors import AccessDeniedError, BusConnectionError, NoSuchUnitError, SystemdError, UnitNameError
+from dqagent.errors import (
+    AccessDeniedError,
+    BusConnectionError,
+    NoSuchUnitError,
+    SystemdError,
+    SystemdTimeoutError,
+    UnitNameError,
+)
+from dqagent.logs import event
+
+log = logging.getLogger(__name__)
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -93,6 +105,23 @@ class UnitState:
     #: Who issued it is not known here: the agent compares with the jobs it has in flight itself.
     job_type: str = ""
     job_id: int = 0
+    #: How the main process last ended (ExecMainCode: 1 exited, 2 killed, 3 dumped core; 0 not yet)
+    #: and its exit status or signal number (ExecMainStatus). Both 0 for a running unit.
+    exec_main_code: int = 0
+    exec_main_status: int = 0
+
+    @property
+    def exit_status(self) -> str:
+        """The main process's last end as text ("exit status 2", "signal SIGKILL"), "" if none."""
+        if self.exec_main_code == 1:
+            return f"exit status {self.exec_main_status}"
+        if self.exec_main_code in (2, 3):
+            try:
+                name = signal.Signals(self.exec_main_status).name
+            except ValueError:
+                name = str(self.exec_main_status)
+            return f"signal {name}" + (" (core dumped)" if self.exec_main_code == 3 else "")
+        return ""
 
     @property
     def running(self) -> bool:
@@ -125,34 +154,83 @@ def _state(value: str) -> ActiveState:
         return ActiveState.UNKNOWN
 
 
+#: systemctl's own default for a D-Bus call (DBUS_TIMEOUT overrides it).
+DEFAULT_CALL_TIMEOUT_S = 25.0
+#: Calls in flight at once: far below dbus-daemon's 128 pending replies per connection.
+DEFAULT_MAX_PENDING_CALLS = 48
+#: How often a job still awaited is checked against `ListJobs` (a lost JobRemoved costs at most this).
+JOB_RECHECK_S = 15.0
+BUS_DRIVER = "org.freedesktop.DBus"
+_NO_REPLY = "org.freedesktop.DBus.Error.NoReply"
+_ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
+#: Unit properties read besides ListUnitsByPatterns' row: for a running unit only the first four
+#: (systemd resets Result and ExecMain* when it starts a unit), for any other unit all six.
+_RUNNING_PROPS = (("Service", "MainPID"), ("Unit", "ActiveEnterTimestamp"), ("Service", "NRestarts"),
+                  ("Service", "Result"))
+_EXIT_PROPS = (("Service", "ExecMainCode"), ("Service", "ExecMainStatus"))
+
+
+@dataclass(slots=True)
+class _Job:
+    """A job we queued and still await: its JobRemoved result lands in `future`."""
+
+    unit: str
+    verb: str
+    future: asyncio.Future[str]
+
+
 class SystemdClient:
     """A connection to systemd's manager. `connect()` before use, `close()` after.
 
-    `bus_address` is for tests (a container's bus); by default the system bus.
+    `bus_address` is for tests (a container's bus); by default the system bus. Every call is bounded
+    by `call_timeout_s` (raising `SystemdTimeoutError`) and at most `max_pending_calls` are in
+    flight at once, so 1,000 units never hit the bus's pending-reply limit.
+
+    systemd's bus name is followed through `NameOwnerChanged`: after `daemon-reexec` systemd comes
+    back under a new unique name; job signals are accepted from the current owner only (any peer can
+    send a signal), the subscription is renewed, and jobs whose `JobRemoved` was lost meanwhile are
+    resolved from `ListJobs` and the unit's state instead of waiting out their timeout.
     """
 
-    def __init__(self, bus_address: str | None = None) -> None:
+    def __init__(self, bus_address: str | None = None, call_timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+                 max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS, job_recheck_s: float = JOB_RECHECK_S) -> None:
         self._address = bus_address
+        self._timeout_s = call_timeout_s
+        self._slots = asyncio.Semaphore(max_pending_calls)
+        self._recheck_s = job_recheck_s
         self._bus: MessageBus | None = None
-        self._jobs: dict[str, asyncio.Future[str]] = {}
+        self._jobs: dict[str, _Job] = {}
         self._early: dict[str, str] = {}
         self._systemd_owner = ""
+        self._owner_signalled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: How many times systemd's bus name got a new owner since connect (daemon-reexec), for tests.
+        self.owner_changes = 0
 
     async def connect(self) -> None:
-        """Connect and subscribe to job signals; raises BusConnectionError."""
+        """Connect and subscribe to job signals; raises BusConnectionError or SystemdTimeoutError."""
         try:
             bus = MessageBus(bus_address=self._address) if self._address else MessageBus(bus_type=BusType.SYSTEM)
-            self._bus = await bus.connect()
+            self._bus = await asyncio.wait_for(bus.connect(), self._timeout_s)
+        except TimeoutError:
+            raise BusConnectionError(f"no answer from the system bus within {self._timeout_s:g}s") from None
         except (OSError, DBusError, EOFError) as exc:
             raise BusConnectionError(f"cannot connect to the system bus: {exc}") from None
         self._bus.add_message_handler(self._on_message)
-        # Only systemd's own connection may report job results (any peer can send us a signal).
-        (self._systemd_owner,) = await self._call_bus("GetNameOwner", "s", [SYSTEMD])
+        # Follow systemd's bus name first, so a re-exec during the rest of connect() is not missed.
+        await self._call_bus("AddMatch", "s", [
+            f"type='signal',sender='{BUS_DRIVER}',interface='{BUS_DRIVER}',member='NameOwnerChanged',"
+            f"arg0='{SYSTEMD}'"])
+        (owner,) = await self._call_bus("GetNameOwner", "s", [SYSTEMD])
+        if not self._owner_signalled:
+            self._systemd_owner = str(owner)
         await self._call_bus("AddMatch", "s", [
             f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"])
-        await self._manager("Subscribe", "", [])
+        await self._subscribe()
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self._bus is not None:
             self._bus.disconnect()
             self._bus = None
@@ -175,27 +253,96 @@ class SystemdClient:
         return self._bus
 
     def _on_message(self, msg: Message) -> bool | None:
-        if (msg.message_type is MessageType.SIGNAL and msg.member == "JobRemoved" and msg.interface == MANAGER
-                and msg.sender == self._systemd_owner and msg.signature == "uoss"):
+        if msg.message_type is not MessageType.SIGNAL:
+            return None
+        if (msg.member == "JobRemoved" and msg.interface == MANAGER and msg.signature == "uoss"
+                and msg.sender == self._systemd_owner and self._systemd_owner):
             _id, job, _unit, result = msg.body
-            future = self._jobs.pop(job, None)
-            if future is not None and not future.done():
-                future.set_result(result)
-            elif future is None:
-                # The job may end before StartUnit's reply reaches us: keep the result briefly.
-                self._early[job] = result
-                if len(self._early) > 1000:
-                    self._early.pop(next(iter(self._early)))
+            self._finish(str(job), str(result))
+        elif (msg.member == "NameOwnerChanged" and msg.sender == BUS_DRIVER and msg.interface == BUS_DRIVER
+              and msg.signature == "sss" and msg.body[0] == SYSTEMD):
+            self._owner_changed(str(msg.body[2]))
         return None
+
+    def _finish(self, job: str, result: str) -> None:
+        pending = self._jobs.pop(job, None)
+        if pending is None:
+            # The job may end before StartUnit's reply reaches us: keep the result briefly.
+            self._early[job] = result
+            if len(self._early) > 1000:
+                self._early.pop(next(iter(self._early)))
+        elif not pending.future.done():
+            pending.future.set_result(result)
+
+    def _owner_changed(self, new_owner: str) -> None:
+        """systemd left the bus ("" during a re-exec) or came back under a new unique name."""
+        self._owner_signalled = True
+        if new_owner == self._systemd_owner:
+            return
+        self._systemd_owner = new_owner
+        if new_owner:
+            self.owner_changes += 1
+            task = asyncio.get_running_loop().create_task(self._after_reexec(new_owner))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _after_reexec(self, owner: str) -> None:
+        """Renew the subscription, then settle every job whose JobRemoved fell into the gap."""
+        try:
+            await self._subscribe()
+            await self._recheck_jobs()
+        except (SystemdError, BusConnectionError) as exc:
+            log.warning("systemd is back on the bus as %s but did not answer: %s; jobs are re-checked "
+                        "every %gs", owner, exc, extra=event("systemd_reexec", error=str(exc)))
+            return
+        log.info("systemd is back on the bus as %s (daemon-reexec): subscribed again", owner,
+                 extra=event("systemd_reexec"))
+
+    async def _subscribe(self) -> None:
+        try:
+            await self._manager("Subscribe", "", [])
+        except SystemdError as exc:
+            if exc.name != _ALREADY_SUBSCRIBED:  # systemd keeps subscribers across a re-exec
+                raise
+
+    async def _recheck_jobs(self) -> None:
+        """Resolve awaited jobs that no longer exist (their JobRemoved was lost), from the unit's state.
+
+        A job still listed is left alone: its JobRemoved will come. A JobRemoved sent before the
+        ListJobs reply is processed before it, so a finished job is never resolved twice.
+        """
+        if not self._jobs:
+            return
+        (rows,) = await self._manager("ListJobs", "", [])
+        alive = {str(r[4]) for r in rows}
+        gone = {job: p for job, p in self._jobs.items() if job not in alive and not p.future.done()}
+        if not gone:
+            return
+        (units,) = await self._manager("ListUnitsByNames", "as", [sorted({p.unit for p in gone.values()})])
+        active = {str(r[0]): _state(str(r[3])) for r in units}
+        for job, p in gone.items():
+            state = active.get(p.unit, ActiveState.INACTIVE)
+            if p.verb == "StartUnit":
+                ok = state in (ActiveState.ACTIVE, ActiveState.RELOADING)
+            else:
+                ok = state in (ActiveState.INACTIVE, ActiveState.FAILED)
+            log.debug("job %s for %s ended unseen; %s is %s", job, p.unit, p.unit, state)
+            self._finish(job, "done" if ok else "failed")
 
     async def _call(self, destination: str, path: str, interface: str, member: str,
                     signature: str, body: list[Any]) -> list[Any]:
         bus = self._require()
-        try:
-            reply = await bus.call(Message(destination=destination, path=path, interface=interface,
-                                           member=member, signature=signature, body=body))
-        except (OSError, EOFError) as exc:
-            raise BusConnectionError(f"system bus connection lost: {exc}") from None
+        msg = Message(destination=destination, path=path, interface=interface, member=member,
+                      signature=signature, body=body)
+        async with self._slots:
+            try:
+                reply = await asyncio.wait_for(bus.call(msg), self._timeout_s)
+            except TimeoutError:
+                who = "the bus" if destination == BUS_DRIVER else "systemd"
+                raise SystemdTimeoutError(_NO_REPLY, f"{who} did not answer {member} within "
+                                                     f"{self._timeout_s:g}s (DBUS_TIMEOUT)") from None
+            except (OSError, EOFError) as exc:
+                raise BusConnectionError(f"system bus connection lost: {exc}") from None
         if reply is None:
             raise BusConnectionError("no reply from the system bus")
         if reply.message_type is MessageType.ERROR:
@@ -208,42 +355,61 @@ class SystemdClient:
         return await self._call(SYSTEMD, MANAGER_PATH, MANAGER, member, signature, body)
 
     async def _call_bus(self, member: str, signature: str, body: list[Any]) -> list[Any]:
-        return await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                                member, signature, body)
+        return await self._call(BUS_DRIVER, "/org/freedesktop/DBus", BUS_DRIVER, member, signature, body)
 
-    async def _get_all(self, path: str, interface: str) -> dict[str, Any]:
-        (props,) = await self._call(SYSTEMD, path, PROPERTIES, "GetAll", "s", [interface])
-        return {k: (v.value if isinstance(v, Variant) else v) for k, v in props.items()}
+    async def _get(self, path: str, interface: str, name: str) -> Any:
+        (value,) = await self._call(SYSTEMD, path, PROPERTIES, "Get", "ss", [f"{SYSTEMD}.{interface}", name])
+        return value.value if isinstance(value, Variant) else value
 
-    async def _run_jobs(self, member: str, units: Sequence[str], timeout_s: float) -> list[JobOutcome]:
+    async def _await_job(self, job: str, unit: str, verb: str, timeout_s: float) -> str:
+        """The job's result from JobRemoved; re-checked every JOB_RECHECK_S in case a signal was lost."""
+        if job in self._early:
+            return self._early.pop(job)
+        loop = asyncio.get_running_loop()
+        pending = _Job(unit, verb, loop.create_future())
+        self._jobs[job] = pending
+        deadline = loop.time() + timeout_s
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(pending.future), min(remaining, self._recheck_s))
+                except TimeoutError:
+                    if loop.time() < deadline:
+                        with contextlib.suppress(SystemdError):
+                            await self._recheck_jobs()
+            return "timeout (no JobRemoved)"
+        finally:
+            self._jobs.pop(job, None)
+
+    async def _run_jobs(self, member: str, units: Sequence[str], timeout_s: float, mode: str) -> list[JobOutcome]:
         async def one(unit: str) -> JobOutcome:
-            loop = asyncio.get_running_loop()
             try:
-                (job,) = await self._manager(member, "ss", [unit, "replace"])
+                (job,) = await self._manager(member, "ss", [unit, mode])
             except SystemdError as exc:
                 return JobOutcome(unit, f"error: {exc.name}")
-            if job in self._early:
-                return JobOutcome(unit, self._early.pop(job))
-            future: asyncio.Future[str] = loop.create_future()
-            self._jobs[job] = future
-            try:
-                return JobOutcome(unit, await asyncio.wait_for(future, timeout_s))
-            except TimeoutError:
-                return JobOutcome(unit, "timeout (no JobRemoved)")
-            finally:
-                self._jobs.pop(job, None)
+            return JobOutcome(unit, await self._await_job(str(job), unit, member, timeout_s))
 
         return list(await asyncio.gather(*(one(u) for u in units)))
 
     # -- what the agent uses ---------------------------------------------------------------------
 
-    async def start_units(self, units: Sequence[str], timeout_s: float = 90) -> list[JobOutcome]:
-        """Start units concurrently and wait for each job's result."""
-        return await self._run_jobs("StartUnit", units, timeout_s)
+    async def start_units(self, units: Sequence[str], timeout_s: float = 90,
+                          mode: str = "fail") -> list[JobOutcome]:
+        """Start units concurrently and wait for each job's result.
 
-    async def stop_units(self, units: Sequence[str], timeout_s: float = 600) -> list[JobOutcome]:
-        """Stop units concurrently and wait for each job's result (graceful stops may be slow)."""
-        return await self._run_jobs("StopUnit", units, timeout_s)
+        Job mode `fail`: a unit with a conflicting job queued by someone else (an operator's stop or
+        restart) is left alone and reported as `error: org.freedesktop.systemd1.TransactionIsDestructive`,
+        never cancelled as `replace` would.
+        """
+        return await self._run_jobs("StartUnit", units, timeout_s, mode)
+
+    async def stop_units(self, units: Sequence[str], timeout_s: float = 600,
+                         mode: str = "fail") -> list[JobOutcome]:
+        """Stop units concurrently and wait for each job's result (graceful stops may be slow).
+
+        Job mode `fail` as for `start_units`: an operator's pending job is never cancelled.
+        """
+        return await self._run_jobs("StopUnit", units, timeout_s, mode)
 
     async def reset_failed(self, unit: str) -> None:
         """Clear a failed state (and start-limit counter) before reusing an instance number."""
@@ -251,30 +417,47 @@ class SystemdClient:
             await self._manager("ResetFailedUnit", "s", [unit])
 
     async def unit_state(self, unit: str, path: str | None = None, job: tuple[int, str] = (0, "")) -> UnitState:
-        """Read one worker unit's properties; `job` is (id, type) from ListUnitsByPatterns when known."""
-        instance = worker_instance(unit)
-        if instance is None:
+        """Read one worker unit now (`path` and `job` are accepted for compatibility; the row is re-read).
+
+        Like LoadUnit, this loads the unit if needed (an unused instance reads as inactive/dead).
+        """
+        if worker_instance(unit) is None:
             raise UnitNameError(f"not a dqagent worker unit: {unit!r}")
-        if path is None:
-            (path,) = await self._manager("LoadUnit", "s", [unit])
-        u, s = await asyncio.gather(self._get_all(path, f"{SYSTEMD}.Unit"),
-                                    self._get_all(path, f"{SYSTEMD}.Service"))
-        job_id = int((u.get("Job") or (0, "/"))[0])
+        (rows,) = await self._manager("ListUnitsByNames", "as", [[unit]])
+        row = next((r for r in rows if str(r[0]) == unit), None)
+        if row is None:
+            raise NoSuchUnitError("org.freedesktop.systemd1.NoSuchUnit", f"unit {unit} is not loaded")
+        return await self._from_row(row)
+
+    async def _from_row(self, row: Sequence[Any]) -> UnitState:
+        """A UnitState from a ListUnits row plus the few properties the row lacks (see _RUNNING_PROPS)."""
+        # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
+        unit, path = str(row[0]), str(row[6])
+        instance = worker_instance(unit)
+        assert instance is not None
+        active, sub = _state(str(row[3])), str(row[4])
+        running = active is ActiveState.ACTIVE and sub == "running"
+        wanted = _RUNNING_PROPS if running else _RUNNING_PROPS + _EXIT_PROPS
+        values = await asyncio.gather(*(self._get(path, iface, name) for iface, name in wanted))
+        props = dict(zip((name for _, name in wanted), values, strict=True))
+        job_id = int(row[7])
         return UnitState(
-            unit=unit, instance=instance, active_state=_state(str(u.get("ActiveState", ""))),
-            sub_state=str(u.get("SubState", "")), main_pid=int(s.get("MainPID", 0)),
-            active_enter_us=int(u.get("ActiveEnterTimestamp", 0)), n_restarts=int(s.get("NRestarts", 0)),
-            result=str(s.get("Result", "")), has_job=job_id != 0,
-            job_type=job[1] if job_id and job[0] == job_id else "", job_id=job_id,
+            unit=unit, instance=instance, active_state=active, sub_state=sub,
+            main_pid=int(props["MainPID"]), active_enter_us=int(props["ActiveEnterTimestamp"]),
+            n_restarts=int(props["NRestarts"]), result=str(props["Result"]), has_job=job_id != 0,
+            job_type=str(row[8]) if job_id else "", job_id=job_id,
+            exec_main_code=int(props.get("ExecMainCode", 0)), exec_main_status=int(props.get("ExecMainStatus", 0)),
         )
 
     async def worker_states(self) -> list[UnitState]:
-        """Every loaded worker unit dqagent manages, by instance number."""
+        """Every loaded worker unit dqagent manages, by instance number.
+
+        One ListUnitsByPatterns, then a few single-property reads per unit (much cheaper for systemd
+        than GetAll), under the client's bound on calls in flight.
+        """
         (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], [WORKER_PATTERN]])
-        # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
-        wanted = [(str(r[0]), str(r[6]), (int(r[7]), str(r[8]))) for r in rows
-                  if worker_instance(str(r[0])) is not None]
-        states = await asyncio.gather(*(self.unit_state(n, p, j) for n, p, j in wanted), return_exceptions=True)
+        wanted = [r for r in rows if worker_instance(str(r[0])) is not None]
+        states = await asyncio.gather(*(self._from_row(r) for r in wanted), return_exceptions=True)
         out: list[UnitState] = []
         for state in states:
             if isinstance(state, UnitState):
@@ -286,8 +469,7 @@ class SystemdClient:
     async def unit_property(self, unit: str, interface: str, name: str) -> Any:
         """One property of any unit (read-only; used for the agent's own unit)."""
         (path,) = await self._manager("LoadUnit", "s", [unit])
-        (value,) = await self._call(SYSTEMD, path, PROPERTIES, "Get", "ss", [f"{SYSTEMD}.{interface}", name])
-        return value.value if isinstance(value, Variant) else value
+        return await self._get(str(path), interface, name)
 
     async def pending_job_type(self, unit: str = AGENT_UNIT) -> str:
         """The type of the job queued on `unit` ("stop", "restart", ...), or "" if none.
@@ -298,8 +480,7 @@ class SystemdClient:
         job_id, job_path = await self.unit_property(unit, "Unit", "Job")
         if int(job_id) == 0:
             return ""
-        (value,) = await self._call(SYSTEMD, job_path, PROPERTIES, "Get", "ss", [f"{SYSTEMD}.Job", "JobType"])
-        return str(value.value if isinstance(value, Variant) else value)
+        return str(await self._get(str(job_path), "Job", "JobType"))
 
     async def bus_name_state(self, name: str) -> str:
         """Whether a D-Bus name is "running" (has an owner), "activatable", or "absent"."""

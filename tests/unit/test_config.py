@@ -128,6 +128,9 @@ INVALID = [
     ("WORKER_USER", "root", "ALLOW_ROOT_WORKERS=yes"),
     ("ALLOW_ROOT_WORKERS", "maybe", "yes or no"),
     ("DEMAND_POLL_INTERVAL", "0", "> 0"),
+    ("DBUS_TIMEOUT", "0", "(0, 600]"),
+    ("DBUS_TIMEOUT", "601", "(0, 600]"),
+    ("DBUS_TIMEOUT", "never", "number"),
     # the scaling-policy block
     ("SCALING_POLICY", "hpa", "step, target"),
     ("SCALING_POLICY", "", "step, target"),
