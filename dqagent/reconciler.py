@@ -94,8 +94,26 @@ class Backoff:
 
 
 @dataclass(frozen=True, slots=True)
+class Census:
+    """How many units are in each phase (see the module docstring)."""
+
+    running: int
+    coming: int
+    going: int
+    #: Units failed or in auto-restart after a crash (a reporting figure; auto-restart also counts as coming).
+    failing: int
+    #: Units with a job the agent did not start: left alone.
+    foreign: tuple[int, ...] = ()
+
+    @property
+    def pool(self) -> int:
+        """Capacity now and on its way: what the target is compared with."""
+        return self.running + self.coming
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """The actions for one tick (instance numbers) and the counts they were computed from."""
+    """The actions for one tick (instance numbers) and the census they were computed from."""
 
     #: Instances to start, lowest free numbers first.
     start: tuple[int, ...]
@@ -103,22 +121,15 @@ class Plan:
     reset: tuple[int, ...]
     #: Settled instances to stop, highest numbers first.
     stop: tuple[int, ...]
-    running: int
-    coming: int
-    going: int
-    #: Units failed or in auto-restart after a crash (a reporting figure; auto-restart also counts as coming).
-    failing: int
     #: The target clamped to [MIN, MAX].
     wanted: int
-    #: Units with a job the agent did not start: left alone.
-    foreign: tuple[int, ...] = ()
+    census: Census
     #: A start was needed but the crash-loop backoff held it.
     held_by_backoff: bool = False
 
     @property
     def pool(self) -> int:
-        """Capacity now and on its way: what the target is compared with."""
-        return self.running + self.coming
+        return self.census.pool
 
     @property
     def empty(self) -> bool:
@@ -168,35 +179,36 @@ def crashed(state: UnitState) -> bool:
     return state.active_state == "failed" or state.sub_state == "auto-restart"
 
 
+def census(states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> Census:
+    """Count the units by phase; the agent's own starts not listed (yet) count as coming."""
+    listed = {s.instance for s in states}
+    phases = [classify(s, in_flight.get(s.instance)) for s in states]
+    unlisted_starts = sum(1 for n, i in in_flight.items() if i is Intent.START and n not in listed)
+    return Census(running=phases.count(Phase.RUNNING), coming=phases.count(Phase.COMING) + unlisted_starts,
+                  going=phases.count(Phase.GOING), failing=sum(1 for s in states if crashed(s)),
+                  foreign=tuple(s.instance for s in states if has_foreign_job(s, in_flight.get(s.instance))))
+
+
 def reconcile(states: Sequence[UnitState], target: int, *, min_processes: int, max_processes: int,
               in_flight: Mapping[int, Intent], backoff: Backoff, now_s: float) -> Plan:
     """The actions that move the pool toward `target` (clamped), under the rules of the module docstring."""
     wanted = max(min_processes, min(max_processes, target))
+    counted = census(states, in_flight)
     by_number = {s.instance: s for s in states}
-    counts = dict.fromkeys(Phase, 0)
-    for state in states:
-        counts[classify(state, in_flight.get(state.instance))] += 1
-    # Our starts not listed (yet) hold their numbers and count as coming; our finished stops count as nothing.
-    counts[Phase.COMING] += sum(1 for n, i in in_flight.items() if i is Intent.START and n not in by_number)
-    pool = counts[Phase.RUNNING] + counts[Phase.COMING]
-    foreign = tuple(s.instance for s in states if has_foreign_job(s, in_flight.get(s.instance)))
-
     start: tuple[int, ...] = ()
     reset: tuple[int, ...] = ()
     stop: tuple[int, ...] = ()
     held = False
-    if pool < wanted:
+    if counted.pool < wanted:
         if backoff.holds(now_s):
             held = True
         else:
-            start = tuple(itertools.islice(_free_numbers(by_number, in_flight), wanted - pool))
+            start = tuple(itertools.islice(_free_numbers(by_number, in_flight), wanted - counted.pool))
             reset = tuple(n for n in start if n in by_number and by_number[n].active_state == "failed")
-    elif pool > wanted:
+    elif counted.pool > wanted:
         candidates = sorted((s.instance for s in states if settled(s, in_flight.get(s.instance))), reverse=True)
-        stop = tuple(candidates[:pool - wanted])
-    return Plan(start=start, reset=reset, stop=stop, running=counts[Phase.RUNNING], coming=counts[Phase.COMING],
-                going=counts[Phase.GOING], failing=sum(1 for s in states if crashed(s)), wanted=wanted,
-                foreign=foreign, held_by_backoff=held)
+        stop = tuple(candidates[:counted.pool - wanted])
+    return Plan(start=start, reset=reset, stop=stop, wanted=wanted, census=counted, held_by_backoff=held)
 
 
 def _free_numbers(by_number: Mapping[int, UnitState], in_flight: Mapping[int, Intent]) -> Iterator[int]:

@@ -112,7 +112,7 @@ def test_operator_jobs_are_never_touched(world: World) -> None:
     plan = world.plan()
     foreign = {s.instance for s in world.states if has_foreign_job(s, world.in_flight.get(s.instance))}
     assert not foreign & (set(plan.start) | set(plan.stop) | set(plan.reset))
-    assert set(plan.foreign) == foreign
+    assert set(plan.census.foreign) == foreign
 
 
 @settings(max_examples=300)
@@ -196,10 +196,11 @@ def test_counts_partition_the_listed_units(world: World) -> None:
     phases = [classify(s, world.in_flight.get(s.instance)) for s in world.states]
     unlisted_starts = sum(1 for n, i in world.in_flight.items()
                           if i is Intent.START and n not in {s.instance for s in world.states})
-    assert plan.running == phases.count(Phase.RUNNING)
-    assert plan.coming == phases.count(Phase.COMING) + unlisted_starts
-    assert plan.going == phases.count(Phase.GOING)
-    assert plan.failing == sum(1 for s in world.states if crashed(s))
+    c = plan.census
+    assert c.running == phases.count(Phase.RUNNING)
+    assert c.coming == phases.count(Phase.COMING) + unlisted_starts
+    assert c.going == phases.count(Phase.GOING)
+    assert c.failing == sum(1 for s in world.states if crashed(s))
 
 
 # -- worked examples ----------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def plan_for(states: Sequence[UnitState], target: int, in_flight: Mapping[int, I
 def test_a_crashed_unit_in_auto_restart_counts_as_coming() -> None:
     states = [unit(1), unit(2), unit(3), unit(4, ActiveState.ACTIVATING, "auto-restart", result="exit-code")]
     plan = plan_for(states, 4)
-    assert (plan.running, plan.coming, plan.failing) == (3, 1, 1)
+    assert (plan.census.running, plan.census.coming, plan.census.failing) == (3, 1, 1)
     assert plan.empty
 
 
@@ -221,8 +222,8 @@ def test_an_operators_rolling_restart_is_not_fought() -> None:
     # systemctl restart 'dramatiq-worker@*' with a slow ExecStop: deactivating with restart jobs
     states = [unit(n, ActiveState.DEACTIVATING, "stop", job="restart") for n in (1, 2, 3)] + [unit(4)]
     plan = plan_for(states, 4)
-    assert (plan.running, plan.coming, plan.going) == (1, 3, 0)
-    assert plan.empty and plan.foreign == (1, 2, 3)
+    assert (plan.census.running, plan.census.coming, plan.census.going) == (1, 3, 0)
+    assert plan.empty and plan.census.foreign == (1, 2, 3)
     # even a scale-down stops only the settled unit
     assert plan_for(states, 1).stop == (4,)
 
@@ -230,7 +231,7 @@ def test_an_operators_rolling_restart_is_not_fought() -> None:
 def test_a_draining_unit_does_not_block_a_scale_up() -> None:
     states = [unit(1), unit(2), unit(3, ActiveState.DEACTIVATING, "stop-sigterm", job="stop")]
     plan = plan_for(states, 4, in_flight={3: Intent.STOP})
-    assert (plan.running, plan.going) == (2, 1)
+    assert (plan.census.running, plan.census.going) == (2, 1)
     assert plan.start == (4, 5)  # number 3 is still held by the draining worker
 
 
@@ -244,7 +245,7 @@ def test_a_failed_number_is_reset_and_reused_after_the_backoff() -> None:
 
 def test_our_start_in_flight_is_coming_even_before_systemd_lists_it() -> None:
     plan = plan_for([unit(1)], 3, in_flight={2: Intent.START})
-    assert (plan.running, plan.coming) == (1, 1)
+    assert (plan.census.running, plan.census.coming) == (1, 1)
     assert plan.start == (3,)
 
 
