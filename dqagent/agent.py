@@ -75,7 +75,8 @@ async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleR
     plan = reconcile(states, target, min_processes=settings.min_processes, max_processes=settings.max_processes,
                      in_flight={}, backoff=Backoff(), now_s=0.0)
     jobs = JobTable(units, Reporter())
-    jobs.start(plan.start, plan.reset, settings.process_startup_delay_s, restart_baseline(states, plan))
+    jobs.start(plan.start, plan.reset, settings.process_startup_delay_s, restart_baseline(states, plan),
+               stop_timeout_s(settings))
     jobs.stop(plan.stop, stop_timeout_s(settings))
     await jobs.wait()
     failures = [o for o in jobs.outcomes if not o.ok]
@@ -264,7 +265,8 @@ class Agent:
         if plan.start:
             log.info("scale up by %d to %d: %s", len(plan.start), plan.pool + len(plan.start), reason,
                      extra=event("scale_up", workers=plan.pool, target=plan.pool + len(plan.start)))
-            self.jobs.start(plan.start, plan.reset, self.s.process_startup_delay_s, restart_baseline(states, plan))
+            self.jobs.start(plan.start, plan.reset, self.s.process_startup_delay_s, restart_baseline(states, plan),
+                            stop_timeout_s(self.s))
         elif plan.held_by_backoff:
             log.debug("scale-up to %d held: backing off after failed starts", plan.wanted)
         if plan.stop:

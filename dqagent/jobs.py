@@ -79,16 +79,17 @@ class JobTable:
         return bool(self._tasks)
 
     def start(self, numbers: Sequence[int], reset: Sequence[int], startup_delay_s: float,
-              baseline: Mapping[int, int]) -> None:
+              baseline: Mapping[int, int], stop_timeout_s: float) -> None:
         """Start `numbers` (resetting the failed ones in `reset` first) in the background.
 
         `baseline` is each listed unit's NRestarts before the start: more restarts at the check
-        means it crashed in between.
+        means it crashed in between. A unit that fails its check is stopped within `stop_timeout_s`.
         """
         if not numbers:
             return
         self._flight.update(dict.fromkeys(numbers, Intent.START))
-        self._track(self._start(tuple(numbers), frozenset(reset), startup_delay_s, dict(baseline)), Intent.START)
+        self._track(self._start(tuple(numbers), frozenset(reset), startup_delay_s, dict(baseline), stop_timeout_s),
+                    Intent.START)
 
     def stop(self, numbers: Sequence[int], timeout_s: float, quiet: bool = False) -> None:
         """Stop each of `numbers` in its own background task (a draining worker delays no one else)."""
@@ -123,7 +124,7 @@ class JobTable:
     # -- the tasks -------------------------------------------------------------------------------
 
     async def _start(self, numbers: tuple[int, ...], reset: frozenset[int], delay_s: float,
-                     baseline: dict[int, int]) -> None:
+                     baseline: dict[int, int], stop_timeout_s: float) -> None:
         names = {n: worker_unit(n) for n in numbers}
         results: dict[int, str] = {}
         try:
@@ -139,7 +140,8 @@ class JobTable:
             if delay_s > 0 and any(r == "done" for r in results.values()):
                 await asyncio.sleep(delay_s)
             after = {s.instance: s for s in await self._units.worker_states()}
-            failed = [self._judge(n, names[n], results[n], after.get(n), baseline.get(n, 0)) for n in numbers]
+            failed = [self._judge(n, names[n], results[n], after.get(n), baseline.get(n, 0), stop_timeout_s)
+                      for n in numbers]
         except (BusConnectionError, SystemdError) as exc:
             log.warning("start of %s not confirmed: %s", ", ".join(names.values()), exc,
                         extra=event("start_unconfirmed", error=str(exc)))
@@ -156,7 +158,8 @@ class JobTable:
         else:
             self.backoff = Backoff()
 
-    def _judge(self, n: int, unit: str, result: str, state: UnitState | None, baseline: int) -> bool:
+    def _judge(self, n: int, unit: str, result: str, state: UnitState | None, baseline: int,
+               stop_timeout_s: float) -> bool:
         """Log and record one started unit; True if it failed its check."""
         if result == "done" and state is not None and state.running and state.n_restarts <= baseline:
             log.info("started %s (pid %d)", unit, state.main_pid,
@@ -168,16 +171,17 @@ class JobTable:
             # Vanished (exited and garbage-collected) or refused: the job result says why.
             reason, detail = (result if result != "done" else "exited"), f"job {result}, unit gone"
         else:
-            reason = state.result if state.result != "success" else f"{state.active_state}/{state.sub_state}"
+            reason = (state.result if state.result != "success" else "restarted by systemd"
+                      if state.n_restarts > baseline else f"{state.active_state}/{state.sub_state}")
             detail = (f"{state.active_state}/{state.sub_state}, result={state.result}, "
                       f"restarts={state.n_restarts} within the start check")
         self._reporter.start_failed(unit, reason, f"did not start: {detail}",
                                     n_restarts=state.n_restarts if state else 0)
         self.outcomes.append(Outcome(unit, Intent.START, False, f"{unit}: failed ({detail})",
                                      refused=refused_by_polkit(result)))
-        if state is not None and state.sub_state == "auto-restart" and not state.job_type:
+        if state is not None and state.active_state not in ("failed", "inactive") and not state.job_type:
             # Hold the backoff: systemd's own Restart= would otherwise retry it every RestartSec.
-            self.stop([n], timeout_s=60, quiet=True)
+            self.stop([n], stop_timeout_s, quiet=True)
         return True
 
     async def _stop(self, n: int, timeout_s: float, quiet: bool) -> None:

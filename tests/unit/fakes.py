@@ -31,6 +31,7 @@ class FakeUnits:
     """Worker units by instance number.
 
     `broken` instances crash right after their start (auto-restart, systemd's Restart=);
+    `flapping` instances crash and are already running again at the start check (NRestarts 1);
     `ignore_term` instances are SIGKILLed at TimeoutStopSec when stopped (failed, Result=timeout);
     while `drain` is an unset event, stops stay in deactivating (a worker finishing its tasks).
     """
@@ -40,6 +41,7 @@ class FakeUnits:
         for n in running:
             self.run(n)
         self.broken = set(broken)
+        self.flapping: set[int] = set()
         self.ignore_term: set[int] = set()
         self.drain: asyncio.Event | None = None
         self.calls: list[tuple[str, tuple[str, ...]]] = []
@@ -93,6 +95,8 @@ class FakeUnits:
             self.run(n)
             if n in self.broken:
                 self.crash(n)
+            elif n in self.flapping:
+                self.units[n].n_restarts = 1
         return [JobOutcome(u, "done") for u in units]
 
     async def stop_units(self, units: Sequence[str], timeout_s: float = 600) -> list[JobOutcome]:

@@ -176,6 +176,23 @@ def test_a_crash_looping_start_backs_off_exponentially(caplog: pytest.LogCapture
     assert status(agent).startswith("STATUS=1 running of 2 wanted")
 
 
+def test_a_start_restarted_by_systemd_within_the_check_is_a_failed_start(caplog: pytest.LogCaptureFixture) -> None:
+    units, probe = FakeUnits(running=[1]), FakeProbe(ready=100)
+    units.flapping.add(2)
+    agent = make(units, probe)
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        await agent.tick()
+        await agent.jobs.wait()
+
+    run(scenario)
+    assert [r.RESULT for r in events(caplog, "worker_failed")] == ["restarted by systemd"]  # type: ignore[attr-defined]
+    assert not events(caplog, "worker_started")
+    assert units.calls[-1] == ("stop", ("dramatiq-worker@2.service",)) and 2 not in units.units
+    assert agent.jobs.backoff.failures == 1
+
+
 def test_a_failed_unit_is_logged_once_and_restarted_after_the_backoff(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     units, probe = FakeUnits(running=[1, 2]), FakeProbe(ready=10)  # 2 x 2.5 <= 10 <= 2 x 5: hold 2
