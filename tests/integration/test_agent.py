@@ -23,7 +23,8 @@ def test_scales_up_one_per_check_to_max_then_down_to_min(fresh_container: Contai
     install(c, redis_server, MIN_PROCESSES=1, MAX_PROCESSES=4)
     assert c.unit_property("dqagent.service", "ActiveState") == "active"
     wait_until("one worker", lambda: running_workers(c) == worker_names(1))
-    wait_until("status line", lambda: "workers, queue" in c.unit_property("dqagent.service", "StatusText"))
+    wait_until("status line",
+               lambda: "1 running of 1 wanted; queue 0" in c.unit_property("dqagent.service", "StatusText"))
 
     # When the backlog is far above n x 5, workers grow one per check, up to MAX
     set_backlog(redis_server, 100)

@@ -1,52 +1,126 @@
 """An in-memory stand-in for systemd, for unit tests of the loop only (the broker's is `FakeDemandProbe`).
 
-The real implementations have their own integration tests in the bench.
+It models the states the agent meets on a real host (systemd 252), not only running/failed:
+activating (incl. auto-restart after a crash), deactivating while a stop drains, failed (incl.
+start-limit-hit, and Result=timeout after a TimeoutStopSec SIGKILL), pending jobs (the agent's and
+an operator's), and starts that fail. The real implementation has its own integration tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dqagent.errors import SystemdError
-from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_instance
+from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_instance, worker_unit
+
+
+@dataclass
+class FakeUnit:
+    active: ActiveState = ActiveState.ACTIVE
+    sub: str = "running"
+    result: str = "success"
+    job: str = ""
+    pid: int = 0
+    n_restarts: int = 0
+    active_enter_us: int = 1
 
 
 class FakeUnits:
-    """Workers as a dict instance -> running?; `broken` instances fail to start."""
+    """Worker units by instance number.
+
+    `broken` instances crash right after their start (auto-restart, systemd's Restart=);
+    `flapping` instances crash and are already running again at the start check (NRestarts 1);
+    `ignore_term` instances are SIGKILLed at TimeoutStopSec when stopped (failed, Result=timeout);
+    while `drain` is an unset event, stops stay in deactivating (a worker finishing its tasks).
+    """
 
     def __init__(self, running: Sequence[int] = (), broken: Sequence[int] = ()) -> None:
-        self.units: dict[int, str] = {n: "running" for n in running}
+        self.units: dict[int, FakeUnit] = {}
+        for n in running:
+            self.run(n)
         self.broken = set(broken)
+        self.flapping: set[int] = set()
+        self.ignore_term: set[int] = set()
+        self.drain: asyncio.Event | None = None
         self.calls: list[tuple[str, tuple[str, ...]]] = []
+        #: The agent's own unit's pending job ("stop", "restart", "").
         self.job = ""
         #: When set, start/stop/reset requests are refused with this D-Bus error name.
         self.refuse = ""
+        self._next_job = 100
+
+    # -- what happens to units outside the agent ---------------------------------------------------
+
+    def run(self, n: int) -> None:
+        self.units[n] = FakeUnit(pid=1000 + n)
+
+    def crash(self, n: int, result: str = "exit-code") -> None:
+        """The process died; systemd waits RestartSec (activating/auto-restart) before restarting it."""
+        u = self.units[n]
+        u.active, u.sub, u.result, u.pid = ActiveState.ACTIVATING, "auto-restart", result, 0
+        u.n_restarts += 1
+
+    def fail(self, n: int, result: str = "start-limit-hit") -> None:
+        self.units[n] = FakeUnit(ActiveState.FAILED, "failed", result, n_restarts=5)
+
+    def operator_job(self, n: int, job: str, active: ActiveState = ActiveState.DEACTIVATING,
+                     sub: str = "stop-sigterm") -> None:
+        """E.g. `systemctl restart` with a slow ExecStop: deactivating, job restart."""
+        u = self.units.setdefault(n, FakeUnit())
+        u.active, u.sub, u.job = active, sub, job
+
+    # -- UnitManager -------------------------------------------------------------------------------
+
+    def _state(self, n: int, u: FakeUnit) -> UnitState:
+        return UnitState(worker_unit(n), n, u.active, u.sub, u.pid, u.active_enter_us, u.n_restarts, u.result,
+                         bool(u.job), u.job, 7 if u.job else 0)
 
     async def worker_states(self) -> list[UnitState]:
-        out = []
-        for n, state in sorted(self.units.items()):
-            active = ActiveState.ACTIVE if state == "running" else ActiveState.FAILED
-            out.append(UnitState(f"dramatiq-worker@{n}.service", n, active, state if state == "running" else "failed",
-                                 1000 + n if state == "running" else 0, 1, 0,
-                                 "success" if state == "running" else "exit-code", False))
-        return out
+        return [self._state(n, u) for n, u in sorted(self.units.items())]
+
+    async def unit_state(self, unit: str) -> UnitState:
+        n = worker_instance(unit)
+        assert n is not None
+        return self._state(n, self.units.get(n, FakeUnit(ActiveState.INACTIVE, "dead")))
 
     async def start_units(self, units: Sequence[str], timeout_s: float = 90) -> list[JobOutcome]:
         self.calls.append(("start", tuple(units)))
+        if self.refuse:
+            return [JobOutcome(u, f"error: {self.refuse}") for u in units]
         for u in units:
             n = worker_instance(u)
             assert n is not None
-            self.units[n] = "failed" if n in self.broken else "running"
+            self.run(n)
+            if n in self.broken:
+                self.crash(n)
+            elif n in self.flapping:
+                self.units[n].n_restarts = 1
         return [JobOutcome(u, "done") for u in units]
 
     async def stop_units(self, units: Sequence[str], timeout_s: float = 600) -> list[JobOutcome]:
         self.calls.append(("stop", tuple(units)))
         if self.refuse:
             return [JobOutcome(u, f"error: {self.refuse}") for u in units]
-        for u in units:
-            n = worker_instance(u)
+        numbers = [worker_instance(u) for u in units]
+        for n in numbers:
             assert n is not None
-            self.units.pop(n, None)
+            if n in self.units:
+                u = self.units[n]
+                if u.sub == "auto-restart":
+                    del self.units[n]  # stopping a unit in RestartSec: inactive at once
+                    continue
+                u.active, u.sub, u.job = ActiveState.DEACTIVATING, "stop-sigterm", "stop"
+        if self.drain is not None:
+            await self.drain.wait()
+        for n in numbers:
+            assert n is not None
+            if n in self.units:
+                if n in self.ignore_term:
+                    self.units[n] = FakeUnit(ActiveState.FAILED, "failed", "timeout")
+                else:
+                    del self.units[n]
         return [JobOutcome(u, "done") for u in units]
 
     async def reset_failed(self, unit: str) -> None:
@@ -54,13 +128,11 @@ class FakeUnits:
         if self.refuse:
             raise SystemdError(self.refuse, "refused")
         n = worker_instance(unit)
-        if n is not None and self.units.get(n) == "failed":
+        if n is not None and n in self.units and self.units[n].active is ActiveState.FAILED:
             del self.units[n]
 
     async def pending_job_type(self, unit: str = "dqagent.service") -> str:
         return self.job
 
     async def wait_disconnected(self) -> None:
-        import asyncio
-
         await asyncio.Event().wait()

@@ -1,22 +1,30 @@
-"""The loop's decisions with fakes for systemd and Redis (both have integration tests of their own)."""
+"""The loop's decisions with fakes for systemd and Redis (both have integration tests of their own).
+
+Each scenario runs in one event loop, as the agent does: jobs run as background tasks, and
+`agent.jobs.wait()` stands for "systemd finished them".
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 
-from dqagent.agent import Agent, free_instances, highest_instances
+from dqagent.agent import Agent, scale_by
 from dqagent.config import parse_settings
 from dqagent.demand import FakeDemandProbe
 from dqagent.errors import BrokerError
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
+from dqagent.systemd import ActiveState
 from tests.unit.fakes import FakeUnits
 
 SETTINGS = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
+T = TypeVar("T")
 
 
 class Clock:
@@ -39,21 +47,88 @@ def make(units: FakeUnits, probe: FakeDemandProbe, clock: Clock | None = None, *
                  clock=clock or Clock(), **kw)  # type: ignore[arg-type]
 
 
-def test_lowest_free_and_highest_occupied_numbers() -> None:
-    units = FakeUnits(running=[1, 3, 4])
-    states = asyncio.run(units.worker_states())
-    assert free_instances(states, 3) == [2, 5, 6]
-    assert highest_instances(states, 2) == [4, 3]
+def run(scenario: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == name]
+
+
+def status(agent: Agent) -> str:
+    return [s for s in agent.notifier.sent if s.startswith("STATUS=")][-1]  # type: ignore[attr-defined]
 
 
 def test_tick_scales_up_to_lowest_free_number_and_down_from_highest() -> None:
     units, probe = FakeUnits(running=[1, 3]), FakeProbe(ready=11)
     agent = make(units, probe)
-    asyncio.run(agent.tick())  # 11 > 2 x 5
-    assert units.calls[-1] == ("start", ("dramatiq-worker@2.service",))
-    probe.set_queue("q", ready=0)
-    asyncio.run(agent.tick())
-    assert units.calls[-1] == ("stop", ("dramatiq-worker@3.service",))
+
+    async def scenario() -> None:
+        await agent.tick()  # 11 > 2 x 5
+        await agent.jobs.wait()
+        assert units.calls[-1] == ("start", ("dramatiq-worker@2.service",))
+        probe.set_queue("q", ready=0)
+        await agent.tick()
+        await agent.jobs.wait()
+        assert units.calls[-1] == ("stop", ("dramatiq-worker@3.service",))
+        assert sorted(units.units) == [1, 2]
+
+    run(scenario)
+
+
+def test_a_draining_worker_blocks_neither_the_tick_nor_a_scale_up(caplog: pytest.LogCaptureFixture) -> None:
+    units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe(ready=0)
+    agent = make(units, probe)
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        units.drain = asyncio.Event()  # the stopped worker takes its time
+        await asyncio.wait_for(agent.tick(), 1)
+        assert units.units[3].active is ActiveState.DEACTIVATING
+        probe.set_queue("q", ready=100)  # a burst while it drains
+        await asyncio.wait_for(agent.tick(), 1)
+        assert units.calls[-1] == ("start", ("dramatiq-worker@4.service",))  # 3 is still held
+        assert "1 stopping" in status(agent)
+        units.drain.set()
+        await agent.jobs.wait()
+        assert sorted(units.units) == [1, 2, 4]
+
+    run(scenario)
+    assert [r.UNIT for r in events(caplog, "worker_stopped")] == ["dramatiq-worker@3.service"]  # type: ignore[attr-defined]
+
+
+def test_an_operators_rolling_restart_is_neither_cancelled_nor_compensated() -> None:
+    units, probe = FakeUnits(running=[1, 2, 3, 4]), FakeProbe(ready=15)  # 4 x 2.5 <= 15 <= 4 x 5: hold 4
+    agent = make(units, probe)
+    for n in (2, 3, 4):
+        units.operator_job(n, "restart")
+
+    async def scenario() -> None:
+        await agent.tick()
+        assert units.calls == []
+        assert status(agent).startswith("STATUS=1 running of 4 wanted (3 starting)")
+        probe.set_queue("q", ready=0)  # even a scale-down leaves the restarting units alone
+        await agent.tick()
+        await agent.jobs.wait()
+        assert units.calls == [("stop", ("dramatiq-worker@1.service",))]
+
+    run(scenario)
+
+
+def test_a_crashed_worker_in_restart_sec_is_counted_as_coming(caplog: pytest.LogCaptureFixture) -> None:
+    units, probe = FakeUnits(running=[1, 2, 3, 4]), FakeProbe(ready=15)
+    agent = make(units, probe)
+    units.crash(2)
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            await agent.tick()
+        assert units.calls == []
+
+    run(scenario)
+    assert "3 running of 4 wanted (1 starting); dramatiq-worker@2 failing: exit-code, restarting" in status(agent)
+    assert len(events(caplog, "worker_failed")) == 1  # once, not once per tick
 
 
 def test_redis_error_keeps_workers_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -61,30 +136,101 @@ def test_redis_error_keeps_workers_and_logs_once(caplog: pytest.LogCaptureFixtur
     agent = make(units, probe)
     probe.error = BrokerError("redis redis://h:1/0: ConnectionError")
     caplog.set_level(logging.INFO)
-    delays = [asyncio.run(agent.tick()) for _ in range(4)]
-    assert units.calls == []  # never scales on unknown data
+
+    async def scenario() -> list[float]:
+        delays = [await agent.tick() for _ in range(4)]
+        probe.error = None
+        await agent.tick()
+        return delays
+
+    delays = run(scenario)
+    assert [c for c in units.calls if c[0] == "start"] == []  # never scales on unknown data
     assert delays == [2, 4, 8, 16]  # doubling, capped at max(CHECK_INTERVAL, 30 s)
-    errors = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "redis_error"]
-    assert len(errors) == 1
-    probe.error = None
-    asyncio.run(agent.tick())
-    assert [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "redis_ok"]
+    assert len(events(caplog, "redis_error")) == 1
+    assert events(caplog, "redis_ok")
 
 
-def test_failed_start_backs_off_scale_ups() -> None:
+def test_a_crash_looping_start_backs_off_exponentially(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     units, probe = FakeUnits(running=[1], broken=[2, 3]), FakeProbe(ready=100)
     agent = make(units, probe, clock)
-    asyncio.run(agent.tick())
-    starts = [c for c in units.calls if c[0] == "start"]
-    assert starts == [("start", ("dramatiq-worker@2.service",))]
-    clock.now += 1
-    asyncio.run(agent.tick())  # within the backoff: no new start attempt
-    assert [c for c in units.calls if c[0] == "start"] == starts
-    clock.now += 10
-    asyncio.run(agent.tick())  # after it: the failed number is reset and reused
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> list[float]:
+        attempts = []
+        for _ in range(80):  # 80 s of 1 s checks
+            before = len([c for c in units.calls if c[0] == "start"])
+            await agent.tick()
+            await agent.jobs.wait()
+            if len([c for c in units.calls if c[0] == "start"]) > before:
+                attempts.append(clock.now - 1000)
+            clock.now += 1
+        return attempts
+
+    attempts = run(scenario)
+    assert attempts == [0, 5, 15, 35, 75]  # 5 s doubling, not one start per check
+    assert all(c == ("start", ("dramatiq-worker@2.service",)) for c in units.calls if c[0] == "start")
+    assert 2 not in units.units  # stopped in auto-restart so systemd's Restart= does not loop it
+    assert len(events(caplog, "worker_failed")) == 1  # logged once per distinct reason
+    assert "dramatiq-worker@2 failing: exit-code" in status(agent) and "next start in" in status(agent)
+    assert status(agent).startswith("STATUS=1 running of 2 wanted")
+
+
+def test_a_start_restarted_by_systemd_within_the_check_is_a_failed_start(caplog: pytest.LogCaptureFixture) -> None:
+    units, probe = FakeUnits(running=[1]), FakeProbe(ready=100)
+    units.flapping.add(2)
+    agent = make(units, probe)
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        await agent.tick()
+        await agent.jobs.wait()
+
+    run(scenario)
+    assert [r.RESULT for r in events(caplog, "worker_failed")] == ["restarted by systemd"]  # type: ignore[attr-defined]
+    assert not events(caplog, "worker_started")
+    assert units.calls[-1] == ("stop", ("dramatiq-worker@2.service",)) and 2 not in units.units
+    assert agent.jobs.backoff.failures == 1
+
+
+def test_a_failed_unit_is_logged_once_and_restarted_after_the_backoff(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    units, probe = FakeUnits(running=[1, 2]), FakeProbe(ready=10)  # 2 x 2.5 <= 10 <= 2 x 5: hold 2
+    units.fail(2, "start-limit-hit")
+    agent = make(units, probe, clock)
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        await agent.tick()  # 1 running: the policy holds 1, so nothing to start
+        probe.set_queue("q", ready=6)  # 6 > 1 x 5
+        await agent.tick()
+        await agent.jobs.wait()
+
+    run(scenario)
     assert ("reset", ("dramatiq-worker@2.service",)) in units.calls
-    assert [c for c in units.calls if c[0] == "start"][-1] == ("start", ("dramatiq-worker@2.service",))
+    assert units.calls[-1] == ("start", ("dramatiq-worker@2.service",))
+    assert [r.RESULT for r in events(caplog, "worker_failed")] == ["start-limit-hit"]  # type: ignore[attr-defined]
+    assert events(caplog, "worker_recovered")
+
+
+def test_a_stop_that_hits_timeout_stop_sec_is_a_warning_and_the_unit_is_reset(
+        caplog: pytest.LogCaptureFixture) -> None:
+    units, probe = FakeUnits(running=[1, 2]), FakeProbe(ready=0)
+    units.ignore_term.add(2)
+    agent = make(units, probe)
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        await agent.tick()
+        await agent.jobs.wait()
+        await agent.tick()
+
+    run(scenario)
+    warned = events(caplog, "worker_stop_timeout")
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert warned[0].getMessage().startswith("stop of dramatiq-worker@2.service timed out after")
+    assert not events(caplog, "worker_failed") and not events(caplog, "worker_stopped")
+    assert ("reset", ("dramatiq-worker@2.service",)) in units.calls and 2 not in units.units
 
 
 @pytest.mark.parametrize(("job", "under_systemd", "stopped"),
@@ -94,23 +240,62 @@ def test_shutdown_stops_workers_only_when_the_agent_is_stopped(job: str, under_s
     units.job = job
     agent = make(units, probe, under_systemd=under_systemd)
 
-    async def run() -> int:
+    async def scenario() -> int:
         task = asyncio.create_task(agent.run())
         await asyncio.sleep(0.05)
         agent.stop_requested.set()
         return await task
 
-    assert asyncio.run(run()) == 0
+    assert run(scenario) == 0
     assert (units.units == {}) is stopped
     notes = agent.notifier.sent  # type: ignore[attr-defined]
     assert notes[0] == "READY=1" and "STOPPING=1" in notes
+
+
+def test_shutdown_waits_for_draining_workers_but_not_for_an_operators_job() -> None:
+    units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe()
+    units.operator_job(3, "restart")
+    agent = make(units, probe, under_systemd=False)
+
+    async def scenario() -> int:
+        units.drain = asyncio.Event()
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.05)
+        agent.stop_requested.set()
+        await asyncio.sleep(0.05)
+        assert not task.done()  # waits for the stops
+        units.drain.set()
+        return await task
+
+    assert run(scenario) == 0
+    assert list(units.units) == [3]
+
+
+def test_adoption_does_not_wait_for_stops() -> None:
+    units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe()
+    settings = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "2", "CHECK_INTERVAL": "1",
+                               "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "600"})
+    agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings),
+                  clock=Clock(), under_systemd=False)
+
+    async def scenario() -> None:
+        units.drain = asyncio.Event()  # @3 takes GRACEFUL_SHUTDOWN_TIMEOUT to drain
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.05)
+        assert agent.notifier.sent[0] == "READY=1"  # type: ignore[attr-defined]
+        assert units.units[3].active is ActiveState.DEACTIVATING
+        agent.stop_requested.set()
+        units.drain.set()
+        await task
+
+    run(scenario)
 
 
 def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
     clock = Clock()
     agent = make(FakeUnits(), FakeProbe(), clock, watchdog_s=0.01)
 
-    async def run() -> list[str]:
+    async def scenario() -> list[str]:
         agent._progress_deadline = clock.now + 5
         task = asyncio.create_task(agent._watchdog())
         await asyncio.sleep(0.05)
@@ -121,7 +306,7 @@ def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
         task.cancel()
         return [*alive, "--", *agent.notifier.sent]  # type: ignore[attr-defined]
 
-    sent = asyncio.run(run())
+    sent = run(scenario)
     split = sent.index("--")
     assert "WATCHDOG=1" in sent[:split]
     assert "WATCHDOG=1" not in sent[split:]
@@ -132,32 +317,48 @@ def test_delayed_messages_keep_one_consumer_when_min_is_zero() -> None:
                                "PROCESS_STARTUP_DELAY": "0"})
     units, probe = FakeUnits(running=[1]), FakeProbe(delayed=3)
     agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings), clock=Clock())
-    asyncio.run(agent.tick())
-    assert units.units == {1: "running"}  # the step rule alone would stop it (0 < 1 x 2.5)
-    probe.set_queue("q", delayed=0)
-    asyncio.run(agent.tick())
-    assert units.units == {}
+
+    async def scenario() -> None:
+        await agent.tick()
+        await agent.jobs.wait()
+        assert list(units.units) == [1]  # the step rule alone would stop it (0 < 1 x 2.5)
+        probe.set_queue("q", delayed=0)
+        await agent.tick()
+        await agent.jobs.wait()
+        assert units.units == {}
+
+    run(scenario)
 
 
 def test_refused_requests_are_logged_as_failures_not_successes(caplog: pytest.LogCaptureFixture) -> None:
     units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe(ready=0)
     units.refuse = "org.freedesktop.DBus.Error.AccessDenied"
     caplog.set_level(logging.INFO)
-    asyncio.run(make(units, probe).tick())
-    events = [getattr(r, "DQAGENT_EVENT", "") for r in caplog.records]
-    assert "worker_stop_failed" in events and "worker_stopped" not in events
+    agent = make(units, probe)
+
+    async def scenario() -> None:
+        await agent.tick()
+        await agent.jobs.wait()
+
+    run(scenario)
+    assert events(caplog, "worker_stop_failed") and not events(caplog, "worker_stopped")
 
 
 def test_refused_reset_counts_as_a_failed_start_and_backs_off(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    units, probe = FakeUnits(running=[1], broken=[2]), FakeProbe(ready=100)
-    units.units[2] = "failed"
+    units, probe = FakeUnits(running=[1]), FakeProbe(ready=100)
+    units.fail(2, "exit-code")
     units.refuse = "org.freedesktop.DBus.Error.AccessDenied"
     caplog.set_level(logging.INFO)
-    asyncio.run(make(units, probe, clock).tick())  # must not raise: the loop keeps running
-    failed = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "worker_failed"]
-    assert any("AccessDenied" in str(getattr(r, "RESULT", "")) for r in failed)
-    assert [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "start_backoff"]
+    agent = make(units, probe, clock)
+
+    async def scenario() -> None:
+        await agent.tick()  # must not raise: the loop keeps running
+        await agent.jobs.wait()
+
+    run(scenario)
+    assert any("AccessDenied" in str(r.RESULT) for r in events(caplog, "worker_failed"))  # type: ignore[attr-defined]
+    assert events(caplog, "start_backoff")
 
 
 def test_stop_signal_asks_systemd_for_time_at_once() -> None:
@@ -165,3 +366,23 @@ def test_stop_signal_asks_systemd_for_time_at_once() -> None:
     agent._on_stop_signal()
     sent = agent.notifier.sent  # type: ignore[attr-defined]
     assert sent and sent[0].startswith("EXTEND_TIMEOUT_USEC=") and agent.stop_requested.is_set()
+
+
+def test_manual_scale_down_leaves_a_unit_with_an_operators_job() -> None:
+    units = FakeUnits(running=[1, 2, 3])
+    units.operator_job(3, "reload", ActiveState.RELOADING, "reload")
+    settings = parse_settings({"MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "PROCESS_STARTUP_DELAY": "0"})
+    report = run(lambda: scale_by(units, settings, -3))
+    assert report.current == 3 and report.target == 0
+    assert report.lines == ("dramatiq-worker@2.service: stopped (done)", "dramatiq-worker@1.service: stopped (done)")
+    assert list(units.units) == [3]
+
+
+def test_manual_scale_up_reports_a_failing_start() -> None:
+    units = FakeUnits(running=[1], broken=[2])
+    settings = parse_settings({"MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "PROCESS_STARTUP_DELAY": "0"})
+    report = run(lambda: scale_by(units, settings, 2))
+    assert report.failed == 1 and not report.refused
+    assert report.lines[0] == "dramatiq-worker@3.service: started (pid 1003)" or \
+        report.lines[1] == "dramatiq-worker@3.service: started (pid 1003)"
+    assert any(line.startswith("dramatiq-worker@2.service: failed (activating/auto-restart") for line in report.lines)

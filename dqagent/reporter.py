@@ -1,0 +1,133 @@
+"""What the agent tells the operator: the STATUS= line, and fault logs de-duplicated.
+
+Each fault is logged when it starts (or its reason changes) and once when it ends, never once per
+tick: a failing worker once per distinct reason, Redis once per outage, a systemd refusal once per
+error name. STATUS= reports what systemd shows (running and wanted separately, the failing units),
+not what was asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from dqagent.logs import event
+from dqagent.notify import Notifier
+from dqagent.reconciler import Intent, Plan, crashed
+from dqagent.systemd import UnitState
+
+log = logging.getLogger(__name__)
+
+#: Failing units named in STATUS= before "and N more".
+STATUS_UNITS = 3
+
+
+def short(unit: str) -> str:
+    """`dramatiq-worker@4.service` -> `dramatiq-worker@4`, as STATUS= shows it."""
+    return unit.removesuffix(".service")
+
+
+def failure_reason(state: UnitState) -> str:
+    """Why a crashed unit is not serving, in systemd's words (its Result)."""
+    return state.result if state.result and state.result != "success" else f"{state.active_state}/{state.sub_state}"
+
+
+class Reporter:
+    """Owns STATUS= and the memory of what has been logged. `notifier` None: logs only (the CLI)."""
+
+    def __init__(self, notifier: Notifier | None = None) -> None:
+        self.notifier = notifier
+        #: unit -> the failure reason last logged for it; dropped once the unit runs settled again.
+        self._failing: dict[str, str] = {}
+        #: unit -> reason of its last failed start check (a unit the agent stopped after it is not listed).
+        self._failed_starts: dict[str, str] = {}
+        self.redis_error = ""
+        self.redis_failures = 0
+        self.systemd_error = ""
+
+    def _status(self, line: str) -> None:
+        if self.notifier is not None:
+            self.notifier.status(line)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def worker_failing(self, unit: str, reason: str, detail: str, **fields: object) -> None:
+        """A worker is not serving: ERROR once per distinct reason, DEBUG after that."""
+        if self._failing.get(unit) == reason:
+            log.debug("worker %s still failing: %s", unit, detail)
+            return
+        self._failing[unit] = reason
+        log.error("worker %s failing: %s", unit, detail,
+                  extra=event("worker_failed", unit=unit, result=reason, **fields))
+
+    def start_failed(self, unit: str, reason: str, detail: str, **fields: object) -> None:
+        """A start the agent made did not pass its PROCESS_STARTUP_DELAY check."""
+        self._failed_starts[unit] = reason
+        self.worker_failing(unit, reason, detail, **fields)
+
+    def start_ok(self, unit: str) -> None:
+        self._failed_starts.pop(unit, None)
+        if self._failing.pop(unit, None) is not None:
+            log.info("worker %s running again", unit, extra=event("worker_recovered", unit=unit))
+
+    def note_units(self, states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> None:
+        """Log crashed units (failed, or auto-restart) the agent is not already checking itself."""
+        for s in states:
+            if s.instance in in_flight:
+                continue
+            if crashed(s):
+                restarting = s.sub_state == "auto-restart"
+                self.worker_failing(s.unit, failure_reason(s),
+                                    f"{s.active_state}/{s.sub_state}, result={s.result}, restarts={s.n_restarts}"
+                                    + (", systemd restarts it" if restarting else ""),
+                                    n_restarts=s.n_restarts)
+            elif s.running and s.unit in self._failing:
+                self.start_ok(s.unit)
+
+    def status_line(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
+                    next_check_s: float) -> str:
+        """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, next check in 1s`."""
+        c = plan.census
+        moving = [f"{n} {what}" for n, what in ((c.coming, "starting"), (c.going, "stopping")) if n]
+        line = f"{c.running} running of {plan.wanted} wanted" + (f" ({', '.join(moving)})" if moving else "")
+        failing = {s.unit: failure_reason(s) + (", restarting" if s.sub_state == "auto-restart" else "")
+                   for s in states if crashed(s)}
+        if backoff_s > 0:
+            failing.update({u: r for u, r in self._failed_starts.items() if u not in failing})
+        if failing:
+            named = [f"{short(u)} failing: {r}" for u, r in sorted(failing.items())[:STATUS_UNITS]]
+            more = len(failing) - len(named)
+            line += "; " + "; ".join(named) + (f" and {more} more" if more > 0 else "")
+        if backoff_s > 0:
+            line += f"; next start in {backoff_s:.0f}s"
+        return f"{line}; queue {queue_length}, next check in {next_check_s:g}s"
+
+    def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
+               next_check_s: float) -> None:
+        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s))
+
+    # -- Redis and systemd ---------------------------------------------------------------------
+
+    def redis_down(self, message: str, retry_s: float) -> None:
+        self.redis_failures += 1
+        if not self.redis_error:
+            log.error("redis unavailable, keeping the current workers: %s", message,
+                      extra=event("redis_error", error=message))
+        elif self.redis_error != message:  # same outage, different wording: not a new event
+            log.debug("redis still unavailable: %s", message)
+        self.redis_error = message
+        self._status(f"redis unavailable ({message[:80]}), keeping workers, retry in {retry_s:.0f}s")
+
+    def redis_up(self) -> None:
+        if self.redis_error:
+            log.info("redis reachable again after %d failed checks", self.redis_failures,
+                     extra=event("redis_ok"))
+        self.redis_error = ""
+        self.redis_failures = 0
+
+    def systemd_refused(self, name: str, text: str, retry_s: float) -> None:
+        if self.systemd_error != name:
+            log.error("systemd refused a request, keeping the current workers: %s", text,
+                      extra=event("systemd_error", error=name))
+            self.systemd_error = name
+        self._status(f"systemd refused a request ({name}), retry in {retry_s:g}s")
