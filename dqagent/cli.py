@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import os
 import sys
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "dramatiq-worker@N.service units, from the backlog in the Dramatiq Redis broker.")
     parser.add_argument("--version", action="version", version=f"dqagent {__version__}")
     parser.add_argument("--env-file", type=Path, default=None,
-                        help="settings file (default: ./.env, else /etc/dqagent/dqagent.env)")
+                        help="settings file (default: /etc/dqagent/dqagent.env, the service's; "
+                             "`start` by hand: ./.env first)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     start = sub.add_parser("start", help="run the agent in the foreground (what dqagent.service runs)")
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--processes", type=positive_int, default=1, help="how many (default 1)")
 
     sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec DRAMATIQ_COMMAND")
+
+    reload = sub.add_parser("reload", help="(used by `systemctl reload dqagent`) make the running agent "
+                            "re-read its settings; waits for its answer")
+    reload.add_argument("--pid", type=positive_int, default=None,
+                        help="the agent's PID (default: $MAINPID, which systemd sets for ExecReload=)")
+    reload.add_argument("--timeout", type=positive_int, default=None,
+                        help="seconds to wait for the agent's answer (default 170)")
 
     inst = sub.add_parser("install", help="install units, user, polkit rule and settings (root)")
     inst.add_argument("--now", action="store_true", help="also enable and start dqagent.service")
@@ -82,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> sources.Loaded:
-    return sources.load(args.env_file)
+    """The settings for this command: `--env-file`, else the service's file (`start`: `./.env` first)."""
+    return sources.load(args.env_file, command=args.command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +116,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "worker-exec":
         return _worker_exec(args)
+    if command == "reload":
+        return _reload(args)
     if command == "start":
         return asyncio.run(_start(args))
     if command == "status":
@@ -150,9 +162,12 @@ async def _start(args: argparse.Namespace) -> int:
     from dqagent.demand import RedisDemandProbe
     from dqagent.notify import SystemdNotifier, watchdog_interval_s
     from dqagent.policies import make_policy
+    from dqagent.reload import Reloader, runtime_dir
     from dqagent.systemd import SystemdClient
 
     loaded = _load(args)
+    # A reload re-reads the file read now (or looks again from the same directory when none was found).
+    read_again = functools.partial(sources.load, loaded.env_file, cwd=Path.cwd(), command=args.command)
     s = loaded.settings
     note = logs.setup(s.log_level, s.log_file)
     event = logs.event
@@ -163,19 +178,19 @@ async def _start(args: argparse.Namespace) -> int:
         log.warning("%s", note, extra=event("log_file_unavailable"))
     if loaded.password_note:
         log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
-    log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs",
+    log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d, check every %gs, settings %s",
              __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
-             s.min_processes, s.max_processes, s.check_interval_s)
+             s.min_processes, s.max_processes, s.check_interval_s, sources.describe_source(loaded.env_file))
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     await units.connect()
-    probe = RedisDemandProbe(s)
-    agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy),
+    reloader = Reloader(read_again, RedisDemandProbe, runtime_dir())
+    agent = Agent(s, units, RedisDemandProbe(s), SystemdNotifier(), make_policy(s, s.scaling_policy),
                   initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
-                  own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"))
+                  own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"), reloader=reloader)
     try:
         return await agent.run()
     finally:
-        await probe.close()
+        await agent.probe.close()  # the one in use: a reload may have replaced the first
         units.close()
 
 
@@ -202,6 +217,31 @@ async def _scale(args: argparse.Namespace, up: bool) -> int:
               f"(uid {os.getuid()} may not start or stop workers)", file=sys.stderr)
         return EXIT_NOPERM
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """`dqagent reload`: 0 reloaded, 78 the agent rejected the settings (old ones in force), 1 no answer."""
+    from dqagent import reload
+    from dqagent.logs import under_journal
+
+    pid = args.pid if args.pid is not None else int(os.environ.get("MAINPID", "0") or 0)
+    directory = reload.runtime_dir() or reload.DEFAULT_RUNTIME_DIR
+    timeout_s = float(args.timeout) if args.timeout is not None else reload.DEFAULT_TIMEOUT_S
+    try:
+        answer = reload.request_reload(pid, directory, timeout_s)
+    except reload.ReloadError as exc:
+        print(f"dqagent reload: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PermissionError:
+        print(f"dqagent reload: may not signal pid {pid}: run as root or as user dqagent", file=sys.stderr)
+        return EXIT_NOPERM
+    if answer.ok:
+        print(answer.message)
+        return EXIT_OK
+    # Under systemd the agent's own `reload_failed` line already names the key: do not repeat it.
+    print("dqagent reload: the agent kept its settings (see its reload_failed line)" if under_journal()
+          else f"dqagent reload: {answer.message}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 async def _status(args: argparse.Namespace) -> int:
