@@ -137,14 +137,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _worker_exec(args: argparse.Namespace) -> int:
+    from dqagent.config import parse_worker_command
     from dqagent.workercmd import command_argv
 
-    settings = _load(args).settings
-    argv = command_argv(settings.dramatiq_command)
+    # Only the two keys a worker needs: a bad value elsewhere is the agent's to reject (it keeps
+    # running on its old settings, see dqagent.reload), not a reason to fail every worker start.
+    command, directory = parse_worker_command(sources.read_values(args.env_file, command=args.command)[0])
+    argv = command_argv(command)
     try:
-        os.chdir(settings.worker_directory)
+        os.chdir(directory)
     except OSError as exc:
-        print(f"dqagent: cannot enter WORKER_DIRECTORY={settings.worker_directory}: {exc.strerror}",
+        print(f"dqagent: cannot enter WORKER_DIRECTORY={directory}: {exc.strerror}",
               file=sys.stderr)
         return EXIT_CONFIG
     sys.stdout.flush()

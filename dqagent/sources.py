@@ -102,6 +102,22 @@ def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tup
         return None, f"password file {path} unavailable ({exc.strerror})"
 
 
+def read_values(
+    env_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    *,
+    command: str = "status",
+    system_file: Path = SYSTEM_ENV_FILE,
+) -> tuple[dict[str, str], Path | None]:
+    """The merged raw values (no password, nothing validated) and the file they came from."""
+    environ = os.environ if environ is None else environ
+    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd(), command, system_file)
+    file_values = read_env_file(path) if path is not None else {}
+    return merge_values(file_values, environ, flags or {}), path
+
+
 def load(
     env_file: Path | None,
     environ: Mapping[str, str] | None = None,
@@ -117,9 +133,7 @@ def load(
     one-line message: a bad value names its key, an unreadable file names `--env-file`.
     """
     environ = os.environ if environ is None else environ
-    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd(), command, system_file)
-    file_values = read_env_file(path) if path is not None else {}
-    values = merge_values(file_values, environ, flags or {})
+    values, path = read_values(env_file, environ, flags, cwd, command=command, system_file=system_file)
     password, note = _read_password(values, environ)
     if password is not None:
         values["REDIS_PASSWORD"] = password

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dqagent import reload, sources
 from dqagent.agent import Agent
-from dqagent.config import DEFAULTS, Settings, parse_settings
+from dqagent.config import DEFAULTS, Settings, parse_settings, parse_worker_command
 from dqagent.demand import FakeDemandProbe
 from dqagent.errors import ConfigError
 from dqagent.notify import RecordingNotifier
@@ -299,3 +299,17 @@ def test_config_error_of_read_is_the_only_failure_path(tmp_path: Path) -> None:
     assert not outcome.ok and outcome.settings is s and outcome.probe is probe and outcome.policy is None
     r.answer(outcome)  # no answer directory outside systemd: nothing written, nothing raised
     assert r.generation == 1
+
+
+def test_workers_need_only_their_two_keys_valid(tmp_path: Path) -> None:
+    # A file the agent rejects on reload (bad MAX_PROCESSES) must not fail every worker start
+    env = tmp_path / "dqagent.env"
+    env.write_text('MAX_PROCESSES=lots\nDRAMATIQ_COMMAND="/bin/sleep infinity"\nWORKER_DIRECTORY=/srv/app\n')
+    values, path = sources.read_values(env, environ={}, command="worker-exec")
+    assert path == env
+    assert parse_worker_command(values) == ("/bin/sleep infinity", "/srv/app")
+    with pytest.raises(ConfigError, match="MAX_PROCESSES"):
+        parse_settings(values)
+    for key, bad in (("DRAMATIQ_COMMAND", '"unterminated'), ("DRAMATIQ_COMMAND", ""), ("WORKER_DIRECTORY", "rel")):
+        with pytest.raises(ConfigError, match=key):
+            parse_worker_command({**values, key: bad})
