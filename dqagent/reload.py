@@ -260,7 +260,8 @@ def request_reload(pid: int, directory: Path, timeout_s: float = DEFAULT_TIMEOUT
     `timeout_s`; `PermissionError` when the caller may not signal `pid`.
     """
     if pid <= 0:
-        raise ReloadError(f"no agent PID ({pid}): is dqagent.service running?")
+        raise ReloadError(f"no agent PID ({pid}): pass --pid (systemd sets $MAINPID for ExecReload=); "
+                          "is dqagent.service running?")
     sent = monotonic_ns()
     try:
         kill(pid, signal.SIGHUP)
