@@ -35,6 +35,7 @@ from dqagent.errors import ConfigError, DqAgentError
 from dqagent.logs import event
 from dqagent.policies import Policy, make_policy
 from dqagent.sources import Loaded, describe_source
+from dqagent.workercmd import shutdown_warning
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def _show(name: str, value: Any) -> str:
         return redact_url(value) if value else "''"
     if isinstance(value, tuple):
         return ",".join(value)
+    if value is None:  # TARGET_PER_WORKER=auto
+        return "auto"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value) if value != "" else "''"
@@ -205,6 +208,9 @@ class Reloader:
         note = _apply_logging(old, new)
         if note:
             log.warning("%s", note, extra=event("log_file_unavailable"))
+        warning = shutdown_warning(new.dramatiq_command, new.graceful_shutdown_timeout_s)
+        if warning and new.dramatiq_command != old.dramatiq_command:  # as at start, for the new command
+            log.warning("%s", warning, extra=event("config_warning"))
         changes = describe_changes(old, new)
         log.info("settings reloaded from %s: %s", source, changes or "nothing changed",
                  extra=event("reloaded", changed=",".join(applied), settings_file=source))

@@ -113,6 +113,13 @@ def test_reload_below_the_running_count_scales_down_same_pid(agent: Container, r
     assert last["CHANGED"] == "MAX_PROCESSES" and "MAX_PROCESSES 4 -> 2" in last["MESSAGE"]
     assert last["SETTINGS_FILE"] == ENV
     assert c.unit_property("dqagent.service", "ActiveState") == "active"
+
+    # `kill -HUP` by hand reloads too: RELOADING=1 then READY=1 bring the unit back to active
+    count = len(reload_events(c, "reloaded"))
+    c.run(["kill", "-HUP", pid])
+    wait_until("a second reload", lambda: len(reload_events(c, "reloaded")) == count + 1)
+    wait_until("active after READY=1", lambda: c.unit_property("dqagent.service", "ActiveState") == "active")
+    assert c.unit_property("dqagent.service", "MainPID") == pid
     set_backlog(redis, 0)
 
 

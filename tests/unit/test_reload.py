@@ -313,3 +313,8 @@ def test_workers_need_only_their_two_keys_valid(tmp_path: Path) -> None:
     for key, bad in (("DRAMATIQ_COMMAND", '"unterminated'), ("DRAMATIQ_COMMAND", ""), ("WORKER_DIRECTORY", "rel")):
         with pytest.raises(ConfigError, match=key):
             parse_worker_command({**values, key: bad})
+
+
+def test_target_per_worker_auto_is_described_as_auto() -> None:
+    text = reload.describe_changes(settings(TARGET_PER_WORKER="auto"), settings(TARGET_PER_WORKER="12"))
+    assert text == "TARGET_PER_WORKER auto -> 12"
