@@ -227,7 +227,8 @@ def _reload(args: argparse.Namespace) -> int:
     from dqagent import reload
     from dqagent.logs import under_journal
 
-    pid = args.pid if args.pid is not None else int(os.environ.get("MAINPID", "0") or 0)
+    main_pid = os.environ.get("MAINPID", "")
+    pid = args.pid if args.pid is not None else int(main_pid) if main_pid.isdigit() else 0
     directory = reload.runtime_dir() or reload.DEFAULT_RUNTIME_DIR
     timeout_s = float(args.timeout) if args.timeout is not None else reload.DEFAULT_TIMEOUT_S
     try:
