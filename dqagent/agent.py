@@ -33,6 +33,7 @@ from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.policies import Decision, Observation, Policy
 from dqagent.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
+from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
 from dqagent.systemd import UnitState
 from dqagent.workercmd import startup_warnings
@@ -107,7 +108,8 @@ class Agent:
                  policy: Policy, *, initial_processes: int | None = None,
                  clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
                  watchdog_s: float | None = None,
-                 own_unit: str = "dqagent.service", under_systemd: bool | None = None) -> None:
+                 own_unit: str = "dqagent.service", under_systemd: bool | None = None,
+                 reloader: Reloader | None = None) -> None:
         self.s = settings
         self.units = units
         self.probe = probe
@@ -120,6 +122,9 @@ class Agent:
         self.own_unit = own_unit
         self.under_systemd = bool(os.environ.get("INVOCATION_ID")) if under_systemd is None else under_systemd
         self.stop_requested = asyncio.Event()
+        #: SIGHUP (`systemctl reload dqagent`): re-read the settings between two ticks (dqagent.reload).
+        self.reloader = reloader
+        self.reload_requested = asyncio.Event()
         self._policy_state: Any = policy.initial_state()
         self.reporter = Reporter(notifier)
         self.jobs = JobTable(units, self.reporter, clock)
@@ -134,6 +139,7 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
         watchdog = asyncio.create_task(self._watchdog()) if self.watchdog_s else None
         bus_lost = asyncio.create_task(self.units.wait_disconnected())
         try:
@@ -146,6 +152,8 @@ class Agent:
                 self._progress_deadline = self.clock() + self.s.tick_interval_s() + self._tick_budget_s()
                 await self._pause(self.s.tick_interval_s(), bus_lost)
             while not self.stop_requested.is_set():
+                if self.reload_requested.is_set():
+                    await self._reload()
                 try:
                     delay = await self._guard(self.tick(), self._tick_budget_s())
                 except SystemdError as exc:  # refused or failed request: transient, back off
@@ -166,10 +174,13 @@ class Agent:
         return await self._shutdown()
 
     async def _pause(self, delay_s: float, bus_lost: asyncio.Task[None]) -> None:
-        """Wait for the next check, a stop request, or the loss of the bus (raised)."""
+        """Wait for the next check, a stop or reload request, or the loss of the bus (raised)."""
         stop = asyncio.create_task(self.stop_requested.wait())
-        done, _ = await asyncio.wait({stop, bus_lost}, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+        reload = asyncio.create_task(self.reload_requested.wait())
+        done, _ = await asyncio.wait({stop, reload, bus_lost}, timeout=delay_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
+        reload.cancel()
         if bus_lost in done:
             raise BusConnectionError("system bus connection lost")
 
@@ -178,6 +189,23 @@ class Agent:
         if not self.stop_requested.is_set():
             self.notifier.extend_timeout(self._tick_budget_s() + stop_timeout_s(self.s))
         self.stop_requested.set()
+
+    async def _reload(self) -> None:
+        """Re-read the settings (dqagent.reload) between ticks; keeps the PID, the workers and, on an
+        invalid file, the old settings. READY=1 follows RELOADING=1 in both cases, then the answer."""
+        self.reload_requested.clear()
+        if self.reloader is None:
+            log.warning("SIGHUP ignored: this agent was started without a settings source to re-read",
+                        extra=event("reload_failed", key=""))
+            return
+        self.notifier.reloading()
+        outcome = await self.reloader.reload(self.s, self.probe)
+        if outcome.policy is not None:
+            if outcome.policy.name != self.policy.name:
+                self._policy_state = outcome.policy.initial_state()
+            self.s, self.probe, self.policy = outcome.settings, outcome.probe, outcome.policy
+        self.notifier.ready()
+        self.reloader.answer(outcome)
 
     async def _guard(self, step: Any, budget_s: float) -> Any:
         """Run one step of the loop with a progress deadline the watchdog task checks."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import logging
 import os
@@ -54,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "dramatiq-worker@N.service units, from the backlog in the Dramatiq Redis broker.")
     parser.add_argument("--version", action="version", version=f"dqagent {__version__}")
     parser.add_argument("--env-file", type=Path, default=None,
-                        help="settings file (default: ./.env, else /etc/dqagent/dqagent.env)")
+                        help="settings file (default: /etc/dqagent/dqagent.env, the service's; "
+                             "`start` by hand: ./.env first)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     start = sub.add_parser("start", help="run the agent in the foreground (what dqagent.service runs)")
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check", help="check settings, Redis, paths, polkit and installed units (like nginx -t)")
     chk.add_argument("--offline", action="store_true", help="skip the checks that need Redis or the system bus")
+    reload = sub.add_parser("reload", help="(used by `systemctl reload dqagent`) make the running agent "
+                            "re-read its settings; waits for its answer")
+    reload.add_argument("--pid", type=positive_int, default=None,
+                        help="the agent's PID (default: $MAINPID, which systemd sets for ExecReload=)")
+    reload.add_argument("--timeout", type=positive_int, default=None,
+                        help="seconds to wait for the agent's answer (default 170)")
 
     inst = sub.add_parser("install", help="install units, user, polkit rule and settings (root)")
     inst.add_argument("--now", action="store_true", help="also enable and start dqagent.service")
@@ -88,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> sources.Loaded:
-    return sources.load(args.env_file)
+    """The settings for this command: `--env-file`, else the service's file (`start`: `./.env` first)."""
+    return sources.load(args.env_file, command=args.command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,6 +121,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "worker-exec":
         return _worker_exec(args)
+    if command == "reload":
+        return _reload(args)
     if command == "start":
         return asyncio.run(_start(args))
     if command == "status":
@@ -136,14 +147,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _worker_exec(args: argparse.Namespace) -> int:
+    from dqagent.config import parse_worker_command
     from dqagent.workercmd import command_argv
 
-    settings = _load(args).settings
-    argv = command_argv(settings.dramatiq_command)
+    # Only the two keys a worker needs: a bad value elsewhere is the agent's to reject (it keeps
+    # running on its old settings, see dqagent.reload), not a reason to fail every worker start.
+    command, directory = parse_worker_command(sources.read_values(args.env_file, command=args.command)[0])
+    argv = command_argv(command)
     try:
-        os.chdir(settings.worker_directory)
+        os.chdir(directory)
     except OSError as exc:
-        print(f"dqagent: cannot enter WORKER_DIRECTORY={settings.worker_directory}: {exc.strerror}",
+        print(f"dqagent: cannot enter WORKER_DIRECTORY={directory}: {exc.strerror}",
               file=sys.stderr)
         return EXIT_CONFIG
     sys.stdout.flush()
@@ -161,10 +175,13 @@ async def _start(args: argparse.Namespace) -> int:
     from dqagent.demand import RedisDemandProbe
     from dqagent.notify import SystemdNotifier, watchdog_interval_s
     from dqagent.policies import make_policy
+    from dqagent.reload import Reloader, runtime_dir
     from dqagent.systemd import SystemdClient
     from dqagent.workercmd import worker_shape
 
     loaded = _load(args)
+    # A reload re-reads the file read now (or looks again from the same directory when none was found).
+    read_again = functools.partial(sources.load, loaded.env_file, cwd=Path.cwd(), command=args.command)
     s = loaded.settings
     shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
     note = logs.setup(s.log_level, s.log_file)
@@ -175,20 +192,22 @@ async def _start(args: argparse.Namespace) -> int:
     if loaded.password_note:
         log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
     log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d (each %d processes x %d threads%s), "
-             "check every %gs", __version__, ",".join(s.queue_names), s.redis_location(), s.scaling_policy,
-             s.min_processes, s.max_processes, shape.processes, shape.threads,
-             "" if shape.is_dramatiq else ", assumed: not a dramatiq command", s.check_interval_s)
+             "check every %gs, settings %s", __version__, ",".join(s.queue_names), s.redis_location(),
+             s.scaling_policy, s.min_processes, s.max_processes, shape.processes, shape.threads,
+             "" if shape.is_dramatiq else ", assumed: not a dramatiq command", s.check_interval_s,
+             sources.describe_source(loaded.env_file))
     await _warn_template_timeout(s, log)
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
     probe = RedisDemandProbe(s)
+    reloader = Reloader(read_again, RedisDemandProbe, runtime_dir())
     agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy, shape=shape),
                   initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
-                  own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"))
+                  own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"), reloader=reloader)
     try:
         return await agent.run()
     finally:
-        await probe.close()
+        await agent.probe.close()  # the one in use: a reload may have replaced the first
         units.close()
 
 
@@ -231,6 +250,32 @@ async def _scale(args: argparse.Namespace, up: bool) -> int:
               f"(uid {os.getuid()} may not start or stop workers)", file=sys.stderr)
         return EXIT_NOPERM
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """`dqagent reload`: 0 reloaded, 78 the agent rejected the settings (old ones in force), 1 no answer."""
+    from dqagent import reload
+    from dqagent.logs import under_journal
+
+    main_pid = os.environ.get("MAINPID", "")
+    pid = args.pid if args.pid is not None else int(main_pid) if main_pid.isdigit() else 0
+    directory = reload.runtime_dir() or reload.DEFAULT_RUNTIME_DIR
+    timeout_s = float(args.timeout) if args.timeout is not None else reload.DEFAULT_TIMEOUT_S
+    try:
+        answer = reload.request_reload(pid, directory, timeout_s)
+    except reload.ReloadError as exc:
+        print(f"dqagent reload: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PermissionError:
+        print(f"dqagent reload: may not signal pid {pid}: run as root or as user dqagent", file=sys.stderr)
+        return EXIT_NOPERM
+    if answer.ok:
+        print(answer.message)
+        return EXIT_OK
+    # Under systemd the agent's own `reload_failed` line already names the key: do not repeat it.
+    print("dqagent reload: the agent kept its settings (see its reload_failed line)" if under_journal()
+          else f"dqagent reload: {answer.message}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 async def _status(args: argparse.Namespace) -> int:

@@ -226,6 +226,26 @@ def _parse_policy_settings(v: Mapping[str, str]) -> _PolicySettings:
                            scale_up_max_step=max_step, scale_down_window_s=window)
 
 
+def parse_worker_command(values: Mapping[str, str]) -> tuple[str, str]:
+    """(DRAMATIQ_COMMAND, WORKER_DIRECTORY), validated alone: all `dqagent worker-exec` needs.
+
+    Workers read the settings file at each start; validating only these two keys keeps a bad value
+    elsewhere (one a reload rejected, the agent running on its old settings) from failing every start.
+    """
+    v = {**DEFAULTS, **{k: val for k, val in values.items() if k in DEFAULTS}}
+    command = v["DRAMATIQ_COMMAND"].strip()
+    if not command:
+        raise ConfigError("DRAMATIQ_COMMAND", v["DRAMATIQ_COMMAND"], "expected a non-empty command line")
+    try:
+        shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError("DRAMATIQ_COMMAND", command, f"expected a shell-like command line ({exc})") from None
+    workdir = v["WORKER_DIRECTORY"].strip()
+    if not workdir.startswith("/"):
+        raise ConfigError("WORKER_DIRECTORY", workdir, "expected an absolute path")
+    return command, workdir
+
+
 def parse_settings(values: Mapping[str, str]) -> Settings:
     """Validate raw settings (missing keys take `DEFAULTS`) into `Settings`.
 
@@ -245,13 +265,7 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
     namespace = v["DRAMATIQ_NAMESPACE"].strip()
     if not _NAMESPACE_RE.fullmatch(namespace):
         raise ConfigError("DRAMATIQ_NAMESPACE", namespace, "expected letters, digits, . _ -")
-    command = v["DRAMATIQ_COMMAND"].strip()
-    if not command:
-        raise ConfigError("DRAMATIQ_COMMAND", v["DRAMATIQ_COMMAND"], "expected a non-empty command line")
-    try:
-        shlex.split(command)
-    except ValueError as exc:
-        raise ConfigError("DRAMATIQ_COMMAND", command, f"expected a shell-like command line ({exc})") from None
+    command, workdir = parse_worker_command(v)
     lo = _int("MIN_PROCESSES", v["MIN_PROCESSES"], 0, MAX_PROCESSES_LIMIT,
               f"expected an integer in 0..{MAX_PROCESSES_LIMIT}")
     hi = _int("MAX_PROCESSES", v["MAX_PROCESSES"], max(lo, 1), MAX_PROCESSES_LIMIT,
@@ -284,9 +298,6 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
     if user == "root" and not allow_root:
         raise ConfigError("WORKER_USER", user, "workers as root are refused: use a dedicated user (the default "
                           "dqworker), or set ALLOW_ROOT_WORKERS=yes to accept root workers (without capabilities)")
-    workdir = v["WORKER_DIRECTORY"].strip()
-    if not workdir.startswith("/"):
-        raise ConfigError("WORKER_DIRECTORY", workdir, "expected an absolute path")
 
     return Settings(
         redis_host=v["REDIS_HOST"].strip() or "localhost",

@@ -40,7 +40,7 @@ class FieldsFormatter(logging.Formatter):
         return (line + tail).replace("\n", " ")
 
 
-def _under_journal() -> bool:
+def under_journal() -> bool:
     """True when stderr is connected to journald (systemd sets $JOURNAL_STREAM)."""
     stream = os.environ.get("JOURNAL_STREAM")
     if not stream:
@@ -71,7 +71,7 @@ def setup(level: str, log_file: str, *, console: bool = True) -> str:
     for name in ("redis", "dramatiq", "dbus_fast", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
     fmt = FieldsFormatter("%(asctime)s %(levelname)s %(message)s")
-    if _under_journal():
+    if under_journal():
         from systemd.journal import JournalHandler
 
         root.addHandler(JournalHandler(SYSLOG_IDENTIFIER="dqagent"))

@@ -1,4 +1,4 @@
-"""sd_notify: READY, STATUS, WATCHDOG, STOPPING, EXTEND_TIMEOUT_USEC.
+"""sd_notify: READY, RELOADING, STATUS, WATCHDOG, STOPPING, EXTEND_TIMEOUT_USEC.
 
 A thin wrapper so the loop can be tested with `RecordingNotifier`. Outside systemd
 (`$NOTIFY_SOCKET` unset) every call is a no-op. STATUS lines are kept ASCII because the
@@ -8,6 +8,7 @@ sdnotify package encodes latin-1.
 from __future__ import annotations
 
 import os
+import time
 from typing import Protocol
 
 import sdnotify
@@ -15,6 +16,7 @@ import sdnotify
 
 class Notifier(Protocol):
     def ready(self) -> None: ...
+    def reloading(self) -> None: ...
     def status(self, line: str) -> None: ...
     def watchdog(self) -> None: ...
     def stopping(self) -> None: ...
@@ -48,6 +50,10 @@ class SystemdNotifier:
     def ready(self) -> None:
         self._send("READY=1")
 
+    def reloading(self) -> None:
+        """Start of a reload; READY=1 ends it. systemd 253+ requires MONOTONIC_USEC (252 ignores it)."""
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+
     def status(self, line: str) -> None:
         safe = line.encode("ascii", "replace").decode("ascii").replace("\n", " ")
         self._send(f"STATUS={safe}")
@@ -70,6 +76,9 @@ class RecordingNotifier:
 
     def ready(self) -> None:
         self.sent.append("READY=1")
+
+    def reloading(self) -> None:
+        self.sent.append("RELOADING=1")
 
     def status(self, line: str) -> None:
         self.sent.append(f"STATUS={line}")

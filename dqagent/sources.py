@@ -1,7 +1,10 @@
-"""Where raw settings come from: flags, the environment, a `.env` file, and credentials.
+"""Where raw settings come from: flags, the environment, a settings file, and credentials.
 
-Precedence, highest first: command-line flags, the process environment, the `.env` file
+Precedence, highest first: command-line flags, the process environment, the settings file
 (read with python-dotenv, so the old manager's file with inline comments loads unchanged).
+Which file, unless `--env-file` names one: the installed service's `/etc/dqagent/dqagent.env` for
+every command (so `status`, `scale-up`, `check`, `install` see what the service sees, whatever the
+current directory), except `start` run by hand, which keeps the old manager's `./.env` first.
 The Redis password comes, in order, from systemd's credential directory, `REDIS_PASSWORD`,
 or the file named by `REDIS_PASSWORD_FILE`; an unreadable file is reported, not fatal, so
 `dqagent status` works for any user.
@@ -21,6 +24,9 @@ from dqagent.config import CREDENTIAL_NAME, DEFAULTS, Settings, parse_settings
 from dqagent.errors import ConfigError
 
 SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
+#: Commands that look for `./.env` before the system file (the old manager's `start` in a terminal).
+#: The service's own `start` passes `--env-file` explicitly, so it never depends on this.
+LOCAL_ENV_COMMANDS = frozenset({"start"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,17 +34,29 @@ class Loaded:
     """Validated settings plus what could not be read (for status output)."""
 
     settings: Settings
+    #: The settings file that was read, or None: no file, defaults (and the environment) only.
     env_file: Path | None
     #: Why the password could not be read, or "" when it could (or none is configured).
     password_note: str
 
 
-def default_env_file(cwd: Path) -> Path | None:
-    """`./.env` if it exists, else the system file if it exists, else nothing."""
-    for candidate in (cwd / ".env", SYSTEM_ENV_FILE):
+def default_env_file(cwd: Path, command: str, system_file: Path = SYSTEM_ENV_FILE) -> Path | None:
+    """The settings file `command` reads when no `--env-file` is given, or None (defaults only).
+
+    `start` (in `LOCAL_ENV_COMMANDS`): `./.env` if it exists, else the system file if it exists.
+    Every other command: the system file if it exists; a `./.env` is ignored, so a command run from
+    the old manager's directory reports on (or installs) what the service runs with.
+    """
+    candidates = (cwd / ".env", system_file) if command in LOCAL_ENV_COMMANDS else (system_file,)
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     return None
+
+
+def describe_source(env_file: Path | None) -> str:
+    """How status output names the settings file: its path, or that none was found."""
+    return str(env_file) if env_file is not None else "none: defaults"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -86,17 +104,38 @@ def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tup
         return None, f"password file {path} unavailable ({exc.strerror})"
 
 
+def read_values(
+    env_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    *,
+    command: str = "status",
+    system_file: Path = SYSTEM_ENV_FILE,
+) -> tuple[dict[str, str], Path | None]:
+    """The merged raw values (no password, nothing validated) and the file they came from."""
+    environ = os.environ if environ is None else environ
+    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd(), command, system_file)
+    file_values = read_env_file(path) if path is not None else {}
+    return merge_values(file_values, environ, flags or {}), path
+
+
 def load(
     env_file: Path | None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    *,
+    command: str = "status",
+    system_file: Path = SYSTEM_ENV_FILE,
 ) -> Loaded:
-    """Read, merge and validate the settings. Raises `ConfigError` with a one-line message."""
+    """Read, merge and validate the settings for `command` (see `default_env_file`).
+
+    `env_file` (the `--env-file` flag) wins over the default file. Raises `ConfigError` with a
+    one-line message: a bad value names its key, an unreadable file names `--env-file`.
+    """
     environ = os.environ if environ is None else environ
-    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd())
-    file_values = read_env_file(path) if path is not None else {}
-    values = merge_values(file_values, environ, flags or {})
+    values, path = read_values(env_file, environ, flags, cwd, command=command, system_file=system_file)
     password, note = _read_password(values, environ)
     if password is not None:
         values["REDIS_PASSWORD"] = password

@@ -17,13 +17,14 @@ import json
 import os
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from dqagent import journal
 from dqagent.demand import RedisDemandProbe
 from dqagent.errors import DqAgentError
 from dqagent.policies import thresholds
-from dqagent.sources import Loaded
+from dqagent.sources import Loaded, describe_source
 from dqagent.systemd import AGENT_UNIT, ActiveState, SystemdClient, UnitState
 from dqagent.workercmd import WorkerShape, worker_shape
 
@@ -85,6 +86,8 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         "queue_metric": str(s.queue_metric),
         "scaling_policy": s.scaling_policy,
         "redis": s.redis_location(),
+        #: The file these settings came from; None: no file, defaults (and the environment) only.
+        "settings_file": str(loaded.env_file) if loaded.env_file is not None else None,
         "redis_error": None,
         "systemd_error": None,
         "worker_shape": None,
@@ -152,6 +155,8 @@ def render_text(r: dict[str, Any]) -> str:
         return "unavailable" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 
     lines = ["=== dqagent status ==="]
+    file = r.get("settings_file")
+    lines.append(f"settings: {describe_source(None if file is None else Path(file))}")
     lines.append(f"queue length ({r['queue_metric']}): {show(r['queue_length'])}"
                  + (f"   [redis unavailable: {r['redis_error']}]" if r["redis_error"] else ""))
     for name, q in r["queues"].items():

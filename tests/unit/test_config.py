@@ -34,7 +34,7 @@ def test_precedence_flags_over_environment_over_file(tmp_path: Path) -> None:
     env = tmp_path / ".env"
     env.write_text("MIN_PROCESSES=2\nMAX_PROCESSES=7\nCHECK_INTERVAL=9\n")
     loaded = sources.load(None, environ={"MAX_PROCESSES": "8", "CHECK_INTERVAL": "4"},
-                          flags={"CHECK_INTERVAL": "3"}, cwd=tmp_path)
+                          flags={"CHECK_INTERVAL": "3"}, cwd=tmp_path, command="start")
     s = loaded.settings
     assert (s.min_processes, s.max_processes, s.check_interval_s) == (2, 8, 3)
     assert loaded.env_file == env
