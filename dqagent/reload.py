@@ -26,16 +26,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dqagent import logs
 from dqagent.config import Settings, redact_url
-from dqagent.demand import DemandProbe
 from dqagent.errors import ConfigError, DqAgentError
 from dqagent.logs import event
 from dqagent.policies import Policy, make_policy
 from dqagent.sources import Loaded, describe_source
 from dqagent.workercmd import startup_warnings, worker_shape
+
+if TYPE_CHECKING:  # not imported at run time: `dqagent reload` (the client) stays light, no redis
+    from dqagent.demand import DemandProbe
 
 log = logging.getLogger(__name__)
 
