@@ -107,7 +107,7 @@ class Settings:
     dbus_timeout_s: float = 25.0
     # --- Scaling policy (issue 6): defaults mirror DEFAULTS so tests may build Settings directly. ---
     scaling_policy: str = "step"
-    #: None ("auto"): the worker's prefetch, 2 x --threads of DRAMATIQ_COMMAND.
+    #: None ("auto"): the worker unit's prefetch, processes x 2 x threads of DRAMATIQ_COMMAND (dqagent.workercmd).
     target_per_worker: float | None = None
     target_tolerance: float = 0.2
     scale_up_max_step: int = 4
@@ -214,7 +214,7 @@ def _parse_policy_settings(v: Mapping[str, str]) -> _PolicySettings:
                           "expected one of " + ", ".join(SCALING_POLICIES))
     per_worker = None if v["TARGET_PER_WORKER"].strip().lower() == "auto" else _float(
         "TARGET_PER_WORKER", v["TARGET_PER_WORKER"],
-        "expected auto or outstanding messages per worker > 0 (auto = 2 x --threads, the prefetch)",
+        "expected auto or outstanding messages per worker > 0 (auto = the prefetch, processes x 2 x threads)",
         lambda x: x > 0)
     tolerance = _float("TARGET_TOLERANCE", v["TARGET_TOLERANCE"], "expected a fraction in [0, 1)",
                        lambda x: 0 <= x < 1)

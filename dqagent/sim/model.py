@@ -4,8 +4,12 @@ What it models, because it is what makes policies differ on real pools:
 - each worker process has `threads` slots and holds up to `prefetch` (2 x threads) unacked messages:
   the ones it holds but does not run yet are invisible to `LLEN` (ready) but count in outstanding;
 - a started worker takes work only after `startup_delay_s` (interpreter and app import);
-- a stopped worker finishes its running tasks and returns its prefetched ones to the queue tail;
-- the policy sees an `Observation` every `tick_s` and its decision is applied at once;
+- a stopped worker drains as Dramatiq 2.x does (`Worker.stop`: worker threads first, consumers kept
+  alive for heartbeats, then the in-memory messages requeued): it starts no new task, finishes its
+  running ones while its consumer keeps prefetching up to `prefetch`, and only when the last running
+  task ends returns everything it holds to the queue tail and frees its slot. It costs worker-seconds
+  until then, and the policy sees it as going: not in `workers`, while what it holds stays in flight;
+- the policy sees an `Observation` every `tick_s`; its decision is applied at once;
 - an arriving message goes to the first worker with prefetch room, or a random one (`dispatch`).
 
 The real policy classes run unchanged through the `Policy` protocol. Same seed, same result.
@@ -126,19 +130,34 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         push(now + services[i], _DONE, w.wid, i)
 
     def feed(w: _Worker, now: float) -> None:
-        """Fill running slots from the worker's buffer, then prefetch from the queue."""
+        """Fill running slots from the worker's buffer, then prefetch from the queue.
+
+        A stopping worker's threads take nothing new, but its consumer still prefetches (Dramatiq stops
+        consumers only after the worker threads): those messages wait in it until the drain ends.
+        """
         if not w.ready:
             return
-        while w.running < pool.threads and w.held:
+        while not w.stopping and w.running < pool.threads and w.held:
             begin(w, w.held.popleft(), now)
-        if w.stopping:
-            return
         while queue and w.running + len(w.held) < pool.prefetch:
             i = queue.popleft()
-            if w.running < pool.threads:
+            if not w.stopping and w.running < pool.threads:
                 begin(w, i, now)
             else:
                 w.held.append(i)
+
+    def takers() -> list[_Worker]:
+        """The workers whose consumers race for the queue, in dispatch order."""
+        ws = [w for w in workers.values() if w.ready]
+        if rng is not None:
+            rng.shuffle(ws)
+        return ws
+
+    def dispatch(now: float) -> None:
+        for w in takers():
+            if not queue:
+                break
+            feed(w, now)
 
     def retire(w: _Worker, now: float) -> None:
         nonlocal cost
@@ -147,10 +166,14 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
 
     def stop_worker(w: _Worker, now: float) -> None:
         w.stopping = True
-        queue.extend(w.held)  # Dramatiq requeues prefetched messages (RPUSH: the tail)
-        w.held.clear()
         if w.running == 0:
-            retire(w, now)
+            finish_drain(w, now)
+
+    def finish_drain(w: _Worker, now: float) -> None:
+        """The last running task ended: requeue what it holds (RPUSH: the tail), free the slot."""
+        queue.extend(w.held)
+        w.held.clear()
+        retire(w, now)
 
     for _ in range(initial_workers if initial_workers is not None else pool.min_workers):
         start_worker(0.0)
@@ -162,13 +185,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         now, _, kind, a, b = heapq.heappop(events)
         if kind == _ARRIVE:
             queue.append(a)
-            takers = [w for w in workers.values() if w.ready and not w.stopping]
-            if rng is not None:
-                rng.shuffle(takers)
-            for w in takers:
-                if not queue:
-                    break
-                feed(w, now)
+            dispatch(now)
         elif kind == _READY:
             starter = workers.get(a)
             if starter is not None:
@@ -180,8 +197,9 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             completions[b] += 1
             done_count += 1
             last_done = now
-            if w.stopping and w.running == 0 and not w.held:
-                retire(w, now)
+            if w.stopping and w.running == 0:
+                finish_drain(w, now)
+                dispatch(now)  # the requeued messages go to the other consumers
             else:
                 feed(w, now)
         else:  # _TICK
@@ -206,8 +224,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
                 for w in sorted(active, key=lambda w: w.wid, reverse=True)[: len(active) - target]:
                     stop_worker(w, now)
                 scale_events.append((now, -1))
-                for w in workers.values():
-                    feed(w, now)
+                dispatch(now)
             samples.append(Sample(now, ready, outstanding, target))
             push(now + tick_s, _TICK)
     # Charge what still runs up to the end of the work (the trace, or the last completion), so policies

@@ -10,7 +10,7 @@ from dqagent.workercmd import worker_shape
 def test_defaults_keep_the_step_rule_and_document_the_target_parameters() -> None:
     s = parse_settings({})
     assert s.scaling_policy == "step"
-    assert (s.target_per_worker, s.target_tolerance) == (None, 0.2)  # None: auto, 2 x --threads
+    assert (s.target_per_worker, s.target_tolerance) == (None, 0.2)  # None: auto, processes x 2 x threads
     assert (s.scale_up_max_step, s.scale_down_window_s) == (4, 120)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from dqagent.policies import Decision, Observation, StepPolicy
 from dqagent.sim.bench import contenders, count_flaps, metrics, percentile, run
 from dqagent.sim.model import PoolConfig, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
-from dqagent.sim.traces import TRACES, Trace, generate, load_trace
+from dqagent.sim.traces import TRACES, Trace, Workload, generate, load_trace
 
 SMALL = Trace("small", 600, ((0, 2), (300, 6), (600, 1)), bursts=((100, 300),), service_mean_s=1.5,
               long_fraction=0.02, long_mean_s=60)
@@ -160,3 +161,61 @@ def test_random_dispatch_spreads_arrivals_that_first_fit_queues_behind_busy_thre
 
     assert all(longest_wait("first", seed) > 90 for seed in range(10))
     assert any(longest_wait("random", seed) == 0 for seed in range(10))
+
+
+def handmade(arrivals_s: tuple[float, ...], services_s: tuple[float, ...], duration_s: float = 300) -> Workload:
+    """Messages with exact arrival and service times (no random draw)."""
+    return Workload(Trace("hand", duration_s, ((0, 0),)), 0, arrivals_s, services_s, ())
+
+
+class Scripted(StepPolicy):
+    """Wants `plan(now)` workers and records what it was shown."""
+
+    def __init__(self, plan: Callable[[float], int], lo: int = 0, hi: int = 2) -> None:
+        super().__init__(lo, hi, 5, 2.5)
+        object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "seen", [])
+
+    def decide(self, obs: Observation, state: None) -> tuple[Decision, None]:
+        self.seen.append(obs)  # type: ignore[attr-defined]
+        return Decision(self.plan(obs.now_s), "scripted"), None  # type: ignore[attr-defined]
+
+
+def test_a_stopping_worker_drains_before_it_returns_its_prefetch_and_frees_its_slot() -> None:
+    # Given one warm worker (2 threads, prefetch 4) running two 100 s tasks with one more prefetched,
+    # stopped at t=10 (MIN 0), one more message arriving at t=50, and a new worker wanted from t=150
+    workload = handmade((0, 0, 0, 50), (100, 100, 5, 5))
+    policy = Scripted(lambda t: 0 if 10 <= t < 150 else 1)
+    result = simulate(workload, policy, PoolConfig(threads=2, prefetch=4, min_workers=0, max_workers=1),
+                      tick_s=10, initial_workers=1)
+    seen: list[Observation] = policy.seen  # type: ignore[attr-defined]
+    at = {round(o.now_s): o for o in seen}
+    # Then while its running tasks finish, it is going (not a worker for the policy), it still holds its
+    # prefetched message, and its consumer prefetches the newcomer too (Dramatiq stops consumers last)
+    assert (at[20].workers, at[20].ready, at[20].in_flight) == (0, 0, 3)
+    assert (at[90].workers, at[90].ready, at[90].in_flight) == (0, 0, 4)
+    # When the last running task ends (t=100) the held messages go back to the queue, and only then
+    assert (at[110].workers, at[110].ready, at[110].in_flight) == (0, 2, 0)
+    # It was charged until t=100; the new worker started at t=150 and runs the two 5 s tasks
+    assert sorted(result.completed) == [1, 1, 1, 1]
+    waits = dict(enumerate(result.waits_s))
+    assert waits[2] == pytest.approx(150 + 5 - 0)  # started once the new worker is warm (5 s startup)
+    assert result.worker_seconds == pytest.approx(100 + (result.end_s - 150))
+
+
+def test_a_draining_worker_does_not_hold_back_a_scale_up() -> None:
+    # Given two warm workers of one thread (first fit: the first runs a 200 s task and holds a 1 s one,
+    # the second runs a 200 s task), the second stopped at t=10, and two wanted again from t=50:
+    # the policy sees 1 worker (the draining one is going), so one is started at once
+    workload = handmade((0, 0, 0), (200, 1, 200))
+    policy = Scripted(lambda t: 1 if 10 <= t < 50 else 2, lo=1, hi=2)
+    pool = PoolConfig(threads=1, prefetch=2, min_workers=1, max_workers=2)
+    result = simulate(workload, policy, pool, tick_s=10, initial_workers=2)
+    seen: list[Observation] = policy.seen  # type: ignore[attr-defined]
+    at = {round(o.now_s): o for o in seen}
+    assert at[20].workers == 1 and at[60].workers == 2 and at[60].starting == 0
+    assert result.scale_events[:2] == ((10, -1), (50, +1))
+    # Three processes for a while: two counted, one draining, which is paid for until its task ends
+    # (worker 1: 0-300 s, the draining one: 0-200 s, the new one: 50-300 s)
+    assert sorted(result.completed) == [1, 1, 1]
+    assert result.worker_seconds == pytest.approx(300 + 200 + 250)
