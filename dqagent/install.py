@@ -159,7 +159,7 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         return EXIT_CONFIG
     workdir = Path(settings.worker_directory)
     for problem in pre.missing:
-        if not Path(problem.path).is_relative_to(workdir):  # install creates WORKER_DIRECTORY below
+        if not workdir.is_relative_to(problem.path):  # install creates WORKER_DIRECTORY (and parents) below
             print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
                   file=sys.stderr)
     report = _Report([], [])
