@@ -228,8 +228,8 @@ def logrotate_rule(log_file: str) -> str:
     paths = [str(LOG_DIR / "*.log")]
     if log_file:
         target = log_file if log_file.startswith("/") else str(LOG_DIR / log_file)
-        if not sandbox.is_under(target, str(LOG_DIR)) or not target.endswith(".log"):
-            paths.append(target)
+        if Path(target).parent != LOG_DIR or not target.endswith(".log"):  # not matched by the glob
+            paths.append(f'"{target}"')
     return ("# Installed by `dqagent install`; removed by `dqagent uninstall`.\n"
             "# No copytruncate: dqagent's log handler reopens the file after the rename.\n"
             + " ".join(paths) + " {\n"

@@ -42,8 +42,9 @@ def test_first_difference_and_result_lines() -> None:
 @pytest.mark.parametrize(("log_file", "paths"), [
     ("process_manager.log", "/var/log/dqagent/*.log {"),
     ("", "/var/log/dqagent/*.log {"),
-    ("agent.txt", "/var/log/dqagent/*.log /var/log/dqagent/agent.txt {"),
-    ("/srv/logs/dq.log", "/var/log/dqagent/*.log /srv/logs/dq.log {"),
+    ("agent.txt", '/var/log/dqagent/*.log "/var/log/dqagent/agent.txt" {'),
+    ("sub/agent.log", '/var/log/dqagent/*.log "/var/log/dqagent/sub/agent.log" {'),
+    ("/srv/logs/dq.log", '/var/log/dqagent/*.log "/srv/logs/dq.log" {'),
 ])
 def test_logrotate_rule_covers_log_file_without_copytruncate(log_file: str, paths: str) -> None:
     rule = logrotate_rule(log_file)
