@@ -129,13 +129,16 @@ def unit_file_results(settings: Settings, pre: Preflight, exe: str) -> list[Resu
     return out
 
 
-async def template_stop_timeout_s(bus_address: str | None = None) -> float:
-    """The `TimeoutStopSec` systemd has loaded for the worker template, in seconds."""
+async def template_stop_timeout_s(bus_address: str | None = None) -> float | None:
+    """The `TimeoutStopSec` systemd has loaded for the worker template, in seconds; None when systemd
+    has no such template (not installed, or not reloaded since)."""
     from dqagent.systemd import SystemdClient
 
     client = SystemdClient(bus_address)
     await client.connect()
     try:
+        if await client.unit_property(PROBE_WORKER, "Unit", "LoadState") != "loaded":
+            return None
         usec = await client.unit_property(PROBE_WORKER, "Service", "TimeoutStopUSec")
     finally:
         client.close()
@@ -162,16 +165,21 @@ async def bus_results(settings: Settings, bus_address: str | None) -> list[Resul
         out.append(Result(False, f"systemd could not be asked about {PROBE_WORKER} ({exc}); fix: see "
                           "journalctl -b, then dqagent install"))
     else:
-        mismatch = stop_timeout_mismatch(loaded_s, settings)
-        out.append(Result(not mismatch, mismatch or f"systemd's worker template stops with TimeoutStopSec="
-                          f"{loaded_s:g}s = GRACEFUL_SHUTDOWN_TIMEOUT"))
+        if loaded_s is None:
+            out.append(Result(False, "systemd has no dramatiq-worker@.service loaded; fix: dqagent install"))
+        else:
+            mismatch = stop_timeout_mismatch(loaded_s, settings)
+            out.append(Result(not mismatch, mismatch or f"systemd's worker template stops with "
+                              f"TimeoutStopSec={loaded_s:g}s = GRACEFUL_SHUTDOWN_TIMEOUT"))
     client = SystemdClient(bus_address)
-    await client.connect()
     try:
+        await client.connect()
         state = await client.bus_name_state(POLKIT_NAME)
+    except DqAgentError as exc:
+        state = f"unknown ({exc})"
     finally:
         client.close()
-    if not POLKITD.exists() or state == "absent":
+    if not POLKITD.exists() or state not in ("running", "activatable"):
         out.append(Result(False, f"polkitd is not installed or not on the system bus ({POLKITD} "
                           f"{'present' if POLKITD.exists() else 'missing'}, {POLKIT_NAME} {state}): every "
                           "worker start by user dqagent would be refused; fix: apt-get install polkitd"))

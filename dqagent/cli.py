@@ -222,6 +222,8 @@ async def _warn_template_timeout(s: Settings, log: logging.Logger) -> None:
         loaded_s = await template_stop_timeout_s(os.environ.get("DQAGENT_BUS_ADDRESS") or None)
     except DqAgentError:
         return
+    if loaded_s is None:  # no template (run by hand, not installed)
+        return
     mismatch = stop_timeout_mismatch(loaded_s, s)
     if mismatch:
         log.warning("%s", mismatch, extra=event("config_warning", template_timeout_s=loaded_s))

@@ -160,7 +160,7 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         return EXIT_CONFIG
     workdir = Path(settings.worker_directory)
     for problem in pre.missing:
-        if not Path(problem.path).is_relative_to(workdir):  # install creates WORKER_DIRECTORY below
+        if not workdir.is_relative_to(problem.path):  # install creates WORKER_DIRECTORY (and parents) below
             print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
                   file=sys.stderr)
     report = _Report([], [])
@@ -229,8 +229,8 @@ def logrotate_rule(log_file: str) -> str:
     paths = [str(LOG_DIR / "*.log")]
     if log_file:
         target = log_file if log_file.startswith("/") else str(LOG_DIR / log_file)
-        if not sandbox.is_under(target, str(LOG_DIR)) or not target.endswith(".log"):
-            paths.append(target)
+        if Path(target).parent != LOG_DIR or not target.endswith(".log"):  # not matched by the glob
+            paths.append(f'"{target}"')
     return ("# Installed by `dqagent install`; removed by `dqagent uninstall`.\n"
             "# No copytruncate: dqagent's log handler reopens the file after the rename.\n"
             + " ".join(paths) + " {\n"

@@ -46,7 +46,9 @@ def test_redis_down_at_start_still_ready_with_min_workers(fresh_container: Conta
                                                           redis_server: RedisServer) -> None:
     c = fresh_container
     redis_server.stop()
-    install(c, redis_server, MIN_PROCESSES=2, MAX_PROCESSES=4)
+    # (install --now would refuse to start: its checks fail while Redis is down)
+    install(c, redis_server, now=False, MIN_PROCESSES=2, MAX_PROCESSES=4)
+    c.systemctl("start", "dqagent")
     assert c.unit_property("dqagent.service", "ActiveState") == "active"
     wait_until("2 workers", lambda: running_workers(c) == worker_names(2))
     wait_until("status", lambda: "redis unavailable" in c.unit_property("dqagent.service", "StatusText"))
