@@ -17,6 +17,7 @@ Every command runs inside the container through nsenter, both sides alike. Print
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,8 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
     require_bench()
+    # A plain `kill` still powers the container off (the finally below), like Ctrl+C.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     redis = RedisServer()
     c = Container()
