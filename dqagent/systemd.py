@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import signal
 from collections.abc import Iterable, Sequence
@@ -204,6 +205,8 @@ class SystemdClient:
         self._systemd_owner = ""
         self._owner_signalled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recheck: asyncio.Task[None] | None = None
+        self._recheck_at = -math.inf
         #: How many times systemd's bus name got a new owner since connect (daemon-reexec), for tests.
         self.owner_changes = 0
 
@@ -229,8 +232,9 @@ class SystemdClient:
         await self._subscribe()
 
     def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        for task in (*self._tasks, self._recheck):
+            if task is not None:
+                task.cancel()
         if self._bus is not None:
             self._bus.disconnect()
             self._bus = None
@@ -329,6 +333,16 @@ class SystemdClient:
             log.debug("job %s for %s ended unseen; %s is %s", job, p.unit, p.unit, state)
             self._finish(job, "done" if ok else "failed")
 
+    async def _recheck_shared(self) -> None:
+        """One `_recheck_jobs` for all the jobs waiting around then (500 stops make one ListJobs)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._recheck_at >= self._recheck_s / 2:
+            self._recheck_at = loop.time()
+            self._recheck = loop.create_task(self._recheck_jobs())
+        if self._recheck is not None:
+            with contextlib.suppress(SystemdError, BusConnectionError):
+                await asyncio.shield(self._recheck)
+
     async def _call(self, destination: str, path: str, interface: str, member: str,
                     signature: str, body: list[Any]) -> list[Any]:
         bus = self._require()
@@ -375,8 +389,7 @@ class SystemdClient:
                     return await asyncio.wait_for(asyncio.shield(pending.future), min(remaining, self._recheck_s))
                 except TimeoutError:
                     if loop.time() < deadline:
-                        with contextlib.suppress(SystemdError):
-                            await self._recheck_jobs()
+                        await self._recheck_shared()
             return "timeout (no JobRemoved)"
         finally:
             self._jobs.pop(job, None)
