@@ -37,8 +37,8 @@ class Reporter:
 
     def __init__(self, notifier: Notifier | None = None) -> None:
         self.notifier = notifier
-        #: unit -> the failure reason last logged for it; dropped once the unit runs settled again.
-        self._failing: dict[str, str] = {}
+        #: unit -> the failure reasons logged for it; dropped once the unit runs settled again.
+        self._failing: dict[str, set[str]] = {}
         #: unit -> reason of its last failed start check (a unit the agent stopped after it is not listed).
         self._failed_starts: dict[str, str] = {}
         self.redis_error = ""
@@ -52,11 +52,15 @@ class Reporter:
     # -- workers -----------------------------------------------------------------------------
 
     def worker_failing(self, unit: str, reason: str, detail: str, **fields: object) -> None:
-        """A worker is not serving: ERROR once per distinct reason, DEBUG after that."""
-        if self._failing.get(unit) == reason:
+        """A worker is not serving: ERROR once per distinct reason while it fails, DEBUG after that.
+
+        (A crash loop alternates between e.g. `exit-code` in RestartSec and running again: two lines.)
+        """
+        seen = self._failing.setdefault(unit, set())
+        if reason in seen:
             log.debug("worker %s still failing: %s", unit, detail)
             return
-        self._failing[unit] = reason
+        seen.add(reason)
         log.error("worker %s failing: %s", unit, detail,
                   extra=event("worker_failed", unit=unit, result=reason, **fields))
 

@@ -219,7 +219,7 @@ def test_a_worker_failing_at_once_is_reported_and_its_starts_back_off(host: tupl
                       if str(e.get("MESSAGE", "")).startswith("Started")]
     assert len(systemd_starts) <= 3 * len(starts), len(systemd_starts)
     assert log.events("start_backoff")
-    assert len(log.events("worker_failed")) <= len(starts)
+    assert len(log.events("worker_failed")) <= 3  # once per distinct reason (e.g. exit-code), not per start
 
 
 def test_a_stop_that_hits_timeout_stop_sec_is_a_warning_and_leaves_nothing_failed(
