@@ -74,8 +74,13 @@ class Reporter:
         if self._failing.pop(unit, None) is not None:
             log.info("worker %s running again", unit, extra=event("worker_recovered", unit=unit))
 
-    def note_units(self, states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> None:
-        """Log crashed units (failed, or auto-restart) the agent is not already checking itself."""
+    def note_units(self, states: Sequence[UnitState], in_flight: Mapping[int, Intent], now_us: float,
+                   settle_s: float) -> None:
+        """Log crashed units (failed, or auto-restart) the agent is not already checking itself.
+
+        A failing unit counts as recovered once it has run `settle_s` (PROCESS_STARTUP_DELAY) without
+        a restart, so a crash loop under systemd's own Restart= is not logged as recovered each cycle.
+        """
         for s in states:
             if s.instance in in_flight:
                 continue
@@ -85,7 +90,7 @@ class Reporter:
                                     f"{s.active_state}/{s.sub_state}, result={s.result}, restarts={s.n_restarts}"
                                     + (", systemd restarts it" if restarting else ""),
                                     n_restarts=s.n_restarts)
-            elif s.running and s.unit in self._failing:
+            elif s.running and s.unit in self._failing and now_us - s.active_enter_us >= settle_s * 1e6:
                 self.start_ok(s.unit)
 
     def status_line(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
