@@ -256,9 +256,9 @@ class Agent:
         if demand.orphaned:
             await self._recover(demand)
         states = await self.units.worker_states()
-        self.reporter.note_units(states, self.jobs.in_flight)
-        counted = census(states, self.jobs.in_flight)
         now_us = self.wallclock() * 1e6
+        self.reporter.note_units(states, self.jobs.in_flight, now_us, self.s.process_startup_delay_s)
+        counted = census(states, self.jobs.in_flight)
         young = sum(1 for s in states
                     if s.running and now_us - s.active_enter_us < self.s.process_startup_delay_s * 1e6)
         queue_length = demand.queue_length(self.s.queue_metric)

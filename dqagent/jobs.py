@@ -6,9 +6,10 @@ per stopped unit (StopUnit, which waits out a draining worker) reports its outco
 finishes. This table and the crash-loop backoff are the agent's only memory between ticks.
 
 A start passes its check when the unit is active/running and systemd has not restarted it since
-(NRestarts no higher than before). A start that fails it backs off further starts (5 s doubling to
-300 s, see `dqagent.reconciler.Backoff`); a unit found in auto-restart is stopped, so systemd's own
-`Restart=` does not turn the crash loop back into a tight one. A unit the agent stopped that ends
+(NRestarts no higher than before). A start that fails it, or one that reuses a failed unit's number,
+backs off further starts (5 s doubling to 300 s, see `dqagent.reconciler.Backoff`); a unit that
+failed its check is stopped, so systemd's own `Restart=` does not turn the crash loop back into a
+tight one. A unit the agent stopped that ends
 failed (a TimeoutStopSec SIGKILL: Result=timeout) is a WARNING `worker_stop_timeout`, and it is
 reset-failed so it does not stay listed.
 """
@@ -87,6 +88,9 @@ class JobTable:
         """
         if not numbers:
             return
+        if reset:
+            # A failed unit is a crash systemd's Restart= could not recover from: restart it, but back off.
+            self._failed(f"reusing failed unit(s) {', '.join(worker_unit(n) for n in reset)}")
         self._flight.update(dict.fromkeys(numbers, Intent.START))
         self._track(self._start(tuple(numbers), frozenset(reset), startup_delay_s, dict(baseline), stop_timeout_s),
                     Intent.START)
@@ -151,12 +155,15 @@ class JobTable:
                 if self._flight.get(n) is Intent.START:
                     del self._flight[n]
         if any(failed):
-            self.backoff = self.backoff.after_failure(self._clock())
-            wait_s = self.backoff.remaining_s(self._clock())
-            log.warning("backing off starts for %.0fs after %d failed start(s)", wait_s, sum(failed),
-                        extra=event("start_backoff", backoff_s=round(wait_s), failures=self.backoff.failures))
+            self._failed(f"{sum(failed)} failed start(s)")
         else:
-            self.backoff = Backoff()
+            self.backoff = self.backoff.after_success(self._clock())
+
+    def _failed(self, why: str) -> None:
+        self.backoff = self.backoff.after_failure(self._clock())
+        wait_s = self.backoff.remaining_s(self._clock())
+        log.warning("backing off starts for %.0fs after %s", wait_s, why,
+                    extra=event("start_backoff", backoff_s=round(wait_s), failures=self.backoff.failures))
 
     def _judge(self, n: int, unit: str, result: str, state: UnitState | None, baseline: int,
                stop_timeout_s: float) -> bool:

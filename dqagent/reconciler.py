@@ -22,7 +22,9 @@ Counting rules (a unit's *phase*, see `classify`):
 The pool is running + coming; `wanted` is the target clamped to [MIN, MAX].
 
 - pool < wanted: start `wanted - pool` instances at the lowest free numbers (a failed number is
-  reused after `ResetFailedUnit`, listed in `reset`), unless the crash-loop backoff holds starts.
+  reused after `ResetFailedUnit`, listed in `reset`), unless the crash-loop backoff holds starts
+  (`Backoff`: the agent counts a failed start check, and the reuse of a crashed unit's number, as a
+  failure).
 - pool > wanted: stop `pool - wanted` *settled* units (active/running, no job, not in flight),
   highest numbers first; fewer if not enough are settled (the rest wait for the next tick).
 - A unit with a job the agent did not start (an operator's restart, reload or stop) is never
@@ -75,10 +77,16 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """Crash-loop backoff for starts: after `failures` failed start checks, no start before `until_s`."""
+    """Crash-loop backoff for starts: after `failures` failed starts, no start before `until_s`.
+
+    A start that passes its check lifts the hold but keeps the count until BACKOFF_MAX_S have passed
+    since the last failure, so a worker that survives its check and then crash-loops still backs off
+    further each time (a check passed under load proves little).
+    """
 
     failures: int = 0
     until_s: float = 0.0
+    last_failure_s: float = 0.0
 
     def holds(self, now_s: float) -> bool:
         return self.failures > 0 and now_s < self.until_s
@@ -87,7 +95,11 @@ class Backoff:
                       cap_s: float = BACKOFF_MAX_S) -> Backoff:
         """One more failed start: wait first_s, then twice as long each time, at most cap_s."""
         delay = min(cap_s, first_s * 2.0 ** min(self.failures, 30))
-        return Backoff(self.failures + 1, now_s + delay)
+        return Backoff(self.failures + 1, now_s + delay, now_s)
+
+    def after_success(self, now_s: float, cap_s: float = BACKOFF_MAX_S) -> Backoff:
+        """A start passed its check: forget the failures once the last one is cap_s old."""
+        return Backoff() if now_s - self.last_failure_s >= cap_s else self
 
     def remaining_s(self, now_s: float) -> float:
         return max(0.0, self.until_s - now_s) if self.failures else 0.0

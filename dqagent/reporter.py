@@ -37,8 +37,8 @@ class Reporter:
 
     def __init__(self, notifier: Notifier | None = None) -> None:
         self.notifier = notifier
-        #: unit -> the failure reason last logged for it; dropped once the unit runs settled again.
-        self._failing: dict[str, str] = {}
+        #: unit -> the failure reasons logged for it; dropped once the unit runs settled again.
+        self._failing: dict[str, set[str]] = {}
         #: unit -> reason of its last failed start check (a unit the agent stopped after it is not listed).
         self._failed_starts: dict[str, str] = {}
         self.redis_error = ""
@@ -52,11 +52,15 @@ class Reporter:
     # -- workers -----------------------------------------------------------------------------
 
     def worker_failing(self, unit: str, reason: str, detail: str, **fields: object) -> None:
-        """A worker is not serving: ERROR once per distinct reason, DEBUG after that."""
-        if self._failing.get(unit) == reason:
+        """A worker is not serving: ERROR once per distinct reason while it fails, DEBUG after that.
+
+        (A crash loop alternates between e.g. `exit-code` in RestartSec and running again: two lines.)
+        """
+        seen = self._failing.setdefault(unit, set())
+        if reason in seen:
             log.debug("worker %s still failing: %s", unit, detail)
             return
-        self._failing[unit] = reason
+        seen.add(reason)
         log.error("worker %s failing: %s", unit, detail,
                   extra=event("worker_failed", unit=unit, result=reason, **fields))
 
@@ -70,8 +74,13 @@ class Reporter:
         if self._failing.pop(unit, None) is not None:
             log.info("worker %s running again", unit, extra=event("worker_recovered", unit=unit))
 
-    def note_units(self, states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> None:
-        """Log crashed units (failed, or auto-restart) the agent is not already checking itself."""
+    def note_units(self, states: Sequence[UnitState], in_flight: Mapping[int, Intent], now_us: float,
+                   settle_s: float) -> None:
+        """Log crashed units (failed, or auto-restart) the agent is not already checking itself.
+
+        A failing unit counts as recovered once it has run `settle_s` (PROCESS_STARTUP_DELAY) without
+        a restart, so a crash loop under systemd's own Restart= is not logged as recovered each cycle.
+        """
         for s in states:
             if s.instance in in_flight:
                 continue
@@ -81,7 +90,7 @@ class Reporter:
                                     f"{s.active_state}/{s.sub_state}, result={s.result}, restarts={s.n_restarts}"
                                     + (", systemd restarts it" if restarting else ""),
                                     n_restarts=s.n_restarts)
-            elif s.running and s.unit in self._failing:
+            elif s.running and s.unit in self._failing and now_us - s.active_enter_us >= settle_s * 1e6:
                 self.start_ok(s.unit)
 
     def status_line(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,

@@ -17,6 +17,7 @@ import pytest
 
 from tests.bench import Container, RedisServer, require_bench
 from tests.integration.agentbench import (
+    QUEUE,
     install,
     main_pids,
     running_workers,
@@ -50,13 +51,13 @@ class Journal:
         last = c.run(["journalctl", "-o", "json", "-n", "1", "--no-pager"]).stdout.strip().splitlines()
         self.cursor = json.loads(last[-1])["__CURSOR"]
 
-    def entries(self, *matches: str, unit: str = "dqagent") -> list[dict[str, Any]]:
-        out = self.c.run(["journalctl", "-u", unit, "-o", "json", "--no-pager", f"--after-cursor={self.cursor}",
-                          *matches]).stdout
+    def entries(self, unit: str = "dqagent") -> list[dict[str, Any]]:
+        # Field matches are filtered here: journalctl 252 with --after-cursor and a field match missed entries.
+        out = self.c.run(["journalctl", "-u", unit, "-o", "json", "--no-pager", f"--after-cursor={self.cursor}"]).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        return self.entries(f"DQAGENT_EVENT={name}")
+        return [e for e in self.entries() if e.get("DQAGENT_EVENT") == name]
 
 
 def fresh_agent(c: Container, redis: RedisServer, worker_dropin: str = "", agent_dropin: str = "",
@@ -71,8 +72,10 @@ def fresh_agent(c: Container, redis: RedisServer, worker_dropin: str = "", agent
     c.systemctl("stop", "dqagent", check=False)
     c.systemctl("stop", "dramatiq-worker@*", check=False)
     c.systemctl("reset-failed", check=False)
-    wait_until("no worker unit left", lambda: not c.systemctl(
-        "list-units", "dramatiq-worker@*", "--all", "--plain", "--no-legend").stdout.strip())
+    # Stopped units may stay loaded as inactive/dead for a while (not garbage-collected yet): harmless.
+    wait_until("no worker unit left but inactive ones", lambda: all(
+        " inactive dead " in line for line in c.systemctl(
+            "list-units", "dramatiq-worker@*", "--all", "--plain", "--no-legend").stdout.splitlines()))
     redis.cli("FLUSHALL")
     if worker_dropin:
         c.write(WORKER_DROPIN, f"[Service]\n{worker_dropin}\n")
@@ -94,7 +97,9 @@ def hold_four(c: Container, redis: RedisServer) -> dict[str, str]:
     """Four workers held by demand (step rule: 12 is within [4 x 2.5, 4 x 5], but 3 workers would shrink)."""
     set_backlog(redis, 16)  # > 3 x 5: one more per check up to 4
     wait_until("4 workers", lambda: running_workers(c) == worker_names(4), timeout=60)
-    set_backlog(redis, 12)
+    # 16 -> 12 in one HDEL: set_backlog's DEL would show the agent an empty queue for a moment
+    redis.cli("HDEL", f"dramatiq:{QUEUE}.msgs", *(f"m{i}" for i in range(12, 16)))
+    redis.cli("LTRIM", f"dramatiq:{QUEUE}", "0", "11")
     time.sleep(1.5)  # a check on the new backlog
     assert running_workers(c) == worker_names(4)
     return main_pids(c, worker_names(4))
@@ -194,24 +199,27 @@ def test_an_agent_restart_during_a_long_drain_is_ready_at_once(host: tuple[Conta
 
 def test_a_worker_failing_at_once_is_reported_and_its_starts_back_off(host: tuple[Container, RedisServer]) -> None:
     c, redis = host
-    # PROCESS_STARTUP_DELAY=3: longer than `dqagent worker-exec` takes to exec /bin/false
-    log = fresh_agent(c, redis, DRAMATIQ_COMMAND="/bin/false", MAX_PROCESSES=2, PROCESS_STARTUP_DELAY=3)
+    # PROCESS_STARTUP_DELAY=5 (the default): longer than `dqagent worker-exec` takes to exec /bin/false
+    log = fresh_agent(c, redis, DRAMATIQ_COMMAND="/bin/false", MAX_PROCESSES=2, PROCESS_STARTUP_DELAY=5)
     began = time.monotonic()
     wait_until("failing in STATUS=", lambda: "dramatiq-worker@1 failing" in
                c.unit_property("dqagent.service", "StatusText"), timeout=30)
     assert c.unit_property("dqagent.service", "StatusText").startswith("0 running of 1 wanted")
     time.sleep(max(0.0, 55 - (time.monotonic() - began)))
 
-    # The agent's start attempts: 5 s, 10 s, 20 s ... apart (plus the check), not one per 1 s check
+    # The agent's start attempts are 5 s, 10 s, 20 s apart (plus the 5 s check each), not one per 1 s check
     starts = [int(e["__REALTIME_TIMESTAMP"]) / 1e6 for e in log.events("scale_up")]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert 2 <= len(starts) <= 5, gaps
-    assert all(later > 1.5 * earlier for earlier, later in itertools.pairwise(gaps)), gaps
-    # systemd's own Restart= does not loop it between attempts (the agent stops it after a failed check)
+    trail = [f"{int(e['__REALTIME_TIMESTAMP']) // 10**5 % 10**5 / 10} {e['MESSAGE']}" for e in log.entries()
+             if int(e.get("PRIORITY", 6)) <= 6]
+    assert 2 <= len(starts) <= 5, (gaps, trail)
+    assert gaps[0] >= 5 and all(later >= earlier + 3 for earlier, later in itertools.pairwise(gaps)), (gaps, trail)
+    # systemd's own Restart= (RestartSec=2s) restarts it only within a check: the agent stops it after
     systemd_starts = [e for e in log.entries(unit="dramatiq-worker@1.service")
                       if str(e.get("MESSAGE", "")).startswith("Started")]
-    assert len(systemd_starts) <= 2 * len(starts), len(systemd_starts)
+    assert len(systemd_starts) <= 3 * len(starts), len(systemd_starts)
     assert log.events("start_backoff")
+    assert len(log.events("worker_failed")) <= 3  # once per distinct reason (e.g. exit-code), not per start
 
 
 def test_a_stop_that_hits_timeout_stop_sec_is_a_warning_and_leaves_nothing_failed(
@@ -228,6 +236,6 @@ def test_a_stop_that_hits_timeout_stop_sec_is_a_warning_and_leaves_nothing_faile
     assert warning["PRIORITY"] == "4" and warning["UNIT"] == "dramatiq-worker@2.service"
     assert warning["MESSAGE"].startswith("stop of dramatiq-worker@2.service timed out after ")
     assert warning["MESSAGE"].endswith(" s, SIGKILLed")
-    wait_until("not left failed", lambda: "dramatiq-worker@2" not in c.systemctl(
-        "list-units", "dramatiq-worker@*", "--all", "--plain", "--no-legend").stdout)
+    wait_until("not left failed", lambda: state(c, "dramatiq-worker@2.service") == "inactive")
+    assert "dramatiq-worker@2" not in c.systemctl("list-units", "--failed", "--plain", "--no-legend").stdout
     assert log.events("worker_failed") == []

@@ -22,7 +22,8 @@ def test_agent_runs_as_dqagent_and_scales(fresh_container: Container, redis_serv
     uid = c.run(["id", "-u", "dqagent"]).stdout.strip()
     assert re.search(rf"^Uid:\s+{uid}\s", status, re.M)
     assert re.search(r"^CapEff:\s+0+$", status, re.M)
-    assert running_workers(c) == worker_names(2)
+    # READY does not wait for the start jobs the agent issued (they run in the background)
+    wait_until("2 workers", lambda: running_workers(c) == worker_names(2))
     worker_user = c.run(["ps", "-o", "user=", "-p", c.unit_property("dramatiq-worker@1.service", "MainPID")])
     assert worker_user.stdout.strip() == "dqworker"
 

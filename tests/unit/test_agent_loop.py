@@ -386,3 +386,30 @@ def test_manual_scale_up_reports_a_failing_start() -> None:
     assert report.lines[0] == "dramatiq-worker@3.service: started (pid 1003)" or \
         report.lines[1] == "dramatiq-worker@3.service: started (pid 1003)"
     assert any(line.startswith("dramatiq-worker@2.service: failed (activating/auto-restart") for line in report.lines)
+
+
+def test_a_unit_crash_looping_under_restart_is_not_logged_as_recovered_each_cycle(
+        caplog: pytest.LogCaptureFixture) -> None:
+    settings = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
+                               "PROCESS_STARTUP_DELAY": "5"})
+    units, probe = FakeUnits(running=[1, 2]), FakeProbe(ready=7)  # 2 x 2.5 <= 7 <= 2 x 5: hold 2
+    wall = Clock()
+    agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings),
+                  clock=Clock(), wallclock=wall)
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            units.crash(2)
+            await agent.tick()
+            units.run(2)  # systemd's Restart= brought it back a moment ago
+            units.units[2].active_enter_us = int(wall.now * 1e6)
+            wall.now += 1
+            await agent.tick()
+        wall.now += 5  # it stays up
+        await agent.tick()
+
+    run(scenario)
+    assert len(events(caplog, "worker_failed")) == 1
+    assert len(events(caplog, "worker_recovered")) == 1
+    assert units.calls == []

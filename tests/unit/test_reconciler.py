@@ -258,3 +258,10 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert delays == [5, 10, 20, 40, 80, 160, 300, 300, 300]
     assert b.holds(BACKOFF_MAX_S - 1) and not b.holds(BACKOFF_MAX_S)
     assert not Backoff().holds(0.0)
+
+
+def test_a_passed_check_lifts_the_hold_but_keeps_counting_until_a_quiet_period() -> None:
+    b = Backoff().after_failure(0.0).after_failure(5.0)  # held until 15 s
+    assert b.after_success(16.0) == b  # a check passed under load proves little: 20 s next time
+    assert b.after_success(16.0).after_failure(20.0).until_s == 40.0
+    assert b.after_success(5.0 + BACKOFF_MAX_S) == Backoff()
