@@ -12,8 +12,6 @@ loaded them (the template's `TimeoutStopSec` against `GRACEFUL_SHUTDOWN_TIMEOUT`
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from dqagent import sources
 from dqagent.config import Settings
 from dqagent.errors import EXIT_CONFIG, EXIT_OK, BrokerError, ConfigError, DqAgentError
 from dqagent.reach import AGENT_USER, Preflight, dqagent_executable, preflight, who
-from dqagent.workercmd import command_argv
+from dqagent.workercmd import command_argv, worker_shape
 
 #: The worker template instance systemd is asked about (a template itself has no properties).
 PROBE_WORKER = "dramatiq-worker@1.service"
@@ -40,32 +38,18 @@ class Result:
         return f"{'ok' if self.ok else 'FAIL'}: {self.text}"
 
 
-def _dramatiq_args_problem(argv: list[str]) -> tuple[bool, str]:
-    """(is a dramatiq command line, why Dramatiq's own parser rejects it or "").
-
-    INTEGRATOR: switch to `dqagent.workercmd.worker_shape()` once that is merged (same parser).
-    """
-    if len(argv) >= 3 and argv[1] == "-m" and argv[2] == "dramatiq":
-        args = argv[3:]
-    elif os.path.basename(argv[0]) == "dramatiq":
-        args = argv[1:]
-    else:
-        return False, ""
-    from dramatiq.cli import make_argument_parser
-
-    err = io.StringIO()
+def _dramatiq_args_problem(command: str) -> tuple[bool, str]:
+    """(is a dramatiq command line, why Dramatiq's own parser rejects it or "") via `workercmd.worker_shape`."""
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            make_argument_parser().parse_args(args)  # type: ignore[no-untyped-call]
-    except SystemExit:
-        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-        return True, lines[-1] if lines else "rejected by Dramatiq's argument parser"
-    return True, ""
+        shape = worker_shape(command, os.cpu_count())
+    except ConfigError as exc:
+        return True, exc.accepted
+    return shape.is_dramatiq, ""
 
 
 def command_results(settings: Settings) -> list[Result]:
     argv = command_argv(settings.dramatiq_command)
-    is_dramatiq, problem = _dramatiq_args_problem(argv)
+    is_dramatiq, problem = _dramatiq_args_problem(settings.dramatiq_command)
     if problem:
         return [Result(False, f"DRAMATIQ_COMMAND does not parse as a Dramatiq command line ({problem}); "
                        "fix: correct it in the settings file (see `python -m dramatiq --help`)")]
