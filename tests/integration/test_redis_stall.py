@@ -31,7 +31,7 @@ def test_stalled_redis_is_reported_within_the_timeout_and_workers_kept(
     set_backlog(redis_server, 40)
     wait_until("4 workers", lambda: running_workers(c) == worker_names(4), timeout=60)
     pids = main_pids(c, worker_names(4))
-    wait_until("a normal status", lambda: "4 workers" in c.unit_property("dqagent.service", "StatusText"))
+    wait_until("a normal status", lambda: "4 running of 4 wanted" in c.unit_property("dqagent.service", "StatusText"))
 
     # When Redis stops answering for 30 s (connections are still accepted)
     sleeper = subprocess.Popen(["redis-cli", "-p", str(redis_server.port), "DEBUG", "SLEEP", str(STALL_S)],
@@ -62,6 +62,6 @@ def test_stalled_redis_is_reported_within_the_timeout_and_workers_kept(
     assert len(journal(c, "dqagent", "DQAGENT_EVENT=redis_error")) == 1
     assert main_pids(c, worker_names(4)) == pids
     assert not journal(c, "dqagent", "DQAGENT_EVENT=scale_down")
-    wait_until("normal status again", lambda: "4 workers, queue 40" in c.unit_property("dqagent.service",
+    wait_until("normal status again", lambda: "4 running of 4 wanted; queue 40" in c.unit_property("dqagent.service",
                                                                                        "StatusText"))
     print(f"stall noticed after {noticed_s:.1f}s (REDIS_TIMEOUT={REDIS_TIMEOUT_S}, CHECK_INTERVAL={CHECK_INTERVAL_S})")

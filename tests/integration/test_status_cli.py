@@ -44,7 +44,7 @@ def test_status_json_uses_old_keys_and_live_state(fresh_container: Container, re
 
     # The agent's own STATUS= text is shown too (new key; the old ones are unchanged)
     assert report["agent_status_text"] == c.unit_property("dqagent.service", "StatusText")
-    assert "2 workers" in report["agent_status_text"] and report["failing_workers"] == []
+    assert "of 2 wanted" in report["agent_status_text"] and report["failing_workers"] == []
 
     text = dqagent(c, "status").stdout
     assert "current workers: 2" in text and "scale-up threshold (step policy): 10" in text
