@@ -5,8 +5,9 @@ Precedence, highest first: command-line flags, the process environment, the sett
 Which file, unless `--env-file` names one: the installed service's `/etc/dqagent/dqagent.env` for
 every command (so `status`, `scale-up`, `check`, `install` see what the service sees, whatever the
 current directory), except `start` run by hand, which keeps the old manager's `./.env` first.
-The Redis password comes, in order, from systemd's credential directory, `REDIS_PASSWORD`,
-or the file named by `REDIS_PASSWORD_FILE`; an unreadable file is reported, not fatal, so
+The Redis password comes, in order, from the runtime copy `dqagent reload` refreshes before a
+reload (`$RUNTIME_DIRECTORY/redis-password`), systemd's credential directory (copied at start),
+`REDIS_PASSWORD`, or the file named by `REDIS_PASSWORD_FILE`; an unreadable file is reported, not fatal, so
 `dqagent status` works for any user.
 """
 
@@ -24,6 +25,8 @@ from dqagent.config import CREDENTIAL_NAME, DEFAULTS, Settings, parse_settings
 from dqagent.errors import ConfigError
 
 SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
+#: The agent's fresh copy of the password file, in its RuntimeDirectory (written by `dqagent reload`).
+RUNTIME_PASSWORD_NAME = "redis-password"
 #: Commands that look for `./.env` before the system file (the old manager's `start` in a terminal).
 #: The service's own `start` passes `--env-file` explicitly, so it never depends on this.
 LOCAL_ENV_COMMANDS = frozenset({"start"})
@@ -80,28 +83,51 @@ def merge_values(
     return merged
 
 
-def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tuple[str | None, str]:
+def _handed_over(environ: Mapping[str, str]) -> list[Path]:
+    """The password files systemd's side hands the agent, freshest first.
+
+    `$RUNTIME_DIRECTORY/redis-password`: the copy `dqagent reload` (run as root by `ExecReload=+`)
+    makes of the password file before each reload; then the credential systemd copied at start.
+    """
+    paths: list[Path] = []
+    run_dir = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if run_dir:
+        paths.append(Path(run_dir) / RUNTIME_PASSWORD_NAME)
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
-    cred = Path(cred_dir) / CREDENTIAL_NAME if cred_dir else None
-    text = cred.read_text(encoding="utf-8").strip() if cred is not None and cred.is_file() else ""
-    if text:
-        return text, ""
+    if cred_dir:
+        paths.append(Path(cred_dir) / CREDENTIAL_NAME)
+    return paths
+
+
+def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(password or None to keep `REDIS_PASSWORD`, note on why a file could not be read).
+
+    The first handed-over file that exists decides: its text, or, when empty, no password (silently;
+    `REDIS_PASSWORD` still applies). Reading `REDIS_PASSWORD_FILE` ourselves would then only fail
+    (root's file, mode 0600). Without one: `REDIS_PASSWORD`, else that file.
+    """
+    notes: list[str] = []
+    for handed in _handed_over(environ):
+        try:
+            text = handed.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            notes.append(f"password file {handed} unavailable ({exc.strerror})")
+            continue
+        return (text or None), ""
     if values.get("REDIS_PASSWORD"):
-        return None, ""
-    if cred is not None and cred.is_file():
-        # systemd handed over the password file, and it is empty (install creates it so): no password,
-        # silently. Reading REDIS_PASSWORD_FILE ourselves would only fail (root's file, mode 0600).
         return None, ""
     path_text = values.get("REDIS_PASSWORD_FILE", DEFAULTS["REDIS_PASSWORD_FILE"]).strip()
     if not path_text:
-        return None, ""
+        return None, "; ".join(notes)
     path = Path(path_text)
     try:
         return path.read_text(encoding="utf-8").strip(), ""
     except FileNotFoundError:
-        return None, ""
+        return None, "; ".join(notes)
     except OSError as exc:
-        return None, f"password file {path} unavailable ({exc.strerror})"
+        return None, "; ".join([*notes, f"password file {path} unavailable ({exc.strerror})"])
 
 
 def read_values(

@@ -7,7 +7,9 @@ reloading it (asserting that this works), and leaves the agent running.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from tests.bench import Container, RedisServer, require_bench
 from tests.integration.agentbench import (
     DQAGENT,
     QUEUE,
+    exposure,
     install,
     journal,
     main_pids,
@@ -186,3 +189,57 @@ def test_reload_during_a_scale_up_completes_both(agent: Container, redis: RedisS
     wait_until("4 workers (the new MAX)", lambda: running_workers(c) == worker_names(4), timeout=60)
     assert c.unit_property("dqagent.service", "MainPID") == pid
     set_backlog(redis, 0)
+
+
+def test_new_redis_password_applies_on_reload_and_never_leaks(fresh_container: Container,
+                                                              redis_with_password: RedisServer) -> None:
+    # (a container of its own: the module's Redis has no password)
+    c, pw = fresh_container, redis_with_password
+    install(c, pw, now=False, MIN_PROCESSES=2, MAX_PROCESSES=2)
+    c.write("/etc/dqagent/redis-password", pw.password + "\n", mode=0o600)
+    c.systemctl("start", "dqagent")
+    wait_until("2 workers", lambda: running_workers(c) == worker_names(2), timeout=60)
+    pid = c.unit_property("dqagent.service", "MainPID")
+    workers = main_pids(c, worker_names(2))
+    errors, oks = len(reload_events(c, "redis_error")), len(reload_events(c, "redis_ok"))
+
+    # Given Redis changes its password (and drops the agent's authenticated connection)
+    old, new = pw.password, f"pw-{uuid.uuid4().hex}"
+    pw.cli("CONFIG", "SET", "requirepass", new)
+    pw.password = new
+    pw.cli("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    wait_until("redis_error with the old password", lambda: len(reload_events(c, "redis_error")) > errors,
+               timeout=30)
+
+    # When the operator writes the new password file and reloads
+    c.write("/etc/dqagent/redis-password", new + "\n", mode=0o600)
+    assert c.systemctl("reload", "dqagent").returncode == 0
+
+    # Then the agent reaches Redis again, in the same process, with the same workers
+    wait_until("redis_ok", lambda: len(reload_events(c, "redis_ok")) > oks, timeout=30)
+    assert "REDIS_PASSWORD (changed)" in reload_events(c, "reloaded")[-1]["MESSAGE"]
+    assert c.unit_property("dqagent.service", "MainPID") == pid
+    assert main_pids(c, worker_names(2)) == workers
+    assert running_workers(c) == worker_names(2)
+    # The copy is dqagent's alone (0600 in its 0750 RuntimeDirectory)
+    assert c.run(["stat", "-c", "%a %U %G", "/run/dqagent", "/run/dqagent/redis-password"]).stdout.split("\n")[:2] \
+        == ["750 dqagent dqagent", "600 dqagent dqagent"]
+    assert c.run(["cat", "/run/dqagent/redis-password"], user="nobody", check=False).returncode != 0
+
+    # `dqagent reload` without root still reloads the other settings (and leaves the copy alone)
+    c.write(ENV, settings_text(pw, MIN_PROCESSES=2, MAX_PROCESSES=3))
+    by_hand = c.run([DQAGENT, "reload", "--pid", pid], user="dqagent", check=False)
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert "MAX_PROCESSES 2 -> 3" in by_hand.stdout
+    assert (Path(c.root) / "run/dqagent/redis-password").read_text().strip() == new
+
+    # And neither password appears in the journal, the unit's environment or the agent's command line
+    visible = "\n".join([
+        c.run(["journalctl", "-b", "-o", "json", "--no-pager"]).stdout,
+        c.systemctl("show", "dqagent", "-p", "Environment").stdout,
+        (Path(c.root) / "proc" / pid / "cmdline").read_bytes().decode(errors="replace"),
+        by_hand.stdout + by_hand.stderr,
+    ])
+    assert old not in visible and new not in visible
+    # The privileged ExecReload=+ leaves the sandbox's exposure as it was
+    assert exposure(c, "dqagent.service") <= 1.1

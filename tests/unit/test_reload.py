@@ -322,3 +322,85 @@ def test_workers_need_only_their_two_keys_valid(tmp_path: Path) -> None:
 def test_target_per_worker_auto_is_described_as_auto() -> None:
     text = reload.describe_changes(settings(TARGET_PER_WORKER="auto"), settings(TARGET_PER_WORKER="12"))
     assert text == "TARGET_PER_WORKER auto -> 12"
+
+
+# -- the Redis password on reload: runtime copy (root's client) > credential > REDIS_PASSWORD > file --
+
+def _password_env(tmp_path: Path, run: str | None, cred: str | None, file: str | None) -> dict[str, str]:
+    """RUNTIME_DIRECTORY, CREDENTIALS_DIRECTORY and REDIS_PASSWORD_FILE, each file written unless None."""
+    dirs = {name: tmp_path / name for name in ("run", "cred")}
+    for d in dirs.values():
+        d.mkdir()
+    for path, text in ((dirs["run"] / sources.RUNTIME_PASSWORD_NAME, run),
+                       (dirs["cred"] / "redis_password", cred), (tmp_path / "file", file)):
+        if text is not None:
+            path.write_text(text)
+    return {"RUNTIME_DIRECTORY": str(dirs["run"]), "CREDENTIALS_DIRECTORY": str(dirs["cred"]),
+            "REDIS_PASSWORD_FILE": str(tmp_path / "file")}
+
+
+@pytest.mark.parametrize(("run", "cred", "env_pw", "file", "expected"), [
+    ("fresh\n", "cred", "env", "file", "fresh"),   # the copy made by this reload wins
+    (None, "cred", "env", "file", "cred"),          # no copy (none made yet): the start's credential
+    ("", "cred", "", "file", ""),                   # an emptied password file: no password, not the old one
+    ("", "cred", "env", "file", "env"),             # ... REDIS_PASSWORD still applies
+    (None, None, "env", "file", "env"),
+    (None, None, "", "file", "file"),
+])
+def test_password_precedence(tmp_path: Path, run: str | None, cred: str | None, env_pw: str, file: str | None,
+                             expected: str) -> None:
+    environ = _password_env(tmp_path, run, cred, file) | ({"REDIS_PASSWORD": env_pw} if env_pw else {})
+    loaded = sources.load(None, environ=environ, cwd=tmp_path)
+    assert (loaded.settings.redis_password, loaded.password_note) == (expected, "")
+
+
+def test_unreadable_runtime_copy_falls_back_to_the_credential(tmp_path: Path) -> None:
+    environ = _password_env(tmp_path, None, "cred", None)
+    (tmp_path / "run" / sources.RUNTIME_PASSWORD_NAME).mkdir()  # unreadable, even by root
+    loaded = sources.load(None, environ=environ, cwd=tmp_path)
+    assert loaded.settings.redis_password == "cred"
+
+
+def test_refresh_password_copies_atomically_0600(tmp_path: Path) -> None:
+    source, run = tmp_path / "redis-password", tmp_path / "run"
+    run.mkdir()
+    source.write_text("s3cret\n")
+    source.chmod(0o600)
+    old = run / sources.RUNTIME_PASSWORD_NAME
+    old.write_text("old")
+    old.chmod(0o644)
+    old_inode = old.stat().st_ino
+    owner = (os.getuid(), os.getgid())
+
+    assert reload.refresh_password(source, run, owner=owner)
+    copy = run / sources.RUNTIME_PASSWORD_NAME
+    st = copy.stat()
+    assert copy.read_text() == "s3cret\n"
+    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, *owner)
+    assert st.st_ino != old_inode  # a new file renamed over the old one, never rewritten in place
+    assert sorted(p.name for p in run.iterdir()) == [sources.RUNTIME_PASSWORD_NAME]  # no temporary left
+    # default owner: the directory's (dqagent's RuntimeDirectory)
+    assert reload.refresh_password(source, run)
+    assert (copy.stat().st_uid, copy.stat().st_gid) == (run.stat().st_uid, run.stat().st_gid)
+
+
+def test_refresh_password_removes_a_stale_copy_when_the_file_is_gone(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / sources.RUNTIME_PASSWORD_NAME).write_text("stale")
+    assert not reload.refresh_password(tmp_path / "absent", run, owner=(os.getuid(), os.getgid()))
+    assert list(run.iterdir()) == []
+    assert not reload.refresh_password(tmp_path / "absent", run)  # nothing to remove: fine too
+
+
+def test_refresh_password_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    source, run, victim = tmp_path / "redis-password", tmp_path / "run", tmp_path / "victim"
+    run.mkdir()
+    source.write_text("s3cret")
+    victim.write_text("untouched")
+    for name in (sources.RUNTIME_PASSWORD_NAME, f".{sources.RUNTIME_PASSWORD_NAME}.{os.getpid()}"):
+        (run / name).symlink_to(victim)
+    assert reload.refresh_password(source, run, owner=(os.getuid(), os.getgid()))
+    assert victim.read_text() == "untouched"
+    assert not (run / sources.RUNTIME_PASSWORD_NAME).is_symlink()
+    assert (run / sources.RUNTIME_PASSWORD_NAME).read_text() == "s3cret"
