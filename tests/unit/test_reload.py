@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import signal
+import subprocess
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent import reload, sources
+from dqagent import cli, reload, sources
 from dqagent.agent import Agent
 from dqagent.config import DEFAULTS, Settings, parse_settings, parse_worker_command
 from dqagent.demand import FakeDemandProbe
@@ -404,3 +405,18 @@ def test_refresh_password_never_follows_a_planted_symlink(tmp_path: Path) -> Non
     assert victim.read_text() == "untouched"
     assert not (run / sources.RUNTIME_PASSWORD_NAME).is_symlink()
     assert (run / sources.RUNTIME_PASSWORD_NAME).read_text() == "s3cret"
+
+
+def test_reload_as_root_that_cannot_copy_the_password_signals_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    agent = subprocess.Popen(["sleep", "30"])  # SIGHUP would end it
+    try:
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        monkeypatch.setattr(reload, "PASSWORD_SOURCE", tmp_path)  # a directory: unreadable even by root
+        monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+        assert cli.main(["reload", "--pid", str(agent.pid), "--timeout", "1"]) == 1
+        assert "nothing was reloaded" in capsys.readouterr().err
+        assert agent.poll() is None
+    finally:
+        agent.kill()
+        agent.wait()
