@@ -87,7 +87,7 @@ def _first_difference(installed: str, wanted: str) -> str:
 
 
 def unit_file_results(settings: Settings, pre: Preflight, exe: str) -> list[Result]:
-    from dqagent.install import PACKAGING, POLKIT_RULE, rendered_units
+    from dqagent.layout import PACKAGING, POLKIT_RULE, rendered_units
 
     out: list[Result] = []
     for path, wanted in rendered_units(settings, exe, pre).items():
@@ -139,7 +139,7 @@ def stop_timeout_mismatch(loaded_s: float, settings: Settings) -> str:
 
 
 async def bus_results(settings: Settings, bus_address: str | None) -> list[Result]:
-    from dqagent.install import POLKITD
+    from dqagent.layout import POLKITD
     from dqagent.systemd import SystemdClient
 
     out: list[Result] = []
@@ -206,7 +206,7 @@ async def run_checks(env_file: Path | None, offline: bool = False,
         return [Result(False, f"settings ({where}) do not load: {exc}; fix: edit {where}")]
     s = loaded.settings
     results = [Result(True, f"settings{f' ({loaded.env_file})' if loaded.env_file else ''} load and are valid")]
-    from dqagent.install import PACKAGING
+    from dqagent.layout import PACKAGING
 
     exe = dqagent_executable()
     pre = preflight(s, exe, (PACKAGING / "dqagent.service").read_text(),

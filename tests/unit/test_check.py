@@ -7,7 +7,7 @@ import pytest
 
 from dqagent.check import Result, _dramatiq_args_problem, _first_difference, stop_timeout_mismatch
 from dqagent.config import parse_settings
-from dqagent.install import logrotate_rule
+from dqagent.layout import logrotate_rule
 
 
 @pytest.mark.parametrize(("command", "expected"), [

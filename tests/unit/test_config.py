@@ -171,7 +171,7 @@ def test_unknown_keys_are_ignored_and_every_default_parses() -> None:
 
 
 def test_every_setting_is_documented_in_the_readme_and_the_settings_template() -> None:
-    from dqagent.install import DESCRIPTIONS, env_template
+    from dqagent.layout import DESCRIPTIONS, env_template
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     template = env_template()
