@@ -67,6 +67,10 @@ def settle(c: Container, redis: RedisServer, backlog: int, workers: int, **overr
     configure(c, redis, **overrides)
     set_backlog(redis, backlog)
     wait_until(f"{workers} workers", lambda: running_workers(c) == worker_names(workers), timeout=60)
+    # ... and settled for the agent too: its start checks done (a unit it is still starting is not a
+    # stop candidate, so a reload right after would stop other, settled numbers)
+    wait_until("the agent counts them running", lambda: c.unit_property("dqagent.service", "StatusText")
+               .startswith(f"{workers} running of {workers} wanted;"), timeout=30)
     return c.unit_property("dqagent.service", "MainPID")
 
 
