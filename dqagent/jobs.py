@@ -119,12 +119,6 @@ class JobTable:
         for task in list(self._tasks):
             task.cancel()
 
-    def cancel_starts(self) -> None:
-        """Abandon start checks (shutdown stops those units anyway)."""
-        for task, intent in list(self._tasks.items()):
-            if intent is Intent.START:
-                task.cancel()
-
     # -- the tasks -------------------------------------------------------------------------------
 
     async def _start(self, numbers: tuple[int, ...], reset: frozenset[int], delay_s: float,
