@@ -87,9 +87,17 @@ class RedisServer:
     """A redis-server on loopback, random port, no persistence, owned by this test run."""
 
     def __init__(self, password: str = "", port: int | None = None) -> None:
-        self.port = port or free_port()
         self.password = password
-        self._start()
+        # A free port can be taken by a parallel test worker between `free_port()` and the bind: then
+        # redis-server exits at once and another port is tried (never a stranger's server on that port).
+        for attempt in range(5):
+            self.port = port or free_port()
+            try:
+                self._start()
+                return
+            except RuntimeError:
+                if port or attempt == 4:
+                    raise
 
     def _start(self) -> None:
         password = self.password
@@ -101,12 +109,16 @@ class RedisServer:
             args += ["--requirepass", password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
+                # Ours answers, not another run's server on this port: a redis-server that cannot bind
+                # exits within milliseconds of starting.
+                time.sleep(0.2)
+                if self.proc.poll() is None:
+                    return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError("redis-server did not start")
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     @property
     def url(self) -> str:

@@ -55,3 +55,17 @@ def redis_with_password() -> Iterator[RedisServer]:
         yield r
     finally:
         r.stop()
+
+
+#: Test files that each keep the machine busy for a minute or more (hundreds of units, real Dramatiq
+#: bursts): run one after another on a single test worker, while the lighter files share the others.
+HEAVY = frozenset({"test_reliability.py", "test_systemd_scale.py"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group tests for `pytest -n N --dist loadgroup` (./dev/test): a file's tests stay on one worker,
+    so module- and session-scoped containers are shared, and the heavy files never overlap."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("heavy" if name in HEAVY else name))
