@@ -61,6 +61,7 @@ DESCRIPTIONS: dict[str, str] = {
     "TARGET_TOLERANCE": "target policy: relative band around the target with no change",
     "SCALE_UP_MAX_STEP": "target policy: most workers added by one decision",
     "SCALE_DOWN_WINDOW": "target policy: seconds a higher recommendation holds off scale-down",
+    "MAX_QUEUE_AGE": "target policy: seconds the oldest waiting message may wait before a scale-up; empty = off",
 }
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.reconciler import Intent, Plan, crashed
 from dqagent.systemd import UnitState
+
+if TYPE_CHECKING:  # a type only: the reporter does not pull in redis
+    from dqagent.demand import Demand
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,10 @@ class Reporter:
         self.redis_error = ""
         self.redis_failures = 0
         self.systemd_error = ""
+        #: Reads that found a head message stamped in this host's future (age clamped to 0), in all.
+        self.skewed_ages = 0
+        self._skewed = False
+        self._unreadable_logged = False
 
     def _status(self, line: str) -> None:
         if self.notifier is not None:
@@ -94,8 +102,9 @@ class Reporter:
                 self.start_ok(s.unit)
 
     def status_line(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-                    next_check_s: float) -> str:
-        """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, next check in 1s`."""
+                    next_check_s: float, oldest_age_s: float | None = None) -> str:
+        """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, oldest 42s, next check
+        in 1s` (no `oldest` when no message waits)."""
         c = plan.census
         moving = [f"{n} {what}" for n, what in ((c.coming, "starting"), (c.going, "stopping")) if n]
         line = f"{c.running} running of {plan.wanted} wanted" + (f" ({', '.join(moving)})" if moving else "")
@@ -109,11 +118,31 @@ class Reporter:
             line += "; " + "; ".join(named) + (f" and {more} more" if more > 0 else "")
         if backoff_s > 0:
             line += f"; next start in {backoff_s:.0f}s"
-        return f"{line}; queue {queue_length}, next check in {next_check_s:g}s"
+        oldest = "" if oldest_age_s is None else f", oldest {oldest_age_s:.0f}s"
+        return f"{line}; queue {queue_length}{oldest}, next check in {next_check_s:g}s"
 
     def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-               next_check_s: float) -> None:
-        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s))
+               next_check_s: float, oldest_age_s: float | None = None) -> None:
+        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s, oldest_age_s))
+
+    # -- the oldest message's age ----------------------------------------------------------------
+
+    def note_ages(self, demand: Demand) -> None:
+        """Clock skew (a head message stamped in this host's future): counted, logged when it starts and
+        ends; a head whose timestamp cannot be read (not Dramatiq's JSON encoder): logged once."""
+        self.skewed_ages += demand.skewed
+        if demand.skewed and not self._skewed:
+            log.warning("a waiting message is stamped in this host's future: producer clocks ahead of this "
+                        "host; its age counts as 0 (%d such reads so far)", self.skewed_ages,
+                        extra=event("clock_skew", skewed=self.skewed_ages))
+        elif self._skewed and not demand.skewed:
+            log.info("no waiting message stamped in the future any more", extra=event("clock_skew_ended"))
+        self._skewed = bool(demand.skewed)
+        if demand.unreadable and not self._unreadable_logged:
+            self._unreadable_logged = True
+            log.warning("the oldest waiting message's timestamp is unreadable (not Dramatiq's JSON encoder?): "
+                        "its queue has no age, and MAX_QUEUE_AGE cannot act on it",
+                        extra=event("age_unreadable"))
 
     # -- Redis and systemd ---------------------------------------------------------------------
 
