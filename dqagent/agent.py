@@ -286,7 +286,7 @@ class Agent:
             self._last_logged = now
         plan = self._act(states, decision.target, reason=decision.reason)
         self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length,
-                             self.s.tick_interval_s(), oldest_age_s=demand.oldest_age_s)
+                             self.s.tick_interval_s())
         return self.s.tick_interval_s()
 
     def _act(self, states: Sequence[UnitState], target: int, reason: str) -> Plan:

@@ -52,6 +52,8 @@ class Reporter:
         self.skewed_ages = 0
         self._skewed = False
         self._unreadable_logged = False
+        #: The oldest waiting message's age at the last read (`note_ages`), for STATUS=.
+        self.oldest_age_s: float | None = None
 
     def _status(self, line: str) -> None:
         if self.notifier is not None:
@@ -122,14 +124,17 @@ class Reporter:
         return f"{line}; queue {queue_length}{oldest}, next check in {next_check_s:g}s"
 
     def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-               next_check_s: float, oldest_age_s: float | None = None) -> None:
-        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s, oldest_age_s))
+               next_check_s: float) -> None:
+        """STATUS=, with the oldest age of the last `note_ages()`."""
+        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s, self.oldest_age_s))
 
     # -- the oldest message's age ----------------------------------------------------------------
 
     def note_ages(self, demand: Demand) -> None:
         """Clock skew (a head message stamped in this host's future): counted, logged when it starts and
-        ends; a head whose timestamp cannot be read (not Dramatiq's JSON encoder): logged once."""
+        ends; a head whose timestamp cannot be read (not Dramatiq's JSON encoder): logged once. Keeps the
+        oldest age for STATUS=."""
+        self.oldest_age_s = demand.oldest_age_s
         self.skewed_ages += demand.skewed
         if demand.skewed and not self._skewed:
             log.warning("a waiting message is stamped in this host's future: producer clocks ahead of this "

@@ -226,3 +226,40 @@ def test_status_line_names_the_age_only_when_a_message_waits() -> None:
     r = Reporter()
     assert r.status_line(plan, [], 0, 0, 5).endswith("queue 0, next check in 5s")
     assert r.status_line(plan, [], 0, 3, 5, oldest_age_s=math.pi).endswith("queue 3, oldest 3s, next check in 5s")
+
+
+# -- the simulator ---------------------------------------------------------------------------------
+
+
+def test_the_simulator_observes_the_wait_of_the_ready_lists_head() -> None:
+    from dqagent.policies import StepPolicy
+    from dqagent.sim.model import PoolConfig, simulate
+    from dqagent.sim.traces import Trace, generate
+
+    # One worker, 1 thread, prefetch 2; 5 messages of 100 s at t=0 and 1 at t=12: 1 runs, 1 is held,
+    # the list head waits from t=0
+    trace = Trace("a", 13, ((0, 0),), bursts=((0, 5), (12, 1)), service_mean_s=100, service_cv=1e-9)
+    seen: list[Observation] = []
+
+    class Spy(StepPolicy):
+        def decide(self, o: Observation, state: None) -> tuple[Decision, None]:
+            seen.append(o)
+            return Decision(1, "spy"), None
+
+    simulate(generate(trace, 1), Spy(1, 1, 5, 2.5), PoolConfig(threads=1, prefetch=2, max_workers=1), tick_s=10)
+    assert seen[0].oldest_age_s == 0.0 and seen[0].ready == 3
+    assert seen[1].oldest_age_s == 10.0 and seen[2].oldest_age_s == 20.0
+    assert [o.oldest_age_s for o in seen if o.ready == 0] == [None] * sum(1 for o in seen if o.ready == 0)
+
+
+def test_the_age_rows_use_the_target_contender_with_only_settings_changed() -> None:
+    from dqagent.sim.bench import AGE_LIMIT, age_contenders, contenders
+
+    roster, target = age_contenders(), contenders()["target"]
+    aged = roster[f"target+age{AGE_LIMIT}"]
+    assert (aged.tick_s, aged.metric) == (target.tick_s, target.metric)
+    from dqagent.sim.model import PoolConfig
+    from dqagent.sim.traces import AGE_TRACES
+
+    policy = aged.build(PoolConfig(), AGE_TRACES["trickle"])
+    assert isinstance(policy, TargetPolicy) and policy.max_queue_age_s == float(AGE_LIMIT)
