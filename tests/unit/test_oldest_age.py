@@ -263,3 +263,17 @@ def test_the_age_rows_use_the_target_contender_with_only_settings_changed() -> N
 
     policy = aged.build(PoolConfig(), AGE_TRACES["trickle"])
     assert isinstance(policy, TargetPolicy) and policy.max_queue_age_s == float(AGE_LIMIT)
+
+
+def test_status_text_shows_each_queues_oldest_wait() -> None:
+    from dqagent.status import render_text
+    from tests.unit.test_status_report import report
+
+    counts = {"ready": 1, "in_flight": 2, "delayed": 0, "dead_lettered": 0, "orphaned": 0}
+    queues = {"a": {**counts, "oldest_age_s": 42.04}, "b": {**counts, "ready": 0, "oldest_age_s": None}}
+    text = render_text(report(queues=queues, max_queue_age_s=30.0))
+    assert "  a: ready 1, in flight 2, delayed 0, dead-lettered 0, orphaned 0, oldest waiting 42.0s " \
+           "(MAX_QUEUE_AGE 30s)\n" in text
+    assert "  b: ready 0, in flight 2, delayed 0, dead-lettered 0, orphaned 0, nothing waiting (MAX_QUEUE_AGE 30s)\n" \
+           in text
+    assert "MAX_QUEUE_AGE" not in render_text(report(queues=queues))
