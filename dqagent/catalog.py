@@ -153,9 +153,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("clock_skew_ended", "a7f92dc820574fb9b0a5adbab2077a13", "No waiting message is stamped in the future now",
           "The clock skew reported before is no longer seen. Nothing to do."),
     Entry("age_unreadable", "586b1be36e6b464f9f12be88490b679d", "The oldest waiting message's age cannot be read",
-          "The body of the message at the head of a queue is not JSON with a message_timestamp (Dramatiq's "
-          "default JSONEncoder); with another encoder (pickle) the queue has no age, so MAX_QUEUE_AGE cannot "
-          "act on it. Scaling on the count still works."),
+          "Either Redis refused the short Lua script that reads it (an ACL user without EVAL: allow it with "
+          "+eval), or the body of the message at the head of a queue is not JSON with a message_timestamp "
+          "(Dramatiq's default JSONEncoder; pickle is not readable). That queue has no age, so MAX_QUEUE_AGE "
+          "cannot act on it. Scaling on the count still works."),
 )
 
 #: Entries by event name.

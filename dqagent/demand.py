@@ -132,7 +132,8 @@ class Demand:
     queues: tuple[QueueDemand, ...]
     #: Queues whose head message was stamped in this host's future (clock skew): age clamped to 0.
     skewed: int = 0
-    #: Queues whose head message had no readable `message_timestamp` (not Dramatiq's JSON encoder).
+    #: Queues whose head message had no readable `message_timestamp` (not Dramatiq's JSON encoder), or every
+    #: queue when Redis refused the script (an ACL without EVAL).
     unreadable: int = 0
 
     @property
@@ -280,10 +281,18 @@ class RedisDemandProbe:
             pipe.eval(OLDEST_SCRIPT, 2 * len(queues), *(k for q in queues for k in (f"{ns}:{q}", f"{ns}:{q}.msgs")))
             # The same range Dramatiq's maintenance takes: scores 0 .. now - timeout, inclusive.
             pipe.zrangebyscore(f"{ns}:__heartbeats__", 0, cutoff_ms)
-            replies: list[Any] = await pipe.execute()
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
         now_ms = time.time() * 1000
+        script_reply = replies[-2]
+        for reply in replies:
+            if isinstance(reply, Exception) and reply is not script_reply:
+                raise reply
+        if isinstance(script_reply, Exception):
+            # Redis refused the script (an ACL without EVAL, scripting disabled): the counts still count.
+            ages = OldestAges((None,) * len(queues), skewed=0, unreadable=len(queues))
+        else:
+            ages = oldest_ages(script_reply, now_ms)
         stale = [_text(b) for b in replies[-1]]
-        ages = oldest_ages(replies[-2], now_ms)
         orphans = await self._count_orphans(stale)
         out: list[QueueDemand] = []
         for i, q in enumerate(queues):

@@ -145,8 +145,8 @@ class Reporter:
         self._skewed = bool(demand.skewed)
         if demand.unreadable and not self._unreadable_logged:
             self._unreadable_logged = True
-            log.warning("the oldest waiting message's timestamp is unreadable (not Dramatiq's JSON encoder?): "
-                        "its queue has no age, and MAX_QUEUE_AGE cannot act on it",
+            log.warning("cannot read the oldest waiting message's age: Redis refused the script (an ACL without "
+                        "EVAL?) or the body is not Dramatiq's JSON; no age, MAX_QUEUE_AGE cannot act on it",
                         extra=event("age_unreadable"))
 
     # -- Redis and systemd ---------------------------------------------------------------------

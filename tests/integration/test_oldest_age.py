@@ -111,3 +111,17 @@ def test_a_body_of_another_encoder_is_unreadable_not_an_error(redis_server: Redi
     qa, qb = d.queues
     assert (qa.ready, qa.oldest_age_s, d.unreadable) == (1, None, 1)
     assert qb.oldest_age_s is not None and qb.oldest_age_s >= 10
+
+
+def test_an_acl_without_eval_reads_the_counts_and_no_age(redis_server: RedisServer,
+                                                         brokers: Callable[[], RedisBroker]) -> None:
+    # Given a Redis user that may read everything but not run scripts
+    redis_server.cli("ACL", "SETUSER", "counter", "on", ">pw", "~*", "+@all", "-eval", "-evalsha")
+    _send(brokers(), "qa", int(time.time() * 1000) - 10_000)
+    url = redis_server.url.replace("redis://", "redis://counter:pw@", 1)
+
+    d = fetch(settings_for(url))
+
+    # Then the counts are read as before, and the age is unknown (and said so), not an outage
+    (qa,) = d.queues
+    assert (qa.ready, qa.outstanding, qa.oldest_age_s, d.unreadable) == (1, 1, None, 1)
