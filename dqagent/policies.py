@@ -215,9 +215,9 @@ class TargetPolicy:
     window_s: float
     #: Messages one unit runs at once (processes x threads), for the in-flight floor and the flow cap.
     capacity: int
+    name: ClassVar[str] = "target"
     #: MAX_QUEUE_AGE (issue 12): scale up while the oldest waiting message is older (`age_floor`); None: off.
     max_queue_age_s: float | None = None
-    name: ClassVar[str] = "target"
 
     @classmethod
     def from_settings(cls, s: Settings, shape: WorkerShape) -> TargetPolicy:
@@ -226,7 +226,7 @@ class TargetPolicy:
         # thread busy and the next messages already fetched, so outstanding / prefetch is the fill level.
         per_worker = s.target_per_worker if s.target_per_worker is not None else float(shape.prefetch)
         return cls(s.min_processes, s.max_processes, per_worker, s.target_tolerance,
-                   s.scale_up_max_step, s.scale_down_window_s, shape.capacity, s.max_queue_age_s)
+                   s.scale_up_max_step, s.scale_down_window_s, shape.capacity, max_queue_age_s=s.max_queue_age_s)
 
     def initial_state(self) -> TargetState:
         return TargetState()

@@ -5,6 +5,7 @@ tests/integration/test_oldest_age.py and test_age_scaling.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 
@@ -108,8 +109,7 @@ def test_starting_workers_are_the_steps_already_taken() -> None:
 
 
 def with_age(p: TargetPolicy, limit: float | None) -> TargetPolicy:
-    return TargetPolicy(p.min_processes, p.max_processes, p.per_worker, p.tolerance, p.max_step, p.window_s,
-                        p.capacity, limit)
+    return dataclasses.replace(p, max_queue_age_s=limit)
 
 
 @given(policies(), histories(), st.integers(0, 20_000), st.integers(0, 20_000), st.integers(0, 200), ages,
