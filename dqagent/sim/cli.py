@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dqagent.sim.bench import DEFAULT_POOL, HEADER, age_contenders, contenders, format_row, metrics, run
+from dqagent.sim.bench import DEFAULT_POOL, HEADER, contenders, format_row, metrics, run
 from dqagent.sim.model import Result, oracle_worker_seconds
 from dqagent.sim.traces import AGE_TRACES, TRACES, generate, load_trace
 
@@ -26,6 +26,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dqagent simulate: --trace: {exc}", file=sys.stderr)
         return 2
+    from dqagent.sim.bench import age_contenders  # the MAX_QUEUE_AGE rows' variants (issue 12)
+
     roster = {**contenders(), **age_contenders()}
     if args.policy != "all" and args.policy not in roster:
         print(f"dqagent simulate: --policy: unknown {args.policy!r}, expected one of {', '.join(roster)} or all",

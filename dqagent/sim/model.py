@@ -9,9 +9,7 @@ What it models, because it is what makes policies differ on real pools:
   running ones while its consumer keeps prefetching up to `prefetch`, and only when the last running
   task ends returns everything it holds to the queue tail and frees its slot. It costs worker-seconds
   until then, and the policy sees it as going: not in `workers`, while what it holds stays in flight;
-- the policy sees an `Observation` every `tick_s`; its decision is applied at once; the oldest age in it is
-  the wait so far of the message at the head of the ready list (arrival = first enqueue, as Dramatiq's
-  `message_timestamp`: a requeued message keeps it and goes to the tail);
+- the policy sees an `Observation` every `tick_s`; its decision is applied at once;
 - an arriving message goes to the first worker with prefetch room, or a random one (`dispatch`).
 
 The real policy classes run unchanged through the `Policy` protocol. Same seed, same result.
@@ -215,6 +213,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             starting = sum(1 for w in active if not w.ready)
             obs = Observation(now_s=now, queue_length=outstanding if pool.metric == "outstanding" else ready,
                               ready=ready, in_flight=held, delayed=0, workers=len(active), starting=starting,
+                              # The list head's wait since its arrival (Dramatiq's message_timestamp, the first
+                              # enqueue: a requeued message keeps it and goes to the tail, as in `finish_drain`).
                               oldest_age_s=now - arrivals[queue[0]] if queue else None)
             decision, state = policy.decide(obs, state)
             target = max(pool.min_workers, min(pool.max_workers, decision.target))
