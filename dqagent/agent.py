@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dqagent.config import Settings
-from dqagent.demand import Demand, DemandProbe, format_age
+from dqagent.demand import Demand, DemandProbe
 from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, SystemdError
 from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
@@ -93,6 +93,11 @@ def restart_baseline(states: Sequence[UnitState], plan: Plan) -> dict[int, int]:
 def stop_timeout_s(settings: Settings) -> float:
     """How long to wait for a stop job: systemd's own SIGKILL comes at GRACEFUL_SHUTDOWN_TIMEOUT."""
     return settings.graceful_shutdown_timeout_s + 60
+
+
+def format_age(age_s: float | None) -> str:
+    """An age for journal fields: seconds with one decimal, "" when no message waits."""
+    return "" if age_s is None else f"{age_s:.1f}"
 
 
 def breakdown(demand: Demand) -> str:

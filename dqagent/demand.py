@@ -102,7 +102,9 @@ _AUTH_ERRORS = (
 
 @dataclass(frozen=True, slots=True)
 class QueueDemand:
-    """What one Dramatiq queue holds at one instant (counts of messages)."""
+    """What one Dramatiq queue holds at one instant: counts of messages, and how long the message at the head
+    of the ready list has waited since it was first enqueued (its `message_timestamp`, clamped at 0; None when
+    the list is empty or the head is unreadable; see `OLDEST_SCRIPT`)."""
 
     queue: str
     #: Ids waiting in the list (`LLEN Q`).
@@ -115,8 +117,7 @@ class QueueDemand:
     dead: int
     #: Held by brokers whose heartbeat is older than the timeout, in `Q` and `Q.DQ` ack sets.
     orphaned: int
-    #: Seconds the message at the head of the ready list has waited since it was first enqueued
-    #: (its `message_timestamp`), clamped at 0; None when the list is empty (or the head is unreadable).
+    #: Seconds the oldest ready message has waited; None: empty queue (or not read).
     oldest_age_s: float | None = None
 
     @property
@@ -366,11 +367,6 @@ def oldest_ages(timestamps_ms: Sequence[int | None], now_ms: float) -> OldestAge
             skewed += age_s < 0
             ages.append(max(0.0, age_s))
     return OldestAges(tuple(ages), skewed, unreadable)
-
-
-def format_age(age_s: float | None) -> str:
-    """An age for journal fields and text: seconds with one decimal, "" when no message waits."""
-    return "" if age_s is None else f"{age_s:.1f}"
 
 
 def _async_client(settings: Settings) -> redis.asyncio.Redis:
