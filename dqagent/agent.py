@@ -95,17 +95,17 @@ def stop_timeout_s(settings: Settings) -> float:
     return settings.graceful_shutdown_timeout_s + 60
 
 
-def format_age(age_s: float | None) -> str:
-    """An age for journal fields: seconds with one decimal, "" when no message waits."""
-    return "" if age_s is None else f"{age_s:.1f}"
-
-
 def breakdown(demand: Demand) -> str:
     """Per-queue figures in one journal field, e.g.
     `q1:ready=3,in_flight=8,delayed=0,dead=0,orphaned=0,oldest_age_s=4.2` (`oldest_age_s=` empty: none waits)."""
     return ";".join(f"{q.queue}:ready={q.ready},in_flight={q.in_flight},delayed={q.delayed},"
                     f"dead={q.dead},orphaned={q.orphaned},oldest_age_s={format_age(q.oldest_age_s)}"
                     for q in demand.queues)
+
+
+def format_age(age_s: float | None) -> str:
+    """An age for journal fields: seconds with one decimal, "" when no message waits."""
+    return "" if age_s is None else f"{age_s:.1f}"
 
 
 class Agent:
