@@ -45,15 +45,15 @@ class Reporter:
         self._failing: dict[str, set[str]] = {}
         #: unit -> reason of its last failed start check (a unit the agent stopped after it is not listed).
         self._failed_starts: dict[str, str] = {}
-        self.redis_error = ""
-        self.redis_failures = 0
-        self.systemd_error = ""
         #: Reads that found a head message stamped in this host's future (age clamped to 0), in all.
         self.skewed_ages = 0
         self._skewed = False
         self._unreadable_logged = False
         #: The oldest waiting message's age at the last read (`note_ages`), for STATUS=.
         self.oldest_age_s: float | None = None
+        self.redis_error = ""
+        self.redis_failures = 0
+        self.systemd_error = ""
 
     def _status(self, line: str) -> None:
         if self.notifier is not None:
@@ -104,9 +104,8 @@ class Reporter:
                 self.start_ok(s.unit)
 
     def status_line(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-                    next_check_s: float, oldest_age_s: float | None = None) -> str:
-        """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, oldest 42s, next check
-        in 1s` (no `oldest` when no message waits)."""
+                    next_check_s: float) -> str:
+        """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, next check in 1s`."""
         c = plan.census
         moving = [f"{n} {what}" for n, what in ((c.coming, "starting"), (c.going, "stopping")) if n]
         line = f"{c.running} running of {plan.wanted} wanted" + (f" ({', '.join(moving)})" if moving else "")
@@ -120,15 +119,17 @@ class Reporter:
             line += "; " + "; ".join(named) + (f" and {more} more" if more > 0 else "")
         if backoff_s > 0:
             line += f"; next start in {backoff_s:.0f}s"
-        oldest = "" if oldest_age_s is None else f", oldest {oldest_age_s:.0f}s"
-        return f"{line}; queue {queue_length}{oldest}, next check in {next_check_s:g}s"
+        return f"{line}; queue {queue_length}{self._oldest()}, next check in {next_check_s:g}s"
 
     def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
                next_check_s: float) -> None:
-        """STATUS=, with the oldest age of the last `note_ages()`."""
-        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s, self.oldest_age_s))
+        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s))
 
     # -- the oldest message's age ----------------------------------------------------------------
+
+    def _oldest(self) -> str:
+        """`, oldest 42s` for STATUS= after `queue N`, from the last `note_ages()`; "" when no message waits."""
+        return "" if self.oldest_age_s is None else f", oldest {self.oldest_age_s:.0f}s"
 
     def note_ages(self, demand: Demand) -> None:
         """Clock skew (a head message stamped in this host's future): counted, logged when it starts and

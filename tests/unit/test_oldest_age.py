@@ -225,7 +225,11 @@ def test_status_line_names_the_age_only_when_a_message_waits() -> None:
     plan = reconcile([], 0, min_processes=0, max_processes=1, in_flight={}, backoff=Backoff(), now_s=0)
     r = Reporter()
     assert r.status_line(plan, [], 0, 0, 5).endswith("queue 0, next check in 5s")
-    assert r.status_line(plan, [], 0, 3, 5, oldest_age_s=math.pi).endswith("queue 3, oldest 3s, next check in 5s")
+    r.note_ages(Demand((QueueDemand("a", ready=1, outstanding=1, delayed=0, dead=0, orphaned=0,
+                                    oldest_age_s=math.pi),)))
+    assert r.status_line(plan, [], 0, 3, 5).endswith("queue 3, oldest 3s, next check in 5s")
+    r.note_ages(Demand(()))
+    assert r.status_line(plan, [], 0, 3, 5).endswith("queue 3, next check in 5s")
 
 
 # -- the simulator ---------------------------------------------------------------------------------
