@@ -138,8 +138,10 @@ def age_floor(decision: Decision, obs: Observation, max_age_s: float | None, max
     why = f"; oldest message waited {age:.0f}s > MAX_QUEUE_AGE {_fmt(max_age_s)}s"
     if floor > obs.workers:
         why += f": up {floor - obs.workers}"
-    else:
+    elif floor == obs.workers:
         why += ": no scale-down" + (f", {obs.starting} starting" if obs.starting else "")
+    else:  # MAX_PROCESSES was lowered below the pool (a reload)
+        why += f": down to MAX_PROCESSES={max_processes} only"
     return Decision(target=floor, reason=decision.reason + why)
 
 

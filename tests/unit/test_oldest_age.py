@@ -98,6 +98,11 @@ def test_one_step_per_whole_limit_past_it_up_to_the_max_step(age: float, added: 
     assert ("MAX_QUEUE_AGE 60s: up" in got.reason) == bool(added)
 
 
+def test_a_pool_above_a_lowered_max_goes_down_to_max_only() -> None:
+    got = age_floor(Decision(2, "count; clamped to [1, 4]"), obs(5, 10, 6, 100), 60, 4, 4)
+    assert got.target == 4 and got.reason.endswith(": down to MAX_PROCESSES=4 only")
+
+
 def test_starting_workers_are_the_steps_already_taken() -> None:
     # 1 worker settled + 1 starting, age 1.5 x the limit (one step): the starting one is that step
     assert age_floor(Decision(1, "count"), obs(2, 10, 2, 90, starting=1), 60, 4, 10).target == 2
