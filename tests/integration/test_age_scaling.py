@@ -47,6 +47,8 @@ def test_an_old_message_inside_the_tolerance_band_scales_up_and_the_journal_expl
     assert isinstance(age, float) and 0 <= age <= time.monotonic() - enqueued + 1, report["queues"]
     assert report["max_queue_age_s"] == MAX_AGE_S
     assert "oldest waiting" in dqagent(c, "status").stdout
+    wait_until("STATUS= names the age", lambda: ", oldest " in c.unit_property("dqagent.service", "StatusText"),
+               timeout=10, interval=0.2)
     # And once it is older than MAX_QUEUE_AGE, a second worker starts, well before the long task ends
     wait_until("2 workers", lambda: running_workers(c) == worker_names(2), timeout=20, interval=0.2)
     scaled_s = time.monotonic() - enqueued
@@ -60,6 +62,7 @@ def test_an_old_message_inside_the_tolerance_band_scales_up_and_the_journal_expl
     assert before and all(d["TARGET"] == "1" and "within 50% of target" in d["MESSAGE"] for d in before
                           if float(d["OLDEST_AGE_S"]) <= MAX_AGE_S), before
     assert f"oldest_age_s={before[-1]['OLDEST_AGE_S']}" in before[-1]["BREAKDOWN"]
+    assert decisions[0]["OLDEST_AGE_S"] == "" and decisions[0]["BREAKDOWN"].endswith("oldest_age_s=")  # empty
     # And the journal has the event's stable MESSAGE_ID and explains it (journalctl -x, from the catalog)
     mid = BY_EVENT["scale_up"].message_id
     assert up["MESSAGE_ID"] == mid
