@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -286,3 +287,19 @@ def test_status_text_shows_each_queues_oldest_wait() -> None:
     assert "  b: ready 0, in flight 2, delayed 0, dead-lettered 0, orphaned 0, nothing waiting (MAX_QUEUE_AGE 30s)\n" \
            in text
     assert "MAX_QUEUE_AGE" not in render_text(report(queues=queues))
+
+
+@pytest.mark.parametrize(("values", "accepted"), [
+    ("SCALING_POLICY=target\nMAX_QUEUE_AGE=-1\n", "expected seconds in (0, 604800], or empty for off"),
+    ("MAX_QUEUE_AGE=60\n", "only SCALING_POLICY=target scales on age"),
+])
+def test_a_bad_max_queue_age_is_one_line_and_exit_78(tmp_path: Path, values: str, accepted: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from dqagent.cli import main
+    from dqagent.errors import EXIT_CONFIG
+
+    env = tmp_path / "dqagent.env"
+    env.write_text(values)
+    assert main(["--env-file", str(env), "status"]) == EXIT_CONFIG == 78
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dqagent: invalid MAX_QUEUE_AGE=") and accepted in err, err
