@@ -96,9 +96,16 @@ def stop_timeout_s(settings: Settings) -> float:
 
 
 def breakdown(demand: Demand) -> str:
-    """Per-queue figures in one journal field, e.g. `q1:ready=3,in_flight=8,delayed=0,dead=0,orphaned=0`."""
+    """Per-queue figures in one journal field, e.g.
+    `q1:ready=3,in_flight=8,delayed=0,dead=0,orphaned=0,oldest_age_s=4.2` (`oldest_age_s=` empty: none waits)."""
     return ";".join(f"{q.queue}:ready={q.ready},in_flight={q.in_flight},delayed={q.delayed},"
-                    f"dead={q.dead},orphaned={q.orphaned}" for q in demand.queues)
+                    f"dead={q.dead},orphaned={q.orphaned},oldest_age_s={format_age(q.oldest_age_s)}"
+                    for q in demand.queues)
+
+
+def format_age(age_s: float | None) -> str:
+    """An age for journal fields: seconds with one decimal, "" when no message waits."""
+    return "" if age_s is None else f"{age_s:.1f}"
 
 
 class Agent:
@@ -253,6 +260,7 @@ class Agent:
         except BrokerError as exc:
             return self._redis_down(str(exc))
         self.reporter.redis_up()
+        self.reporter.note_ages(demand)
         if demand.orphaned:
             await self._recover(demand)
         states = await self.units.worker_states()
@@ -264,7 +272,7 @@ class Agent:
         queue_length = demand.queue_length(self.s.queue_metric)
         obs = Observation(now_s=self.clock(), queue_length=queue_length, ready=demand.ready,
                           in_flight=demand.in_flight, delayed=demand.delayed, workers=counted.pool,
-                          starting=counted.coming + young)
+                          starting=counted.coming + young, oldest_age_s=demand.oldest_age_s)
         decision, self._policy_state = self.policy.decide(obs, self._policy_state)
         if decision.target == 0 and demand.delayed > 0:
             # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
@@ -272,7 +280,8 @@ class Agent:
         fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=counted.pool,
                       running=counted.running, target=decision.target, ready=demand.ready,
                       in_flight=demand.in_flight, delayed=demand.delayed, dead_lettered=demand.dead,
-                      orphaned=demand.orphaned, policy=self.policy.name, breakdown=breakdown(demand))
+                      orphaned=demand.orphaned, policy=self.policy.name, breakdown=breakdown(demand),
+                      oldest_age_s=format_age(demand.oldest_age_s))
         # One record per decision at CHECK_INTERVAL; the target policy's faster polls log changes only.
         now = self.clock()
         routine = decision.target == counted.pool and now - self._last_logged < self.s.check_interval_s

@@ -70,6 +70,8 @@ DEFAULTS: dict[str, str] = {
     "TARGET_TOLERANCE": "0.2",
     "SCALE_UP_MAX_STEP": "4",
     "SCALE_DOWN_WINDOW": "120",
+    # --- Scaling on age (issue 12); parsed by `_parse_age_settings`. Empty = off. ---
+    "MAX_QUEUE_AGE": "",
 }
 
 #: Where systemd's `LoadCredential=redis_password:...` puts the password for the service.
@@ -114,6 +116,9 @@ class Settings:
     scale_down_window_s: float = 120.0
     #: WORKER_USER may be root (uid 0) only when this is set (ALLOW_ROOT_WORKERS=yes).
     allow_root_workers: bool = False
+    # --- Scaling on age (issue 12) ---
+    #: MAX_QUEUE_AGE: the target policy scales up while the oldest waiting message is older; None: off.
+    max_queue_age_s: float | None = None
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
@@ -226,6 +231,24 @@ def _parse_policy_settings(v: Mapping[str, str]) -> _PolicySettings:
                            scale_up_max_step=max_step, scale_down_window_s=window)
 
 
+#: Longest MAX_QUEUE_AGE: Dramatiq's own longest delay (7 days); older messages are dead letters anyway.
+MAX_QUEUE_AGE_LIMIT_S = 7 * 86400.0
+
+
+def _parse_age_settings(v: Mapping[str, str], policy: str) -> float | None:
+    """MAX_QUEUE_AGE (issue 12): seconds > 0, or empty for off; only the target policy scales on age."""
+    raw = v["MAX_QUEUE_AGE"]
+    if not raw.strip():
+        return None
+    limit = MAX_QUEUE_AGE_LIMIT_S
+    age = _float("MAX_QUEUE_AGE", raw, f"expected seconds in (0, {limit:g}], or empty for off",
+                 lambda x: 0 < x <= limit)
+    if policy != "target":
+        raise ConfigError("MAX_QUEUE_AGE", raw, "only SCALING_POLICY=target scales on age: set it, or leave "
+                          "MAX_QUEUE_AGE empty")
+    return age
+
+
 def parse_worker_command(values: Mapping[str, str]) -> tuple[str, str]:
     """(DRAMATIQ_COMMAND, WORKER_DIRECTORY), validated alone: all `dqagent worker-exec` needs.
 
@@ -327,6 +350,7 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
                               lambda x: 0 < x <= 600),
         **_parse_policy_settings(v),
         allow_root_workers=allow_root,
+        max_queue_age_s=_parse_age_settings(v, v["SCALING_POLICY"].strip().lower()),
     )
 
 

@@ -13,12 +13,17 @@ What it reads, per queue `Q` in namespace `ns` (see Dramatiq's `brokers/redis/di
   part of outstanding (or delayed); Dramatiq puts them back in the list only during its "maintenance".
   `__heartbeats__` has one entry per broker instance, producers included: it is never a worker count.
 
-Round trips per `fetch_demand()`: one pipeline of four O(1) commands per queue plus one
-`ZRANGEBYSCORE` for the stale heartbeats; a second pipeline of two `SCARD`s per stale broker and queue
-only when there are stale heartbeats. A pipeline cannot use the result of its own commands, and the
-alternative (a Lua script that walks the ack sets) would be our own broker-side code to keep in step with
-Dramatiq's; stale heartbeats are few (Dramatiq's maintenance removes a dead broker's entry once its ack
-sets are gone), so the second trip is rare and small.
+- oldest age: how long the message at the head of the list `ns:Q` has waited, from its
+  `message_timestamp` (ms since the epoch, set by the producer; Dramatiq's `message.py`) inside its
+  body in `ns:Q.msgs`, read by `OLDEST_SCRIPT` (see there). None when the list is empty.
+
+Round trips per `fetch_demand()`: one pipeline (four O(1) commands per queue, one `EVAL` of
+`OLDEST_SCRIPT` for all queues, one `ZRANGEBYSCORE` for the stale heartbeats); a second pipeline of two
+`SCARD`s per stale broker and queue only when there are stale heartbeats. A pipeline cannot use the
+result of its own commands, and the alternative (a Lua script that walks the ack sets) would be more
+broker-side code to keep in step with Dramatiq's than the few reads of `OLDEST_SCRIPT`; stale heartbeats
+are few (Dramatiq's maintenance removes a dead broker's entry once its ack sets are gone), so the second
+trip is rare and small.
 
 "Stale" uses this host's clock, as Dramatiq's maintenance does with the clock of the process that calls
 it: `recover_orphans()` runs that maintenance from this process, so what is counted is what it recovers.
@@ -50,6 +55,44 @@ from dqagent.errors import BrokerError
 HEARTBEAT_TIMEOUT_MS: int = DEFAULT_HEARTBEAT_TIMEOUT
 
 _DELAY_SUFFIX = ".DQ"
+
+#: The oldest waiting message of every queue, in one atomic EVAL (O(1) per queue, one round trip).
+#:
+#: KEYS: `ns:Q` and `ns:Q.msgs` for each queue in turn. Reply: one entry per queue, the
+#: `message_timestamp` (ms) of the id at the head of `ns:Q`; nil for an empty list; -1 when the head has no
+#: body or its body is not JSON with a numeric `message_timestamp`.
+#:
+#: Why the head, and why that field (Dramatiq 2.2, read in its source):
+#: - `dramatiq/brokers/redis/dispatch.lua`: "enqueue" runs `hset Q.msgs id data` then `rpush Q id`; "fetch"
+#:   takes `lpop Q`. So the list is in enqueue order and its head (`LINDEX Q 0`) is the next to be
+#:   fetched, the one that has waited longest. ("requeue" and the maintenance `rpush` to the tail: a
+#:   requeued message queues again behind newer ones, and its age shows only once it is at the head.)
+#: - `dramatiq/message.py`: `Message.message_timestamp`, "The UNIX timestamp in milliseconds representing
+#:   when the message was first enqueued" (`int(time.time() * 1000)` on the producer); `Message.encode()`
+#:   uses the global encoder, `JSONEncoder` by default, so the body is a JSON object (decoded with the
+#:   cjson library Redis ships to its scripts). Retries and due delayed messages are enqueued as
+#:   `message.copy(...)`, which keeps the original timestamp.
+#: pcall: a body from another encoder (pickle) must not fail the script, and with it the whole read.
+OLDEST_SCRIPT = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local ts = false
+  local id = redis.call("lindex", KEYS[i], 0)
+  if id then
+    ts = -1
+    local body = redis.call("hget", KEYS[i + 1], id)
+    if body then
+      local ok, msg = pcall(cjson.decode, body)
+      if ok and type(msg) == "table" and type(msg.message_timestamp) == "number" then
+        ts = msg.message_timestamp
+      end
+    end
+  end
+  out[#out + 1] = ts
+end
+return out
+"""
+_UNREADABLE = -1
 _T = TypeVar("_T")
 _AUTH_ERRORS = (
     redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
@@ -59,7 +102,9 @@ _AUTH_ERRORS = (
 
 @dataclass(frozen=True, slots=True)
 class QueueDemand:
-    """What one Dramatiq queue holds at one instant (counts of messages)."""
+    """What one Dramatiq queue holds at one instant: counts of messages, and how long the message at the head
+    of the ready list has waited since it was first enqueued (its `message_timestamp`, clamped at 0; None when
+    the list is empty or the head is unreadable; see `OLDEST_SCRIPT`)."""
 
     queue: str
     #: Ids waiting in the list (`LLEN Q`).
@@ -72,6 +117,8 @@ class QueueDemand:
     dead: int
     #: Held by brokers whose heartbeat is older than the timeout, in `Q` and `Q.DQ` ack sets.
     orphaned: int
+    #: Seconds the oldest ready message has waited; None: empty queue (or not read).
+    oldest_age_s: float | None = None
 
     @property
     def in_flight(self) -> int:
@@ -84,6 +131,11 @@ class Demand:
     """The demand over every configured queue; the figures are sums over `queues`."""
 
     queues: tuple[QueueDemand, ...]
+    #: Queues whose head message was stamped in this host's future (clock skew): age clamped to 0.
+    skewed: int = 0
+    #: Queues whose head message had no readable `message_timestamp` (not Dramatiq's JSON encoder), or every
+    #: queue when Redis refused the script (an ACL without EVAL).
+    unreadable: int = 0
 
     @property
     def ready(self) -> int:
@@ -108,6 +160,11 @@ class Demand:
     @property
     def orphaned(self) -> int:
         return sum(q.orphaned for q in self.queues)
+
+    @property
+    def oldest_age_s(self) -> float | None:
+        """The oldest age over the queues; None when no queue has a waiting message."""
+        return max((q.oldest_age_s for q in self.queues if q.oldest_age_s is not None), default=None)
 
     def queue_length(self, metric: QueueMetric) -> int:
         """The figure the scaling rule compares with its thresholds.
@@ -222,9 +279,20 @@ class RedisDemandProbe:
                 pipe.hlen(f"{ns}:{q}.msgs")
                 pipe.hlen(f"{ns}:{q}{_DELAY_SUFFIX}.msgs")
                 pipe.zcard(f"{ns}:{q}.XQ")
+            pipe.eval(OLDEST_SCRIPT, 2 * len(queues), *(k for q in queues for k in (f"{ns}:{q}", f"{ns}:{q}.msgs")))
             # The same range Dramatiq's maintenance takes: scores 0 .. now - timeout, inclusive.
             pipe.zrangebyscore(f"{ns}:__heartbeats__", 0, cutoff_ms)
-            replies: list[Any] = await pipe.execute()
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        now_ms = time.time() * 1000
+        script_reply = replies[-2]
+        for reply in replies:
+            if isinstance(reply, Exception) and reply is not script_reply:
+                raise reply
+        if isinstance(script_reply, Exception):
+            # Redis refused the script (an ACL without EVAL, scripting disabled): the counts still count.
+            ages = OldestAges((None,) * len(queues), skewed=0, unreadable=len(queues))
+        else:
+            ages = oldest_ages(script_reply, now_ms)
         stale = [_text(b) for b in replies[-1]]
         orphans = await self._count_orphans(stale)
         out: list[QueueDemand] = []
@@ -232,9 +300,9 @@ class RedisDemandProbe:
             ready, outstanding, delayed, dead = (int(r) for r in replies[4 * i: 4 * i + 4])
             out.append(QueueDemand(
                 queue=q, ready=ready, outstanding=outstanding, delayed=delayed, dead=dead,
-                orphaned=orphans[q] + orphans[q + _DELAY_SUFFIX],
+                orphaned=orphans[q] + orphans[q + _DELAY_SUFFIX], oldest_age_s=ages.ages_s[i],
             ))
-        return Demand(tuple(out)), orphans
+        return Demand(tuple(out), skewed=ages.skewed, unreadable=ages.unreadable), orphans
 
     async def _count_orphans(self, stale_brokers: Sequence[str]) -> dict[str, int]:
         names = [n for q in self._settings.queue_names for n in (q, q + _DELAY_SUFFIX)]
@@ -268,6 +336,37 @@ class RedisDemandProbe:
             # "qsize" only reads (HLEN/SCARD); the maintenance runs before any command in dispatch.lua.
             broker.do_qsize(name)
         return str(broker.broker_id)
+
+
+@dataclass(frozen=True, slots=True)
+class OldestAges:
+    """`OLDEST_SCRIPT`'s reply turned into ages, and how many of them were clamped or unreadable."""
+
+    ages_s: tuple[float | None, ...]
+    skewed: int
+    unreadable: int
+
+
+def oldest_ages(timestamps_ms: Sequence[int | None], now_ms: float) -> OldestAges:
+    """Ages in seconds at `now_ms` (this host's clock) of the head messages stamped `timestamps_ms`.
+
+    A timestamp in the future (the producer's clock ahead of this host's) gives 0, counted in `skewed`:
+    the message has waited at least that long, and a negative age would read as "no wait" anyway.
+    An unreadable head (-1) gives None, counted in `unreadable`; so does an empty list (None).
+    """
+    ages: list[float | None] = []
+    skewed = unreadable = 0
+    for ts in timestamps_ms:
+        if ts is None:
+            ages.append(None)
+        elif int(ts) == _UNREADABLE:
+            ages.append(None)
+            unreadable += 1
+        else:
+            age_s = (now_ms - int(ts)) / 1000
+            skewed += age_s < 0
+            ages.append(max(0.0, age_s))
+    return OldestAges(tuple(ages), skewed, unreadable)
 
 
 def _async_client(settings: Settings) -> redis.asyncio.Redis:
@@ -343,10 +442,10 @@ class FakeDemandProbe:
         self.closed = False
 
     def set_queue(self, queue: str, *, ready: int = 0, outstanding: int | None = None, delayed: int = 0,
-                  dead: int = 0, orphaned: int = 0) -> None:
+                  dead: int = 0, orphaned: int = 0, oldest_age_s: float | None = None) -> None:
         """Replace (or add) one queue's figures; `outstanding` defaults to `ready` (nothing in flight)."""
         q = QueueDemand(queue=queue, ready=ready, outstanding=ready if outstanding is None else outstanding,
-                        delayed=delayed, dead=dead, orphaned=orphaned)
+                        delayed=delayed, dead=dead, orphaned=orphaned, oldest_age_s=oldest_age_s)
         others = tuple(x for x in self.demand.queues if x.queue != queue)
         self.demand = Demand((*others, q))
 

@@ -1,8 +1,10 @@
-"""`dqagent install` / `dqagent uninstall`: put the units, user, polkit rule and settings in place.
+"""`dqagent install` / `dqagent uninstall`: put the units, user, polkit rule, journal catalog and settings
+in place.
 
 Idempotent: each file is written only when its content differs, and a second run says that
 nothing changed. The settings file is never overwritten. systemd is reloaded and the agent
-enabled/started over D-Bus (never by running systemctl).
+enabled/started over D-Bus (never by running systemctl); the journal's catalog index is rebuilt with
+`journalctl --update-catalog` when the catalog file changes (no library call exists for it).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dqagent import catalog
 from dqagent.config import Settings
 from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
 from dqagent.layout import (
     AGENT_UNIT_FILE,
+    CATALOG_FILE,
     DEFAULT_WORKER_USER,
     ENV_FILE,
     ETC,
@@ -49,10 +53,11 @@ class _Report:
             print("already installed: nothing changed")
 
 
-def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, int] = (0, 0)) -> None:
+def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, int] = (0, 0)) -> bool:
+    """Write `path` atomically unless it already holds `text` with `mode`; True when it was written."""
     if path.exists() and path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
         report.kept.append(str(path))
-        return
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".dqagent-tmp")
     tmp.write_text(text)
@@ -60,6 +65,21 @@ def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, 
     tmp.chmod(mode)
     tmp.replace(path)
     report.changed.append(f"wrote {path}")
+    return True
+
+
+def _update_catalog() -> None:
+    """Rebuild the journal's catalog index, so `journalctl -x` explains our MESSAGE_IDs.
+
+    There is no library or D-Bus call for this (libsystemd only reads the catalog), so it runs
+    `journalctl --update-catalog`, as package scripts do. A failure only costs the explanations: warned.
+    """
+    try:
+        subprocess.run(["journalctl", "--update-catalog"], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        print(f"dqagent install: warning: journalctl --update-catalog failed ({' '.join(detail.split())[:200]}); "
+              "journalctl -x will not explain dqagent's events until it runs", file=sys.stderr)
 
 
 def _refuse(line: str) -> int:
@@ -119,6 +139,8 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         _write(path, text, 0o644, report)
     _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
     _write(LOGROTATE, logrotate_rule(settings.log_file), 0o644, report)
+    if _write(CATALOG_FILE, catalog.render(), 0o644, report):
+        _update_catalog()
     if not ENV_FILE.exists():
         # Non-secret settings: world-readable so `dqagent status` works for any user.
         _write(ENV_FILE, env_template(), 0o644, report)
@@ -168,7 +190,7 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
         return EXIT_NOPERM
     asyncio.run(_stop_everything(bus_address))
     removed = []
-    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS, LOGROTATE]
+    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS, LOGROTATE, CATALOG_FILE]
     if purge:
         paths += [ENV_FILE, PASSWORD_FILE]
     for path in paths:
@@ -178,6 +200,8 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
     if purge and ETC.exists() and not any(ETC.iterdir()):
         ETC.rmdir()
     asyncio.run(_reload(bus_address))
+    if str(CATALOG_FILE) in removed:
+        _update_catalog()
     for path_text in removed:
         print(f"  removed {path_text}")
     if not purge and ENV_FILE.exists():

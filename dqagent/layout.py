@@ -25,6 +25,10 @@ SYSUSERS = Path("/etc/sysusers.d/dqagent.conf")
 LOGROTATE = Path("/etc/logrotate.d/dqagent")
 #: polkitd's daemon (Debian 12's polkitd package): without it the rule is never read.
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
+#: The journal catalog (issue 12). journalctl --update-catalog reads only /usr/local/lib/systemd/catalog/
+#: and /usr/lib/systemd/catalog/ (systemd's catalog.c: `catalog_file_dirs`), not /etc: /usr/lib is the
+#: distribution package's, so the admin tool writes to /usr/local.
+CATALOG_FILE = Path("/usr/local/lib/systemd/catalog/dqagent.catalog")
 WORKER_TEMPLATE_FILE = UNIT_DIR / "dramatiq-worker@.service"
 AGENT_UNIT_FILE = UNIT_DIR / AGENT_UNIT
 DEFAULT_WORKER_USER = DEFAULTS["WORKER_USER"]
@@ -61,6 +65,7 @@ DESCRIPTIONS: dict[str, str] = {
     "TARGET_TOLERANCE": "target policy: relative band around the target with no change",
     "SCALE_UP_MAX_STEP": "target policy: most workers added by one decision",
     "SCALE_DOWN_WINDOW": "target policy: seconds a higher recommendation holds off scale-down",
+    "MAX_QUEUE_AGE": "target policy: seconds the oldest waiting message may wait before a scale-up; empty = off",
 }
 
 

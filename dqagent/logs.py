@@ -2,7 +2,8 @@
 
 Events carry UPPER_SNAKE fields through `extra=` (for example `DQAGENT_EVENT=scale_up`,
 `WORKERS=3`); `JournalHandler` turns them into journal fields, so
-`journalctl -u dqagent DQAGENT_EVENT=scale_up` finds them. The console and `LOG_FILE` get the
+`journalctl -u dqagent DQAGENT_EVENT=scale_up` finds them. Each also carries the event's stable
+`MESSAGE_ID=` from `dqagent.catalog`, which `journalctl -x` explains. The console and `LOG_FILE` get the
 same events as one line each, with the fields appended as `key=value`.
 """
 
@@ -15,14 +16,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dqagent import catalog
+
 #: Relative LOG_FILE paths are resolved against this directory (systemd's LogsDirectory=dqagent).
 DEFAULT_LOG_DIR = Path(os.environ.get("LOGS_DIRECTORY", "/var/log/dqagent"))
 _STANDARD = set(vars(logging.makeLogRecord({})))
+#: Journal fields a line does not repeat: the event is shown as `event=`, its MESSAGE_ID follows from it.
+_NOT_SHOWN = ("DQAGENT_EVENT", "MESSAGE_ID")
 
 
 def event(name: str, **fields: Any) -> dict[str, Any]:
-    """`extra=` for a log call: the event name plus fields, upper-cased for the journal."""
+    """`extra=` for a log call: the event name, its catalog MESSAGE_ID, plus fields upper-cased for the journal."""
     out: dict[str, Any] = {"DQAGENT_EVENT": name}
+    mid = catalog.message_id(name)
+    if mid is not None:
+        out["MESSAGE_ID"] = mid
     out.update({k.upper(): v for k, v in fields.items()})
     return out
 
@@ -33,7 +41,7 @@ class FieldsFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = {k: v for k, v in vars(record).items()
-                 if k not in _STANDARD and k.isupper() and k != "DQAGENT_EVENT"}
+                 if k not in _STANDARD and k.isupper() and k not in _NOT_SHOWN}
         event_name = getattr(record, "DQAGENT_EVENT", None)
         tail = (f" event={event_name}" if event_name else "") + "".join(
             f" {k.lower()}={v}" for k, v in extra.items())

@@ -37,6 +37,8 @@ class Observation:
     workers: int
     #: Of those, how many were started less than PROCESS_STARTUP_DELAY ago.
     starting: int = 0
+    #: Seconds the oldest waiting message (head of a ready list) has waited; None: no message waits.
+    oldest_age_s: float | None = None
 
     @property
     def outstanding(self) -> int:
@@ -114,6 +116,35 @@ class StepPolicy:
         return decision, None
 
 
+def age_floor(decision: Decision, obs: Observation, max_age_s: float | None, max_step: int,
+              max_processes: int) -> Decision:
+    """MAX_QUEUE_AGE, composed after a policy's own decision: while the oldest waiting message is older
+    than `max_age_s`, scale up even where the count rule keeps the pool (inside its tolerance band), and
+    never down.
+
+    Steps: one per whole `max_age_s` past the limit, at least one (an age in (1, 2] x the limit adds 1,
+    in (2, 3] adds 2, ...), at most `max_step` (as any scale-up). Workers still starting count as the steps
+    already taken, so a slow start does not start a second wave while the age is still high. Never above
+    `max_processes`. Off (`max_age_s` None), no waiting message, or an age within the limit: `decision`
+    unchanged.
+    """
+    age = obs.oldest_age_s
+    if max_age_s is None or age is None or age <= max_age_s:
+        return decision
+    steps = min(max_step, max(1, math.ceil(age / max_age_s) - 1))
+    floor = min(max_processes, max(obs.workers, obs.workers - obs.starting + steps))
+    if floor <= decision.target:
+        return decision
+    why = f"; oldest message waited {age:.0f}s > MAX_QUEUE_AGE {_fmt(max_age_s)}s"
+    if floor > obs.workers:
+        why += f": up {floor - obs.workers}"
+    elif floor == obs.workers:
+        why += ": no scale-down" + (f", {obs.starting} starting" if obs.starting else "")
+    else:  # MAX_PROCESSES was lowered below the pool (a reload)
+        why += f": down to MAX_PROCESSES={max_processes} only"
+    return Decision(target=floor, reason=decision.reason + why)
+
+
 #: Most backlog-free reads the scale-down window keeps for its median.
 FLOW_SAMPLES = 256
 
@@ -187,6 +218,8 @@ class TargetPolicy:
     #: Messages one unit runs at once (processes x threads), for the in-flight floor and the flow cap.
     capacity: int
     name: ClassVar[str] = "target"
+    #: MAX_QUEUE_AGE (issue 12): scale up while the oldest waiting message is older (`age_floor`); None: off.
+    max_queue_age_s: float | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, shape: WorkerShape) -> TargetPolicy:
@@ -195,12 +228,24 @@ class TargetPolicy:
         # thread busy and the next messages already fetched, so outstanding / prefetch is the fill level.
         per_worker = s.target_per_worker if s.target_per_worker is not None else float(shape.prefetch)
         return cls(s.min_processes, s.max_processes, per_worker, s.target_tolerance,
-                   s.scale_up_max_step, s.scale_down_window_s, shape.capacity)
+                   s.scale_up_max_step, s.scale_down_window_s, shape.capacity, max_queue_age_s=s.max_queue_age_s)
 
     def initial_state(self) -> TargetState:
         return TargetState()
 
     def decide(self, obs: Observation, state: TargetState) -> tuple[Decision, TargetState]:
+        """The count rule (`decide_on_count`), then MAX_QUEUE_AGE (`age_floor`).
+
+        A target raised for age enters the scale-down window like any recommendation, so once the age is
+        back under the limit the window (and the tolerance) keep the pool from dropping at once.
+        """
+        decision, state = self.decide_on_count(obs, state)
+        aged = age_floor(decision, obs, self.max_queue_age_s, self.max_step, self.max_processes)
+        if aged.target > decision.target:
+            state = state.remember(obs.now_s, aged.target, self.window_s)
+        return aged, state
+
+    def decide_on_count(self, obs: Observation, state: TargetState) -> tuple[Decision, TargetState]:
         outstanding = obs.outstanding
         workers = obs.workers
         desired = math.ceil(outstanding / self.per_worker)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.reconciler import Intent, Plan, crashed
 from dqagent.systemd import UnitState
+
+if TYPE_CHECKING:  # a type only: the reporter does not pull in redis
+    from dqagent.demand import Demand
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,12 @@ class Reporter:
         self._failing: dict[str, set[str]] = {}
         #: unit -> reason of its last failed start check (a unit the agent stopped after it is not listed).
         self._failed_starts: dict[str, str] = {}
+        #: Reads that found a head message stamped in this host's future (age clamped to 0), in all.
+        self.skewed_ages = 0
+        self._skewed = False
+        self._unreadable_logged = False
+        #: The oldest waiting message's age at the last read (`note_ages`), for STATUS=.
+        self.oldest_age_s: float | None = None
         self.redis_error = ""
         self.redis_failures = 0
         self.systemd_error = ""
@@ -109,11 +119,36 @@ class Reporter:
             line += "; " + "; ".join(named) + (f" and {more} more" if more > 0 else "")
         if backoff_s > 0:
             line += f"; next start in {backoff_s:.0f}s"
-        return f"{line}; queue {queue_length}, next check in {next_check_s:g}s"
+        return f"{line}; queue {queue_length}{self._oldest()}, next check in {next_check_s:g}s"
 
     def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
                next_check_s: float) -> None:
         self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s))
+
+    # -- the oldest message's age ----------------------------------------------------------------
+
+    def _oldest(self) -> str:
+        """`, oldest 42s` for STATUS= after `queue N`, from the last `note_ages()`; "" when no message waits."""
+        return "" if self.oldest_age_s is None else f", oldest {self.oldest_age_s:.0f}s"
+
+    def note_ages(self, demand: Demand) -> None:
+        """Clock skew (a head message stamped in this host's future): counted, logged when it starts and
+        ends; a head whose timestamp cannot be read (not Dramatiq's JSON encoder): logged once. Keeps the
+        oldest age for STATUS=."""
+        self.oldest_age_s = demand.oldest_age_s
+        self.skewed_ages += demand.skewed
+        if demand.skewed and not self._skewed:
+            log.warning("a waiting message is stamped in this host's future: producer clocks ahead of this "
+                        "host; its age counts as 0 (%d such reads so far)", self.skewed_ages,
+                        extra=event("clock_skew", skewed=self.skewed_ages))
+        elif self._skewed and not demand.skewed:
+            log.info("no waiting message stamped in the future any more", extra=event("clock_skew_ended"))
+        self._skewed = bool(demand.skewed)
+        if demand.unreadable and not self._unreadable_logged:
+            self._unreadable_logged = True
+            log.warning("cannot read the oldest waiting message's age: Redis refused the script (an ACL without "
+                        "EVAL?) or the body is not Dramatiq's JSON; no age, MAX_QUEUE_AGE cannot act on it",
+                        extra=event("age_unreadable"))
 
     # -- Redis and systemd ---------------------------------------------------------------------
 

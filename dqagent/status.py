@@ -85,6 +85,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         "queues": {},
         "queue_metric": str(s.queue_metric),
         "scaling_policy": s.scaling_policy,
+        "max_queue_age_s": s.max_queue_age_s,
         "redis": s.redis_location(),
         #: The file these settings came from; None: no file, defaults (and the environment) only.
         "settings_file": str(loaded.env_file) if loaded.env_file is not None else None,
@@ -112,7 +113,8 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     else:
         report["queue_length"] = demand.queue_length(s.queue_metric)
         report["queues"] = {q.queue: {"ready": q.ready, "in_flight": q.in_flight, "delayed": q.delayed,
-                                      "dead_lettered": q.dead, "orphaned": q.orphaned}
+                                      "dead_lettered": q.dead, "orphaned": q.orphaned,
+                                      "oldest_age_s": q.oldest_age_s}
                             for q in demand.queues}
     finally:
         await probe.close()
@@ -160,8 +162,11 @@ def render_text(r: dict[str, Any]) -> str:
     lines.append(f"queue length ({r['queue_metric']}): {show(r['queue_length'])}"
                  + (f"   [redis unavailable: {r['redis_error']}]" if r["redis_error"] else ""))
     for name, q in r["queues"].items():
+        age = q.get("oldest_age_s")
         lines.append(f"  {name}: ready {q['ready']}, in flight {q['in_flight']}, delayed {q['delayed']}, "
-                     f"dead-lettered {q['dead_lettered']}, orphaned {q['orphaned']}")
+                     f"dead-lettered {q['dead_lettered']}, orphaned {q['orphaned']}, "
+                     + ("nothing waiting" if age is None else f"oldest waiting {age:.1f}s")
+                     + (f" (MAX_QUEUE_AGE {r['max_queue_age_s']:g}s)" if r.get("max_queue_age_s") else ""))
     lines.append(f"current workers: {show(r['current_processes'])}")
     lines.append(f"range: {r['min_processes']} - {r['max_processes']}")
     shape = r["worker_shape"]

@@ -19,7 +19,7 @@ from dqagent.errors import ConfigError
 from dqagent.policies import Policy, StepPolicy, TargetPolicy
 from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
-from dqagent.sim.traces import TRACES, Trace, Workload, generate
+from dqagent.sim.traces import AGE_TRACES, TRACES, Trace, Workload, generate
 from dqagent.workercmd import worker_shape
 
 FLAP_WINDOW_S = 600.0
@@ -74,6 +74,52 @@ def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Co
                                                             t.service_mean_s), 60.0, metric="ready"),
         Contender("max-warm", step, 180.0, warm_max=True),
     )}
+
+
+#: The MAX_QUEUE_AGE rows (issue 12): the limit they use, and a cost-minded TARGET_PER_WORKER (5 x the
+#: default prefetch of 10) with which the count rule lets a short list wait for minutes.
+AGE_LIMIT = "30"
+COST_MINDED = {"TARGET_PER_WORKER": "50"}
+
+
+def age_contenders() -> dict[str, Contender]:
+    """`target` with and without MAX_QUEUE_AGE, at the defaults and cost-minded; step and keda-hpa to compare.
+
+    Built from the `target` contender (its read interval and all), only the settings differ.
+    """
+    base = contenders()
+
+    def variant(name: str, **settings: str) -> Contender:
+        return replace(base["target"], name=name, build=lambda p, t: target_policy(p, **settings))
+
+    return {c.name: c for c in (
+        base["step"], base["target"], variant(f"target+age{AGE_LIMIT}", MAX_QUEUE_AGE=AGE_LIMIT),
+        variant("tpw50", **COST_MINDED), variant(f"tpw50+age{AGE_LIMIT}", **COST_MINDED, MAX_QUEUE_AGE=AGE_LIMIT),
+        base["keda-hpa"],
+    )}
+
+
+def age_rows(seed: int, pool: PoolConfig) -> None:
+    """The MAX_QUEUE_AGE table: every `age_contenders()` row on `AGE_TRACES`, then `target` with and
+    without the limit on `TRACES` (the same figures there: the count rule keeps the list short)."""
+    print(f"\nMAX_QUEUE_AGE={AGE_LIMIT} rows (tpw50: TARGET_PER_WORKER={COST_MINDED['TARGET_PER_WORKER']}):")
+    print(HEADER)
+    roster = age_contenders()
+    for name, trace in AGE_TRACES.items():
+        workload = generate(trace, seed)
+        for contender in roster.values():
+            print(format_row(metrics(run(contender, workload, pool), name, contender.name)), flush=True)
+        print(f"{name:<11} {'oracle':<13} {'0.0':>8} {'0.0':>8} {'0.0':>8} {'-':>7} {'-':>7} "
+              f"{oracle_worker_seconds(workload, pool):>9.0f} {'-':>6} {'-':>5}")
+    changed = []
+    for name, trace in TRACES.items():
+        workload = generate(trace, seed)
+        off, on = (metrics(run(roster[c], workload, pool), name, c) for c in ("target", f"target+age{AGE_LIMIT}"))
+        if (off.p95_s, off.worker_seconds) != (on.p95_s, on.worker_seconds):
+            changed.append(f"{name}: p95 {off.p95_s:.1f} -> {on.p95_s:.1f}s, "
+                           f"worker-s {off.worker_seconds:.0f} -> {on.worker_seconds:.0f}")
+    print(f"target with MAX_QUEUE_AGE={AGE_LIMIT} on {', '.join(TRACES)}: "
+          + ("; ".join(changed) if changed else "the same p95 and worker-s as without"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
     parser.add_argument("--sweep", choices=list(TRACES), metavar="TRACE",
                         help="instead of the table: target over a grid of its settings on one trace")
+    parser.add_argument("--age", action="store_true", help=f"only the MAX_QUEUE_AGE={AGE_LIMIT} rows")
     held_out = parser.add_argument_group("held-out variants (not the seed defaults the targets are set at)")
     held_out.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                           help="a setting of the target policy, e.g. TARGET_PER_WORKER=12.5")
@@ -245,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.sweep:
         sweep(args.sweep, args.seed)
+        return 0
+    if args.age:
+        age_rows(args.seed, DEFAULT_POOL)
         return 0
     pool = PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers,
                       dispatch=args.dispatch)
@@ -275,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = {v: sum(1 for _, got in results if got == v) for v in (PASS, TIE, BOUND, FAIL)}
         print(f"\n{counts[PASS]}/{len(results)} targets met ({counts[TIE]} tie, {counts[BOUND]} beyond MAX, "
               f"{counts[FAIL]} failed); {time.monotonic() - started:.0f}s (seed {args.seed})")
+        age_rows(args.seed, pool)
     return 0
 
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from dqagent.sim.bench import DEFAULT_POOL, HEADER, contenders, format_row, metrics, run
 from dqagent.sim.model import Result, oracle_worker_seconds
-from dqagent.sim.traces import TRACES, generate, load_trace
+from dqagent.sim.traces import AGE_TRACES, TRACES, generate, load_trace
 
 
 def add_simulate_parser(sub: Any) -> None:
     p = sub.add_parser("simulate", help="replay a workload trace against scaling policies (no systemd, no Redis)")
-    p.add_argument("--trace", required=True, help=f"one of {', '.join(TRACES)}, or a JSON trace file")
+    p.add_argument("--trace", required=True, help=f"one of {', '.join([*TRACES, *AGE_TRACES])}, or a JSON trace file")
     p.add_argument("--policy", default="all", help=f"one of {', '.join(contenders())}, or all (default)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the workload (default 1)")
     p.add_argument("--plot", type=Path, default=None, help="write backlog and workers over time to this PNG")
@@ -26,7 +26,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dqagent simulate: --trace: {exc}", file=sys.stderr)
         return 2
-    roster = contenders()
+    from dqagent.sim.bench import age_contenders  # the MAX_QUEUE_AGE rows' variants (issue 12)
+
+    roster = {**contenders(), **age_contenders()}
     if args.policy != "all" and args.policy not in roster:
         print(f"dqagent simulate: --policy: unknown {args.policy!r}, expected one of {', '.join(roster)} or all",
               file=sys.stderr)

@@ -212,7 +212,10 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             max_backlog = max(max_backlog, outstanding)
             starting = sum(1 for w in active if not w.ready)
             obs = Observation(now_s=now, queue_length=outstanding if pool.metric == "outstanding" else ready,
-                              ready=ready, in_flight=held, delayed=0, workers=len(active), starting=starting)
+                              ready=ready, in_flight=held, delayed=0, workers=len(active), starting=starting,
+                              # The list head's wait since its arrival (Dramatiq's message_timestamp, the first
+                              # enqueue: a requeued message keeps it and goes to the tail, as in `finish_drain`).
+                              oldest_age_s=now - arrivals[queue[0]] if queue else None)
             decision, state = policy.decide(obs, state)
             target = max(pool.min_workers, min(pool.max_workers, decision.target))
             if target > len(active):

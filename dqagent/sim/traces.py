@@ -143,16 +143,25 @@ TRACES: dict[str, Trace] = {t.name: t for t in (
 )}
 
 
+#: Traces for the MAX_QUEUE_AGE rows (issue 12), apart from `TRACES` (whose targets are issue 6's):
+#: where a count rule keeps the pool while messages wait for minutes.
+AGE_TRACES: dict[str, Trace] = {t.name: t for t in (
+    Trace("trickle", 3600, ((0, 0.5),), service_cv=0.5, long_fraction=0.03, long_mean_s=300,
+          description="a slow steady trickle, 0.5/s of 2 s jobs, behind a few long jobs (3 % of 300 s)"),
+)}
+
+
 def load_trace(name_or_file: str) -> Trace:
     """A built-in trace by name, or a JSON file with `Trace`'s fields.
 
     Raises ValueError (with the reason on one line) for an unknown name or a malformed file.
     """
-    if name_or_file in TRACES:
-        return TRACES[name_or_file]
+    if name_or_file in TRACES or name_or_file in AGE_TRACES:
+        return {**TRACES, **AGE_TRACES}[name_or_file]
     path = Path(name_or_file)
     if not path.is_file():
-        raise ValueError(f"unknown trace {name_or_file!r}: expected one of {', '.join(TRACES)} or a JSON file")
+        raise ValueError(f"unknown trace {name_or_file!r}: expected one of "
+                         f"{', '.join([*TRACES, *AGE_TRACES])} or a JSON file")
     try:
         raw: dict[str, Any] = json.loads(path.read_text())
         known = {f.name for f in fields(Trace)}

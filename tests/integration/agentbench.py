@@ -6,6 +6,7 @@ import json
 import re
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,14 @@ def journal(c: Container, unit: str = "dqagent", *matches: str) -> list[dict[str
 
 
 def set_backlog(redis: RedisServer, n: int, queue: str = QUEUE) -> None:
-    """Make the broker hold exactly `n` ready messages (ids only; no worker consumes them here)."""
+    """Make the broker hold exactly `n` ready messages (ids, and bodies with only the enqueue time, in ms, that
+    the oldest-age read takes; no worker consumes them here)."""
     redis.cli("DEL", f"dramatiq:{queue}", f"dramatiq:{queue}.msgs")
     if n:
         ids = [f"m{i}" for i in range(n)]
         redis.cli("RPUSH", f"dramatiq:{queue}", *ids)
-        pairs = [x for i in ids for x in (i, "{}")]
+        body = json.dumps({"message_timestamp": int(time.time() * 1000)})
+        pairs = [x for i in ids for x in (i, body)]
         redis.cli("HSET", f"dramatiq:{queue}.msgs", *pairs)
 
 

@@ -8,6 +8,7 @@ from tests.bench import Container, RedisServer
 from tests.integration.agentbench import DQAGENT, install, journal, running_workers, wait_until, worker_names
 
 ADDED = ["/etc/systemd/system/dqagent.service", "/etc/systemd/system/dramatiq-worker@.service",
+         "/usr/local/lib/systemd/catalog/dqagent.catalog",
          "/etc/polkit-1/rules.d/50-dqagent.rules", "/etc/sysusers.d/dqagent.conf", "/etc/logrotate.d/dqagent"]
 
 

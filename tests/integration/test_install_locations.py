@@ -21,6 +21,7 @@ from tests.integration.agentbench import (
 #: variants must not be worse.
 AGENT_EXPOSURE, WORKER_EXPOSURE = 1.1, 1.6
 WRITTEN = ["etc/systemd/system/dqagent.service", "etc/systemd/system/dramatiq-worker@.service",
+           "usr/local/lib/systemd/catalog/dqagent.catalog",
            "etc/polkit-1/rules.d/50-dqagent.rules", "etc/sysusers.d/dqagent.conf", "etc/logrotate.d/dqagent"]
 
 
