@@ -72,6 +72,8 @@ class QueueDemand:
     dead: int
     #: Held by brokers whose heartbeat is older than the timeout, in `Q` and `Q.DQ` ack sets.
     orphaned: int
+    #: Seconds the oldest ready message has waited; None: empty queue (or not read).
+    oldest_age_s: float | None = None
 
     @property
     def in_flight(self) -> int:
