@@ -312,7 +312,7 @@ class Agent:
                              self.s.tick_interval_s())
         self.counters.decision_took(self.clock() - began)
         self._last_decision_s = self.wallclock()
-        c = plan.census
+        c = census(states, self.jobs.in_flight)  # with this tick's own starts and stops counted
         self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=WorkerCounts(
             running=c.running, starting=c.coming, stopping=c.going, failed=c.failing, desired=plan.wanted)))
         return self.s.tick_interval_s()
