@@ -135,6 +135,16 @@ def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -
     score = exposure(c, "dqagent.service")
     print(f"\nexposure with METRICS_ADDRESS and METRICS_TEXTFILE: {score}")
     assert score <= 2.0
+    # `dqagent check` passes the directory, and fails it in one line once dqagent may not write it
+    assert not [ln for ln in dqagent(c, "check", check=False).stdout.splitlines()
+                if ln.startswith("FAIL") and TEXTFILE_DIR in ln]
+    c.run(["chmod", "0755", TEXTFILE_DIR])
+    try:
+        result = dqagent(c, "check", check=False)
+        (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("FAIL") and TEXTFILE_DIR in ln]
+        assert result.returncode == 78 and "not writable (METRICS_TEXTFILE's directory) by user dqagent" in line
+    finally:
+        c.run(["chmod", "0775", TEXTFILE_DIR])
     m.at_min()
 
 

@@ -387,3 +387,29 @@ def test_grafana_dashboard_queries_name_only_exported_metrics() -> None:
     assert {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages",
             "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total",
             "dqagent_source_errors_total"} <= used
+
+
+def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_install(tmp_path: Path) -> None:
+    from tests.unit.test_reload import Setup
+
+    first, second = free_port(), free_port()
+    t = Setup(tmp_path, running=[1], METRICS_ADDRESS=f"127.0.0.1:{first}")
+    assert t.agent._start_exporter() is None
+    try:
+        asyncio.run(t.agent.tick())
+        with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as r:
+            assert b"dqagent_workers{state=\"running\"} 1.0" in r.read()
+        t.write(METRICS_ADDRESS=f"127.0.0.1:{second}", METRICS_TEXTFILE=str(tmp_path / "x.prom"))
+        asyncio.run(t.agent._reload())
+        with urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics", timeout=5) as r:
+            assert b"dqagent_redis_up 1.0" in r.read()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5)
+        assert t.agent.s.metrics_textfile == ""  # its directory is in the unit: waits for dqagent install
+        t.write(METRICS_ADDRESS="")
+        asyncio.run(t.agent._reload())
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics", timeout=5)
+    finally:
+        assert t.agent.exporter is not None
+        t.agent.exporter.close()
