@@ -165,14 +165,17 @@ def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(meter
     stop = threading.Event()
     burst = threading.Barrier(50)
     ok = [0] * 50
+    latencies: list[float] = []
     errors: list[str] = []
 
     def scraper(i: int) -> None:
         while not stop.is_set():
             try:
                 burst.wait(timeout=30)
+                began = time.monotonic()
                 with urllib.request.urlopen(m.url, timeout=20) as r:  # the text only: this process's CPU
                     assert r.status == 200 and b"dqagent_redis_up 1.0" in r.read()  # stays the agent's
+                latencies.append(time.monotonic() - began)
                 ok[i] += 1
             except threading.BrokenBarrierError:
                 return
@@ -191,8 +194,10 @@ def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(meter
         burst.abort()
         for t in threads:
             t.join(30)
+    latencies.sort()
     print(f"\nscale-up 1 -> {MAX}: {quiet:.1f}s without scrapes, {loaded:.1f}s under bursts of 50 concurrent "
-          f"scrapes ({sum(ok)} scrapes, {len(errors)} errors)")
+          f"scrapes ({sum(ok)} scrapes, {len(errors)} errors, scrape p50 {latencies[len(latencies) // 2]:.2f}s "
+          f"max {latencies[-1]:.2f}s)")
     # Then: every scraper was answered, the scale-up took no longer beyond noise, no watchdog kill
     assert not errors, errors[:3]
     assert all(n >= 1 for n in ok)

@@ -11,6 +11,7 @@ import math
 import re
 import socket
 import stat
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from dqagent.agent import Agent
 from dqagent.config import parse_metrics_address, parse_settings
 from dqagent.demand import FakeDemandProbe, QueueDemand
 from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BrokerError, ConfigError
-from dqagent.metrics import METRIC_NAMES, Exporter, MetricsError, registry_for
+from dqagent.metrics import LISTEN_BACKLOG, METRIC_NAMES, Exporter, MetricsError, registry_for
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
 from dqagent.snapshot import (
@@ -269,6 +270,11 @@ def test_exporter_serves_the_latest_snapshot_and_rebinds_on_a_new_address() -> N
         current[0] = snapshot()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert "dqagent_workers{state=\"running\"} 3.0" in r.read().decode()
+        # 50 scrapes arriving at once all fit the listen backlog (socketserver's default 5 made most wait for
+        # SYN retransmits, 1 s and more): `ss` shows a listening socket's backlog as its Send-Q
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                                   check=True).stdout.split()
+        assert listening[0] == "LISTEN" and int(listening[2]) == LISTEN_BACKLOG >= 50
         other = free_port()
         exporter.serve(f"[::1]:{other}" if socket.has_ipv6 and _ipv6_loopback() else f"127.0.0.1:{other}")
         with pytest.raises(OSError):
