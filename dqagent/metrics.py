@@ -125,6 +125,8 @@ class _Server(ThreadingWSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    #: Seconds a connection may idle: a client that connects and sends nothing does not hold its thread forever.
+    timeout = 10
     def log_message(self, format: str, *args: Any) -> None:
         """No access log on stderr (the journal): a scrape is not an event."""
 

@@ -419,3 +419,21 @@ def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_
     finally:
         assert t.agent.exporter is not None
         t.agent.exporter.close()
+
+
+def test_an_idle_connection_is_dropped_and_never_blocks_other_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dqagent import metrics
+
+    assert 0 < metrics._QuietHandler.__dict__["timeout"] <= 30  # socketserver's default is None: forever
+    monkeypatch.setattr(metrics._QuietHandler, "timeout", 0.5)  # the same mechanism, quicker
+    port = free_port()
+    exporter = Exporter(lambda: snapshot(), f"127.0.0.1:{port}", "")
+    exporter.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                assert r.status == 200  # answered while the idle connection is open
+            idle.settimeout(5)
+            assert idle.recv(1) == b""  # the server closed it after its timeout
+    finally:
+        exporter.close()
