@@ -127,6 +127,7 @@ class _Server(ThreadingWSGIServer):
 class _QuietHandler(WSGIRequestHandler):
     #: Seconds a connection may idle: a client that connects and sends nothing does not hold its thread forever.
     timeout = 10
+
     def log_message(self, format: str, *args: Any) -> None:
         """No access log on stderr (the journal): a scrape is not an event."""
 
@@ -233,7 +234,7 @@ class Exporter:
             code = EXIT_UNAVAILABLE if exc.errno == errno.EADDRINUSE else EXIT_CONFIG
             reason = f"unknown host ({exc})" if isinstance(exc, socket.gaierror) else (exc.strerror or str(exc))
             raise MetricsError(f"cannot serve metrics on METRICS_ADDRESS={address}: {reason}; expected an "
-                               "address of this host and a free port (e.g. 127.0.0.1:9810)", code) from None
+                               "address of this host and a free port above 1023 (e.g. 127.0.0.1:9810)", code) from None
         self.address = address
         log.info("serving Prometheus metrics on http://%s/metrics", address,
                  extra=event("metrics_listening", address=address))
