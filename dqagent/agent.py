@@ -22,11 +22,12 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
+from dqagent import __version__
 from dqagent.config import Settings
-from dqagent.demand import Demand, DemandProbe
+from dqagent.demand import Demand, DemandProbe, QueueDemand
 from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, SystemdError
 from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
@@ -35,8 +36,12 @@ from dqagent.policies import Decision, Observation, Policy
 from dqagent.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
+from dqagent.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts, action_reason
 from dqagent.systemd import UnitState
 from dqagent.workercmd import startup_warnings
+
+if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)
+    from dqagent.metrics import Exporter
 
 __all__ = ["Agent", "ScaleReport", "UnitManager", "scale_by", "stop_timeout_s"]
 
@@ -138,6 +143,12 @@ class Agent:
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
         self._last_logged = -math.inf
+        # Metrics (issue 12): the loop's cumulative counters and the snapshot `dqagent.metrics` reads.
+        self.counters = Accumulator()
+        #: The last tick's figures (replaced whole, never mutated): all a scrape reads.
+        self.latest: Snapshot | None = None
+        self._last_decision_s: float | None = None
+        self.exporter: Exporter | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -147,6 +158,9 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        failed = self._start_exporter()
+        if failed is not None:
+            return failed
         watchdog = asyncio.create_task(self._watchdog()) if self.watchdog_s else None
         bus_lost = asyncio.create_task(self.units.wait_disconnected())
         try:
@@ -166,6 +180,9 @@ class Agent:
                 except SystemdError as exc:  # refused or failed request: transient, back off
                     delay = self.s.tick_interval_s()
                     self.reporter.systemd_refused(exc.name, str(exc), delay)
+                    self.counters.source_error(Source.SYSTEMD)
+                    if self.latest is not None:
+                        self._publish(replace(self.latest, counters=self._frozen_counters()))
                 self._progress_deadline = self.clock() + delay + self._tick_budget_s()
                 await self._pause(delay, bus_lost)
         except (BusConnectionError, SystemdError) as exc:  # SystemdError here: before the loop ran
@@ -178,7 +195,11 @@ class Agent:
             bus_lost.cancel()
             if watchdog:
                 watchdog.cancel()
-        return await self._shutdown()
+        try:
+            return await self._shutdown()
+        finally:
+            if self.exporter is not None:
+                self.exporter.close()
 
     async def _pause(self, delay_s: float, bus_lost: asyncio.Task[None]) -> None:
         """Wait for the next check, a stop or reload request, or the loss of the bus (raised)."""
@@ -211,6 +232,7 @@ class Agent:
             if outcome.policy.name != self.policy.name:
                 self._policy_state = outcome.policy.initial_state()
             self.s, self.probe, self.policy = outcome.settings, outcome.probe, outcome.policy
+            self._reload_exporter()
         self.notifier.ready()
         self.reloader.answer(outcome)
 
@@ -249,15 +271,18 @@ class Agent:
             target = self.s.clamp(pool)
         log.info("starting with %d workers (adopted %d)", target, len(running),
                  extra=event("start", workers=len(running), target=target))
-        self._act(states, target, reason="startup")
+        self._act(states, target, reason="startup", label=Reason.STARTUP)
 
     # -- one tick --------------------------------------------------------------------------------
 
     async def tick(self) -> float:
         """One check: read, decide, issue. Returns the seconds until the next check."""
+        began = self.clock()
         try:
             demand = await self.probe.fetch_demand()
         except BrokerError as exc:
+            self.counters.source_error(Source.REDIS)
+            self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
             return self._redis_down(str(exc))
         self.reporter.redis_up()
         self.reporter.note_ages(demand)
@@ -274,9 +299,11 @@ class Agent:
                           in_flight=demand.in_flight, delayed=demand.delayed, workers=counted.pool,
                           starting=counted.coming + young, oldest_age_s=demand.oldest_age_s)
         decision, self._policy_state = self.policy.decide(obs, self._policy_state)
+        label: str | None = None
         if decision.target == 0 and demand.delayed > 0:
             # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
             decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
+            label = Reason.DELAYED_MESSAGES
         fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=counted.pool,
                       running=counted.running, target=decision.target, ready=demand.ready,
                       in_flight=demand.in_flight, delayed=demand.delayed, dead_lettered=demand.dead,
@@ -289,15 +316,27 @@ class Agent:
                 counted.pool, decision.target, decision.reason, extra=event("decision", **fields))
         if not routine:
             self._last_logged = now
-        plan = self._act(states, decision.target, reason=decision.reason)
+        plan = self._act(states, decision.target, reason=decision.reason, label=label)
         self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length,
                              self.s.tick_interval_s())
+        self.counters.decision_took(self.clock() - began)
+        self._last_decision_s = self.wallclock()
+        c = census(states, self.jobs.in_flight)  # with this tick's own starts and stops counted
+        self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=WorkerCounts(
+            running=c.running, starting=c.coming, stopping=c.going, failed=c.failing, desired=plan.wanted)))
         return self.s.tick_interval_s()
 
-    def _act(self, states: Sequence[UnitState], target: int, reason: str) -> Plan:
-        """Reconcile and hand the actions to the job table (which runs them in the background)."""
+    def _act(self, states: Sequence[UnitState], target: int, reason: str, label: str | None = None) -> Plan:
+        """Reconcile and hand the actions to the job table (which runs them in the background).
+
+        `label` is the bounded metrics reason (`dqagent.snapshot.Reason`); None: the policy's, or a bound's.
+        """
         plan = reconcile(states, target, min_processes=self.s.min_processes, max_processes=self.s.max_processes,
                          in_flight=self.jobs.in_flight, backoff=self.jobs.backoff, now_s=self.clock())
+        label = label or action_reason(self.policy.name, target, plan.wanted)
+        for numbers, direction in ((plan.start, Direction.UP), (plan.stop, Direction.DOWN)):
+            if numbers:
+                self.counters.scale_action(direction, label)
         if plan.start:
             log.info("scale up by %d to %d: %s", len(plan.start), plan.pool + len(plan.start), reason,
                      extra=event("scale_up", workers=plan.pool, target=plan.pool + len(plan.start)))
@@ -328,6 +367,52 @@ class Agent:
         retry = min(max(self.s.check_interval_s, 30.0), MAX_BACKOFF_S, 2.0 ** min(failures, 10))
         self.reporter.redis_down(message, retry)
         return retry
+
+    # -- metrics (issue 12) -----------------------------------------------------------------------
+
+    def _frozen_counters(self) -> Counters:
+        return self.counters.frozen(self.reporter.start_failures)
+
+    def _snapshot(self, *, redis_up: bool, workers: WorkerCounts | None,
+                  queues: tuple[QueueDemand, ...] = ()) -> Snapshot:
+        return Snapshot(version=__version__, policy=self.policy.name, taken_at_s=self.wallclock(),
+                        redis_up=redis_up, min_processes=self.s.min_processes, max_processes=self.s.max_processes,
+                        workers=workers, queues=queues, last_decision_s=self._last_decision_s,
+                        counters=self._frozen_counters())
+
+    def _publish(self, snap: Snapshot) -> None:
+        """Replace `latest` in one assignment (scrapes read it from other threads), then the textfile."""
+        self.latest = snap
+        if self.exporter is not None:
+            self.exporter.publish()
+
+    def _start_exporter(self) -> int | None:
+        """Serve METRICS_ADDRESS / write METRICS_TEXTFILE when set; an exit status when it cannot listen."""
+        if not (self.s.metrics_address or self.s.metrics_textfile):
+            return None
+        from dqagent.metrics import Exporter, MetricsError
+
+        self.exporter = Exporter(lambda: self.latest, self.s.metrics_address, self.s.metrics_textfile)
+        try:
+            self.exporter.start()
+        except MetricsError as exc:
+            log.error("%s", exc, extra=event("metrics_error", error=str(exc)))
+            return exc.exit_code
+        return None
+
+    def _reload_exporter(self) -> None:
+        """A reload may set, change or clear METRICS_ADDRESS: listen again (a failure is logged, not fatal)."""
+        if self.exporter is None:
+            self._start_exporter()
+            return
+        if self.exporter.address == self.s.metrics_address:
+            return
+        from dqagent.metrics import MetricsError
+
+        try:
+            self.exporter.serve(self.s.metrics_address)
+        except MetricsError as exc:
+            log.error("%s", exc, extra=event("metrics_error", error=str(exc)))
 
     # -- stopping --------------------------------------------------------------------------------
 

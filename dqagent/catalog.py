@@ -157,6 +157,20 @@ ENTRIES: tuple[Entry, ...] = (
           "+eval), or the body of the message at the head of a queue is not JSON with a message_timestamp "
           "(Dramatiq's default JSONEncoder; pickle is not readable). That queue has no age, so MAX_QUEUE_AGE "
           "cannot act on it. Scaling on the count still works."),
+
+    # -- metrics (issue 12) -----------------------------------------------------------------------------
+    Entry("metrics_listening", "50edd6f3072a4d2c9d22c74f7fe2477c", "dqagent serves Prometheus metrics",
+          "METRICS_ADDRESS is set: the agent serves /metrics there, from the snapshot of its last check "
+          "(docs/metrics.md). Nothing to do."),
+    Entry("metrics_error", "4dc8ea6deb064b789515d0ae81b90c4b", "dqagent cannot serve Prometheus metrics",
+          "The agent could not listen on METRICS_ADDRESS: the port is in use (exit 69) or the address is not "
+          "one of this host's (exit 78). Pick a free port above 1023 on an address of this host, or empty "
+          "METRICS_ADDRESS, then `systemctl restart dqagent` (or reload)."),
+    Entry("metrics_textfile_error", "1b4ff6c113284128acc081eefd46830b", "dqagent cannot write its metrics textfile",
+          "Writing METRICS_TEXTFILE failed (its directory is missing, not writable by user dqagent, or full). "
+          "The agent keeps scaling and tries again after the next check. `dqagent check` names the problem."),
+    Entry("metrics_textfile_ok", "31a8eccc9e68423693e7ad8a96acbc94", "dqagent writes its metrics textfile again",
+          "METRICS_TEXTFILE is written again after earlier failures. Nothing to do."),
 )
 
 #: Entries by event name.

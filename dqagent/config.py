@@ -7,6 +7,7 @@ one frozen `Settings`, or raises `ConfigError` naming the first bad key. Reading
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -64,6 +65,9 @@ DEFAULTS: dict[str, str] = {
     "ALLOW_ROOT_WORKERS": "no",
     "DEMAND_POLL_INTERVAL": "5",
     "DBUS_TIMEOUT": "25",
+    # --- Prometheus metrics (issue 12); parsed by `parse_metrics_address`, see docs/metrics.md. ---
+    "METRICS_ADDRESS": "",
+    "METRICS_TEXTFILE": "",
     # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
     "SCALING_POLICY": "step",
     "TARGET_PER_WORKER": "auto",
@@ -119,6 +123,11 @@ class Settings:
     # --- Scaling on age (issue 12) ---
     #: MAX_QUEUE_AGE: the target policy scales up while the oldest waiting message is older; None: off.
     max_queue_age_s: float | None = None
+    # --- Prometheus metrics (issue 12): dqagent.metrics. ---
+    #: host:port (or [v6]:port) to serve /metrics on, validated; "" off. `parse_metrics_address` splits it.
+    metrics_address: str = ""
+    #: Absolute path for node_exporter's textfile collector, rewritten after each tick; "" off.
+    metrics_textfile: str = ""
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
@@ -351,6 +360,8 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         **_parse_policy_settings(v),
         allow_root_workers=allow_root,
         max_queue_age_s=_parse_age_settings(v, v["SCALING_POLICY"].strip().lower()),
+        metrics_address=_check_metrics_address(v["METRICS_ADDRESS"]),
+        metrics_textfile=_parse_metrics_textfile(v["METRICS_TEXTFILE"]),
     )
 
 
@@ -361,3 +372,47 @@ def _yes_no(key: str, raw: str) -> bool:
     if value in ("no", "false", "0", "off", ""):
         return False
     raise ConfigError(key, raw, "expected yes or no")
+
+
+# --- Prometheus metrics (issue 12) -------------------------------------------------------------
+
+_METRICS_ADDRESS_FORM = ("expected empty (off) or host:port with a port in 1..65535, an IPv6 address in "
+                         "brackets, e.g. 127.0.0.1:9810, [::1]:9810, 0.0.0.0:9810")
+_HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+
+
+def parse_metrics_address(raw: str, key: str = "METRICS_ADDRESS") -> tuple[str, int] | None:
+    """`host:port` or `[v6]:port` -> (host, port) without brackets; empty -> None. Raises `ConfigError`.
+
+    The host is an IPv4 or IPv6 literal or a host name (resolved when the server binds); a bare
+    IPv6 address without brackets is refused, since its last `:` cannot be told from the port's.
+    """
+    text = raw.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        try:
+            ok = bool(sep) and ipaddress.ip_address(host).version == 6
+        except ValueError:
+            ok = False
+    else:
+        host, sep, port_text = text.rpartition(":")
+        ok = bool(sep) and ":" not in host and bool(_HOST_RE.fullmatch(host))
+    if not ok or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(key, raw, _METRICS_ADDRESS_FORM)
+    return host, int(port_text)
+
+
+def _check_metrics_address(raw: str) -> str:
+    parse_metrics_address(raw)
+    return raw.strip()
+
+
+def _parse_metrics_textfile(raw: str) -> str:
+    """An absolute path ending in `.prom` (node_exporter reads only those), or "" (off)."""
+    text = raw.strip()
+    if text and (not text.startswith("/") or not text.endswith(".prom") or text.endswith("/.prom")):
+        raise ConfigError("METRICS_TEXTFILE", raw, "expected empty (off) or an absolute path ending in .prom, "
+                          "e.g. /var/lib/prometheus/node-exporter/dqagent.prom")
+    return text

@@ -66,6 +66,8 @@ DESCRIPTIONS: dict[str, str] = {
     "SCALE_UP_MAX_STEP": "target policy: most workers added by one decision",
     "SCALE_DOWN_WINDOW": "target policy: seconds a higher recommendation holds off scale-down",
     "MAX_QUEUE_AGE": "target policy: seconds the oldest waiting message may wait before a scale-up; empty = off",
+    "METRICS_ADDRESS": "serve Prometheus /metrics on host:port ([v6]:port); empty: off (see docs/metrics.md)",
+    "METRICS_TEXTFILE": "also write the metrics to this .prom file after each check (node_exporter textfile)",
 }
 
 

@@ -156,6 +156,14 @@ def worker_needs(settings: Settings, exe: str) -> tuple[list[Need], list[Refusal
     return list(dict.fromkeys(needs)), missing
 
 
+def metrics_needs(settings: Settings) -> list[Need]:
+    """METRICS_TEXTFILE's directory, which the agent writes (issue 12); none when it is not set."""
+    if not settings.metrics_textfile:
+        return []
+    directory = _real(os.path.dirname(settings.metrics_textfile))
+    return [Need(directory, "METRICS_TEXTFILE's directory", Access.WRITE, directory)]
+
+
 def who(name: str) -> Who:
     """The user `name` with its groups, or a not-yet-created user (`uid=None`: only "other" bits apply)."""
     try:
@@ -183,9 +191,11 @@ def stats(needs: list[Need]) -> dict[str, Stat]:
 
 def _plan(unit: str, box: Sandbox, needs: list[Need]) -> Plan:
     """`sandbox.plan`, binding only paths that exist (a missing bind source fails the unit's start,
-    and `check` reports the missing path itself); refusals come from every need."""
+    and `check` reports the missing path itself); refusals and writable directories come from every need."""
     binds = plan(unit, box, [n for n in needs if os.path.exists(n.path)])
-    return replace(binds, refusals=plan(unit, box, needs).refusals)
+    every = plan(unit, box, needs)
+    # ReadWritePaths=-dir tolerates a directory created later: rendered whether it exists or not.
+    return replace(binds, refusals=every.refusals, writable=every.writable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +212,7 @@ def preflight(settings: Settings, exe: str, agent_unit: str, worker_unit: str,
               agent_unit_name: str = "dqagent.service",
               worker_unit_name: str = "dramatiq-worker@.service") -> Preflight:
     """Plan both units from their (unrendered) texts and check every need as each unit's user."""
-    a_needs = agent_needs(exe)
+    a_needs = agent_needs(exe) + metrics_needs(settings)
     w_needs, not_found = worker_needs(settings, exe)
     a_plan = _plan(agent_unit_name, Sandbox.parse(agent_unit), a_needs)
     w_plan = _plan(worker_unit_name, Sandbox.parse(worker_unit), w_needs)

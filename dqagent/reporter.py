@@ -53,6 +53,8 @@ class Reporter:
         self.oldest_age_s: float | None = None
         self.redis_error = ""
         self.redis_failures = 0
+        #: Starts that failed their check, ever (dqagent_worker_start_failures_total).
+        self.start_failures = 0
         self.systemd_error = ""
 
     def _status(self, line: str) -> None:
@@ -76,6 +78,7 @@ class Reporter:
 
     def start_failed(self, unit: str, reason: str, detail: str, **fields: object) -> None:
         """A start the agent made did not pass its PROCESS_STARTUP_DELAY check."""
+        self.start_failures += 1
         self._failed_starts[unit] = reason
         self.worker_failing(unit, reason, detail, **fields)
 

@@ -36,6 +36,8 @@ class Access(StrEnum):
     EXEC = "exec"
     #: A file or directory it reads (r, and x for a directory).
     READ = "read"
+    #: A directory it creates and renames files in (w and x): made writable with `ReadWritePaths=`.
+    WRITE = "write"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +107,14 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """How to render one unit: its `ProtectHome=` value and the directories bound read-only."""
+    """How to render one unit: its `ProtectHome=` value, the directories bound read-only and those made
+    writable (`ReadWritePaths=`, through `ProtectSystem=strict`)."""
 
     unit: str
     protect_home: str
     binds: tuple[str, ...]
     refusals: tuple[Refusal, ...]
+    writable: tuple[str, ...] = ()
 
 
 def is_under(path: str, root: str) -> bool:
@@ -141,6 +145,7 @@ def plan(unit: str, sandbox: Sandbox, needs: Sequence[Need]) -> Plan:
     """
     refusals: list[Refusal] = []
     binds: list[str] = []
+    writable: list[str] = []
     for need in needs:
         for text in (need.path, need.scope):
             if _UNSAFE.search(text) or not text.startswith("/"):
@@ -163,19 +168,31 @@ def plan(unit: str, sandbox: Sandbox, needs: Sequence[Need]) -> Plan:
                                     "move it elsewhere, or drop that InaccessiblePaths= entry"))
             continue
         home = _root_of(need.path, HOME_ROOTS)
+        if need.access is Access.WRITE:
+            if sandbox.protect_home != "no" and home:
+                refusals.append(Refusal(need.path, f"{need.why} is under {home}, which {unit} cannot write "
+                                        f"(ProtectHome={sandbox.protect_home})",
+                                        "use a directory outside the homes, e.g. /var/lib/prometheus/node-exporter"))
+            else:
+                writable.append(need.path)
+            continue
         if sandbox.protect_home != "no" and home:
             # Never a whole home root (nor what holds one): then the path itself.
             binds.append(need.scope if is_under(need.scope, home) and need.scope != home else need.path)
     cover = minimal_cover(binds)
     return Plan(unit=unit, protect_home="tmpfs" if cover else sandbox.protect_home, binds=cover,
-                refusals=tuple(dict.fromkeys(refusals)))
+                refusals=tuple(dict.fromkeys(refusals)), writable=minimal_cover(writable))
 
 
 def render(unit_text: str, p: Plan) -> str:
-    """The unit text with `ProtectHome=` set to the plan's value and one `BindReadOnlyPaths=` per bind.
+    """The unit text with `ProtectHome=` set to the plan's value and one `BindReadOnlyPaths=` per bind,
+    and one `ReadWritePaths=-dir` per writable directory after `ProtectSystem=` (`-`: a directory missing
+    at start does not fail the unit; the write fails and is logged instead).
 
-    Unchanged when the plan binds nothing, so today's units render byte for byte as before.
+    Unchanged when the plan binds and writes nothing, so today's units render byte for byte as before.
     """
+    if p.writable:
+        unit_text = _render_writable(unit_text, p)
     if not p.binds:
         return unit_text
     lines = unit_text.splitlines(keepends=True)
@@ -194,6 +211,20 @@ def render(unit_text: str, p: Plan) -> str:
         out.append(line)
     if not done:
         raise ValueError(f"{p.unit}: no ProtectHome= line to replace")
+    return "".join(out)
+
+
+def _render_writable(unit_text: str, p: Plan) -> str:
+    out: list[str] = []
+    done = False
+    for line in unit_text.splitlines(keepends=True):
+        out.append(line)
+        if line.strip().startswith("ProtectSystem=") and not done:
+            out.append("# Rendered by dqagent install: directories the agent writes (METRICS_TEXTFILE's).\n")
+            out.extend(f"ReadWritePaths=-{w}\n" for w in p.writable)
+            done = True
+    if not done:
+        raise ValueError(f"{p.unit}: no ProtectSystem= line to follow")
     return "".join(out)
 
 
@@ -262,6 +293,15 @@ def access_problem(need: Need, who: Who, unit: str, stats: Mapping[str, Stat],
             if not bits & 1:
                 return _denied(step, st, who, unit, f"not traversable (on the way to {need.why})", "o+x")
             continue
+        if need.access is Access.WRITE:
+            if not st.is_dir:
+                return Refusal(step, f"{need.why} is not a directory", "correct the setting that names it")
+            if bits & 3 != 3:
+                return Refusal(step, f"not writable ({need.why}) by user {who.name} (mode {st.mode & 0o7777:04o}, "
+                               f"owner uid {st.uid}), which {unit} runs as",
+                               f"chgrp {who.name} {step} && chmod g+rwx {step}, or choose a directory {who.name} "
+                               "may write")
+            return None
         wanted = 5 if st.is_dir else (5 if need.access is Access.EXEC else 4)
         if need.access is Access.EXEC and st.is_dir:
             return Refusal(step, f"{need.why} is a directory, not an executable", "correct the setting")

@@ -43,3 +43,21 @@ def test_script_needs_its_venv_and_the_base_interpreter(tmp_path: Path) -> None:
     assert paths[str(venv / "bin" / "python")] == str(venv)
     assert real_python in paths  # the symlink's target, where the kernel really executes
     assert paths[str((tmp_path / "pyenv" / "lib").resolve())] == str((tmp_path / "pyenv").resolve())
+
+
+def test_metrics_textfile_directory_is_a_write_need_and_refused_under_tmp() -> None:
+    from dqagent.config import parse_settings
+    from dqagent.reach import dqagent_executable, metrics_needs, preflight
+    from dqagent.sandbox import Access
+
+    assert metrics_needs(parse_settings({})) == []
+    (need,) = metrics_needs(parse_settings({"METRICS_TEXTFILE": "/var/lib/node-exporter/dqagent.prom"}))
+    assert (need.path, need.access) == ("/var/lib/node-exporter", Access.WRITE)
+    units = Path(__file__).resolve().parents[2] / "packaging" / "systemd"
+    s = parse_settings({"METRICS_TEXTFILE": "/tmp/dqagent-test/dqagent.prom", "DRAMATIQ_COMMAND": "/bin/sleep 1",
+                        "WORKER_DIRECTORY": "/"})
+    pre = preflight(s, dqagent_executable(), (units / "dqagent.service").read_text(),
+                    (units / "dramatiq-worker@.service").read_text())
+    lines = [r.line() for r in pre.refusals]
+    assert any(line.startswith("/tmp/dqagent-test: METRICS_TEXTFILE's directory is under /tmp, which "
+                               "dqagent.service cannot see (PrivateTmp=yes") for line in lines), lines

@@ -161,3 +161,39 @@ def test_render_keeps_every_other_line(text: str) -> None:
     assert [ln for ln in out.splitlines() if "ProtectHome" not in ln and "BindReadOnly" not in ln
             and not ln.startswith("# ")] == \
         [ln for ln in text.splitlines() if "ProtectHome" not in ln and not ln.startswith("# ")]
+
+
+# --- METRICS_TEXTFILE's directory (issue 12): written through ProtectSystem=strict ------------------
+
+def test_a_write_need_renders_read_write_paths_after_protect_system() -> None:
+    p = plan("dqagent.service", Sandbox.parse(AGENT), [need("/var/lib/node-exporter", access=Access.WRITE),
+                                                       need("/var/lib/node-exporter/sub", access=Access.WRITE)])
+    assert (p.writable, p.binds, p.refusals, p.protect_home) == (("/var/lib/node-exporter",), (), (), "yes")
+    text = render(AGENT, p)
+    assert "ProtectSystem=strict\n# Rendered by dqagent install: directories the agent writes (METRICS_TEXTFILE's)." \
+           "\nReadWritePaths=-/var/lib/node-exporter\n" in text
+    assert text.replace("# Rendered by dqagent install: directories the agent writes (METRICS_TEXTFILE's).\n"
+                        "ReadWritePaths=-/var/lib/node-exporter\n", "") == AGENT
+
+
+def test_a_write_need_under_tmp_or_a_home_is_refused_in_one_line() -> None:
+    p = plan("dqagent.service", Sandbox.parse(AGENT), [need("/tmp/textfile", access=Access.WRITE),
+                                                       need("/home/ops/prom", access=Access.WRITE)])
+    assert p.writable == () and len(p.refusals) == 2
+    tmp, home = (r.line() for r in p.refusals)
+    assert tmp.startswith("/tmp/textfile: the thing is under /tmp") and "PrivateTmp=yes" in tmp
+    assert home.startswith("/home/ops/prom: the thing is under /home") and "ProtectHome=yes" in home
+    assert "\n" not in tmp + home
+
+
+def test_a_write_need_wants_write_and_search_on_the_directory_itself() -> None:
+    dqagent = Who("dqagent", 990, frozenset({990}))
+    root_dir = Stat(mode=0o40755, uid=0, gid=0, is_dir=True)
+    stats = {"/": root_dir, "/var": root_dir, "/var/lib": root_dir,
+             "/var/lib/prom": Stat(mode=0o40755, uid=0, gid=0, is_dir=True)}
+    problem = access_problem(need("/var/lib/prom", access=Access.WRITE), dqagent, "dqagent.service", stats)
+    assert problem is not None and "not writable" in problem.line() and "chgrp dqagent /var/lib/prom" in problem.fix
+    stats["/var/lib/prom"] = Stat(mode=0o40775, uid=0, gid=990, is_dir=True)
+    assert access_problem(need("/var/lib/prom", access=Access.WRITE), dqagent, "dqagent.service", stats) is None
+    missing = access_problem(need("/var/lib/nope", access=Access.WRITE), dqagent, "dqagent.service", stats)
+    assert missing is not None and missing.missing

@@ -1,0 +1,224 @@
+"""Prometheus metrics (issue 12) from the installed, hardened agent in the real-systemd bench.
+
+One container and one agent for the module (the checks leave the pool back at MIN_PROCESSES):
+`/bin/sleep infinity` workers, the step policy every second, `METRICS_ADDRESS` on loopback (the bench
+shares the host's network namespace, so this process scrapes it with a real HTTP client) and
+`METRICS_TEXTFILE` in a directory user dqagent may write. The scraped text is parsed with
+prometheus_client's own parser and compared with `dqagent status --json` and with systemd.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dqagent import __version__
+from tests.bench import Container, RedisServer, free_port, require_bench
+from tests.integration.agentbench import (
+    QUEUE,
+    dqagent,
+    exposure,
+    install,
+    running_workers,
+    set_backlog,
+    wait_until,
+    worker_names,
+)
+
+TEXTFILE_DIR = "/var/lib/dqagent-metrics"
+TEXTFILE = f"{TEXTFILE_DIR}/dqagent.prom"
+MAX = 4
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@dataclass
+class Metered:
+    c: Container
+    redis: RedisServer
+    url: str
+
+    def scrape(self, timeout: float = 5) -> Samples:
+        with urllib.request.urlopen(self.url, timeout=timeout) as r:
+            assert r.status == 200
+            return parse(r.read().decode())
+
+    def at_min(self) -> None:
+        set_backlog(self.redis, 0)
+        wait_until("the pool back at MIN_PROCESSES", lambda: running_workers(self.c) == worker_names(1), timeout=30)
+
+
+def parse(text: str) -> Samples:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture(scope="module")
+def metered() -> Iterator[Metered]:
+    require_bench()
+    c = Container()
+    redis = RedisServer()
+    try:
+        port = free_port()
+        # Given: the agent installed with metrics on, a 3 s watchdog (pinged every 1.5 s), the
+        # textfile's directory created after install (user dqagent exists then) and writable by it.
+        install(c, redis, now=False, watchdog_s=3, MIN_PROCESSES=1, MAX_PROCESSES=MAX,
+                METRICS_ADDRESS=f"127.0.0.1:{port}", METRICS_TEXTFILE=TEXTFILE)
+        c.run(["install", "-d", "-o", "root", "-g", "dqagent", "-m", "0775", TEXTFILE_DIR])
+        c.systemctl("start", "dqagent")
+        m = Metered(c, redis, f"http://127.0.0.1:{port}/metrics")
+        wait_until("first snapshot", lambda: value(m.scrape(), "dqagent_redis_up") == 1, timeout=30)
+        yield m
+    finally:
+        redis.stop()
+        c.stop()
+
+
+def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -> None:
+    m, c = metered, metered.c
+    m.at_min()
+    seen_running: set[float] = set()
+
+    def converged() -> bool:
+        got = m.scrape()
+        seen_running.add(value(got, "dqagent_workers", state="running") or 0)
+        return value(got, "dqagent_workers", state="running") == MAX and running_workers(c) == worker_names(MAX)
+
+    # When: 100 ready messages (the step rule adds one worker per check while queue > workers x 5)
+    set_backlog(m.redis, 100)
+    wait_until("scaled to MAX in the scrapes and in systemd", converged, timeout=40, interval=0.2)
+    assert len(seen_running) >= 2, seen_running  # scraped while it scaled, not only before and after
+
+    # Then: the figures agree with `dqagent status --json` and with systemd
+    report = json.loads(dqagent(c, "status", "--json").stdout)
+    got = m.scrape()
+    assert value(got, "dqagent_workers", state="running") == report["current_processes"] == MAX
+    assert value(got, "dqagent_workers", state="desired") == MAX
+    assert value(got, "dqagent_workers", state="starting") == value(got, "dqagent_workers", state="stopping") == 0
+    assert value(got, "dqagent_workers", state="failed") == 0
+    assert (value(got, "dqagent_workers_limit", bound="min"), value(got, "dqagent_workers_limit", bound="max")) \
+        == (report["min_processes"], report["max_processes"]) == (1, MAX)
+    for state in ("ready", "in_flight", "delayed", "dead_lettered", "orphaned"):
+        assert value(got, "dqagent_queue_messages", queue=QUEUE, state=state) == report["queues"][QUEUE][state]
+    assert value(got, "dqagent_queue_messages", queue=QUEUE, state="ready") == 100
+    assert len(running_workers(c)) == MAX == len([p for p in report["process_list"] if p["status"] == "running"])
+    assert value(got, "dqagent_redis_up") == 1
+    assert value(got, "dqagent_build_info", version=__version__, policy="step") == 1
+    assert (value(got, "dqagent_scale_actions_total", direction="up", reason="step") or 0) >= MAX - 1
+    assert (value(got, "dqagent_decision_duration_seconds_count") or 0) >= 1
+    last = value(got, "dqagent_last_decision_timestamp_seconds")
+    assert last is not None and abs(time.time() - last) < 10
+
+    # The textfile holds the same metrics, readable by another user (node_exporter), replaced atomically
+    path = c.root / TEXTFILE.lstrip("/")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    from_file = parse(path.read_text())
+    assert value(from_file, "dqagent_workers", state="running") == MAX
+    assert {n for n, _ in from_file} == {n for n, _ in got}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["dqagent.prom"]  # no temporary file left
+
+    # The unit stays hardened: the listener changes nothing systemd-analyze scores; the directory is
+    # writable through ProtectSystem=strict only because install rendered it
+    unit = (c.root / "etc/systemd/system/dqagent.service").read_text()
+    assert f"ReadWritePaths=-{TEXTFILE_DIR}\n" in unit and "ProtectSystem=strict\n" in unit
+    score = exposure(c, "dqagent.service")
+    print(f"\nexposure with METRICS_ADDRESS and METRICS_TEXTFILE: {score}")
+    assert score <= 2.0
+    # `dqagent check` passes the directory, and fails it in one line once dqagent may not write it
+    assert not [ln for ln in dqagent(c, "check", check=False).stdout.splitlines()
+                if ln.startswith("FAIL") and TEXTFILE_DIR in ln]
+    c.run(["chmod", "0755", TEXTFILE_DIR])
+    try:
+        result = dqagent(c, "check", check=False)
+        (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith("FAIL") and TEXTFILE_DIR in ln]
+        assert result.returncode == 78 and "not writable (METRICS_TEXTFILE's directory) by user dqagent" in line
+    finally:
+        c.run(["chmod", "0775", TEXTFILE_DIR])
+    m.at_min()
+
+
+def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(metered: Metered) -> None:
+    m, c = metered, metered.c
+    pid = c.unit_property("dqagent.service", "MainPID")
+    restarts = c.unit_property("dqagent.service", "NRestarts")
+
+    def scale_up_s() -> float:
+        m.at_min()
+        began = time.monotonic()
+        set_backlog(m.redis, 100)
+        wait_until("scaled to MAX", lambda: running_workers(c) == worker_names(MAX), timeout=60, interval=0.1)
+        return time.monotonic() - began
+
+    quiet = scale_up_s()
+    # When: bursts of 50 scrapes at once (0.2 s apart, as 50 Prometheus servers would) during a scale-up
+    stop = threading.Event()
+    burst = threading.Barrier(50)
+    ok = [0] * 50
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def scraper(i: int) -> None:
+        while not stop.is_set():
+            try:
+                burst.wait(timeout=30)
+                began = time.monotonic()
+                with urllib.request.urlopen(m.url, timeout=20) as r:  # the text only: this process's CPU
+                    assert r.status == 200 and b"dqagent_redis_up 1.0" in r.read()  # stays the agent's
+                latencies.append(time.monotonic() - began)
+                ok[i] += 1
+            except threading.BrokenBarrierError:
+                return
+            except Exception as exc:
+                errors.append(repr(exc))
+            stop.wait(0.2)
+
+    threads = [threading.Thread(target=scraper, args=(i,), daemon=True) for i in range(50)]
+    m.at_min()
+    for t in threads:
+        t.start()
+    try:
+        loaded = scale_up_s()
+    finally:
+        stop.set()
+        burst.abort()
+        for t in threads:
+            t.join(30)
+    latencies.sort()
+    print(f"\nscale-up 1 -> {MAX}: {quiet:.1f}s without scrapes, {loaded:.1f}s under bursts of 50 concurrent "
+          f"scrapes ({sum(ok)} scrapes, {len(errors)} errors, scrape p50 {latencies[len(latencies) // 2]:.2f}s "
+          f"max {latencies[-1]:.2f}s)")
+    # Then: every scraper was answered, the scale-up took no longer beyond noise, no watchdog kill
+    assert not errors, errors[:3]
+    assert all(n >= 1 for n in ok)
+    assert loaded <= 2 * quiet + 3, (quiet, loaded)
+    assert c.unit_property("dqagent.service", "MainPID") == pid
+    assert c.unit_property("dqagent.service", "NRestarts") == restarts
+    m.at_min()
+
+
+def test_a_scrape_while_redis_is_down_answers_redis_up_0(metered: Metered) -> None:
+    m, c = metered, metered.c
+    m.at_min()
+    before = value(m.scrape(), "dqagent_source_errors_total", source="redis") or 0
+    m.redis.stop()
+    try:
+        wait_until("dqagent_redis_up 0", lambda: value(m.scrape(), "dqagent_redis_up") == 0, timeout=30)
+        got = m.scrape()
+        assert (value(got, "dqagent_source_errors_total", source="redis") or 0) > before
+        assert not [k for k in got if k[0] == "dqagent_queue_messages"]  # unknown, not stale
+        assert value(got, "dqagent_workers", state="running") == 1  # kept: the agent never scales on unknown data
+        assert running_workers(c) == worker_names(1)
+    finally:
+        m.redis.restart()
+    wait_until("dqagent_redis_up 1 again", lambda: value(m.scrape(), "dqagent_redis_up") == 1, timeout=60)
