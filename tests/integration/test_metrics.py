@@ -53,6 +53,10 @@ class Metered:
     def at_min(self) -> None:
         set_backlog(self.redis, 0)
         wait_until("the pool back at MIN_PROCESSES", lambda: running_workers(self.c) == worker_names(1), timeout=30)
+        # and the agent's last snapshot says so too (a check may not have run since systemd's stop ended)
+        wait_until("the agent's snapshot at MIN_PROCESSES", lambda: (
+            value(self.scrape(), "dqagent_workers", state="running") == 1
+            and not value(self.scrape(), "dqagent_workers", state="stopping")), timeout=30)
 
 
 def parse(text: str) -> Samples:
