@@ -39,6 +39,8 @@ def test_make_policy_builds_the_configured_class() -> None:
     assert isinstance(make_policy(s, s.scaling_policy, shape=worker_shape(s.dramatiq_command, 4)), TargetPolicy)
 
 
-def test_policy_keys_are_a_marked_block_at_the_end_of_defaults() -> None:
-    assert list(DEFAULTS)[-5:] == ["SCALING_POLICY", "TARGET_PER_WORKER", "TARGET_TOLERANCE",
+def test_policy_keys_are_one_contiguous_block_of_defaults() -> None:
+    keys = list(DEFAULTS)
+    start = keys.index("SCALING_POLICY")
+    assert keys[start:start + 5] == ["SCALING_POLICY", "TARGET_PER_WORKER", "TARGET_TOLERANCE",
                                   "SCALE_UP_MAX_STEP", "SCALE_DOWN_WINDOW"]
