@@ -32,6 +32,7 @@ from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.policies import Decision, Observation, Policy
+from dqagent.pressure import HostGuard, MemoryReader
 from dqagent.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
@@ -128,6 +129,8 @@ class Agent:
         self._policy_state: Any = policy.initial_state()
         self.reporter = Reporter(notifier)
         self.jobs = JobTable(units, self.reporter, clock)
+        #: Caps scale-ups by the host's headroom (issue 14: dqagent.guard, dqagent.pressure).
+        self.guard = HostGuard(units if isinstance(units, MemoryReader) else None, clock)
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
         self._last_logged = -math.inf
@@ -145,6 +148,7 @@ class Agent:
         try:
             for warning in startup_warnings(self.s, os.cpu_count()):
                 log.warning("%s", warning, extra=event("config_warning"))
+            self.guard.warn_missing(self.s)
             await self._guard(self._adopt(), self._tick_budget_s())
             self.notifier.ready()
             if self.initial is not None:
@@ -269,6 +273,9 @@ class Agent:
         if decision.target == 0 and demand.delayed > 0:
             # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
             decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
+        verdict = await self.guard.cap(self.s, counted.pool, decision.target)  # guard cap, before acting
+        if verdict.holding:
+            decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
         fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=counted.pool,
                       running=counted.running, target=decision.target, ready=demand.ready,
                       in_flight=demand.in_flight, delayed=demand.delayed, dead_lettered=demand.dead,
@@ -282,7 +289,7 @@ class Agent:
             self._last_logged = now
         plan = self._act(states, decision.target, reason=decision.reason)
         self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length,
-                             self.s.tick_interval_s())
+                             self.s.tick_interval_s(), note=verdict.status())
         return self.s.tick_interval_s()
 
     def _act(self, states: Sequence[UnitState], target: int, reason: str) -> Plan:

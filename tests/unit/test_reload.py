@@ -29,7 +29,7 @@ from dqagent.reload import Answer, Reloader, ReloadError, plan_reload
 from dqagent.workercmd import worker_shape
 from tests.unit.fakes import FakeUnits
 
-BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
+BASE = {"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "LOG_FILE": "", "DRAMATIQ_QUEUE_NAME": "q", "REDIS_PASSWORD_FILE": ""}
 
 # Valid alternative values per setting (each alone keeps the whole file valid against BASE).
