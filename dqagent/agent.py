@@ -273,7 +273,7 @@ class Agent:
         if decision.target == 0 and demand.delayed > 0:
             # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
             decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
-        verdict = await self.guard.cap(self.s, counted.pool, decision.target)  # guard cap, before acting
+        verdict = await self.guard.cap(self.s, counted.pool, decision.target, obs.starting)  # guard cap, then act
         if verdict.holding:
             decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
         fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=counted.pool,

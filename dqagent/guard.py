@@ -103,8 +103,9 @@ def _size(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def fitting_workers(h: Headroom, reserve: int) -> float:
-    """How many more workers fit in MemAvailable minus the reserve (inf when nothing limits it)."""
+def fitting_workers(h: Headroom, reserve: int, starting: int = 0) -> float:
+    """How many more workers fit in MemAvailable minus the reserve (inf when nothing limits it), less the
+    `starting` ones, which MemAvailable may not show yet."""
     if h.mem_available is None:
         return math.inf
     room = h.mem_available - reserve
@@ -112,13 +113,14 @@ def fitting_workers(h: Headroom, reserve: int) -> float:
         return 0
     if not h.worker_bytes:  # size unknown: only the reserve holds
         return math.inf
-    return room // h.worker_bytes
+    return max(0, room // h.worker_bytes - starting)
 
 
-def decide(pool: int, wanted: int, floor: int, h: Headroom, lim: Limits) -> Verdict:
+def decide(pool: int, wanted: int, floor: int, h: Headroom, lim: Limits, starting: int = 0) -> Verdict:
     """The target the host can take: `wanted` when it is no increase over `pool` or nothing holds it.
 
     `floor` (MIN_PROCESSES) is never held: the operator's minimum, restored by systemd's Restart= anyway.
+    `starting`: workers of the pool started so recently that their memory may not show in MemAvailable yet.
     """
     base = max(pool, min(floor, wanted))
     if wanted <= base:
@@ -131,12 +133,13 @@ def decide(pool: int, wanted: int, floor: int, h: Headroom, lim: Limits) -> Verd
     for resource, words, figure, limit in pressures:
         if figure is not None and figure > limit:
             return Verdict(base, wanted, resource, figure, limit, f"{words} {_pct(figure)} > {_pct(limit)}")
-    fit = fitting_workers(h, lim.memory_reserve)
+    fit = fitting_workers(h, lim.memory_reserve, starting)
     if base + fit >= wanted:
         return Verdict(wanted, wanted)
     allowed = base + int(fit)
     assert h.mem_available is not None
     need = lim.memory_reserve + (h.worker_bytes or 0)
     each = f", {int(fit)} more of {_size(h.worker_bytes)} fit" if h.worker_bytes else ""
+    each += f" ({starting} still starting)" if starting and h.worker_bytes else ""
     return Verdict(allowed, wanted, "memory_available", float(h.mem_available), float(need),
                    f"memory available {_size(h.mem_available)} - reserve {_size(lim.memory_reserve)}{each}")

@@ -129,8 +129,10 @@ class HostGuard:
                             "or booted with psi=0)", SOURCES[part], why,
                             extra=event("guard_source_missing", resource=part, path=why.split(":")[0]))
 
-    async def cap(self, settings: Settings, pool: int, wanted: int) -> Verdict:
-        """The target after the guard: `wanted`, or less while the host lacks headroom (see dqagent.guard)."""
+    async def cap(self, settings: Settings, pool: int, wanted: int, starting: int = 0) -> Verdict:
+        """The target after the guard: `wanted`, or less while the host lacks headroom (see dqagent.guard).
+
+        `starting`: workers of the pool still starting (their memory may not be in MemAvailable yet)."""
         if not settings.guard or wanted <= pool:
             verdict = Verdict(wanted, wanted)
         else:
@@ -143,7 +145,7 @@ class HostGuard:
             reading = read_host(settings, samples)
             self.last = reading.headroom
             verdict = decide(pool, wanted, settings.min_processes, reading.headroom,
-                             limits(settings, reading.headroom.mem_total))
+                             limits(settings, reading.headroom.mem_total), starting)
         self._transition(verdict, pool)
         return verdict
 
