@@ -105,15 +105,26 @@ def test_limits_are_drop_ins_systemd_reports_and_uninstall_removes_only_ours(
     assert f"removed {SLICE_DROPIN}" in out and not (c.root / SLICE_DROPIN.lstrip("/")).exists()
     assert c.unit_property(SLICE, "MemoryMax") == "infinity" and c.unit_property(SLICE, "CPUWeight") == "50"
     assert c.unit_property(worker, "MemoryHigh") == "infinity"
+    # An operator's file under our name: install refuses before writing anything
+    c.write(SLICE_DROPIN, "[Slice]\nTasksMax=10\n")
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis_server, MIN_PROCESSES=1, POOL_TASKS_MAX=20))
+    refused = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install"], check=False)
+    assert refused.returncode == 78 and refused.stderr.strip() == (
+        f"dqagent install: {SLICE_DROPIN} exists but was not written by dqagent install; fix: move it away (or "
+        "rename it) and run dqagent install again")
+    assert (c.root / SLICE_DROPIN.lstrip("/")).read_text() == "[Slice]\nTasksMax=10\n"
     out = c.run([DQAGENT, "uninstall"]).stdout
     assert f"removed {WORKER_DROPIN}" in out and not (c.root / WORKER_DROPIN.lstrip("/")).exists()
     assert (c.root / f"etc/systemd/system/{SLICE}.d/90-operator.conf").exists()
+    assert (c.root / SLICE_DROPIN.lstrip("/")).exists()  # the operator's, never ours to remove
 
 
 def test_a_worker_past_worker_memory_max_is_reported_as_oom_killed(
         fresh_container: Container, redis_server: RedisServer) -> None:
     c = fresh_container
     hog = "/usr/bin/python3 -c 'import time; b = bytearray(256 * 1024 * 1024); time.sleep(3600)'"
+    # With swap, the kernel would swap the worker out past MemoryMax before killing it: no swap for this test
+    c.write("/etc/systemd/system/dramatiq-worker@.service.d/60-test-noswap.conf", "[Service]\nMemorySwapMax=0\n")
     install(c, redis_server, MIN_PROCESSES=1, MAX_PROCESSES=1, WORKER_MEMORY_MAX="32M", DRAMATIQ_COMMAND=hog,
             PROCESS_STARTUP_DELAY=3)
     worker = "dramatiq-worker@1.service"
