@@ -208,6 +208,7 @@ class Agent:
             if outcome.policy.name != self.policy.name:
                 self._policy_state = outcome.policy.initial_state()
             self.s, self.probe, self.policy = outcome.settings, outcome.probe, outcome.policy
+            self.guard.warn_missing(self.s)  # GUARD may have been turned on
         self.notifier.ready()
         self.reloader.answer(outcome)
 

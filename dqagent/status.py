@@ -119,6 +119,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     finally:
         await probe.close()
     client = SystemdClient(bus_address, call_timeout_s=s.dbus_timeout_s)
+    memory: list[int] = []  # the running workers' MemoryCurrent, for the guard's figures
     try:
         await client.connect()
         states = await client.worker_states()
@@ -143,7 +144,9 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
              "result": st.result, "restarts": st.n_restarts}
             for st in states
         ]
-        memory = await client.worker_memory() if s.guard else []
+        if s.guard:
+            with contextlib.suppress(DqAgentError):
+                memory = await client.worker_memory()
     finally:
         client.close()
     if s.guard:
