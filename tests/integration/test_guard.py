@@ -230,6 +230,9 @@ def test_the_real_proc_files_are_read_inside_the_agents_sandbox(guarded: tuple[C
     assert g["mem_total_bytes"] == host_total and 0 < g["mem_available_bytes"] <= host_total
     assert all(0 <= g[k] <= 100 for k in ("cpu_some_avg10", "memory_some_avg10", "memory_full_avg10"))
     assert g["unreadable"] == {}
+    # The workers' MemoryCurrent over D-Bus: exactly those systemd can account (none on this cgroup v1 bench)
+    accounted = [u for u in running_workers(c) if c.unit_property(u, "MemoryCurrent").isdigit()]
+    assert g["workers_measured"] == len(accounted) and (g["worker_bytes"] is not None)
     set_backlog(redis, 40)
     wait_until("4 workers", lambda: len(running_workers(c)) == 4, timeout=20)
 
