@@ -56,13 +56,21 @@ def cpu_some() -> float:
 
 def write_proc(c: Container, cpu: float = 0, mem_some: float = 0, mem_full: float = 0,
                available: int = 8192 * MiB, total: int = 16384 * MiB) -> None:
-    """PSI and meminfo files in the kernel's format, where GUARD_PROC_DIR points the agent."""
-    c.write(f"{TESTPROC}/pressure/cpu", f"some avg10={cpu:.2f} avg60=0.00 avg300=0.00 total=1\n"
-            "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
-    c.write(f"{TESTPROC}/pressure/memory", f"some avg10={mem_some:.2f} avg60=0.00 avg300=0.00 total=1\n"
-            f"full avg10={mem_full:.2f} avg60=0.00 avg300=0.00 total=1\n")
-    c.write(f"{TESTPROC}/meminfo",
-            f"MemTotal: {total // 1024} kB\nMemFree: 1 kB\nMemAvailable: {available // 1024} kB\n")
+    """PSI and meminfo files in the kernel's format, where GUARD_PROC_DIR points the agent.
+
+    Each file is replaced whole (rename), meminfo first: a read between two writes never sees less
+    pressure with the old room, nor a half-written file."""
+    files = {
+        "meminfo": f"MemTotal: {total // 1024} kB\nMemFree: 1 kB\nMemAvailable: {available // 1024} kB\n",
+        "pressure/cpu": f"some avg10={cpu:.2f} avg60=0.00 avg300=0.00 total=1\n"
+                        "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        "pressure/memory": f"some avg10={mem_some:.2f} avg60=0.00 avg300=0.00 total=1\n"
+                           f"full avg10={mem_full:.2f} avg60=0.00 avg300=0.00 total=1\n",
+    }
+    for name, text in files.items():
+        c.write(f"{TESTPROC}/{name}.new", text)
+        target = c.root / TESTPROC.lstrip("/") / name
+        target.with_name(target.name + ".new").replace(target)
 
 
 def memory_enforced(c: Container, unit: str) -> str:
