@@ -33,6 +33,7 @@ from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.policies import Decision, Observation, Policy
+from dqagent.pressure import HostGuard, MemoryReader
 from dqagent.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
@@ -140,6 +141,8 @@ class Agent:
         self._policy_state: Any = policy.initial_state()
         self.reporter = Reporter(notifier)
         self.jobs = JobTable(units, self.reporter, clock)
+        #: Caps scale-ups by the host's headroom (issue 14: dqagent.guard, dqagent.pressure).
+        self.guard = HostGuard(units if isinstance(units, MemoryReader) else None, clock)
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
         self._last_logged = -math.inf
@@ -166,6 +169,7 @@ class Agent:
         try:
             for warning in startup_warnings(self.s, os.cpu_count()):
                 log.warning("%s", warning, extra=event("config_warning"))
+            self.guard.warn_missing(self.s)
             await self._guard(self._adopt(), self._tick_budget_s())
             self.notifier.ready()
             if self.initial is not None:
@@ -233,6 +237,7 @@ class Agent:
                 self._policy_state = outcome.policy.initial_state()
             self.s, self.probe, self.policy = outcome.settings, outcome.probe, outcome.policy
             self._reload_exporter()
+            self.guard.warn_missing(self.s)  # GUARD may have been turned on
         self.notifier.ready()
         self.reloader.answer(outcome)
 
@@ -304,6 +309,9 @@ class Agent:
             # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
             decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
             label = Reason.DELAYED_MESSAGES
+        verdict = await self.guard.cap(self.s, counted.pool, decision.target, obs.starting)  # guard cap, then act
+        if verdict.holding:
+            decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
         fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=counted.pool,
                       running=counted.running, target=decision.target, ready=demand.ready,
                       in_flight=demand.in_flight, delayed=demand.delayed, dead_lettered=demand.dead,
@@ -318,7 +326,7 @@ class Agent:
             self._last_logged = now
         plan = self._act(states, decision.target, reason=decision.reason, label=label)
         self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length,
-                             self.s.tick_interval_s())
+                             self.s.tick_interval_s(), note=verdict.status())
         self.counters.decision_took(self.clock() - began)
         self._last_decision_s = self.wallclock()
         c = census(states, self.jobs.in_flight)  # with this tick's own starts and stops counted

@@ -171,6 +171,23 @@ ENTRIES: tuple[Entry, ...] = (
           "The agent keeps scaling and tries again after the next check. `dqagent check` names the problem."),
     Entry("metrics_textfile_ok", "31a8eccc9e68423693e7ad8a96acbc94", "dqagent writes its metrics textfile again",
           "METRICS_TEXTFILE is written again after earlier failures. Nothing to do."),
+
+    # -- resource limits and the guard (issue 14) ---------------------------------------------------------
+    Entry("guard_blocked", "91afad180bf4400e90e9b75d0f5f4353", "dqagent holds a scale-up: the host lacks headroom",
+          "The policy wants more workers, but the host lacks headroom (the fields RESOURCE, FIGURE and LIMIT "
+          "say which figure and by how much), so the agent starts fewer or none until it recovers; "
+          "scale-down is never held. Find what "
+          "loads the host, or raise GUARD_CPU_PRESSURE / GUARD_MEMORY_PRESSURE / GUARD_MEMORY_RESERVE, or set "
+          "GUARD=off (docs/operations.md, Resource limits and the guard)."),
+    Entry("guard_released", "b17d00d317d04d6fae49cd611ddd1401", "dqagent's scale-up hold has ended",
+          "The host has headroom again; the held scale-up proceeds at this check. Nothing to do."),
+    Entry("guard_source_missing", "fc95019c00154ce2a1f9f5e437172646", "A figure the guard reads is missing",
+          "A pressure file (/proc/pressure/*: a kernel without PSI, or psi=0) or /proc/meminfo cannot be read, "
+          "so that part of the guard is off; the others still apply. Boot with psi=1 to use it, or ignore."),
+    Entry("worker_oom_killed", "b4812458ec7f43248906c6a3f6d011ba", "The kernel killed a Dramatiq worker for memory",
+          "A worker went past its memory limit (WORKER_MEMORY_MAX or the pool's POOL_MEMORY_MAX) and systemd "
+          "reports Result=oom-kill. Its running and prefetched messages return to the queue through Dramatiq's "
+          "orphan recovery (at-least-once). Raise the limit, or find the task that needs so much memory."),
 )
 
 #: Entries by event name.

@@ -101,6 +101,7 @@ def unit_file_results(settings: Settings, pre: Preflight, exe: str) -> list[Resu
             out.append(Result(False, f"{path} is out of date for these settings ({diff}); fix: dqagent install"))
         else:
             out.append(Result(True, f"{path} is what dqagent install renders for these settings"))
+    out += limits_results(settings)
     rule = (PACKAGING / "dqagent.rules").read_text()
     try:
         same = POLKIT_RULE.read_text() == rule
@@ -110,6 +111,28 @@ def unit_file_results(settings: Settings, pre: Preflight, exe: str) -> list[Resu
     else:
         out.append(Result(same, f"polkit rule {POLKIT_RULE} is in place" if same else
                           f"polkit rule {POLKIT_RULE} differs from dqagent's; fix: dqagent install"))
+    return out
+
+
+def limits_results(settings: Settings) -> list[Result]:
+    """The resource-limit drop-ins (issue 14): in place as rendered, absent when no such limit is set."""
+    from dqagent.layout import limits_summary, ours, rendered_limits
+
+    out: list[Result] = []
+    for path, wanted in rendered_limits(settings).items():
+        if not path.exists():
+            if wanted is not None:
+                out.append(Result(False, f"{path} is not installed; fix: dqagent install"))
+        elif not ours(path):
+            out.append(Result(False, f"{path} was not written by dqagent install (its limits are the operator's); "
+                              "fix: move it away, then dqagent install"))
+        elif wanted is None:
+            out.append(Result(False, f"{path} sets pool limits these settings no longer set; fix: dqagent install"))
+        elif path.read_text() != wanted:
+            out.append(Result(False, f"{path} is out of date for these settings "
+                              f"({_first_difference(path.read_text(), wanted)}); fix: dqagent install"))
+    if not out:
+        out.append(Result(True, f"resource limits in place: {limits_summary(settings)}"))
     return out
 
 

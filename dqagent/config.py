@@ -76,6 +76,17 @@ DEFAULTS: dict[str, str] = {
     "SCALE_DOWN_WINDOW": "120",
     # --- Scaling on age (issue 12); parsed by `_parse_age_settings`. Empty = off. ---
     "MAX_QUEUE_AGE": "",
+    # --- Resource limits and the guard (issue 14); parsed by `_parse_guard_settings`, see docs/operations.md. ---
+    "WORKER_MEMORY_MAX": "",
+    "WORKER_MEMORY_HIGH": "",
+    "POOL_MEMORY_MAX": "",
+    "POOL_CPU_QUOTA": "",
+    "POOL_TASKS_MAX": "",
+    "GUARD": "on",
+    "GUARD_MEMORY_PRESSURE": "10",
+    "GUARD_CPU_PRESSURE": "50",
+    "GUARD_MEMORY_RESERVE": "10%",
+    "GUARD_PROC_DIR": "/proc",
 }
 
 #: Where systemd's `LoadCredential=redis_password:...` puts the password for the service.
@@ -128,6 +139,23 @@ class Settings:
     metrics_address: str = ""
     #: Absolute path for node_exporter's textfile collector, rewritten after each tick; "" off.
     metrics_textfile: str = ""
+    # --- Resource limits (issue 14): systemd's own forms ("" no limit; bytes as a plain integer, "N%",
+    # "infinity"), rendered by `dqagent install` into drop-ins (dqagent.layout.rendered_limits). ---
+    worker_memory_max: str = ""
+    worker_memory_high: str = ""
+    pool_memory_max: str = ""
+    pool_cpu_quota: str = ""
+    pool_tasks_max: str = ""
+    # --- The guard (issue 14, dqagent.guard): scale-ups held while the host has no headroom. ---
+    guard: bool = True
+    #: Percent (some avg10) of memory stall above which scale-up is held; full avg10 is held at half of it.
+    guard_memory_pressure: float = 10.0
+    #: Percent (some avg10) of CPU stall above which scale-up is held.
+    guard_cpu_pressure: float = 50.0
+    #: Memory kept free after one more worker: bytes as an integer, or "N%" of MemTotal.
+    guard_memory_reserve: str = "10%"
+    #: Where /proc/pressure/{cpu,memory} and /proc/meminfo are read (test-only override).
+    guard_proc_dir: str = "/proc"
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
@@ -362,6 +390,7 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         max_queue_age_s=_parse_age_settings(v, v["SCALING_POLICY"].strip().lower()),
         metrics_address=_check_metrics_address(v["METRICS_ADDRESS"]),
         metrics_textfile=_parse_metrics_textfile(v["METRICS_TEXTFILE"]),
+        **_parse_guard_settings(v),
     )
 
 
@@ -416,3 +445,110 @@ def _parse_metrics_textfile(raw: str) -> str:
         raise ConfigError("METRICS_TEXTFILE", raw, "expected empty (off) or an absolute path ending in .prom, "
                           "e.g. /var/lib/prometheus/node-exporter/dqagent.prom")
     return text
+# --- Resource limits and the guard (issue 14) ---------------------------------------------------
+
+_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)", re.IGNORECASE)
+_PERCENT_RE = re.compile(r"([0-9]+(?:\.[0-9]{1,2})?)%")
+_SIZE_FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE_ACCEPTED = ("expected empty (no limit), bytes with an optional K, M, G or T suffix (base 1024, e.g. 512M "
+                  "or 1.5G), a percentage of physical memory in (0, 100] (e.g. 20%), or infinity")
+
+
+_RESERVE_ACCEPTED = ("expected bytes with an optional K, M, G or T suffix (base 1024, e.g. 512M; 0 for none) or a "
+                     "percentage of MemTotal in [0, 100] (e.g. 10%)")
+
+
+def parse_memory(key: str, raw: str, limit: bool = True) -> str:
+    """A memory size in one of systemd's forms, as the value to render: "" (no limit), "infinity",
+    "N%" (of physical memory), or bytes as a plain integer (the suffix applied, so systemd reads it exactly).
+
+    `limit=False` (GUARD_MEMORY_RESERVE): no "" or infinity, and 0 / 0% allowed.
+    """
+    text = raw.strip()
+    accepted = _SIZE_ACCEPTED if limit else _RESERVE_ACCEPTED
+    lowest = 1 if limit else 0
+    if limit and text.lower() in ("", "infinity"):
+        return text.lower()
+    percent = _PERCENT_RE.fullmatch(text)
+    if percent:
+        share = float(percent.group(1))
+        if share > 100 or (share <= 0 if limit else share < 0):
+            raise ConfigError(key, raw, accepted)
+        return text
+    size = _SIZE_RE.fullmatch(text)
+    if not size:
+        raise ConfigError(key, raw, accepted)
+    n = int(float(size.group(1)) * _SIZE_FACTORS[size.group(2).upper()])
+    if n < lowest or n >= 2**63:
+        raise ConfigError(key, raw, accepted)
+    return str(n)
+
+
+def _parse_cpu_quota(key: str, raw: str) -> str:
+    text = raw.strip()
+    accepted = "expected empty (no limit) or a percentage >= 1% (100% = one CPU; e.g. 300% for three CPUs)"
+    if not text:
+        return ""
+    match = _PERCENT_RE.fullmatch(text)
+    if not match or not 1 <= float(match.group(1)) <= 100_000:
+        raise ConfigError(key, raw, accepted)
+    return text
+
+
+def _parse_tasks_max(key: str, raw: str) -> str:
+    text = raw.strip()
+    accepted = ("expected empty (no limit), a number of tasks >= 1, a percentage of the kernel's limit in "
+                "(0, 100] (e.g. 50%), or infinity")
+    if not text or text.lower() == "infinity":
+        return text.lower()
+    percent = _PERCENT_RE.fullmatch(text)
+    if percent:
+        if not 0 < float(percent.group(1)) <= 100:
+            raise ConfigError(key, raw, accepted)
+        return text
+    return str(_int(key, text, 1, 2**31, accepted))
+
+
+class _GuardSettings(TypedDict):
+    worker_memory_max: str
+    worker_memory_high: str
+    pool_memory_max: str
+    pool_cpu_quota: str
+    pool_tasks_max: str
+    guard: bool
+    guard_memory_pressure: float
+    guard_cpu_pressure: float
+    guard_memory_reserve: str
+    guard_proc_dir: str
+
+
+def _parse_guard_settings(v: Mapping[str, str]) -> _GuardSettings:
+    """The resource-limit and guard block (issue 14), kept apart like the policy block."""
+    worker_max = parse_memory("WORKER_MEMORY_MAX", v["WORKER_MEMORY_MAX"])
+    worker_high = parse_memory("WORKER_MEMORY_HIGH", v["WORKER_MEMORY_HIGH"])
+    if worker_max.isdigit() and worker_high.isdigit() and int(worker_high) >= int(worker_max):
+        raise ConfigError("WORKER_MEMORY_HIGH", v["WORKER_MEMORY_HIGH"],
+                          f"expected less than WORKER_MEMORY_MAX={v['WORKER_MEMORY_MAX'].strip()} (the throttling "
+                          "point must come before the kill point), or empty")
+
+    def pressure(key: str) -> float:
+        return _float(key, v[key], "expected a percentage of stalled time in (0, 100] (avg10 of /proc/pressure)",
+                      lambda x: 0 < x <= 100)
+
+    guard = v["GUARD"].strip().lower()
+    if guard not in ("on", "off", "yes", "no", "true", "false", "1", "0"):
+        raise ConfigError("GUARD", v["GUARD"], "expected on or off")
+    proc_dir = v["GUARD_PROC_DIR"].strip()
+    if not proc_dir.startswith("/"):
+        raise ConfigError("GUARD_PROC_DIR", proc_dir, "expected an absolute path (test-only; default /proc)")
+    return _GuardSettings(
+        worker_memory_max=worker_max, worker_memory_high=worker_high,
+        pool_memory_max=parse_memory("POOL_MEMORY_MAX", v["POOL_MEMORY_MAX"]),
+        pool_cpu_quota=_parse_cpu_quota("POOL_CPU_QUOTA", v["POOL_CPU_QUOTA"]),
+        pool_tasks_max=_parse_tasks_max("POOL_TASKS_MAX", v["POOL_TASKS_MAX"]),
+        guard=guard in ("on", "yes", "true", "1"),
+        guard_memory_pressure=pressure("GUARD_MEMORY_PRESSURE"),
+        guard_cpu_pressure=pressure("GUARD_CPU_PRESSURE"),
+        guard_memory_reserve=parse_memory("GUARD_MEMORY_RESERVE", v["GUARD_MEMORY_RESERVE"], limit=False),
+        guard_proc_dir=proc_dir,
+    )

@@ -10,6 +10,7 @@ enabled/started over D-Bus (never by running systemctl); the journal's catalog i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import subprocess
@@ -31,10 +32,14 @@ from dqagent.layout import (
     PASSWORD_FILE,
     POLKIT_RULE,
     POLKITD,
+    SLICE_LIMITS_FILE,
     SYSUSERS,
+    WORKER_LIMITS_FILE,
     WORKER_TEMPLATE_FILE,
     env_template,
     logrotate_rule,
+    ours,
+    rendered_limits,
     rendered_units,
 )
 from dqagent.reach import dqagent_executable, preflight
@@ -120,6 +125,10 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         for refusal in pre.refusals:
             print(f"dqagent install: {refusal.line()}", file=sys.stderr)
         return EXIT_CONFIG
+    foreign = [p for p in rendered_limits(settings) if p.exists() and not ours(p)]
+    if foreign:  # an operator's file under our name: never ours to overwrite or remove
+        return _refuse(f"{foreign[0]} exists but was not written by dqagent install; fix: move it away (or rename "
+                       "it) and run dqagent install again")
     workdir = Path(settings.worker_directory)
     for problem in pre.missing:
         if not workdir.is_relative_to(problem.path):  # install creates WORKER_DIRECTORY (and parents) below
@@ -137,6 +146,12 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
         report.changed.append(f"created {workdir}")
     for path, text in rendered_units(settings, exe, pre).items():
         _write(path, text, 0o644, report)
+    for path, limits in rendered_limits(settings).items():
+        if limits is not None:
+            _write(path, limits, 0o644, report)
+        elif ours(path):  # that limit is no longer set
+            _remove_dropin(path)
+            report.changed.append(f"removed {path}")
     _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
     _write(LOGROTATE, logrotate_rule(settings.log_file), 0o644, report)
     if _write(CATALOG_FILE, catalog.render(), 0o644, report):
@@ -197,6 +212,10 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
         if path.exists():
             path.unlink()
             removed.append(str(path))
+    for path in (WORKER_LIMITS_FILE, SLICE_LIMITS_FILE):
+        if ours(path):
+            _remove_dropin(path)
+            removed.append(str(path))
     if purge and ETC.exists() and not any(ETC.iterdir()):
         ETC.rmdir()
     asyncio.run(_reload(bus_address))
@@ -209,6 +228,13 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
     if not removed:
         print("not installed: nothing removed")
     return EXIT_OK
+
+
+def _remove_dropin(path: Path) -> None:
+    """Remove one of our drop-ins, and its `.d` directory when nothing else is left in it."""
+    path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 async def _stop_everything(bus_address: str | None) -> None:

@@ -68,6 +68,16 @@ DESCRIPTIONS: dict[str, str] = {
     "MAX_QUEUE_AGE": "target policy: seconds the oldest waiting message may wait before a scale-up; empty = off",
     "METRICS_ADDRESS": "serve Prometheus /metrics on host:port ([v6]:port); empty: off (see docs/metrics.md)",
     "METRICS_TEXTFILE": "also write the metrics to this .prom file after each check (node_exporter textfile)",
+    "WORKER_MEMORY_MAX": "per worker: MemoryMax= (e.g. 1G, 20%, infinity; empty: none); the kernel kills past it",
+    "WORKER_MEMORY_HIGH": "per worker: MemoryHigh= (throttled and reclaimed past it; below WORKER_MEMORY_MAX)",
+    "POOL_MEMORY_MAX": "whole pool (the workers' slice): MemoryMax=",
+    "POOL_CPU_QUOTA": "whole pool: CPUQuota= as a percentage (100% = one CPU, e.g. 300%)",
+    "POOL_TASKS_MAX": "whole pool: TasksMax= (processes and threads; a number, N% or infinity)",
+    "GUARD": "on: hold scale-ups while the host lacks headroom (pressure, memory); off: never",
+    "GUARD_MEMORY_PRESSURE": "guard: hold above this memory some avg10 % (full avg10: above half of it)",
+    "GUARD_CPU_PRESSURE": "guard: hold above this CPU some avg10 %",
+    "GUARD_MEMORY_RESERVE": "guard: MemAvailable kept free after one more worker (bytes or % of MemTotal)",
+    "GUARD_PROC_DIR": "guard: where pressure/ and meminfo are read; for tests only",
 }
 
 
@@ -127,3 +137,57 @@ def logrotate_rule(log_file: str) -> str:
             + " ".join(paths) + " {\n"
             "    weekly\n    rotate 8\n    maxsize 50M\n    compress\n    delaycompress\n"
             "    missingok\n    notifempty\n    su dqagent dqagent\n    create 0640 dqagent dqagent\n}\n")
+
+
+# -- Resource limits (issue 14): drop-ins for the worker template and for its slice -----------------
+
+#: Every template instance lands in this slice (a dash in a slice name means nesting, hence \x2d).
+WORKER_SLICE = "system-dramatiq\\x2dworker.slice"
+LIMITS_DROPIN = "50-dqagent-limits.conf"
+WORKER_LIMITS_FILE = UNIT_DIR / "dramatiq-worker@.service.d" / LIMITS_DROPIN
+SLICE_LIMITS_FILE = UNIT_DIR / f"{WORKER_SLICE}.d" / LIMITS_DROPIN
+#: The first line of both drop-ins: `install` and `uninstall` replace or remove only files that carry it.
+LIMITS_MARK = "# Installed by `dqagent install` from /etc/dqagent/dqagent.env; removed by `dqagent uninstall`."
+
+
+def _dropin(section: str, why: str, lines: list[str]) -> str:
+    return f"{LIMITS_MARK}\n# {why}\n[{section}]\n" + "".join(f"{line}\n" for line in lines)
+
+
+def rendered_limits(settings: Settings) -> dict[Path, str | None]:
+    """The two limit drop-ins for these settings; None: the file must not exist (no such limit set).
+
+    The worker drop-in always turns memory accounting on (the guard reads each worker's MemoryCurrent)
+    and carries WORKER_MEMORY_MAX/HIGH; the slice drop-in, the POOL_* limits, exists only when one is set.
+    """
+    worker = ["MemoryAccounting=yes"]
+    worker += [f"{key}={value}" for key, value in (("MemoryMax", settings.worker_memory_max),
+                                                    ("MemoryHigh", settings.worker_memory_high)) if value]
+    pool = [f"{key}={value}" for key, value in (("MemoryMax", settings.pool_memory_max),
+                                                ("CPUQuota", settings.pool_cpu_quota),
+                                                ("TasksMax", settings.pool_tasks_max)) if value]
+    return {
+        WORKER_LIMITS_FILE: _dropin("Service", "Per worker: WORKER_MEMORY_MAX, WORKER_MEMORY_HIGH; accounting "
+                                    "for the guard's MemoryCurrent reads.", worker),
+        SLICE_LIMITS_FILE: _dropin("Slice", "The whole pool (every dramatiq-worker@N): POOL_MEMORY_MAX, "
+                                   "POOL_CPU_QUOTA, POOL_TASKS_MAX.", pool) if pool else None,
+    }
+
+
+def limits_summary(settings: Settings) -> str:
+    """The limits in force, one line for `dqagent check`, e.g. `per worker MemoryMax=1073741824; pool CPUQuota=300%`."""
+    worker = [f"{k}={v}" for k, v in (("MemoryMax", settings.worker_memory_max),
+                                      ("MemoryHigh", settings.worker_memory_high)) if v]
+    pool = [f"{k}={v}" for k, v in (("MemoryMax", settings.pool_memory_max), ("CPUQuota", settings.pool_cpu_quota),
+                                    ("TasksMax", settings.pool_tasks_max)) if v]
+    return "; ".join([f"per worker {' '.join(worker) or 'no limit'}", f"pool ({WORKER_SLICE}) "
+                      f"{' '.join(pool) or 'no limit'}"])
+
+
+def ours(path: Path) -> bool:
+    """Whether `path` is a limits drop-in `dqagent install` wrote (its first line is LIMITS_MARK)."""
+    try:
+        with path.open() as f:
+            return f.readline().rstrip("\n") == LIMITS_MARK
+    except OSError:
+        return False

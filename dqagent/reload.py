@@ -68,7 +68,10 @@ _KEY_EXCEPTIONS = {
 #: Rendered into the units by `dqagent install`: the running units keep the old values until then.
 NEEDS_INSTALL_FIELDS = ("worker_user", "worker_directory", "graceful_shutdown_timeout_s",
                         # issue 12: its directory is the agent unit's ReadWritePaths= (dqagent.sandbox)
-                        "metrics_textfile")
+                        "metrics_textfile",
+                        # issue 14: the limits live in drop-ins that install renders
+                        "worker_memory_max", "worker_memory_high", "pool_memory_max", "pool_cpu_quota",
+                        "pool_tasks_max")
 #: What the demand probe is built from: a change means a new Redis connection.
 PROBE_FIELDS = ("redis_host", "redis_port", "redis_db", "redis_password", "redis_url", "redis_timeout_s",
                 "queue_names", "namespace")

@@ -56,6 +56,8 @@ class Reporter:
         #: Starts that failed their check, ever (dqagent_worker_start_failures_total).
         self.start_failures = 0
         self.systemd_error = ""
+        #: Workers the kernel killed for memory (systemd's Result=oom-kill), as logged (issue 14).
+        self.oom_kills = 0
 
     def _status(self, line: str) -> None:
         if self.notifier is not None:
@@ -73,6 +75,11 @@ class Reporter:
             log.debug("worker %s still failing: %s", unit, detail)
             return
         seen.add(reason)
+        if reason == "oom-kill":  # past its MemoryMax (WORKER_MEMORY_MAX/POOL_MEMORY_MAX) or the host's memory
+            self.oom_kills += 1
+            log.error("worker %s killed for memory (systemd Result=oom-kill): %s", unit, detail,
+                      extra=event("worker_oom_killed", unit=unit, result=reason, oom_kills=self.oom_kills, **fields))
+            return
         log.error("worker %s failing: %s", unit, detail,
                   extra=event("worker_failed", unit=unit, result=reason, **fields))
 
@@ -107,7 +114,7 @@ class Reporter:
                 self.start_ok(s.unit)
 
     def status_line(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-                    next_check_s: float) -> str:
+                    next_check_s: float, note: str = "") -> str:
         """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, next check in 1s`."""
         c = plan.census
         moving = [f"{n} {what}" for n, what in ((c.coming, "starting"), (c.going, "stopping")) if n]
@@ -122,11 +129,13 @@ class Reporter:
             line += "; " + "; ".join(named) + (f" and {more} more" if more > 0 else "")
         if backoff_s > 0:
             line += f"; next start in {backoff_s:.0f}s"
+        if note:  # e.g. the guard's hold
+            line += f"; {note}"
         return f"{line}; queue {queue_length}{self._oldest()}, next check in {next_check_s:g}s"
 
     def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-               next_check_s: float) -> None:
-        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s))
+               next_check_s: float, note: str = "") -> None:
+        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s, note))
 
     # -- the oldest message's age ----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dqagent import journal
+from dqagent.config import Settings
 from dqagent.demand import RedisDemandProbe
 from dqagent.errors import DqAgentError
 from dqagent.policies import thresholds
@@ -95,6 +96,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         "command_error": None,
         "agent_status_text": None,
         "failing_workers": [],
+        "guard": None,
     }
     shape: WorkerShape | None = None
     try:
@@ -119,6 +121,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     finally:
         await probe.close()
     client = SystemdClient(bus_address, call_timeout_s=s.dbus_timeout_s)
+    memory: list[int] = []  # the running workers' MemoryCurrent, for the guard's figures
     try:
         await client.connect()
         states = await client.worker_states()
@@ -143,9 +146,33 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
              "result": st.result, "restarts": st.n_restarts}
             for st in states
         ]
+        if s.guard:
+            with contextlib.suppress(DqAgentError):
+                memory = await client.worker_memory()
     finally:
         client.close()
+    if s.guard:
+        report["guard"] = guard_report(s, memory, report["current_processes"], report["agent_status_text"])
     return report
+
+
+def guard_report(s: Settings, memory: list[int], workers: int | None, agent_status: str | None) -> dict[str, Any]:
+    """The guard's figures as the agent would read them now, and whether it would let one more worker start."""
+    from dqagent.guard import decide
+    from dqagent.pressure import limits, read_host
+
+    reading = read_host(s, memory)
+    h, lim = reading.headroom, limits(s, reading.headroom.mem_total)
+    pool = workers or 0
+    verdict = decide(pool, pool + 1, 0, h, lim)
+    held = next((part.strip() for part in (agent_status or "").split(";") if part.strip().startswith("guard:")), None)
+    return {"cpu_some_avg10": h.cpu_some, "memory_some_avg10": h.memory_some, "memory_full_avg10": h.memory_full,
+            "mem_available_bytes": h.mem_available, "mem_total_bytes": h.mem_total, "worker_bytes": h.worker_bytes,
+            "workers_measured": len(memory),
+            "limits": {"cpu_pressure": lim.cpu_pressure, "memory_pressure": lim.memory_pressure,
+                       "memory_full_pressure": lim.memory_full_pressure, "memory_reserve_bytes": lim.memory_reserve},
+            "unreadable": reading.missing, "one_more_worker": verdict.reason or "allowed",
+            "agent_holding": held}
 
 
 def render_json(report: dict[str, Any]) -> str:
@@ -180,6 +207,8 @@ def render_text(r: dict[str, Any]) -> str:
     lines.append(f"agent (dqagent.service): {r['monitor_state']}"
                  + (f": {r['agent_status_text']}" if r["agent_status_text"] else "")
                  + (f"   [systemd unavailable: {r['systemd_error']}]" if r["systemd_error"] else ""))
+    if r.get("guard"):
+        lines += _guard_lines(r["guard"])
     if r["process_list"]:
         lines.append("workers:")
         for p in r["process_list"]:
@@ -197,3 +226,22 @@ def render_text(r: dict[str, Any]) -> str:
                              f"or adm: {f['more']}")
     lines.append("======================")
     return "\n".join(lines)
+
+
+def _guard_lines(g: dict[str, Any]) -> list[str]:
+    def pct(x: float | None) -> str:
+        return "unreadable" if x is None else f"{x:g}%"
+
+    def size(n: int | None) -> str:
+        return "unknown" if n is None else f"{n / 1024**2:.0f} MiB"
+
+    lim = g["limits"]
+    lines = [f"guard: cpu some {pct(g['cpu_some_avg10'])} (limit {lim['cpu_pressure']:g}%), memory some "
+             f"{pct(g['memory_some_avg10'])} / full {pct(g['memory_full_avg10'])} "
+             f"(limits {lim['memory_pressure']:g}% / {lim['memory_full_pressure']:g}%)",
+             f"  MemAvailable {size(g['mem_available_bytes'])} (reserve {size(lim['memory_reserve_bytes'])}), "
+             f"one worker {size(g['worker_bytes'])} (p90 of {g['workers_measured']} measured)",
+             f"  one more worker now: {g['one_more_worker']}"
+             + (f"; the agent: {g['agent_holding']}" if g["agent_holding"] else "")]
+    lines += [f"  unreadable: {why}" for why in g["unreadable"].values()]
+    return lines

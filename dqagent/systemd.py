@@ -479,6 +479,15 @@ class SystemdClient:
                 raise state  # a unit that went away between list and read is skipped; nothing else
         return sorted(out, key=lambda s: s.instance)
 
+    async def worker_memory(self) -> list[int]:
+        """MemoryCurrent (bytes) of every running worker, for the guard (issue 14); workers without
+        memory accounting (systemd answers UINT64_MAX, "[not set]") or gone meanwhile are left out."""
+        (rows,) = await self._manager("ListUnitsByPatterns", "asas", [["active"], [WORKER_PATTERN]])
+        paths = [str(r[6]) for r in rows if worker_instance(str(r[0])) is not None and str(r[4]) == "running"]
+        values = await asyncio.gather(*(self._get(p, "Service", "MemoryCurrent") for p in paths),
+                                      return_exceptions=True)
+        return [int(v) for v in values if isinstance(v, int) and 0 <= v < 2**64 - 1]
+
     async def unit_property(self, unit: str, interface: str, name: str) -> Any:
         """One property of any unit (read-only; used for the agent's own unit)."""
         (path,) = await self._manager("LoadUnit", "s", [unit])

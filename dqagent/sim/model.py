@@ -22,10 +22,14 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dqagent.policies import Observation, Policy
 from dqagent.sim.traces import Workload
+
+if TYPE_CHECKING:
+    from dqagent.guard import Limits
+    from dqagent.sim.host import HostModel
 
 _ARRIVE, _READY, _DONE, _TICK = 0, 1, 2, 3
 
@@ -83,8 +87,13 @@ class Result:
 
 
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
-             initial_workers: int | None = None, horizon_s: float | None = None) -> Result:
-    """Run `workload` through a pool driven by `policy`. Returns every message's wait and the cost."""
+             initial_workers: int | None = None, horizon_s: float | None = None,
+             host: HostModel | None = None, guard: Limits | None = None) -> Result:
+    """Run `workload` through a pool driven by `policy`. Returns every message's wait and the cost.
+
+    `host` (dqagent.sim.host): a host that slows every task down beyond its capacity; `guard`: the
+    agent's guard with these limits caps each scale-up by that host's CPU pressure (both optional).
+    """
     n = len(workload)
     arrivals, services = workload.arrivals_s, workload.services_s
     events: list[tuple[float, int, int, int, int]] = []
@@ -124,10 +133,13 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         push(now + pool.startup_delay_s, _READY, next_wid)
         next_wid += 1
 
+    def busy() -> int:
+        return sum(1 for w in workers.values() if w.running)
+
     def begin(w: _Worker, i: int, now: float) -> None:
         w.running += 1
         started_at[i] = now
-        push(now + services[i], _DONE, w.wid, i)
+        push(now + services[i] * (host.slowdown(busy()) if host is not None else 1.0), _DONE, w.wid, i)
 
     def feed(w: _Worker, now: float) -> None:
         """Fill running slots from the worker's buffer, then prefetch from the queue.
@@ -218,6 +230,10 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
                               oldest_age_s=now - arrivals[queue[0]] if queue else None)
             decision, state = policy.decide(obs, state)
             target = max(pool.min_workers, min(pool.max_workers, decision.target))
+            if host is not None and guard is not None:
+                from dqagent.sim.host import guarded_target
+
+                target = guarded_target(host, guard, len(active), target, pool.min_workers, busy())
             if target > len(active):
                 for _ in range(target - len(active)):
                     start_worker(now)

@@ -25,6 +25,8 @@ class FakeUnit:
     pid: int = 0
     n_restarts: int = 0
     active_enter_us: int = 1
+    #: MemoryCurrent in bytes; None: no memory accounting (systemd shows "[not set]").
+    memory: int | None = None
 
 
 class FakeUnits:
@@ -133,6 +135,11 @@ class FakeUnits:
 
     async def pending_job_type(self, unit: str = "dqagent.service") -> str:
         return self.job
+
+    async def worker_memory(self) -> list[int]:
+        """MemoryCurrent of running units that have accounting (the guard's read, issue 14)."""
+        return [u.memory for u in self.units.values()
+                if u.active is ActiveState.ACTIVE and u.sub == "running" and u.memory is not None]
 
     async def wait_disconnected(self) -> None:
         await asyncio.Event().wait()

@@ -22,7 +22,7 @@ from dqagent.policies import StepPolicy
 from dqagent.systemd import ActiveState
 from tests.unit.fakes import FakeUnits
 
-SETTINGS = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
+SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
 T = TypeVar("T")
 
@@ -273,7 +273,7 @@ def test_shutdown_waits_for_draining_workers_but_not_for_an_operators_job() -> N
 
 def test_adoption_does_not_wait_for_stops() -> None:
     units, probe = FakeUnits(running=[1, 2, 3]), FakeProbe()
-    settings = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "2", "CHECK_INTERVAL": "1",
+    settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "2", "CHECK_INTERVAL": "1",
                                "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "600"})
     agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings),
                   clock=Clock(), under_systemd=False)
@@ -313,7 +313,7 @@ def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
 
 
 def test_delayed_messages_keep_one_consumer_when_min_is_zero() -> None:
-    settings = parse_settings({"MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
+    settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                                "PROCESS_STARTUP_DELAY": "0"})
     units, probe = FakeUnits(running=[1]), FakeProbe(delayed=3)
     agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings), clock=Clock())
@@ -371,7 +371,8 @@ def test_stop_signal_asks_systemd_for_time_at_once() -> None:
 def test_manual_scale_down_leaves_a_unit_with_an_operators_job() -> None:
     units = FakeUnits(running=[1, 2, 3])
     units.operator_job(3, "reload", ActiveState.RELOADING, "reload")
-    settings = parse_settings({"MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "PROCESS_STARTUP_DELAY": "0"})
+    settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5",
+                               "PROCESS_STARTUP_DELAY": "0"})
     report = run(lambda: scale_by(units, settings, -3))
     assert report.current == 3 and report.target == 0
     assert report.lines == ("dramatiq-worker@2.service: stopped (done)", "dramatiq-worker@1.service: stopped (done)")
@@ -380,7 +381,8 @@ def test_manual_scale_down_leaves_a_unit_with_an_operators_job() -> None:
 
 def test_manual_scale_up_reports_a_failing_start() -> None:
     units = FakeUnits(running=[1], broken=[2])
-    settings = parse_settings({"MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "PROCESS_STARTUP_DELAY": "0"})
+    settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5",
+                               "PROCESS_STARTUP_DELAY": "0"})
     report = run(lambda: scale_by(units, settings, 2))
     assert report.failed == 1 and not report.refused
     assert report.lines[0] == "dramatiq-worker@3.service: started (pid 1003)" or \
@@ -390,7 +392,7 @@ def test_manual_scale_up_reports_a_failing_start() -> None:
 
 def test_a_unit_crash_looping_under_restart_is_not_logged_as_recovered_each_cycle(
         caplog: pytest.LogCaptureFixture) -> None:
-    settings = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
+    settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                                "PROCESS_STARTUP_DELAY": "5"})
     units, probe = FakeUnits(running=[1, 2]), FakeProbe(ready=7)  # 2 x 2.5 <= 7 <= 2 x 5: hold 2
     wall = Clock()

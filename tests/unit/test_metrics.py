@@ -183,7 +183,7 @@ def test_metrics_textfile_must_be_an_absolute_prom_path(raw: str) -> None:
 
 # -- the agent loop's snapshots (fakes for systemd and Redis) -----------------------------------------
 
-SETTINGS = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "3", "CHECK_INTERVAL": "1",
+SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "3", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
 
 
@@ -339,7 +339,7 @@ def test_agent_exits_with_the_exporters_status_when_it_cannot_listen(caplog: pyt
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        s = parse_settings({"METRICS_ADDRESS": f"127.0.0.1:{busy.getsockname()[1]}"})
+        s = parse_settings({"GUARD": "off", "METRICS_ADDRESS": f"127.0.0.1:{busy.getsockname()[1]}"})
         units = FakeUnits(running=[1])
         agent = Agent(s, units, FakeDemandProbe(), RecordingNotifier(), StepPolicy.from_settings(s))
         assert asyncio.run(agent.run()) == EXIT_UNAVAILABLE

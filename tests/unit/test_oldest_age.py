@@ -184,7 +184,7 @@ def test_max_queue_age_setting() -> None:
 
 def test_the_decision_line_and_status_carry_the_age_and_the_policy_acts_on_it(
         caplog: pytest.LogCaptureFixture) -> None:
-    s = parse_settings({"SCALING_POLICY": "target", "TARGET_PER_WORKER": "10", "MAX_QUEUE_AGE": "30",
+    s = parse_settings({"GUARD": "off", "SCALING_POLICY": "target", "TARGET_PER_WORKER": "10", "MAX_QUEUE_AGE": "30",
                         "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "PROCESS_STARTUP_DELAY": "0",
                         "DRAMATIQ_COMMAND": "python -m dramatiq -p 1 -t 5 app", "DRAMATIQ_QUEUE_NAME": "a,b"})
     units, probe = FakeUnits(running=[1]), FakeDemandProbe()

@@ -29,7 +29,7 @@ from dqagent.reload import Answer, Reloader, ReloadError, plan_reload
 from dqagent.workercmd import worker_shape
 from tests.unit.fakes import FakeUnits
 
-BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
+BASE = {"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "LOG_FILE": "", "DRAMATIQ_QUEUE_NAME": "q", "REDIS_PASSWORD_FILE": ""}
 
 # Valid alternative values per setting (each alone keeps the whole file valid against BASE).
@@ -55,7 +55,8 @@ def test_every_settings_field_maps_to_a_setting_key() -> None:
     keys = [reload.setting_key(f.name) for f in fields(Settings)]
     assert set(keys) <= set(DEFAULTS) and len(set(keys)) == len(keys)
     assert [reload.setting_key(f) for f in reload.NEEDS_INSTALL_FIELDS] == [
-        "WORKER_USER", "WORKER_DIRECTORY", "GRACEFUL_SHUTDOWN_TIMEOUT", "METRICS_TEXTFILE"]
+        "WORKER_USER", "WORKER_DIRECTORY", "GRACEFUL_SHUTDOWN_TIMEOUT", "METRICS_TEXTFILE",
+        "WORKER_MEMORY_MAX", "WORKER_MEMORY_HIGH", "POOL_MEMORY_MAX", "POOL_CPU_QUOTA", "POOL_TASKS_MAX"]
 
 
 @given(choices, choices)

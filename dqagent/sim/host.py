@@ -1,0 +1,83 @@
+"""An optional host model for the simulator (issue 14): a host that runs `capacity` busy workers at full
+speed, and slows every worker down beyond that, plus the guard applied to the simulated pool.
+
+Model (an assumption, stated so it can be argued with): with `n` busy workers on a host of `capacity`,
+a task that starts takes `n / capacity` times longer (the CPUs are shared), times `1 + contention x
+(n - capacity) / capacity` (what over-commit costs on top: cache and memory contention, reclaim,
+swapping). With `contention` 0 more workers beyond capacity gain nothing and lose nothing; above 0 they
+make the whole pool slower. The host's CPU pressure is the share of the busy workers' time spent
+waiting for a CPU, `100 x (1 - capacity / n)`, and the guard (`dqagent.guard.decide`, the agent's own
+pure decision) sees that figure.
+
+`python -m dqagent.sim.host` prints the benchmark line: a burst's drain time on an over-committed host
+with and without the guard.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from dqagent.guard import Headroom, Limits, decide
+
+
+@dataclass(frozen=True, slots=True)
+class HostModel:
+    """`capacity`: busy workers the host runs at full speed; `contention`: the over-commit penalty."""
+
+    capacity: float
+    contention: float = 0.25
+
+    def slowdown(self, busy: int) -> float:
+        """How many times longer a task takes with `busy` workers running tasks (1 up to capacity)."""
+        if busy <= self.capacity:
+            return 1.0
+        return busy / self.capacity * (1 + self.contention * (busy - self.capacity) / self.capacity)
+
+    def cpu_pressure(self, busy: int) -> float:
+        """Percent of the busy workers' time spent waiting for a CPU (the guard's `cpu some` here)."""
+        return 0.0 if busy <= self.capacity else 100 * (1 - self.capacity / busy)
+
+
+def guarded_target(host: HostModel, limits: Limits, workers: int, target: int, floor: int, busy: int) -> int:
+    """The policy's `target` after the agent's guard, on this host with `busy` workers running tasks."""
+    return decide(workers, target, floor, Headroom(cpu_some=host.cpu_pressure(busy)), limits).target
+
+
+#: The benchmark's host: 3 workers' worth of CPU under a pool allowed 10 (over-committed 3.3x).
+BENCH_HOST = HostModel(capacity=3, contention=0.25)
+#: The guard at its defaults (GUARD_CPU_PRESSURE=50, GUARD_MEMORY_PRESSURE=10, no memory figures here).
+BENCH_GUARD = Limits(cpu_pressure=50, memory_pressure=10, memory_reserve=0)
+
+
+def benchmark(seed: int = 1, hosts: Sequence[HostModel] = (BENCH_HOST, replace(BENCH_HOST, contention=0))) -> list[str]:
+    """One line per host model: the burst trace's drain time and p95 wait, without and with the guard."""
+    from dqagent.sim.bench import DEFAULT_POOL, percentile, target_policy
+    from dqagent.sim.model import simulate
+    from dqagent.sim.traces import TRACES, generate
+
+    trace = TRACES["burst"]
+    workload = generate(trace, seed)
+    lines = []
+    for host in hosts:
+        figures = []
+        for guard in (None, BENCH_GUARD):
+            result = simulate(workload, target_policy(DEFAULT_POOL), DEFAULT_POOL, 5.0, host=host, guard=guard)
+            figures.append((result.burst_drain_s[0], percentile(result.waits_s, 95), result.worker_seconds))
+        (off_drain, off_p95, off_cost), (on_drain, on_p95, on_cost) = figures
+        lines.append(f"burst on a host of {host.capacity:g} workers (contention {host.contention:g}), target policy "
+                     f"1..{DEFAULT_POOL.max_workers}: drain {off_drain:.0f}s without the guard, {on_drain:.0f}s with "
+                     f"it (p95 wait {off_p95:.0f}s / {on_p95:.0f}s, worker-s {off_cost:.0f} / {on_cost:.0f})")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    seed = int(argv[0]) if argv else 1
+    for line in benchmark(seed):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

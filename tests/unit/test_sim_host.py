@@ -1,0 +1,31 @@
+"""The simulator's optional host model (issue 14) and the guard in the simulated pool."""
+
+from __future__ import annotations
+
+from dqagent.guard import Limits
+from dqagent.sim.bench import DEFAULT_POOL, target_policy
+from dqagent.sim.host import BENCH_GUARD, BENCH_HOST, HostModel, benchmark, guarded_target
+from dqagent.sim.model import simulate
+from dqagent.sim.traces import TRACES, generate
+
+
+def test_the_host_slows_every_task_only_beyond_its_capacity() -> None:
+    host = HostModel(capacity=3, contention=0.25)
+    assert [host.slowdown(n) for n in (0, 1, 3)] == [1.0, 1.0, 1.0]
+    assert host.slowdown(6) == 2 * 1.25 and host.slowdown(6) < host.slowdown(7)
+    assert host.cpu_pressure(3) == 0 and host.cpu_pressure(6) == 50
+    # throughput (busy / slowdown) falls beyond capacity once over-commit costs something
+    assert 6 / host.slowdown(6) > 10 / host.slowdown(10)
+    assert guarded_target(host, Limits(50, 10, 0), 7, 10, 1, busy=7) == 7
+    assert guarded_target(host, Limits(50, 10, 0), 5, 9, 1, busy=5) == 9
+
+
+def test_without_a_host_the_simulation_is_unchanged_and_with_one_the_guard_drains_no_slower() -> None:
+    workload = generate(TRACES["burst"], 1)
+    plain = simulate(workload, target_policy(DEFAULT_POOL), DEFAULT_POOL, 5.0)
+    assert plain == simulate(workload, target_policy(DEFAULT_POOL), DEFAULT_POOL, 5.0, host=None, guard=BENCH_GUARD)
+    off = simulate(workload, target_policy(DEFAULT_POOL), DEFAULT_POOL, 5.0, host=BENCH_HOST)
+    on = simulate(workload, target_policy(DEFAULT_POOL), DEFAULT_POOL, 5.0, host=BENCH_HOST, guard=BENCH_GUARD)
+    assert off.burst_drain_s[0] > plain.burst_drain_s[0]  # the over-committed host is slower
+    assert on.burst_drain_s[0] < off.burst_drain_s[0] and on.worker_seconds < off.worker_seconds
+    assert len(benchmark(1)) == 2
