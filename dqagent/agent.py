@@ -379,14 +379,20 @@ class Agent:
     # -- metrics (issue 12) -----------------------------------------------------------------------
 
     def _frozen_counters(self) -> Counters:
-        return self.counters.frozen(self.reporter.start_failures)
+        return self.counters.frozen(self.reporter.start_failures, self.reporter.oom_kills)
 
     def _snapshot(self, *, redis_up: bool, workers: WorkerCounts | None,
                   queues: tuple[QueueDemand, ...] = ()) -> Snapshot:
         return Snapshot(version=__version__, policy=self.policy.name, taken_at_s=self.wallclock(),
                         redis_up=redis_up, min_processes=self.s.min_processes, max_processes=self.s.max_processes,
                         workers=workers, queues=queues, last_decision_s=self._last_decision_s,
-                        counters=self._frozen_counters())
+                        counters=self._frozen_counters(), guard_holding=self._guard_holding())
+
+    def _guard_holding(self) -> str | None:
+        if not self.s.guard:
+            return None
+        held = self.guard.holding
+        return held.resource if held is not None else ""
 
     def _publish(self, snap: Snapshot) -> None:
         """Replace `latest` in one assignment (scrapes read it from other threads), then the textfile."""

@@ -51,8 +51,10 @@ METRIC_NAMES = frozenset({
     "dqagent_worker_start_failures_total", "dqagent_decision_duration_seconds_bucket",
     "dqagent_decision_duration_seconds_sum", "dqagent_decision_duration_seconds_count",
     "dqagent_source_errors_total", "dqagent_redis_up", "dqagent_last_decision_timestamp_seconds",
-    "dqagent_build_info",
+    "dqagent_build_info", "dqagent_worker_oom_kills_total", "dqagent_guard_holding",
 })
+#: The guard's resources (dqagent.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
+GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
 #: Mode of the textfile: node_exporter runs as another user (the unit's UMask=0077 would hide it).
 TEXTFILE_MODE = 0o644
 #: Listen backlog. prometheus_client's `start_http_server` keeps socketserver's 5: of 50 scrapes
@@ -109,6 +111,14 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield actions
     yield CounterMetricFamily("dqagent_worker_start_failures", "Worker starts that failed their "
                               "PROCESS_STARTUP_DELAY check", value=c.start_failures)
+    yield CounterMetricFamily("dqagent_worker_oom_kills", "Workers the kernel killed for memory "
+                              "(systemd's Result=oom-kill)", value=c.oom_kills)
+    if snap.guard_holding is not None:
+        holding = GaugeMetricFamily("dqagent_guard_holding", "1 while the guard holds a scale-up for this "
+                                    "resource's lack of headroom; absent when GUARD=off", labels=["resource"])
+        for resource in GUARD_RESOURCES:
+            holding.add_metric([resource], 1 if snap.guard_holding == resource else 0)
+        yield holding
     errors = CounterMetricFamily("dqagent_source_errors", "Failed reads or requests, by source", labels=["source"])
     for source, n in c.source_errors:
         errors.add_metric([source], n)

@@ -96,6 +96,8 @@ class Counters:
     scale_actions: tuple[tuple[tuple[str, str], int], ...] = ()
     #: Starts that did not pass their PROCESS_STARTUP_DELAY check.
     start_failures: int = 0
+    #: Workers the kernel killed for memory (systemd's Result=oom-kill), issue 14.
+    oom_kills: int = 0
     #: (source, errors), for every `Source` (0 included: a counter exists from the start).
     source_errors: tuple[tuple[str, int], ...] = tuple((s.value, 0) for s in Source)
     decision_duration: Histogram = field(default_factory=lambda: Histogram(
@@ -125,8 +127,9 @@ class Accumulator:
         self._counts[bisect.bisect_left(self._buckets, seconds)] += 1
         self._sum += seconds
 
-    def frozen(self, start_failures: int) -> Counters:
+    def frozen(self, start_failures: int, oom_kills: int = 0) -> Counters:
         return Counters(scale_actions=tuple(sorted(self._actions.items())), start_failures=start_failures,
+                        oom_kills=oom_kills,
                         source_errors=tuple(sorted(self._errors.items())),
                         decision_duration=Histogram(self._buckets, tuple(self._counts), self._sum))
 
@@ -161,3 +164,6 @@ class Snapshot:
     #: Wall-clock seconds of the last completed decision; None before the first.
     last_decision_s: float | None
     counters: Counters
+    #: The guard's hold (issue 14): the resource it holds a scale-up on ("cpu", "memory", "memory_full",
+    #: "memory_available"), "" when not holding; None when the guard is off.
+    guard_holding: str | None = None

@@ -65,7 +65,7 @@ def snapshot(**kw: object) -> Snapshot:
         workers=WorkerCounts(running=3, starting=1, stopping=2, failed=1, desired=4),
         queues=(QueueDemand("a", ready=5, outstanding=9, delayed=2, dead=1, orphaned=0, oldest_age_s=12.5),
                 QueueDemand("b", ready=0, outstanding=0, delayed=0, dead=0, orphaned=0)),
-        last_decision_s=1e9 - 1, counters=acc.frozen(start_failures=2))
+        last_decision_s=1e9 - 1, counters=acc.frozen(start_failures=2, oom_kills=1), guard_holding="cpu")
     values.update(kw)
     return Snapshot(**values)  # type: ignore[arg-type]
 
@@ -122,6 +122,10 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_scale_actions_total", (("direction", "down"), ("reason", "min_processes")))] == 1
     assert got[("dqagent_scale_actions_total", (("direction", "down"), ("reason", "step")))] == 0
     assert got[("dqagent_worker_start_failures_total", ())] == 2
+    assert got[("dqagent_worker_oom_kills_total", ())] == 1
+    # The guard: 1 for the resource it holds on, 0 for the others
+    assert {dict(k[1])["resource"]: v for k, v in got.items() if k[0] == "dqagent_guard_holding"} == {
+        "cpu": 1, "memory": 0, "memory_full": 0, "memory_available": 0}
     assert got[("dqagent_source_errors_total", (("source", "redis"),))] == 1
     assert got[("dqagent_source_errors_total", (("source", "systemd"),))] == 0
     assert got[("dqagent_last_decision_timestamp_seconds", ())] == 1e9 - 1
@@ -131,6 +135,11 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.25"),))] == 2
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "+Inf"),))] == 2
     assert {k[0] for k in got} == METRIC_NAMES
+
+
+def test_the_guard_series_are_all_0_when_not_holding_and_absent_when_off() -> None:
+    assert {v for k, v in samples(snapshot(guard_holding="")).items() if k[0] == "dqagent_guard_holding"} == {0}
+    assert not [k for k in samples(snapshot(guard_holding=None)) if k[0] == "dqagent_guard_holding"]
 
 
 def test_redis_down_exports_redis_up_0_and_no_queue_figures_but_keeps_the_workers() -> None:
