@@ -1,0 +1,226 @@
+"""Fleet mode (pure): many hosts on one queue, one global target G, and this host's share of it.
+
+No I/O and no clock: the members' records come in (read by `dqagent.fleetstore` from the Redis the
+hosts already share), a decision goes out. Every member computes the same split from the same records,
+so no leader is elected and nothing but the records is written (see docs/fleet.md for the choice
+against a leader lease and slot leases).
+
+The split is the Sainte-Laguë (Webster) divisor method, computed seat by seat:
+
+- each member first holds its MIN; then seat after seat goes to the member with the highest priority
+  `weight / (seats + 1/2)` among those below their MAX; equal priorities are ordered by rendezvous
+  hashing of (host id, seat number), so the order of the records never matters;
+- so every member's k-th seat has a priority of its own that depends on nobody else, and the split of G
+  is the G highest-priority seats of all members. Two consequences, which largest-remainder
+  (Hamilton) lacks (its Alabama and new-state paradoxes):
+  - **house-monotone**: a larger G never gives a member fewer workers; so hosts that computed
+    different G's (they read demand at different instants) run in total at most the largest of them;
+  - **population-monotone**: a member joining never gives another member more workers, one leaving
+    never gives another fewer; the others move only by what the joiner takes or the leaver frees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from dqagent.policies import Decision, Observation, Policy
+
+__all__ = [
+    "FleetView",
+    "Member",
+    "Share",
+    "apportion",
+    "fleet_bounds",
+    "fleet_observation",
+    "fleet_policy",
+    "parse_member",
+    "rendezvous",
+    "share_of",
+]
+
+#: Longest `decision` text kept in a record (it is only shown by `dqagent status --fleet`).
+DECISION_CHARS = 160
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One host's published state, as every member reads it.
+
+    `workers` is the host's pool as its own reconciler counts it (running + starting, not stopping);
+    `target` is the share it last decided. `at_ms` and `ttl_ms` are Redis server time, so ages compare
+    on one clock whatever the hosts' clocks say.
+    """
+
+    host: str
+    weight: int
+    min_processes: int
+    max_processes: int
+    workers: int
+    running: int = 0
+    starting: int = 0
+    target: int = 0
+    version: str = ""
+    decision: str = ""
+    at_ms: int = 0
+    ttl_ms: int = 0
+
+    def to_json(self) -> str:
+        """The record body (without `at_ms`, which Redis stamps)."""
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "at_ms"}
+        body["decision"] = self.decision[:DECISION_CHARS]
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+_INT_FIELDS = ("weight", "min_processes", "max_processes", "workers", "running", "starting", "target", "ttl_ms")
+
+
+def parse_member(body: str, at_ms: int) -> Member | None:
+    """A record read from Redis, or None when it is not one (another version's, or damaged).
+
+    A record that cannot be read is left out of the split by every member alike, so they still agree.
+    """
+    try:
+        raw: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("host"), str) or not raw["host"]:
+        return None
+    values: dict[str, Any] = {"host": raw["host"], "at_ms": at_ms,
+                              "version": str(raw.get("version", "")), "decision": str(raw.get("decision", ""))}
+    for name in _INT_FIELDS:
+        v = raw.get(name, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return None
+        values[name] = v
+    if values["weight"] < 1 or values["max_processes"] < values["min_processes"]:
+        return None
+    return Member(**values)
+
+
+def rendezvous(host: str, seat: int) -> int:
+    """Highest-random-weight hash of (host, seat): the tie-break every member computes alike."""
+    digest = hashlib.blake2b(f"{host}\0{seat}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def fleet_bounds(members: Iterable[Member]) -> tuple[int, int]:
+    """(sum of MINs, sum of MAXes): the range G is clamped to."""
+    ms = list(members)
+    return sum(m.min_processes for m in ms), sum(m.max_processes for m in ms)
+
+
+def apportion(total: int, members: Sequence[Member]) -> dict[str, int]:
+    """Split `total` workers over `members` (clamped to their summed [MIN, MAX]); host -> share.
+
+    The sum of the shares is exactly the clamped total; each share is within its member's [MIN, MAX].
+    Depends only on the set of members (host, weight, MIN, MAX), never on their order. Raises
+    ValueError on two records with one host id (the store keeps one key per host, so it never passes any).
+    """
+    hosts = [m.host for m in members]
+    if len(set(hosts)) != len(hosts):
+        raise ValueError("duplicate host ids in the fleet")
+    lo, hi = fleet_bounds(members)
+    left = max(lo, min(hi, total)) - lo
+    shares = {m.host: m.min_processes for m in members}
+    heap: list[tuple[Fraction, int, str]] = []
+
+    def push(m: Member) -> None:
+        seats = shares[m.host]
+        if seats < m.max_processes:
+            # Webster's divisor seats + 1/2, written exactly: priority = 2w / (2s + 1).
+            heapq.heappush(heap, (-Fraction(2 * m.weight, 2 * seats + 1), -rendezvous(m.host, seats + 1), m.host))
+
+    by_host = {m.host: m for m in members}
+    for m in members:
+        push(m)
+    while left > 0:
+        _, _, host = heapq.heappop(heap)
+        shares[host] += 1
+        left -= 1
+        push(by_host[host])
+    return shares
+
+
+def fleet_observation(own: Observation, others: Iterable[Member]) -> Observation:
+    """The fleet as one pool: this host's fresh counts plus what the other members last published."""
+    ms = list(others)
+    return dataclasses.replace(own, workers=own.workers + sum(m.workers for m in ms),
+                               starting=own.starting + sum(m.starting for m in ms))
+
+
+def fleet_policy(policy: Policy, lo: int, hi: int) -> Policy:
+    """The same policy with the fleet's [sum of MINs, sum of MAXes] instead of this host's range.
+
+    Policies are frozen dataclasses with `min_processes`/`max_processes` (both in dqagent.policies);
+    raises TypeError for one that is not, rather than deciding with a single host's range.
+    """
+    if not dataclasses.is_dataclass(policy) or isinstance(policy, type):
+        raise TypeError(f"policy {policy.name!r} has no fleet form (not a dataclass with min/max_processes)")
+    fleet: Policy = dataclasses.replace(policy, min_processes=lo, max_processes=hi)
+    return fleet
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """This host's part of one fleet decision."""
+
+    fleet: str
+    #: The global target G, clamped to the members' summed [MIN, MAX].
+    global_target: int
+    #: This host's share of G (its target).
+    share: int
+    members: int
+    decision: Decision
+
+    def fields(self) -> dict[str, object]:
+        """Journal fields of the decision line: FLEET=, FLEET_TARGET=, SHARE=, FLEET_MEMBERS=."""
+        return {"fleet": self.fleet, "fleet_target": self.global_target, "share": self.share,
+                "fleet_members": self.members}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """What one read of the fleet returned: the live members (this host's record included) and Redis's time."""
+
+    fleet: str
+    host: str
+    members: tuple[Member, ...]
+    now_ms: int
+
+    def others(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.host != self.host)
+
+    def age_s(self, m: Member) -> float:
+        return max(0, self.now_ms - m.at_ms) / 1000
+
+
+def share_of(view: FleetView, me: Member, global_decision: Decision) -> Share:
+    """This host's share of `global_decision.target` among the view's members, with `me` as they last
+    saw it replaced by its current record (weight, MIN, MAX may have changed by a reload)."""
+    members = (*view.others(), me)
+    lo, hi = fleet_bounds(members)
+    g = max(lo, min(hi, global_decision.target))
+    share = apportion(g, members)[me.host]
+    reason = (f"fleet {view.fleet}: {len(members)} members, G {g}"
+              + (f" (policy {global_decision.target}, clamped to [{lo}, {hi}])" if g != global_decision.target else "")
+              + f", share {share} (weight {me.weight} of {sum(m.weight for m in members)}); "
+              + global_decision.reason)
+    return Share(view.fleet, g, share, len(members), Decision(share, reason))
+
+
+def shares_after(view: FleetView, global_target: int) -> Mapping[str, int]:
+    """Every member's share of `global_target` (what `dqagent status --fleet` shows)."""
+    return apportion(global_target, view.members) if view.members else {}
+
+
+def quota(total: int, weight: int, weights: int) -> float:
+    """The exact proportional share, for docs and tests: total x weight / sum of weights."""
+    return math.nan if weights == 0 else total * weight / weights
