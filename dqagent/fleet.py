@@ -25,8 +25,7 @@ import dataclasses
 import hashlib
 import heapq
 import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -41,7 +40,9 @@ __all__ = [
     "fleet_bounds",
     "fleet_observation",
     "fleet_policy",
+    "fleet_report",
     "parse_member",
+    "render_fleet",
     "rendezvous",
     "share_of",
 ]
@@ -67,6 +68,8 @@ class Member:
     running: int = 0
     starting: int = 0
     target: int = 0
+    #: The global target G this host last computed.
+    global_target: int = 0
     version: str = ""
     decision: str = ""
     at_ms: int = 0
@@ -79,7 +82,8 @@ class Member:
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
 
-_INT_FIELDS = ("weight", "min_processes", "max_processes", "workers", "running", "starting", "target", "ttl_ms")
+_INT_FIELDS = ("weight", "min_processes", "max_processes", "workers", "running", "starting", "target",
+               "global_target", "ttl_ms")
 
 
 def parse_member(body: str, at_ms: int) -> Member | None:
@@ -216,11 +220,38 @@ def share_of(view: FleetView, me: Member, global_decision: Decision) -> Share:
     return Share(view.fleet, g, share, len(members), Decision(share, reason))
 
 
-def shares_after(view: FleetView, global_target: int) -> Mapping[str, int]:
-    """Every member's share of `global_target` (what `dqagent status --fleet` shows)."""
-    return apportion(global_target, view.members) if view.members else {}
+def fleet_report(view: FleetView, queue_length: int | None) -> dict[str, Any]:
+    """`dqagent status --fleet` (JSON form): one entry per live member, the global demand and G.
+
+    G is what the most recently published member computed (every member computes it; they differ only
+    while demand or membership changes between their polls).
+    """
+    newest = max(view.members, key=lambda m: (m.at_ms, m.host), default=None)
+    return {
+        "fleet": view.fleet,
+        "host": view.host,
+        "global_demand": queue_length,
+        "global_target": newest.global_target if newest else None,
+        "targets_sum": sum(m.target for m in view.members),
+        "running_sum": sum(m.running for m in view.members),
+        "members": [{"host": m.host, "running": m.running, "starting": m.starting, "workers": m.workers,
+                     "target": m.target, "weight": m.weight, "min_processes": m.min_processes,
+                     "max_processes": m.max_processes, "heartbeat_age_s": round(view.age_s(m), 1),
+                     "ttl_s": m.ttl_ms / 1000, "version": m.version, "decision": m.decision}
+                    for m in view.members],
+    }
 
 
-def quota(total: int, weight: int, weights: int) -> float:
-    """The exact proportional share, for docs and tests: total x weight / sum of weights."""
-    return math.nan if weights == 0 else total * weight / weights
+def render_fleet(r: dict[str, Any]) -> str:
+    """The text form of `fleet_report`: a header, then one line per member (this host marked with *)."""
+    def show(v: object) -> str:
+        return "unavailable" if v is None else str(v)
+
+    lines = [f"fleet {r['fleet']}: {len(r['members'])} members, global demand {show(r['global_demand'])}, "
+             f"G {show(r['global_target'])} (targets sum {r['targets_sum']}, running {r['running_sum']})"]
+    for m in r["members"]:
+        mark = "*" if m["host"] == r["host"] else " "
+        lines.append(f" {mark}{m['host']}  running {m['running']}  target {m['target']}  weight {m['weight']}  "
+                     f"range {m['min_processes']}-{m['max_processes']}  heartbeat {m['heartbeat_age_s']:g}s ago "
+                     f"(expires after {m['ttl_s']:g}s)")
+    return "\n".join(lines)

@@ -61,6 +61,10 @@ DESCRIPTIONS: dict[str, str] = {
     "TARGET_TOLERANCE": "target policy: relative band around the target with no change",
     "SCALE_UP_MAX_STEP": "target policy: most workers added by one decision",
     "SCALE_DOWN_WINDOW": "target policy: seconds a higher recommendation holds off scale-down",
+    # Fleet mode (issue 13), docs/fleet.md.
+    "FLEET": "fleet name: hosts with the same FLEET on this Redis share one target (empty: this host alone)",
+    "FLEET_WEIGHT": "this host's weight in the fleet's split (empty: MAX_PROCESSES)",
+    "FLEET_HOST_ID": "this host's id in the fleet (empty: /etc/machine-id; set it for cloned machines/containers)",
 }
 
 
