@@ -41,6 +41,7 @@ __all__ = [
     "fleet_observation",
     "fleet_policy",
     "fleet_report",
+    "headroom",
     "parse_member",
     "render_fleet",
     "rendezvous",
@@ -206,18 +207,36 @@ class FleetView:
         return max(0, self.now_ms - m.at_ms) / 1000
 
 
+def headroom(g: int, me: Member, others: Iterable[Member]) -> int:
+    """The most this host may run without the fleet exceeding G, given what the others last published
+    (never below its MIN): a scale-up waits for the others to give up what is no longer theirs."""
+    return max(me.min_processes, g - sum(m.workers for m in others))
+
+
 def share_of(view: FleetView, me: Member, global_decision: Decision) -> Share:
-    """This host's share of `global_decision.target` among the view's members, with `me` as they last
-    saw it replaced by its current record (weight, MIN, MAX may have changed by a reload)."""
-    members = (*view.others(), me)
+    """This host's share of `global_decision.target` among the view's members (`me` is this host's current
+    record: weight, MIN, MAX may have changed by a reload), and the target it runs now.
+
+    The target is the share, except that a scale-up goes only as far as the `headroom` the others leave:
+    a host that joins, or whose share grew because another's shrank, does not add workers before the
+    others have published their smaller pools, so the fleet's published total stays within G. Once they
+    have (within one poll of each), the target is the whole share. A scale-down is never held.
+    """
+    others = view.others()
+    members = (*others, me)
     lo, hi = fleet_bounds(members)
     g = max(lo, min(hi, global_decision.target))
     share = apportion(g, members)[me.host]
+    target = share
+    room = headroom(g, me, others)
+    if share > me.workers and share > room:
+        target = max(me.workers, room)
     reason = (f"fleet {view.fleet}: {len(members)} members, G {g}"
               + (f" (policy {global_decision.target}, clamped to [{lo}, {hi}])" if g != global_decision.target else "")
-              + f", share {share} (weight {me.weight} of {sum(m.weight for m in members)}); "
-              + global_decision.reason)
-    return Share(view.fleet, g, share, len(members), Decision(share, reason))
+              + f", share {share} (weight {me.weight} of {sum(m.weight for m in members)})"
+              + (f", {target} until the others give up {share - target}" if target != share else "")
+              + "; " + global_decision.reason)
+    return Share(view.fleet, g, share, len(members), Decision(target, reason))
 
 
 def fleet_report(view: FleetView, queue_length: int | None) -> dict[str, Any]:

@@ -243,7 +243,7 @@ class FleetCoordinator:
         last = self.last
         me = Member(self._host, s.fleet_weight or s.max_processes, s.min_processes, s.max_processes,
                     workers=obs.workers, running=running, starting=obs.starting,
-                    target=last.share if last else obs.workers,
+                    target=last.decision.target if last else obs.workers,
                     global_target=last.global_target if last else obs.workers, version=__version__,
                     decision=last.decision.reason if last else "", ttl_ms=record_ttl_ms(s))
         view = await store.sync(me)
@@ -263,7 +263,7 @@ class FleetCoordinator:
         me, last = self._published, self.last
         if me is None or last is None or self._store is None:
             return
-        new = dataclasses.replace(me, workers=workers, starting=starting, target=last.share,
+        new = dataclasses.replace(me, workers=workers, starting=starting, target=last.decision.target,
                                   global_target=last.global_target, decision=last.decision.reason)
         if (new.workers, new.starting, new.target, new.global_target) == \
                 (me.workers, me.starting, me.target, me.global_target):

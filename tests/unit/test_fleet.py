@@ -189,3 +189,35 @@ def test_a_global_target_outside_the_fleet_range_is_clamped() -> None:
     view = FleetView("f", "me", (me, Member("b", 1, 1, 2, 0)), 0)
     assert share_of(view, me, Decision(99, "why")).global_target == 4
     assert share_of(view, me, Decision(0, "why")).global_target == 2
+
+
+@given(fleets(min_size=2), st.integers(0, 300), st.data())
+def test_a_scale_up_waits_for_the_others_published_pools_so_the_total_stays_within_g(
+        ms: list[Member], total: int, data: st.DataObject) -> None:
+    """Whatever the others last published, this host's new target never takes the fleet above G by a
+    scale-up; once they run their shares it is the whole share; a scale-down is never held."""
+    pools = {m.host: data.draw(st.integers(m.min_processes, m.max_processes)) for m in ms}
+    published = [Member(m.host, m.weight, m.min_processes, m.max_processes, pools[m.host]) for m in ms]
+    me = published[0]
+    share = share_of(FleetView("f", me.host, tuple(published), 0), me, Decision(total, "why"))
+    others = sum(pools[m.host] for m in published[1:])
+    if share.decision.target > me.workers:  # a scale-up: within G
+        assert share.decision.target + others <= max(share.global_target, me.min_processes + others)
+    assert share.decision.target <= max(share.share, me.workers)
+    assert share.decision.target >= min(share.share, me.workers)
+    fair = apportion(share.global_target, published)
+    settled = [Member(m.host, m.weight, m.min_processes, m.max_processes, fair[m.host] if m is not me else 0)
+               for m in published]
+    assert share_of(FleetView("f", me.host, tuple(settled), 0), settled[0],
+                    Decision(total, "why")).decision.target == fair[me.host]
+
+
+def test_a_joiner_starts_at_its_min_and_takes_its_share_once_the_others_gave_theirs() -> None:
+    a, b = Member("a", 1, 1, 10, 5), Member("b", 1, 1, 10, 5)
+    joiner = Member("c", 1, 1, 10, 1)
+    first = share_of(FleetView("f", "c", (a, b, joiner), 0), joiner, Decision(10, "why"))
+    assert (first.share, first.decision.target) == (apportion(10, [a, b, joiner])["c"], 1)
+    assert "until the others give up" in first.decision.reason
+    shrunk = (Member("a", 1, 1, 10, apportion(10, [a, b, joiner])["a"]),
+              Member("b", 1, 1, 10, apportion(10, [a, b, joiner])["b"]), joiner)
+    assert share_of(FleetView("f", "c", shrunk, 0), joiner, Decision(10, "why")).decision.target == first.share
