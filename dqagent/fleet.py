@@ -42,6 +42,7 @@ __all__ = [
     "fleet_policy",
     "fleet_report",
     "headroom",
+    "latest_decision",
     "parse_member",
     "render_fleet",
     "rendezvous",
@@ -69,8 +70,9 @@ class Member:
     running: int = 0
     starting: int = 0
     target: int = 0
-    #: The global target G this host last computed.
+    #: The global target G this host last computed, and when (Redis time of the read it was computed from).
     global_target: int = 0
+    decided_ms: int = 0
     version: str = ""
     decision: str = ""
     at_ms: int = 0
@@ -84,7 +86,7 @@ class Member:
 
 
 _INT_FIELDS = ("weight", "min_processes", "max_processes", "workers", "running", "starting", "target",
-               "global_target", "ttl_ms")
+               "global_target", "decided_ms", "ttl_ms")
 
 
 def parse_member(body: str, at_ms: int) -> Member | None:
@@ -154,11 +156,26 @@ def apportion(total: int, members: Sequence[Member]) -> dict[str, int]:
     return shares
 
 
-def fleet_observation(own: Observation, others: Iterable[Member]) -> Observation:
-    """The fleet as one pool: this host's fresh counts plus what the other members last published."""
-    ms = list(others)
-    return dataclasses.replace(own, workers=own.workers + sum(m.workers for m in ms),
-                               starting=own.starting + sum(m.starting for m in ms))
+def latest_decision(members: Iterable[Member]) -> Member | None:
+    """The member whose G is the most recent decision in the fleet (ties: highest host id); None before any."""
+    decided = [m for m in members if m.decided_ms > 0]
+    return max(decided, key=lambda m: (m.decided_ms, m.host), default=None)
+
+
+def fleet_observation(own: Observation, me: Member, others: Sequence[Member]) -> Observation:
+    """The fleet as one pool, as the policy sees it.
+
+    `workers` is the fleet's latest G (clamped to the members' summed range), not the sum of the pools:
+    while the hosts move to their shares of G, one poll after another, the sum passes through values a
+    policy with a tolerance band would take for a new resting point, and different hosts would rest on
+    different G's. G is the plan the pools are on their way to, as one host counts its starting units as
+    capacity. Before any member has decided: this host's pool plus what the others published.
+    """
+    lo, hi = fleet_bounds((me, *others))
+    latest = latest_decision((me, *others))
+    workers = (max(lo, min(hi, latest.global_target)) if latest is not None
+               else own.workers + sum(m.workers for m in others))
+    return dataclasses.replace(own, workers=workers, starting=own.starting + sum(m.starting for m in others))
 
 
 def fleet_policy(policy: Policy, lo: int, hi: int) -> Policy:

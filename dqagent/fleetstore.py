@@ -223,6 +223,8 @@ class FleetCoordinator:
         self._host = ""
         self.last: Share | None = None
         self._published: Member | None = None
+        #: Redis time of the read this host's last decision was made from (0: none yet).
+        self._decided_ms = 0
 
     async def _for(self, s: Settings) -> FleetStore:
         wanted = (s.redis_host, s.redis_port, s.redis_db, s.redis_password, s.redis_url, s.redis_timeout_s,
@@ -233,6 +235,7 @@ class FleetCoordinator:
             self._store = self._factory(s)
             self._built_for = wanted
             self.last = self._published = None
+            self._decided_ms = 0
         return self._store
 
     async def decide(self, s: Settings, policy: Policy, obs: Observation, state: Any, running: int,
@@ -244,16 +247,18 @@ class FleetCoordinator:
         me = Member(self._host, s.fleet_weight or s.max_processes, s.min_processes, s.max_processes,
                     workers=obs.workers, running=running, starting=obs.starting,
                     target=last.decision.target if last else obs.workers,
-                    global_target=last.global_target if last else obs.workers, version=__version__,
-                    decision=last.decision.reason if last else "", ttl_ms=record_ttl_ms(s))
+                    global_target=last.global_target if last else obs.workers, decided_ms=self._decided_ms,
+                    version=__version__, decision=last.decision.reason if last else "", ttl_ms=record_ttl_ms(s))
         view = await store.sync(me)
-        lo, hi = fleet_bounds((*view.others(), me))
-        decision, state = fleet_policy(policy, lo, hi).decide(fleet_observation(obs, view.others()), state)
+        others = view.others()
+        lo, hi = fleet_bounds((*others, me))
+        decision, state = fleet_policy(policy, lo, hi).decide(fleet_observation(obs, me, others), state)
         if decision.target == 0 and delayed > 0:
             # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
             decision = Decision(1, decision.reason + f"; {delayed} delayed messages need a consumer")
         self.last = share_of(view, me, decision)
         self._published = me
+        self._decided_ms = view.now_ms
         return FleetDecision(self.last.decision, state, self.last)
 
     async def publish(self, s: Settings, workers: int, starting: int) -> None:
@@ -264,9 +269,10 @@ class FleetCoordinator:
         if me is None or last is None or self._store is None:
             return
         new = dataclasses.replace(me, workers=workers, starting=starting, target=last.decision.target,
-                                  global_target=last.global_target, decision=last.decision.reason)
-        if (new.workers, new.starting, new.target, new.global_target) == \
-                (me.workers, me.starting, me.target, me.global_target):
+                                  global_target=last.global_target, decided_ms=self._decided_ms,
+                                  decision=last.decision.reason)
+        if (new.workers, new.starting, new.target, new.global_target, new.decided_ms) == \
+                (me.workers, me.starting, me.target, me.global_target, me.decided_ms):
             return
         with contextlib.suppress(BrokerError):
             await self._store.sync(new)

@@ -15,14 +15,17 @@ where waits and drain times are measured.
 
 Checked on every run (`check=True` raises AssertionError naming the property):
 - safety: the workers on reachable hosts never exceed the largest G a reachable host computed in the
-  last TTL + poll, plus the workers of a host that was just cut or came back (within TTL + a poll), plus
-  one per host (a host's pool published before it acted);
+  last TTL + poll, plus the workers of a host that was just cut, came back or joined (its MIN, started
+  before its first decision), within TTL + a poll: epsilon 0 (`over G` prints the largest excess seen;
+  `forming` the excess while the fleet forms, when hosts that start at one instant each decide alone);
 - liveness: when demand and membership have been unchanged for TTL + 2 polls + the target policy's
   SCALE_DOWN_WINDOW (each host keeps its own stabilization window, so after a drop in demand the hosts
   agree on G once their windows have passed, as one host would scale down then), every reachable host
   computes the same G and they run exactly its split;
-- partition: a host cut from Redis never starts a worker;
-- disruption: while a host joins (leaves) with demand unchanged, no other host gains (loses) workers.
+- partition: modelled as the agent behaves (a cut host keeps its workers and decides nothing; the agent
+  itself is tested for it in tests/unit/test_fleet_agent.py and the bench);
+- disruption (measured, printed): membership changes under unchanged demand after which another host
+  gained workers on a join, or lost some on a leave, within TTL + 2 polls.
 """
 
 from __future__ import annotations
@@ -62,6 +65,18 @@ class Host:
 
 
 @dataclass
+class _Change:
+    """A host joined (or came back) or left (or died, or was cut): did another host move the wrong way?"""
+
+    at_s: float
+    host: str
+    join: bool
+    level: int
+    before: dict[str, int]
+    flapped: int = 0
+
+
+@dataclass
 class Summary:
     """One mode's figures over every run."""
 
@@ -72,8 +87,14 @@ class Summary:
     over_seconds: float = 0.0
     #: Largest total above the largest recent G, beyond the workers of hosts just cut or back (epsilon).
     max_over_g: int = 0
+    #: The same while the fleet forms (hosts started at one instant, each deciding alone at first).
+    forming_over: int = 0
     converged: int = 0
     converge_checks: int = 0
+    #: Membership changes under unchanged demand, and those where another host gained on a join or lost
+    #: on a leave within TTL + 2 polls (minimal disruption says: none).
+    changes: int = 0
+    flaps: int = 0
     violations: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -81,8 +102,10 @@ class Summary:
         return (f"{self.mode:<19} worker-s {self.worker_seconds:>10.0f}  need-s {self.need_seconds:>10.0f}  "
                 f"over-provisioning {over:>+6.1f}%  max over need {self.max_over:>3}  "
                 f"time above need {self.over_seconds:>8.0f}s  "
-                + (f"over G {self.max_over_g}  converged {self.converged}/{self.converge_checks}  "
+                + (f"over G {self.max_over_g} (forming {self.forming_over})  "
+                   f"converged {self.converged}/{self.converge_checks}  "
                    if self.mode == "fleet" else "")
+                + f"others moved the wrong way on {self.flaps}/{self.changes} joins/leaves  "
                 + f"violations {len(self.violations)}")
 
 
@@ -142,6 +165,7 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
     max_tick = max(h.settings.tick_interval_s() for h in hosts)
     recent_exits: list[tuple[float, int]] = []  # (when, workers) of hosts that left the reachable set
     pending: list[tuple[float, str]] = list(events)
+    watched: list[_Change] = []
     while t < hours * 3600:
         store.now_ms = int(t * 1000)
         level = _level(curve, t)
@@ -151,9 +175,10 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
             _, name = pending.pop(0)
             h = by_name[name]
             last_change = t
-            before = h.mode
+            joining = h.mode in ("out", "gone", "dead", "cut")
             if h.mode in ("out", "gone", "dead"):
                 h.mode, h.workers, h.state = "up", h.settings.min_processes, h.policy.initial_state()
+                recent_exits.append((t, h.workers))  # a joiner runs its MIN at once (the agent's start)
                 h.coordinator = FleetCoordinator(lambda _s: store)
             elif h.mode == "cut":
                 h.mode = "up"  # back with the workers it held: counted until the fleet rebalances
@@ -166,7 +191,8 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
                     await h.coordinator.leave(h.settings)
                 if h.mode in ("gone", "dead"):
                     h.workers = 0
-            del before
+            watched.append(_Change(t, name, joining, level, {o.name: o.workers for o in hosts
+                                                            if o is not h and o.mode == "up"}))
         for h in hosts:
             if h.mode not in ("up", "cut") or t < h.next_tick_s:
                 continue
@@ -192,6 +218,16 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
             if fleet:
                 await h.coordinator.publish(h.settings, h.workers, 0)
         # -- measure ----------------------------------------------------------------------------
+        for c in [c for c in watched if t - c.at_s > ttl_s + 2 * max_tick or level != c.level]:
+            watched.remove(c)
+            if level == c.level:  # demand unchanged over the whole change: it counts
+                summary.changes += 1
+                summary.flaps += c.flapped
+        for c in watched:
+            for o in hosts:
+                if o.name in c.before and o.mode == "up" and \
+                        (o.workers > c.before[o.name] if c.join else o.workers < c.before[o.name]):
+                    c.flapped = 1
         reachable = [h for h in hosts if h.mode == "up"]
         total = sum(h.workers for h in reachable)
         lo = sum(h.settings.min_processes for h in reachable)
@@ -207,8 +243,11 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
             g_max = max(h.last_g for h in reachable if t - h.last_g_at <= ttl_s + max_tick) \
                 if any(t - h.last_g_at <= ttl_s + max_tick for h in reachable) else hi
             beyond = total - max(lo, min(hi, g_max)) - sum(n for _, n in recent_exits)
+            if t < ttl_s + 2 * max_tick:  # the fleet forming: hosts that started together, each alone at first
+                summary.forming_over = max(summary.forming_over, beyond)
+                beyond = 0
             summary.max_over_g = max(summary.max_over_g, beyond)
-            if beyond > len(reachable):
+            if beyond > 0:
                 summary.violations.append(f"safety at {t:.0f}s: {total} > G {g_max}")
             quiet = t - last_change
             settle = ttl_s + 2 * max_tick + max(h.settings.scale_down_window_s for h in hosts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from fractions import Fraction
 
 from hypothesis import given
@@ -171,7 +172,7 @@ def test_the_policy_sees_the_fleet_as_one_pool_with_the_summed_range() -> None:
     me = Member("me", 4, 1, 4, workers=2, starting=1)
     others = (Member("b", 4, 1, 4, workers=3, starting=1), Member("c", 4, 1, 4, workers=1))
     own = Observation(now_s=1, queue_length=100, ready=100, in_flight=0, delayed=0, workers=2, starting=1)
-    obs = fleet_observation(own, others)
+    obs = fleet_observation(own, me, others)  # nobody has decided yet: the pools
     assert (obs.workers, obs.starting) == (6, 2)
     lo, hi = fleet_bounds((me, *others))
     policy = fleet_policy(StepPolicy(1, 4, 5.0, 2.5), lo, hi)
@@ -182,6 +183,15 @@ def test_the_policy_sees_the_fleet_as_one_pool_with_the_summed_range() -> None:
     assert share.global_target == 7
     assert share.share == apportion(7, [me, *others])["me"]
     assert "G 7" in share.decision.reason and share.fields()["fleet_target"] == 7
+
+
+def test_once_decided_the_policy_sees_the_latest_g_not_the_pools_on_their_way_to_it() -> None:
+    me = Member("me", 4, 1, 4, workers=2, global_target=9, decided_ms=100)
+    others = (Member("b", 4, 1, 4, workers=3, global_target=8, decided_ms=300),
+              Member("c", 4, 1, 4, workers=1, global_target=20, decided_ms=200))
+    own = Observation(now_s=1, queue_length=100, ready=100, in_flight=0, delayed=0, workers=2)
+    assert fleet_observation(own, me, others).workers == 8  # b decided last
+    assert fleet_observation(own, me, (replace(others[0], global_target=99), others[1])).workers == 12  # clamped
 
 
 def test_a_global_target_outside_the_fleet_range_is_clamped() -> None:
