@@ -23,11 +23,8 @@ from dqagent.policies import TargetPolicy
 from dqagent.workercmd import worker_shape
 from tests.unit.fakes import FakeUnits
 
-# TARGET_TOLERANCE 0: with a band, any total inside it is a resting point of the target policy (one host's
-# or a fleet's); without one, 60 outstanding at 10 each has one answer, 6.
 BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "SCALING_POLICY": "target", "TARGET_PER_WORKER": "10",
-        "TARGET_TOLERANCE": "0",
         "DRAMATIQ_COMMAND": "/bin/sleep infinity", "REDIS_TIMEOUT": "1", "FLEET": "f"}
 
 
