@@ -231,3 +231,19 @@ def test_a_joiner_starts_at_its_min_and_takes_its_share_once_the_others_gave_the
     shrunk = (Member("a", 1, 1, 10, apportion(10, [a, b, joiner])["a"]),
               Member("b", 1, 1, 10, apportion(10, [a, b, joiner])["b"]), joiner)
     assert share_of(FleetView("f", "c", shrunk, 0), joiner, Decision(10, "why")).decision.target == first.share
+
+
+def test_status_fleet_lists_every_member_with_its_heartbeat_age_and_g() -> None:
+    from dqagent.fleet import fleet_report, render_fleet
+
+    view = FleetView("prod", "a", (Member("a", 4, 1, 4, 2, running=2, target=2, global_target=6, at_ms=9_600,
+                                          decided_ms=9_500, ttl_ms=4000),
+                                   Member("b", 4, 1, 4, 4, running=4, target=4, global_target=6, at_ms=9_900,
+                                          ttl_ms=4000)), now_ms=10_000)
+    r = fleet_report(view, 60)
+    assert (r["global_demand"], r["global_target"], r["targets_sum"], r["running_sum"]) == (60, 6, 6, 6)
+    assert [(m["host"], m["heartbeat_age_s"]) for m in r["members"]] == [("a", 0.4), ("b", 0.1)]
+    text = render_fleet(r).splitlines()
+    assert text[0] == "fleet prod: 2 members, global demand 60, G 6 (targets sum 6, running 6)"
+    assert text[1].startswith(" *a  running 2  target 2  weight 4  range 1-4  heartbeat 0.4s ago")
+    assert text[2].startswith("  b  running 4")
