@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -215,7 +215,8 @@ class FleetCoordinator:
     change, and the host id is re-read. `store_factory` builds the store (tests pass a fake).
     """
 
-    def __init__(self, store_factory: Any = RedisFleetStore, machine_id: Path = MACHINE_ID) -> None:
+    def __init__(self, store_factory: Callable[[Settings], FleetStore] = RedisFleetStore,
+                 machine_id: Path = MACHINE_ID) -> None:
         self._factory = store_factory
         self._machine_id = machine_id
         self._store: FleetStore | None = None

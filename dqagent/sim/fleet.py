@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from dqagent.config import Settings, parse_settings
 from dqagent.errors import BrokerError
-from dqagent.fleet import apportion
+from dqagent.fleet import Member, apportion
 from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, record_ttl_ms
 from dqagent.policies import Observation, Policy, TargetPolicy
 from dqagent.workercmd import worker_shape
@@ -263,9 +263,7 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
         t += STEP_S
 
 
-def _member(h: Host):  # type: ignore[no-untyped-def]
-    from dqagent.fleet import Member
-
+def _member(h: Host) -> Member:
     return Member(h.name, h.settings.fleet_weight or h.settings.max_processes, h.settings.min_processes,
                   h.settings.max_processes, h.workers)
 

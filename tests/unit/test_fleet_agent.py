@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dqagent.agent import Agent
-from dqagent.config import parse_settings
+from dqagent.config import Settings, parse_settings
 from dqagent.demand import FakeDemandProbe
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, host_id, record_ttl_ms
@@ -36,7 +36,7 @@ class Clock:
         return self.now
 
 
-def settings(host: str, **kw: str):  # type: ignore[no-untyped-def]
+def settings(host: str, **kw: str) -> Settings:
     return parse_settings({**BASE, "FLEET_HOST_ID": host, **kw})
 
 
