@@ -27,7 +27,7 @@ from typing import Any
 
 from dqagent.config import Settings
 from dqagent.demand import Demand, DemandProbe
-from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, SystemdError
+from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, ConfigError, SystemdError
 from dqagent.fleetstore import FleetCoordinator
 from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
@@ -273,8 +273,8 @@ class Agent:
             try:
                 fleet = await self.fleet.decide(self.s, self.policy, obs, self._policy_state, counted.running,
                                                 demand.delayed)
-            except BrokerError as exc:  # like an unreadable demand: keep the workers, never scale up
-                return self._redis_down(str(exc))
+            except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers, never scale up
+                return self._redis_down(str(exc))  # (ConfigError: a reload left this host without an id)
             decision, self._policy_state, fleet_fields = fleet.decision, fleet.state, fleet.share.fields()
         else:
             decision, self._policy_state = self.policy.decide(obs, self._policy_state)

@@ -185,6 +185,10 @@ async def _start(args: argparse.Namespace) -> int:
     read_again = functools.partial(sources.load, loaded.env_file, cwd=Path.cwd(), command=args.command)
     s = loaded.settings
     shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
+    if s.fleet:  # fleet mode (issue 13): no host id (FLEET_HOST_ID empty, /etc/machine-id unreadable): exit 78 here
+        from dqagent.fleetstore import host_id
+
+        host_id(s)
     note = logs.setup(s.log_level, s.log_file)
     event = logs.event
     log = logging.getLogger("dqagent")

@@ -176,3 +176,21 @@ def test_stopping_an_agent_removes_its_record_at_once() -> None:
         assert sum(pool(a) for a in agents[:2]) == 6
 
     asyncio.run(scenario())
+
+
+def test_without_a_host_id_the_agent_holds_its_workers(tmp_path: Path) -> None:
+    """A reload that sets FLEET on a host with no id (FLEET_HOST_ID empty, no /etc/machine-id) changes nothing."""
+    async def scenario() -> None:
+        probe = FakeDemandProbe()
+        probe.set_queue("q", ready=60)
+        s = settings("")
+        policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, 1))
+        store = FakeFleetStore()
+        a = Agent(s, FakeUnits(running=[1, 2]), probe, RecordingNotifier(), policy, clock=Clock(),
+                  fleet=FleetCoordinator(lambda _s: store, machine_id=tmp_path / "missing"))
+        assert await a.tick() > 0
+        await a.jobs.wait()
+        assert pool(a) == 2 and store.records == {}
+        assert "FLEET_HOST_ID" in a.reporter.redis_error
+
+    asyncio.run(scenario())
