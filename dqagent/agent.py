@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from dqagent import __version__
 from dqagent.config import Settings
 from dqagent.demand import Demand, DemandProbe, QueueDemand
-from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, SystemdError
+from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, ConfigError, SystemdError
+from dqagent.fleetstore import FleetCoordinator
 from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
 from dqagent.notify import Notifier
@@ -122,7 +123,7 @@ class Agent:
                  clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
                  watchdog_s: float | None = None,
                  own_unit: str = "dqagent.service", under_systemd: bool | None = None,
-                 reloader: Reloader | None = None) -> None:
+                 reloader: Reloader | None = None, fleet: FleetCoordinator | None = None) -> None:
         self.s = settings
         self.units = units
         self.probe = probe
@@ -139,6 +140,8 @@ class Agent:
         self.reloader = reloader
         self.reload_requested = asyncio.Event()
         self._policy_state: Any = policy.initial_state()
+        #: Fleet mode (issue 13, dqagent.fleetstore): used while FLEET is set.
+        self.fleet = fleet if fleet is not None else FleetCoordinator()
         self.reporter = Reporter(notifier)
         self.jobs = JobTable(units, self.reporter, clock)
         #: Caps scale-ups by the host's headroom (issue 14: dqagent.guard, dqagent.pressure).
@@ -303,12 +306,23 @@ class Agent:
         obs = Observation(now_s=self.clock(), queue_length=queue_length, ready=demand.ready,
                           in_flight=demand.in_flight, delayed=demand.delayed, workers=counted.pool,
                           starting=counted.coming + young, oldest_age_s=demand.oldest_age_s)
-        decision, self._policy_state = self.policy.decide(obs, self._policy_state)
         label: str | None = None
-        if decision.target == 0 and demand.delayed > 0:
-            # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
-            decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
-            label = Reason.DELAYED_MESSAGES
+        fleet_fields: dict[str, object] = {}
+        if self.s.fleet:  # fleet mode (issue 13): the fleet's decision, and this host's share of it
+            try:
+                fleet = await self.fleet.decide(self.s, self.policy, obs, self._policy_state, counted.running,
+                                                demand.delayed)
+            except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers, never scale up
+                self.counters.source_error(Source.REDIS)  # (ConfigError: a reload left this host without an id)
+                self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
+                return self._redis_down(str(exc))
+            decision, self._policy_state, fleet_fields = fleet.decision, fleet.state, fleet.share.fields()
+        else:
+            decision, self._policy_state = self.policy.decide(obs, self._policy_state)
+            if decision.target == 0 and demand.delayed > 0:
+                # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
+                decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
+                label = Reason.DELAYED_MESSAGES
         verdict = await self.guard.cap(self.s, counted.pool, decision.target, obs.starting)  # guard cap, then act
         if verdict.holding:
             decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
@@ -316,7 +330,7 @@ class Agent:
                       running=counted.running, target=decision.target, ready=demand.ready,
                       in_flight=demand.in_flight, delayed=demand.delayed, dead_lettered=demand.dead,
                       orphaned=demand.orphaned, policy=self.policy.name, breakdown=breakdown(demand),
-                      oldest_age_s=format_age(demand.oldest_age_s))
+                      oldest_age_s=format_age(demand.oldest_age_s), **fleet_fields)
         # One record per decision at CHECK_INTERVAL; the target policy's faster polls log changes only.
         now = self.clock()
         routine = decision.target == counted.pool and now - self._last_logged < self.s.check_interval_s
@@ -325,6 +339,9 @@ class Agent:
         if not routine:
             self._last_logged = now
         plan = self._act(states, decision.target, reason=decision.reason, label=label)
+        if fleet_fields:  # the pool this tick leaves, published for the other members at once
+            await self.fleet.publish(self.s, plan.pool + len(plan.start) - len(plan.stop),
+                                     obs.starting + len(plan.start))
         self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length,
                              self.s.tick_interval_s(), note=verdict.status())
         self.counters.decision_took(self.clock() - began)
@@ -464,6 +481,9 @@ class Agent:
                             extra=event("foreign_job", unit=s.unit, job=s.job_type))
         log.info("agent stopping (%s): stopping %d workers gracefully", job, len(ours),
                  extra=event("shutdown", workers=len(ours), job=job))
+        if self.s.fleet:  # leave the fleet now: the others take this host's share without waiting for its TTL
+            with contextlib.suppress(BrokerError):
+                await self.fleet.leave(self.s)
         self.jobs.stop([s.instance for s in ours], stop_timeout_s(self.s))
         # Failed instances hold no process but stay listed; clear them so nothing is left behind.
         for s in states:

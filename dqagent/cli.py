@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show queue, workers and thresholds from systemd and Redis")
     status.add_argument("--json", action="store_true", help="machine-readable, old manager's keys")
+    status.add_argument("--fleet", action="store_true", help="also every member of this host's FLEET (docs/fleet.md)")
 
     for name, verb in (("scale-up", "start"), ("scale-down", "stop")):
         p = sub.add_parser(name, help=f"{verb} workers now, through systemd")
@@ -184,6 +185,10 @@ async def _start(args: argparse.Namespace) -> int:
     read_again = functools.partial(sources.load, loaded.env_file, cwd=Path.cwd(), command=args.command)
     s = loaded.settings
     shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
+    if s.fleet:  # fleet mode (issue 13): no host id (FLEET_HOST_ID empty, /etc/machine-id unreadable): exit 78 here
+        from dqagent.fleetstore import host_id
+
+        host_id(s)
     note = logs.setup(s.log_level, s.log_file)
     event = logs.event
     log = logging.getLogger("dqagent")
@@ -208,6 +213,7 @@ async def _start(args: argparse.Namespace) -> int:
         return await agent.run()
     finally:
         await agent.probe.close()  # the one in use: a reload may have replaced the first
+        await agent.fleet.close()
         units.close()
 
 
@@ -292,7 +298,12 @@ async def _status(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     report: dict[str, Any] = await collect(loaded, os.environ.get("DQAGENT_BUS_ADDRESS") or None)
-    print(render_json(report) if args.json else render_text(report))
+    if args.fleet:  # fleet mode (issue 13)
+        from dqagent.fleetstore import fleet_status
+
+        report["fleet"] = await fleet_status(loaded.settings, report["queue_length"])
+    text = render_text(report) + (f"\n{report['fleet']['text']}" if args.fleet and not args.json else "")
+    print(render_json(report) if args.json else text)
     return EXIT_OK
 
 

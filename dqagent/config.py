@@ -68,6 +68,10 @@ DEFAULTS: dict[str, str] = {
     # --- Prometheus metrics (issue 12); parsed by `parse_metrics_address`, see docs/metrics.md. ---
     "METRICS_ADDRESS": "",
     "METRICS_TEXTFILE": "",
+    # --- Fleet mode (issue 13): parsed by `_parse_fleet_settings`, documented in docs/fleet.md. ---
+    "FLEET": "",
+    "FLEET_WEIGHT": "",
+    "FLEET_HOST_ID": "",
     # --- Scaling policy (issue 6); parsed by `_parse_policy_settings`, documented in docs/scaling.md. ---
     "SCALING_POLICY": "step",
     "TARGET_PER_WORKER": "auto",
@@ -156,6 +160,12 @@ class Settings:
     guard_memory_reserve: str = "10%"
     #: Where /proc/pressure/{cpu,memory} and /proc/meminfo are read (test-only override).
     guard_proc_dir: str = "/proc"
+    # --- Fleet mode (issue 13, docs/fleet.md): "" = this host alone, as before. ---
+    fleet: str = ""
+    #: This host's weight in the fleet's split; None: MAX_PROCESSES.
+    fleet_weight: int | None = None
+    #: This host's id in the fleet; "": /etc/machine-id (read by dqagent.fleetstore).
+    fleet_host_id: str = ""
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
@@ -284,6 +294,29 @@ def _parse_age_settings(v: Mapping[str, str], policy: str) -> float | None:
         raise ConfigError("MAX_QUEUE_AGE", raw, "only SCALING_POLICY=target scales on age: set it, or leave "
                           "MAX_QUEUE_AGE empty")
     return age
+_FLEET_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,64}")
+_HOST_ID_RE = re.compile(r"[a-zA-Z0-9_.:-]{1,64}")
+
+
+class _FleetSettings(TypedDict):
+    fleet: str
+    fleet_weight: int | None
+    fleet_host_id: str
+
+
+def _parse_fleet_settings(v: Mapping[str, str]) -> _FleetSettings:
+    """Fleet mode (issue 13): the fleet's name, this host's weight and id."""
+    name = v["FLEET"].strip()
+    if name and not _FLEET_NAME_RE.fullmatch(name):
+        raise ConfigError("FLEET", name, "expected empty (no fleet) or 1..64 letters, digits, . _ -")
+    weight_raw = v["FLEET_WEIGHT"].strip()
+    weight = None if not weight_raw else _int(
+        "FLEET_WEIGHT", weight_raw, 1, MAX_PROCESSES_LIMIT,
+        f"expected empty (= MAX_PROCESSES) or an integer in 1..{MAX_PROCESSES_LIMIT}")
+    host = v["FLEET_HOST_ID"].strip()
+    if host and not _HOST_ID_RE.fullmatch(host):
+        raise ConfigError("FLEET_HOST_ID", host, "expected empty (= /etc/machine-id) or 1..64 letters, digits, . _ : -")
+    return _FleetSettings(fleet=name, fleet_weight=weight, fleet_host_id=host)
 
 
 def parse_worker_command(values: Mapping[str, str]) -> tuple[str, str]:
@@ -391,6 +424,7 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         metrics_address=_check_metrics_address(v["METRICS_ADDRESS"]),
         metrics_textfile=_parse_metrics_textfile(v["METRICS_TEXTFILE"]),
         **_parse_guard_settings(v),
+        **_parse_fleet_settings(v),
     )
 
 

@@ -78,6 +78,10 @@ DESCRIPTIONS: dict[str, str] = {
     "GUARD_CPU_PRESSURE": "guard: hold above this CPU some avg10 %",
     "GUARD_MEMORY_RESERVE": "guard: MemAvailable kept free after one more worker (bytes or % of MemTotal)",
     "GUARD_PROC_DIR": "guard: where pressure/ and meminfo are read; for tests only",
+    # Fleet mode (issue 13), docs/fleet.md.
+    "FLEET": "fleet name: hosts with the same FLEET on this Redis share one target (empty: this host alone)",
+    "FLEET_WEIGHT": "this host's weight in the fleet's split (empty: MAX_PROCESSES)",
+    "FLEET_HOST_ID": "this host's id in the fleet (empty: /etc/machine-id; set it for cloned machines/containers)",
 }
 
 

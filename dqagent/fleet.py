@@ -1,0 +1,293 @@
+"""Fleet mode (pure): many hosts on one queue, one global target G, and this host's share of it.
+
+No I/O and no clock: the members' records come in (read by `dqagent.fleetstore` from the Redis the
+hosts already share), a decision goes out. Every member computes the same split from the same records,
+so no leader is elected and nothing but the records is written (see docs/fleet.md for the choice
+against a leader lease and slot leases).
+
+The split is the Sainte-Laguë (Webster) divisor method, computed seat by seat:
+
+- each member first holds its MIN; then seat after seat goes to the member with the highest priority
+  `weight / (seats + 1/2)` among those below their MAX; equal priorities are ordered by rendezvous
+  hashing of (host id, seat number), so the order of the records never matters;
+- so every member's k-th seat has a priority of its own that depends on nobody else, and the split of G
+  is the G highest-priority seats of all members. Two consequences, which largest-remainder
+  (Hamilton) lacks (its Alabama and new-state paradoxes):
+  - **house-monotone**: a larger G never gives a member fewer workers; so hosts that computed
+    different G's (they read demand at different instants) run in total at most the largest of them;
+  - **population-monotone**: a member joining never gives another member more workers, one leaving
+    never gives another fewer; the others move only by what the joiner takes or the leaver frees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from dqagent.policies import Decision, Observation, Policy
+
+__all__ = [
+    "FleetView",
+    "Member",
+    "Share",
+    "apportion",
+    "fleet_bounds",
+    "fleet_observation",
+    "fleet_policy",
+    "fleet_report",
+    "headroom",
+    "latest_decision",
+    "parse_member",
+    "render_fleet",
+    "rendezvous",
+    "share_of",
+]
+
+#: Longest `decision` text kept in a record (it is only shown by `dqagent status --fleet`).
+DECISION_CHARS = 160
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One host's published state, as every member reads it.
+
+    `workers` is the host's pool as its own reconciler counts it (running + starting, not stopping);
+    `target` is the share it last decided. `at_ms` and `ttl_ms` are Redis server time, so ages compare
+    on one clock whatever the hosts' clocks say.
+    """
+
+    host: str
+    weight: int
+    min_processes: int
+    max_processes: int
+    workers: int
+    running: int = 0
+    starting: int = 0
+    target: int = 0
+    #: The global target G this host last computed, and when (Redis time of the read it was computed from).
+    global_target: int = 0
+    decided_ms: int = 0
+    version: str = ""
+    decision: str = ""
+    at_ms: int = 0
+    ttl_ms: int = 0
+
+    def to_json(self) -> str:
+        """The record body (without `at_ms`, which Redis stamps)."""
+        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "at_ms"}
+        body["decision"] = self.decision[:DECISION_CHARS]
+        return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+_INT_FIELDS = ("weight", "min_processes", "max_processes", "workers", "running", "starting", "target",
+               "global_target", "decided_ms", "ttl_ms")
+
+
+def parse_member(body: str, at_ms: int) -> Member | None:
+    """A record read from Redis, or None when it is not one (another version's, or damaged).
+
+    A record that cannot be read is left out of the split by every member alike, so they still agree.
+    """
+    try:
+        raw: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("host"), str) or not raw["host"]:
+        return None
+    values: dict[str, Any] = {"host": raw["host"], "at_ms": at_ms,
+                              "version": str(raw.get("version", "")), "decision": str(raw.get("decision", ""))}
+    for name in _INT_FIELDS:
+        v = raw.get(name, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return None
+        values[name] = v
+    if values["weight"] < 1 or values["max_processes"] < values["min_processes"]:
+        return None
+    return Member(**values)
+
+
+def rendezvous(host: str, seat: int) -> int:
+    """Highest-random-weight hash of (host, seat): the tie-break every member computes alike."""
+    digest = hashlib.blake2b(f"{host}\0{seat}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def fleet_bounds(members: Iterable[Member]) -> tuple[int, int]:
+    """(sum of MINs, sum of MAXes): the range G is clamped to."""
+    ms = list(members)
+    return sum(m.min_processes for m in ms), sum(m.max_processes for m in ms)
+
+
+def apportion(total: int, members: Sequence[Member]) -> dict[str, int]:
+    """Split `total` workers over `members` (clamped to their summed [MIN, MAX]); host -> share.
+
+    The sum of the shares is exactly the clamped total; each share is within its member's [MIN, MAX].
+    Depends only on the set of members (host, weight, MIN, MAX), never on their order. Raises
+    ValueError on two records with one host id (the store keeps one key per host, so it never passes any).
+    """
+    hosts = [m.host for m in members]
+    if len(set(hosts)) != len(hosts):
+        raise ValueError("duplicate host ids in the fleet")
+    lo, hi = fleet_bounds(members)
+    left = max(lo, min(hi, total)) - lo
+    shares = {m.host: m.min_processes for m in members}
+    heap: list[tuple[Fraction, int, str]] = []
+
+    def push(m: Member) -> None:
+        seats = shares[m.host]
+        if seats < m.max_processes:
+            # Webster's divisor seats + 1/2, written exactly: priority = 2w / (2s + 1).
+            heapq.heappush(heap, (-Fraction(2 * m.weight, 2 * seats + 1), -rendezvous(m.host, seats + 1), m.host))
+
+    by_host = {m.host: m for m in members}
+    for m in members:
+        push(m)
+    while left > 0:
+        _, _, host = heapq.heappop(heap)
+        shares[host] += 1
+        left -= 1
+        push(by_host[host])
+    return shares
+
+
+def latest_decision(members: Iterable[Member]) -> Member | None:
+    """The member whose G is the most recent decision in the fleet (ties: highest host id); None before any."""
+    decided = [m for m in members if m.decided_ms > 0]
+    return max(decided, key=lambda m: (m.decided_ms, m.host), default=None)
+
+
+def fleet_observation(own: Observation, me: Member, others: Sequence[Member]) -> Observation:
+    """The fleet as one pool, as the policy sees it.
+
+    `workers` is the fleet's latest G (clamped to the members' summed range), not the sum of the pools:
+    while the hosts move to their shares of G, one poll after another, the sum passes through values a
+    policy with a tolerance band would take for a new resting point, and different hosts would rest on
+    different G's. G is the plan the pools are on their way to, as one host counts its starting units as
+    capacity. Before any member has decided: this host's pool plus what the others published.
+    """
+    lo, hi = fleet_bounds((me, *others))
+    latest = latest_decision((me, *others))
+    workers = (max(lo, min(hi, latest.global_target)) if latest is not None
+               else own.workers + sum(m.workers for m in others))
+    return dataclasses.replace(own, workers=workers, starting=own.starting + sum(m.starting for m in others))
+
+
+def fleet_policy(policy: Policy, lo: int, hi: int) -> Policy:
+    """The same policy with the fleet's [sum of MINs, sum of MAXes] instead of this host's range.
+
+    Policies are frozen dataclasses with `min_processes`/`max_processes` (both in dqagent.policies);
+    raises TypeError for one that is not, rather than deciding with a single host's range.
+    """
+    if not dataclasses.is_dataclass(policy) or isinstance(policy, type):
+        raise TypeError(f"policy {policy.name!r} has no fleet form (not a dataclass with min/max_processes)")
+    fleet: Policy = dataclasses.replace(policy, min_processes=lo, max_processes=hi)
+    return fleet
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """This host's part of one fleet decision."""
+
+    fleet: str
+    #: The global target G, clamped to the members' summed [MIN, MAX].
+    global_target: int
+    #: This host's share of G (its target).
+    share: int
+    members: int
+    decision: Decision
+
+    def fields(self) -> dict[str, object]:
+        """Journal fields of the decision line: FLEET=, FLEET_TARGET=, SHARE=, FLEET_MEMBERS=."""
+        return {"fleet": self.fleet, "fleet_target": self.global_target, "share": self.share,
+                "fleet_members": self.members}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """What one read of the fleet returned: the live members (this host's record included) and Redis's time."""
+
+    fleet: str
+    host: str
+    members: tuple[Member, ...]
+    now_ms: int
+
+    def others(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.host != self.host)
+
+    def age_s(self, m: Member) -> float:
+        return max(0, self.now_ms - m.at_ms) / 1000
+
+
+def headroom(g: int, me: Member, others: Iterable[Member]) -> int:
+    """The most this host may run without the fleet exceeding G, given what the others last published
+    (never below its MIN): a scale-up waits for the others to give up what is no longer theirs."""
+    return max(me.min_processes, g - sum(m.workers for m in others))
+
+
+def share_of(view: FleetView, me: Member, global_decision: Decision) -> Share:
+    """This host's share of `global_decision.target` among the view's members (`me` is this host's current
+    record: weight, MIN, MAX may have changed by a reload), and the target it runs now.
+
+    The target is the share, except that a scale-up goes only as far as the `headroom` the others leave:
+    a host that joins, or whose share grew because another's shrank, does not add workers before the
+    others have published their smaller pools, so the fleet's published total stays within G. Once they
+    have (within one poll of each), the target is the whole share. A scale-down is never held.
+    """
+    others = view.others()
+    members = (*others, me)
+    lo, hi = fleet_bounds(members)
+    g = max(lo, min(hi, global_decision.target))
+    share = apportion(g, members)[me.host]
+    target = share
+    room = headroom(g, me, others)
+    if share > me.workers and share > room:
+        target = max(me.workers, room)
+    reason = (f"fleet {view.fleet}: {len(members)} members, G {g}"
+              + (f" (policy {global_decision.target}, clamped to [{lo}, {hi}])" if g != global_decision.target else "")
+              + f", share {share} (weight {me.weight} of {sum(m.weight for m in members)})"
+              + (f", {target} until the others give up {share - target}" if target != share else "")
+              + "; " + global_decision.reason)
+    return Share(view.fleet, g, share, len(members), Decision(target, reason))
+
+
+def fleet_report(view: FleetView, queue_length: int | None) -> dict[str, Any]:
+    """`dqagent status --fleet` (JSON form): one entry per live member, the global demand and G.
+
+    G is what the most recently published member computed (every member computes it; they differ only
+    while demand or membership changes between their polls).
+    """
+    newest = max(view.members, key=lambda m: (m.at_ms, m.host), default=None)
+    return {
+        "fleet": view.fleet,
+        "host": view.host,
+        "global_demand": queue_length,
+        "global_target": newest.global_target if newest else None,
+        "targets_sum": sum(m.target for m in view.members),
+        "running_sum": sum(m.running for m in view.members),
+        "members": [{"host": m.host, "running": m.running, "starting": m.starting, "workers": m.workers,
+                     "target": m.target, "weight": m.weight, "min_processes": m.min_processes,
+                     "max_processes": m.max_processes, "heartbeat_age_s": round(view.age_s(m), 1),
+                     "ttl_s": m.ttl_ms / 1000, "version": m.version, "decision": m.decision}
+                    for m in view.members],
+    }
+
+
+def render_fleet(r: dict[str, Any]) -> str:
+    """The text form of `fleet_report`: a header, then one line per member (this host marked with *)."""
+    def show(v: object) -> str:
+        return "unavailable" if v is None else str(v)
+
+    lines = [f"fleet {r['fleet']}: {len(r['members'])} members, global demand {show(r['global_demand'])}, "
+             f"G {show(r['global_target'])} (targets sum {r['targets_sum']}, running {r['running_sum']})"]
+    for m in r["members"]:
+        mark = "*" if m["host"] == r["host"] else " "
+        lines.append(f" {mark}{m['host']}  running {m['running']}  target {m['target']}  weight {m['weight']}  "
+                     f"range {m['min_processes']}-{m['max_processes']}  heartbeat {m['heartbeat_age_s']:g}s ago "
+                     f"(expires after {m['ttl_s']:g}s)")
+    return "\n".join(lines)
