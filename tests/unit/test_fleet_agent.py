@@ -25,7 +25,8 @@ from tests.unit.fakes import FakeUnits
 
 BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "SCALING_POLICY": "target", "TARGET_PER_WORKER": "10",
-        "DRAMATIQ_COMMAND": "/bin/sleep infinity", "REDIS_TIMEOUT": "1", "FLEET": "f"}
+        "DRAMATIQ_COMMAND": "/bin/sleep infinity", "REDIS_TIMEOUT": "1", "FLEET": "f",
+        "GUARD": "off"}  # the guard would read this host's real pressure (tests/unit/test_guard.py covers it)
 
 
 class Clock:
