@@ -94,6 +94,23 @@ def main_pids(c: Container, units: list[str]) -> dict[str, str]:
     return {u: c.unit_property(u, "MainPID") for u in units}
 
 
+def sigkill_worker(c: Container, unit: str) -> str:
+    """SIGKILL a worker unit's main process and its children, as the OOM killer or a crash would; returns
+    the killed main PID.
+
+    Sent with kill(2) inside the container, not `systemctl kill`: this bench's cgroup v1 kernel answers
+    systemd's cgroup kill with EIO now and then ("Failed to kill control group ... Input/output error"),
+    which leaves the worker running (seen under parallel load: its heartbeat went on for 40 s).
+    """
+    pid = c.unit_property(unit, "MainPID")
+    assert pid not in ("", "0"), f"{unit} has no main process"
+    c.run(["pkill", "--signal", "KILL", "-P", pid], check=False)
+    c.run(["kill", "-KILL", pid])
+    wait_until(f"{unit}'s process {pid} gone", lambda: c.run(["kill", "-0", pid], check=False).returncode != 0,
+               timeout=10)
+    return pid
+
+
 def journal(c: Container, unit: str = "dqagent", *matches: str) -> list[dict[str, Any]]:
     out = c.run(["journalctl", "-u", unit, "-o", "json", "--no-pager", *matches]).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]

@@ -14,6 +14,7 @@ from tests.integration.agentbench import (
     journal,
     running_workers,
     settings_text,
+    sigkill_worker,
     wait_until,
     worker_names,
 )
@@ -99,8 +100,8 @@ def test_messages_of_a_sigkilled_worker_come_back_with_no_consumer_left(fresh_co
     # From now on new workers cannot consume (models a pool with no consumer for this queue)
     c.write("/etc/dqagent/dqagent.env", settings_text(
         redis_server, DRAMATIQ_COMMAND="/bin/sleep infinity", MIN_PROCESSES=1, MAX_PROCESSES=1,
-        GRACEFUL_SHUTDOWN_TIMEOUT=1))
-    c.systemctl("restart", "dramatiq-worker@1")  # stop: SIGTERM, then SIGKILL after 1 s
+        GRACEFUL_SHUTDOWN_TIMEOUT=1, WORKER_DIRECTORY=str(APP_DIR)))
+    sigkill_worker(c, "dramatiq-worker@1.service")  # systemd restarts it (Restart=on-failure): /bin/sleep
     assert ack_sets(redis_server), "the killed worker's messages are held in its ack set"
     assert ready(redis_server) == 0
 
@@ -125,9 +126,7 @@ def test_burst_of_2000_with_scaling_and_a_killed_worker_loses_nothing(fresh_cont
 
     # SIGKILL one worker in the middle of its tasks (systemd restarts it: Restart=on-failure)
     wait_until("tasks in flight", lambda: len(done(redis_server)) > 200, timeout=60)
-    # (systemd answers EIO when one of the unit's processes is exiting at that instant: try again)
-    wait_until("worker@2 SIGKILLed", lambda: c.systemctl("kill", "--signal=SIGKILL", "dramatiq-worker@2.service",
-                                                         check=False).returncode == 0, timeout=10)
+    sigkill_worker(c, "dramatiq-worker@2.service")
 
     wait_until("every message completed", lambda: set(ids) <= done(redis_server), timeout=240, interval=1)
     drained_s = time.monotonic() - started
