@@ -10,7 +10,10 @@ What it models, because it is what makes policies differ on real pools:
   task ends returns everything it holds to the queue tail and frees its slot. It costs worker-seconds
   until then, and the policy sees it as going: not in `workers`, while what it holds stays in flight;
 - the policy sees an `Observation` every `tick_s`; its decision is applied at once;
-- an arriving message goes to the first worker with prefetch room, or a random one (`dispatch`).
+- an arriving message goes to the first worker with prefetch room, or a random one, or (`poll`, as
+  Dramatiq's Redis consumers do) waits in the list until some consumer's next poll fetches it: a
+  consumer that just fetched polls again at once, one that found nothing backs off 5 ms x 2^misses
+  (jitter x1..2) up to Dramatiq's `worker_timeout` (1 s, then 0.5..1 s), full or idle alike.
 
 The real policy classes run unchanged through the `Policy` protocol. Same seed, same result.
 """
@@ -27,7 +30,9 @@ from typing import Any
 from dqagent.policies import Observation, Policy
 from dqagent.sim.traces import Workload
 
-_ARRIVE, _READY, _DONE, _TICK = 0, 1, 2, 3
+_ARRIVE, _READY, _DONE, _TICK, _POLL = 0, 1, 2, 3, 4
+#: The dispatch models `PoolConfig.dispatch` accepts.
+DISPATCH_MODELS = ("first", "random", "poll")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +48,14 @@ class PoolConfig:
     metric: str = "outstanding"
     #: Which worker with prefetch room takes an arrival: "first" (a busy consumer polls again at once
     #: while idle ones back off, so the same one keeps winning) or "random" (the consumers race evenly;
-    #: seeded by the workload). A modelling assumption, so the benchmark can check both.
+    #: seeded by the workload), or "poll" (each consumer fetches on its own poll schedule, Dramatiq's
+    #: backoff; measured against real workers by dev/replay). A modelling assumption, so the benchmark
+    #: can check each.
     dispatch: str = "first"
+    #: The "poll" model's backoff: first step and cap (Dramatiq's `compute_backoff` factor, 5 ms, and
+    #: `worker_timeout`, 1000 ms).
+    poll_base_s: float = 0.005
+    poll_max_s: float = 1.0
 
 
 @dataclass
@@ -55,6 +66,7 @@ class _Worker:
     stopping: bool = False
     running: int = 0
     held: deque[int] = field(default_factory=deque)  # prefetched, not running
+    misses: int = 0  # "poll" dispatch: empty fetches since the last message (Dramatiq's backoff exponent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +114,10 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     push(0.0, _TICK)
 
     queue: deque[int] = deque()
-    if pool.dispatch not in ("first", "random"):
-        raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected first or random")
-    rng = random.Random(workload.seed) if pool.dispatch == "random" else None
+    if pool.dispatch not in DISPATCH_MODELS:
+        raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected one of {', '.join(DISPATCH_MODELS)}")
+    polling = pool.dispatch == "poll"
+    rng = random.Random(workload.seed) if pool.dispatch != "first" else None
     workers: dict[int, _Worker] = {}
     next_wid = 0
     started_at = [math.nan] * n
@@ -137,14 +150,37 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         """
         if not w.ready:
             return
+        run_held(w, now)
+        if not polling:
+            fetch(w, now)
+
+    def run_held(w: _Worker, now: float) -> None:
         while not w.stopping and w.running < pool.threads and w.held:
             begin(w, w.held.popleft(), now)
+
+    def fetch(w: _Worker, now: float) -> int:
+        got = 0
         while queue and w.running + len(w.held) < pool.prefetch:
             i = queue.popleft()
+            got += 1
             if not w.stopping and w.running < pool.threads:
                 begin(w, i, now)
             else:
                 w.held.append(i)
+        return got
+
+    def poll(w: _Worker, now: float) -> None:
+        """One `_RedisConsumer.__next__` fetch; the next poll at once after a hit, else after the backoff."""
+        assert rng is not None
+        if fetch(w, now):
+            w.misses = 0
+            push(now, _POLL, w.wid)
+            return
+        backoff = pool.poll_base_s * 2 ** min(w.misses, 32) * rng.uniform(1, 2)
+        if backoff > pool.poll_max_s:
+            backoff = pool.poll_max_s * rng.uniform(0.5, 1)
+        w.misses += 1
+        push(now + backoff, _POLL, w.wid)
 
     def takers() -> list[_Worker]:
         """The workers whose consumers race for the queue, in dispatch order."""
@@ -154,6 +190,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         return ws
 
     def dispatch(now: float) -> None:
+        if polling:
+            return  # the consumers fetch on their own polls
         for w in takers():
             if not queue:
                 break
@@ -179,6 +217,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         start_worker(0.0)
     for w in list(workers.values()):  # the initial pool is already warm
         w.ready = True
+        if polling:
+            push(0.0, _POLL, w.wid)
 
     now = 0.0
     while events:
@@ -191,6 +231,12 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             if starter is not None:
                 starter.ready = True
                 feed(starter, now)
+                if polling:
+                    push(now, _POLL, a)
+        elif kind == _POLL:
+            poller = workers.get(a)
+            if poller is not None:
+                poll(poller, now)
         elif kind == _DONE:
             w = workers[a]
             w.running -= 1

@@ -1,0 +1,305 @@
+"""Replay a simulator workload on real Dramatiq workers under the real agent (not a test; run as root).
+
+Boots the bench's throwaway systemd 252 (tests/bench.py) with a private redis-server, installs dqagent
+exactly as on a host with SCALING_POLICY=target and the sample app (tests/app/dqtestapp.py) as
+DRAMATIQ_COMMAND, then for each trace:
+
+- draws the simulator's `Workload` (same trace, same seed) and compresses it by `--factor` (arrival
+  and service times divided by it; the agent's time settings too: DEMAND_POLL_INTERVAL,
+  SCALE_DOWN_WINDOW, PROCESS_STARTUP_DELAY), so the offered load is unchanged;
+- enqueues message i at its arrival time through Dramatiq (`dqtestapp.timed`, a sleep of its drawn
+  service time) and reads back enqueue/start/end per message from the Redis hash `dqtest:times`;
+- reads the agent's scale actions (`scale_up`/`scale_down` events) and every worker unit's start and
+  stop from the journal (worker-seconds: from the start job to the unit's stop), and each worker
+  process's boot time (`dqtest:boots`) for the measured start-up delay;
+- runs the simulator on the same compressed workload and pool (measured start-up delay, the agent's
+  read interval) for each dispatch model, and prints both side by side with relative errors.
+
+Everything is in real (compressed) seconds. `--save FILE` keeps the measurements as JSON and
+`--load FILE` re-prints the comparison from them without booting anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dqagent.sim.bench import count_flaps, percentile, target_policy
+from dqagent.sim.model import DISPATCH_MODELS, PoolConfig, simulate
+from dqagent.sim.traces import Trace, Workload, compress, generate
+
+#: Trace-time settings of the agent (the seed defaults); divided by the compression factor.
+POLL_S, WINDOW_S, STARTUP_S, FLAP_WINDOW_S = 5.0, 120.0, 5.0, 600.0
+#: systemd's catalog ids for a unit's start and stop jobs.
+STARTING, STOPPED = "7d4958e842da4a758f6c1cdc7b36dcc5", "9d1aaa27d60140bd96365438aad20286"
+DEACTIVATED = "7ad2d189f7e94e70a38c781354912448"
+
+
+def _spikes(duration_s: float, base: float) -> tuple[tuple[float, float], ...]:
+    pts: list[tuple[float, float]] = [(0.0, base)]
+    for start, width, height in ((90, 30, 7.0), (260, 45, 6.0), (450, 25, 7.5), (620, 40, 6.5), (790, 30, 7.0)):
+        if start + width < duration_s:
+            pts += [(start, base), (start + 2, height), (start + width, height), (start + width + 2, base)]
+    return tuple(pts)
+
+
+#: Replay-sized traces (trace seconds) for a pool of 4 threads x 1..4 workers (8 messages/s at 2 s).
+TRACES: dict[str, Trace] = {t.name: t for t in (
+    Trace("burst", 480, ((0, 0.3),), bursts=((60, 300),), description="300 messages at once on 0.3/s"),
+    Trace("ramp", 900, ((0, 0.2), (300, 7.0), (450, 7.0), (750, 0.2)),
+          description="0.2 -> 7/s over 5 min, 2.5 min plateau, back over 5 min"),
+    Trace("spiky", 900, _spikes(900, 1.5), description="1.5/s with 25-45 s spikes to 6-7.5/s"),
+)}
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One run's figures, real (compressed) seconds."""
+
+    trace: str
+    source: str
+    p50_s: float
+    p95_s: float
+    worker_seconds: float
+    scales: int
+    flaps: int
+    startup_s: float = math.nan
+
+
+@dataclass
+class Run:
+    """What one real replay recorded (kept in --save files)."""
+
+    trace: str
+    factor: float
+    seed: int
+    threads: int
+    min_workers: int
+    max_workers: int
+    t0: float
+    end: float
+    #: per message: (enqueued, started, ended), wall clock.
+    times: list[tuple[float, float, float]]
+    #: (wall time, +1 / -1) of the agent's scale actions.
+    scale_events: list[tuple[float, int]]
+    #: per unit start: [start, stop or None]
+    intervals: list[list[float | None]]
+    boots: list[float]
+
+    def metrics(self) -> Measured:
+        waits = [s - e for e, s, _ in self.times]
+        cost = 0.0
+        for start, stop in self.intervals:
+            a = max(self.t0, start or self.t0)
+            b = min(self.end, stop if stop is not None else self.end)
+            cost += max(0.0, b - a)
+        flap_window = FLAP_WINDOW_S / self.factor
+        events = [(t - self.t0, d) for t, d in self.scale_events]
+        return Measured(self.trace, "real", percentile(waits, 0.5), percentile(waits, 0.95), cost, len(events),
+                        count_flaps(events, flap_window), self.startup_s())
+
+    def startup_s(self) -> float:
+        """Mean time from a unit's start job to its worker process taking messages (its boot record)."""
+        boots = sorted(self.boots)
+        delays = []
+        for start, _ in sorted(self.intervals, key=lambda iv: iv[0] or 0.0):
+            if start is None or start < self.t0:
+                continue
+            later = [b for b in boots if b >= start]
+            if later:
+                delays.append(later[0] - start)
+                boots.remove(later[0])
+        return statistics.mean(delays) if delays else math.nan
+
+
+def workload_for(name: str, seed: int, factor: float) -> Workload:
+    return compress(generate(TRACES[name], seed), factor)
+
+
+def predict(run: Run, dispatch: str, startup_s: float | None = None) -> Measured:
+    """The simulator on the same compressed workload and pool as `run`."""
+    workload = workload_for(run.trace, run.seed, run.factor)
+    boot = startup_s if startup_s is not None else run.startup_s()
+    pool = PoolConfig(threads=run.threads, prefetch=2 * run.threads, startup_delay_s=boot,
+                      min_workers=run.min_workers, max_workers=run.max_workers, dispatch=dispatch)
+    policy = target_policy(pool, SCALE_DOWN_WINDOW=f"{WINDOW_S / run.factor:g}")
+    result = simulate(workload, policy, pool, POLL_S / run.factor)
+    w = result.waits_s
+    return Measured(run.trace, f"sim {dispatch}", percentile(w, 0.5), percentile(w, 0.95), result.worker_seconds,
+                    len(result.scale_events), count_flaps(result.scale_events, FLAP_WINDOW_S / run.factor), boot)
+
+
+def _err(sim: float, real: float) -> str:
+    if real == 0:
+        return "-" if sim == 0 else "inf"
+    return f"{sim / real - 1:+.0%}"
+
+
+def report(runs: Sequence[Run], dispatches: Sequence[str]) -> None:
+    print(f"{'trace':<7} {'source':<12} {'p50 s':>7} {'p95 s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5} "
+          f"{'boot s':>6}  {'err p95':>7} {'err w-s':>7}")
+    for name in dict.fromkeys(r.trace for r in runs):
+        mine = [r for r in runs if r.trace == name]
+        measured = [r.metrics() for r in mine]
+        for m in measured:
+            print(f"{m.trace:<7} {m.source:<12} {m.p50_s:>7.2f} {m.p95_s:>7.2f} {m.worker_seconds:>9.1f} "
+                  f"{m.scales:>6} {m.flaps:>5} {m.startup_s:>6.2f}")
+        p95 = statistics.mean(m.p95_s for m in measured)
+        cost = statistics.mean(m.worker_seconds for m in measured)
+        boot = statistics.mean(m.startup_s for m in measured if not math.isnan(m.startup_s)) \
+            if any(not math.isnan(m.startup_s) for m in measured) else STARTUP_S / mine[0].factor
+        for dispatch in dispatches:
+            preds = [predict(r, dispatch, boot) for r in mine]
+            # The simulator's own spread over the same draws: one prediction per run's seed.
+            s = Measured(name, f"sim {dispatch}", statistics.mean(p.p50_s for p in preds),
+                         statistics.mean(p.p95_s for p in preds), statistics.mean(p.worker_seconds for p in preds),
+                         round(statistics.mean(p.scales for p in preds)),
+                         round(statistics.mean(p.flaps for p in preds)), boot)
+            print(f"{s.trace:<7} {s.source:<12} {s.p50_s:>7.2f} {s.p95_s:>7.2f} {s.worker_seconds:>9.1f} "
+                  f"{s.scales:>6} {s.flaps:>5} {s.startup_s:>6.2f}  {_err(s.p95_s, p95):>7} "
+                  f"{_err(s.worker_seconds, cost):>7}")
+
+
+# -- the real run (needs root and the bench) ---------------------------------------------------------
+
+
+def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads: int, lo: int, hi: int) -> Run:
+    from tests.bench import wait_until
+    from tests.integration.agentbench import journal, running_workers
+
+    workload = workload_for(name, seed, factor)
+    os.environ["DQTEST_REDIS_URL"] = redis.url
+    os.environ["DQTEST_QUEUE"] = "dqtest"
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "app"))
+    import dqtestapp
+
+    # Given the pool at MIN, idle
+    wait_until(f"{lo} workers", lambda: len(running_workers(c)) == lo, timeout=300, interval=1)
+    wait_until("queue empty", lambda: int(redis.cli("HLEN", "dramatiq:dqtest.msgs")) == 0, timeout=300)
+    redis.cli("DEL", dqtestapp.TIMES_KEY)
+    time.sleep(1)
+    t0 = time.time()
+    # When each message is enqueued at its (compressed) arrival time
+    for i, (at, service) in enumerate(zip(workload.arrivals_s, workload.services_s, strict=True)):
+        delay = t0 + at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        dqtestapp.timed.send(i, max(1, round(service * 1000)), time.time())
+    n = len(workload)
+    print(f"  {name}: {n} messages enqueued over {time.time() - t0:.0f}s; waiting for the last", flush=True)
+    wait_until(f"{n} messages done", lambda: int(redis.cli("HLEN", dqtestapp.TIMES_KEY)) >= n,
+               timeout=900, interval=1)
+    raw = _hgetall(redis, dqtestapp.TIMES_KEY)
+    times = [tuple(float(x) for x in raw[str(i)].split()) for i in range(n)]
+    end = max(t0 + workload.trace.duration_s, max(t[2] for t in times))
+    since = f"@{int(t0) - 1}"
+    events = []
+    for kind, sign in (("scale_up", 1), ("scale_down", -1)):
+        for rec in journal(c, "dqagent", f"DQAGENT_EVENT={kind}", f"--since={since}"):
+            t = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
+            if t0 <= t <= end:
+                events.append((t, sign))
+    events.sort()
+    intervals = worker_intervals(c, t0 - 3600, end)
+    boots = [float(x) for x in redis.cli("LRANGE", dqtestapp.BOOTS_KEY, "0", "-1").split()]
+    return Run(name, factor, seed, threads, lo, hi, t0, end, [tuple(t) for t in times],  # type: ignore[misc]
+               events, intervals, boots)
+
+
+def _hgetall(redis: Any, key: str) -> dict[str, str]:
+    flat = redis.cli("HGETALL", key).splitlines()
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def worker_intervals(c: Any, since: float, end: float) -> list[list[float | None]]:
+    """Each worker unit's [start job began, unit stopped (None: still running at `end`)], from systemd's
+    own journal records (catalog ids), for starts since `since`."""
+    out = c.run(["journalctl", "-o", "json", "--no-pager", f"--since=@{int(since)}", "_PID=1"]).stdout
+    open_: dict[str, float] = {}
+    intervals: list[list[float | None]] = []
+    for line in out.splitlines():
+        rec = json.loads(line)
+        unit = rec.get("UNIT", "")
+        if not unit.startswith("dramatiq-worker@"):
+            continue
+        t = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
+        mid = rec.get("MESSAGE_ID")
+        if mid == STARTING and unit not in open_:
+            open_[unit] = t
+        elif mid in (STOPPED, DEACTIVATED) and unit in open_:
+            intervals.append([open_.pop(unit), t])
+    intervals += [[t, None] for t in open_.values()]
+    return intervals
+
+
+def real_runs(names: Sequence[str], runs: int, seed: int, factor: float, threads: int, lo: int,
+              hi: int) -> list[Run]:
+    from tests.bench import Container, RedisServer, require_bench
+    from tests.integration.agentbench import PYTHON, REPO, install
+
+    require_bench()
+    redis = RedisServer()
+    c = Container()
+    try:
+        app = REPO / "tests" / "app"
+        c.write("/etc/dqagent/worker.env", f"DQTEST_REDIS_URL={redis.url}\nDQTEST_QUEUE=dqtest\n")
+        install(c, redis, DRAMATIQ_COMMAND=f"{PYTHON} -m dramatiq --processes 1 --threads {threads} dqtestapp",
+                WORKER_DIRECTORY=str(app), SCALING_POLICY="target", MIN_PROCESSES=lo, MAX_PROCESSES=hi,
+                CHECK_INTERVAL=60, DEMAND_POLL_INTERVAL=f"{POLL_S / factor:g}",
+                SCALE_DOWN_WINDOW=f"{WINDOW_S / factor:g}", PROCESS_STARTUP_DELAY=f"{STARTUP_S / factor:g}",
+                GRACEFUL_SHUTDOWN_TIMEOUT=60, LOG_LEVEL="INFO")
+        done: list[Run] = []
+        for k in range(runs):
+            for name in names:
+                run = replay_once(c, redis, name, seed + k, factor, threads, lo, hi)
+                m = run.metrics()
+                print(f"  {name} seed {seed + k}: p50 {m.p50_s:.2f}s p95 {m.p95_s:.2f}s worker-s "
+                      f"{m.worker_seconds:.1f} scales {m.scales} flaps {m.flaps} boot {m.startup_s:.2f}s", flush=True)
+                done.append(run)
+        return done
+    finally:
+        c.stop()
+        redis.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dev/replay", description=__doc__.split("\n")[0] if __doc__ else "")
+    parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
+    parser.add_argument("--runs", type=int, default=1, help="real runs per trace (seeds seed, seed+1, ...)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--factor", type=float, default=4.0, help="time compression (default 4)")
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--min-workers", type=int, default=1)
+    parser.add_argument("--max-workers", type=int, default=4)
+    parser.add_argument("--dispatch", nargs="*", default=list(DISPATCH_MODELS), choices=DISPATCH_MODELS)
+    parser.add_argument("--save", type=Path, help="write the real measurements to this JSON file")
+    parser.add_argument("--load", type=Path, action="append", default=[],
+                        help="re-print the comparison from saved measurements (no bench)")
+    args = parser.parse_args(argv)
+    if args.factor <= 0 or args.runs < 1:
+        parser.error("--factor must be > 0 and --runs >= 1")
+    if args.load:
+        runs = [Run(**r) for path in args.load for r in json.loads(path.read_text())]
+    else:
+        runs = real_runs(args.traces, args.runs, args.seed, args.factor, args.threads, args.min_workers,
+                         args.max_workers)
+        if args.save:
+            args.save.write_text(json.dumps([asdict(r) for r in runs]))
+    print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real mean - 1")
+    report(runs, args.dispatch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
