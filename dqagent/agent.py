@@ -31,7 +31,7 @@ from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnection
 from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
 from dqagent.notify import Notifier
-from dqagent.policies import Decision, Observation, Policy
+from dqagent.policies import Decision, Observation, Policy, read_interval_s
 from dqagent.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
@@ -131,6 +131,7 @@ class Agent:
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
         self._last_logged = -math.inf
+        self._last_outstanding: int | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -281,9 +282,16 @@ class Agent:
         if not routine:
             self._last_logged = now
         plan = self._act(states, decision.target, reason=decision.reason)
-        self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length,
-                             self.s.tick_interval_s())
-        return self.s.tick_interval_s()
+        interval = self._next_read_s(obs, decision.target)
+        self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length, interval)
+        return interval
+
+    def _next_read_s(self, obs: Observation, target: int) -> float:
+        """CHECK_INTERVAL for `step`; for `target` the adaptive read interval (issue 15), at most 1 read/s."""
+        previous, self._last_outstanding = self._last_outstanding, obs.outstanding
+        if self.s.scaling_policy == "step":
+            return self.s.tick_interval_s()
+        return read_interval_s(self.s.tick_interval_s(), obs, target, previous, self.s.check_interval_s)
 
     def _act(self, states: Sequence[UnitState], target: int, reason: str) -> Plan:
         """Reconcile and hand the actions to the job table (which runs them in the background)."""

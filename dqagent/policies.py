@@ -258,6 +258,31 @@ def thresholds(settings: Settings, workers: int, shape: WorkerShape) -> tuple[fl
     return workers * settings.scale_up_multiplier, workers * settings.scale_down_multiplier
 
 
+#: The fastest demand read (seconds): at most one Redis round trip per second, whatever the settings.
+FAST_READ_S = 1.0
+
+
+def read_interval_s(base_s: float, obs: Observation, target: int, previous_outstanding: int | None,
+                    slowest_s: float = math.inf) -> float:
+    """Seconds until the next demand read with `target` (DEMAND_POLL_INTERVAL = `base_s`), adapted:
+
+    - min(`base_s`, FAST_READ_S) while the pool is at zero, while it grows (`target` above the workers,
+      or workers still starting) or while a backlog rises (ready messages, outstanding up since the last
+      read): the first message on an empty pool is seen within a second, and a climb is followed read by
+      read, at no more than one read per second unless DEMAND_POLL_INTERVAL itself asks for more;
+    - 2 x `base_s` when idle (nothing outstanding, workers kept, no change), at most `slowest_s`
+      (CHECK_INTERVAL in the agent);
+    - `base_s` otherwise.
+    """
+    fast = min(base_s, FAST_READ_S)
+    rising = previous_outstanding is not None and obs.ready > 0 and obs.outstanding > previous_outstanding
+    if obs.workers == 0 or target > obs.workers or obs.starting or rising:
+        return fast
+    if obs.outstanding == 0 and target == obs.workers:
+        return max(base_s, min(2 * base_s, slowest_s))
+    return base_s
+
+
 #: Policies offered to users, by SCALING_POLICY name.
 POLICIES: dict[str, Callable[[Settings, WorkerShape], Policy]] = {
     StepPolicy.name: StepPolicy.from_settings,

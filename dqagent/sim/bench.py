@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,12 +18,15 @@ from itertools import pairwise
 from dqagent.config import parse_settings
 from dqagent.errors import ConfigError
 from dqagent.policies import Policy, StepPolicy, TargetPolicy
-from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds, simulate
+from dqagent.sim.model import DISPATCH_MODELS, PoolConfig, Result, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
 from dqagent.sim.traces import TRACES, Trace, Workload, generate
 from dqagent.workercmd import worker_shape
 
 FLAP_WINDOW_S = 600.0
+#: `target` reads demand as the agent does: adaptively around DEMAND_POLL_INTERVAL (env DQBENCH_FIXED_READS=1
+#: turns it off, to measure what it changes).
+ADAPTIVE_READS = os.environ.get("DQBENCH_FIXED_READS") != "1"
 #: The seed defaults' pool, where the issue's targets are set.
 DEFAULT_POOL = PoolConfig()
 #: Traces whose load is one batch: one up-then-down is the least any policy can do.
@@ -40,13 +44,22 @@ class Contender:
     #: Start at MAX with every worker warm and never move: not a policy, the best wait any policy
     #: capped at MAX_PROCESSES can give, which bounds what the targets can ask of one.
     warm_max: bool = False
+    #: Read demand at the agent's adaptive interval (`dqagent.policies.read_interval_s`) around `tick_s`.
+    adaptive: bool = False
 
 
 def target_policy(pool: PoolConfig, **settings: str) -> TargetPolicy:
     """Exactly what SCALING_POLICY=target builds from these settings (defaults otherwise) for `pool`."""
+    return unit_target_policy(pool, 1, settings)
+
+
+def unit_target_policy(pool: PoolConfig, processes: int, settings: Mapping[str, str]) -> TargetPolicy:
+    """`target_policy` for a pool whose simulated worker is one unit of `processes` Dramatiq processes
+    (`pool.threads` slots in all, `pool.threads // processes` threads each)."""
+    threads = max(1, pool.threads // processes)
     env = {"SCALING_POLICY": "target", "MIN_PROCESSES": str(pool.min_workers),
            "MAX_PROCESSES": str(pool.max_workers),
-           "DRAMATIQ_COMMAND": f"python -m dramatiq --processes 1 --threads {pool.threads} app", **settings}
+           "DRAMATIQ_COMMAND": f"python -m dramatiq --processes {processes} --threads {threads} app", **settings}
     s = parse_settings(env)
     # A simulated worker is one Dramatiq process; the CPU count is not used with --processes given.
     return TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
@@ -65,7 +78,7 @@ def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Co
     return {c.name: c for c in (
         Contender("step", step, 180.0),
         Contender("step-llen", step, 180.0, metric="ready"),
-        Contender("target", target, 5.0),
+        Contender("target", target, 5.0, adaptive=ADAPTIVE_READS),
         Contender("keda-hpa", lambda p, t: KedaHpa(p.min_workers, p.max_workers), 15.0, metric="ready"),
         Contender("keda-hpa-raw", lambda p, t: KedaHpa(p.min_workers, p.max_workers, behavior=False), 15.0,
                   metric="ready"),
@@ -113,7 +126,8 @@ def metrics(result: Result, trace: str, policy: str) -> Metrics:
 def run(contender: Contender, workload: Workload, pool: PoolConfig) -> Result:
     lo = pool.max_workers if contender.warm_max else pool.min_workers
     p = replace(pool, min_workers=lo, metric=contender.metric)
-    return simulate(workload, contender.build(p, workload.trace), p, contender.tick_s)
+    return simulate(workload, contender.build(p, workload.trace), p, contender.tick_s,
+                    adaptive_reads=contender.adaptive)
 
 
 def format_row(m: Metrics) -> str:
@@ -202,7 +216,7 @@ def sweep(trace: str, seed: int) -> None:
     for per_worker in SWEEP_PER_WORKER:
         for window in SWEEP_WINDOW:
             policy = target_policy(pool, TARGET_PER_WORKER=per_worker, SCALE_DOWN_WINDOW=window)
-            m = metrics(simulate(workload, policy, pool, 5.0), trace, "target")
+            m = metrics(simulate(workload, policy, pool, 5.0, adaptive_reads=ADAPTIVE_READS), trace, "target")
             checks = trace_checks(m, k, oracle)
             met = [f.name.replace("_", "-") for f in fields(checks) if getattr(checks, f.name)]
             print(f"{per_worker:>17} {window:>17} {m.p95_s:>7.1f} {m.flaps:>5} {m.worker_seconds:>8.0f} "
@@ -240,9 +254,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out.add_argument("--service-mean", type=float, default=None, metavar="S",
                           help="mean service time; arrival rates scale so the offered load is the same")
     held_out.add_argument("--service-cv", type=float, default=None, metavar="CV")
-    held_out.add_argument("--dispatch", choices=("first", "random"), default=DEFAULT_POOL.dispatch,
+    held_out.add_argument("--dispatch", choices=DISPATCH_MODELS, default=DEFAULT_POOL.dispatch,
                           help="which worker with prefetch room takes an arrival (a modelling assumption)")
+    held_out.add_argument("--random-pools", type=int, default=0, metavar="K",
+                          help="instead of the table: K drawn pools and traces per seed (dqagent/sim/families.py)")
+    held_out.add_argument("--seeds", type=int, nargs="*", default=None, metavar="SEED",
+                          help="with --random-pools: the seeds (default: --seed)")
     args = parser.parse_args(argv)
+    if args.random_pools:
+        from dqagent.sim.robust import random_pools
+
+        overrides = dict(args.set)
+        try:
+            target_policy(DEFAULT_POOL, **overrides)
+        except ConfigError as exc:
+            parser.error(f"--set: {exc}")
+        random_pools(args.random_pools, args.seeds or [args.seed], args.dispatch, overrides)
+        return 0
     if args.sweep:
         sweep(args.sweep, args.seed)
         return 0

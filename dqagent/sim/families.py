@@ -13,7 +13,7 @@ Ranges (also printed by `dev/bench --random-pools`):
 - families: heavy-tail (steady 30-70 % load, CV 3), on-off batches (a batch of 0.5..3 x the pool's
   threads every 5-15 min, nothing in between), slow diurnal (one or two cycles an hour, +/- 20 % noise
   every minute), flash crowd (a quiet pool hit by 60-90 % load for 5-10 min), mixed long jobs
-  (1-3 % of jobs 30-100 x the mean), ramp and spiky (the built-in shapes, rescaled).
+  (1-3 % of jobs 30-100 x the mean, at most 900 s), ramp and spiky (the built-in shapes, rescaled).
 """
 
 from __future__ import annotations
@@ -85,17 +85,18 @@ def _trace(rng: random.Random, family: str, cap: float, service: float, slots: i
     if family == "diurnal_noise":
         period = rng.choice((1800.0, 3600.0))
         base, amp = cap * rng.uniform(0.3, 0.5), cap * rng.uniform(0.15, 0.3)
-        pts = tuple((t, max(0.0, (base + amp * math.sin(2 * math.pi * t / period)) * rng.uniform(0.8, 1.2)))
-                    for t in _steps(0, duration, 60))
-        return Trace(family, duration, pts, service_mean_s=service)
+        noisy = tuple((t, max(0.0, (base + amp * math.sin(2 * math.pi * t / period)) * rng.uniform(0.8, 1.2)))
+                      for t in _steps(0, duration, 60))
+        return Trace(family, duration, noisy, service_mean_s=service)
     if family == "flash_crowd":
         at, width, level = rng.uniform(300, 900), rng.uniform(300, 600), cap * rng.uniform(0.6, 0.9)
         quiet = cap * 0.02
-        pts = ((0, quiet), (at, quiet), (at + 5, level), (at + width, level), (at + width + 30, quiet))
-        return Trace(family, duration, pts, service_mean_s=service)
+        crowd = ((0.0, quiet), (at, quiet), (at + 5, level), (at + width, level), (at + width + 30, quiet))
+        return Trace(family, duration, crowd, service_mean_s=service)
     if family == "mixed_long":
         return Trace(family, duration, ((0, cap * rng.uniform(0.2, 0.4)),), service_mean_s=service,
-                     long_fraction=rng.uniform(0.01, 0.03), long_mean_s=service * rng.uniform(30, 100))
+                     long_fraction=rng.uniform(0.01, 0.03),
+                     long_mean_s=min(900.0, service * rng.uniform(30, 100)))
     if family == "ramp":
         peak = cap * rng.uniform(0.6, 0.9)
         return Trace(family, duration, ((0, cap * 0.01), (1200, peak), (1800, peak), (3000, cap * 0.01)),

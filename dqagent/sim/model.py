@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from dqagent.policies import Observation, Policy
+from dqagent.policies import Observation, Policy, read_interval_s
 from dqagent.sim.traces import Workload
 
 _ARRIVE, _READY, _DONE, _TICK, _POLL = 0, 1, 2, 3, 4
@@ -95,8 +95,13 @@ class Result:
 
 
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
-             initial_workers: int | None = None, horizon_s: float | None = None) -> Result:
-    """Run `workload` through a pool driven by `policy`. Returns every message's wait and the cost."""
+             initial_workers: int | None = None, horizon_s: float | None = None,
+             adaptive_reads: bool = False) -> Result:
+    """Run `workload` through a pool driven by `policy`. Returns every message's wait and the cost.
+
+    `tick_s` is the read interval; with `adaptive_reads` it is the base of the agent's adaptive one
+    (`dqagent.policies.read_interval_s`, as SCALING_POLICY=target reads demand).
+    """
     n = len(workload)
     arrivals, services = workload.arrivals_s, workload.services_s
     events: list[tuple[float, int, int, int, int]] = []
@@ -129,6 +134,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     done_count = 0
     max_backlog = 0
     last_done = 0.0
+    previous_outstanding: int | None = None
 
     def start_worker(now: float) -> None:
         nonlocal next_wid
@@ -272,7 +278,9 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
                 scale_events.append((now, -1))
                 dispatch(now)
             samples.append(Sample(now, ready, outstanding, target))
-            push(now + tick_s, _TICK)
+            interval = read_interval_s(tick_s, obs, target, previous_outstanding) if adaptive_reads else tick_s
+            previous_outstanding = outstanding
+            push(now + interval, _TICK)
     # Charge what still runs up to the end of the work (the trace, or the last completion), so policies
     # that tick rarely are not billed for the idle tail after it.
     end = max(end_arrivals, last_done)
