@@ -10,8 +10,8 @@ Ranges (also printed by `dev/bench --random-pools`):
   flash crowds 50..200);
 - mean service 0.5..20 s (log-uniform), CV 1 (heavy-tail: CV 3), stretched when needed so that full
   capacity stays <= 20 messages/s (keeps a case to tens of thousands of messages);
-- families: heavy-tail (steady 30-70 % load, CV 3), on-off batches (a batch of 0.5..3 x the pool's
-  threads every 5-15 min, nothing in between), slow diurnal (one or two cycles an hour, +/- 20 % noise
+- families: heavy-tail (steady 30-70 % load, CV 3), on-off batches (a batch of 0.3..2 x the pool's
+  threads at MAX every 5-15 min, nothing in between), slow diurnal (one or two cycles an hour, +/- 20 % noise
   every minute), flash crowd (a quiet pool hit by 60-90 % load for 5-10 min), mixed long jobs
   (1-3 % of jobs 30-100 x the mean, at most 900 s), ramp and spiky (the built-in shapes, rescaled).
 """
@@ -79,7 +79,7 @@ def _trace(rng: random.Random, family: str, cap: float, service: float, slots: i
         return Trace(family, duration, ((0, cap * rng.uniform(0.3, 0.7)),), service_mean_s=service, service_cv=3.0)
     if family == "on_off":
         period = rng.uniform(300, 900)
-        size = max(1, round(rng.uniform(0.5, 3) * slots * max(1, cap * service / slots / 4)))
+        size = max(1, round(rng.uniform(0.3, 2) * slots * cap * service / slots))  # 0.3..2 x the threads at MAX
         bursts = tuple((t, size) for t in _steps(period / 3, duration, period))
         return Trace(family, duration, ((0, 0.0),), bursts=bursts, service_mean_s=service)
     if family == "diurnal_noise":
