@@ -60,7 +60,11 @@ TRACES: dict[str, Trace] = {t.name: t for t in (
     Trace("ramp", 900, ((0, 0.2), (300, 7.0), (450, 7.0), (750, 0.2)),
           description="0.2 -> 7/s over 5 min, 2.5 min plateau, back over 5 min"),
     Trace("spiky", 900, _spikes(900, 1.5), description="1.5/s with 25-45 s spikes to 6-7.5/s"),
+    # The smoke test's (tests/integration/test_replay.py): seconds of real time.
+    Trace("tiny", 20, ((0, 0.5),), bursts=((4, 40),), service_mean_s=0.5, description="40 at once on 0.5/s"),
 )}
+#: What `dev/replay` runs by default: a burst, a ramp and a spiky trace.
+DEFAULT_TRACES = ("burst", "ramp", "spiky")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,22 +247,29 @@ def worker_intervals(c: Any, since: float, end: float) -> list[list[float | None
     return intervals
 
 
+def install_agent(c: Any, redis: Any, factor: float, threads: int, lo: int, hi: int) -> None:
+    """dqagent as on a host: SCALING_POLICY=target, the sample app's real workers, the trace-time
+    settings divided by `factor`."""
+    from tests.integration.agentbench import PYTHON, REPO, install
+
+    app = REPO / "tests" / "app"
+    c.write("/etc/dqagent/worker.env", f"DQTEST_REDIS_URL={redis.url}\nDQTEST_QUEUE=dqtest\n")
+    install(c, redis, DRAMATIQ_COMMAND=f"{PYTHON} -m dramatiq --processes 1 --threads {threads} dqtestapp",
+            WORKER_DIRECTORY=str(app), SCALING_POLICY="target", MIN_PROCESSES=lo, MAX_PROCESSES=hi,
+            CHECK_INTERVAL=60, DEMAND_POLL_INTERVAL=f"{POLL_S / factor:g}",
+            SCALE_DOWN_WINDOW=f"{WINDOW_S / factor:g}", PROCESS_STARTUP_DELAY=f"{STARTUP_S / factor:g}",
+            GRACEFUL_SHUTDOWN_TIMEOUT=60, LOG_LEVEL="INFO")
+
+
 def real_runs(names: Sequence[str], runs: int, seed: int, factor: float, threads: int, lo: int,
               hi: int) -> list[Run]:
     from tests.bench import Container, RedisServer, require_bench
-    from tests.integration.agentbench import PYTHON, REPO, install
 
     require_bench()
     redis = RedisServer()
     c = Container()
     try:
-        app = REPO / "tests" / "app"
-        c.write("/etc/dqagent/worker.env", f"DQTEST_REDIS_URL={redis.url}\nDQTEST_QUEUE=dqtest\n")
-        install(c, redis, DRAMATIQ_COMMAND=f"{PYTHON} -m dramatiq --processes 1 --threads {threads} dqtestapp",
-                WORKER_DIRECTORY=str(app), SCALING_POLICY="target", MIN_PROCESSES=lo, MAX_PROCESSES=hi,
-                CHECK_INTERVAL=60, DEMAND_POLL_INTERVAL=f"{POLL_S / factor:g}",
-                SCALE_DOWN_WINDOW=f"{WINDOW_S / factor:g}", PROCESS_STARTUP_DELAY=f"{STARTUP_S / factor:g}",
-                GRACEFUL_SHUTDOWN_TIMEOUT=60, LOG_LEVEL="INFO")
+        install_agent(c, redis, factor, threads, lo, hi)
         done: list[Run] = []
         for k in range(runs):
             for name in names:
@@ -275,7 +286,7 @@ def real_runs(names: Sequence[str], runs: int, seed: int, factor: float, threads
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dev/replay", description=__doc__.split("\n")[0] if __doc__ else "")
-    parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
+    parser.add_argument("--traces", nargs="*", default=list(DEFAULT_TRACES), choices=list(TRACES), metavar="TRACE")
     parser.add_argument("--runs", type=int, default=1, help="real runs per trace (seeds seed, seed+1, ...)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--factor", type=float, default=4.0, help="time compression (default 4)")
