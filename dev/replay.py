@@ -10,8 +10,8 @@ DRAMATIQ_COMMAND, then for each trace:
 - enqueues message i at its arrival time through Dramatiq (`dqtestapp.timed`, a sleep of its drawn
   service time) and reads back enqueue/start/end per message from the Redis hash `dqtest:times`;
 - reads the agent's scale actions (`scale_up`/`scale_down` events) and every worker unit's start and
-  stop from the journal (worker-seconds: from the start job to the unit's stop), and each worker
-  process's boot time (`dqtest:boots`) for the measured start-up delay;
+  stop from the journal (worker-seconds: from the start job to the unit's stop), and when its Dramatiq
+  worker process logged "ready for action" (the measured start-up delay);
 - runs the simulator on the same compressed workload and pool (measured start-up delay, the agent's
   read interval) for each dispatch model, and prints both side by side with relative errors.
 
@@ -97,14 +97,13 @@ class Run:
     times: list[tuple[float, float, float]]
     #: (wall time, +1 / -1) of the agent's scale actions.
     scale_events: list[tuple[float, int]]
-    #: per unit start: [start, stop or None]
+    #: per unit start: [start, stop or None, ready for action or None]
     intervals: list[list[float | None]]
-    boots: list[float]
 
     def metrics(self) -> Measured:
         waits = [s - e for e, s, _ in self.times]
         cost = 0.0
-        for start, stop in self.intervals:
+        for start, stop, *_ in self.intervals:
             a = max(self.t0, start or self.t0)
             b = min(self.end, stop if stop is not None else self.end)
             cost += max(0.0, b - a)
@@ -114,16 +113,9 @@ class Run:
                         count_flaps(events, flap_window), self.startup_s())
 
     def startup_s(self) -> float:
-        """Mean time from a unit's start job to its worker process taking messages (its boot record)."""
-        boots = sorted(self.boots)
-        delays = []
-        for start, _ in sorted(self.intervals, key=lambda iv: iv[0] or 0.0):
-            if start is None or start < self.t0:
-                continue
-            later = [b for b in boots if b >= start]
-            if later:
-                delays.append(later[0] - start)
-                boots.remove(later[0])
+        """Mean time from a unit's start job to its worker process being ready for action (journal)."""
+        delays = [iv[2] - iv[0] for iv in self.intervals
+                  if len(iv) > 2 and iv[0] is not None and iv[2] is not None and iv[0] >= self.t0]
         return statistics.mean(delays) if delays else math.nan
 
 
@@ -216,9 +208,8 @@ def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads
                 events.append((t, sign))
     events.sort()
     intervals = worker_intervals(c, t0 - 3600, end)
-    boots = [float(x) for x in redis.cli("LRANGE", dqtestapp.BOOTS_KEY, "0", "-1").split()]
     return Run(name, factor, seed, threads, lo, hi, t0, end, [tuple(t) for t in times],  # type: ignore[misc]
-               events, intervals, boots)
+               events, intervals)
 
 
 def _hgetall(redis: Any, key: str) -> dict[str, str]:
@@ -227,23 +218,28 @@ def _hgetall(redis: Any, key: str) -> dict[str, str]:
 
 
 def worker_intervals(c: Any, since: float, end: float) -> list[list[float | None]]:
-    """Each worker unit's [start job began, unit stopped (None: still running at `end`)], from systemd's
-    own journal records (catalog ids), for starts since `since`."""
-    out = c.run(["journalctl", "-o", "json", "--no-pager", f"--since=@{int(since)}", "_PID=1"]).stdout
-    open_: dict[str, float] = {}
+    """Each worker unit's [start job began, unit stopped (None: still running at `end`), its Dramatiq worker
+    process "ready for action" (None: never)], from the journal: systemd's own records (catalog ids) and
+    the worker's log line, for starts since `since`."""
+    out = c.run(["journalctl", "-o", "json", "--no-pager", f"--since=@{int(since)}", "-u", "dramatiq-worker@*"]).stdout
+    open_: dict[str, list[float | None]] = {}
     intervals: list[list[float | None]] = []
     for line in out.splitlines():
         rec = json.loads(line)
-        unit = rec.get("UNIT", "")
-        if not unit.startswith("dramatiq-worker@"):
-            continue
         t = int(rec["__REALTIME_TIMESTAMP"]) / 1e6
+        if rec.get("_PID") != "1":
+            unit = rec.get("_SYSTEMD_UNIT", "")
+            if unit in open_ and open_[unit][2] is None and "ready for action" in str(rec.get("MESSAGE", "")):
+                open_[unit][2] = t
+            continue
+        unit = rec.get("UNIT", "")
         mid = rec.get("MESSAGE_ID")
         if mid == STARTING and unit not in open_:
-            open_[unit] = t
+            open_[unit] = [t, None, None]
         elif mid in (STOPPED, DEACTIVATED) and unit in open_:
-            intervals.append([open_.pop(unit), t])
-    intervals += [[t, None] for t in open_.values()]
+            start, _, ready = open_.pop(unit)
+            intervals.append([start, t, ready])
+    intervals += list(open_.values())
     return intervals
 
 
@@ -301,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.factor <= 0 or args.runs < 1:
         parser.error("--factor must be > 0 and --runs >= 1")
     if args.load:
-        runs = [Run(**r) for path in args.load for r in json.loads(path.read_text())]
+        known = set(Run.__dataclass_fields__)
+        runs = [Run(**{k: v for k, v in r.items() if k in known}) for path in args.load
+                for r in json.loads(path.read_text())]
     else:
         runs = real_runs(args.traces, args.runs, args.seed, args.factor, args.threads, args.min_workers,
                          args.max_workers)

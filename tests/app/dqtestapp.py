@@ -9,8 +9,7 @@ any number of values, so `--path tests/app dqtestapp` swallows the module name a
 counts it in the hash `dqtest:count` (a count above 1 is an at-least-once duplicate).
 
 `timed(i, ms, enqueued)` (the replay harness, dev/replay) sleeps `ms` milliseconds and records
-"enqueued start end" (wall-clock seconds) in the hash `dqtest:times` under `i`; every worker process
-appends its wall-clock boot time to the list `dqtest:boots` once its consumers run. Environment:
+"enqueued start end" (wall-clock seconds) in the hash `dqtest:times` under `i`. Environment:
 `DQTEST_REDIS_URL` (required), `DQTEST_QUEUE` (default `dqtest`), `DQTEST_NAMESPACE` (default `dramatiq`).
 """
 
@@ -27,18 +26,9 @@ QUEUE = os.environ.get("DQTEST_QUEUE", "dqtest")
 DONE_KEY = "dqtest:done"
 COUNT_KEY = "dqtest:count"
 TIMES_KEY = "dqtest:times"
-BOOTS_KEY = "dqtest:boots"
-
-
-class _BootClock(dramatiq.Middleware):
-    """Records when a worker process is ready to take messages (for the replay's start-up delay)."""
-
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        broker.client.rpush(BOOTS_KEY, f"{time.time():.6f}")  # type: ignore[attr-defined]
 
 broker = RedisBroker(url=os.environ["DQTEST_REDIS_URL"],
                      namespace=os.environ.get("DQTEST_NAMESPACE", "dramatiq"))
-broker.add_middleware(_BootClock())
 dramatiq.set_broker(broker)
 
 
