@@ -186,6 +186,9 @@ class TargetPolicy:
     window_s: float
     #: Messages one unit runs at once (processes x threads), for the in-flight floor and the flow cap.
     capacity: int
+    #: Let one decision add up to the current worker count when that is more than `max_step` (HPA's
+    #: doubling), so a flash crowd on a large pool climbs in a few reads.
+    doubling: bool = False
     name: ClassVar[str] = "target"
 
     @classmethod
@@ -217,9 +220,10 @@ class TargetPolicy:
         typical = state.typical_in_flight(obs.now_s, self.window_s)
         state = state.remember(obs.now_s, recommendation, self.window_s)
         if recommendation > workers:
-            proposed = min(recommendation, workers + self.max_step)
+            step = max(self.max_step, workers) if self.doubling else self.max_step
+            proposed = min(recommendation, workers + step)
             if proposed < recommendation:
-                why += f"; up by at most {self.max_step}"
+                why += f"; up by at most {step}"
         elif recommendation < workers:
             stable = state.highest()
             # The units whose threads the typical flow fills (up to the tolerance), plus one spare. Capacity,

@@ -27,6 +27,8 @@ FLAP_WINDOW_S = 600.0
 #: `target` reads demand as the agent does: adaptively around DEMAND_POLL_INTERVAL (env DQBENCH_FIXED_READS=1
 #: turns it off, to measure what it changes).
 ADAPTIVE_READS = os.environ.get("DQBENCH_FIXED_READS") != "1"
+#: Experiment switch (env DQBENCH_DOUBLING=1): `target` with TargetPolicy.doubling.
+DOUBLING = os.environ.get("DQBENCH_DOUBLING") == "1"
 #: The seed defaults' pool, where the issue's targets are set.
 DEFAULT_POOL = PoolConfig()
 #: Traces whose load is one batch: one up-then-down is the least any policy can do.
@@ -61,8 +63,9 @@ def unit_target_policy(pool: PoolConfig, processes: int, settings: Mapping[str, 
            "MAX_PROCESSES": str(pool.max_workers),
            "DRAMATIQ_COMMAND": f"python -m dramatiq --processes {processes} --threads {threads} app", **settings}
     s = parse_settings(env)
-    # A simulated worker is one Dramatiq process; the CPU count is not used with --processes given.
-    return TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
+    # The CPU count is not used with --processes given.
+    policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
+    return replace(policy, doubling=True) if DOUBLING else policy
 
 
 def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Contender]:
@@ -136,6 +139,11 @@ def format_row(m: Metrics) -> str:
             f"{drain:>7} {m.worker_seconds:>9.0f} {m.scale_events:>6} {m.flaps:>5}")
 
 
+#: What the two rows that are not policies are.
+LEGEND = ("max-warm: not a policy, all MAX_PROCESSES workers warm from the start and never stopped (a bound on "
+          "wait only without long or heavy-tailed jobs); oracle: not a policy, the zero-wait cost (every message "
+          "starts on arrival, instant workers, perfect packing)")
+
 HEADER = (f"{'trace':<11} {'policy':<13} {'p50 s':>8} {'p95 s':>8} {'p99 s':>8} {'backlog':>7} "
           f"{'drain s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5}")
 
@@ -161,8 +169,15 @@ def trace_checks(t: Metrics, keda: Metrics, oracle_worker_s: float) -> TraceChec
                        cost_oracle=t.worker_seconds <= 1.25 * oracle_worker_s)
 
 
-def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float]) -> list[tuple[str, str]]:
-    """The issue's targets, each with its verdict and its measured figures."""
+def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float],
+                  warm_bounds_wait: bool = True) -> list[tuple[str, str]]:
+    """The issue's targets, each with its verdict and its measured figures.
+
+    `warm_bounds_wait`: whether `max-warm` (all MAX workers warm, never stopped) bounds the wait any
+    policy can reach. Not with heavy-tailed or long jobs: warm workers then hoard messages in their
+    prefetch behind long tasks, and a policy that stops workers can wait less; pass False there, and a
+    missed 10x is FAIL, never BOUND.
+    """
     out: list[tuple[str, str]] = []
     for trace in ("burst", "ramp"):
         t, s, w = table[(trace, "target")], table[(trace, "step")], table[(trace, "max-warm")]
@@ -170,7 +185,7 @@ def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float
         text = f"{trace}: target p95 {t.p95_s:.1f}s vs step {s.p95_s:.1f}s = {ratio:.1f}x lower (>= 10x)"
         if ratio >= 10:
             out.append((text, PASS))
-        elif w.p95_s > s.p95_s / 10:
+        elif warm_bounds_wait and w.p95_s > s.p95_s / 10:
             out.append((f"{text}; needs <= {s.p95_s / 10:.1f}s but MAX warm workers from the start give "
                         f"{w.p95_s:.1f}s", BOUND))
         else:
@@ -295,9 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         oracle[name] = oracle_worker_seconds(workload, pool)
         print(f"{name:<11} {'oracle':<13} {'0.0':>8} {'0.0':>8} {'0.0':>8} {'-':>7} {'-':>7} "
               f"{oracle[name]:>9.0f} {'-':>6} {'-':>5}")
+    print(LEGEND)
     if set(args.traces) == set(TRACES):
         print("\ntargets:")
-        results = check_targets(table, oracle)
+        results = check_targets(table, oracle, warm_bounds_wait=args.service_cv is None or args.service_cv <= 1)
         for text, verdict in results:
             print(f"  {verdict:<5}  {text}")
         counts = {v: sum(1 for _, got in results if got == v) for v in (PASS, TIE, BOUND, FAIL)}

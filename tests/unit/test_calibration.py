@@ -140,3 +140,10 @@ def test_read_interval_cases() -> None:
     assert read_interval_s(5, obs(0, 0, 2), 2, 0, slowest_s=6) == 6
     assert read_interval_s(0.5, obs(0, 0, 0), 0, None) == 0.5  # an operator's faster interval is kept
     assert math.isclose(read_interval_s(5, obs(0, 0, 2), 1, 0), 5)  # shrinking: the base
+
+
+@given(st.integers(1, 200), st.integers(1, 20), st.integers(0, 20_000))
+def test_doubling_adds_at_most_the_pool_or_the_step(n: int, step: int, ready: int) -> None:
+    p = TargetPolicy(0, 1000, 4, 0.2, step, 120, 2, doubling=True)
+    o = Observation(now_s=5, queue_length=ready, ready=ready, in_flight=0, delayed=0, workers=n)
+    assert p.decide(o, TargetState())[0].target <= n + max(step, n)
