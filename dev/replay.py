@@ -28,8 +28,9 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,8 @@ class Run:
     scale_events: list[tuple[float, int]]
     #: per unit start: [start, stop or None, ready for action or None]
     intervals: list[list[float | None]]
+    #: per message: the pid of the worker process that ran it
+    pids: list[int] = field(default_factory=list)
 
     def metrics(self) -> Measured:
         waits = [s - e for e, s, _ in self.times]
@@ -111,6 +114,14 @@ class Run:
         events = [(t - self.t0, d) for t, d in self.scale_events]
         return Measured(self.trace, "real", percentile(waits, 0.5), percentile(waits, 0.95), cost, len(events),
                         count_flaps(events, flap_window), self.startup_s())
+
+    def shares(self) -> str:
+        """How the messages spread over the worker processes that ran them (busiest first): first-fit
+        dispatch would pile them on one, an even race spreads them."""
+        if not self.pids or not any(self.pids):
+            return ""
+        counts = sorted(Counter(self.pids).values(), reverse=True)
+        return "took " + " ".join(f"{c / len(self.pids):.0%}" for c in counts[:6])
 
     def startup_s(self) -> float:
         """Mean time from a unit's start job to its worker process being ready for action (journal)."""
@@ -148,9 +159,9 @@ def report(runs: Sequence[Run], dispatches: Sequence[str]) -> None:
     for name in dict.fromkeys(r.trace for r in runs):
         mine = [r for r in runs if r.trace == name]
         measured = [r.metrics() for r in mine]
-        for m in measured:
+        for r, m in zip(mine, measured, strict=True):
             print(f"{m.trace:<7} {m.source:<12} {m.p50_s:>7.2f} {m.p95_s:>7.2f} {m.worker_seconds:>9.1f} "
-                  f"{m.scales:>6} {m.flaps:>5} {m.startup_s:>6.2f}")
+                  f"{m.scales:>6} {m.flaps:>5} {m.startup_s:>6.2f}  {r.shares()}")
         p95 = statistics.mean(m.p95_s for m in measured)
         cost = statistics.mean(m.worker_seconds for m in measured)
         boot = statistics.mean(m.startup_s for m in measured if not math.isnan(m.startup_s)) \
@@ -183,7 +194,7 @@ def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads
     # Given the pool at MIN, idle
     wait_until(f"{lo} workers", lambda: len(running_workers(c)) == lo, timeout=300, interval=1)
     wait_until("queue empty", lambda: int(redis.cli("HLEN", "dramatiq:dqtest.msgs")) == 0, timeout=300)
-    redis.cli("DEL", dqtestapp.TIMES_KEY)
+    redis.cli("DEL", dqtestapp.TIMES_KEY, dqtestapp.PIDS_KEY)
     time.sleep(1)
     t0 = time.time()
     # When each message is enqueued at its (compressed) arrival time
@@ -197,6 +208,7 @@ def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads
     wait_until(f"{n} messages done", lambda: int(redis.cli("HLEN", dqtestapp.TIMES_KEY)) >= n,
                timeout=900, interval=1)
     raw = _hgetall(redis, dqtestapp.TIMES_KEY)
+    pid_of = _hgetall(redis, dqtestapp.PIDS_KEY)
     times = [tuple(float(x) for x in raw[str(i)].split()) for i in range(n)]
     end = max(t0 + workload.trace.duration_s, max(t[2] for t in times))
     since = f"@{int(t0) - 1}"
@@ -209,7 +221,7 @@ def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads
     events.sort()
     intervals = worker_intervals(c, t0 - 3600, end)
     return Run(name, factor, seed, threads, lo, hi, t0, end, [tuple(t) for t in times],  # type: ignore[misc]
-               events, intervals)
+               events, intervals, [int(pid_of.get(str(i), 0)) for i in range(n)])
 
 
 def _hgetall(redis: Any, key: str) -> dict[str, str]:

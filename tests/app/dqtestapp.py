@@ -9,7 +9,8 @@ any number of values, so `--path tests/app dqtestapp` swallows the module name a
 counts it in the hash `dqtest:count` (a count above 1 is an at-least-once duplicate).
 
 `timed(i, ms, enqueued)` (the replay harness, dev/replay) sleeps `ms` milliseconds and records
-"enqueued start end" (wall-clock seconds) in the hash `dqtest:times` under `i`. Environment:
+"enqueued start end" (wall-clock seconds) in the hash `dqtest:times` under `i`, and the worker
+process's pid in `dqtest:pids` (which consumer took it). Environment:
 `DQTEST_REDIS_URL` (required), `DQTEST_QUEUE` (default `dqtest`), `DQTEST_NAMESPACE` (default `dramatiq`).
 """
 
@@ -26,6 +27,7 @@ QUEUE = os.environ.get("DQTEST_QUEUE", "dqtest")
 DONE_KEY = "dqtest:done"
 COUNT_KEY = "dqtest:count"
 TIMES_KEY = "dqtest:times"
+PIDS_KEY = "dqtest:pids"
 
 broker = RedisBroker(url=os.environ["DQTEST_REDIS_URL"],
                      namespace=os.environ.get("DQTEST_NAMESPACE", "dramatiq"))
@@ -45,7 +47,10 @@ def work(msg_id: str, ms: int) -> None:
 def timed(i: int, ms: int, enqueued: float) -> None:
     started = time.time()
     time.sleep(ms / 1000)
-    broker.client.hset(TIMES_KEY, str(i), f"{enqueued:.6f} {started:.6f} {time.time():.6f}")
+    with broker.client.pipeline(transaction=False) as pipe:
+        pipe.hset(TIMES_KEY, str(i), f"{enqueued:.6f} {started:.6f} {time.time():.6f}")
+        pipe.hset(PIDS_KEY, str(i), os.getpid())
+        pipe.execute()
 
 
 def enqueue_burst(n: int, ms: int) -> list[str]:
