@@ -30,7 +30,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from dqagent.sim.traces import Trace, Workload, compress, generate
 POLL_S, WINDOW_S, STARTUP_S, FLAP_WINDOW_S = 5.0, 120.0, 5.0, 600.0
 #: systemd's catalog ids for a unit's start and stop jobs.
 STARTING, STOPPED = "7d4958e842da4a758f6c1cdc7b36dcc5", "9d1aaa27d60140bd96365438aad20286"
+STOPPING = "de5b426a63be47a7b6ac3eaac82e2f6f"
 DEACTIVATED = "7ad2d189f7e94e70a38c781354912448"
 
 
@@ -98,7 +99,7 @@ class Run:
     times: list[tuple[float, float, float]]
     #: (wall time, +1 / -1) of the agent's scale actions.
     scale_events: list[tuple[float, int]]
-    #: per unit start: [start, stop or None, ready for action or None]
+    #: per unit start: [start, stop or None, ready for action or None, stop job began or None]
     intervals: list[list[float | None]]
     #: per message: the pid of the worker process that ran it
     pids: list[int] = field(default_factory=list)
@@ -123,10 +124,20 @@ class Run:
         counts = sorted(Counter(self.pids).values(), reverse=True)
         return "took " + " ".join(f"{c / len(self.pids):.0%}" for c in counts[:6])
 
+    def startup_delays(self) -> list[float]:
+        """Each unit started during the run: its start job -> its worker process ready for action, in order."""
+        return [iv[2] - iv[0] for iv in sorted(self.intervals, key=lambda iv: iv[0] or 0.0)
+                if len(iv) > 2 and iv[0] is not None and iv[2] is not None and iv[0] >= self.t0]
+
+    def stop_delay_s(self) -> float:
+        """Median time from a unit's stop job to its end (SIGTERM -> drained and exited); 0 if none stopped."""
+        delays = [iv[1] - iv[3] for iv in self.intervals
+                  if len(iv) > 3 and iv[1] is not None and iv[3] is not None and iv[1] >= self.t0]
+        return statistics.median(delays) if delays else 0.0
+
     def startup_s(self) -> float:
-        """Mean time from a unit's start job to its worker process being ready for action (journal)."""
-        delays = [iv[2] - iv[0] for iv in self.intervals
-                  if len(iv) > 2 and iv[0] is not None and iv[2] is not None and iv[0] >= self.t0]
+        """Mean start-up delay of the units started during the run (NaN if none)."""
+        delays = self.startup_delays()
         return statistics.mean(delays) if delays else math.nan
 
 
@@ -134,14 +145,17 @@ def workload_for(name: str, seed: int, factor: float) -> Workload:
     return compress(generate(TRACES[name], seed), factor)
 
 
-def predict(run: Run, dispatch: str, startup_s: float | None = None) -> Measured:
-    """The simulator on the same compressed workload and pool as `run`."""
+def predict(run: Run, dispatch: str) -> Measured:
+    """The simulator on the same compressed workload and pool as `run`, its workers starting as slowly as
+    that run's did (the measured start-up delays, in order)."""
     workload = workload_for(run.trace, run.seed, run.factor)
-    boot = startup_s if startup_s is not None else run.startup_s()
+    sequence = tuple(run.startup_delays())
+    boot = statistics.mean(sequence) if sequence else STARTUP_S / run.factor
     pool = PoolConfig(threads=run.threads, prefetch=2 * run.threads, startup_delay_s=boot,
-                      min_workers=run.min_workers, max_workers=run.max_workers, dispatch=dispatch)
+                      min_workers=run.min_workers, max_workers=run.max_workers, dispatch=dispatch,
+                      startup_sequence_s=sequence, stop_delay_s=run.stop_delay_s())
     policy = target_policy(pool, SCALE_DOWN_WINDOW=f"{WINDOW_S / run.factor:g}")
-    result = simulate(workload, policy, pool, POLL_S / run.factor)
+    result = simulate(workload, policy, pool, POLL_S / run.factor, adaptive_reads=True)
     w = result.waits_s
     return Measured(run.trace, f"sim {dispatch}", percentile(w, 0.5), percentile(w, 0.95), result.worker_seconds,
                     len(result.scale_events), count_flaps(result.scale_events, FLAP_WINDOW_S / run.factor), boot)
@@ -153,29 +167,29 @@ def _err(sim: float, real: float) -> str:
     return f"{sim / real - 1:+.0%}"
 
 
+def _row(m: Measured, extra: str = "") -> str:
+    return (f"{m.trace:<7} {m.source:<12} {m.p50_s:>7.2f} {m.p95_s:>7.2f} {m.worker_seconds:>9.1f} "
+            f"{m.scales:>6} {m.flaps:>5} {m.startup_s:>6.2f}  {extra}")
+
+
 def report(runs: Sequence[Run], dispatches: Sequence[str]) -> None:
+    """Each real run beside the simulator's prediction for it, then the mean absolute errors."""
     print(f"{'trace':<7} {'source':<12} {'p50 s':>7} {'p95 s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5} "
-          f"{'boot s':>6}  {'err p95':>7} {'err w-s':>7}")
-    for name in dict.fromkeys(r.trace for r in runs):
-        mine = [r for r in runs if r.trace == name]
-        measured = [r.metrics() for r in mine]
-        for r, m in zip(mine, measured, strict=True):
-            print(f"{m.trace:<7} {m.source:<12} {m.p50_s:>7.2f} {m.p95_s:>7.2f} {m.worker_seconds:>9.1f} "
-                  f"{m.scales:>6} {m.flaps:>5} {m.startup_s:>6.2f}  {r.shares()}")
-        p95 = statistics.mean(m.p95_s for m in measured)
-        cost = statistics.mean(m.worker_seconds for m in measured)
-        boot = statistics.mean(m.startup_s for m in measured if not math.isnan(m.startup_s)) \
-            if any(not math.isnan(m.startup_s) for m in measured) else STARTUP_S / mine[0].factor
+          f"{'boot s':>6}  err p95 / worker-s (sim vs this run)")
+    errors: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in runs:
+        m = r.metrics()
+        print(_row(replace(m, source=f"real s{r.seed}"), r.shares()))
         for dispatch in dispatches:
-            preds = [predict(r, dispatch, boot) for r in mine]
-            # The simulator's own spread over the same draws: one prediction per run's seed.
-            s = Measured(name, f"sim {dispatch}", statistics.mean(p.p50_s for p in preds),
-                         statistics.mean(p.p95_s for p in preds), statistics.mean(p.worker_seconds for p in preds),
-                         round(statistics.mean(p.scales for p in preds)),
-                         round(statistics.mean(p.flaps for p in preds)), boot)
-            print(f"{s.trace:<7} {s.source:<12} {s.p50_s:>7.2f} {s.p95_s:>7.2f} {s.worker_seconds:>9.1f} "
-                  f"{s.scales:>6} {s.flaps:>5} {s.startup_s:>6.2f}  {_err(s.p95_s, p95):>7} "
-                  f"{_err(s.worker_seconds, cost):>7}")
+            s = predict(r, dispatch)
+            print(_row(s, f"{_err(s.p95_s, m.p95_s):>5} / {_err(s.worker_seconds, m.worker_seconds)}"))
+            errors.setdefault((r.trace, dispatch), []).append(
+                (s.p95_s / m.p95_s - 1 if m.p95_s else math.nan, s.worker_seconds / m.worker_seconds - 1))
+    print("\nmean |error| over the runs (p95 wait / worker-seconds):")
+    for (trace, dispatch), errs in errors.items():
+        p95 = statistics.mean(abs(e[0]) for e in errs)
+        cost = statistics.mean(abs(e[1]) for e in errs)
+        print(f"  {trace:<7} {dispatch:<7} {p95:>5.0%} / {cost:>4.0%}  ({len(errs)} runs)")
 
 
 # -- the real run (needs root and the bench) ---------------------------------------------------------
@@ -231,8 +245,8 @@ def _hgetall(redis: Any, key: str) -> dict[str, str]:
 
 def worker_intervals(c: Any, since: float, end: float) -> list[list[float | None]]:
     """Each worker unit's [start job began, unit stopped (None: still running at `end`), its Dramatiq worker
-    process "ready for action" (None: never)], from the journal: systemd's own records (catalog ids) and
-    the worker's log line, for starts since `since`."""
+    process "ready for action" (None: never), stop job began (None: not stopped)], from the journal:
+    systemd's own records (catalog ids) and the worker's log line, for starts since `since`."""
     out = c.run(["journalctl", "-o", "json", "--no-pager", f"--since=@{int(since)}", "-u", "dramatiq-worker@*"]).stdout
     open_: dict[str, list[float | None]] = {}
     intervals: list[list[float | None]] = []
@@ -247,10 +261,12 @@ def worker_intervals(c: Any, since: float, end: float) -> list[list[float | None
         unit = rec.get("UNIT", "")
         mid = rec.get("MESSAGE_ID")
         if mid == STARTING and unit not in open_:
-            open_[unit] = [t, None, None]
+            open_[unit] = [t, None, None, None]
+        elif mid == STOPPING and unit in open_:
+            open_[unit][3] = t
         elif mid in (STOPPED, DEACTIVATED) and unit in open_:
-            start, _, ready = open_.pop(unit)
-            intervals.append([start, t, ready])
+            start, _, ready, stopping = open_.pop(unit)
+            intervals.append([start, t, ready, stopping])
     intervals += list(open_.values())
     return intervals
 
@@ -317,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.max_workers)
         if args.save:
             args.save.write_text(json.dumps([asdict(r) for r in runs]))
-    print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real mean - 1")
+    print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real - 1; boot = mean start job -> "
+          "ready for action; the simulator replays each run's own start-up delays and median stop time")
     report(runs, args.dispatch)
     return 0
 

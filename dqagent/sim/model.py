@@ -56,6 +56,12 @@ class PoolConfig:
     #: `worker_timeout`, 1000 ms).
     poll_base_s: float = 0.005
     poll_max_s: float = 1.0
+    #: Measured start-up delays, used in order by the workers started during the run (the k-th start takes
+    #: the k-th, cycling) instead of `startup_delay_s`: dev/replay passes a real run's, from its journal.
+    startup_sequence_s: tuple[float, ...] = ()
+    #: Seconds a stopped worker process still lives (and costs) after its last task ended: Dramatiq's
+    #: shutdown joins its threads (each wakes within `worker_timeout`) and the interpreter exits. 0: none.
+    stop_delay_s: float = 0.0
 
 
 @dataclass
@@ -136,11 +142,15 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     last_done = 0.0
     previous_outstanding: int | None = None
 
+    started = 0
+
     def start_worker(now: float) -> None:
-        nonlocal next_wid
+        nonlocal next_wid, started
         w = _Worker(next_wid, now)
         workers[next_wid] = w
-        push(now + pool.startup_delay_s, _READY, next_wid)
+        seq = pool.startup_sequence_s
+        push(now + (seq[started % len(seq)] if seq else pool.startup_delay_s), _READY, next_wid)
+        started += 1
         next_wid += 1
 
     def begin(w: _Worker, i: int, now: float) -> None:
@@ -214,10 +224,11 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             finish_drain(w, now)
 
     def finish_drain(w: _Worker, now: float) -> None:
-        """The last running task ended: requeue what it holds (RPUSH: the tail), free the slot."""
+        """The last running task ended: requeue what it holds (RPUSH: the tail), free the slot; the process
+        is paid for `stop_delay_s` more (its exit)."""
         queue.extend(w.held)
         w.held.clear()
-        retire(w, now)
+        retire(w, now + pool.stop_delay_s)
 
     for _ in range(initial_workers if initial_workers is not None else pool.min_workers):
         start_worker(0.0)
@@ -225,6 +236,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         w.ready = True
         if polling:
             push(0.0, _POLL, w.wid)
+    started = 0  # the measured start-up sequence is for the workers started during the run
 
     now = 0.0
     while events:
@@ -234,7 +246,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             dispatch(now)
         elif kind == _READY:
             starter = workers.get(a)
-            if starter is not None:
+            if starter is not None and not starter.ready:  # (the initial pool is ready from the start)
                 starter.ready = True
                 feed(starter, now)
                 if polling:
