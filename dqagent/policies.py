@@ -189,6 +189,9 @@ class TargetPolicy:
     #: Let one decision add up to the current worker count when that is more than `max_step` (HPA's
     #: doubling), so a flash crowd on a large pool climbs in a few reads.
     doubling: bool = False
+    #: Messages one unit may hold in flight for the scale-down floor (None: `capacity`, every in-flight
+    #: message counted as running; the unit's prefetch counts the held ones as what they are).
+    floor_per_unit: float | None = None
     name: ClassVar[str] = "target"
 
     @classmethod
@@ -232,7 +235,7 @@ class TargetPolicy:
             capped = cap < stable
             if capped:
                 stable = max(recommendation, cap)
-            floor = math.ceil(obs.in_flight / self.capacity)
+            floor = math.ceil(obs.in_flight / (self.floor_per_unit or self.capacity))
             proposed = min(workers, max(stable, floor))
             if proposed > recommendation:
                 if floor >= stable:

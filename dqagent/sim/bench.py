@@ -29,6 +29,8 @@ FLAP_WINDOW_S = 600.0
 ADAPTIVE_READS = os.environ.get("DQBENCH_FIXED_READS") != "1"
 #: Experiment switch (env DQBENCH_DOUBLING=1): `target` with TargetPolicy.doubling.
 DOUBLING = os.environ.get("DQBENCH_DOUBLING") == "1"
+#: Experiment switch (env DQBENCH_FLOOR_PREFETCH=1): the in-flight floor divides by the unit's prefetch.
+FLOOR_PREFETCH = os.environ.get("DQBENCH_FLOOR_PREFETCH") == "1"
 #: The seed defaults' pool, where the issue's targets are set.
 DEFAULT_POOL = PoolConfig()
 #: Traces whose load is one batch: one up-then-down is the least any policy can do.
@@ -65,6 +67,8 @@ def unit_target_policy(pool: PoolConfig, processes: int, settings: Mapping[str, 
     s = parse_settings(env)
     # The CPU count is not used with --processes given.
     policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
+    if FLOOR_PREFETCH:
+        policy = replace(policy, floor_per_unit=policy.per_worker)
     return replace(policy, doubling=True) if DOUBLING else policy
 
 
