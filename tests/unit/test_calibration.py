@@ -147,3 +147,12 @@ def test_doubling_adds_at_most_the_pool_or_the_step(n: int, step: int, ready: in
     p = TargetPolicy(0, 1000, 4, 0.2, step, 120, 2, doubling=True)
     o = Observation(now_s=5, queue_length=ready, ready=ready, in_flight=0, delayed=0, workers=n)
     assert p.decide(o, TargetState())[0].target <= n + max(step, n)
+
+
+@given(st.integers(1, 100), st.integers(0, 5000), st.integers(0, 5000), st.integers(1, 32))
+def test_a_floor_by_prefetch_never_keeps_more_than_the_floor_by_capacity(n: int, ready: int, fl: int,
+                                                                        threads: int) -> None:
+    o = Observation(now_s=5, queue_length=ready + fl, ready=ready, in_flight=fl, delayed=0, workers=n)
+    by_capacity = TargetPolicy(0, 200, 2 * threads, 0.2, 4, 120, threads)
+    by_prefetch = TargetPolicy(0, 200, 2 * threads, 0.2, 4, 120, threads, floor_per_unit=2 * threads)
+    assert by_prefetch.decide(o, TargetState())[0].target <= by_capacity.decide(o, TargetState())[0].target
