@@ -124,9 +124,9 @@ class Run:
         counts = sorted(Counter(self.pids).values(), reverse=True)
         return "took " + " ".join(f"{c / len(self.pids):.0%}" for c in counts[:6])
 
-    def startup_delays(self) -> list[float]:
-        """Each unit started during the run: its start job -> its worker process ready for action, in order."""
-        return [iv[2] - iv[0] for iv in sorted(self.intervals, key=lambda iv: iv[0] or 0.0)
+    def startup_delays(self) -> list[tuple[float, float]]:
+        """Each unit started during the run: (its start job, seconds after t0; -> ready for action, s), in order."""
+        return [(iv[0] - self.t0, iv[2] - iv[0]) for iv in sorted(self.intervals, key=lambda iv: iv[0] or 0.0)
                 if len(iv) > 2 and iv[0] is not None and iv[2] is not None and iv[0] >= self.t0]
 
     def stop_delay_s(self) -> float:
@@ -137,7 +137,7 @@ class Run:
 
     def startup_s(self) -> float:
         """Mean start-up delay of the units started during the run (NaN if none)."""
-        delays = self.startup_delays()
+        delays = [d for _, d in self.startup_delays()]
         return statistics.mean(delays) if delays else math.nan
 
 
@@ -147,13 +147,13 @@ def workload_for(name: str, seed: int, factor: float) -> Workload:
 
 def predict(run: Run, dispatch: str) -> Measured:
     """The simulator on the same compressed workload and pool as `run`, its workers starting as slowly as
-    that run's did (the measured start-up delays, in order)."""
+    that run's did at the same moments (its measured start-up delays over time)."""
     workload = workload_for(run.trace, run.seed, run.factor)
-    sequence = tuple(run.startup_delays())
-    boot = statistics.mean(sequence) if sequence else STARTUP_S / run.factor
+    profile = tuple(run.startup_delays())
+    boot = statistics.mean(d for _, d in profile) if profile else STARTUP_S / run.factor
     pool = PoolConfig(threads=run.threads, prefetch=2 * run.threads, startup_delay_s=boot,
                       min_workers=run.min_workers, max_workers=run.max_workers, dispatch=dispatch,
-                      startup_sequence_s=sequence, stop_delay_s=run.stop_delay_s())
+                      startup_profile_s=profile, stop_delay_s=run.stop_delay_s())
     policy = target_policy(pool, SCALE_DOWN_WINDOW=f"{WINDOW_S / run.factor:g}")
     result = simulate(workload, policy, pool, POLL_S / run.factor, adaptive_reads=True)
     w = result.waits_s
@@ -334,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save:
             args.save.write_text(json.dumps([asdict(r) for r in runs]))
     print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real - 1; boot = mean start job -> "
-          "ready for action; the simulator replays each run's own start-up delays and median stop time")
+          "ready for action; the simulator replays each run's own start-up delays (by time) and median stop time")
     report(runs, args.dispatch)
     return 0
 

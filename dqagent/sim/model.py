@@ -20,6 +20,7 @@ The real policy classes run unchanged through the `Policy` protocol. Same seed, 
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -56,9 +57,10 @@ class PoolConfig:
     #: `worker_timeout`, 1000 ms).
     poll_base_s: float = 0.005
     poll_max_s: float = 1.0
-    #: Measured start-up delays, used in order by the workers started during the run (the k-th start takes
-    #: the k-th, cycling) instead of `startup_delay_s`: dev/replay passes a real run's, from its journal.
-    startup_sequence_s: tuple[float, ...] = ()
+    #: Measured start-up delays as (start time, delay), times ascending, instead of `startup_delay_s`: a
+    #: worker started at t takes the delay of the last measured start at or before t (the first one's
+    #: before it). A host's start-up latency follows its load over time; dev/replay passes a real run's.
+    startup_profile_s: tuple[tuple[float, float], ...] = ()
     #: Seconds a stopped worker process still lives (and costs) after its last task ended: Dramatiq's
     #: shutdown joins its threads (each wakes within `worker_timeout`) and the interpreter exits. 0: none.
     stop_delay_s: float = 0.0
@@ -142,15 +144,18 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     last_done = 0.0
     previous_outstanding: int | None = None
 
-    started = 0
+    profile_times = [t for t, _ in pool.startup_profile_s]
+
+    def startup_s(now: float) -> float:
+        if not pool.startup_profile_s:
+            return pool.startup_delay_s
+        return pool.startup_profile_s[max(0, bisect.bisect_right(profile_times, now) - 1)][1]
 
     def start_worker(now: float) -> None:
-        nonlocal next_wid, started
+        nonlocal next_wid
         w = _Worker(next_wid, now)
         workers[next_wid] = w
-        seq = pool.startup_sequence_s
-        push(now + (seq[started % len(seq)] if seq else pool.startup_delay_s), _READY, next_wid)
-        started += 1
+        push(now + startup_s(now), _READY, next_wid)
         next_wid += 1
 
     def begin(w: _Worker, i: int, now: float) -> None:
@@ -236,7 +241,6 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         w.ready = True
         if polling:
             push(0.0, _POLL, w.wid)
-    started = 0  # the measured start-up sequence is for the workers started during the run
 
     now = 0.0
     while events:
