@@ -156,3 +156,17 @@ def test_a_floor_by_prefetch_never_keeps_more_than_the_floor_by_capacity(n: int,
     by_capacity = TargetPolicy(0, 200, 2 * threads, 0.2, 4, 120, threads)
     by_prefetch = TargetPolicy(0, 200, 2 * threads, 0.2, 4, 120, threads, floor_per_unit=2 * threads)
     assert by_prefetch.decide(o, TargetState())[0].target <= by_capacity.decide(o, TargetState())[0].target
+
+
+def test_measured_start_up_delays_apply_by_time_and_a_stop_costs_its_exit() -> None:
+    # MIN 0; one message at t=10 and one at t=100: the worker started at ~10 takes the delay measured
+    # from t=0 (3 s), the one started at ~100 the one measured from t=50 (20 s)
+    w = handmade((10.0, 100.0), (1.0, 1.0), duration_s=200)
+    pool = PoolConfig(threads=1, prefetch=2, min_workers=0, max_workers=1, startup_profile_s=((0, 3.0), (50, 20.0)),
+                      stop_delay_s=2.0)
+    r = simulate(w, TargetPolicy(0, 1, 2, 0.2, 4, 0, 1), pool, tick_s=1)
+    assert r.waits_s == pytest.approx((1 + 3.0, 1 + 20.0), abs=1.0)
+    # each stop is paid 2 s after the drain: two lives of start-up + task + the read that stops it + 2 s
+    plain = simulate(w, TargetPolicy(0, 1, 2, 0.2, 4, 0, 1), PoolConfig(
+        threads=1, prefetch=2, min_workers=0, max_workers=1, startup_profile_s=((0, 3.0), (50, 20.0))), tick_s=1)
+    assert r.worker_seconds == pytest.approx(plain.worker_seconds + 2 * 2.0)
