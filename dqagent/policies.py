@@ -265,7 +265,8 @@ def thresholds(settings: Settings, workers: int, shape: WorkerShape) -> tuple[fl
     return workers * settings.scale_up_multiplier, workers * settings.scale_down_multiplier
 
 
-#: The fastest demand read (seconds): at most one Redis round trip per second, whatever the settings.
+#: The fastest adaptive demand read (seconds): at most one Redis round trip per second, unless
+#: DEMAND_POLL_INTERVAL itself is set below it.
 FAST_READ_S = 1.0
 
 
