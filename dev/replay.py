@@ -135,6 +135,12 @@ class Run:
                   if len(iv) > 3 and iv[1] is not None and iv[3] is not None and iv[1] >= self.t0]
         return statistics.median(delays) if delays else 0.0
 
+    def failed_starts(self) -> list[float]:
+        """Units started during the run that never got ready (a failed start; the agent retries after its
+        backoff), seconds after t0. The model has no failed starts."""
+        return [iv[0] - self.t0 for iv in self.intervals
+                if len(iv) > 2 and iv[0] is not None and iv[0] >= self.t0 and iv[2] is None and iv[1] is not None]
+
     def startup_s(self) -> float:
         """Mean start-up delay of the units started during the run (NaN if none)."""
         delays = [d for _, d in self.startup_delays()]
@@ -179,7 +185,9 @@ def report(runs: Sequence[Run], dispatches: Sequence[str]) -> None:
     errors: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in runs:
         m = r.metrics()
-        print(_row(replace(m, source=f"real s{r.seed}"), r.shares()))
+        failed = r.failed_starts()
+        note = f"; {len(failed)} failed start(s) at {', '.join(f'{t:.0f}' for t in failed)} s" if failed else ""
+        print(_row(replace(m, source=f"real s{r.seed}"), r.shares() + note))
         for dispatch in dispatches:
             s = predict(r, dispatch)
             print(_row(s, f"{_err(s.p95_s, m.p95_s):>5} / {_err(s.worker_seconds, m.worker_seconds)}"))
