@@ -139,7 +139,8 @@ class Run:
         """Units started during the run that never got ready (a failed start; the agent retries after its
         backoff), seconds after t0. The model has no failed starts."""
         return [iv[0] - self.t0 for iv in self.intervals
-                if len(iv) > 2 and iv[0] is not None and iv[0] >= self.t0 and iv[2] is None and iv[1] is not None]
+                if len(iv) > 3 and iv[0] is not None and iv[0] >= self.t0 and iv[2] is None and iv[1] is not None
+                and iv[3] is None]  # ended without a stop job: it failed, nobody stopped it
 
     def startup_s(self) -> float:
         """Mean start-up delay of the units started during the run (NaN if none)."""
@@ -241,6 +242,12 @@ def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads
             if t0 <= t <= end:
                 events.append((t, sign))
     events.sort()
+
+    def settled() -> bool:  # every unit started during the run is ready or ended, so its start-up is known
+        return all(iv[2] is not None or iv[1] is not None
+                   for iv in worker_intervals(c, t0 - 3600, end) if iv[0] is not None and iv[0] >= t0)
+
+    wait_until("the run's workers ready or ended", settled, timeout=180, interval=2)
     intervals = worker_intervals(c, t0 - 3600, end)
     return Run(name, factor, seed, threads, lo, hi, t0, end, [tuple(t) for t in times],  # type: ignore[misc]
                events, intervals, [int(pid_of.get(str(i), 0)) for i in range(n)])
