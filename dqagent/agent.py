@@ -33,7 +33,7 @@ from dqagent.fleetstore import FleetCoordinator
 from dqagent.jobs import JobTable, UnitManager
 from dqagent.logs import event
 from dqagent.notify import Notifier
-from dqagent.policies import Decision, Observation, Policy
+from dqagent.policies import Decision, Observation, Policy, read_interval_s
 from dqagent.pressure import HostGuard, MemoryReader
 from dqagent.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.reload import Reloader
@@ -155,6 +155,7 @@ class Agent:
         self.latest: Snapshot | None = None
         self._last_decision_s: float | None = None
         self.exporter: Exporter | None = None
+        self._last_outstanding: int | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -342,14 +343,22 @@ class Agent:
         if fleet_fields:  # the pool this tick leaves, published for the other members at once
             await self.fleet.publish(self.s, plan.pool + len(plan.start) - len(plan.stop),
                                      obs.starting + len(plan.start))
-        self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length,
-                             self.s.tick_interval_s(), note=verdict.status())
+        interval = self._next_read_s(obs, decision.target)
+        self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length, interval,
+                             note=verdict.status())
         self.counters.decision_took(self.clock() - began)
         self._last_decision_s = self.wallclock()
         c = census(states, self.jobs.in_flight)  # with this tick's own starts and stops counted
         self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=WorkerCounts(
             running=c.running, starting=c.coming, stopping=c.going, failed=c.failing, desired=plan.wanted)))
-        return self.s.tick_interval_s()
+        return interval
+
+    def _next_read_s(self, obs: Observation, target: int) -> float:
+        """CHECK_INTERVAL for `step`; for `target` the adaptive read interval (issue 15), at most 1 read/s."""
+        previous, self._last_outstanding = self._last_outstanding, obs.outstanding
+        if self.s.scaling_policy == "step":
+            return self.s.tick_interval_s()
+        return read_interval_s(self.s.tick_interval_s(), obs, target, previous, self.s.check_interval_s)
 
     def _act(self, states: Sequence[UnitState], target: int, reason: str, label: str | None = None) -> Plan:
         """Reconcile and hand the actions to the job table (which runs them in the background).

@@ -217,6 +217,12 @@ class TargetPolicy:
     window_s: float
     #: Messages one unit runs at once (processes x threads), for the in-flight floor and the flow cap.
     capacity: int
+    #: Let one decision add up to the current worker count when that is more than `max_step` (HPA's
+    #: doubling), so a flash crowd on a large pool climbs in a few reads.
+    doubling: bool = False
+    #: Messages one unit may hold in flight for the scale-down floor (None: `capacity`, every in-flight
+    #: message counted as running; the unit's prefetch counts the held ones as what they are).
+    floor_per_unit: float | None = None
     name: ClassVar[str] = "target"
     #: MAX_QUEUE_AGE (issue 12): scale up while the oldest waiting message is older (`age_floor`); None: off.
     max_queue_age_s: float | None = None
@@ -262,9 +268,10 @@ class TargetPolicy:
         typical = state.typical_in_flight(obs.now_s, self.window_s)
         state = state.remember(obs.now_s, recommendation, self.window_s)
         if recommendation > workers:
-            proposed = min(recommendation, workers + self.max_step)
+            step = max(self.max_step, workers) if self.doubling else self.max_step
+            proposed = min(recommendation, workers + step)
             if proposed < recommendation:
-                why += f"; up by at most {self.max_step}"
+                why += f"; up by at most {step}"
         elif recommendation < workers:
             stable = state.highest()
             # The units whose threads the typical flow fills (up to the tolerance), plus one spare. Capacity,
@@ -273,7 +280,7 @@ class TargetPolicy:
             capped = cap < stable
             if capped:
                 stable = max(recommendation, cap)
-            floor = math.ceil(obs.in_flight / self.capacity)
+            floor = math.ceil(obs.in_flight / (self.floor_per_unit or self.capacity))
             proposed = min(workers, max(stable, floor))
             if proposed > recommendation:
                 if floor >= stable:
@@ -301,6 +308,32 @@ def thresholds(settings: Settings, workers: int, shape: WorkerShape) -> tuple[fl
         p = TargetPolicy.from_settings(settings, shape)
         return workers * p.per_worker * (1 + p.tolerance), workers * p.per_worker * (1 - p.tolerance)
     return workers * settings.scale_up_multiplier, workers * settings.scale_down_multiplier
+
+
+#: The fastest adaptive demand read (seconds): at most one Redis round trip per second, unless
+#: DEMAND_POLL_INTERVAL itself is set below it.
+FAST_READ_S = 1.0
+
+
+def read_interval_s(base_s: float, obs: Observation, target: int, previous_outstanding: int | None,
+                    slowest_s: float = math.inf) -> float:
+    """Seconds until the next demand read with `target` (DEMAND_POLL_INTERVAL = `base_s`), adapted:
+
+    - min(`base_s`, FAST_READ_S) while the pool is at zero, while it grows (`target` above the workers,
+      or workers still starting) or while a backlog rises (ready messages, outstanding up since the last
+      read): the first message on an empty pool is seen within a second, and a climb is followed read by
+      read, at no more than one read per second unless DEMAND_POLL_INTERVAL itself asks for more;
+    - 2 x `base_s` when idle (nothing outstanding, workers kept, no change), at most `slowest_s`
+      (CHECK_INTERVAL in the agent);
+    - `base_s` otherwise.
+    """
+    fast = min(base_s, FAST_READ_S)
+    rising = previous_outstanding is not None and obs.ready > 0 and obs.outstanding > previous_outstanding
+    if obs.workers == 0 or target > obs.workers or obs.starting or rising:
+        return fast
+    if obs.outstanding == 0 and target == obs.workers:
+        return max(base_s, min(2 * base_s, slowest_s))
+    return base_s
 
 
 #: Policies offered to users, by SCALING_POLICY name.

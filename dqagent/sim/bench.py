@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,12 +18,19 @@ from itertools import pairwise
 from dqagent.config import parse_settings
 from dqagent.errors import ConfigError
 from dqagent.policies import Policy, StepPolicy, TargetPolicy
-from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds, simulate
+from dqagent.sim.model import DISPATCH_MODELS, PoolConfig, Result, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
 from dqagent.sim.traces import AGE_TRACES, TRACES, Trace, Workload, generate
 from dqagent.workercmd import worker_shape
 
 FLAP_WINDOW_S = 600.0
+#: `target` reads demand as the agent does: adaptively around DEMAND_POLL_INTERVAL (env DQBENCH_FIXED_READS=1
+#: turns it off, to measure what it changes).
+ADAPTIVE_READS = os.environ.get("DQBENCH_FIXED_READS") != "1"
+#: Experiment switch (env DQBENCH_DOUBLING=1): `target` with TargetPolicy.doubling.
+DOUBLING = os.environ.get("DQBENCH_DOUBLING") == "1"
+#: Experiment switch (env DQBENCH_FLOOR_PREFETCH=1): the in-flight floor divides by the unit's prefetch.
+FLOOR_PREFETCH = os.environ.get("DQBENCH_FLOOR_PREFETCH") == "1"
 #: The seed defaults' pool, where the issue's targets are set.
 DEFAULT_POOL = PoolConfig()
 #: Traces whose load is one batch: one up-then-down is the least any policy can do.
@@ -40,16 +48,28 @@ class Contender:
     #: Start at MAX with every worker warm and never move: not a policy, the best wait any policy
     #: capped at MAX_PROCESSES can give, which bounds what the targets can ask of one.
     warm_max: bool = False
+    #: Read demand at the agent's adaptive interval (`dqagent.policies.read_interval_s`) around `tick_s`.
+    adaptive: bool = False
 
 
 def target_policy(pool: PoolConfig, **settings: str) -> TargetPolicy:
     """Exactly what SCALING_POLICY=target builds from these settings (defaults otherwise) for `pool`."""
+    return unit_target_policy(pool, 1, settings)
+
+
+def unit_target_policy(pool: PoolConfig, processes: int, settings: Mapping[str, str]) -> TargetPolicy:
+    """`target_policy` for a pool whose simulated worker is one unit of `processes` Dramatiq processes
+    (`pool.threads` slots in all, `pool.threads // processes` threads each)."""
+    threads = max(1, pool.threads // processes)
     env = {"SCALING_POLICY": "target", "MIN_PROCESSES": str(pool.min_workers),
            "MAX_PROCESSES": str(pool.max_workers),
-           "DRAMATIQ_COMMAND": f"python -m dramatiq --processes 1 --threads {pool.threads} app", **settings}
+           "DRAMATIQ_COMMAND": f"python -m dramatiq --processes {processes} --threads {threads} app", **settings}
     s = parse_settings(env)
-    # A simulated worker is one Dramatiq process; the CPU count is not used with --processes given.
-    return TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
+    # The CPU count is not used with --processes given.
+    policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
+    if FLOOR_PREFETCH:
+        policy = replace(policy, floor_per_unit=policy.per_worker)
+    return replace(policy, doubling=True) if DOUBLING else policy
 
 
 def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Contender]:
@@ -65,7 +85,7 @@ def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Co
     return {c.name: c for c in (
         Contender("step", step, 180.0),
         Contender("step-llen", step, 180.0, metric="ready"),
-        Contender("target", target, 5.0),
+        Contender("target", target, 5.0, adaptive=ADAPTIVE_READS),
         Contender("keda-hpa", lambda p, t: KedaHpa(p.min_workers, p.max_workers), 15.0, metric="ready"),
         Contender("keda-hpa-raw", lambda p, t: KedaHpa(p.min_workers, p.max_workers, behavior=False), 15.0,
                   metric="ready"),
@@ -159,7 +179,8 @@ def metrics(result: Result, trace: str, policy: str) -> Metrics:
 def run(contender: Contender, workload: Workload, pool: PoolConfig) -> Result:
     lo = pool.max_workers if contender.warm_max else pool.min_workers
     p = replace(pool, min_workers=lo, metric=contender.metric)
-    return simulate(workload, contender.build(p, workload.trace), p, contender.tick_s)
+    return simulate(workload, contender.build(p, workload.trace), p, contender.tick_s,
+                    adaptive_reads=contender.adaptive)
 
 
 def format_row(m: Metrics) -> str:
@@ -167,6 +188,11 @@ def format_row(m: Metrics) -> str:
     return (f"{m.trace:<11} {m.policy:<13} {m.p50_s:>8.1f} {m.p95_s:>8.1f} {m.p99_s:>8.1f} {m.max_backlog:>7} "
             f"{drain:>7} {m.worker_seconds:>9.0f} {m.scale_events:>6} {m.flaps:>5}")
 
+
+#: What the two rows that are not policies are.
+LEGEND = ("max-warm: not a policy, all MAX_PROCESSES workers warm from the start and never stopped (a bound on "
+          "wait only without long or heavy-tailed jobs); oracle: not a policy, the zero-wait cost (every message "
+          "starts on arrival, instant workers, perfect packing)")
 
 HEADER = (f"{'trace':<11} {'policy':<13} {'p50 s':>8} {'p95 s':>8} {'p99 s':>8} {'backlog':>7} "
           f"{'drain s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5}")
@@ -193,8 +219,15 @@ def trace_checks(t: Metrics, keda: Metrics, oracle_worker_s: float) -> TraceChec
                        cost_oracle=t.worker_seconds <= 1.25 * oracle_worker_s)
 
 
-def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float]) -> list[tuple[str, str]]:
-    """The issue's targets, each with its verdict and its measured figures."""
+def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float],
+                  warm_bounds_wait: bool = True) -> list[tuple[str, str]]:
+    """The issue's targets, each with its verdict and its measured figures.
+
+    `warm_bounds_wait`: whether `max-warm` (all MAX workers warm, never stopped) bounds the wait any
+    policy can reach. Not with heavy-tailed or long jobs: warm workers then hoard messages in their
+    prefetch behind long tasks, and a policy that stops workers can wait less; pass False there, and a
+    missed 10x is FAIL, never BOUND.
+    """
     out: list[tuple[str, str]] = []
     for trace in ("burst", "ramp"):
         t, s, w = table[(trace, "target")], table[(trace, "step")], table[(trace, "max-warm")]
@@ -202,7 +235,7 @@ def check_targets(table: dict[tuple[str, str], Metrics], oracle: dict[str, float
         text = f"{trace}: target p95 {t.p95_s:.1f}s vs step {s.p95_s:.1f}s = {ratio:.1f}x lower (>= 10x)"
         if ratio >= 10:
             out.append((text, PASS))
-        elif w.p95_s > s.p95_s / 10:
+        elif warm_bounds_wait and w.p95_s > s.p95_s / 10:
             out.append((f"{text}; needs <= {s.p95_s / 10:.1f}s but MAX warm workers from the start give "
                         f"{w.p95_s:.1f}s", BOUND))
         else:
@@ -248,7 +281,7 @@ def sweep(trace: str, seed: int) -> None:
     for per_worker in SWEEP_PER_WORKER:
         for window in SWEEP_WINDOW:
             policy = target_policy(pool, TARGET_PER_WORKER=per_worker, SCALE_DOWN_WINDOW=window)
-            m = metrics(simulate(workload, policy, pool, 5.0), trace, "target")
+            m = metrics(simulate(workload, policy, pool, 5.0, adaptive_reads=ADAPTIVE_READS), trace, "target")
             checks = trace_checks(m, k, oracle)
             met = [f.name.replace("_", "-") for f in fields(checks) if getattr(checks, f.name)]
             print(f"{per_worker:>17} {window:>17} {m.p95_s:>7.1f} {m.flaps:>5} {m.worker_seconds:>8.0f} "
@@ -287,9 +320,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_out.add_argument("--service-mean", type=float, default=None, metavar="S",
                           help="mean service time; arrival rates scale so the offered load is the same")
     held_out.add_argument("--service-cv", type=float, default=None, metavar="CV")
-    held_out.add_argument("--dispatch", choices=("first", "random"), default=DEFAULT_POOL.dispatch,
+    held_out.add_argument("--dispatch", choices=DISPATCH_MODELS, default=DEFAULT_POOL.dispatch,
                           help="which worker with prefetch room takes an arrival (a modelling assumption)")
+    held_out.add_argument("--random-pools", type=int, default=0, metavar="K",
+                          help="instead of the table: K drawn pools and traces per seed (dqagent/sim/families.py)")
+    held_out.add_argument("--seeds", type=int, nargs="*", default=None, metavar="SEED",
+                          help="with --random-pools: the seeds (default: --seed)")
     args = parser.parse_args(argv)
+    if args.random_pools:
+        from dqagent.sim.robust import random_pools
+
+        overrides = dict(args.set)
+        try:
+            target_policy(DEFAULT_POOL, **overrides)
+        except ConfigError as exc:
+            parser.error(f"--set: {exc}")
+        random_pools(args.random_pools, args.seeds or [args.seed], args.dispatch, overrides)
+        return 0
     if args.sweep:
         sweep(args.sweep, args.seed)
         return 0
@@ -317,9 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         oracle[name] = oracle_worker_seconds(workload, pool)
         print(f"{name:<11} {'oracle':<13} {'0.0':>8} {'0.0':>8} {'0.0':>8} {'-':>7} {'-':>7} "
               f"{oracle[name]:>9.0f} {'-':>6} {'-':>5}")
+    print(LEGEND)
     if set(args.traces) == set(TRACES):
         print("\ntargets:")
-        results = check_targets(table, oracle)
+        results = check_targets(table, oracle, warm_bounds_wait=args.service_cv is None or args.service_cv <= 1)
         for text, verdict in results:
             print(f"  {verdict:<5}  {text}")
         counts = {v: sum(1 for _, got in results if got == v) for v in (PASS, TIE, BOUND, FAIL)}

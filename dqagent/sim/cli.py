@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dqagent.sim.bench import DEFAULT_POOL, HEADER, contenders, format_row, metrics, run
+from dqagent.sim.bench import DEFAULT_POOL, HEADER, LEGEND, contenders, format_row, metrics, run
 from dqagent.sim.model import Result, oracle_worker_seconds
 from dqagent.sim.traces import AGE_TRACES, TRACES, generate, load_trace
 
@@ -45,6 +45,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         print(format_row(metrics(results[contender.name], trace.name, contender.name)))
     print(f"{trace.name:<11} {'oracle':<13} {'(zero wait, perfect packing) worker-seconds':>51} "
           f"{oracle_worker_seconds(workload, pool):>9.0f}")
+    print(LEGEND)
     if args.plot is not None:
         return _plot(results, trace.name, args.plot)
     return 0

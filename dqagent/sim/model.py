@@ -10,13 +10,17 @@ What it models, because it is what makes policies differ on real pools:
   task ends returns everything it holds to the queue tail and frees its slot. It costs worker-seconds
   until then, and the policy sees it as going: not in `workers`, while what it holds stays in flight;
 - the policy sees an `Observation` every `tick_s`; its decision is applied at once;
-- an arriving message goes to the first worker with prefetch room, or a random one (`dispatch`).
+- an arriving message goes to the first worker with prefetch room, or a random one, or (`poll`, as
+  Dramatiq's Redis consumers do) waits in the list until some consumer's next poll fetches it: a
+  consumer that just fetched polls again at once, one that found nothing backs off 5 ms x 2^misses
+  (jitter x1..2) up to Dramatiq's `worker_timeout` (1 s, then 0.5..1 s), full or idle alike.
 
 The real policy classes run unchanged through the `Policy` protocol. Same seed, same result.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -24,14 +28,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dqagent.policies import Observation, Policy
+from dqagent.policies import Observation, Policy, read_interval_s
 from dqagent.sim.traces import Workload
 
 if TYPE_CHECKING:
     from dqagent.guard import Limits
     from dqagent.sim.host import HostModel
 
-_ARRIVE, _READY, _DONE, _TICK = 0, 1, 2, 3
+_ARRIVE, _READY, _DONE, _TICK, _POLL = 0, 1, 2, 3, 4
+#: The dispatch models `PoolConfig.dispatch` accepts.
+DISPATCH_MODELS = ("first", "random", "poll")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +53,21 @@ class PoolConfig:
     metric: str = "outstanding"
     #: Which worker with prefetch room takes an arrival: "first" (a busy consumer polls again at once
     #: while idle ones back off, so the same one keeps winning) or "random" (the consumers race evenly;
-    #: seeded by the workload). A modelling assumption, so the benchmark can check both.
+    #: seeded by the workload), or "poll" (each consumer fetches on its own poll schedule, Dramatiq's
+    #: backoff; measured against real workers by dev/replay). A modelling assumption, so the benchmark
+    #: can check each.
     dispatch: str = "first"
+    #: The "poll" model's backoff: first step and cap (Dramatiq's `compute_backoff` factor, 5 ms, and
+    #: `worker_timeout`, 1000 ms).
+    poll_base_s: float = 0.005
+    poll_max_s: float = 1.0
+    #: Measured start-up delays as (start time, delay), times ascending, instead of `startup_delay_s`: a
+    #: worker started at t takes the delay of the last measured start at or before t (the first one's
+    #: before it). A host's start-up latency follows its load over time; dev/replay passes a real run's.
+    startup_profile_s: tuple[tuple[float, float], ...] = ()
+    #: Seconds a stopped worker process still lives (and costs) after its last task ended: Dramatiq's
+    #: shutdown joins its threads (each wakes within `worker_timeout`) and the interpreter exits. 0: none.
+    stop_delay_s: float = 0.0
 
 
 @dataclass
@@ -59,6 +78,7 @@ class _Worker:
     stopping: bool = False
     running: int = 0
     held: deque[int] = field(default_factory=deque)  # prefetched, not running
+    misses: int = 0  # "poll" dispatch: empty fetches since the last message (Dramatiq's backoff exponent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +108,13 @@ class Result:
 
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
              initial_workers: int | None = None, horizon_s: float | None = None,
-             host: HostModel | None = None, guard: Limits | None = None) -> Result:
+             host: HostModel | None = None, guard: Limits | None = None, adaptive_reads: bool = False) -> Result:
     """Run `workload` through a pool driven by `policy`. Returns every message's wait and the cost.
 
     `host` (dqagent.sim.host): a host that slows every task down beyond its capacity; `guard`: the
     agent's guard with these limits caps each scale-up by that host's CPU pressure (both optional).
+    `tick_s` is the read interval; with `adaptive_reads` it is the base of the agent's adaptive one
+    (`dqagent.policies.read_interval_s`, as SCALING_POLICY=target reads demand).
     """
     n = len(workload)
     arrivals, services = workload.arrivals_s, workload.services_s
@@ -111,9 +133,10 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     push(0.0, _TICK)
 
     queue: deque[int] = deque()
-    if pool.dispatch not in ("first", "random"):
-        raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected first or random")
-    rng = random.Random(workload.seed) if pool.dispatch == "random" else None
+    if pool.dispatch not in DISPATCH_MODELS:
+        raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected one of {', '.join(DISPATCH_MODELS)}")
+    polling = pool.dispatch == "poll"
+    rng = random.Random(workload.seed) if pool.dispatch != "first" else None
     workers: dict[int, _Worker] = {}
     next_wid = 0
     started_at = [math.nan] * n
@@ -125,12 +148,20 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     done_count = 0
     max_backlog = 0
     last_done = 0.0
+    previous_outstanding: int | None = None
+
+    profile_times = [t for t, _ in pool.startup_profile_s]
+
+    def startup_s(now: float) -> float:
+        if not pool.startup_profile_s:
+            return pool.startup_delay_s
+        return pool.startup_profile_s[max(0, bisect.bisect_right(profile_times, now) - 1)][1]
 
     def start_worker(now: float) -> None:
         nonlocal next_wid
         w = _Worker(next_wid, now)
         workers[next_wid] = w
-        push(now + pool.startup_delay_s, _READY, next_wid)
+        push(now + startup_s(now), _READY, next_wid)
         next_wid += 1
 
     def busy() -> int:
@@ -149,14 +180,37 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         """
         if not w.ready:
             return
+        run_held(w, now)
+        if not polling:
+            fetch(w, now)
+
+    def run_held(w: _Worker, now: float) -> None:
         while not w.stopping and w.running < pool.threads and w.held:
             begin(w, w.held.popleft(), now)
+
+    def fetch(w: _Worker, now: float) -> int:
+        got = 0
         while queue and w.running + len(w.held) < pool.prefetch:
             i = queue.popleft()
+            got += 1
             if not w.stopping and w.running < pool.threads:
                 begin(w, i, now)
             else:
                 w.held.append(i)
+        return got
+
+    def poll(w: _Worker, now: float) -> None:
+        """One `_RedisConsumer.__next__` fetch; the next poll at once after a hit, else after the backoff."""
+        assert rng is not None
+        if fetch(w, now):
+            w.misses = 0
+            push(now, _POLL, w.wid)
+            return
+        backoff = pool.poll_base_s * 2 ** min(w.misses, 32) * rng.uniform(1, 2)
+        if backoff > pool.poll_max_s:
+            backoff = pool.poll_max_s * rng.uniform(0.5, 1)
+        w.misses += 1
+        push(now + backoff, _POLL, w.wid)
 
     def takers() -> list[_Worker]:
         """The workers whose consumers race for the queue, in dispatch order."""
@@ -166,6 +220,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         return ws
 
     def dispatch(now: float) -> None:
+        if polling:
+            return  # the consumers fetch on their own polls
         for w in takers():
             if not queue:
                 break
@@ -182,15 +238,18 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             finish_drain(w, now)
 
     def finish_drain(w: _Worker, now: float) -> None:
-        """The last running task ended: requeue what it holds (RPUSH: the tail), free the slot."""
+        """The last running task ended: requeue what it holds (RPUSH: the tail), free the slot; the process
+        is paid for `stop_delay_s` more (its exit)."""
         queue.extend(w.held)
         w.held.clear()
-        retire(w, now)
+        retire(w, now + pool.stop_delay_s)
 
     for _ in range(initial_workers if initial_workers is not None else pool.min_workers):
         start_worker(0.0)
     for w in list(workers.values()):  # the initial pool is already warm
         w.ready = True
+        if polling:
+            push(0.0, _POLL, w.wid)
 
     now = 0.0
     while events:
@@ -200,9 +259,15 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             dispatch(now)
         elif kind == _READY:
             starter = workers.get(a)
-            if starter is not None:
+            if starter is not None and not starter.ready:  # (the initial pool is ready from the start)
                 starter.ready = True
                 feed(starter, now)
+                if polling:
+                    push(now, _POLL, a)
+        elif kind == _POLL:
+            poller = workers.get(a)
+            if poller is not None:
+                poll(poller, now)
         elif kind == _DONE:
             w = workers[a]
             w.running -= 1
@@ -245,7 +310,9 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
                 scale_events.append((now, -1))
                 dispatch(now)
             samples.append(Sample(now, ready, outstanding, target))
-            push(now + tick_s, _TICK)
+            interval = read_interval_s(tick_s, obs, target, previous_outstanding) if adaptive_reads else tick_s
+            previous_outstanding = outstanding
+            push(now + interval, _TICK)
     # Charge what still runs up to the end of the work (the trace, or the last completion), so policies
     # that tick rarely are not billed for the idle tail after it.
     end = max(end_arrivals, last_done)

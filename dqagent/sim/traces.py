@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,22 @@ def generate(trace: Trace, seed: int) -> Workload:
             members[b].append(i)
     return Workload(trace, seed, tuple(t for t, _ in tagged), tuple(services),
                     tuple(tuple(m) for m in members))
+
+
+def compress(workload: Workload, factor: float) -> Workload:
+    """`workload` played `factor` times faster: every arrival time, service time and the trace's shape
+    divided by `factor` (rates multiplied), the same messages in the same order. The replay harness
+    (dev/replay) runs real workers on this, so the offered load (rate x service time) is unchanged.
+    """
+    if factor <= 0:
+        raise ValueError(f"compression factor must be > 0, got {factor}")
+    t = workload.trace
+    shape = replace(t, duration_s=t.duration_s / factor,
+                    rate_points=tuple((x / factor, r * factor) for x, r in t.rate_points),
+                    bursts=tuple((x / factor, n) for x, n in t.bursts),
+                    service_mean_s=t.service_mean_s / factor, long_mean_s=t.long_mean_s / factor)
+    return Workload(shape, workload.seed, tuple(a / factor for a in workload.arrivals_s),
+                    tuple(s / factor for s in workload.services_s), workload.burst_members)
 
 
 def _spikes(seed: int, duration_s: float, base: float) -> tuple[tuple[float, float], ...]:

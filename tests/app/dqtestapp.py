@@ -6,7 +6,11 @@ Put the module before `--path` (or write `--path=tests/app dqtestapp`): in Drama
 any number of values, so `--path tests/app dqtestapp` swallows the module name and exits 2 (usage).
 
 `work(msg_id, ms)` sleeps `ms` milliseconds, then records `msg_id` in the Redis set `dqtest:done` and
-counts it in the hash `dqtest:count` (a count above 1 is an at-least-once duplicate). Environment:
+counts it in the hash `dqtest:count` (a count above 1 is an at-least-once duplicate).
+
+`timed(i, ms, enqueued)` (the replay harness, dev/replay) sleeps `ms` milliseconds and records
+"enqueued start end" (wall-clock seconds) in the hash `dqtest:times` under `i`, and the worker
+process's pid in `dqtest:pids` (which consumer took it). Environment:
 `DQTEST_REDIS_URL` (required), `DQTEST_QUEUE` (default `dqtest`), `DQTEST_NAMESPACE` (default `dramatiq`).
 """
 
@@ -22,6 +26,8 @@ from dramatiq.brokers.redis import RedisBroker
 QUEUE = os.environ.get("DQTEST_QUEUE", "dqtest")
 DONE_KEY = "dqtest:done"
 COUNT_KEY = "dqtest:count"
+TIMES_KEY = "dqtest:times"
+PIDS_KEY = "dqtest:pids"
 
 broker = RedisBroker(url=os.environ["DQTEST_REDIS_URL"],
                      namespace=os.environ.get("DQTEST_NAMESPACE", "dramatiq"))
@@ -34,6 +40,16 @@ def work(msg_id: str, ms: int) -> None:
     with broker.client.pipeline(transaction=True) as pipe:
         pipe.sadd(DONE_KEY, msg_id)
         pipe.hincrby(COUNT_KEY, msg_id, 1)
+        pipe.execute()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def timed(i: int, ms: int, enqueued: float) -> None:
+    started = time.time()
+    time.sleep(ms / 1000)
+    with broker.client.pipeline(transaction=False) as pipe:
+        pipe.hset(TIMES_KEY, str(i), f"{enqueued:.6f} {started:.6f} {time.time():.6f}")
+        pipe.hset(PIDS_KEY, str(i), os.getpid())
         pipe.execute()
 
 

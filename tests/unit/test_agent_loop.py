@@ -415,3 +415,26 @@ def test_a_unit_crash_looping_under_restart_is_not_logged_as_recovered_each_cycl
     assert len(events(caplog, "worker_failed")) == 1
     assert len(events(caplog, "worker_recovered")) == 1
     assert units.calls == []
+
+
+def test_target_reads_every_second_at_zero_and_asks_for_a_worker_on_the_first_read_that_sees_work() -> None:
+    # Issue 15: MIN_PROCESSES=0 and an empty pool: the next read is 1 s away (not DEMAND_POLL_INTERVAL),
+    # and the first read that sees a message starts a worker
+    from dqagent.policies import TargetPolicy
+    from dqagent.workercmd import worker_shape
+
+    s = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "60", "SCALING_POLICY": "target",
+                        "DEMAND_POLL_INTERVAL": "5", "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
+    units, probe = FakeUnits(running=[]), FakeProbe(ready=0)
+    agent = Agent(s, units, probe, RecordingNotifier(), TargetPolicy.from_settings(s, worker_shape("x", 1)),
+                  clock=Clock())
+
+    async def scenario() -> None:
+        assert await agent.tick() == 1.0
+        assert units.calls == []
+        probe.set_queue("q", ready=1)
+        assert await agent.tick() == 1.0
+        await agent.jobs.wait()
+        assert units.calls[-1] == ("start", ("dramatiq-worker@1.service",))
+
+    run(scenario)

@@ -93,3 +93,10 @@ def test_a_bad_target_setting_is_one_line_and_exit_2(capsys: pytest.CaptureFixtu
         main(["--traces", "burst", "--set", "SCALE_DOWN_WINDOW=-1"])
     assert exit_info.value.code == 2
     assert "SCALE_DOWN_WINDOW" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_max_warm_is_no_bound_on_wait_where_warm_workers_hoard_behind_long_jobs() -> None:
+    slow = dataclasses.replace(GOOD, trace="burst", p95_s=30)
+    rows = table(burst__target=slow, **{"burst__max-warm": dataclasses.replace(GOOD, policy="max-warm", p95_s=20)})
+    got = {t: v for t, v in check_targets(rows, ORACLE, warm_bounds_wait=False)}
+    assert [v for t, v in got.items() if t.startswith("burst: target p95 30.0s vs step")] == [FAIL]
