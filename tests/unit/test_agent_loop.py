@@ -423,7 +423,8 @@ def test_target_reads_every_second_at_zero_and_asks_for_a_worker_on_the_first_re
     from dqagent.policies import TargetPolicy
     from dqagent.workercmd import worker_shape
 
-    s = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "60", "SCALING_POLICY": "target",
+    s = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5",
+                        "CHECK_INTERVAL": "60", "SCALING_POLICY": "target",
                         "DEMAND_POLL_INTERVAL": "5", "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
     units, probe = FakeUnits(running=[]), FakeProbe(ready=0)
     agent = Agent(s, units, probe, RecordingNotifier(), TargetPolicy.from_settings(s, worker_shape("x", 1)),
