@@ -312,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep", choices=list(TRACES), metavar="TRACE",
                         help="instead of the table: target over a grid of its settings on one trace")
     parser.add_argument("--age", action="store_true", help=f"only the MAX_QUEUE_AGE={AGE_LIMIT} rows")
+    parser.add_argument("--fleet", action="store_true", help="only the fleet-mode rows (python -m dqagent.sim.fleet)")
     held_out = parser.add_argument_group("held-out variants (not the seed defaults the targets are set at)")
     held_out.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                           help="a setting of the target policy, e.g. TARGET_PER_WORKER=12.5")
@@ -343,6 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.age:
         age_rows(args.seed, DEFAULT_POOL)
         return 0
+    if args.fleet:
+        from dqagent.sim.fleet import summary
+
+        return summary(5, 6.0, args.seed)
     pool = PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers,
                       dispatch=args.dispatch)
     overrides = dict(args.set)
@@ -374,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{counts[PASS]}/{len(results)} targets met ({counts[TIE]} tie, {counts[BOUND]} beyond MAX, "
               f"{counts[FAIL]} failed); {time.monotonic() - started:.0f}s (seed {args.seed})")
         age_rows(args.seed, pool)
+        from dqagent.sim.fleet import summary
+
+        print("\nfleet mode (docs/fleet.md): several hosts on one queue, FLEET set vs independent agents")
+        summary(3, 2.0, args.seed)
     return 0
 
 

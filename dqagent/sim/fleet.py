@@ -283,8 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hours", type=float, default=6.0)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
-    fleet, alone = compare(args.runs, args.hours, args.seed)
-    print(f"{args.runs} runs x {args.hours:g} h, up to 4 hosts (MAX 4/6/8, polls 1/2/5 s, read delays 0-2 s), "
+    return summary(args.runs, args.hours, args.seed)
+
+
+def summary(runs: int, hours: float, seed: int) -> int:
+    """Print the fleet against independent agents (also the last part of `dev/bench`); 1 on a violation."""
+    fleet, alone = compare(runs, hours, seed)
+    print(f"{runs} runs x {hours:g} h, up to 4 hosts (MAX 4/6/8, polls 1/2/5 s, read delays 0-2 s), "
           "joins, leaves, deaths and Redis cuts at random")
     print(fleet.line())
     print(alone.line())
