@@ -95,10 +95,13 @@ class UnitState:
     instance: int
     active_state: ActiveState
     sub_state: str
+    #: The main process, 0 if none (or not read: a brief read of a unit in transition, see `worker_states`).
     main_pid: int
     #: Realtime microseconds since the epoch when the unit last entered `active`, 0 if never.
     active_enter_us: int
+    #: How often systemd's Restart= restarted it; -1 when not read (a brief read of a running unit).
     n_restarts: int
+    #: systemd's Result ("success", "exit-code", ...); "" when not read (a brief read of a unit in transition).
     result: str
     #: True while a job (start/stop/restart) is queued for the unit.
     has_job: bool
@@ -169,6 +172,10 @@ _ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 _RUNNING_PROPS = (("Service", "MainPID"), ("Unit", "ActiveEnterTimestamp"), ("Service", "NRestarts"),
                   ("Service", "Result"))
 _EXIT_PROPS = (("Service", "ExecMainCode"), ("Service", "ExecMainStatus"))
+#: A brief read (the loop's ticks, adoption) of a running unit: what the loop uses of it.
+_BRIEF_RUNNING_PROPS = _RUNNING_PROPS[:2]
+#: States a brief read takes from the row alone: a unit in transition (the loop counts it, nothing more).
+_IN_TRANSITION = frozenset({ActiveState.ACTIVATING, ActiveState.DEACTIVATING, ActiveState.RELOADING})
 
 
 @dataclass(slots=True)
@@ -178,6 +185,8 @@ class _Job:
     unit: str
     verb: str
     future: asyncio.Future[str]
+    #: When a ListJobs re-check last saw systemd still holding the job (loop time), -inf if never.
+    listed_at: float = -math.inf
 
 
 class SystemdClient:
@@ -319,6 +328,9 @@ class SystemdClient:
             return
         (rows,) = await self._manager("ListJobs", "", [])
         alive = {str(r[4]) for r in rows}
+        now = asyncio.get_running_loop().time()
+        for job in alive & self._jobs.keys():
+            self._jobs[job].listed_at = now
         gone = {job: p for job, p in self._jobs.items() if job not in alive and not p.future.done()}
         if not gone:
             return
@@ -376,21 +388,28 @@ class SystemdClient:
         return value.value if isinstance(value, Variant) else value
 
     async def _await_job(self, job: str, unit: str, verb: str, timeout_s: float) -> str:
-        """The job's result from JobRemoved; re-checked every JOB_RECHECK_S in case a signal was lost."""
+        """The job's result from JobRemoved; re-checked every JOB_RECHECK_S in case a signal was lost.
+
+        A job systemd still lists is awaited as long as it lists it, as `systemctl start` does: 500
+        starts queued at once end over minutes, and systemd's own TimeoutStartSec/TimeoutStopSec
+        bound each job once it runs. `timeout_s` bounds the wait since systemd last confirmed the
+        job (its ListJobs), so a systemd that stops answering still ends the wait.
+        """
         if job in self._early:
             return self._early.pop(job)
         loop = asyncio.get_running_loop()
         pending = _Job(unit, verb, loop.create_future())
         self._jobs[job] = pending
-        deadline = loop.time() + timeout_s
+        began = loop.time()
         try:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
+            while not pending.future.done():
+                remaining = max(began, pending.listed_at) + timeout_s - loop.time()
+                if remaining <= 0:
+                    return "timeout (no JobRemoved)"
+                with contextlib.suppress(TimeoutError):
                     return await asyncio.wait_for(asyncio.shield(pending.future), min(remaining, self._recheck_s))
-                except TimeoutError:
-                    if loop.time() < deadline:
-                        await self._recheck_shared()
-            return "timeout (no JobRemoved)"
+                await self._recheck_shared()
+            return pending.future.result()
         finally:
             self._jobs.pop(job, None)
 
@@ -442,17 +461,26 @@ class SystemdClient:
             raise NoSuchUnitError("org.freedesktop.systemd1.NoSuchUnit", f"unit {unit} is not loaded")
         return await self._from_row(row)
 
-    async def _from_row(self, row: Sequence[Any]) -> UnitState:
-        """A UnitState from a ListUnits row plus the few properties the row lacks (see _RUNNING_PROPS)."""
+    async def _from_row(self, row: Sequence[Any], brief: bool = False) -> UnitState:
+        """A UnitState from a ListUnits row plus the few properties the row lacks (see _RUNNING_PROPS);
+        `brief`: fewer of them (see `worker_states`)."""
         # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
         unit, path = str(row[0]), str(row[6])
         instance = worker_instance(unit)
         assert instance is not None
         active, sub = _state(str(row[3])), str(row[4])
         running = active is ActiveState.ACTIVE and sub == "running"
-        wanted = _RUNNING_PROPS if running else _RUNNING_PROPS + _EXIT_PROPS
+        wanted: tuple[tuple[str, str], ...]
+        if running:
+            wanted = _BRIEF_RUNNING_PROPS if brief else _RUNNING_PROPS
+        elif brief and active in _IN_TRANSITION and sub != "auto-restart":
+            wanted = ()
+        else:
+            wanted = _RUNNING_PROPS + _EXIT_PROPS
         values = await asyncio.gather(*(self._get(path, iface, name) for iface, name in wanted))
-        props = dict(zip((name for _, name in wanted), values, strict=True))
+        # Not read: systemd resets Result to success at every start; NRestarts reads as -1 (unknown).
+        props = {"MainPID": 0, "ActiveEnterTimestamp": 0, "NRestarts": -1, "Result": "success" if running else "",
+                 **dict(zip((name for _, name in wanted), values, strict=True))}
         job_id = int(row[7])
         return UnitState(
             unit=unit, instance=instance, active_state=active, sub_state=sub,
@@ -462,15 +490,19 @@ class SystemdClient:
             exec_main_code=int(props.get("ExecMainCode", 0)), exec_main_status=int(props.get("ExecMainStatus", 0)),
         )
 
-    async def worker_states(self) -> list[UnitState]:
+    async def worker_states(self, brief: bool = False) -> list[UnitState]:
         """Every loaded worker unit dqagent manages, by instance number.
 
         One ListUnitsByPatterns, then a few single-property reads per unit (much cheaper for systemd
-        than GetAll), under the client's bound on calls in flight.
+        than GetAll), under the client's bound on calls in flight. `brief` (the loop's ticks and
+        adoption, every second with hundreds of units) reads only MainPID and ActiveEnterTimestamp of
+        a running unit (NRestarts -1: not read) and nothing more than the row of a unit in transition
+        (activating or deactivating with its job, not a crashed one in RestartSec); crashed, failed
+        and inactive units are read in full, as without `brief`.
         """
         (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], [WORKER_PATTERN]])
         wanted = [r for r in rows if worker_instance(str(r[0])) is not None]
-        states = await asyncio.gather(*(self._from_row(r) for r in wanted), return_exceptions=True)
+        states = await asyncio.gather(*(self._from_row(r, brief) for r in wanted), return_exceptions=True)
         out: list[UnitState] = []
         for state in states:
             if isinstance(state, UnitState):

@@ -422,7 +422,7 @@ def test_systemd_not_answering_a_tick_is_a_timeout_not_a_refusal(caplog: pytest.
     reads = 0
     read = units.worker_states
 
-    async def busy_systemd() -> list[UnitState]:
+    async def busy_systemd(brief: bool = False) -> list[UnitState]:
         nonlocal reads
         reads += 1
         if reads in (2, 3):  # the first read is the adoption; then two ticks time out
@@ -430,7 +430,7 @@ def test_systemd_not_answering_a_tick_is_a_timeout_not_a_refusal(caplog: pytest.
                                       "systemd did not answer ListUnitsByPatterns within 25s (DBUS_TIMEOUT)")
         if reads == 5:
             agent.stop_requested.set()
-        return await read()
+        return await read(brief)
 
     async def no_pause(delay_s: float, bus_lost: object) -> None:
         await asyncio.sleep(0)
