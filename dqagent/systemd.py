@@ -101,7 +101,8 @@ class UnitState:
     active_enter_us: int
     #: How often systemd's Restart= restarted it; -1 when not read (a brief read of a running unit).
     n_restarts: int
-    #: systemd's Result ("success", "exit-code", ...); "" when not read (a brief read of a unit in transition).
+    #: systemd's Result ("success", "exit-code", ...); "" when not read (a brief read of a unit in
+    #: transition or inactive).
     result: str
     #: True while a job (start/stop/restart) is queued for the unit.
     has_job: bool
@@ -174,8 +175,11 @@ _RUNNING_PROPS = (("Service", "MainPID"), ("Unit", "ActiveEnterTimestamp"), ("Se
 _EXIT_PROPS = (("Service", "ExecMainCode"), ("Service", "ExecMainStatus"))
 #: A brief read (the loop's ticks, adoption) of a running unit: what the loop uses of it.
 _BRIEF_RUNNING_PROPS = _RUNNING_PROPS[:2]
-#: States a brief read takes from the row alone: a unit in transition (the loop counts it, nothing more).
-_IN_TRANSITION = frozenset({ActiveState.ACTIVATING, ActiveState.DEACTIVATING, ActiveState.RELOADING})
+#: The start check of a running unit: its PID, and whether systemd restarted it since.
+_STARTED_RUNNING_PROPS = (("Service", "MainPID"), ("Service", "NRestarts"))
+#: States a brief read takes from the row alone: a unit in transition or inactive (the loop counts it).
+_ROW_ONLY = frozenset({ActiveState.ACTIVATING, ActiveState.DEACTIVATING, ActiveState.RELOADING,
+                       ActiveState.INACTIVE})
 
 
 @dataclass(slots=True)
@@ -448,8 +452,8 @@ class SystemdClient:
         with contextlib.suppress(NoSuchUnitError):
             await self._manager("ResetFailedUnit", "s", [unit])
 
-    async def unit_state(self, unit: str, path: str | None = None, job: tuple[int, str] = (0, "")) -> UnitState:
-        """Read one worker unit now (`path` and `job` are accepted for compatibility; the row is re-read).
+    async def unit_state(self, unit: str, brief: bool = False) -> UnitState:
+        """Read one worker unit now; `brief` as for `worker_states` (one call for an inactive unit).
 
         Like LoadUnit, this loads the unit if needed (an unused instance reads as inactive/dead).
         """
@@ -459,11 +463,26 @@ class SystemdClient:
         row = next((r for r in rows if str(r[0]) == unit), None)
         if row is None:
             raise NoSuchUnitError("org.freedesktop.systemd1.NoSuchUnit", f"unit {unit} is not loaded")
-        return await self._from_row(row)
+        return await self._from_row(row, brief)
 
-    async def _from_row(self, row: Sequence[Any], brief: bool = False) -> UnitState:
+    async def started_states(self, units: Sequence[str]) -> list[UnitState]:
+        """The units just started, for the start check, in the order given: one ListUnitsByNames for
+        all, then MainPID and NRestarts of a running unit (ActiveEnterTimestamp 0: not read) and
+        everything of any other. Loads a unit if needed (a vanished one reads as inactive/dead)."""
+        if any(worker_instance(u) is None for u in units):
+            raise UnitNameError(f"not dqagent worker units: {units!r}")
+        (rows,) = await self._manager("ListUnitsByNames", "as", [list(units)])
+        by_name = {str(r[0]): r for r in rows}
+        missing = [u for u in units if u not in by_name]
+        if missing:
+            raise NoSuchUnitError("org.freedesktop.systemd1.NoSuchUnit", f"unit {missing[0]} is not loaded")
+        return list(await asyncio.gather(*(self._from_row(by_name[u], running_props=_STARTED_RUNNING_PROPS)
+                                           for u in units)))
+
+    async def _from_row(self, row: Sequence[Any], brief: bool = False,
+                        running_props: tuple[tuple[str, str], ...] | None = None) -> UnitState:
         """A UnitState from a ListUnits row plus the few properties the row lacks (see _RUNNING_PROPS);
-        `brief`: fewer of them (see `worker_states`)."""
+        `brief`: fewer of them (see `worker_states`); `running_props`: those of a running unit."""
         # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
         unit, path = str(row[0]), str(row[6])
         instance = worker_instance(unit)
@@ -472,8 +491,8 @@ class SystemdClient:
         running = active is ActiveState.ACTIVE and sub == "running"
         wanted: tuple[tuple[str, str], ...]
         if running:
-            wanted = _BRIEF_RUNNING_PROPS if brief else _RUNNING_PROPS
-        elif brief and active in _IN_TRANSITION and sub != "auto-restart":
+            wanted = running_props or (_BRIEF_RUNNING_PROPS if brief else _RUNNING_PROPS)
+        elif brief and active in _ROW_ONLY and sub != "auto-restart":
             wanted = ()
         else:
             wanted = _RUNNING_PROPS + _EXIT_PROPS
@@ -497,8 +516,8 @@ class SystemdClient:
         than GetAll), under the client's bound on calls in flight. `brief` (the loop's ticks and
         adoption, every second with hundreds of units) reads only MainPID and ActiveEnterTimestamp of
         a running unit (NRestarts -1: not read) and nothing more than the row of a unit in transition
-        (activating or deactivating with its job, not a crashed one in RestartSec); crashed, failed
-        and inactive units are read in full, as without `brief`.
+        or inactive (activating, deactivating, inactive; not a crashed one in RestartSec); crashed
+        and failed units are read in full, as without `brief`.
         """
         (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], [WORKER_PATTERN]])
         wanted = [r for r in rows if worker_instance(str(r[0])) is not None]

@@ -81,10 +81,13 @@ class FakeUnits:
         """`brief` reads of the real client omit figures the loop does not use: every figure here is exact."""
         return [self._state(n, u) for n, u in sorted(self.units.items())]
 
-    async def unit_state(self, unit: str) -> UnitState:
+    async def unit_state(self, unit: str, brief: bool = False) -> UnitState:
         n = worker_instance(unit)
         assert n is not None
         return self._state(n, self.units.get(n, FakeUnit(ActiveState.INACTIVE, "dead")))
+
+    async def started_states(self, units: Sequence[str]) -> list[UnitState]:
+        return [await self.unit_state(u) for u in units]
 
     async def start_units(self, units: Sequence[str], timeout_s: float = 90) -> list[JobOutcome]:
         self.calls.append(("start", tuple(units)))
