@@ -29,7 +29,7 @@ from dqagent.errors import BusConnectionError, DqAgentError, SystemdError
 from dqagent.logs import event
 from dqagent.reconciler import Backoff, Intent, Plan, census, reconcile
 from dqagent.reporter import Reporter
-from dqagent.systemd import ActiveState, JobOutcome, UnitState, refused_by_polkit, worker_instance, worker_unit
+from dqagent.systemd import ActiveState, JobOutcome, UnitState, refused_by_polkit, worker_unit
 
 __all__ = ["JobTable", "Outcome", "ScaleReport", "UnitManager", "restart_baseline", "scale_by", "stop_timeout_s"]
 
@@ -96,8 +96,9 @@ async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleR
     jobs.stop(plan.stop, stop_timeout_s(settings))
     await jobs.wait()
     failures = [o for o in jobs.outcomes if not o.ok]
-    # In instance order, as before the checks ran per unit (they end in any order).
-    ordered = sorted(jobs.outcomes, key=lambda o: (o.intent, worker_instance(o.unit) or 0))
+    # In the plan's order (starts lowest first, stops highest first): the checks end in any order.
+    rank = {worker_unit(n): i for i, n in enumerate((*plan.start, *plan.stop))}
+    ordered = sorted(jobs.outcomes, key=lambda o: rank.get(o.unit, len(rank)))
     return ScaleReport(current, wanted, target, tuple(o.line for o in ordered), len(failures),
                        refused=any(o.refused for o in failures))
 
