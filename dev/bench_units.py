@@ -115,8 +115,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="50,200,500", help="instance counts (default 50,200,500)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure; the median is shown")
     parser.add_argument("--adopt", type=int, default=1000, help="units to adopt (0 skips)")
-    parser.add_argument("--loop-sizes", default="50,200",
-                        help="instance counts also measured through the agent's own loop (default 50,200)")
+    parser.add_argument("--loop-sizes", default="50,200,500",
+                        help="instance counts also measured through the agent's own loop (default 50,200,500)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
     loop_sizes = {int(x) for x in args.loop_sizes.split(",") if x}
