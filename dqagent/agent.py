@@ -188,7 +188,7 @@ class Agent:
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach the start target."""
-        states = await self.units.worker_states(brief=True)
+        states = await self.units.worker_states(brief=("MainPID",))
         running = [s for s in states if s.running]
         for s in running:
             log.info("adopted %s (pid %d)", s.unit, s.main_pid,
@@ -217,7 +217,7 @@ class Agent:
         self.reporter.redis_up()
         if demand.orphaned:
             await self._recover(demand)
-        states = await self.units.worker_states(brief=True)
+        states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
         now_us = self.wallclock() * 1e6
         self.reporter.note_units(states, self.jobs.in_flight, now_us, self.s.process_startup_delay_s)
         counted = census(states, self.jobs.in_flight)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class UnitManager(Protocol):
     """What the agent needs from `dqagent.systemd.SystemdClient` (a fake implements it in unit tests)."""
 
-    async def worker_states(self, brief: bool = ...) -> list[UnitState]: ...
+    async def worker_states(self, brief: Sequence[str] | None = ...) -> list[UnitState]: ...
     async def unit_state(self, unit: str, brief: bool = ...) -> UnitState: ...
     async def started_states(self, units: Sequence[str]) -> list[UnitState]: ...
     async def start_units(self, units: Sequence[str], timeout_s: float = ...) -> list[JobOutcome]: ...
@@ -84,7 +84,7 @@ async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleR
     Counts and picks units by the reconciler's rules: the pool is running + coming, and a scale-down
     stops only settled units (never one with an operator's job). Waits for every job it issues.
     """
-    states = await units.worker_states(brief=True)  # the counts need the rows; the checks read again
+    states = await units.worker_states(brief=())  # counting needs the rows only; the checks read again
     current = census(states, {}).pool
     wanted = current + delta
     target = settings.clamp(wanted)

@@ -95,11 +95,11 @@ class UnitState:
     instance: int
     active_state: ActiveState
     sub_state: str
-    #: The main process, 0 if none (or not read: a brief read of a unit in transition, see `worker_states`).
+    #: The main process, 0 if none (or not read: a brief read, see `worker_states`).
     main_pid: int
-    #: Realtime microseconds since the epoch when the unit last entered `active`, 0 if never.
+    #: Realtime microseconds since the epoch when the unit last entered `active`, 0 if never (or not read).
     active_enter_us: int
-    #: How often systemd's Restart= restarted it; -1 when not read (a brief read of a running unit).
+    #: How often systemd's Restart= restarted it; -1 when not read (a brief read).
     n_restarts: int
     #: systemd's Result ("success", "exit-code", ...); "" when not read (a brief read of a unit in
     #: transition or inactive).
@@ -173,8 +173,8 @@ _ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 _RUNNING_PROPS = (("Service", "MainPID"), ("Unit", "ActiveEnterTimestamp"), ("Service", "NRestarts"),
                   ("Service", "Result"))
 _EXIT_PROPS = (("Service", "ExecMainCode"), ("Service", "ExecMainStatus"))
-#: A brief read (the loop's ticks, adoption) of a running unit: what the loop uses of it.
-_BRIEF_RUNNING_PROPS = _RUNNING_PROPS[:2]
+#: The interface of each property a brief read may ask of a running unit.
+_RUNNING_PROP_IFACE = {name: iface for iface, name in _RUNNING_PROPS}
 #: The start check of a running unit: its PID, and whether systemd restarted it since.
 _STARTED_RUNNING_PROPS = (("Service", "MainPID"), ("Service", "NRestarts"))
 #: States a brief read takes from the row alone: a unit in transition or inactive (the loop counts it).
@@ -453,7 +453,8 @@ class SystemdClient:
             await self._manager("ResetFailedUnit", "s", [unit])
 
     async def unit_state(self, unit: str, brief: bool = False) -> UnitState:
-        """Read one worker unit now; `brief` as for `worker_states` (one call for an inactive unit).
+        """Read one worker unit now; `brief`: a unit in transition or inactive from its row alone (one
+        call), as for `worker_states`.
 
         Like LoadUnit, this loads the unit if needed (an unused instance reads as inactive/dead).
         """
@@ -491,7 +492,7 @@ class SystemdClient:
         running = active is ActiveState.ACTIVE and sub == "running"
         wanted: tuple[tuple[str, str], ...]
         if running:
-            wanted = running_props or (_BRIEF_RUNNING_PROPS if brief else _RUNNING_PROPS)
+            wanted = running_props if running_props is not None else _RUNNING_PROPS
         elif brief and active in _ROW_ONLY and sub != "auto-restart":
             wanted = ()
         else:
@@ -509,19 +510,22 @@ class SystemdClient:
             exec_main_code=int(props.get("ExecMainCode", 0)), exec_main_status=int(props.get("ExecMainStatus", 0)),
         )
 
-    async def worker_states(self, brief: bool = False) -> list[UnitState]:
+    async def worker_states(self, brief: Sequence[str] | None = None) -> list[UnitState]:
         """Every loaded worker unit dqagent manages, by instance number.
 
         One ListUnitsByPatterns, then a few single-property reads per unit (much cheaper for systemd
-        than GetAll), under the client's bound on calls in flight. `brief` (the loop's ticks and
-        adoption, every second with hundreds of units) reads only MainPID and ActiveEnterTimestamp of
-        a running unit (NRestarts -1: not read) and nothing more than the row of a unit in transition
-        or inactive (activating, deactivating, inactive; not a crashed one in RestartSec); crashed
-        and failed units are read in full, as without `brief`.
+        than GetAll), under the client's bound on calls in flight. `brief` (the loop's ticks, its
+        adoption, `scale-up`; every second with hundreds of units) names the only properties read of
+        a running unit, among MainPID, ActiveEnterTimestamp, NRestarts, Result (those not read are
+        0, 0, -1 and "success", which systemd sets at every start), and a unit in transition or
+        inactive (activating, deactivating, inactive; not a crashed one in RestartSec) is read from
+        its row alone; crashed and failed units are read in full, as without `brief`.
         """
         (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], [WORKER_PATTERN]])
         wanted = [r for r in rows if worker_instance(str(r[0])) is not None]
-        states = await asyncio.gather(*(self._from_row(r, brief) for r in wanted), return_exceptions=True)
+        props = None if brief is None else tuple((_RUNNING_PROP_IFACE[name], name) for name in brief)
+        states = await asyncio.gather(*(self._from_row(r, brief is not None, props) for r in wanted),
+                                      return_exceptions=True)
         out: list[UnitState] = []
         for state in states:
             if isinstance(state, UnitState):

@@ -77,7 +77,7 @@ class FakeUnits:
         return UnitState(worker_unit(n), n, u.active, u.sub, u.pid, u.active_enter_us, u.n_restarts, u.result,
                          bool(u.job), u.job, 7 if u.job else 0)
 
-    async def worker_states(self, brief: bool = False) -> list[UnitState]:
+    async def worker_states(self, brief: Sequence[str] | None = None) -> list[UnitState]:
         """`brief` reads of the real client omit figures the loop does not use: every figure here is exact."""
         return [self._state(n, u) for n, u in sorted(self.units.items())]
 

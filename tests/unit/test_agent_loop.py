@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import pytest
@@ -422,7 +422,7 @@ def test_systemd_not_answering_a_tick_is_a_timeout_not_a_refusal(caplog: pytest.
     reads = 0
     read = units.worker_states
 
-    async def busy_systemd(brief: bool = False) -> list[UnitState]:
+    async def busy_systemd(brief: Sequence[str] | None = None) -> list[UnitState]:
         nonlocal reads
         reads += 1
         if reads in (2, 3):  # the first read is the adoption; then two ticks time out
