@@ -167,6 +167,8 @@ DEFAULT_MAX_PENDING_CALLS = 48
 JOB_RECHECK_S = 15.0
 BUS_DRIVER = "org.freedesktop.DBus"
 _NO_REPLY = "org.freedesktop.DBus.Error.NoReply"
+#: Calls that only read, safe to send again when systemd left the bus before answering (daemon-reexec).
+_READS = frozenset({"Get", "ListUnitsByPatterns", "ListUnitsByNames", "ListJobs", "LoadUnit"})
 _ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 #: Unit properties read besides ListUnitsByPatterns' row: for a running unit only the first four
 #: (systemd resets Result and ExecMain* when it starts a unit), for any other unit all six.
@@ -361,6 +363,27 @@ class SystemdClient:
 
     async def _call(self, destination: str, path: str, interface: str, member: str,
                     signature: str, body: list[Any]) -> list[Any]:
+        """One call; a read that systemd dropped by leaving the bus (daemon-reexec: the bus answers
+        NoReply, "disconnected without replying") is sent once more when systemd is back."""
+        owner = self._systemd_owner
+        try:
+            return await self._call_once(destination, path, interface, member, signature, body)
+        except SystemdError as exc:
+            if (destination != SYSTEMD or member not in _READS or exc.name != _NO_REPLY
+                    or isinstance(exc, SystemdTimeoutError)):
+                raise
+            # Back under a new unique name (NameOwnerChanged), or this NoReply was something else.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeout_s
+            while self._systemd_owner in ("", owner):
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
+            log.debug("%s dropped by systemd leaving the bus (%s); sending it again", member, exc.text)
+            return await self._call_once(destination, path, interface, member, signature, body)
+
+    async def _call_once(self, destination: str, path: str, interface: str, member: str,
+                         signature: str, body: list[Any]) -> list[Any]:
         bus = self._require()
         msg = Message(destination=destination, path=path, interface=interface, member=member,
                       signature=signature, body=body)
