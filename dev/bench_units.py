@@ -34,6 +34,11 @@ ENV = "/etc/dqagent/dqagent.env"
 
 
 def timed(c: Container, cmd: list[str], timeout: float = 1800) -> float:
+    return timed_run(c, cmd, timeout)[0]
+
+
+def timed_run(c: Container, cmd: list[str], timeout: float = 1800) -> tuple[float, str]:
+    """Seconds the command took, and its stdout."""
     t0 = time.monotonic()
     done = c.run(cmd, timeout=timeout, check=False)
     elapsed = time.monotonic() - t0
@@ -42,7 +47,7 @@ def timed(c: Container, cmd: list[str], timeout: float = 1800) -> float:
         # counted, reported, not fatal.
         print(f"  note: {' '.join(cmd[:4])} ... exited {done.returncode}: "
               f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}", file=sys.stderr)
-    return elapsed
+    return elapsed, done.stdout
 
 
 def settle(c: Container, n: int) -> None:
@@ -78,8 +83,14 @@ def agent_loop(c: Container, redis: RedisServer, n: int) -> tuple[float, float]:
     since = container_now(c)
     set_backlog(redis, n)
     wait_until(f"agent reached {n}", lambda: len(running_workers(c)) == n, timeout=900, interval=1)
-    wait_until("all starts logged", lambda: len(journal(c, "dqagent", "DQAGENT_EVENT=worker_started",
-                                                         "--since", since)) >= n, timeout=60, interval=0.5)
+    # Every start checked: started, or failed (a rare start fails at the bench's cgroup v1 setup; then
+    # systemd's Restart= or the agent's next start brings the unit up without a second started line).
+    wait_until("all starts checked", lambda: sum(len(journal(c, "dqagent", f"DQAGENT_EVENT={e}", "--since", since))
+                                                 for e in ("worker_started", "worker_failed")) >= n,
+               timeout=60, interval=0.5)
+    failed = len(journal(c, "dqagent", "DQAGENT_EVENT=worker_failed", "--since", since))
+    if failed:
+        print(f"  agent loop at N={n}: {failed} start(s) failed their check (counted, not fatal)", file=sys.stderr)
     up = journal_span(c, since, "scale_up", "worker_started")
     since = container_now(c)
     set_backlog(redis, 0)
@@ -115,8 +126,8 @@ def main() -> int:
     parser.add_argument("--sizes", default="50,200,500", help="instance counts (default 50,200,500)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure; the median is shown")
     parser.add_argument("--adopt", type=int, default=1000, help="units to adopt (0 skips)")
-    parser.add_argument("--loop-sizes", default="50,200",
-                        help="instance counts also measured through the agent's own loop (default 50,200)")
+    parser.add_argument("--loop-sizes", default="50,200,500",
+                        help="instance counts also measured through the agent's own loop (default 50,200,500)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",") if x]
     loop_sizes = {int(x) for x in args.loop_sizes.split(",") if x}
@@ -143,9 +154,11 @@ def main() -> int:
                         settle(c, n)
                         figures["sc_down"].append(timed(c, ["bash", "-c", f"systemctl stop {units(n)}"]))
                     else:
-                        figures["dq_up"].append(timed(c, [DQAGENT, "--env-file", ENV, "scale-up",
-                                                          "--processes", str(n)]))
-                        settle(c, n)
+                        took, out = timed_run(c, [DQAGENT, "--env-file", ENV, "scale-up", "--processes", str(n)])
+                        figures["dq_up"].append(took)
+                        # A start that failed its check (the bench's rare 219/CGROUP) is stopped by
+                        # dqagent (its crash-loop rule): the rest must run.
+                        settle(c, n - out.count(": failed ("))
                         figures["dq_down"].append(timed(c, [DQAGENT, "--env-file", ENV, "scale-down",
                                                             "--processes", str(n)]))
                     clean(c)
@@ -154,7 +167,7 @@ def main() -> int:
                         up, down = agent_loop(c, redis, n)
                     except AssertionError as exc:  # reported with the agent's last lines, not fatal
                         print(f"  agent loop at N={n}: {exc}", file=sys.stderr)
-                        print(c.run(["journalctl", "-u", "dqagent", "-n", "30", "--no-pager"]).stdout,
+                        print(c.run(["journalctl", "-u", "dqagent", "-p", "warning", "-n", "30", "--no-pager"]).stdout,
                               file=sys.stderr)
                         c.systemctl("stop", "dqagent", check=False)
                     else:

@@ -22,20 +22,28 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dqagent import __version__
 from dqagent.config import Settings
 from dqagent.demand import Demand, DemandProbe, QueueDemand
-from dqagent.errors import EXIT_OK, EXIT_UNAVAILABLE, BrokerError, BusConnectionError, ConfigError, SystemdError
+from dqagent.errors import (
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    BrokerError,
+    BusConnectionError,
+    ConfigError,
+    SystemdError,
+    SystemdTimeoutError,
+)
 from dqagent.fleetstore import FleetCoordinator
-from dqagent.jobs import JobTable, UnitManager
+from dqagent.jobs import JobTable, ScaleReport, UnitManager, restart_baseline, scale_by, stop_timeout_s
 from dqagent.logs import event
 from dqagent.notify import Notifier
 from dqagent.policies import Decision, Observation, Policy, read_interval_s
 from dqagent.pressure import HostGuard, MemoryReader
-from dqagent.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
+from dqagent.reconciler import Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
 from dqagent.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts, action_reason
@@ -51,55 +59,6 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between retries of a failing Redis.
 MAX_BACKOFF_S = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleReport:
-    """What a manual `scale-up`/`scale-down` did, one line per unit."""
-
-    current: int
-    wanted: int
-    target: int
-    lines: tuple[str, ...]
-    failed: int
-    #: Some failure was polkit (or the bus) refusing the caller, not the unit failing.
-    refused: bool = False
-
-    @property
-    def clamped(self) -> bool:
-        return self.target != self.wanted
-
-
-async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleReport:
-    """Add (or remove, delta < 0) workers now, within [MIN, MAX]; the agent continues from there.
-
-    Counts and picks units by the reconciler's rules: the pool is running + coming, and a scale-down
-    stops only settled units (never one with an operator's job). Waits for every job it issues.
-    """
-    states = await units.worker_states()
-    current = census(states, {}).pool
-    wanted = current + delta
-    target = settings.clamp(wanted)
-    plan = reconcile(states, target, min_processes=settings.min_processes, max_processes=settings.max_processes,
-                     in_flight={}, backoff=Backoff(), now_s=0.0)
-    jobs = JobTable(units, Reporter())
-    jobs.start(plan.start, plan.reset, settings.process_startup_delay_s, restart_baseline(states, plan),
-               stop_timeout_s(settings))
-    jobs.stop(plan.stop, stop_timeout_s(settings))
-    await jobs.wait()
-    failures = [o for o in jobs.outcomes if not o.ok]
-    return ScaleReport(current, wanted, target, tuple(o.line for o in jobs.outcomes), len(failures),
-                       refused=any(o.refused for o in failures))
-
-
-def restart_baseline(states: Sequence[UnitState], plan: Plan) -> dict[int, int]:
-    """NRestarts of each unit about to be started (0 after a reset): more at the check means a crash."""
-    return {s.instance: s.n_restarts for s in states if s.instance in plan.start and s.instance not in plan.reset}
-
-
-def stop_timeout_s(settings: Settings) -> float:
-    """How long to wait for a stop job: systemd's own SIGKILL comes at GRACEFUL_SHUTDOWN_TIMEOUT."""
-    return settings.graceful_shutdown_timeout_s + 60
 
 
 def breakdown(demand: Demand) -> str:
@@ -185,12 +144,16 @@ class Agent:
                     await self._reload()
                 try:
                     delay = await self._guard(self.tick(), self._tick_budget_s())
+                except SystemdTimeoutError as exc:  # busy or hung: transient, back off
+                    delay = self.s.tick_interval_s()
+                    self.reporter.systemd_timeout(exc.text, delay)
+                    self._systemd_failed()
                 except SystemdError as exc:  # refused or failed request: transient, back off
                     delay = self.s.tick_interval_s()
                     self.reporter.systemd_refused(exc.name, str(exc), delay)
-                    self.counters.source_error(Source.SYSTEMD)
-                    if self.latest is not None:
-                        self._publish(replace(self.latest, counters=self._frozen_counters()))
+                    self._systemd_failed()
+                else:
+                    self.reporter.systemd_ok()
                 self._progress_deadline = self.clock() + delay + self._tick_budget_s()
                 await self._pause(delay, bus_lost)
         except (BusConnectionError, SystemdError) as exc:  # SystemdError here: before the loop ran
@@ -264,7 +227,7 @@ class Agent:
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach the start target."""
-        states = await self.units.worker_states()
+        states = await self.units.worker_states(brief=("MainPID",))
         running = [s for s in states if s.running]
         for s in running:
             log.info("adopted %s (pid %d)", s.unit, s.main_pid,
@@ -297,7 +260,7 @@ class Agent:
         self.reporter.note_ages(demand)
         if demand.orphaned:
             await self._recover(demand)
-        states = await self.units.worker_states()
+        states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
         now_us = self.wallclock() * 1e6
         self.reporter.note_units(states, self.jobs.in_flight, now_us, self.s.process_startup_delay_s)
         counted = census(states, self.jobs.in_flight)
@@ -403,6 +366,12 @@ class Agent:
         return retry
 
     # -- metrics (issue 12) -----------------------------------------------------------------------
+
+    def _systemd_failed(self) -> None:
+        """A tick that systemd refused or did not answer: counted, and the snapshot's counters refreshed."""
+        self.counters.source_error(Source.SYSTEMD)
+        if self.latest is not None:
+            self._publish(replace(self.latest, counters=self._frozen_counters()))
 
     def _frozen_counters(self) -> Counters:
         return self.counters.frozen(self.reporter.start_failures, self.reporter.oom_kills)

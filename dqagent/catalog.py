@@ -188,6 +188,16 @@ ENTRIES: tuple[Entry, ...] = (
           "A worker went past its memory limit (WORKER_MEMORY_MAX or the pool's POOL_MEMORY_MAX) and systemd "
           "reports Result=oom-kill. Its running and prefetched messages return to the queue through Dramatiq's "
           "orphan recovery (at-least-once). Raise the limit, or find the task that needs so much memory."),
+
+    # -- systemd not answering (issue 10) ---------------------------------------------------------------
+    Entry("systemd_timeout", "9cf1aa9b9767410989507973bdbb514c", "systemd did not answer dqagent in time",
+          "A D-Bus call to systemd got no answer within DBUS_TIMEOUT: systemd is busy (a daemon-reload or "
+          "re-exec, thousands of jobs) or hung. The agent keeps the current workers, tries again at the next "
+          "check and logs systemd_ok when it answers. If it lasts, look at systemd itself (journalctl -b -u "
+          "init.scope, systemctl list-jobs)."),
+    Entry("systemd_ok", "a0238a858fc146058a7382bf81d19c9c", "systemd answers dqagent again",
+          "systemd answers again after a refusal or a timeout logged before; the agent scales as usual. "
+          "Nothing to do."),
 )
 
 #: Entries by event name.

@@ -8,18 +8,14 @@ refused before writing anything).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dqagent import __version__, sources
-from dqagent.config import Settings
 from dqagent.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -31,6 +27,19 @@ from dqagent.errors import (
     ConfigError,
     SystemdError,
 )
+
+if TYPE_CHECKING:
+    import logging
+
+    from dqagent.config import Settings
+
+# Imports are per command, inside the functions below: `worker-exec` runs at every worker start
+# (before the worker's own imports, while its siblings start too) and `scale-up` is timed against
+# `systemctl start`, so neither pays for asyncio, Redis, Dramatiq or the simulator it does not use.
+
+#: Commands whose arguments never need the simulator's parser (it imports the simulator).
+_NO_SIMULATOR = frozenset({"start", "status", "scale-up", "scale-down", "worker-exec", "check", "reload",
+                           "install", "uninstall"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +59,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(simulator: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; `simulator=False` leaves out `simulate` (whose parser imports the simulator)."""
     parser = _Parser(prog="dqagent", description="Keeps the right number of Dramatiq workers running as "
                      "dramatiq-worker@N.service units, from the backlog in the Dramatiq Redis broker.")
     parser.add_argument("--version", action="version", version=f"dqagent {__version__}")
@@ -87,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     uninst = sub.add_parser("uninstall", help="stop everything and remove what install added (root)")
     uninst.add_argument("--purge", action="store_true", help="also remove /etc/dqagent")
 
+    if not simulator:
+        return parser
     try:
         sim_cli = importlib.import_module("dqagent.sim.cli")
     except ImportError:  # the simulator is optional (plots need the `plot` extra)
@@ -101,8 +113,21 @@ def _load(args: argparse.Namespace) -> sources.Loaded:
     return sources.load(args.env_file, command=args.command)
 
 
+def needs_simulator(argv: Sequence[str]) -> bool:
+    """Whether parsing `argv` may need `simulate`'s parser: yes unless another command is named
+    (and no help is asked for, which lists every command)."""
+    if "simulate" in argv or "-h" in argv or "--help" in argv:
+        return True
+    return not any(arg in _NO_SIMULATOR for arg in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["worker-exec"] or (len(argv) == 3 and argv[0] == "--env-file" and argv[2] == "worker-exec"):
+        # The worker unit's own ExecStart, run at every worker start: no parser to build for it.
+        args = argparse.Namespace(command="worker-exec", env_file=Path(argv[1]) if len(argv) == 3 else None)
+    else:
+        args = build_parser(simulator=needs_simulator(argv)).parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -124,11 +149,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _worker_exec(args)
     if command == "reload":
         return _reload(args)
-    if command == "start":
-        return asyncio.run(_start(args))
-    if command == "status":
-        return asyncio.run(_status(args))
-    if command in ("scale-up", "scale-down"):
+    if command in ("start", "status", "scale-up", "scale-down"):
+        import asyncio
+
+        if command == "start":
+            return asyncio.run(_start(args))
+        if command == "status":
+            return asyncio.run(_status(args))
         return asyncio.run(_scale(args, up=command == "scale-up"))
     if command in ("install", "uninstall"):
         from dqagent.install import install, uninstall
@@ -171,6 +198,9 @@ def _worker_exec(args: argparse.Namespace) -> int:
 
 
 async def _start(args: argparse.Namespace) -> int:
+    import functools
+    import logging
+
     from dqagent import logs
     from dqagent.agent import Agent
     from dqagent.demand import RedisDemandProbe
@@ -236,7 +266,7 @@ async def _warn_template_timeout(s: Settings, log: logging.Logger) -> None:
 
 
 async def _scale(args: argparse.Namespace, up: bool) -> int:
-    from dqagent.agent import scale_by
+    from dqagent.jobs import scale_by
     from dqagent.systemd import SystemdClient
 
     s = _load(args).settings

@@ -19,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from dqagent.config import Settings
 from dqagent.errors import BusConnectionError, DqAgentError, SystemdError
 from dqagent.logs import event
-from dqagent.reconciler import Backoff, Intent
+from dqagent.reconciler import Backoff, Intent, Plan, census, reconcile
 from dqagent.reporter import Reporter
-from dqagent.systemd import JobOutcome, UnitState, refused_by_polkit, worker_unit
+from dqagent.systemd import ActiveState, JobOutcome, UnitState, refused_by_polkit, worker_unit
+
+__all__ = ["JobTable", "Outcome", "ScaleReport", "UnitManager", "restart_baseline", "scale_by", "stop_timeout_s"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,9 @@ log = logging.getLogger(__name__)
 class UnitManager(Protocol):
     """What the agent needs from `dqagent.systemd.SystemdClient` (a fake implements it in unit tests)."""
 
-    async def worker_states(self) -> list[UnitState]: ...
-    async def unit_state(self, unit: str) -> UnitState: ...
+    async def worker_states(self, brief: Sequence[str] | None = ...) -> list[UnitState]: ...
+    async def unit_state(self, unit: str, brief: bool = ...) -> UnitState: ...
+    async def started_states(self, units: Sequence[str]) -> list[UnitState]: ...
     async def start_units(self, units: Sequence[str], timeout_s: float = ...) -> list[JobOutcome]: ...
     async def stop_units(self, units: Sequence[str], timeout_s: float = ...) -> list[JobOutcome]: ...
     async def reset_failed(self, unit: str) -> None: ...
@@ -57,6 +61,98 @@ class Outcome:
     refused: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ScaleReport:
+    """What a manual `scale-up`/`scale-down` did, one line per unit."""
+
+    current: int
+    wanted: int
+    target: int
+    lines: tuple[str, ...]
+    failed: int
+    #: Some failure was polkit (or the bus) refusing the caller, not the unit failing.
+    refused: bool = False
+
+    @property
+    def clamped(self) -> bool:
+        return self.target != self.wanted
+
+
+async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleReport:
+    """Add (or remove, delta < 0) workers now, within [MIN, MAX]; the agent continues from there.
+
+    Counts and picks units by the reconciler's rules: the pool is running + coming, and a scale-down
+    stops only settled units (never one with an operator's job). Waits for every job it issues.
+    """
+    states = await units.worker_states(brief=())  # counting needs the rows only; the checks read again
+    current = census(states, {}).pool
+    wanted = current + delta
+    target = settings.clamp(wanted)
+    plan = reconcile(states, target, min_processes=settings.min_processes, max_processes=settings.max_processes,
+                     in_flight={}, backoff=Backoff(), now_s=0.0)
+    jobs = JobTable(units, Reporter())
+    jobs.start(plan.start, plan.reset, settings.process_startup_delay_s, restart_baseline(states, plan),
+               stop_timeout_s(settings))
+    jobs.stop(plan.stop, stop_timeout_s(settings))
+    await jobs.wait()
+    failures = [o for o in jobs.outcomes if not o.ok]
+    # In the plan's order (starts lowest first, stops highest first): the checks end in any order.
+    rank = {worker_unit(n): i for i, n in enumerate((*plan.start, *plan.stop))}
+    ordered = sorted(jobs.outcomes, key=lambda o: rank.get(o.unit, len(rank)))
+    return ScaleReport(current, wanted, target, tuple(o.line for o in ordered), len(failures),
+                       refused=any(o.refused for o in failures))
+
+
+def restart_baseline(states: Sequence[UnitState], plan: Plan) -> dict[int, int]:
+    """NRestarts of each unit about to be started (0 after a reset): more at the check means a crash.
+
+    Not read (-1, a brief read of an inactive unit) counts as 0: systemd flushes NRestarts when it
+    starts a unit that ended without an automatic restart (service.c, `flush_n_restarts`).
+    """
+    return {s.instance: max(s.n_restarts, 0) for s in states
+            if s.instance in plan.start and s.instance not in plan.reset}
+
+
+def stop_timeout_s(settings: Settings) -> float:
+    """How long to wait for a stop job: systemd's own SIGKILL comes at GRACEFUL_SHUTDOWN_TIMEOUT."""
+    return settings.graceful_shutdown_timeout_s + 60
+
+
+
+class _Batched:
+    """Reads of just-started units, batched: the units whose jobs end while a read is under way are
+    read together by the next one (one ListUnitsByNames each), so 500 start checks cost systemd a
+    few dozen listings rather than 500, with no timer added to any check."""
+
+    def __init__(self, read: Callable[[Sequence[str]], Awaitable[list[UnitState]]]) -> None:
+        self._read = read
+        self._waiting: dict[str, list[asyncio.Future[UnitState]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def read(self, unit: str) -> UnitState:
+        future: asyncio.Future[UnitState] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(unit, []).append(future)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, {}
+            try:
+                states = await self._read(list(batch))
+            except Exception as exc:  # handed to each caller, who reports it
+                for futures in batch.values():
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(exc)
+                continue
+            for state, futures in zip(states, batch.values(), strict=True):
+                for f in futures:
+                    if not f.done():
+                        f.set_result(state)
+
+
 class JobTable:
     """The agent's jobs in flight, by instance number; outcomes accumulate in `outcomes`."""
 
@@ -69,6 +165,7 @@ class JobTable:
         self._tasks: dict[asyncio.Task[None], Intent] = {}
         self.backoff = Backoff()
         self.outcomes: list[Outcome] = []
+        self._checker = _Batched(units.started_states)
 
     @property
     def in_flight(self) -> Mapping[int, Intent]:
@@ -123,35 +220,43 @@ class JobTable:
 
     async def _start(self, numbers: tuple[int, ...], reset: frozenset[int], delay_s: float,
                      baseline: dict[int, int], stop_timeout_s: float) -> None:
-        names = {n: worker_unit(n) for n in numbers}
-        results: dict[int, str] = {}
-        try:
-            for n in numbers:
-                if n in reset:
-                    try:
-                        await self._units.reset_failed(names[n])
-                    except SystemdError as exc:
-                        results[n] = f"error: {exc.name}"
-            asked = [n for n in numbers if n not in results]
-            for n, outcome in zip(asked, await self._units.start_units([names[n] for n in asked]), strict=True):
-                results[n] = outcome.result
-            if delay_s > 0 and any(r == "done" for r in results.values()):
-                await asyncio.sleep(delay_s)
-            after = {s.instance: s for s in await self._units.worker_states()}
-            failed = [self._judge(n, names[n], results[n], after.get(n), baseline.get(n, 0), stop_timeout_s)
-                      for n in numbers]
-        except (BusConnectionError, SystemdError) as exc:
-            log.warning("start of %s not confirmed: %s", ", ".join(names.values()), exc,
-                        extra=event("start_unconfirmed", error=str(exc)))
+        """Each unit is checked as soon as its own job ends (as `systemctl start` returns per job), so
+        the checks of early units overlap the later starts instead of all following the last one."""
+        ends = await asyncio.gather(*(self._start_one(n, n in reset, delay_s, baseline.get(n, 0), stop_timeout_s)
+                                      for n in numbers))
+        lost = [(n, end) for n, end in zip(numbers, ends, strict=True) if isinstance(end, DqAgentError)]
+        if lost:
+            log.warning("start of %s not confirmed: %s", ", ".join(worker_unit(n) for n, _ in lost), lost[0][1],
+                        extra=event("start_unconfirmed", error=str(lost[0][1])))
             return
-        finally:
-            for n in numbers:
-                if self._flight.get(n) is Intent.START:
-                    del self._flight[n]
-        if any(failed):
-            self._failed(f"{sum(failed)} failed start(s)")
+        if any(ends):
+            self._failed(f"{sum(1 for end in ends if end is True)} failed start(s)")
         else:
             self.backoff = self.backoff.after_success(self._clock())
+
+    async def _start_one(self, n: int, reset: bool, delay_s: float, baseline: int,
+                         stop_timeout_s: float) -> bool | DqAgentError:
+        """Start one unit and check it: True if it failed its check, the error if systemd was lost."""
+        unit = worker_unit(n)
+        try:
+            result = ""
+            if reset:
+                try:
+                    await self._units.reset_failed(unit)
+                except SystemdError as exc:
+                    result = f"error: {exc.name}"
+            if not result:
+                (outcome,) = await self._units.start_units([unit])
+                result = outcome.result
+            if delay_s > 0 and result == "done":
+                await asyncio.sleep(delay_s)
+            state = await self._checker.read(unit)
+            return self._judge(n, unit, result, state, baseline, stop_timeout_s)
+        except (BusConnectionError, SystemdError) as exc:
+            return exc
+        finally:
+            if self._flight.get(n) is Intent.START:
+                del self._flight[n]
 
     def _failed(self, why: str) -> None:
         self.backoff = self.backoff.after_failure(self._clock())
@@ -159,7 +264,7 @@ class JobTable:
         log.warning("backing off starts for %.0fs after %s", wait_s, why,
                     extra=event("start_backoff", backoff_s=round(wait_s), failures=self.backoff.failures))
 
-    def _judge(self, n: int, unit: str, result: str, state: UnitState | None, baseline: int,
+    def _judge(self, n: int, unit: str, result: str, state: UnitState, baseline: int,
                stop_timeout_s: float) -> bool:
         """Log and record one started unit; True if it failed its check."""
         if result == "done" and state is not None and state.running and state.n_restarts <= baseline:
@@ -168,9 +273,12 @@ class JobTable:
             self.outcomes.append(Outcome(unit, Intent.START, True, f"{unit}: started (pid {state.main_pid})"))
             self._reporter.start_ok(unit)
             return False
-        if state is None or result != "done":
-            # Vanished (exited and garbage-collected) or refused: the job result says why.
-            reason, detail = (result if result != "done" else "exited"), f"job {result}, unit gone"
+        if result != "done":
+            # Refused, or the job itself failed: its result says why.
+            reason, detail = result, f"job {result}"
+        elif state.active_state is ActiveState.INACTIVE and not state.has_job:
+            # Exited (and maybe garbage-collected: read back as a fresh inactive unit).
+            reason, detail = "exited", f"job {result}, then inactive/{state.sub_state}"
         else:
             reason = (state.result if state.result != "success" else "restarted by systemd"
                       if state.n_restarts > baseline else f"{state.active_state}/{state.sub_state}")
@@ -180,7 +288,7 @@ class JobTable:
                                     n_restarts=state.n_restarts if state else 0)
         self.outcomes.append(Outcome(unit, Intent.START, False, f"{unit}: failed ({detail})",
                                      refused=refused_by_polkit(result)))
-        if state is not None and state.active_state not in ("failed", "inactive") and not state.job_type:
+        if state.active_state not in ("failed", "inactive") and not state.job_type:
             # Hold the backoff: systemd's own Restart= would otherwise retry it every RestartSec.
             self.stop([n], stop_timeout_s, quiet=True)
         return True
@@ -197,7 +305,7 @@ class JobTable:
                 self.outcomes.append(Outcome(unit, Intent.STOP, False, f"{unit}: stop failed ({outcome.result})",
                                              refused=refused_by_polkit(outcome.result)))
                 return
-            state = await self._units.unit_state(unit)
+            state = await self._units.unit_state(unit, brief=True)  # one call unless it failed
             if state.active_state == "failed":
                 # Ours to clear: a unit we stopped must not stay listed as failed.
                 await self._units.reset_failed(unit)

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # a type only: the reporter does not pull in redis
 
 log = logging.getLogger(__name__)
 
+#: `systemd_error` while systemd does not answer (a timeout, not a D-Bus error name).
+SYSTEMD_TIMEOUT = "timeout"
 #: Failing units named in STATUS= before "and N more".
 STATUS_UNITS = 3
 
@@ -187,3 +189,17 @@ class Reporter:
                       extra=event("systemd_error", error=name))
             self.systemd_error = name
         self._status(f"systemd refused a request ({name}), retry in {retry_s:g}s")
+
+    def systemd_timeout(self, text: str, retry_s: float) -> None:
+        """A tick's D-Bus call got no answer within DBUS_TIMEOUT (systemd busy or hung), not a refusal."""
+        if self.systemd_error != SYSTEMD_TIMEOUT:
+            log.warning("systemd did not answer in time, keeping the current workers: %s", text,
+                        extra=event("systemd_timeout", error=text))
+            self.systemd_error = SYSTEMD_TIMEOUT
+        self._status(f"systemd not answering ({text[:80]}), retry in {retry_s:g}s")
+
+    def systemd_ok(self) -> None:
+        """A tick read systemd again: the refusal or timeout logged before is over (logged once)."""
+        if self.systemd_error:
+            log.info("systemd answering again", extra=event("systemd_ok", error=self.systemd_error))
+        self.systemd_error = ""

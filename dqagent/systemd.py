@@ -95,10 +95,14 @@ class UnitState:
     instance: int
     active_state: ActiveState
     sub_state: str
+    #: The main process, 0 if none (or not read: a brief read, see `worker_states`).
     main_pid: int
-    #: Realtime microseconds since the epoch when the unit last entered `active`, 0 if never.
+    #: Realtime microseconds since the epoch when the unit last entered `active`, 0 if never (or not read).
     active_enter_us: int
+    #: How often systemd's Restart= restarted it; -1 when not read (a brief read).
     n_restarts: int
+    #: systemd's Result ("success", "exit-code", ...); "" when not read (a brief read of a unit in
+    #: transition or inactive).
     result: str
     #: True while a job (start/stop/restart) is queued for the unit.
     has_job: bool
@@ -163,12 +167,21 @@ DEFAULT_MAX_PENDING_CALLS = 48
 JOB_RECHECK_S = 15.0
 BUS_DRIVER = "org.freedesktop.DBus"
 _NO_REPLY = "org.freedesktop.DBus.Error.NoReply"
+#: Calls that only read, safe to send again when systemd left the bus before answering (daemon-reexec).
+_READS = frozenset({"Get", "ListUnitsByPatterns", "ListUnitsByNames", "ListJobs", "LoadUnit"})
 _ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 #: Unit properties read besides ListUnitsByPatterns' row: for a running unit only the first four
 #: (systemd resets Result and ExecMain* when it starts a unit), for any other unit all six.
 _RUNNING_PROPS = (("Service", "MainPID"), ("Unit", "ActiveEnterTimestamp"), ("Service", "NRestarts"),
                   ("Service", "Result"))
 _EXIT_PROPS = (("Service", "ExecMainCode"), ("Service", "ExecMainStatus"))
+#: The interface of each property a brief read may ask of a running unit.
+_RUNNING_PROP_IFACE = {name: iface for iface, name in _RUNNING_PROPS}
+#: The start check of a running unit: its PID, and whether systemd restarted it since.
+_STARTED_RUNNING_PROPS = (("Service", "MainPID"), ("Service", "NRestarts"))
+#: States a brief read takes from the row alone: a unit in transition or inactive (the loop counts it).
+_ROW_ONLY = frozenset({ActiveState.ACTIVATING, ActiveState.DEACTIVATING, ActiveState.RELOADING,
+                       ActiveState.INACTIVE})
 
 
 @dataclass(slots=True)
@@ -178,6 +191,8 @@ class _Job:
     unit: str
     verb: str
     future: asyncio.Future[str]
+    #: When a ListJobs re-check last saw systemd still holding the job (loop time), -inf if never.
+    listed_at: float = -math.inf
 
 
 class SystemdClient:
@@ -319,6 +334,9 @@ class SystemdClient:
             return
         (rows,) = await self._manager("ListJobs", "", [])
         alive = {str(r[4]) for r in rows}
+        now = asyncio.get_running_loop().time()
+        for job in alive & self._jobs.keys():
+            self._jobs[job].listed_at = now
         gone = {job: p for job, p in self._jobs.items() if job not in alive and not p.future.done()}
         if not gone:
             return
@@ -345,6 +363,27 @@ class SystemdClient:
 
     async def _call(self, destination: str, path: str, interface: str, member: str,
                     signature: str, body: list[Any]) -> list[Any]:
+        """One call; a read that systemd dropped by leaving the bus (daemon-reexec: the bus answers
+        NoReply, "disconnected without replying") is sent once more when systemd is back."""
+        owner = self._systemd_owner
+        try:
+            return await self._call_once(destination, path, interface, member, signature, body)
+        except SystemdError as exc:
+            if (destination != SYSTEMD or member not in _READS or exc.name != _NO_REPLY
+                    or isinstance(exc, SystemdTimeoutError)):
+                raise
+            # Back under a new unique name (NameOwnerChanged), or this NoReply was something else.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeout_s
+            while self._systemd_owner in ("", owner):
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
+            log.debug("%s dropped by systemd leaving the bus (%s); sending it again", member, exc.text)
+            return await self._call_once(destination, path, interface, member, signature, body)
+
+    async def _call_once(self, destination: str, path: str, interface: str, member: str,
+                         signature: str, body: list[Any]) -> list[Any]:
         bus = self._require()
         msg = Message(destination=destination, path=path, interface=interface, member=member,
                       signature=signature, body=body)
@@ -376,21 +415,28 @@ class SystemdClient:
         return value.value if isinstance(value, Variant) else value
 
     async def _await_job(self, job: str, unit: str, verb: str, timeout_s: float) -> str:
-        """The job's result from JobRemoved; re-checked every JOB_RECHECK_S in case a signal was lost."""
+        """The job's result from JobRemoved; re-checked every JOB_RECHECK_S in case a signal was lost.
+
+        A job systemd still lists is awaited as long as it lists it, as `systemctl start` does: 500
+        starts queued at once end over minutes, and systemd's own TimeoutStartSec/TimeoutStopSec
+        bound each job once it runs. `timeout_s` bounds the wait since systemd last confirmed the
+        job (its ListJobs), so a systemd that stops answering still ends the wait.
+        """
         if job in self._early:
             return self._early.pop(job)
         loop = asyncio.get_running_loop()
         pending = _Job(unit, verb, loop.create_future())
         self._jobs[job] = pending
-        deadline = loop.time() + timeout_s
+        began = loop.time()
         try:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
+            while not pending.future.done():
+                remaining = max(began, pending.listed_at) + timeout_s - loop.time()
+                if remaining <= 0:
+                    return "timeout (no JobRemoved)"
+                with contextlib.suppress(TimeoutError):
                     return await asyncio.wait_for(asyncio.shield(pending.future), min(remaining, self._recheck_s))
-                except TimeoutError:
-                    if loop.time() < deadline:
-                        await self._recheck_shared()
-            return "timeout (no JobRemoved)"
+                await self._recheck_shared()
+            return pending.future.result()
         finally:
             self._jobs.pop(job, None)
 
@@ -429,8 +475,9 @@ class SystemdClient:
         with contextlib.suppress(NoSuchUnitError):
             await self._manager("ResetFailedUnit", "s", [unit])
 
-    async def unit_state(self, unit: str, path: str | None = None, job: tuple[int, str] = (0, "")) -> UnitState:
-        """Read one worker unit now (`path` and `job` are accepted for compatibility; the row is re-read).
+    async def unit_state(self, unit: str, brief: bool = False) -> UnitState:
+        """Read one worker unit now; `brief`: a unit in transition or inactive from its row alone (one
+        call), as for `worker_states`.
 
         Like LoadUnit, this loads the unit if needed (an unused instance reads as inactive/dead).
         """
@@ -440,19 +487,43 @@ class SystemdClient:
         row = next((r for r in rows if str(r[0]) == unit), None)
         if row is None:
             raise NoSuchUnitError("org.freedesktop.systemd1.NoSuchUnit", f"unit {unit} is not loaded")
-        return await self._from_row(row)
+        return await self._from_row(row, brief)
 
-    async def _from_row(self, row: Sequence[Any]) -> UnitState:
-        """A UnitState from a ListUnits row plus the few properties the row lacks (see _RUNNING_PROPS)."""
+    async def started_states(self, units: Sequence[str]) -> list[UnitState]:
+        """The units just started, for the start check, in the order given: one ListUnitsByNames for
+        all, then MainPID and NRestarts of a running unit (ActiveEnterTimestamp 0: not read) and
+        everything of any other. Loads a unit if needed (a vanished one reads as inactive/dead)."""
+        if any(worker_instance(u) is None for u in units):
+            raise UnitNameError(f"not dqagent worker units: {units!r}")
+        (rows,) = await self._manager("ListUnitsByNames", "as", [list(units)])
+        by_name = {str(r[0]): r for r in rows}
+        missing = [u for u in units if u not in by_name]
+        if missing:
+            raise NoSuchUnitError("org.freedesktop.systemd1.NoSuchUnit", f"unit {missing[0]} is not loaded")
+        return list(await asyncio.gather(*(self._from_row(by_name[u], running_props=_STARTED_RUNNING_PROPS)
+                                           for u in units)))
+
+    async def _from_row(self, row: Sequence[Any], brief: bool = False,
+                        running_props: tuple[tuple[str, str], ...] | None = None) -> UnitState:
+        """A UnitState from a ListUnits row plus the few properties the row lacks (see _RUNNING_PROPS);
+        `brief`: fewer of them (see `worker_states`); `running_props`: those of a running unit."""
         # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
         unit, path = str(row[0]), str(row[6])
         instance = worker_instance(unit)
         assert instance is not None
         active, sub = _state(str(row[3])), str(row[4])
         running = active is ActiveState.ACTIVE and sub == "running"
-        wanted = _RUNNING_PROPS if running else _RUNNING_PROPS + _EXIT_PROPS
+        wanted: tuple[tuple[str, str], ...]
+        if running:
+            wanted = running_props if running_props is not None else _RUNNING_PROPS
+        elif brief and active in _ROW_ONLY and sub != "auto-restart":
+            wanted = ()
+        else:
+            wanted = _RUNNING_PROPS + _EXIT_PROPS
         values = await asyncio.gather(*(self._get(path, iface, name) for iface, name in wanted))
-        props = dict(zip((name for _, name in wanted), values, strict=True))
+        # Not read: systemd resets Result to success at every start; NRestarts reads as -1 (unknown).
+        props = {"MainPID": 0, "ActiveEnterTimestamp": 0, "NRestarts": -1, "Result": "success" if running else "",
+                 **dict(zip((name for _, name in wanted), values, strict=True))}
         job_id = int(row[7])
         return UnitState(
             unit=unit, instance=instance, active_state=active, sub_state=sub,
@@ -462,15 +533,22 @@ class SystemdClient:
             exec_main_code=int(props.get("ExecMainCode", 0)), exec_main_status=int(props.get("ExecMainStatus", 0)),
         )
 
-    async def worker_states(self) -> list[UnitState]:
+    async def worker_states(self, brief: Sequence[str] | None = None) -> list[UnitState]:
         """Every loaded worker unit dqagent manages, by instance number.
 
         One ListUnitsByPatterns, then a few single-property reads per unit (much cheaper for systemd
-        than GetAll), under the client's bound on calls in flight.
+        than GetAll), under the client's bound on calls in flight. `brief` (the loop's ticks, its
+        adoption, `scale-up`; every second with hundreds of units) names the only properties read of
+        a running unit, among MainPID, ActiveEnterTimestamp, NRestarts, Result (those not read are
+        0, 0, -1 and "success", which systemd sets at every start), and a unit in transition or
+        inactive (activating, deactivating, inactive; not a crashed one in RestartSec) is read from
+        its row alone; crashed and failed units are read in full, as without `brief`.
         """
         (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], [WORKER_PATTERN]])
         wanted = [r for r in rows if worker_instance(str(r[0])) is not None]
-        states = await asyncio.gather(*(self._from_row(r) for r in wanted), return_exceptions=True)
+        props = None if brief is None else tuple((_RUNNING_PROP_IFACE[name], name) for name in brief)
+        states = await asyncio.gather(*(self._from_row(r, brief is not None, props) for r in wanted),
+                                      return_exceptions=True)
         out: list[UnitState] = []
         for state in states:
             if isinstance(state, UnitState):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from dqagent.errors import SystemdTimeoutError
-from dqagent.systemd import SystemdClient, worker_unit
+from dqagent.systemd import SystemdClient, UnitState, worker_unit
 from tests.bench import Container, RedisServer
 from tests.integration.agentbench import (
     DQAGENT,
@@ -153,6 +153,12 @@ def test_adopts_300_running_units_within_the_watchdog_then_scales_300_10_300(fre
     # (300 x 2.5 < 1000 < 300 x 5); the scaling below is the operator's.
     install(c, redis_server, now=False, MIN_PROCESSES=0, MAX_PROCESSES=400, CHECK_INTERVAL=600,
             PROCESS_STARTUP_DELAY=0, LOG_LEVEL="INFO")
+    # The installed, hardened template, but the workers exec /bin/sleep directly: 590 starts of
+    # `dqagent worker-exec` (its own Python start-up each) are not what this test is about, and
+    # cost it a third of its time on 2 cores (worker-exec is covered by the install tests).
+    c.write("/etc/systemd/system/dramatiq-worker@.service.d/50-test-sleep.conf",
+            "[Service]\nExecStart=\nExecStart=/bin/sleep infinity\n")
+    c.systemctl("daemon-reload")
     set_backlog(redis_server, 1000)
     # Given 300 workers started by the operator (a rare start fails at the bench's cgroup setup and
     # is restarted by Restart=on-failure, hence no check of systemctl's status)
@@ -178,3 +184,38 @@ def test_adopts_300_running_units_within_the_watchdog_then_scales_300_10_300(fre
     wait_until("300 running again", lambda: running_workers(c) == worker_names(300), timeout=60)
     assert c.unit_property("dqagent.service", "ActiveState") == "active"
     assert c.unit_property("dqagent.service", "NRestarts") == "0"
+
+
+def test_brief_reads_leave_out_only_what_was_not_asked_for(bench_workers: Container) -> None:
+    c = bench_workers
+
+    async def reads() -> tuple[list[UnitState], ...]:
+        client = SystemdClient(c.bus_address)
+        await client.connect()
+        try:
+            # Given two running workers and a third one stopped (inactive, still loaded)
+            outcomes = await client.start_units([worker_unit(n) for n in (1, 2, 3)], timeout_s=30)
+            assert [o.result for o in outcomes] == ["done"] * 3
+            await client.stop_units([worker_unit(3)], timeout_s=30)
+            # When they are read in full, briefly (as the loop's checks and its adoption do), and
+            # checked after their start (one ListUnitsByNames for both)
+            return (await client.worker_states(), await client.worker_states(brief=("ActiveEnterTimestamp",)),
+                    await client.worker_states(brief=("MainPID",)),
+                    await client.started_states([worker_unit(2), worker_unit(1)]))
+        finally:
+            client.close()
+
+    full, tick, adopt, started = asyncio.run(reads())
+    pids = main_pids(c, [worker_unit(1), worker_unit(2)])
+    # Then every read agrees on what it read with systemd, and marks what it did not read
+    assert [(s.unit, s.active_state, s.sub_state) for s in full] == [
+        (s.unit, s.active_state, s.sub_state) for s in tick] == [(s.unit, s.active_state, s.sub_state) for s in adopt]
+    running_full, running_tick, running_adopt = ([s for s in r if s.running] for r in (full, tick, adopt))
+    assert [str(s.main_pid) for s in running_full] == [str(s.main_pid) for s in running_adopt] == list(pids.values())
+    assert [s.active_enter_us for s in running_tick] == [s.active_enter_us for s in running_full]
+    assert all(s.active_enter_us > 0 and s.n_restarts == 0 and s.result == "success" for s in running_full)
+    assert all(s.main_pid == 0 and s.n_restarts == -1 and s.result == "success" for s in running_tick)
+    assert all(s.active_enter_us == 0 and s.n_restarts == -1 for s in running_adopt)
+    assert [s.unit for s in started] == [worker_unit(2), worker_unit(1)]
+    assert [str(s.main_pid) for s in started] == [pids[worker_unit(2)], pids[worker_unit(1)]]
+    assert all(s.n_restarts == 0 and s.running for s in started)

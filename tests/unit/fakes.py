@@ -79,13 +79,17 @@ class FakeUnits:
         return UnitState(worker_unit(n), n, u.active, u.sub, u.pid, u.active_enter_us, u.n_restarts, u.result,
                          bool(u.job), u.job, 7 if u.job else 0)
 
-    async def worker_states(self) -> list[UnitState]:
+    async def worker_states(self, brief: Sequence[str] | None = None) -> list[UnitState]:
+        """`brief` reads of the real client omit figures the loop does not use: every figure here is exact."""
         return [self._state(n, u) for n, u in sorted(self.units.items())]
 
-    async def unit_state(self, unit: str) -> UnitState:
+    async def unit_state(self, unit: str, brief: bool = False) -> UnitState:
         n = worker_instance(unit)
         assert n is not None
         return self._state(n, self.units.get(n, FakeUnit(ActiveState.INACTIVE, "dead")))
+
+    async def started_states(self, units: Sequence[str]) -> list[UnitState]:
+        return [await self.unit_state(u) for u in units]
 
     async def start_units(self, units: Sequence[str], timeout_s: float = 90) -> list[JobOutcome]:
         self.calls.append(("start", tuple(units)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import pytest
@@ -16,10 +16,10 @@ import pytest
 from dqagent.agent import Agent, scale_by
 from dqagent.config import parse_settings
 from dqagent.demand import FakeDemandProbe
-from dqagent.errors import BrokerError
+from dqagent.errors import BrokerError, SystemdTimeoutError
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
-from dqagent.systemd import ActiveState
+from dqagent.systemd import ActiveState, UnitState
 from tests.unit.fakes import FakeUnits
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
@@ -439,3 +439,34 @@ def test_target_reads_every_second_at_zero_and_asks_for_a_worker_on_the_first_re
         assert units.calls[-1] == ("start", ("dramatiq-worker@1.service",))
 
     run(scenario)
+
+
+def test_systemd_not_answering_a_tick_is_a_timeout_not_a_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    units = FakeUnits(running=[1])
+    agent = make(units, FakeProbe(ready=1), under_systemd=False)
+    caplog.set_level(logging.INFO)
+    reads = 0
+    read = units.worker_states
+
+    async def busy_systemd(brief: Sequence[str] | None = None) -> list[UnitState]:
+        nonlocal reads
+        reads += 1
+        if reads in (2, 3):  # the first read is the adoption; then two ticks time out
+            raise SystemdTimeoutError("org.freedesktop.DBus.Error.NoReply",
+                                      "systemd did not answer ListUnitsByPatterns within 25s (DBUS_TIMEOUT)")
+        if reads == 5:
+            agent.stop_requested.set()
+        return await read(brief)
+
+    async def no_pause(delay_s: float, bus_lost: object) -> None:
+        await asyncio.sleep(0)
+
+    units.worker_states = busy_systemd  # type: ignore[method-assign]
+    agent._pause = no_pause  # type: ignore[method-assign,assignment]
+    assert run(agent.run) == 0
+    timeouts = events(caplog, "systemd_timeout")
+    assert len(timeouts) == 1 and timeouts[0].levelno == logging.WARNING  # once per outage
+    assert "did not answer in time" in timeouts[0].getMessage() and "ListUnitsByPatterns" in timeouts[0].getMessage()
+    assert not events(caplog, "systemd_error")  # not "systemd refused a request"
+    assert len(events(caplog, "systemd_ok")) == 1
+    assert any(s.startswith("STATUS=systemd not answering") for s in agent.notifier.sent)  # type: ignore[attr-defined]
