@@ -27,28 +27,40 @@ async def _call(bus: MessageBus, member: str, signature: str, body: list[object]
 
 
 async def _start_stop(address: str, verb: str, names: list[str]) -> dict[str, str]:
-    """Start or stop units concurrently and wait for each job's JobRemoved result."""
+    """Start or stop units concurrently and wait for each job's JobRemoved result.
+
+    A job's JobRemoved can arrive before the reply to another unit's call (they are issued together),
+    so every result is kept by job path from the moment we subscribe, and looked up afterwards.
+    """
     bus = await MessageBus(bus_address=address).connect()
-    results: dict[str, str] = {}
-    pending: dict[str, asyncio.Future[str]] = {}
-    loop = asyncio.get_running_loop()
+    removed: dict[str, str] = {}
+    arrived = asyncio.Event()
 
     def on_message(msg: Message) -> None:
-        if msg.member == "JobRemoved" and msg.body[1] in pending:
-            pending[msg.body[1]].set_result(msg.body[3])
+        if msg.member == "JobRemoved":
+            removed[str(msg.body[1])] = str(msg.body[3])
+            arrived.set()
 
-    bus.add_message_handler(on_message)
-    await _call(bus, "Subscribe", "", [])
-    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                           interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                           body=["type='signal',interface='org.freedesktop.systemd1.Manager',member='JobRemoved'"]))
-    jobs = await asyncio.gather(*(_call(bus, verb, "ss", [n, "replace"]) for n in names))
-    for (job,) in jobs:
-        pending[str(job)] = loop.create_future()
-    for name, (job,) in zip(names, jobs, strict=True):
-        results[name] = await asyncio.wait_for(pending[str(job)], 30)
-    bus.disconnect()
-    return results
+    try:
+        bus.add_message_handler(on_message)
+        await _call(bus, "Subscribe", "", [])
+        await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                               interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                               body=["type='signal',interface='org.freedesktop.systemd1.Manager',"
+                                     "member='JobRemoved'"]))
+        jobs = [str(job) for (job,) in await asyncio.gather(*(_call(bus, verb, "ss", [n, "replace"])
+                                                              for n in names))]
+
+        async def all_removed() -> None:
+            while not all(j in removed for j in jobs):
+                arrived.clear()
+                await arrived.wait()
+
+        await asyncio.wait_for(all_removed(), 30)
+        return {name: removed[job] for name, job in zip(names, jobs, strict=True)}
+    finally:
+        bus.disconnect()
+        await bus.wait_for_disconnect()
 
 
 def test_units_started_over_dbus_are_seen_by_systemctl_and_journalctl(bench: Container) -> None:
