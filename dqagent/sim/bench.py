@@ -1,4 +1,4 @@
-"""Every policy on every trace, one table, and the issue's targets checked. `python -m dqagent.sim.bench`.
+"""Every policy on every trace, one table, and the issue's targets checked (run by `dev/bench`, dqagent.sim.benchcli).
 
 Not a test: it prints figures. The seed defaults throughout: 5 threads per worker, 1..10 workers,
 2 s mean service time, 5 s startup delay; `step` checks every 180 s, `target` reads demand every 5 s.
@@ -6,19 +6,15 @@ Not a test: it prints figures. The seed defaults throughout: 5 threads per worke
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import pairwise
 
 from dqagent.config import parse_settings
-from dqagent.errors import ConfigError
 from dqagent.policies import Policy, StepPolicy, TargetPolicy
-from dqagent.sim.model import DISPATCH_MODELS, PoolConfig, Result, oracle_worker_seconds, simulate
+from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
 from dqagent.sim.traces import AGE_TRACES, TRACES, Trace, Workload, generate
 from dqagent.workercmd import worker_shape
@@ -296,95 +292,3 @@ def variant(trace: Trace, service_mean_s: float | None, service_cv: float | None
         trace = replace(trace, service_mean_s=service_mean_s,
                         rate_points=tuple((t, r * factor) for t, r in trace.rate_points))
     return trace if service_cv is None else replace(trace, service_cv=service_cv)
-
-
-def _setting(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dev/bench", description=__doc__.split("\n")[0] if __doc__ else "")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
-    parser.add_argument("--sweep", choices=list(TRACES), metavar="TRACE",
-                        help="instead of the table: target over a grid of its settings on one trace")
-    parser.add_argument("--age", action="store_true", help=f"only the MAX_QUEUE_AGE={AGE_LIMIT} rows")
-    parser.add_argument("--fleet", action="store_true", help="only the fleet-mode rows (python -m dqagent.sim.fleet)")
-    held_out = parser.add_argument_group("held-out variants (not the seed defaults the targets are set at)")
-    held_out.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
-                          help="a setting of the target policy, e.g. TARGET_PER_WORKER=12.5")
-    held_out.add_argument("--threads", type=int, default=DEFAULT_POOL.threads, help="threads per worker")
-    held_out.add_argument("--max-workers", type=int, default=DEFAULT_POOL.max_workers)
-    held_out.add_argument("--service-mean", type=float, default=None, metavar="S",
-                          help="mean service time; arrival rates scale so the offered load is the same")
-    held_out.add_argument("--service-cv", type=float, default=None, metavar="CV")
-    held_out.add_argument("--dispatch", choices=DISPATCH_MODELS, default=DEFAULT_POOL.dispatch,
-                          help="which worker with prefetch room takes an arrival (a modelling assumption)")
-    held_out.add_argument("--random-pools", type=int, default=0, metavar="K",
-                          help="instead of the table: K drawn pools and traces per seed (dqagent/sim/families.py)")
-    held_out.add_argument("--seeds", type=int, nargs="*", default=None, metavar="SEED",
-                          help="with --random-pools: the seeds (default: --seed)")
-    args = parser.parse_args(argv)
-    if args.random_pools:
-        from dqagent.sim.robust import random_pools
-
-        overrides = dict(args.set)
-        try:
-            target_policy(DEFAULT_POOL, **overrides)
-        except ConfigError as exc:
-            parser.error(f"--set: {exc}")
-        random_pools(args.random_pools, args.seeds or [args.seed], args.dispatch, overrides)
-        return 0
-    if args.sweep:
-        sweep(args.sweep, args.seed)
-        return 0
-    if args.age:
-        age_rows(args.seed, DEFAULT_POOL)
-        return 0
-    if args.fleet:
-        from dqagent.sim.fleet import summary
-
-        return summary(5, 6.0, args.seed)
-    pool = PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers,
-                      dispatch=args.dispatch)
-    overrides = dict(args.set)
-    try:
-        target_policy(pool, **overrides)
-    except ConfigError as exc:
-        parser.error(f"--set: {exc}")
-    roster = contenders(overrides)
-    started = time.monotonic()
-    table: dict[tuple[str, str], Metrics] = {}
-    oracle: dict[str, float] = {}
-    print(HEADER)
-    for name in args.traces:
-        workload = generate(variant(TRACES[name], args.service_mean, args.service_cv), args.seed)
-        for contender in roster.values():
-            m = metrics(run(contender, workload, pool), name, contender.name)
-            table[(name, contender.name)] = m
-            print(format_row(m), flush=True)
-        oracle[name] = oracle_worker_seconds(workload, pool)
-        print(f"{name:<11} {'oracle':<13} {'0.0':>8} {'0.0':>8} {'0.0':>8} {'-':>7} {'-':>7} "
-              f"{oracle[name]:>9.0f} {'-':>6} {'-':>5}")
-    print(LEGEND)
-    if set(args.traces) == set(TRACES):
-        print("\ntargets:")
-        results = check_targets(table, oracle, warm_bounds_wait=args.service_cv is None or args.service_cv <= 1)
-        for text, verdict in results:
-            print(f"  {verdict:<5}  {text}")
-        counts = {v: sum(1 for _, got in results if got == v) for v in (PASS, TIE, BOUND, FAIL)}
-        print(f"\n{counts[PASS]}/{len(results)} targets met ({counts[TIE]} tie, {counts[BOUND]} beyond MAX, "
-              f"{counts[FAIL]} failed); {time.monotonic() - started:.0f}s (seed {args.seed})")
-        age_rows(args.seed, pool)
-        from dqagent.sim.fleet import summary
-
-        print("\nfleet mode (docs/fleet.md): several hosts on one queue, FLEET set vs independent agents")
-        summary(3, 2.0, args.seed)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

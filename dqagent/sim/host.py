@@ -9,15 +9,13 @@ make the whole pool slower. The host's CPU pressure is the share of the busy wor
 waiting for a CPU, `100 x (1 - capacity / n)`, and the guard (`dqagent.guard.decide`, the agent's own
 pure decision) sees that figure.
 
-`python -m dqagent.sim.host` prints the benchmark line: a burst's drain time on an over-committed host
-with and without the guard.
+`./dev/bench --host` prints the benchmark line (dqagent.sim.benchcli.host_rows): a burst's drain time on
+an over-committed host with and without the guard.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from dqagent.guard import Headroom, Limits, decide
 
@@ -49,35 +47,3 @@ def guarded_target(host: HostModel, limits: Limits, workers: int, target: int, f
 BENCH_HOST = HostModel(capacity=3, contention=0.25)
 #: The guard at its defaults (GUARD_CPU_PRESSURE=50, GUARD_MEMORY_PRESSURE=10, no memory figures here).
 BENCH_GUARD = Limits(cpu_pressure=50, memory_pressure=10, memory_reserve=0)
-
-
-def benchmark(seed: int = 1, hosts: Sequence[HostModel] = (BENCH_HOST, replace(BENCH_HOST, contention=0))) -> list[str]:
-    """One line per host model: the burst trace's drain time and p95 wait, without and with the guard."""
-    from dqagent.sim.bench import DEFAULT_POOL, percentile, target_policy
-    from dqagent.sim.model import simulate
-    from dqagent.sim.traces import TRACES, generate
-
-    trace = TRACES["burst"]
-    workload = generate(trace, seed)
-    lines = []
-    for host in hosts:
-        figures = []
-        for guard in (None, BENCH_GUARD):
-            result = simulate(workload, target_policy(DEFAULT_POOL), DEFAULT_POOL, 5.0, host=host, guard=guard)
-            figures.append((result.burst_drain_s[0], percentile(result.waits_s, 95), result.worker_seconds))
-        (off_drain, off_p95, off_cost), (on_drain, on_p95, on_cost) = figures
-        lines.append(f"burst on a host of {host.capacity:g} workers (contention {host.contention:g}), target policy "
-                     f"1..{DEFAULT_POOL.max_workers}: drain {off_drain:.0f}s without the guard, {on_drain:.0f}s with "
-                     f"it (p95 wait {off_p95:.0f}s / {on_p95:.0f}s, worker-s {off_cost:.0f} / {on_cost:.0f})")
-    return lines
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    seed = int(argv[0]) if argv else 1
-    for line in benchmark(seed):
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from dqagent.sim.bench import BOUND, FAIL, PASS, TIE, Metrics, check_targets, contenders, main, run, variant
+from dqagent.sim.bench import BOUND, FAIL, PASS, TIE, Metrics, check_targets, contenders, run, variant
+from dqagent.sim.benchcli import main
 from dqagent.sim.model import PoolConfig
 from dqagent.sim.traces import TRACES, Trace, generate
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dqagent.guard import Limits
 from dqagent.sim.bench import DEFAULT_POOL, target_policy
-from dqagent.sim.host import BENCH_GUARD, BENCH_HOST, HostModel, benchmark, guarded_target
+from dqagent.sim.benchcli import host_rows as benchmark
+from dqagent.sim.host import BENCH_GUARD, BENCH_HOST, HostModel, guarded_target
 from dqagent.sim.model import simulate
 from dqagent.sim.traces import TRACES, generate
 
