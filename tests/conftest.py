@@ -60,8 +60,8 @@ def redis_with_password() -> Iterator[RedisServer]:
 #: Test files that each keep the machine busy for a minute or more (hundreds of units, real Dramatiq
 #: bursts): run one after another on a single test worker, while the lighter files share the others.
 HEAVY = frozenset({"test_reliability.py", "test_systemd_scale.py"})
-#: An integration test that fails runs once more (pytest-rerunfailures; the summary lists it as "R" with
-#: the first failure). The bench's systemd runs in nspawn on this machine's cgroup v1 kernel, which now
+#: An integration test that fails runs once more (pytest-rerunfailures; `-raR` names it under "rerun test
+#: summary info"). The bench's systemd runs in nspawn on this machine's cgroup v1 kernel, which now
 #: and then refuses a cgroup operation ("Failed to kill control group ... Input/output error", a unit's
 #: process ending with 219/CGROUP: about one in a few hundred starts, more under parallel load): not
 #: dqagent's behaviour. A test that fails twice fails the run. Unit tests never rerun.
