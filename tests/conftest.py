@@ -46,6 +46,17 @@ def redis_server() -> Iterator[RedisServer]:
         r.stop()
 
 
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """One private Redis for a test file whose tests share an agent (they reset what they set)."""
+    require_bench()
+    r = RedisServer()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
 @pytest.fixture
 def redis_with_password() -> Iterator[RedisServer]:
     """A private Redis that requires a password (random, so finding it anywhere is a real leak)."""

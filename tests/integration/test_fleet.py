@@ -44,16 +44,6 @@ def configure(c: Container, redis: RedisServer, host: str, **overrides: Any) -> 
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    require_bench()
-    r = RedisServer()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(scope="module")
 def fleet(redis: RedisServer) -> Iterator[dict[str, Container]]:
     """Three hosts, booted and installed concurrently, each running dqagent in FLEET=bench."""
     require_bench()

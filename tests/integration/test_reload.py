@@ -33,16 +33,6 @@ ENV = "/etc/dqagent/dqagent.env"
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    require_bench()
-    r = RedisServer()
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
-@pytest.fixture(scope="module")
 def agent(redis: RedisServer) -> Iterator[Container]:
     """dqagent installed and running (MIN 1, MAX 4, CHECK_INTERVAL 1, `/bin/sleep infinity` workers)."""
     require_bench()
