@@ -245,12 +245,20 @@ class JobTable:
                     await self._units.reset_failed(unit)
                 except SystemdError as exc:
                     result = f"error: {exc.name}"
+            seen = None
             if not result:
                 (outcome,) = await self._units.start_units([unit])
-                result = outcome.result
+                result, seen = outcome.result, outcome.seen
             if delay_s > 0 and result == "done":
                 await asyncio.sleep(delay_s)
-            state = await self._checker.read(unit)
+                seen = None
+            if result == "done" and seen is not None and seen.main_pid > 0:
+                # No delay to wait out: the job's end is the check. Type=exec's job is done once the
+                # process runs, and systemd sent its MainPID and NRestarts just before JobRemoved.
+                state = UnitState(unit, n, ActiveState.ACTIVE, "running", seen.main_pid, 0, seen.n_restarts,
+                                  "success", has_job=False)
+            else:
+                state = await self._checker.read(unit)
             return self._judge(n, unit, result, state, baseline, stop_timeout_s)
         except (BusConnectionError, SystemdError) as exc:
             return exc
@@ -305,13 +313,18 @@ class JobTable:
                 self.outcomes.append(Outcome(unit, Intent.STOP, False, f"{unit}: stop failed ({outcome.result})",
                                              refused=refused_by_polkit(outcome.result)))
                 return
-            state = await self._units.unit_state(unit, brief=True)  # one call unless it failed
-            if state.active_state == "failed":
-                # Ours to clear: a unit we stopped must not stay listed as failed.
-                await self._units.reset_failed(unit)
-            if state.result == "timeout":
+            if outcome.seen is not None and outcome.seen.result == "success":
+                # A clean stop leaves the unit inactive (dead): systemd sent Result before JobRemoved.
+                result = "success"
+            else:
+                state = await self._units.unit_state(unit, brief=True)  # one call unless it failed
+                result = state.result
+                if state.active_state == "failed":
+                    # Ours to clear: a unit we stopped must not stay listed as failed.
+                    await self._units.reset_failed(unit)
+            if result == "timeout":
                 log.warning("stop of %s timed out after %g s, SIGKILLed", unit, round(took, 1),
-                            extra=event("worker_stop_timeout", unit=unit, result=state.result,
+                            extra=event("worker_stop_timeout", unit=unit, result=result,
                                         seconds=round(took, 1)))
             else:
                 log.log(logging.DEBUG if quiet else logging.INFO, "stopped %s: %s", unit, outcome.result,

@@ -41,6 +41,9 @@ SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
 PROPERTIES = "org.freedesktop.DBus.Properties"
+SERVICE = "org.freedesktop.systemd1.Service"
+UNIT = "org.freedesktop.systemd1.Unit"
+UNIT_PATH = "/org/freedesktop/systemd1/unit"
 WORKER_TEMPLATE = "dramatiq-worker"
 WORKER_PATTERN = f"{WORKER_TEMPLATE}@*.service"
 _WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@([1-9][0-9]{{0,5}})\.service")
@@ -85,6 +88,12 @@ def worker_instance(unit: str) -> int | None:
     """The instance number of a worker unit name, or None for names dqagent does not manage."""
     match = _WORKER_RE.fullmatch(unit)
     return int(match.group(1)) if match else None
+
+
+def unit_from_path(path: str) -> str:
+    """The unit name of a systemd unit object path (sd-bus label escaping: `_2d` is `-`, ...)."""
+    label = path.rpartition("/")[2]
+    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +150,27 @@ class UnitState:
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """A worker's Service properties as systemd last sent them (PropertiesChanged), no read needed.
+
+    systemd flushes a unit's pending change signal before the JobRemoved of its job
+    (dbus-job.c, `bus_job_send_removed_signal`), so at a job's end these are the unit's values then.
+    """
+
+    main_pid: int = 0
+    n_restarts: int = -1
+    #: systemd's Result ("success", "timeout", ...); after a stop, not "success" means failed.
+    result: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class JobOutcome:
     """How systemd finished a job: done, canceled, timeout, failed, dependency, skipped."""
 
     unit: str
     result: str
+    #: The unit's Service properties sent during the job, None if none arrived (then read them).
+    seen: Seen | None = None
 
     @property
     def ok(self) -> bool:
@@ -169,6 +194,11 @@ BUS_DRIVER = "org.freedesktop.DBus"
 _NO_REPLY = "org.freedesktop.DBus.Error.NoReply"
 #: Calls that only read, safe to send again when systemd left the bus before answering (daemon-reexec).
 _READS = frozenset({"Get", "ListUnitsByPatterns", "ListUnitsByNames", "ListJobs", "LoadUnit"})
+#: The Service properties kept from PropertiesChanged (all EMITS_CHANGE in dbus-service.c).
+_SEEN_PROPS = frozenset({"MainPID", "NRestarts", "Result"})
+#: The properties of a running unit that are read once and then followed through PropertiesChanged
+#: (EMITS_CHANGE in dbus-unit.c and dbus-service.c): a tick over 500 running units makes no call.
+_FOLLOWED = frozenset({*_SEEN_PROPS, "ActiveEnterTimestamp"})
 _ALREADY_SUBSCRIBED = "org.freedesktop.systemd1.AlreadySubscribed"
 #: Unit properties read besides ListUnitsByPatterns' row: for a running unit only the first four
 #: (systemd resets Result and ExecMain* when it starts a unit), for any other unit all six.
@@ -217,6 +247,12 @@ class SystemdClient:
         self._bus: MessageBus | None = None
         self._jobs: dict[str, _Job] = {}
         self._early: dict[str, str] = {}
+        #: Service properties from PropertiesChanged of the units we have a job queued for.
+        self._seen: dict[str, dict[str, Any]] = {}
+        #: Worker units' _FOLLOWED properties as last read or signalled, and how many signals each
+        #: unit had (a read overtaken by a signal is not kept). Cleared when systemd re-executes.
+        self._known: dict[str, dict[str, Any]] = {}
+        self._signals: dict[str, int] = {}
         self._systemd_owner = ""
         self._owner_signalled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -244,6 +280,12 @@ class SystemdClient:
             self._systemd_owner = str(owner)
         await self._call_bus("AddMatch", "s", [
             f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"])
+        # Sent anyway to subscribers: a start or stop is judged from them, and a running unit's
+        # properties are followed instead of read again at every tick.
+        for iface in (SERVICE, UNIT):
+            await self._call_bus("AddMatch", "s", [
+                f"type='signal',sender='{SYSTEMD}',interface='{PROPERTIES}',member='PropertiesChanged',"
+                f"path_namespace='{UNIT_PATH}',arg0='{iface}'"])
         await self._subscribe()
 
     def close(self) -> None:
@@ -278,10 +320,38 @@ class SystemdClient:
                 and msg.sender == self._systemd_owner and self._systemd_owner):
             _id, job, _unit, result = msg.body
             self._finish(str(job), str(result))
+        elif (msg.member == "PropertiesChanged" and msg.interface == PROPERTIES and msg.signature == "sa{sv}as"
+              and msg.sender == self._systemd_owner and msg.body[0] in (SERVICE, UNIT) and msg.path):
+            self._changed(unit_from_path(msg.path), msg.body[1], msg.body[2])
         elif (msg.member == "NameOwnerChanged" and msg.sender == BUS_DRIVER and msg.interface == BUS_DRIVER
               and msg.signature == "sss" and msg.body[0] == SYSTEMD):
             self._owner_changed(str(msg.body[2]))
         return None
+
+    def _changed(self, unit: str, changed: dict[str, Variant], invalidated: list[str]) -> None:
+        """systemd's PropertiesChanged of a unit: follow the worker units' _FOLLOWED properties."""
+        if worker_instance(unit) is None:
+            return
+        self._signals[unit] = self._signals.get(unit, 0) + 1
+        values = {k: v.value for k, v in changed.items() if k in _FOLLOWED}
+        known = self._known.setdefault(unit, {})
+        known.update(values)
+        for name in invalidated:
+            known.pop(name, None)
+        job = self._seen.get(unit)
+        if job is not None:  # a unit with a job of ours in flight
+            job.update((k, v) for k, v in values.items() if k in _SEEN_PROPS)
+
+    async def _followed(self, unit: str, path: str, iface: str, name: str) -> Any:
+        """A _FOLLOWED property of a running unit: as last read or signalled, else read (and kept)."""
+        known = self._known.get(unit)
+        if known is not None and name in known:
+            return known[name]
+        signals = self._signals.get(unit, 0)
+        value = await self._get(path, iface, name)
+        if self._signals.get(unit, 0) == signals:  # no signal overtook the read
+            self._known.setdefault(unit, {})[name] = value
+        return value
 
     def _finish(self, job: str, result: str) -> None:
         pending = self._jobs.pop(job, None)
@@ -301,6 +371,7 @@ class SystemdClient:
         self._systemd_owner = new_owner
         if new_owner:
             self.owner_changes += 1
+            self._known.clear()  # signals sent while systemd was away are lost
             task = asyncio.get_running_loop().create_task(self._after_reexec(new_owner))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -442,11 +513,19 @@ class SystemdClient:
 
     async def _run_jobs(self, member: str, units: Sequence[str], timeout_s: float, mode: str) -> list[JobOutcome]:
         async def one(unit: str) -> JobOutcome:
+            self._seen[unit] = {}  # only what systemd sends from now on describes this job
             try:
-                (job,) = await self._manager(member, "ss", [unit, mode])
-            except SystemdError as exc:
-                return JobOutcome(unit, f"error: {exc.name}")
-            return JobOutcome(unit, await self._await_job(str(job), unit, member, timeout_s))
+                try:
+                    (job,) = await self._manager(member, "ss", [unit, mode])
+                except SystemdError as exc:
+                    return JobOutcome(unit, f"error: {exc.name}")
+                result = await self._await_job(str(job), unit, member, timeout_s)
+                props = self._seen.get(unit)
+            finally:
+                self._seen.pop(unit, None)
+            seen = None if not props else Seen(int(props.get("MainPID", 0)), int(props.get("NRestarts", -1)),
+                                               str(props.get("Result", "")))
+            return JobOutcome(unit, result, seen)
 
         return list(await asyncio.gather(*(one(u) for u in units)))
 
@@ -520,7 +599,8 @@ class SystemdClient:
             wanted = ()
         else:
             wanted = _RUNNING_PROPS + _EXIT_PROPS
-        values = await asyncio.gather(*(self._get(path, iface, name) for iface, name in wanted))
+        values = await asyncio.gather(*(self._followed(unit, path, iface, name) if running and name in _FOLLOWED
+                                        else self._get(path, iface, name) for iface, name in wanted))
         # Not read: systemd resets Result to success at every start; NRestarts reads as -1 (unknown).
         props = {"MainPID": 0, "ActiveEnterTimestamp": 0, "NRestarts": -1, "Result": "success" if running else "",
                  **dict(zip((name for _, name in wanted), values, strict=True))}

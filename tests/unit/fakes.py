@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dqagent.errors import SystemdError
-from dqagent.systemd import ActiveState, JobOutcome, UnitState, worker_instance, worker_unit
+from dqagent.systemd import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
 
 
 @dataclass
@@ -52,6 +52,9 @@ class FakeUnits:
         #: When set, start/stop/reset requests are refused with this D-Bus error name.
         self.refuse = ""
         self._next_job = 100
+        #: Like the real client, carry the Service properties systemd sent before JobRemoved in each
+        #: outcome (off: the outcome has none, as when no PropertiesChanged arrived, and the agent reads).
+        self.signals = False
 
     # -- what happens to units outside the agent ---------------------------------------------------
 
@@ -103,7 +106,15 @@ class FakeUnits:
                 self.crash(n)
             elif n in self.flapping:
                 self.units[n].n_restarts = 1
-        return [JobOutcome(u, "done") for u in units]
+        return [JobOutcome(u, "done", self._seen(u)) for u in units]
+
+    def _seen(self, unit: str) -> Seen | None:
+        n = worker_instance(unit)
+        assert n is not None
+        u = self.units.get(n)
+        if not self.signals:
+            return None
+        return Seen(0, 0, "success") if u is None else Seen(u.pid, u.n_restarts, u.result)
 
     async def stop_units(self, units: Sequence[str], timeout_s: float = 600) -> list[JobOutcome]:
         self.calls.append(("stop", tuple(units)))
@@ -127,7 +138,7 @@ class FakeUnits:
                     self.units[n] = FakeUnit(ActiveState.FAILED, "failed", "timeout")
                 else:
                     del self.units[n]
-        return [JobOutcome(u, "done") for u in units]
+        return [JobOutcome(u, "done", self._seen(u)) for u in units]
 
     async def reset_failed(self, unit: str) -> None:
         self.calls.append(("reset", (unit,)))

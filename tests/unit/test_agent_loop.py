@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import pytest
 
@@ -470,3 +470,32 @@ def test_systemd_not_answering_a_tick_is_a_timeout_not_a_refusal(caplog: pytest.
     assert not events(caplog, "systemd_error")  # not "systemd refused a request"
     assert len(events(caplog, "systemd_ok")) == 1
     assert any(s.startswith("STATUS=systemd not answering") for s in agent.notifier.sent)  # type: ignore[attr-defined]
+
+
+def test_with_systemds_signals_a_manual_scale_judges_each_job_without_reading_the_unit_again() -> None:
+    """PROCESS_STARTUP_DELAY=0: MainPID/NRestarts/Result sent before JobRemoved are the check; a
+    start without a MainPID (crashed at once) or a stop that did not end cleanly is still read."""
+
+    class Counting(FakeUnits):
+        reads: ClassVar[list[str]] = []  # started_states reads each unit through unit_state too
+
+        async def unit_state(self, unit: str, brief: bool = False) -> UnitState:
+            self.reads.append(unit)
+            return await super().unit_state(unit, brief)
+
+    settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5",
+                               "PROCESS_STARTUP_DELAY": "0"})
+    units = Counting(running=[1], broken=[3])
+    units.signals = True
+    up = run(lambda: scale_by(units, settings, 2))
+    assert sorted(up.lines) == ["dramatiq-worker@2.service: started (pid 1002)",
+                                "dramatiq-worker@3.service: failed (activating/auto-restart, result=exit-code, "
+                                "restarts=1 within the start check)"]
+    assert units.reads == ["dramatiq-worker@3.service"]  # only the one without a MainPID
+    units.reads.clear()
+    units.ignore_term.add(2)
+    down = run(lambda: scale_by(units, settings, -3))
+    assert ("dramatiq-worker@1.service: stopped (done)" in down.lines
+            and "dramatiq-worker@2.service: stopped (done)" in down.lines)
+    assert units.reads == ["dramatiq-worker@2.service"]  # Result=timeout: read, then reset-failed
+    assert ("reset", ("dramatiq-worker@2.service",)) in units.calls and not units.units

@@ -1,4 +1,4 @@
-"""Which job signals the systemd client believes: only those of systemd's current bus name.
+"""Which signals the systemd client believes: only those of systemd's current bus name.
 
 The bus itself is exercised in tests/integration/test_systemd_scale.py (a real daemon-reexec); this
 checks the rule against forged senders, which the bench cannot produce.
@@ -7,10 +7,24 @@ checks the rule against forged senders, which the bench cannot produce.
 from __future__ import annotations
 
 import asyncio
+from typing import ClassVar
 
-from dbus_fast import Message, MessageType
+from dbus_fast import Message, MessageType, Variant
 
-from dqagent.systemd import BUS_DRIVER, MANAGER, MANAGER_PATH, SYSTEMD, SystemdClient
+from dqagent.systemd import (
+    BUS_DRIVER,
+    MANAGER,
+    MANAGER_PATH,
+    PROPERTIES,
+    SERVICE,
+    SYSTEMD,
+    UNIT,
+    UNIT_PATH,
+    JobOutcome,
+    Seen,
+    SystemdClient,
+    unit_from_path,
+)
 
 JOB = "/org/freedesktop/systemd1/job/42"
 
@@ -48,3 +62,96 @@ def test_job_results_only_from_the_current_owner_of_systemds_name() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["pending", "pending", "done", "1"]
+
+
+def service_changed(sender: str, unit_label: str, **props: object) -> Message:
+    kinds = {int: "u", str: "s"}
+    body = {k: Variant(kinds[type(v)], v) for k, v in props.items()}
+    return Message(message_type=MessageType.SIGNAL, sender=sender, path=f"{UNIT_PATH}/{unit_label}",
+                   interface=PROPERTIES, member="PropertiesChanged", signature="sa{sv}as", body=[SERVICE, body, []])
+
+
+def unit_changed(sender: str, unit_label: str, **props: int) -> Message:
+    body = {k: Variant("t", v) for k, v in props.items()}
+    return Message(message_type=MessageType.SIGNAL, sender=sender, path=f"{UNIT_PATH}/{unit_label}",
+                   interface=PROPERTIES, member="PropertiesChanged", signature="sa{sv}as", body=[UNIT, body, []])
+
+
+def test_unit_names_from_object_paths() -> None:
+    assert unit_from_path(f"{UNIT_PATH}/dramatiq_2dworker_40417_2eservice") == "dramatiq-worker@417.service"
+
+
+def test_a_jobs_outcome_carries_what_systemd_sent_of_its_unit_before_jobremoved() -> None:
+    """Values sent before the job was queued, by an impostor, or of another unit are not taken."""
+
+    class Scripted(SystemdClient):
+        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+            assert member == "StartUnit"
+            label = "dramatiq_2dworker_401_2eservice"
+            self._on_message(service_changed(":1.66", label, MainPID=666, NRestarts=9))  # not systemd
+            self._on_message(service_changed(":1.1", "dramatiq_2dworker_402_2eservice", MainPID=2))
+            self._on_message(service_changed(":1.1", label, MainPID=0, NRestarts=0, Result="success"))
+            self._on_message(service_changed(":1.1", label, MainPID=4242))  # only changed ones may come
+            self._on_message(job_removed(":1.1"))  # before StartUnit's reply: kept as early
+            return [JOB]
+
+    async def scenario() -> list[JobOutcome]:
+        client = Scripted()
+        client._systemd_owner = ":1.1"
+        client._on_message(service_changed(":1.1", "dramatiq_2dworker_401_2eservice", MainPID=1))  # no job yet
+        first = await client.start_units(["dramatiq-worker@1.service"])
+        return [*first, *(await Quiet().start_units(["dramatiq-worker@1.service"]))]
+
+    class Quiet(SystemdClient):
+        """No PropertiesChanged arrives: the outcome has none, and the caller reads the unit."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._systemd_owner = ":1.1"
+
+        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+            self._on_message(job_removed(":1.1"))
+            return [JOB]
+
+    done, quiet = asyncio.run(scenario())
+    assert done == JobOutcome("dramatiq-worker@1.service", "done", Seen(4242, 0, "success"))
+    assert quiet == JobOutcome("dramatiq-worker@1.service", "done", None)
+
+
+def test_a_running_units_followed_properties_are_read_once_then_taken_from_systemds_signals() -> None:
+    label = "dramatiq_2dworker_401_2eservice"
+    row = ["dramatiq-worker@1.service", "", "loaded", "active", "running", "", f"{UNIT_PATH}/{label}", 0, "", "/"]
+
+    class Scripted(SystemdClient):
+        gets: ClassVar[list[str]] = []
+
+        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+            return [[row]] if member == "ListUnitsByPatterns" else []  # (Subscribe after the re-exec)
+
+        async def _get(self, path: str, interface: str, name: str) -> object:
+            self.gets.append(name)
+            if name == "MainPID" and len(self.gets) == 1:  # a restart is signalled while the read is under way
+                self._on_message(service_changed(":1.1", label, NRestarts=1))
+            return {"MainPID": 10, "ActiveEnterTimestamp": 1000}[name]
+
+    async def scenario() -> list[tuple[int, int, list[str]]]:
+        client = Scripted()
+        client._systemd_owner = ":1.1"
+        seen = []
+        for step in range(4):
+            if step == 2:  # systemd restarted the worker: its signals carry the new values
+                client._on_message(service_changed(":1.1", label, MainPID=11))
+                client._on_message(unit_changed(":1.1", label, ActiveEnterTimestamp=2000))
+            if step == 3:
+                client._on_message(owner_changed(":1.1", ":1.7"))  # daemon-reexec: signals may be lost
+                client._systemd_owner = ":1.7"
+            (state,) = await client.worker_states(brief=("MainPID", "ActiveEnterTimestamp"))
+            seen.append((state.main_pid, state.active_enter_us, list(client.gets)))
+            client.gets.clear()
+        return seen
+
+    reads = asyncio.run(scenario())
+    assert reads[0] == (10, 1000, ["MainPID", "ActiveEnterTimestamp"])
+    assert reads[1] == (10, 1000, ["MainPID"])  # the first MainPID read was overtaken by a signal: not kept
+    assert reads[2] == (11, 2000, [])
+    assert reads[3] == (10, 1000, ["MainPID", "ActiveEnterTimestamp"])  # read again after the re-exec
