@@ -219,3 +219,56 @@ def test_brief_reads_leave_out_only_what_was_not_asked_for(bench_workers: Contai
     assert [s.unit for s in started] == [worker_unit(2), worker_unit(1)]
     assert [str(s.main_pid) for s in started] == [pids[worker_unit(2)], pids[worker_unit(1)]]
     assert all(s.n_restarts == 0 and s.running for s in started)
+
+
+def test_followed_properties_match_a_fresh_read_after_an_operators_restart(bench_workers: Container) -> None:
+    """A running unit is read once, then followed through systemd's PropertiesChanged: an operator's
+    restart is seen without a read, and a job's outcome carries what systemd sent before JobRemoved."""
+    c = bench_workers
+    brief = ("MainPID", "ActiveEnterTimestamp")
+
+    class Counting(SystemdClient):
+        gets = 0
+
+        async def _get(self, path: str, interface: str, name: str) -> object:
+            self.gets += 1
+            return await super()._get(path, interface, name)
+
+    async def fresh() -> list[UnitState]:
+        other = SystemdClient(c.bus_address)
+        await other.connect()
+        try:
+            return await other.worker_states(brief=brief)
+        finally:
+            other.close()
+
+    async def scenario() -> None:
+        client = Counting(c.bus_address)
+        await client.connect()
+        try:
+            # Given two workers started by the client: each outcome carries the unit's MainPID then
+            started = await client.start_units([worker_unit(1), worker_unit(2)], timeout_s=30)
+            pids = main_pids(c, [worker_unit(1), worker_unit(2)])
+            assert [str(o.seen.main_pid if o.seen else None) for o in started] == list(pids.values())
+            first = await client.worker_states(brief=brief)
+            assert client.gets <= 4
+            # When they are read again, and after an operator restarts one of them
+            client.gets = 0
+            assert await client.worker_states(brief=brief) == first
+            assert client.gets == 0
+            c.systemctl("restart", worker_unit(2))
+            wait_until("the restarted worker runs", lambda: main_pids(c, [worker_unit(2)])[worker_unit(2)]
+                       not in ("0", pids[worker_unit(2)]))
+            after = await client.worker_states(brief=brief)
+            # Then the client saw the new process without reading, and agrees with a fresh read
+            assert client.gets == 0
+            assert after == await fresh()
+            assert str(after[1].main_pid) == main_pids(c, [worker_unit(2)])[worker_unit(2)]
+            assert after[1].active_enter_us > first[1].active_enter_us and after[0] == first[0]
+            # And a clean stop's outcome says so (Result=success: the unit is dead, nothing to reset)
+            (stopped,) = await client.stop_units([worker_unit(2)], timeout_s=30)
+            assert stopped.ok and stopped.seen is not None and stopped.seen.result == "success"
+        finally:
+            client.close()
+
+    asyncio.run(scenario())
