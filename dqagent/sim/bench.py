@@ -27,8 +27,9 @@ ADAPTIVE_READS = os.environ.get("DQBENCH_FIXED_READS") != "1"
 DOUBLING = os.environ.get("DQBENCH_DOUBLING") == "1"
 #: Experiment switch (env DQBENCH_FLOOR_PREFETCH=1): the in-flight floor divides by the unit's prefetch.
 FLOOR_PREFETCH = os.environ.get("DQBENCH_FLOOR_PREFETCH") == "1"
-#: The seed defaults' pool, where the issue's targets are set.
-DEFAULT_POOL = PoolConfig()
+#: The seed defaults' pool, where the issue's targets are set; consumers fetch on Dramatiq's poll schedule,
+#: the dispatch model the calibration against real workers chose (docs/scaling.md).
+DEFAULT_POOL = PoolConfig(dispatch="poll")
 #: Traces whose load is one batch: one up-then-down is the least any policy can do.
 BURST_TRACES = ("burst", "idle_burst")
 
