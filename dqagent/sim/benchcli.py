@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep(args.sweep, args.seed)
         return 0
     if args.age:
-        age_rows(args.seed, DEFAULT_POOL)
+        age_rows(args.seed, replace(DEFAULT_POOL, dispatch=args.dispatch))
         return 0
     if args.fleet:
         return summary(5, 6.0, args.seed)
