@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import random
 import statistics
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dqagent.policies import Policy, StepPolicy
+from dqagent.sim import model
 from dqagent.sim.bench import percentile, target_policy
 from dqagent.sim.model import POLL_EXACT, PoolConfig, Result, simulate
 from dqagent.sim.traces import Trace, Workload, generate
@@ -95,3 +97,33 @@ def test_fast_poll_completes_every_message_once_and_never_early(seed: int, threa
     result = simulate(workload, target_policy(pool), pool, 2.0, adaptive_reads=True)
     assert sorted(result.completed) == [1] * len(workload)
     assert min(result.waits_s) >= 0
+
+
+class CountingRandom(random.Random):
+    """random.Random that counts its draws (uniform, randrange and shuffle all go through random())."""
+
+    draws = 0
+
+    def random(self) -> float:
+        CountingRandom.draws += 1
+        return super().random()
+
+
+def draws_for(dispatch: str, duration_s: float, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Random draws to simulate 50 warm idle workers and 20 messages in the first 10 minutes."""
+    monkeypatch.setattr(model.random, "Random", CountingRandom)
+    CountingRandom.draws = 0
+    w = Workload(Trace("hand", duration_s, ((0, 0),)), 1, tuple(30.0 * i for i in range(1, 21)), (0.5,) * 20, ())
+    pool = PoolConfig(threads=1, prefetch=2, min_workers=50, max_workers=50, dispatch=dispatch)
+    result = simulate(w, warm(pool), pool, 60.0)
+    assert len(result.waits_s) == 20
+    return CountingRandom.draws
+
+
+def test_fast_poll_cost_does_not_grow_with_idle_consumers_times_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every poll draws its backoff: poll-exact draws for each of 50 idle consumers ~1.3 times a second, so
+    # twice the simulated time draws about twice as much; the sleepers draw per message and per sleep.
+    exact_10, exact_20 = (draws_for(POLL_EXACT, d, monkeypatch) for d in (600, 1200))
+    assert exact_10 > 50 * 600 and exact_20 > 1.8 * exact_10
+    fast_1h, fast_4h = (draws_for("poll", d, monkeypatch) for d in (3600, 4 * 3600))
+    assert fast_4h == fast_1h < exact_10 / 10
