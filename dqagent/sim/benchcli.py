@@ -52,7 +52,7 @@ def host_rows(seed: int = 1, hosts: Sequence[HostModel] = (BENCH_HOST, replace(B
         figures = []
         for guard in (None, BENCH_GUARD):
             result = simulate(workload, target_policy(pool), pool, 5.0, host=host, guard=guard)
-            figures.append((result.burst_drain_s[0], percentile(result.waits_s, 95), result.worker_seconds))
+            figures.append((result.burst_drain_s[0], percentile(result.waits_s, 0.95), result.worker_seconds))
         (off_drain, off_p95, off_cost), (on_drain, on_p95, on_cost) = figures
         lines.append(f"burst on a host of {host.capacity:g} workers (contention {host.contention:g}), target policy "
                      f"1..{DEFAULT_POOL.max_workers}: drain {off_drain:.0f}s without the guard, {on_drain:.0f}s with "
