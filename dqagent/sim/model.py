@@ -13,9 +13,9 @@ What it models, because it is what makes policies differ on real pools:
 - an arriving message goes to the first worker with prefetch room, or a random one, or (`poll`, as
   Dramatiq's Redis consumers do) waits in the list until some consumer's next poll fetches it: a
   consumer that just fetched polls again at once, one that found nothing backs off 5 ms x 2^misses
-  (jitter x1..2) up to Dramatiq's `worker_timeout` (1 s, then 0.5..1 s), full or idle alike. Idle
-  consumers at that cap are not simulated poll by poll (see `simulate`'s "sleepers"); `poll-exact` does,
-  as the reference the tests compare it with.
+  (jitter x1..2) up to Dramatiq's `worker_timeout` (1 s, then 0.5..1 s), full or idle alike. A consumer
+  whose fetch found nothing is not simulated poll by poll (see `simulate`'s "sleepers"); `poll-exact`
+  does, as the reference the tests compare it with.
 
 The real policy classes run unchanged through the `Policy` protocol. Same seed, same result.
 """
@@ -90,7 +90,7 @@ class _Worker:
     running: int = 0
     held: deque[int] = field(default_factory=deque)  # prefetched, not running
     misses: int = 0  # "poll" dispatch: empty fetches since the last message (Dramatiq's backoff exponent)
-    # "poll" dispatch, a consumer asleep at the backoff cap (no poll event pending): _FRESH (its next poll
+    # "poll" dispatch, a consumer asleep after an empty fetch (no poll event pending): _FRESH (its next poll
     # `due` is exact) or _MIXED (phase forgotten); `nap` numbers its sleeps, `slept_s` when the last began.
     sleep: int = _AWAKE
     due: float = 0.0
@@ -250,13 +250,12 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     # is kept exact (advanced with the same backoff draws when a race needs it); by then its backoff is at
     # the cap (it reaches it within 2.6 s), a renewal process with poll_max_s x U(0.5, 1) between polls, and
     # its phase is forgotten: taken as the renewal's stationary one (residual density P(gap > r) / E[gap]).
-    # When messages wait, the sleepers with
-    # room race: the first poll among k forgotten ones is drawn at once as the minimum of k stationary
-    # residuals (P(> y) = S(y)^k, the winner uniform among them), against the earliest exact `due`; the
-    # winner alone wakes. If messages still wait after its poll (a backlog), every sleeper with room wakes.
-    # What it forgets: a race's losers did not poll before the winner (their residuals are taken as
-    # stationary again), and an exact sleeper's phase after SLEEP_EXACT_S. The tests compare it with
-    # POLL_EXACT (tests/unit/test_calibration.py).
+    # When messages wait, the sleepers with room race: the first poll among k forgotten ones is drawn at
+    # once as the minimum of k stationary residuals (P(> y) = S(y)^k, the winner uniform among them),
+    # against the earliest exact `due`; the winner alone wakes. If messages still wait after its poll (a
+    # backlog), every sleeper with room wakes. What it forgets: a race's losers did not poll before the
+    # winner (their residuals are taken as stationary again), and an exact sleeper's phase after
+    # SLEEP_EXACT_S. The tests compare it with POLL_EXACT (tests/unit/test_poll_dispatch.py).
     fresh_heap: list[tuple[float, int, int]] = []  # (due, wid, nap): exact sleepers with room
     fresh_order: deque[tuple[float, int, int]] = deque()  # (slept_s, wid, nap): every exact sleeper, oldest first
     mixed_room: list[_Worker] = []  # forgotten sleepers with room (index in `mixed_at`)
