@@ -46,7 +46,8 @@ POLL_EXACT = "poll-exact"
 #: A sleeping consumer's poll phase is tracked exactly for this long after it fell asleep, then forgotten
 #: (taken as the cap's stationary phase: it reaches the cap within 2.6 s, and each capped poll brings the
 #: phase about 0.4x closer to stationary). 8 s biased the mean wait of a busy 60-worker pool by +7 %
-#: (what races forget adds up); at 20 s no bias was measurable (< 2 %), at about the same CPU time.
+#: (what races forget adds up); at 20 and 30 s the difference was within noise (+-2.3 %), at about the
+#: same CPU time.
 SLEEP_EXACT_S = 30.0
 _AWAKE, _FRESH, _MIXED = 0, 1, 2
 
