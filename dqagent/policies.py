@@ -226,6 +226,9 @@ class TargetPolicy:
     #: Keep the flow cap's spare unit when the pool is idle (nothing outstanding now and a typical flow
     #: of 0 over the window); False lets an idle pool at MIN 0 go to zero without waiting out the window.
     idle_spare: bool = True
+    #: Hold the count while outstanding is up to `tolerance` above target (HPA's band). False: hold only
+    #: below target, so a backlog beyond every unit's prefetch (ratio > 1) always asks for more units.
+    band_above: bool = True
     name: ClassVar[str] = "target"
     #: MAX_QUEUE_AGE (issue 12): scale up while the oldest waiting message is older (`age_floor`); None: off.
     max_queue_age_s: float | None = None
@@ -261,7 +264,7 @@ class TargetPolicy:
         starting = f", {obs.starting} starting" if obs.starting else ""
         head = f"outstanding {outstanding} for {workers} workers{starting} at {_fmt(self.per_worker)} each"
         ratio = outstanding / (workers * self.per_worker) if workers else math.inf
-        if workers and abs(ratio - 1) <= self.tolerance:
+        if workers and abs(ratio - 1) <= self.tolerance and (self.band_above or ratio <= 1):
             recommendation = workers
             why = f"{head}: within {_fmt(self.tolerance * 100)}% of target"
         else:

@@ -29,6 +29,8 @@ DOUBLING = os.environ.get("DQBENCH_DOUBLING") == "1"
 FLOOR_PREFETCH = os.environ.get("DQBENCH_FLOOR_PREFETCH") == "1"
 #: Experiment switch (env DQBENCH_NO_IDLE_SPARE=1): `target` with TargetPolicy.idle_spare off.
 NO_IDLE_SPARE = os.environ.get("DQBENCH_NO_IDLE_SPARE") == "1"
+#: Experiment switch (env DQBENCH_NO_BAND_ABOVE=1): `target` with TargetPolicy.band_above off.
+NO_BAND_ABOVE = os.environ.get("DQBENCH_NO_BAND_ABOVE") == "1"
 #: The seed defaults' pool, where the issue's targets are set; consumers fetch on Dramatiq's poll schedule,
 #: the dispatch model the calibration against real workers chose (docs/scaling.md).
 DEFAULT_POOL = PoolConfig(dispatch="poll")
@@ -70,6 +72,8 @@ def unit_target_policy(pool: PoolConfig, processes: int, settings: Mapping[str, 
         policy = replace(policy, floor_per_unit=policy.per_worker)
     if NO_IDLE_SPARE:
         policy = replace(policy, idle_spare=False)
+    if NO_BAND_ABOVE:
+        policy = replace(policy, band_above=False)
     return replace(policy, doubling=True) if DOUBLING else policy
 
 

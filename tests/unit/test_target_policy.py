@@ -28,6 +28,7 @@ def policies(draw: st.DrawFn) -> TargetPolicy:
         window_s=draw(st.floats(0, 600)),
         capacity=draw(st.integers(1, 64)),
         idle_spare=draw(st.booleans()),
+        band_above=draw(st.booleans()),
     )
 
 
