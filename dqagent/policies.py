@@ -223,6 +223,12 @@ class TargetPolicy:
     #: Messages one unit may hold in flight for the scale-down floor (None: `capacity`, every in-flight
     #: message counted as running; the unit's prefetch counts the held ones as what they are).
     floor_per_unit: float | None = None
+    #: Keep the flow cap's spare unit when the pool is idle (nothing outstanding now and a typical flow
+    #: of 0 over the window); False lets an idle pool at MIN 0 go to zero without waiting out the window.
+    idle_spare: bool = True
+    #: Hold the count while outstanding is up to `tolerance` above target (HPA's band). False: hold only
+    #: below target, so a backlog beyond every unit's prefetch (ratio > 1) always asks for more units.
+    band_above: bool = True
     name: ClassVar[str] = "target"
     #: MAX_QUEUE_AGE (issue 12): scale up while the oldest waiting message is older (`age_floor`); None: off.
     max_queue_age_s: float | None = None
@@ -258,7 +264,7 @@ class TargetPolicy:
         starting = f", {obs.starting} starting" if obs.starting else ""
         head = f"outstanding {outstanding} for {workers} workers{starting} at {_fmt(self.per_worker)} each"
         ratio = outstanding / (workers * self.per_worker) if workers else math.inf
-        if workers and abs(ratio - 1) <= self.tolerance:
+        if workers and abs(ratio - 1) <= self.tolerance and (self.band_above or ratio <= 1):
             recommendation = workers
             why = f"{head}: within {_fmt(self.tolerance * 100)}% of target"
         else:
@@ -276,7 +282,8 @@ class TargetPolicy:
             stable = state.highest()
             # The units whose threads the typical flow fills (up to the tolerance), plus one spare. Capacity,
             # not TARGET_PER_WORKER: the flow is measured with no backlog, so it is mostly running work.
-            cap = stable if typical is None else math.ceil(typical / (self.capacity * (1 + self.tolerance))) + 1
+            spare = 0 if not self.idle_spare and typical == 0 and outstanding == 0 else 1
+            cap = stable if typical is None else math.ceil(typical / (self.capacity * (1 + self.tolerance))) + spare
             capped = cap < stable
             if capped:
                 stable = max(recommendation, cap)
@@ -286,7 +293,8 @@ class TargetPolicy:
                 if floor >= stable:
                     why += f"; in flight {obs.in_flight} needs {floor}"
                 elif capped:
-                    why += f"; holding {proposed}: the last {_fmt(self.window_s)}s of flow need {cap - 1} + 1 spare"
+                    why += (f"; holding {proposed}: the last {_fmt(self.window_s)}s of flow need {cap - spare}"
+                            + (" + 1 spare" if spare else ""))
                 else:
                     why += f"; holding {proposed}, the highest in {_fmt(self.window_s)}s"
         else:

@@ -27,8 +27,13 @@ ADAPTIVE_READS = os.environ.get("DQBENCH_FIXED_READS") != "1"
 DOUBLING = os.environ.get("DQBENCH_DOUBLING") == "1"
 #: Experiment switch (env DQBENCH_FLOOR_PREFETCH=1): the in-flight floor divides by the unit's prefetch.
 FLOOR_PREFETCH = os.environ.get("DQBENCH_FLOOR_PREFETCH") == "1"
-#: The seed defaults' pool, where the issue's targets are set.
-DEFAULT_POOL = PoolConfig()
+#: Experiment switch (env DQBENCH_NO_IDLE_SPARE=1): `target` with TargetPolicy.idle_spare off.
+NO_IDLE_SPARE = os.environ.get("DQBENCH_NO_IDLE_SPARE") == "1"
+#: Experiment switch (env DQBENCH_NO_BAND_ABOVE=1): `target` with TargetPolicy.band_above off.
+NO_BAND_ABOVE = os.environ.get("DQBENCH_NO_BAND_ABOVE") == "1"
+#: The seed defaults' pool, where the issue's targets are set; consumers fetch on Dramatiq's poll schedule,
+#: the dispatch model the calibration against real workers chose (docs/scaling.md).
+DEFAULT_POOL = PoolConfig(dispatch="poll")
 #: Traces whose load is one batch: one up-then-down is the least any policy can do.
 BURST_TRACES = ("burst", "idle_burst")
 
@@ -65,6 +70,10 @@ def unit_target_policy(pool: PoolConfig, processes: int, settings: Mapping[str, 
     policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, cpu_count=1))
     if FLOOR_PREFETCH:
         policy = replace(policy, floor_per_unit=policy.per_worker)
+    if NO_IDLE_SPARE:
+        policy = replace(policy, idle_spare=False)
+    if NO_BAND_ABOVE:
+        policy = replace(policy, band_above=False)
     return replace(policy, doubling=True) if DOUBLING else policy
 
 

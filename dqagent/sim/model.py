@@ -13,7 +13,9 @@ What it models, because it is what makes policies differ on real pools:
 - an arriving message goes to the first worker with prefetch room, or a random one, or (`poll`, as
   Dramatiq's Redis consumers do) waits in the list until some consumer's next poll fetches it: a
   consumer that just fetched polls again at once, one that found nothing backs off 5 ms x 2^misses
-  (jitter x1..2) up to Dramatiq's `worker_timeout` (1 s, then 0.5..1 s), full or idle alike.
+  (jitter x1..2) up to Dramatiq's `worker_timeout` (1 s, then 0.5..1 s), full or idle alike. A consumer
+  whose fetch found nothing is not simulated poll by poll (see `simulate`'s "sleepers"); `poll-exact`
+  does, as the reference the tests compare it with.
 
 The real policy classes run unchanged through the `Policy` protocol. Same seed, same result.
 """
@@ -38,6 +40,16 @@ if TYPE_CHECKING:
 _ARRIVE, _READY, _DONE, _TICK, _POLL = 0, 1, 2, 3, 4
 #: The dispatch models `PoolConfig.dispatch` accepts.
 DISPATCH_MODELS = ("first", "random", "poll")
+#: `poll` simulated one poll at a time, every idle consumer about once a second (its cost grows with idle
+#: consumers x simulated time): the reference the fast `poll` is tested against; also accepted by `simulate`.
+POLL_EXACT = "poll-exact"
+#: A sleeping consumer's poll phase is tracked exactly for this long after it fell asleep, then forgotten
+#: (taken as the cap's stationary phase: it reaches the cap within 2.6 s, and each capped poll brings the
+#: phase about 0.4x closer to stationary). 8 s biased the mean wait of a busy 60-worker pool by +7 %
+#: (what races forget adds up); at 20 and 30 s the difference was within noise (+-2.3 %), at about the
+#: same CPU time.
+SLEEP_EXACT_S = 30.0
+_AWAKE, _FRESH, _MIXED = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +91,12 @@ class _Worker:
     running: int = 0
     held: deque[int] = field(default_factory=deque)  # prefetched, not running
     misses: int = 0  # "poll" dispatch: empty fetches since the last message (Dramatiq's backoff exponent)
+    # "poll" dispatch, a consumer asleep after an empty fetch (no poll event pending): _FRESH (its next poll
+    # `due` is exact) or _MIXED (phase forgotten); `nap` numbers its sleeps, `slept_s` when the last began.
+    sleep: int = _AWAKE
+    due: float = 0.0
+    nap: int = 0
+    slept_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +151,12 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     push(0.0, _TICK)
 
     queue: deque[int] = deque()
-    if pool.dispatch not in DISPATCH_MODELS:
+    if pool.dispatch not in (*DISPATCH_MODELS, POLL_EXACT):
         raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected one of {', '.join(DISPATCH_MODELS)}")
-    polling = pool.dispatch == "poll"
+    polling = pool.dispatch in ("poll", POLL_EXACT)
+    sleepers = pool.dispatch == "poll"
+    # Misses after which every backoff is at the cap (poll_max_s x U(0.5, 1)): 8 at Dramatiq's 5 ms / 1 s.
+    cap_misses = max(0, math.ceil(math.log2(pool.poll_max_s / pool.poll_base_s))) if polling else 0
     rng = random.Random(workload.seed) if pool.dispatch != "first" else None
     workers: dict[int, _Worker] = {}
     next_wid = 0
@@ -199,18 +220,169 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
                 w.held.append(i)
         return got
 
-    def poll(w: _Worker, now: float) -> None:
-        """One `_RedisConsumer.__next__` fetch; the next poll at once after a hit, else after the backoff."""
+    def backoff(w: _Worker) -> float:
+        """Dramatiq's `compute_backoff` after an empty fetch (one more miss)."""
         assert rng is not None
+        b: float = pool.poll_base_s * 2 ** min(w.misses, 32) * rng.uniform(1, 2)
+        if b > pool.poll_max_s:
+            b = pool.poll_max_s * rng.uniform(0.5, 1)
+        w.misses += 1
+        return b
+
+    def poll(w: _Worker, now: float) -> None:
+        """One `_RedisConsumer.__next__` fetch; the next poll at once after a hit, else after the backoff.
+
+        With sleepers, a consumer that found nothing falls asleep instead of scheduling its next poll: it
+        polls again only when a fetch could find something (`attend`)."""
         if fetch(w, now):
             w.misses = 0
             push(now, _POLL, w.wid)
             return
-        backoff = pool.poll_base_s * 2 ** min(w.misses, 32) * rng.uniform(1, 2)
-        if backoff > pool.poll_max_s:
-            backoff = pool.poll_max_s * rng.uniform(0.5, 1)
-        w.misses += 1
-        push(now + backoff, _POLL, w.wid)
+        due = now + backoff(w)
+        if sleepers:
+            fall_asleep(w, now, due)
+        else:
+            push(due, _POLL, w.wid)
+
+    # Sleepers ("poll" dispatch). Every idle consumer at the backoff cap polls about 1.3 times a second, and
+    # almost every poll of an idle pool finds nothing: simulated one by one (POLL_EXACT) they cost idle
+    # consumers x simulated time. So a consumer whose fetch found nothing sleeps instead: no event until a
+    # message waits and it has prefetch room. For SLEEP_EXACT_S after falling asleep its next poll (`due`)
+    # is kept exact (advanced with the same backoff draws when a race needs it); by then its backoff is at
+    # the cap (it reaches it within 2.6 s), a renewal process with poll_max_s x U(0.5, 1) between polls, and
+    # its phase is forgotten: taken as the renewal's stationary one (residual density P(gap > r) / E[gap]).
+    # When messages wait, the sleepers with room race: the first poll among k forgotten ones is drawn at
+    # once as the minimum of k stationary residuals (P(> y) = S(y)^k, the winner uniform among them),
+    # against the earliest exact `due`; the winner alone wakes. If messages still wait after its poll (a
+    # backlog), every sleeper with room wakes. What it forgets: a race's losers did not poll before the
+    # winner (their residuals are taken as stationary again), and an exact sleeper's phase after
+    # SLEEP_EXACT_S. The tests compare it with POLL_EXACT (tests/unit/test_poll_dispatch.py).
+    fresh_heap: list[tuple[float, int, int]] = []  # (due, wid, nap): exact sleepers with room
+    fresh_order: deque[tuple[float, int, int]] = deque()  # (slept_s, wid, nap): every exact sleeper, oldest first
+    mixed_room: list[_Worker] = []  # forgotten sleepers with room (index in `mixed_at`)
+    mixed_at: dict[int, int] = {}
+    mixed_full: dict[int, _Worker] = {}  # forgotten sleepers without room
+    race_wid = -1  # the race winner whose poll is pending (-1: none)
+    mean_gap = 0.75 * pool.poll_max_s
+
+    def room(w: _Worker) -> bool:
+        return w.running + len(w.held) < pool.prefetch
+
+    def residual_s(k: int = 1) -> float:
+        """The first poll of k forgotten sleepers: min of k stationary residuals of poll_max_s x U(0.5, 1)."""
+        assert rng is not None
+        # Stationary survival: S(y) = 1 - y / mean up to cap / 2 (S = 1/3 there), (cap - y)^2 / (cap x mean) above.
+        survive: float = rng.random() ** (1.0 / k)
+        if survive >= 1 / 3:
+            return mean_gap * (1.0 - survive)
+        return pool.poll_max_s * (1.0 - math.sqrt(0.75 * survive))
+
+    def fall_asleep(w: _Worker, now: float, due: float) -> None:
+        w.sleep, w.due, w.slept_s = _FRESH, due, now
+        w.nap += 1
+        fresh_order.append((now, w.wid, w.nap))
+        if room(w):
+            heapq.heappush(fresh_heap, (due, w.wid, w.nap))
+
+    def is_fresh(w: _Worker | None, nap: int) -> bool:
+        return w is not None and w.sleep == _FRESH and w.nap == nap
+
+    def catch_up(w: _Worker, now: float) -> float:
+        """An exact sleeper's first poll at or after `now` (its polls before it found nothing): the backoff
+        draws of `backoff`, inlined (one draw at the cap: the same distribution)."""
+        assert rng is not None
+        due, misses, draw = w.due, w.misses, rng.random
+        while due < now:
+            if misses >= cap_misses:
+                due += pool.poll_max_s * (0.5 + 0.5 * draw())
+            else:
+                b = pool.poll_base_s * 2 ** misses * (1.0 + draw())
+                due += b if b <= pool.poll_max_s else pool.poll_max_s * (0.5 + 0.5 * draw())
+            misses += 1
+        w.due, w.misses = due, misses
+        return due
+
+    def wake(w: _Worker, at: float) -> None:
+        """Take `w` out of the sleepers; its next poll at `at`."""
+        if w.sleep == _MIXED:
+            if w.wid in mixed_at:
+                i = mixed_at.pop(w.wid)
+                last = mixed_room.pop()
+                if last is not w:
+                    mixed_room[i] = last
+                    mixed_at[last.wid] = i
+            else:
+                del mixed_full[w.wid]
+        w.sleep = _AWAKE
+        w.nap += 1  # voids its entries in fresh_heap and fresh_order
+        push(at, _POLL, w.wid)
+
+    def wake_now(w: _Worker, now: float) -> None:
+        wake(w, catch_up(w, now) if w.sleep == _FRESH else now + residual_s())
+
+    def forget_old(now: float) -> None:
+        while fresh_order and fresh_order[0][0] <= now - SLEEP_EXACT_S:
+            _, wid, nap = fresh_order.popleft()
+            w = workers.get(wid)
+            if w is not None and is_fresh(w, nap):
+                w.sleep = _MIXED
+                w.misses = max(w.misses, cap_misses)  # at the cap by now (only "at the cap or not" matters)
+                if room(w):
+                    mixed_at[wid] = len(mixed_room)
+                    mixed_room.append(w)
+                else:
+                    mixed_full[wid] = w
+
+    def earliest_fresh(now: float) -> _Worker | None:
+        """The exact sleeper with room that polls first at or after `now`."""
+        while fresh_heap:
+            due, wid, nap = fresh_heap[0]
+            w = workers.get(wid)
+            if w is None or not is_fresh(w, nap) or due != w.due:
+                heapq.heappop(fresh_heap)
+            elif due < now:
+                heapq.heapreplace(fresh_heap, (catch_up(w, now), wid, nap))
+            else:
+                return w
+        return None
+
+    def attend(now: float) -> None:
+        """Messages wait and no race is pending: the sleepers with room race for them."""
+        nonlocal race_wid
+        if not queue or race_wid >= 0 or not (fresh_heap or mixed_room or fresh_order):
+            return
+        forget_old(now)
+        first = earliest_fresh(now)
+        if mixed_room:
+            at = now + residual_s(len(mixed_room))
+            if first is None or at < first.due:
+                assert rng is not None
+                first = mixed_room[rng.randrange(len(mixed_room))]
+                race_wid = first.wid
+                wake(first, at)
+                return
+        if first is not None:
+            race_wid = first.wid
+            wake(first, first.due)
+
+    def wake_all(now: float) -> None:
+        """A backlog: every sleeper with room polls on its own schedule."""
+        forget_old(now)
+        while (w := earliest_fresh(now)) is not None:
+            wake(w, w.due)
+        while mixed_room:
+            wake_now(mixed_room[-1], now)
+
+    def gained_room(w: _Worker, now: float) -> None:
+        """A sleeper's task ended and it has prefetch room again: it may fetch at its next poll."""
+        if w.sleep == _FRESH:
+            heapq.heappush(fresh_heap, (w.due, w.wid, w.nap))
+        elif w.wid in mixed_full:
+            del mixed_full[w.wid]
+            mixed_at[w.wid] = len(mixed_room)
+            mixed_room.append(w)
+        if queue:
+            wake_now(w, now)
 
     def takers() -> list[_Worker]:
         """The workers whose consumers race for the queue, in dispatch order."""
@@ -228,8 +400,11 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             feed(w, now)
 
     def retire(w: _Worker, now: float) -> None:
-        nonlocal cost
+        nonlocal cost, race_wid
         cost += now - w.started_s
+        if w.sleep != _AWAKE:
+            wake(w, now)  # out of the sleepers; its poll finds no worker
+        race_wid = -1 if race_wid == w.wid else race_wid
         del workers[w.wid]
 
     def stop_worker(w: _Worker, now: float) -> None:
@@ -268,9 +443,20 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             poller = workers.get(a)
             if poller is not None:
                 poll(poller, now)
+                if a == race_wid:
+                    race_wid = -1
+                    if queue:
+                        wake_all(now)
+                elif not queue:
+                    # The race was for messages now fetched: its winner polls as scheduled, and the next
+                    # message races among the sleepers of then (some may have fallen asleep since).
+                    race_wid = -1
         elif kind == _DONE:
             w = workers[a]
+            full = not room(w)
             w.running -= 1
+            if w.sleep != _AWAKE and full:
+                gained_room(w, now)
             completions[b] += 1
             done_count += 1
             last_done = now
@@ -313,6 +499,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             interval = read_interval_s(tick_s, obs, target, previous_outstanding) if adaptive_reads else tick_s
             previous_outstanding = outstanding
             push(now + interval, _TICK)
+        if sleepers:
+            attend(now)
     # Charge what still runs up to the end of the work (the trace, or the last completion), so policies
     # that tick rarely are not billed for the idle tail after it.
     end = max(end_arrivals, last_done)

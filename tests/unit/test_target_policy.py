@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,6 +27,8 @@ def policies(draw: st.DrawFn) -> TargetPolicy:
         max_step=draw(st.integers(1, 20)),
         window_s=draw(st.floats(0, 600)),
         capacity=draw(st.integers(1, 64)),
+        idle_spare=draw(st.booleans()),
+        band_above=draw(st.booleans()),
     )
 
 
@@ -131,6 +135,22 @@ def test_a_quiet_read_after_a_burst_keeps_what_the_flow_needs_plus_a_spare() -> 
     assert quiet.target == 3 and "flow need 2 + 1 spare" in quiet.reason
     later, _ = SMALL.decide(obs(300, 0, 2, 3), s)
     assert later.target == 1
+
+
+def test_an_idle_pool_at_min_zero_keeps_its_spare_only_with_idle_spare() -> None:
+    # A batch drained, then nothing in flight for most of the window: the typical flow is 0. With
+    # nothing outstanding, idle_spare=False lets the pool go to zero; anything outstanding keeps the spare.
+    p = TargetPolicy(0, 10, per_worker=5, tolerance=0.1, max_step=4, window_s=120, capacity=5)
+    _, s = p.decide(obs(0, 40, 0, 0), p.initial_state())
+    for t in range(5, 60, 5):
+        _, s = p.decide(obs(t, 0, 0, 1), s)
+    kept, _ = p.decide(obs(60, 0, 0, 1), s)
+    assert kept.target == 1 and "flow need 0 + 1 spare" in kept.reason
+    lean = dataclasses.replace(p, idle_spare=False)
+    gone, _ = lean.decide(obs(60, 0, 0, 1), s)
+    assert gone.target == 0 and "spare" not in gone.reason
+    busy, _ = lean.decide(obs(60, 0, 1, 1), s)
+    assert busy.target == 1
 
 
 def test_a_backlog_that_never_empties_holds_the_whole_window() -> None:
