@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -143,6 +144,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _exit_at_once(code: int) -> NoReturn:
+    """End `scale-up`/`scale-down` without the interpreter's teardown.
+
+    The workers it just started are Python processes starting on every core at this moment; the
+    teardown (module and object finalization, tens of ms of CPU) then took 0.7-1.3 s of wall time in
+    the bench, a fifth of a 50-unit scale-up. Nothing is left to clean: the jobs are systemd's and
+    the bus connection is closed. Output and log handlers are flushed first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     command: str = args.command
     if command == "worker-exec":
@@ -156,7 +171,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return asyncio.run(_start(args))
         if command == "status":
             return asyncio.run(_status(args))
-        return asyncio.run(_scale(args, up=command == "scale-up"))
+        _exit_at_once(asyncio.run(_scale(args, up=command == "scale-up")))
     if command in ("install", "uninstall"):
         from dqagent.install import install, uninstall
 
