@@ -45,6 +45,8 @@ POLL_S, WINDOW_S, STARTUP_S, FLAP_WINDOW_S = 5.0, 120.0, 5.0, 600.0
 #: systemd's catalog ids for a unit's start and stop jobs.
 STARTING, STOPPED = "7d4958e842da4a758f6c1cdc7b36dcc5", "9d1aaa27d60140bd96365438aad20286"
 STOPPING = "de5b426a63be47a7b6ac3eaac82e2f6f"
+#: systemd's "Started" (the start job done: for Type=exec, the worker binary was executed).
+STARTED = "39f53479d3a045ac8e11786248231fbf"
 DEACTIVATED = "7ad2d189f7e94e70a38c781354912448"
 
 
@@ -99,10 +101,15 @@ class Run:
     times: list[tuple[float, float, float]]
     #: (wall time, +1 / -1) of the agent's scale actions.
     scale_events: list[tuple[float, int]]
-    #: per unit start: [start, stop or None, ready for action or None, stop job began or None]
+    #: per unit start: [start, stop or None, ready for action or None, stop job began or None, start job done
+    #: or None, pid that logged ready or None] (older saves have the first four)
     intervals: list[list[float | None]]
     #: per message: the pid of the worker process that ran it
     pids: list[int] = field(default_factory=list)
+    #: the agent's journal events during the run: (wall time, DQAGENT_EVENT, MESSAGE)
+    agent_events: list[tuple[float, str, str]] = field(default_factory=list)
+    #: systemd's messages about the worker units that are not the ones `intervals` parses: (wall time, unit, text)
+    unit_log: list[tuple[float, str, str]] = field(default_factory=list)
 
     def metrics(self) -> Measured:
         waits = [s - e for e, s, _ in self.times]
@@ -242,15 +249,20 @@ def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads
             if t0 <= t <= end:
                 events.append((t, sign))
     events.sort()
+    agent_events = sorted((int(rec["__REALTIME_TIMESTAMP"]) / 1e6, str(rec["DQAGENT_EVENT"]),
+                           str(rec.get("MESSAGE", ""))) for rec in journal(c, "dqagent", f"--since={since}")
+                          if rec.get("DQAGENT_EVENT"))
 
     def settled() -> bool:  # every unit started during the run is ready or ended, so its start-up is known
         return all(iv[2] is not None or iv[1] is not None
                    for iv in worker_intervals(c, t0 - 3600, end) if iv[0] is not None and iv[0] >= t0)
 
     wait_until("the run's workers ready or ended", settled, timeout=180, interval=2)
-    intervals = worker_intervals(c, t0 - 3600, end)
+    unit_log: list[tuple[float, str, str]] = []
+    intervals = worker_intervals(c, t0 - 3600, end, unit_log)
     return Run(name, factor, seed, threads, lo, hi, t0, end, [tuple(t) for t in times],  # type: ignore[misc]
-               events, intervals, [int(pid_of.get(str(i), 0)) for i in range(n)])
+               events, intervals, [int(pid_of.get(str(i), 0)) for i in range(n)], agent_events,
+               [entry for entry in unit_log if entry[0] >= t0])
 
 
 def _hgetall(redis: Any, key: str) -> dict[str, str]:
@@ -258,10 +270,13 @@ def _hgetall(redis: Any, key: str) -> dict[str, str]:
     return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
-def worker_intervals(c: Any, since: float, end: float) -> list[list[float | None]]:
+def worker_intervals(c: Any, since: float, end: float,
+                     unit_log: list[tuple[float, str, str]] | None = None) -> list[list[float | None]]:
     """Each worker unit's [start job began, unit stopped (None: still running at `end`), its Dramatiq worker
-    process "ready for action" (None: never), stop job began (None: not stopped)], from the journal:
-    systemd's own records (catalog ids) and the worker's log line, for starts since `since`."""
+    process "ready for action" (None: never), stop job began (None: not stopped), start job done (None:
+    never), the pid that logged ready (None: never)], from the journal: systemd's own records (catalog ids)
+    and the worker's log line, for starts since `since`. systemd's other messages about the units (why
+    one failed) go to `unit_log`."""
     out = c.run(["journalctl", "-o", "json", "--no-pager", f"--since=@{int(since)}", "-u", "dramatiq-worker@*"]).stdout
     open_: dict[str, list[float | None]] = {}
     intervals: list[list[float | None]] = []
@@ -272,16 +287,22 @@ def worker_intervals(c: Any, since: float, end: float) -> list[list[float | None
             unit = rec.get("_SYSTEMD_UNIT", "")
             if unit in open_ and open_[unit][2] is None and "ready for action" in str(rec.get("MESSAGE", "")):
                 open_[unit][2] = t
+                open_[unit][5] = float(rec.get("_PID", 0))
             continue
         unit = rec.get("UNIT", "")
         mid = rec.get("MESSAGE_ID")
         if mid == STARTING and unit not in open_:
-            open_[unit] = [t, None, None, None]
+            open_[unit] = [t, None, None, None, None, None]
+        elif mid == STARTED and unit in open_:
+            open_[unit][4] = t
         elif mid == STOPPING and unit in open_:
             open_[unit][3] = t
         elif mid in (STOPPED, DEACTIVATED) and unit in open_:
-            start, _, ready, stopping = open_.pop(unit)
-            intervals.append([start, t, ready, stopping])
+            iv = open_.pop(unit)
+            iv[1] = t
+            intervals.append(iv)
+        elif unit_log is not None and unit.startswith("dramatiq-worker@"):
+            unit_log.append((t, unit, str(rec.get("MESSAGE", ""))))
     intervals += list(open_.values())
     return intervals
 
