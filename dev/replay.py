@@ -83,6 +83,9 @@ class Measured:
     scales: int
     flaps: int
     startup_s: float = math.nan
+    #: The simulator's lowest and highest p95 over the read phases it was run with (NaN: real, or one phase).
+    p95_lo_s: float = math.nan
+    p95_hi_s: float = math.nan
 
 
 @dataclass
@@ -136,6 +139,12 @@ class Run:
         return [(iv[0] - self.t0, iv[2] - iv[0]) for iv in sorted(self.intervals, key=lambda iv: iv[0] or 0.0)
                 if len(iv) > 2 and iv[0] is not None and iv[2] is not None and iv[0] >= self.t0]
 
+    def start_job_delays(self) -> list[tuple[float, float]]:
+        """Each unit started during the run: (its start job, seconds after t0; -> the job done, s), in order
+        (empty for saves that did not record the job's end)."""
+        return [(iv[0] - self.t0, iv[4] - iv[0]) for iv in sorted(self.intervals, key=lambda iv: iv[0] or 0.0)
+                if len(iv) > 4 and iv[0] is not None and iv[4] is not None and iv[0] >= self.t0]
+
     def stop_delay_s(self) -> float:
         """Median time from a unit's stop job to its end (SIGTERM -> drained and exited); 0 if none stopped."""
         delays = [iv[1] - iv[3] for iv in self.intervals
@@ -144,10 +153,14 @@ class Run:
 
     def failed_starts(self) -> list[float]:
         """Units started during the run that never got ready (a failed start; the agent retries after its
-        backoff), seconds after t0. The model has no failed starts."""
-        return [iv[0] - self.t0 for iv in self.intervals
-                if len(iv) > 3 and iv[0] is not None and iv[0] >= self.t0 and iv[2] is None and iv[1] is not None
-                and iv[3] is None]  # ended without a stop job: it failed, nobody stopped it
+        backoff), seconds after t0."""
+        return [t for t, _ in self.failures()]
+
+    def failures(self) -> list[tuple[float, float]]:
+        """The failed starts as (start, seconds after t0; -> the unit ended, s), in order: the model replays them."""
+        return sorted((iv[0] - self.t0, iv[1] - iv[0]) for iv in self.intervals
+                      if len(iv) > 3 and iv[0] is not None and iv[0] >= self.t0 and iv[2] is None
+                      and iv[1] is not None and iv[3] is None)  # ended without a stop job: nobody stopped it
 
     def startup_s(self) -> float:
         """Mean start-up delay of the units started during the run (NaN if none)."""
@@ -159,17 +172,45 @@ def workload_for(name: str, seed: int, factor: float) -> Workload:
     return compress(generate(TRACES[name], seed), factor)
 
 
-def predict(run: Run, dispatch: str) -> Measured:
+#: The simulator's models `--models` offers: the agent's stops, start checks and failed starts
+#: (`PoolConfig.agent_stops`), or the simpler one before it (newest first, no failed starts).
+MODELS = ("agent", "simple")
+
+
+def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 8) -> Measured:
     """The simulator on the same compressed workload and pool as `run`, its workers starting as slowly as
-    that run's did at the same moments (its measured start-up delays over time)."""
+    that run's did at the same moments (its measured start-up delays and start job durations over time),
+    with (`model` "agent") the starts that failed in it failing there too and stops and start checks as
+    the agent's.
+
+    The real agent's reads fall at some phase against the workload's clock that nobody chose, and a
+    spike's wait can turn on whether a scale-down lands a second before it or after; so the simulator
+    reads at `phases` evenly spread phases of one read interval, and the figures are their medians
+    (p95_lo_s/p95_hi_s the range)."""
+    runs = [_simulate(run, dispatch, model, k * POLL_S / run.factor / phases) for k in range(phases)]
+    p95s = [m.p95_s for m in runs]
+
+    def median(attr: str) -> float:
+        return float(statistics.median(getattr(m, attr) for m in runs))
+
+    return replace(runs[0], source=f"sim {dispatch}" + ("" if model == "agent" else f"/{model}"),
+                   p50_s=median("p50_s"), p95_s=median("p95_s"), worker_seconds=median("worker_seconds"),
+                   scales=round(median("scales")), flaps=round(median("flaps")),
+                   p95_lo_s=min(p95s) if phases > 1 else math.nan, p95_hi_s=max(p95s) if phases > 1 else math.nan)
+
+
+def _simulate(run: Run, dispatch: str, model: str, first_read_s: float) -> Measured:
+    agent = model == "agent"
     workload = workload_for(run.trace, run.seed, run.factor)
     profile = tuple(run.startup_delays())
     boot = statistics.mean(d for _, d in profile) if profile else STARTUP_S / run.factor
     pool = PoolConfig(threads=run.threads, prefetch=2 * run.threads, startup_delay_s=boot,
                       min_workers=run.min_workers, max_workers=run.max_workers, dispatch=dispatch,
-                      startup_profile_s=profile, stop_delay_s=run.stop_delay_s())
+                      startup_profile_s=profile, stop_delay_s=run.stop_delay_s(), agent_stops=agent,
+                      check_delay_s=STARTUP_S / run.factor, start_job_profile_s=tuple(run.start_job_delays()),
+                      failed_starts_s=tuple(run.failures()), failure_match_s=POLL_S / run.factor)
     policy = target_policy(pool, SCALE_DOWN_WINDOW=f"{WINDOW_S / run.factor:g}")
-    result = simulate(workload, policy, pool, POLL_S / run.factor, adaptive_reads=True)
+    result = simulate(workload, policy, pool, POLL_S / run.factor, adaptive_reads=True, first_read_s=first_read_s)
     w = result.waits_s
     return Measured(run.trace, f"sim {dispatch}", percentile(w, 0.5), percentile(w, 0.95), result.worker_seconds,
                     len(result.scale_events), count_flaps(result.scale_events, FLAP_WINDOW_S / run.factor), boot)
@@ -182,13 +223,14 @@ def _err(sim: float, real: float) -> str:
 
 
 def _row(m: Measured, extra: str = "") -> str:
-    return (f"{m.trace:<7} {m.source:<12} {m.p50_s:>7.2f} {m.p95_s:>7.2f} {m.worker_seconds:>9.1f} "
+    return (f"{m.trace:<7} {m.source:<16} {m.p50_s:>7.2f} {m.p95_s:>7.2f} {m.worker_seconds:>9.1f} "
             f"{m.scales:>6} {m.flaps:>5} {m.startup_s:>6.2f}  {extra}")
 
 
-def report(runs: Sequence[Run], dispatches: Sequence[str]) -> None:
+def report(runs: Sequence[Run], dispatches: Sequence[str], models: Sequence[str] = ("agent",),
+           phases: int = 8) -> None:
     """Each real run beside the simulator's prediction for it, then the mean absolute errors."""
-    print(f"{'trace':<7} {'source':<12} {'p50 s':>7} {'p95 s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5} "
+    print(f"{'trace':<7} {'source':<16} {'p50 s':>7} {'p95 s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5} "
           f"{'boot s':>6}  err p95 / worker-s (sim vs this run)")
     errors: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for r in runs:
@@ -196,16 +238,20 @@ def report(runs: Sequence[Run], dispatches: Sequence[str]) -> None:
         failed = r.failed_starts()
         note = f"; {len(failed)} failed start(s) at {', '.join(f'{t:.0f}' for t in failed)} s" if failed else ""
         print(_row(replace(m, source=f"real s{r.seed}"), r.shares() + note))
-        for dispatch in dispatches:
-            s = predict(r, dispatch)
-            print(_row(s, f"{_err(s.p95_s, m.p95_s):>5} / {_err(s.worker_seconds, m.worker_seconds)}"))
-            errors.setdefault((r.trace, dispatch), []).append(
-                (s.p95_s / m.p95_s - 1 if m.p95_s else math.nan, s.worker_seconds / m.worker_seconds - 1))
+        for model in models:
+            for dispatch in dispatches:
+                s = predict(r, dispatch, model, phases)
+                span = "" if math.isnan(s.p95_lo_s) else f"  p95 {s.p95_lo_s:.2f}-{s.p95_hi_s:.2f}"
+                inside = "" if not span else " (real inside)" if s.p95_lo_s <= m.p95_s <= s.p95_hi_s else ""
+                print(_row(s, f"{_err(s.p95_s, m.p95_s):>5} / {_err(s.worker_seconds, m.worker_seconds)}"
+                              f"{span}{inside}"))
+                errors.setdefault((r.trace, s.source[4:]), []).append(
+                    (s.p95_s / m.p95_s - 1 if m.p95_s else math.nan, s.worker_seconds / m.worker_seconds - 1))
     print("\nmean |error| over the runs (p95 wait / worker-seconds):")
-    for (trace, dispatch), errs in errors.items():
+    for (trace, source), errs in errors.items():
         p95 = statistics.mean(abs(e[0]) for e in errs)
         cost = statistics.mean(abs(e[1]) for e in errs)
-        print(f"  {trace:<7} {dispatch:<7} {p95:>5.0%} / {cost:>4.0%}  ({len(errs)} runs)")
+        print(f"  {trace:<7} {source:<14} {p95:>5.0%} / {cost:>4.0%}  ({len(errs)} runs)")
 
 
 # -- the real run (needs root and the bench) ---------------------------------------------------------
@@ -318,7 +364,7 @@ def install_agent(c: Any, redis: Any, factor: float, threads: int, lo: int, hi: 
             WORKER_DIRECTORY=str(app), SCALING_POLICY="target", MIN_PROCESSES=lo, MAX_PROCESSES=hi,
             CHECK_INTERVAL=60, DEMAND_POLL_INTERVAL=f"{POLL_S / factor:g}",
             SCALE_DOWN_WINDOW=f"{WINDOW_S / factor:g}", PROCESS_STARTUP_DELAY=f"{STARTUP_S / factor:g}",
-            GRACEFUL_SHUTDOWN_TIMEOUT=60, LOG_LEVEL="INFO")
+            GRACEFUL_SHUTDOWN_TIMEOUT=60, LOG_LEVEL="DEBUG")  # DEBUG: every read's decision, for the comparison
 
 
 def real_runs(names: Sequence[str], runs: int, seed: int, factor: float, threads: int, lo: int,
@@ -354,12 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-workers", type=int, default=1)
     parser.add_argument("--max-workers", type=int, default=4)
     parser.add_argument("--dispatch", nargs="*", default=list(DISPATCH_MODELS), choices=DISPATCH_MODELS)
+    parser.add_argument("--models", nargs="*", default=["agent"], choices=MODELS,
+                        help="agent: stops, start checks and failed starts as the agent's (default); simple: before")
+    parser.add_argument("--phases", type=int, default=8, help="read phases the simulator runs (default 8)")
     parser.add_argument("--save", type=Path, help="write the real measurements to this JSON file")
     parser.add_argument("--load", type=Path, action="append", default=[],
                         help="re-print the comparison from saved measurements (no bench)")
     args = parser.parse_args(argv)
-    if args.factor <= 0 or args.runs < 1:
-        parser.error("--factor must be > 0 and --runs >= 1")
+    if args.factor <= 0 or args.runs < 1 or args.phases < 1:
+        parser.error("--factor must be > 0, --runs >= 1 and --phases >= 1")
     if args.load:
         known = set(Run.__dataclass_fields__)
         runs = [Run(**{k: v for k, v in r.items() if k in known}) for path in args.load
@@ -371,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.save.write_text(json.dumps([asdict(r) for r in runs]))
     print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real - 1; boot = mean start job -> "
           "ready for action; the simulator replays each run's own start-up delays (by time) and median stop time")
-    report(runs, args.dispatch)
+    report(runs, args.dispatch, args.models, args.phases)
     return 0
 
 
