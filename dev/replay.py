@@ -162,6 +162,14 @@ class Run:
                       if len(iv) > 3 and iv[0] is not None and iv[0] >= self.t0 and iv[2] is None
                       and iv[1] is not None and iv[3] is None)  # ended without a stop job: nobody stopped it
 
+    def enqueued(self) -> Workload:
+        """The run's workload as it was really fed: each message at its enqueue time (seconds after t0).
+
+        The harness enqueues from one thread of a loaded host, so in a spike a message can go in up to
+        seconds after its drawn arrival: the agent reads (and the waits start from) that later time."""
+        workload = workload_for(self.trace, self.seed, self.factor)
+        return replace(workload, arrivals_s=tuple(e - self.t0 for e, _, _ in self.times))
+
     def startup_s(self) -> float:
         """Mean start-up delay of the units started during the run (NaN if none)."""
         delays = [d for _, d in self.startup_delays()]
@@ -201,7 +209,7 @@ def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 8) -> M
 
 def _simulate(run: Run, dispatch: str, model: str, first_read_s: float) -> Measured:
     agent = model == "agent"
-    workload = workload_for(run.trace, run.seed, run.factor)
+    workload = run.enqueued() if agent else workload_for(run.trace, run.seed, run.factor)
     profile = tuple(run.startup_delays())
     boot = statistics.mean(d for _, d in profile) if profile else STARTUP_S / run.factor
     pool = PoolConfig(threads=run.threads, prefetch=2 * run.threads, startup_delay_s=boot,

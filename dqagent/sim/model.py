@@ -69,8 +69,10 @@ class PoolConfig:
     poll_base_s: float = 0.005
     poll_max_s: float = 1.0
     #: Measured start-up delays as (start time, delay), times ascending, instead of `startup_delay_s`: a
-    #: worker started at t takes the delay of the last measured start at or before t (the first one's
-    #: before it). A host's start-up latency follows its load over time; dev/replay passes a real run's.
+    #: worker started at t takes the delay of the measured start nearest to t (the earlier one on a tie).
+    #: A host's start-up latency follows its load over time, and the load rises with the very spike that
+    #: makes the agent start workers: a model start a moment before the real one must not take the quiet
+    #: delay of a start minutes earlier. dev/replay passes a real run's.
     startup_profile_s: tuple[tuple[float, float], ...] = ()
     #: Seconds a stopped worker process still lives (and costs) after its last task ended: Dramatiq's
     #: shutdown joins its threads (each wakes within `worker_timeout`) and the interpreter exits. 0: none.
@@ -432,10 +434,13 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
 
 
 def _lookup(profile: tuple[tuple[float, float], ...], now: float, default: float) -> float:
-    """The value of the last (time, value) at or before `now` (the first one's before it); `default` if empty."""
+    """The value of the (time, value) nearest to `now` (the earlier one on a tie); `default` if empty."""
     if not profile:
         return default
-    return profile[max(0, bisect.bisect_right([t for t, _ in profile], now) - 1)][1]
+    i = bisect.bisect_right([t for t, _ in profile], now)
+    if i == len(profile) or (i > 0 and now - profile[i - 1][0] <= profile[i][0] - now):
+        i -= 1
+    return profile[i][1]
 
 
 def oracle_worker_seconds(workload: Workload, pool: PoolConfig) -> float:
