@@ -162,6 +162,10 @@ class Run:
                       if len(iv) > 3 and iv[0] is not None and iv[0] >= self.t0 and iv[2] is None
                       and iv[1] is not None and iv[3] is None)  # ended without a stop job: nobody stopped it
 
+    def read_times(self) -> tuple[float, ...]:
+        """When the agent read demand (its "decision" events, all of them at LOG_LEVEL=DEBUG), seconds after t0."""
+        return tuple(t - self.t0 for t, kind, _ in self.agent_events if kind == "decision" and t >= self.t0)
+
     def enqueued(self) -> Workload:
         """The run's workload as it was really fed: each message at its enqueue time (seconds after t0).
 
@@ -181,8 +185,10 @@ def workload_for(name: str, seed: int, factor: float) -> Workload:
 
 
 #: The simulator's models `--models` offers: the agent's stops, start checks and failed starts
-#: (`PoolConfig.agent_stops`), or the simpler one before it (newest first, no failed starts).
-MODELS = ("agent", "simple")
+#: (`PoolConfig.agent_stops`); the same reading demand exactly when the real agent did ("reads", for runs
+#: whose agent logged every decision); or the simpler one before it (newest first, no failed starts,
+#: the drawn arrival times).
+MODELS = ("agent", "reads", "simple")
 
 
 def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 8) -> Measured:
@@ -195,6 +201,8 @@ def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 8) -> M
     spike's wait can turn on whether a scale-down lands a second before it or after; so the simulator
     reads at `phases` evenly spread phases of one read interval, and the figures are their medians
     (p95_lo_s/p95_hi_s the range)."""
+    if model == "reads":
+        phases = 1
     runs = [_simulate(run, dispatch, model, k * POLL_S / run.factor / phases) for k in range(phases)]
     p95s = [m.p95_s for m in runs]
 
@@ -208,8 +216,9 @@ def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 8) -> M
 
 
 def _simulate(run: Run, dispatch: str, model: str, first_read_s: float) -> Measured:
-    agent = model == "agent"
+    agent = model != "simple"
     workload = run.enqueued() if agent else workload_for(run.trace, run.seed, run.factor)
+    reads = run.read_times() if model == "reads" else ()
     profile = tuple(run.startup_delays())
     boot = statistics.mean(d for _, d in profile) if profile else STARTUP_S / run.factor
     pool = PoolConfig(threads=run.threads, prefetch=2 * run.threads, startup_delay_s=boot,
@@ -218,7 +227,8 @@ def _simulate(run: Run, dispatch: str, model: str, first_read_s: float) -> Measu
                       check_delay_s=STARTUP_S / run.factor, start_job_profile_s=tuple(run.start_job_delays()),
                       failed_starts_s=tuple(run.failures()), failure_match_s=POLL_S / run.factor)
     policy = target_policy(pool, SCALE_DOWN_WINDOW=f"{WINDOW_S / run.factor:g}")
-    result = simulate(workload, policy, pool, POLL_S / run.factor, adaptive_reads=True, first_read_s=first_read_s)
+    result = simulate(workload, policy, pool, POLL_S / run.factor, adaptive_reads=True, first_read_s=first_read_s,
+                      read_times_s=reads)
     w = result.waits_s
     return Measured(run.trace, f"sim {dispatch}", percentile(w, 0.5), percentile(w, 0.95), result.worker_seconds,
                     len(result.scale_events), count_flaps(result.scale_events, FLAP_WINDOW_S / run.factor), boot)
@@ -247,6 +257,8 @@ def report(runs: Sequence[Run], dispatches: Sequence[str], models: Sequence[str]
         note = f"; {len(failed)} failed start(s) at {', '.join(f'{t:.0f}' for t in failed)} s" if failed else ""
         print(_row(replace(m, source=f"real s{r.seed}"), r.shares() + note))
         for model in models:
+            if model == "reads" and not r.read_times():
+                continue  # an older save: the agent logged only its changes
             for dispatch in dispatches:
                 s = predict(r, dispatch, model, phases)
                 span = "" if math.isnan(s.p95_lo_s) else f"  p95 {s.p95_lo_s:.2f}-{s.p95_hi_s:.2f}"

@@ -31,6 +31,7 @@ import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +161,7 @@ class Result:
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
              initial_workers: int | None = None, horizon_s: float | None = None,
              host: HostModel | None = None, guard: Limits | None = None, adaptive_reads: bool = False,
-             first_read_s: float = 0.0) -> Result:
+             first_read_s: float = 0.0, read_times_s: Sequence[float] = ()) -> Result:
     """Run `workload` through a pool driven by `policy`. Returns every message's wait and the cost.
 
     `host` (dqagent.sim.host): a host that slows every task down beyond its capacity; `guard`: the
@@ -168,7 +169,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     `tick_s` is the read interval; with `adaptive_reads` it is the base of the agent's adaptive one
     (`dqagent.policies.read_interval_s`, as SCALING_POLICY=target reads demand). `first_read_s`: when
     the policy reads first (the phase of its reads against the workload's clock; a real agent's is
-    whatever it happens to be).
+    whatever it happens to be). `read_times_s` (ascending): read exactly then instead (a real agent's
+    measured reads, replayed), and at the intervals after the last one.
     """
     n = len(workload)
     arrivals, services = workload.arrivals_s, workload.services_s
@@ -184,7 +186,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         push(t, _ARRIVE, i)
     end_arrivals = workload.trace.duration_s
     horizon = horizon_s if horizon_s is not None else end_arrivals + 6 * 3600
-    push(first_read_s, _TICK)
+    reads = iter(read_times_s)
+    push(next(reads, first_read_s), _TICK)
 
     queue: deque[int] = deque()
     if pool.dispatch not in DISPATCH_MODELS:
@@ -419,7 +422,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             samples.append(Sample(now, ready, outstanding, target))
             interval = read_interval_s(tick_s, obs, target, previous_outstanding) if adaptive_reads else tick_s
             previous_outstanding = outstanding
-            push(now + interval, _TICK)
+            push(next(reads, now + interval), _TICK)
     # Charge what still runs up to the end of the work (the trace, or the last completion), so policies
     # that tick rarely are not billed for the idle tail after it.
     end = max(end_arrivals, last_done)

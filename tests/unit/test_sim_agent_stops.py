@@ -119,3 +119,21 @@ def test_agent_stops_never_stop_a_worker_in_its_check_nor_reuse_a_live_number(
         for other in result.lives:
             if other is not life and other.number == life.number:
                 assert other.started_s >= life.ended_s or life.started_s >= other.ended_s
+
+
+def test_a_start_takes_the_measured_delay_of_the_nearest_real_start() -> None:
+    # Given start-up delays measured at t=0 (3 s, a quiet host) and at t=50 (20 s, the spike loads it),
+    # and model starts at t=20 and t=45 (a moment before the real one at 50)
+    pool = PoolConfig(threads=1, prefetch=2, min_workers=0, max_workers=2, startup_profile_s=((0, 3.0), (50, 20.0)))
+    plan = Scripted(lambda t: 0 if t < 20 else 1 if t < 45 else 2, hi=2)
+    lives = by_start(simulate(handmade((), (), duration_s=90), plan, pool, tick_s=1).lives)
+    # Then the one at 20 takes 3 s, and the one at 45 the spike's 20 s, not the quiet 3 s
+    assert [(life.started_s, life.ready_s - life.started_s) for life in lives] == [(20, 3.0), (45, 20.0)]
+
+
+def test_replayed_read_times_are_kept_then_the_intervals_resume() -> None:
+    plan = Scripted(lambda t: 1, hi=1)
+    simulate(handmade((), (), duration_s=12), plan, PoolConfig(min_workers=1, max_workers=1), tick_s=2,
+             read_times_s=(0.3, 1.1, 4.0))
+    seen: list[Observation] = plan.seen  # type: ignore[attr-defined]
+    assert [o.now_s for o in seen][:5] == [0.3, 1.1, 4.0, 6.0, 8.0]
