@@ -9,11 +9,14 @@ DRAMATIQ_COMMAND, then for each trace:
   SCALE_DOWN_WINDOW, PROCESS_STARTUP_DELAY), so the offered load is unchanged;
 - enqueues message i at its arrival time through Dramatiq (`dqtestapp.timed`, a sleep of its drawn
   service time) and reads back enqueue/start/end per message from the Redis hash `dqtest:times`;
-- reads the agent's scale actions (`scale_up`/`scale_down` events) and every worker unit's start and
-  stop from the journal (worker-seconds: from the start job to the unit's stop), and when its Dramatiq
-  worker process logged "ready for action" (the measured start-up delay);
-- runs the simulator on the same compressed workload and pool (measured start-up delay, the agent's
-  read interval) for each dispatch model, and prints both side by side with relative errors.
+- reads the agent's events (every read's decision: it runs at LOG_LEVEL=DEBUG) and every worker unit's
+  start job, its end, stop job and end from the journal (worker-seconds: from the start job to the
+  unit's end), and when its Dramatiq worker process logged "ready for action" (the start-up delay);
+- runs the simulator on what the real run was fed and met: the messages at their real enqueue times,
+  the measured start-up delays and start jobs (at the nearest real start), the starts that failed, the
+  median stop time, the agent's start checks and stop order (`PoolConfig.agent_stops`), at 16 phases of
+  the agent's reads (or at its real read times: `--models reads`), and prints both side by side with
+  relative errors.
 
 Everything is in real (compressed) seconds. `--save FILE` keeps the measurements as JSON and
 `--load FILE` re-prints the comparison from them without booting anything.
@@ -163,8 +166,14 @@ class Run:
                       and iv[1] is not None and iv[3] is None)  # ended without a stop job: nobody stopped it
 
     def read_times(self) -> tuple[float, ...]:
-        """When the agent read demand (its "decision" events, all of them at LOG_LEVEL=DEBUG), seconds after t0."""
-        return tuple(t - self.t0 for t, kind, _ in self.agent_events if kind == "decision" and t >= self.t0)
+        """When the agent read demand (its "decision" events), seconds after t0; empty unless it logged every
+        read (LOG_LEVEL=DEBUG; at INFO it logs changes only): no gap longer than its slowest read (2 x
+        DEMAND_POLL_INTERVAL) plus a second."""
+        reads = [t - self.t0 for t, kind, _ in self.agent_events if kind == "decision" and t >= self.t0]
+        slowest = 2 * POLL_S / self.factor + 1
+        if not reads or any(b - a > slowest for a, b in zip([0.0, *reads], reads, strict=False)):
+            return ()
+        return tuple(reads)
 
     def enqueued(self) -> Workload:
         """The run's workload as it was really fed: each message at its enqueue time (seconds after t0).
@@ -191,7 +200,7 @@ def workload_for(name: str, seed: int, factor: float) -> Workload:
 MODELS = ("agent", "reads", "simple")
 
 
-def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 8) -> Measured:
+def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 16) -> Measured:
     """The simulator on the same compressed workload and pool as `run`, its workers starting as slowly as
     that run's did at the same moments (its measured start-up delays and start job durations over time),
     with (`model` "agent") the starts that failed in it failing there too and stops and start checks as
@@ -246,11 +255,12 @@ def _row(m: Measured, extra: str = "") -> str:
 
 
 def report(runs: Sequence[Run], dispatches: Sequence[str], models: Sequence[str] = ("agent",),
-           phases: int = 8) -> None:
+           phases: int = 16) -> None:
     """Each real run beside the simulator's prediction for it, then the mean absolute errors."""
     print(f"{'trace':<7} {'source':<16} {'p50 s':>7} {'p95 s':>7} {'worker-s':>9} {'scales':>6} {'flaps':>5} "
           f"{'boot s':>6}  err p95 / worker-s (sim vs this run)")
     errors: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    pairs: dict[tuple[str, str], list[tuple[Measured, Measured]]] = {}
     for r in runs:
         m = r.metrics()
         failed = r.failed_starts()
@@ -265,13 +275,19 @@ def report(runs: Sequence[Run], dispatches: Sequence[str], models: Sequence[str]
                 inside = "" if not span else " (real inside)" if s.p95_lo_s <= m.p95_s <= s.p95_hi_s else ""
                 print(_row(s, f"{_err(s.p95_s, m.p95_s):>5} / {_err(s.worker_seconds, m.worker_seconds)}"
                               f"{span}{inside}"))
+                pairs.setdefault((r.trace, s.source[4:]), []).append((m, s))
                 errors.setdefault((r.trace, s.source[4:]), []).append(
                     (s.p95_s / m.p95_s - 1 if m.p95_s else math.nan, s.worker_seconds / m.worker_seconds - 1))
-    print("\nmean |error| over the runs (p95 wait / worker-seconds):")
+    print("\nmean |error| over the runs (p95 wait / worker-seconds), and the error of the mean over the runs "
+          "(sim mean / real mean - 1):")
     for (trace, source), errs in errors.items():
         p95 = statistics.mean(abs(e[0]) for e in errs)
         cost = statistics.mean(abs(e[1]) for e in errs)
-        print(f"  {trace:<7} {source:<14} {p95:>5.0%} / {cost:>4.0%}  ({len(errs)} runs)")
+        real, sim = zip(*pairs[(trace, source)], strict=True)
+        of_means = [statistics.mean(getattr(x, k) for x in sim) / statistics.mean(getattr(x, k) for x in real) - 1
+                    for k in ("p95_s", "worker_seconds")]
+        print(f"  {trace:<7} {source:<14} {p95:>5.0%} / {cost:>4.0%}   of the mean {of_means[0]:>+5.0%} / "
+              f"{of_means[1]:>+4.0%}  ({len(errs)} runs)")
 
 
 # -- the real run (needs root and the bench) ---------------------------------------------------------
@@ -422,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dispatch", nargs="*", default=list(DISPATCH_MODELS), choices=DISPATCH_MODELS)
     parser.add_argument("--models", nargs="*", default=["agent"], choices=MODELS,
                         help="agent: stops, start checks and failed starts as the agent's (default); simple: before")
-    parser.add_argument("--phases", type=int, default=8, help="read phases the simulator runs (default 8)")
+    parser.add_argument("--phases", type=int, default=16, help="read phases the simulator runs (default 16)")
     parser.add_argument("--save", type=Path, help="write the real measurements to this JSON file")
     parser.add_argument("--load", type=Path, action="append", default=[],
                         help="re-print the comparison from saved measurements (no bench)")
@@ -439,7 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save:
             args.save.write_text(json.dumps([asdict(r) for r in runs]))
     print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real - 1; boot = mean start job -> "
-          "ready for action; the simulator replays each run's own start-up delays (by time) and median stop time")
+          "ready for action; the simulator replays each run's enqueue times, start-up delays and start jobs (nearest "
+          f"real start), failed starts and median stop time; sim rows: median over {args.phases} read phases "
+          "(p95 range), /reads: at the run's own read times, /simple: the model before (drawn arrivals)")
     report(runs, args.dispatch, args.models, args.phases)
     return 0
 
