@@ -10,6 +10,12 @@ What it models, because it is what makes policies differ on real pools:
   task ends returns everything it holds to the queue tail and frees its slot. It costs worker-seconds
   until then, and the policy sees it as going: not in `workers`, while what it holds stays in flight;
 - the policy sees an `Observation` every `tick_s`; its decision is applied at once;
+- with `agent_stops`, scale-down and failed starts follow the agent's reconciler and job table
+  (`dqagent.reconciler`, `dqagent.jobs`): a start is in flight until its start job ended and its
+  PROCESS_STARTUP_DELAY check passed, and until then it is "starting" and cannot be stopped; a stop
+  takes the highest-numbered settled workers (numbers reused lowest-free), ready or not, so a pool
+  whose new workers are slow to boot can lose its ready ones; a start that failed in a real run fails
+  here too, and the crash-loop backoff holds further starts;
 - an arriving message goes to the first worker with prefetch room, or a random one, or (`poll`, as
   Dramatiq's Redis consumers do) waits in the list until some consumer's next poll fetches it: a
   consumer that just fetched polls again at once, one that found nothing backs off 5 ms x 2^misses
@@ -27,17 +33,19 @@ import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dqagent.policies import Observation, Policy, read_interval_s
+from dqagent.reconciler import Backoff
 from dqagent.sim.traces import Workload
 
 if TYPE_CHECKING:
     from dqagent.guard import Limits
     from dqagent.sim.host import HostModel
 
-_ARRIVE, _READY, _DONE, _TICK, _POLL = 0, 1, 2, 3, 4
+_ARRIVE, _READY, _DONE, _TICK, _POLL, _FAIL, _JUDGE = 0, 1, 2, 3, 4, 5, 6
 #: The dispatch models `PoolConfig.dispatch` accepts.
 DISPATCH_MODELS = ("first", "random", "poll")
 #: `poll` simulated one poll at a time, every idle consumer about once a second (its cost grows with idle
@@ -74,12 +82,34 @@ class PoolConfig:
     poll_base_s: float = 0.005
     poll_max_s: float = 1.0
     #: Measured start-up delays as (start time, delay), times ascending, instead of `startup_delay_s`: a
-    #: worker started at t takes the delay of the last measured start at or before t (the first one's
-    #: before it). A host's start-up latency follows its load over time; dev/replay passes a real run's.
+    #: worker started at t takes the delay of the measured start nearest to t (the earlier one on a tie).
+    #: A host's start-up latency follows its load over time, and the load rises with the very spike that
+    #: makes the agent start workers: a model start a moment before the real one must not take the quiet
+    #: delay of a start minutes earlier. dev/replay passes a real run's.
     startup_profile_s: tuple[tuple[float, float], ...] = ()
     #: Seconds a stopped worker process still lives (and costs) after its last task ended: Dramatiq's
     #: shutdown joins its threads (each wakes within `worker_timeout`) and the interpreter exits. 0: none.
     stop_delay_s: float = 0.0
+    #: Stop as the agent's reconciler does (`dqagent.reconciler.reconcile`): only settled workers, those
+    #: past their start check (start job, then `check_delay_s`), highest instance number first (numbers
+    #: are reused lowest-free, as `_free_numbers` picks them), whether their process is ready or not; the
+    #: policy's `starting` are the workers still in their check. False: the newest worker first, ready or
+    #: not, and `starting` are the workers not ready yet (the benchmark's simplification; the same when
+    #: the check ends as the worker gets ready).
+    agent_stops: bool = False
+    #: The agent's PROCESS_STARTUP_DELAY (its start check's wait after the start job); None: the start-up
+    #: delay (the check ends as the worker gets ready). Only with `agent_stops`.
+    check_delay_s: float | None = None
+    #: Measured start job durations (start -> systemd's "Started", the worker binary executed) as
+    #: (start time, seconds), looked up like `startup_profile_s`; empty: 0. Only with `agent_stops`.
+    start_job_profile_s: tuple[tuple[float, float], ...] = ()
+    #: Starts that failed in a real run, as (start time, seconds until the unit ended), times ascending:
+    #: the first model start within `failure_match_s` of one fails the same way (never ready, ends after
+    #: that time), once per real failure, and the agent's crash-loop backoff (`dqagent.reconciler.Backoff`)
+    #: holds the next starts; reusing a failed unit's number counts as a failure, as in `dqagent.jobs`.
+    #: Only with `agent_stops`.
+    failed_starts_s: tuple[tuple[float, float], ...] = ()
+    failure_match_s: float = 1.25
 
 
 @dataclass
@@ -97,6 +127,12 @@ class _Worker:
     due: float = 0.0
     nap: int = 0
     slept_s: float = 0.0
+    number: int = 0  # the unit's instance number (`agent_stops`)
+    checked_s: float = 0.0  # when the agent's start check ends: settled (stoppable) from then (`agent_stops`)
+    batch: int = 0  # the start batch (one reconcile's starts), judged together for the backoff
+    ready_s: float = math.nan
+    stopped_s: float = math.nan
+    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +143,20 @@ class Sample:
     ready: int
     outstanding: int
     workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Life:
+    """One simulated worker from its start to its end (NaN: did not happen), to compare with a real run's units."""
+
+    number: int
+    started_s: float
+    #: When the agent's start check ended (`agent_stops`; else when it got ready).
+    checked_s: float
+    ready_s: float
+    stopped_s: float
+    ended_s: float
+    failed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +172,23 @@ class Result:
     burst_drain_s: tuple[float, ...]
     max_backlog: int
     end_s: float
+    #: Every worker's life, in the order they ended (the still running ones last, ended at `end_s`).
+    lives: tuple[Life, ...] = ()
 
 
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
              initial_workers: int | None = None, horizon_s: float | None = None,
-             host: HostModel | None = None, guard: Limits | None = None, adaptive_reads: bool = False) -> Result:
+             host: HostModel | None = None, guard: Limits | None = None, adaptive_reads: bool = False,
+             first_read_s: float = 0.0, read_times_s: Sequence[float] = ()) -> Result:
     """Run `workload` through a pool driven by `policy`. Returns every message's wait and the cost.
 
     `host` (dqagent.sim.host): a host that slows every task down beyond its capacity; `guard`: the
     agent's guard with these limits caps each scale-up by that host's CPU pressure (both optional).
     `tick_s` is the read interval; with `adaptive_reads` it is the base of the agent's adaptive one
-    (`dqagent.policies.read_interval_s`, as SCALING_POLICY=target reads demand).
+    (`dqagent.policies.read_interval_s`, as SCALING_POLICY=target reads demand). `first_read_s`: when
+    the policy reads first (the phase of its reads against the workload's clock; a real agent's is
+    whatever it happens to be). `read_times_s` (ascending): read exactly then instead (a real agent's
+    measured reads, replayed), and at the intervals after the last one.
     """
     n = len(workload)
     arrivals, services = workload.arrivals_s, workload.services_s
@@ -148,7 +204,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         push(t, _ARRIVE, i)
     end_arrivals = workload.trace.duration_s
     horizon = horizon_s if horizon_s is not None else end_arrivals + 6 * 3600
-    push(0.0, _TICK)
+    reads = iter(read_times_s)
+    push(next(reads, first_read_s), _TICK)
 
     queue: deque[int] = deque()
     if pool.dispatch not in (*DISPATCH_MODELS, POLL_EXACT):
@@ -171,19 +228,56 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     last_done = 0.0
     previous_outstanding: int | None = None
 
-    profile_times = [t for t, _ in pool.startup_profile_s]
+    agent = pool.agent_stops
+    backoff = Backoff()
+    failures_left = list(pool.failed_starts_s)
+    exiting: dict[int, float] = {}  # instance number -> when its stopped process is gone (`agent_stops`)
+    failed_numbers: set[int] = set()  # failed units: their numbers are reused after a reset (a failure)
+    batch_failed: dict[int, bool] = {}  # start batches not judged yet: whether one of them failed
+    batches = 0
+    lives: list[Life] = []
 
     def startup_s(now: float) -> float:
-        if not pool.startup_profile_s:
-            return pool.startup_delay_s
-        return pool.startup_profile_s[max(0, bisect.bisect_right(profile_times, now) - 1)][1]
+        return _lookup(pool.startup_profile_s, now, pool.startup_delay_s)
 
-    def start_worker(now: float) -> None:
+    def free_number(now: float) -> int:
+        used = {w.number for w in workers.values()} | {k for k, t in exiting.items() if t > now}
+        return next(k for k in range(1, len(used) + 2) if k not in used)
+
+    def start_worker(now: float, batch: int = 0) -> _Worker:
         nonlocal next_wid
-        w = _Worker(next_wid, now)
+        w = _Worker(next_wid, now, batch=batch)
         workers[next_wid] = w
-        push(now + startup_s(now), _READY, next_wid)
+        boot = startup_s(now)
+        failed_after = None
+        if agent:
+            w.number = free_number(now)
+            match = next((f for f in failures_left if abs(f[0] - now) <= pool.failure_match_s), None)
+            if match is not None:
+                failures_left.remove(match)
+                failed_after = match[1]
+            check = pool.check_delay_s
+            w.checked_s = now + (boot if check is None else _lookup(pool.start_job_profile_s, now, 0.0) + check)
+        if failed_after is None:
+            push(now + boot, _READY, next_wid)
+        else:
+            w.checked_s = now + failed_after  # judged when the unit ended: never ready
+            push(w.checked_s, _FAIL, next_wid)
         next_wid += 1
+        return w
+
+    def scale_up(now: float, count: int) -> None:
+        """One reconcile's starts (a batch, judged together as `dqagent.jobs` does)."""
+        nonlocal backoff, batches
+        batches += 1
+        started = [start_worker(now, batches) for _ in range(count)]
+        if not agent:
+            return
+        if failed_numbers & {w.number for w in started}:
+            failed_numbers.difference_update(w.number for w in started)
+            backoff = backoff.after_failure(now)  # "reusing failed unit(s)"
+        batch_failed[batches] = False
+        push(max(w.checked_s for w in started), _JUDGE, batches)
 
     def busy() -> int:
         return sum(1 for w in workers.values() if w.running)
@@ -405,10 +499,14 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         if w.sleep != _AWAKE:
             wake(w, now)  # out of the sleepers; its poll finds no worker
         race_wid = -1 if race_wid == w.wid else race_wid
+        exiting[w.number] = now
+        lives.append(Life(w.number, w.started_s, w.checked_s if agent else w.ready_s, w.ready_s, w.stopped_s, now,
+                          w.failed))
         del workers[w.wid]
 
     def stop_worker(w: _Worker, now: float) -> None:
         w.stopping = True
+        w.stopped_s = now
         if w.running == 0:
             finish_drain(w, now)
 
@@ -419,10 +517,10 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         w.held.clear()
         retire(w, now + pool.stop_delay_s)
 
-    for _ in range(initial_workers if initial_workers is not None else pool.min_workers):
-        start_worker(0.0)
-    for w in list(workers.values()):  # the initial pool is already warm
-        w.ready = True
+    for k in range(initial_workers if initial_workers is not None else pool.min_workers):
+        workers[k] = _Worker(k, 0.0, ready=True, number=k + 1, ready_s=0.0)  # the initial pool is warm and settled
+        next_wid = k + 1
+    for w in list(workers.values()):
         if polling:
             push(0.0, _POLL, w.wid)
 
@@ -436,9 +534,18 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             starter = workers.get(a)
             if starter is not None and not starter.ready:  # (the initial pool is ready from the start)
                 starter.ready = True
+                starter.ready_s = now
                 feed(starter, now)
                 if polling:
                     push(now, _POLL, a)
+        elif kind == _FAIL:  # a start that failed: the unit ended, never ready; its number stays failed
+            failed = workers[a]
+            failed.failed = True
+            failed_numbers.add(failed.number)
+            batch_failed[failed.batch] = True
+            retire(failed, now)
+        elif kind == _JUDGE:  # the batch's checks all ended: back off after a failure, else note the success
+            backoff = backoff.after_failure(now) if batch_failed.pop(a) else backoff.after_success(now)
         elif kind == _POLL:
             poller = workers.get(a)
             if poller is not None:
@@ -473,7 +580,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             ready = len(queue)
             outstanding = ready + held
             max_backlog = max(max_backlog, outstanding)
-            starting = sum(1 for w in active if not w.ready)
+            starting = sum(1 for w in active if (w.checked_s > now if agent else not w.ready))
             obs = Observation(now_s=now, queue_length=outstanding if pool.metric == "outstanding" else ready,
                               ready=ready, in_flight=held, delayed=0, workers=len(active), starting=starting,
                               # The list head's wait since its arrival (Dramatiq's message_timestamp, the first
@@ -485,20 +592,23 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
                 from dqagent.sim.host import guarded_target
 
                 target = guarded_target(host, guard, len(active), target, pool.min_workers, busy())
-            if target > len(active):
-                for _ in range(target - len(active)):
-                    start_worker(now)
+            if target > len(active) and not backoff.holds(now):
+                scale_up(now, target - len(active))
                 scale_events.append((now, +1))
             elif target < len(active):
-                # Stop the newest first (dqagent stops the highest instance numbers).
-                for w in sorted(active, key=lambda w: w.wid, reverse=True)[: len(active) - target]:
+                # dqagent stops the highest instance numbers among the settled units (`agent_stops`);
+                # else the newest first.
+                victims = (sorted((w for w in active if w.checked_s <= now), key=lambda w: w.number, reverse=True)
+                           if agent else sorted(active, key=lambda w: w.wid, reverse=True))[: len(active) - target]
+                for w in victims:
                     stop_worker(w, now)
-                scale_events.append((now, -1))
+                if victims:
+                    scale_events.append((now, -1))
                 dispatch(now)
             samples.append(Sample(now, ready, outstanding, target))
             interval = read_interval_s(tick_s, obs, target, previous_outstanding) if adaptive_reads else tick_s
             previous_outstanding = outstanding
-            push(now + interval, _TICK)
+            push(next(reads, now + interval), _TICK)
         if sleepers:
             attend(now)
     # Charge what still runs up to the end of the work (the trace, or the last completion), so policies
@@ -511,7 +621,17 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     drains = tuple(max(started_at[i] for i in members) - arrivals[members[0]]
                    for members in workload.burst_members if members)
     return Result(policy.name, waits, tuple(completions), cost, tuple(scale_events), tuple(samples), drains,
-                  max_backlog, end)
+                  max_backlog, end, tuple(lives))
+
+
+def _lookup(profile: tuple[tuple[float, float], ...], now: float, default: float) -> float:
+    """The value of the (time, value) nearest to `now` (the earlier one on a tie); `default` if empty."""
+    if not profile:
+        return default
+    i = bisect.bisect_right([t for t, _ in profile], now)
+    if i == len(profile) or (i > 0 and now - profile[i - 1][0] <= profile[i][0] - now):
+        i -= 1
+    return profile[i][1]
 
 
 def oracle_worker_seconds(workload: Workload, pool: PoolConfig) -> float:
