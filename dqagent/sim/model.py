@@ -229,7 +229,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     previous_outstanding: int | None = None
 
     agent = pool.agent_stops
-    backoff = Backoff()
+    start_backoff = Backoff()
     failures_left = list(pool.failed_starts_s)
     exiting: dict[int, float] = {}  # instance number -> when its stopped process is gone (`agent_stops`)
     failed_numbers: set[int] = set()  # failed units: their numbers are reused after a reset (a failure)
@@ -268,14 +268,14 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
 
     def scale_up(now: float, count: int) -> None:
         """One reconcile's starts (a batch, judged together as `dqagent.jobs` does)."""
-        nonlocal backoff, batches
+        nonlocal start_backoff, batches
         batches += 1
         started = [start_worker(now, batches) for _ in range(count)]
         if not agent:
             return
         if failed_numbers & {w.number for w in started}:
             failed_numbers.difference_update(w.number for w in started)
-            backoff = backoff.after_failure(now)  # "reusing failed unit(s)"
+            start_backoff = start_backoff.after_failure(now)  # "reusing failed unit(s)"
         batch_failed[batches] = False
         push(max(w.checked_s for w in started), _JUDGE, batches)
 
@@ -545,7 +545,8 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
             batch_failed[failed.batch] = True
             retire(failed, now)
         elif kind == _JUDGE:  # the batch's checks all ended: back off after a failure, else note the success
-            backoff = backoff.after_failure(now) if batch_failed.pop(a) else backoff.after_success(now)
+            judged = start_backoff.after_failure if batch_failed.pop(a) else start_backoff.after_success
+            start_backoff = judged(now)
         elif kind == _POLL:
             poller = workers.get(a)
             if poller is not None:
@@ -592,7 +593,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
                 from dqagent.sim.host import guarded_target
 
                 target = guarded_target(host, guard, len(active), target, pool.min_workers, busy())
-            if target > len(active) and not backoff.holds(now):
+            if target > len(active) and not start_backoff.holds(now):
                 scale_up(now, target - len(active))
                 scale_events.append((now, +1))
             elif target < len(active):
