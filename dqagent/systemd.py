@@ -582,28 +582,54 @@ class SystemdClient:
         return list(await asyncio.gather(*(self._from_row(by_name[u], running_props=_STARTED_RUNNING_PROPS)
                                            for u in units)))
 
+    def _wanted(self, row: Sequence[Any], brief: bool,
+                running_props: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...]:
+        """The properties a row lacks (see _RUNNING_PROPS); `brief`: fewer of them (see `worker_states`);
+        `running_props`: those of a running unit."""
+        # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
+        active, sub = _state(str(row[3])), str(row[4])
+        if active is ActiveState.ACTIVE and sub == "running":
+            return running_props if running_props is not None else _RUNNING_PROPS
+        if brief and active in _ROW_ONLY and sub != "auto-restart":
+            return ()
+        return _RUNNING_PROPS + _EXIT_PROPS
+
+    def _from_known(self, row: Sequence[Any], wanted: tuple[tuple[str, str], ...]) -> UnitState | None:
+        """The row's state without a call, if nothing is wanted or a running unit's wanted properties are
+        all followed and known; None if something must be read. (No task per unit: a tick over 500
+        followed units costs the listing and little else.)"""
+        running = str(row[3]) == ActiveState.ACTIVE and str(row[4]) == "running"
+        if not wanted:
+            return self._state_of(row, {})
+        known = self._known.get(str(row[0])) if running else None
+        if known is None or any(name not in known for _, name in wanted):
+            return None
+        return self._state_of(row, {name: known[name] for _, name in wanted})
+
     async def _from_row(self, row: Sequence[Any], brief: bool = False,
                         running_props: tuple[tuple[str, str], ...] | None = None) -> UnitState:
-        """A UnitState from a ListUnits row plus the few properties the row lacks (see _RUNNING_PROPS);
-        `brief`: fewer of them (see `worker_states`); `running_props`: those of a running unit."""
-        # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
+        """A UnitState from a ListUnits row plus the properties `_wanted` names, followed ones from
+        `_known` when they are there."""
+        wanted = self._wanted(row, brief, running_props)
+        known = self._from_known(row, wanted)
+        if known is not None:
+            return known
         unit, path = str(row[0]), str(row[6])
+        running = str(row[3]) == ActiveState.ACTIVE and str(row[4]) == "running"
+        values = await asyncio.gather(*(self._followed(unit, path, iface, name) if running and name in _FOLLOWED
+                                        else self._get(path, iface, name) for iface, name in wanted))
+        return self._state_of(row, dict(zip((name for _, name in wanted), values, strict=True)))
+
+    @staticmethod
+    def _state_of(row: Sequence[Any], read: dict[str, Any]) -> UnitState:
+        unit = str(row[0])
         instance = worker_instance(unit)
         assert instance is not None
         active, sub = _state(str(row[3])), str(row[4])
         running = active is ActiveState.ACTIVE and sub == "running"
-        wanted: tuple[tuple[str, str], ...]
-        if running:
-            wanted = running_props if running_props is not None else _RUNNING_PROPS
-        elif brief and active in _ROW_ONLY and sub != "auto-restart":
-            wanted = ()
-        else:
-            wanted = _RUNNING_PROPS + _EXIT_PROPS
-        values = await asyncio.gather(*(self._followed(unit, path, iface, name) if running and name in _FOLLOWED
-                                        else self._get(path, iface, name) for iface, name in wanted))
         # Not read: systemd resets Result to success at every start; NRestarts reads as -1 (unknown).
         props = {"MainPID": 0, "ActiveEnterTimestamp": 0, "NRestarts": -1, "Result": "success" if running else "",
-                 **dict(zip((name for _, name in wanted), values, strict=True))}
+                 **read}
         job_id = int(row[7])
         return UnitState(
             unit=unit, instance=instance, active_state=active, sub_state=sub,
@@ -627,9 +653,16 @@ class SystemdClient:
         (rows,) = await self._manager("ListUnitsByPatterns", "asas", [[], [WORKER_PATTERN]])
         wanted = [r for r in rows if worker_instance(str(r[0])) is not None]
         props = None if brief is None else tuple((_RUNNING_PROP_IFACE[name], name) for name in brief)
-        states = await asyncio.gather(*(self._from_row(r, brief is not None, props) for r in wanted),
-                                      return_exceptions=True)
         out: list[UnitState] = []
+        to_read = []
+        for r in wanted:
+            known = self._from_known(r, self._wanted(r, brief is not None, props))
+            if known is None:
+                to_read.append(r)
+            else:
+                out.append(known)
+        states = await asyncio.gather(*(self._from_row(r, brief is not None, props) for r in to_read),
+                                      return_exceptions=True)
         for state in states:
             if isinstance(state, UnitState):
                 out.append(state)
