@@ -8,6 +8,7 @@ refused before writing anything).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -153,8 +154,10 @@ def _exit_at_once(code: int) -> NoReturn:
     the bus connection is closed. Output and log handlers are flushed first.
     """
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        # e.g. `dqagent scale-up | head -1`: the reader left; the exit code stands.
+        with contextlib.suppress(OSError):
+            stream.flush()
     os._exit(code)
 
 

@@ -280,6 +280,9 @@ class SystemdClient:
             self._systemd_owner = str(owner)
         await self._call_bus("AddMatch", "s", [
             f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='JobRemoved'"])
+        for member in ("UnitNew", "UnitRemoved"):  # a unit object that comes or goes: forget what it was
+            await self._call_bus("AddMatch", "s", [
+                f"type='signal',sender='{SYSTEMD}',interface='{MANAGER}',member='{member}'"])
         # Sent anyway to subscribers: a start or stop is judged from them, and a running unit's
         # properties are followed instead of read again at every tick.
         for iface in (SERVICE, UNIT):
@@ -320,6 +323,11 @@ class SystemdClient:
                 and msg.sender == self._systemd_owner and self._systemd_owner):
             _id, job, _unit, result = msg.body
             self._finish(str(job), str(result))
+        elif (msg.member in ("UnitNew", "UnitRemoved") and msg.interface == MANAGER and msg.signature == "so"
+              and msg.sender == self._systemd_owner and self._systemd_owner):
+            # systemd announces a (re)loaded unit object with UnitNew and no properties: what was known of
+            # the name is of an unloaded object (a garbage-collected worker whose number is reused).
+            self._forget(str(msg.body[0]))
         elif (msg.member == "PropertiesChanged" and msg.interface == PROPERTIES and msg.signature == "sa{sv}as"
               and msg.sender == self._systemd_owner and msg.body[0] in (SERVICE, UNIT) and msg.path):
             self._changed(unit_from_path(msg.path), msg.body[1], msg.body[2])
@@ -342,14 +350,18 @@ class SystemdClient:
         if job is not None:  # a unit with a job of ours in flight
             job.update((k, v) for k, v in values.items() if k in _SEEN_PROPS)
 
+    def _forget(self, unit: str) -> None:
+        if self._known.pop(unit, None) is not None or unit in self._signals:
+            self._signals[unit] = self._signals.get(unit, 0) + 1  # a read under way is not kept either
+
     async def _followed(self, unit: str, path: str, iface: str, name: str) -> Any:
         """A _FOLLOWED property of a running unit: as last read or signalled, else read (and kept)."""
         known = self._known.get(unit)
         if known is not None and name in known:
             return known[name]
-        signals = self._signals.get(unit, 0)
+        signals, epoch = self._signals.get(unit, 0), self.owner_changes
         value = await self._get(path, iface, name)
-        if self._signals.get(unit, 0) == signals:  # no signal overtook the read
+        if self._signals.get(unit, 0) == signals and self.owner_changes == epoch:  # no signal overtook it
             self._known.setdefault(unit, {})[name] = value
         return value
 
@@ -513,16 +525,19 @@ class SystemdClient:
 
     async def _run_jobs(self, member: str, units: Sequence[str], timeout_s: float, mode: str) -> list[JobOutcome]:
         async def one(unit: str) -> JobOutcome:
-            self._seen[unit] = {}  # only what systemd sends from now on describes this job
+            mine: dict[str, Any] = {}
+            self._seen[unit] = mine  # only what systemd sends from now on describes this job
             try:
                 try:
                     (job,) = await self._manager(member, "ss", [unit, mode])
                 except SystemdError as exc:
                     return JobOutcome(unit, f"error: {exc.name}")
                 result = await self._await_job(str(job), unit, member, timeout_s)
-                props = self._seen.get(unit)
+                # Another job on the unit meanwhile took the slot: then this one's values are unknown.
+                props = mine if self._seen.get(unit) is mine else None
             finally:
-                self._seen.pop(unit, None)
+                if self._seen.get(unit) is mine:
+                    del self._seen[unit]
             seen = None if not props else Seen(int(props.get("MainPID", 0)), int(props.get("NRestarts", -1)),
                                                str(props.get("Result", "")))
             return JobOutcome(unit, result, seen)
@@ -579,8 +594,10 @@ class SystemdClient:
         missing = [u for u in units if u not in by_name]
         if missing:
             raise NoSuchUnitError("org.freedesktop.systemd1.NoSuchUnit", f"unit {missing[0]} is not loaded")
-        return list(await asyncio.gather(*(self._from_row(by_name[u], running_props=_STARTED_RUNNING_PROPS)
-                                           for u in units)))
+        # Read live, not from `_known`: a busy systemd holds back change signals, and a check must see
+        # a crash and restart within PROCESS_STARTUP_DELAY.
+        return list(await asyncio.gather(*(self._from_row(by_name[u], running_props=_STARTED_RUNNING_PROPS,
+                                                          live=True) for u in units)))
 
     def _wanted(self, row: Sequence[Any], brief: bool,
                 running_props: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...]:
@@ -607,15 +624,15 @@ class SystemdClient:
         return self._state_of(row, {name: known[name] for _, name in wanted})
 
     async def _from_row(self, row: Sequence[Any], brief: bool = False,
-                        running_props: tuple[tuple[str, str], ...] | None = None) -> UnitState:
+                        running_props: tuple[tuple[str, str], ...] | None = None, live: bool = False) -> UnitState:
         """A UnitState from a ListUnits row plus the properties `_wanted` names, followed ones from
-        `_known` when they are there."""
+        `_known` when they are there (`live`: all read now)."""
         wanted = self._wanted(row, brief, running_props)
-        known = self._from_known(row, wanted)
+        known = None if live else self._from_known(row, wanted)
         if known is not None:
             return known
         unit, path = str(row[0]), str(row[6])
-        running = str(row[3]) == ActiveState.ACTIVE and str(row[4]) == "running"
+        running = str(row[3]) == ActiveState.ACTIVE and str(row[4]) == "running" and not live
         values = await asyncio.gather(*(self._followed(unit, path, iface, name) if running and name in _FOLLOWED
                                         else self._get(path, iface, name) for iface, name in wanted))
         return self._state_of(row, dict(zip((name for _, name in wanted), values, strict=True)))

@@ -155,3 +155,40 @@ def test_a_running_units_followed_properties_are_read_once_then_taken_from_syste
     assert reads[1] == (10, 1000, ["MainPID"])  # the first MainPID read was overtaken by a signal: not kept
     assert reads[2] == (11, 2000, [])
     assert reads[3] == (10, 1000, ["MainPID", "ActiveEnterTimestamp"])  # read again after the re-exec
+
+
+def test_a_unit_object_that_is_unloaded_or_loaded_anew_is_read_again() -> None:
+    """A garbage-collected worker's number is reused by a new unit object, which systemd announces with
+    UnitNew and no properties: nothing known of the old object may be served for it."""
+    label = "dramatiq_2dworker_407_2eservice"
+    unit = "dramatiq-worker@7.service"
+    row = [unit, "", "loaded", "active", "running", "", f"{UNIT_PATH}/{label}", 0, "", "/"]
+
+    def manager_signal(member: str, sender: str = ":1.1") -> Message:
+        return Message(message_type=MessageType.SIGNAL, sender=sender, path=MANAGER_PATH, interface=MANAGER,
+                       member=member, signature="so", body=[unit, f"{UNIT_PATH}/{label}"])
+
+    class Scripted(SystemdClient):
+        gets: ClassVar[list[str]] = []
+
+        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+            return [[row]]
+
+        async def _get(self, path: str, interface: str, name: str) -> object:
+            self.gets.append(name)
+            return 70 + len(self.gets)
+
+    async def scenario() -> list[list[str]]:
+        client = Scripted()
+        client._systemd_owner = ":1.1"
+        rounds = []
+        for announce in (None, manager_signal("UnitNew", sender=":1.66"), manager_signal("UnitRemoved"),
+                         manager_signal("UnitNew")):
+            if announce is not None:
+                client._on_message(announce)
+            await client.worker_states(brief=("MainPID",))
+            rounds.append(list(client.gets))
+            client.gets.clear()
+        return rounds
+
+    assert asyncio.run(scenario()) == [["MainPID"], [], ["MainPID"], ["MainPID"]]  # the impostor changes nothing
