@@ -599,15 +599,19 @@ class SystemdClient:
         return list(await asyncio.gather(*(self._from_row(by_name[u], running_props=_STARTED_RUNNING_PROPS,
                                                           live=True) for u in units)))
 
+    @staticmethod
+    def _row_running(row: Sequence[Any]) -> bool:
+        """A ListUnits row (name, description, load, active, sub, ...) of a unit whose process runs."""
+        return str(row[3]) == ActiveState.ACTIVE and str(row[4]) == "running"
+
     def _wanted(self, row: Sequence[Any], brief: bool,
                 running_props: tuple[tuple[str, str], ...] | None) -> tuple[tuple[str, str], ...]:
         """The properties a row lacks (see _RUNNING_PROPS); `brief`: fewer of them (see `worker_states`);
         `running_props`: those of a running unit."""
         # Rows are (name, description, load, active, sub, followed, path, job id, job type, job path).
-        active, sub = _state(str(row[3])), str(row[4])
-        if active is ActiveState.ACTIVE and sub == "running":
+        if self._row_running(row):
             return running_props if running_props is not None else _RUNNING_PROPS
-        if brief and active in _ROW_ONLY and sub != "auto-restart":
+        if brief and _state(str(row[3])) in _ROW_ONLY and str(row[4]) != "auto-restart":
             return ()
         return _RUNNING_PROPS + _EXIT_PROPS
 
@@ -615,10 +619,9 @@ class SystemdClient:
         """The row's state without a call, if nothing is wanted or a running unit's wanted properties are
         all followed and known; None if something must be read. (No task per unit: a tick over 500
         followed units costs the listing and little else.)"""
-        running = str(row[3]) == ActiveState.ACTIVE and str(row[4]) == "running"
         if not wanted:
             return self._state_of(row, {})
-        known = self._known.get(str(row[0])) if running else None
+        known = self._known.get(str(row[0])) if self._row_running(row) else None
         if known is None or any(name not in known for _, name in wanted):
             return None
         return self._state_of(row, {name: known[name] for _, name in wanted})
@@ -632,7 +635,7 @@ class SystemdClient:
         if known is not None:
             return known
         unit, path = str(row[0]), str(row[6])
-        running = str(row[3]) == ActiveState.ACTIVE and str(row[4]) == "running" and not live
+        running = self._row_running(row) and not live
         values = await asyncio.gather(*(self._followed(unit, path, iface, name) if running and name in _FOLLOWED
                                         else self._get(path, iface, name) for iface, name in wanted))
         return self._state_of(row, dict(zip((name for _, name in wanted), values, strict=True)))
@@ -643,7 +646,7 @@ class SystemdClient:
         instance = worker_instance(unit)
         assert instance is not None
         active, sub = _state(str(row[3])), str(row[4])
-        running = active is ActiveState.ACTIVE and sub == "running"
+        running = SystemdClient._row_running(row)
         # Not read: systemd resets Result to success at every start; NRestarts reads as -1 (unknown).
         props = {"MainPID": 0, "ActiveEnterTimestamp": 0, "NRestarts": -1, "Result": "success" if running else "",
                  **read}
