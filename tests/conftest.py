@@ -14,47 +14,45 @@ settings.register_profile("dqagent", deadline=None)
 settings.load_profile("dqagent")
 
 
-@pytest.fixture(scope="session")
-def bench() -> Iterator[Container]:
-    """One real systemd for the session (for tests that leave no state behind)."""
+def _container() -> Iterator[Container]:
     require_bench()
     c = Container()
     try:
         yield c
     finally:
         c.stop()
+
+
+def _redis() -> Iterator[RedisServer]:
+    require_bench()
+    r = RedisServer()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@pytest.fixture(scope="session")
+def bench() -> Iterator[Container]:
+    """One real systemd for the session (for tests that leave no state behind)."""
+    yield from _container()
 
 
 @pytest.fixture
 def fresh_container() -> Iterator[Container]:
     """A real systemd of its own, for tests that install dqagent or break things."""
-    require_bench()
-    c = Container()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from _container()
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    require_bench()
-    r = RedisServer()
-    try:
-        yield r
-    finally:
-        r.stop()
+    yield from _redis()
 
 
 @pytest.fixture(scope="module")
 def redis() -> Iterator[RedisServer]:
     """One private Redis for a test file whose tests share an agent (they reset what they set)."""
-    require_bench()
-    r = RedisServer()
-    try:
-        yield r
-    finally:
-        r.stop()
+    yield from _redis()
 
 
 @pytest.fixture
