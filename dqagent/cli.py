@@ -314,16 +314,9 @@ def _reload(args: argparse.Namespace) -> int:
     from dqagent.logs import under_journal
 
     main_pid = os.environ.get("MAINPID", "")
-    pid = args.pid if args.pid is not None else int(main_pid) if main_pid.isdigit() else 0
+    pid = args.pid if args.pid is not None else int(main_pid) if main_pid.isascii() and main_pid.isdigit() else 0
     directory = reload.runtime_dir() or reload.DEFAULT_RUNTIME_DIR
     timeout_s = float(args.timeout) if args.timeout is not None else reload.DEFAULT_TIMEOUT_S
-    if os.geteuid() == 0 and directory.is_dir():  # `ExecReload=+`: only root may read the password file
-        try:
-            reload.refresh_password(reload.PASSWORD_SOURCE, directory)
-        except OSError as exc:
-            print(f"dqagent reload: cannot hand {reload.PASSWORD_SOURCE} to the agent via {directory} "
-                  f"({exc.strerror}); nothing was reloaded", file=sys.stderr)
-            return EXIT_FAILED
     try:
         answer = reload.request_reload(pid, directory, timeout_s)
     except reload.ReloadError as exc:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
 import pwd
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -71,6 +73,39 @@ def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, 
     tmp.replace(path)
     report.changed.append(f"wrote {path}")
     return True
+
+
+def _password_file(report: _Report) -> None:
+    """The Redis password file: 0640 root:dqagent, so the agent re-reads it on reload without a root process.
+
+    Created empty when missing. An existing regular file owned by root gets that group and mode (its
+    content is the operator's and is never read or changed); a symlink or a file of another owner is
+    left as it is, with a warning: the agent then sees a new password only at restart.
+    """
+    gid = grp.getgrnam("dqagent").gr_gid
+    if not PASSWORD_FILE.is_symlink() and not PASSWORD_FILE.exists():
+        _write(PASSWORD_FILE, "", 0o640, report, owner=(0, gid))
+        return
+    try:
+        fd = os.open(PASSWORD_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # ELOOP: a symlink, never followed by a chown/chmod of ours
+        fd = -1
+    try:
+        st = os.fstat(fd) if fd >= 0 else None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+            print(f"dqagent install: warning: {PASSWORD_FILE} is not a regular file owned by root: left as it is; "
+                  "the agent applies a changed password at restart only, unless group dqagent can read it",
+                  file=sys.stderr)
+            return
+        if (st.st_gid, stat.S_IMODE(st.st_mode)) != (gid, 0o640):
+            os.fchown(fd, 0, gid)
+            os.fchmod(fd, 0o640)
+            report.changed.append(f"{PASSWORD_FILE}: now 0640 root:dqagent (the agent re-reads it on reload)")
+        else:
+            report.kept.append(str(PASSWORD_FILE))
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _update_catalog() -> None:
@@ -159,9 +194,7 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
     if not ENV_FILE.exists():
         # Non-secret settings: world-readable so `dqagent status` works for any user.
         _write(ENV_FILE, env_template(), 0o644, report)
-    if not PASSWORD_FILE.exists():
-        # The secret: root only; systemd hands it to the agent as a credential.
-        _write(PASSWORD_FILE, "", 0o600, report)
+    _password_file(report)
     if report.changed:
         asyncio.run(_reload(bus_address))
     if now:

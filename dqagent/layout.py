@@ -38,7 +38,7 @@ DESCRIPTIONS: dict[str, str] = {
     "REDIS_HOST": "Redis host of the Dramatiq broker",
     "REDIS_PORT": "Redis port (1..65535)",
     "REDIS_DB": "Redis database number (>= 0)",
-    "REDIS_PASSWORD": "do not set it here: put it in /etc/dqagent/redis-password (mode 0600)",
+    "REDIS_PASSWORD": "do not set it here: put it in /etc/dqagent/redis-password (0640 root:dqagent)",
     "REDIS_URL": "redis://, rediss:// or unix:// URL; replaces host/port/db when set (password: see above)",
     "REDIS_PASSWORD_FILE": "file read for the password when not run by systemd (dqagent status)",
     "REDIS_TIMEOUT": "seconds before a Redis call is abandoned (keeps the loop under the watchdog)",

@@ -12,23 +12,23 @@ systemctl would report success before anything happened. So the unit's `ExecRelo
   validate the same file as at start, swap settings/policy/probe, `READY=1` (also when it failed),
   then the answer, written atomically (temporary file + rename). The PID and the workers stay.
 
-The Redis password: systemd 252 copies the `LoadCredential=` file only at start, and user dqagent may
-not read `/etc/dqagent/redis-password`. So the unit runs the client with full privileges
-(`ExecReload=+...`), and the client, as root, first copies that one file into the agent's
-RuntimeDirectory (`refresh_password`: mode 0600, owned like the directory, i.e. by dqagent;
-temporary file + rename), which the agent's re-read prefers over the credential (see
-`sources._read_password`). Run by hand without root, the client only signals and waits, as before.
+The Redis password: systemd 252 copies the `LoadCredential=` file only at start. `dqagent install`
+makes `/etc/dqagent/redis-password` readable by group dqagent (`0640 root:dqagent`), so the agent's
+re-read takes the file itself (`sources._read_password`) and a new password applies on reload. No
+part of a reload runs as root: `ExecReload=` runs this client as user dqagent, in the agent's
+sandbox, so nothing in the venv (a `.pth` file, a package) is ever executed with root's rights
+because of a reload, whoever may write the venv (docs/operations.md, "Security model").
 The answer file holds no secret. Pure part: `plan_reload` and
 `effective_settings`; effects: `Reloader` (agent side) and `request_reload` (client side).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -40,7 +40,7 @@ from dqagent.config import Settings, redact_url
 from dqagent.errors import ConfigError, DqAgentError
 from dqagent.logs import event
 from dqagent.policies import Policy, make_policy
-from dqagent.sources import RUNTIME_PASSWORD_NAME, Loaded, describe_source
+from dqagent.sources import Loaded, describe_source
 from dqagent.workercmd import startup_warnings, worker_shape
 
 if TYPE_CHECKING:  # not imported at run time: `dqagent reload` (the client) stays light, no redis
@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 ANSWER_NAME = "reload.json"
 #: Where `dqagent reload` looks when `$RUNTIME_DIRECTORY` is not set (run by hand as root or dqagent).
 DEFAULT_RUNTIME_DIR = Path("/run/dqagent")
-#: The file the unit hands over as the `redis_password` credential (`LoadCredential=`).
-PASSWORD_SOURCE = Path("/etc/dqagent/redis-password")
+#: Largest answer file read: the agent writes about 200 bytes; anything bigger is not an answer.
+ANSWER_MAX_BYTES = 64 * 1024
 #: Longest wait for the agent's answer: below the unit's TimeoutStartSec (2 x GRACEFUL_SHUTDOWN_TIMEOUT
 #: + 180 s, which bounds ExecReload=), above a tick that starts workers (the reload waits for it).
 DEFAULT_TIMEOUT_S = 170.0
@@ -153,7 +153,7 @@ class Answer:
             raw = json.loads(text)
             return cls(int(raw["pid"]), int(raw["generation"]), int(raw["began_ns"]), bool(raw["ok"]),
                        str(raw["message"]))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: `[[[[...` nested deep
             return None
 
 
@@ -268,46 +268,22 @@ class ReloadError(DqAgentError):
 
 
 def read_answer(directory: Path) -> Answer | None:
+    """The answer in `directory`, or None: missing, a symlink, not a regular file, or too big.
+
+    The directory is the agent's (user dqagent): whoever reads it, root by hand included, never follows
+    a link planted there and never reads more than `ANSWER_MAX_BYTES`.
+    """
     try:
-        return Answer.from_json((directory / ANSWER_NAME).read_text(encoding="utf-8"))
+        fd = os.open(directory / ANSWER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-def refresh_password(source: Path, directory: Path, owner: tuple[int, int] | None = None) -> bool:
-    """Copy the password file `source` to `directory/redis-password` for the agent; True if copied.
-
-    Run as root before the signal. The copy is created 0600 under a temporary name (exclusive, no
-    symlink followed: the directory is the agent's), owned by `owner` (uid, gid; default: the
-    directory's owner, dqagent), then renamed over the old copy. No `source`: a stale copy is removed
-    and False returned (the agent falls back to its credential). Raises `OSError`; the password is
-    never printed or logged.
-    """
-    target = directory / RUNTIME_PASSWORD_NAME
-    try:
-        data = source.read_bytes()
-    except FileNotFoundError:
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
-        return False
-    if owner is None:
-        st = directory.stat()
-        owner = (st.st_uid, st.st_gid)
-    tmp = directory / f".{RUNTIME_PASSWORD_NAME}.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            os.fchown(out.fileno(), *owner)
-            out.write(data)
-        tmp.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return True
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = f.read(ANSWER_MAX_BYTES + 1)
+    if len(data) > ANSWER_MAX_BYTES:
+        return None
+    return Answer.from_json(data.decode("utf-8", errors="replace"))
 
 
 def request_reload(pid: int, directory: Path, timeout_s: float = DEFAULT_TIMEOUT_S, *,

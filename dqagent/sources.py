@@ -5,10 +5,10 @@ Precedence, highest first: command-line flags, the process environment, the sett
 Which file, unless `--env-file` names one: the installed service's `/etc/dqagent/dqagent.env` for
 every command (so `status`, `scale-up`, `check`, `install` see what the service sees, whatever the
 current directory), except `start` run by hand, which keeps the old manager's `./.env` first.
-The Redis password comes, in order, from the runtime copy `dqagent reload` refreshes before a
-reload (`$RUNTIME_DIRECTORY/redis-password`), systemd's credential directory (copied at start),
-`REDIS_PASSWORD`, or the file named by `REDIS_PASSWORD_FILE`; an unreadable file is reported, not fatal, so
-`dqagent status` works for any user.
+The Redis password comes, under systemd, from `/etc/dqagent/redis-password` itself (0640
+root:dqagent, so a reload reads the current one), else systemd's credential (copied from it at
+start); otherwise from `REDIS_PASSWORD`, or the file named by `REDIS_PASSWORD_FILE`; an unreadable
+file is reported, not fatal, so `dqagent status` works for any user.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from dqagent.config import CREDENTIAL_NAME, DEFAULTS, Settings, parse_settings
 from dqagent.errors import ConfigError
 
 SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
-#: The agent's fresh copy of the password file, in its RuntimeDirectory (written by `dqagent reload`).
-RUNTIME_PASSWORD_NAME = "redis-password"
+#: The file the unit hands over as the `redis_password` credential (`LoadCredential=`). `dqagent install`
+#: makes it 0640 root:dqagent, so the agent re-reads it on reload without any root process (issue 20).
+PASSWORD_SOURCE = Path("/etc/dqagent/redis-password")
 #: Commands that look for `./.env` before the system file (the old manager's `start` in a terminal).
 #: The service's own `start` passes `--env-file` explicitly, so it never depends on this.
 LOCAL_ENV_COMMANDS = frozenset({"start"})
@@ -83,51 +84,47 @@ def merge_values(
     return merged
 
 
-def _handed_over(environ: Mapping[str, str]) -> list[Path]:
-    """The password files systemd's side hands the agent, freshest first.
-
-    `$RUNTIME_DIRECTORY/redis-password`: the copy `dqagent reload` (run as root by `ExecReload=+`)
-    makes of the password file before each reload; then the credential systemd copied at start.
-    """
-    paths: list[Path] = []
-    run_dir = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    if run_dir:
-        paths.append(Path(run_dir) / RUNTIME_PASSWORD_NAME)
-    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        paths.append(Path(cred_dir) / CREDENTIAL_NAME)
-    return paths
+def _read_text(path: Path) -> tuple[str | None, str]:
+    """(stripped text, "") or (None, why not); a missing file is (None, "")."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip(), ""
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"password file {path} unavailable ({exc.strerror})"
 
 
-def _read_password(values: Mapping[str, str], environ: Mapping[str, str]) -> tuple[str | None, str]:
+def _read_password(values: Mapping[str, str], environ: Mapping[str, str],
+                   source: Path | None = None) -> tuple[str | None, str]:
     """(password or None to keep `REDIS_PASSWORD`, note on why a file could not be read).
 
-    The first handed-over file that exists decides: its text, or, when empty, no password (silently;
-    `REDIS_PASSWORD` still applies). Reading `REDIS_PASSWORD_FILE` ourselves would then only fail
-    (root's file, mode 0600). Without one: `REDIS_PASSWORD`, else that file.
+    Under systemd (`$CREDENTIALS_DIRECTORY` set) the first of `source` (current: what a reload must
+    see) and the credential (copied from it at start) that can be read decides: its text, or, when
+    empty, no password (silently; `REDIS_PASSWORD` still applies). `source` unreadable while the
+    credential works means a changed password applies only at restart: said in the note. Otherwise:
+    `REDIS_PASSWORD`, else the file named by `REDIS_PASSWORD_FILE`.
     """
     notes: list[str] = []
-    for handed in _handed_over(environ):
-        try:
-            text = handed.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            notes.append(f"password file {handed} unavailable ({exc.strerror})")
-            continue
-        return (text or None), ""
+    source = PASSWORD_SOURCE if source is None else source
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        for path in (source, Path(cred_dir) / CREDENTIAL_NAME):
+            text, note = _read_text(path)
+            if text is not None:
+                if notes:
+                    notes.append(f"using the password systemd handed over at start; a changed password applies "
+                                 f"at restart, not on reload (fix: chown root:dqagent {source}; chmod 0640 "
+                                 f"{source}, as dqagent install does)")
+                return (text or None), "; ".join(notes)
+            if note:
+                notes.append(note)
     if values.get("REDIS_PASSWORD"):
         return None, ""
     path_text = values.get("REDIS_PASSWORD_FILE", DEFAULTS["REDIS_PASSWORD_FILE"]).strip()
     if not path_text:
         return None, "; ".join(notes)
-    path = Path(path_text)
-    try:
-        return path.read_text(encoding="utf-8").strip(), ""
-    except FileNotFoundError:
-        return None, "; ".join(notes)
-    except OSError as exc:
-        return None, "; ".join([*notes, f"password file {path} unavailable ({exc.strerror})"])
+    text, note = _read_text(Path(path_text))
+    return text, "; ".join([*notes, note] if note else notes)
 
 
 def read_values(

@@ -27,7 +27,9 @@ def test_install_twice_changes_nothing_and_keeps_settings(fresh_container: Conta
     assert again.stdout.strip() == "already installed: nothing changed"
     assert (c.root / "etc/dqagent/dqagent.env").read_text() == settings
     assert _mode(c, "/etc/dqagent/dqagent.env") == (0o644, 0)
-    assert _mode(c, "/etc/dqagent/redis-password") == (0o600, 0)
+    # the password: root's, readable by the agent's group (re-read on reload, issue 20), by nobody else
+    assert _mode(c, "/etc/dqagent/redis-password") == (0o640, 0)
+    assert c.run(["stat", "-c", "%G", "/etc/dqagent/redis-password"]).stdout.strip() == "dqagent"
     assert c.unit_property("dqagent.service", "UnitFileState") == "enabled"
     unit = (c.root / "etc/systemd/system/dqagent.service").read_text()
     assert f"ExecStart={DQAGENT} --env-file /etc/dqagent/dqagent.env start" in unit and "@" not in unit.split(

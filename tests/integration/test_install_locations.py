@@ -75,6 +75,23 @@ def test_venv_and_worker_directory_under_home(fresh_container: Container, redis_
     print(f"\nexposure with a venv under /home: dqagent.service {agent}, dramatiq-worker@1.service {worker}")
     assert agent <= AGENT_EXPOSURE and worker <= WORKER_EXPOSURE
 
+    # And when alice, who owns that venv, plants a .pth file in it (code every interpreter of the venv runs)
+    site = c.run(["/home/alice/dqvenv/bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+                 ).stdout.strip()
+    c.write(f"{site}/zz-planted.pth", "import os, sys; sys.stderr.write('planted-pth uid=%d\\n' % os.getuid())\n")
+    c.run(["chown", "alice:", f"{site}/zz-planted.pth"])
+    before = len(_planted(c))
+    # Then `systemctl reload dqagent` runs it, but never as root (it ran as uid 0 with ExecReload=+, issue 20)
+    assert c.systemctl("reload", "dqagent").returncode == 0
+    dqagent_uid = c.run(["id", "-u", "dqagent"]).stdout.strip()
+    wait_until("the reload client's interpreter ran the planted line", lambda: len(_planted(c)) > before)
+    assert set(_planted(c)) == {f"planted-pth uid={dqagent_uid}"}, _planted(c)
+
+
+def _planted(c: Container) -> list[str]:
+    """What the planted .pth line printed under dqagent.service (the agent and its ExecReload= client)."""
+    return [str(r.get("MESSAGE")) for r in journal(c, "dqagent") if str(r.get("MESSAGE", "")).startswith("planted-pth")]
+
 
 def _refused(c: Container, redis: RedisServer, **overrides: str) -> str:
     """Run install with these settings; assert exit 78, one stderr line, and nothing written."""

@@ -190,7 +190,11 @@ def test_new_redis_password_applies_on_reload_and_never_leaks(fresh_container: C
     # (a container of its own: the module's Redis has no password)
     c, pw = fresh_container, redis_with_password
     install(c, pw, now=False, MIN_PROCESSES=2, MAX_PROCESSES=2)
+    # (the password file as an older install left it, 0600 root:root: install brings it to 0640 root:dqagent)
+    c.run(["chgrp", "root", "/etc/dqagent/redis-password"])
     c.write("/etc/dqagent/redis-password", pw.password + "\n", mode=0o600)
+    again = c.run([DQAGENT, "--env-file", ENV, "install"]).stdout
+    assert "/etc/dqagent/redis-password: now 0640 root:dqagent" in again, again
     c.systemctl("start", "dqagent")
     wait_until("2 workers", lambda: running_workers(c) == worker_names(2), timeout=60)
     pid = c.unit_property("dqagent.service", "MainPID")
@@ -205,8 +209,8 @@ def test_new_redis_password_applies_on_reload_and_never_leaks(fresh_container: C
     wait_until("redis_error with the old password", lambda: len(reload_events(c, "redis_error")) > errors,
                timeout=30)
 
-    # When the operator writes the new password file and reloads
-    c.write("/etc/dqagent/redis-password", new + "\n", mode=0o600)
+    # When the operator writes the new password file (as install left it: 0640 root:dqagent) and reloads
+    c.write("/etc/dqagent/redis-password", new + "\n", mode=0o640)
     assert c.systemctl("reload", "dqagent").returncode == 0
 
     # Then the agent reaches Redis again, in the same process, with the same workers
@@ -215,17 +219,17 @@ def test_new_redis_password_applies_on_reload_and_never_leaks(fresh_container: C
     assert c.unit_property("dqagent.service", "MainPID") == pid
     assert main_pids(c, worker_names(2)) == workers
     assert running_workers(c) == worker_names(2)
-    # The copy is dqagent's alone (0600 in its 0750 RuntimeDirectory)
-    assert c.run(["stat", "-c", "%a %U %G", "/run/dqagent", "/run/dqagent/redis-password"]).stdout.split("\n")[:2] \
-        == ["750 dqagent dqagent", "600 dqagent dqagent"]
-    assert c.run(["cat", "/run/dqagent/redis-password"], user="nobody", check=False).returncode != 0
+    # The file is readable by the agent's group only; no copy of it is made anywhere
+    assert c.run(["stat", "-c", "%a %U %G", "/etc/dqagent/redis-password"]).stdout.strip() == "640 root dqagent"
+    assert c.run(["cat", "/etc/dqagent/redis-password"], user="nobody", check=False).returncode != 0
+    assert c.run(["cat", "/etc/dqagent/redis-password"], user="dqworker", check=False).returncode != 0
+    assert not (Path(c.root) / "run/dqagent/redis-password").exists()
 
-    # `dqagent reload` without root still reloads the other settings (and leaves the copy alone)
+    # `dqagent reload` by hand as user dqagent reloads the other settings too
     c.write(ENV, settings_text(pw, MIN_PROCESSES=2, MAX_PROCESSES=3))
     by_hand = c.run([DQAGENT, "reload", "--pid", pid], user="dqagent", check=False)
     assert by_hand.returncode == 0, by_hand.stderr
     assert "MAX_PROCESSES 2 -> 3" in by_hand.stdout
-    assert (Path(c.root) / "run/dqagent/redis-password").read_text().strip() == new
 
     # And neither password appears in the journal, the unit's environment or the agent's command line
     visible = "\n".join([
@@ -235,5 +239,4 @@ def test_new_redis_password_applies_on_reload_and_never_leaks(fresh_container: C
         by_hand.stdout + by_hand.stderr,
     ])
     assert old not in visible and new not in visible
-    # The privileged ExecReload=+ leaves the sandbox's exposure as it was
     assert exposure(c, "dqagent.service") <= 1.1

@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import signal
-import subprocess
 from dataclasses import fields
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent import cli, reload, sources
+from dqagent import reload, sources
 from dqagent.agent import Agent
 from dqagent.config import DEFAULTS, Settings, parse_settings, parse_worker_command
 from dqagent.demand import FakeDemandProbe
@@ -326,98 +325,69 @@ def test_target_per_worker_auto_is_described_as_auto() -> None:
     assert text == "TARGET_PER_WORKER auto -> 12"
 
 
-# -- the Redis password on reload: runtime copy (root's client) > credential > REDIS_PASSWORD > file --
+# -- the Redis password: under systemd the file itself (0640 root:dqagent) > credential > REDIS_PASSWORD > file --
 
-def _password_env(tmp_path: Path, run: str | None, cred: str | None, file: str | None) -> dict[str, str]:
-    """RUNTIME_DIRECTORY, CREDENTIALS_DIRECTORY and REDIS_PASSWORD_FILE, each file written unless None."""
-    dirs = {name: tmp_path / name for name in ("run", "cred")}
-    for d in dirs.values():
-        d.mkdir()
-    for path, text in ((dirs["run"] / sources.RUNTIME_PASSWORD_NAME, run),
-                       (dirs["cred"] / "redis_password", cred), (tmp_path / "file", file)):
+def _password_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str | None, cred: str | None,
+                  file: str | None) -> dict[str, str]:
+    """CREDENTIALS_DIRECTORY and REDIS_PASSWORD_FILE, and the unit's password file (`sources.PASSWORD_SOURCE`),
+    each file written unless None."""
+    (tmp_path / "cred").mkdir()
+    monkeypatch.setattr(sources, "PASSWORD_SOURCE", tmp_path / "redis-password")
+    for path, text in ((tmp_path / "redis-password", source), (tmp_path / "cred" / "redis_password", cred),
+                       (tmp_path / "file", file)):
         if text is not None:
             path.write_text(text)
-    return {"RUNTIME_DIRECTORY": str(dirs["run"]), "CREDENTIALS_DIRECTORY": str(dirs["cred"]),
-            "REDIS_PASSWORD_FILE": str(tmp_path / "file")}
+    return {"CREDENTIALS_DIRECTORY": str(tmp_path / "cred"), "REDIS_PASSWORD_FILE": str(tmp_path / "file")}
 
 
-@pytest.mark.parametrize(("run", "cred", "env_pw", "file", "expected"), [
-    ("fresh\n", "cred", "env", "file", "fresh"),   # the copy made by this reload wins
-    (None, "cred", "env", "file", "cred"),          # no copy (none made yet): the start's credential
+@pytest.mark.parametrize(("source", "cred", "env_pw", "file", "expected"), [
+    ("fresh\n", "cred", "env", "file", "fresh"),  # the file as it is now wins over the start's copy
+    (None, "cred", "env", "file", "cred"),          # the file deleted: the start's credential
     ("", "cred", "", "file", ""),                   # an emptied password file: no password, not the old one
     ("", "cred", "env", "file", "env"),             # ... REDIS_PASSWORD still applies
     (None, None, "env", "file", "env"),
     (None, None, "", "file", "file"),
 ])
-def test_password_precedence(tmp_path: Path, run: str | None, cred: str | None, env_pw: str, file: str | None,
-                             expected: str) -> None:
-    environ = _password_env(tmp_path, run, cred, file) | ({"REDIS_PASSWORD": env_pw} if env_pw else {})
+def test_password_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str | None, cred: str | None,
+                             env_pw: str, file: str | None, expected: str) -> None:
+    environ = _password_env(tmp_path, monkeypatch, source, cred, file) | ({"REDIS_PASSWORD": env_pw} if env_pw else {})
     loaded = sources.load(None, environ=environ, cwd=tmp_path)
     assert (loaded.settings.redis_password, loaded.password_note) == (expected, "")
 
 
-def test_unreadable_runtime_copy_falls_back_to_the_credential(tmp_path: Path) -> None:
-    environ = _password_env(tmp_path, None, "cred", None)
-    (tmp_path / "run" / sources.RUNTIME_PASSWORD_NAME).mkdir()  # unreadable, even by root
+def test_unreadable_password_file_falls_back_to_the_credential_and_says_reload_cannot_apply(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = _password_env(tmp_path, monkeypatch, None, "cred", None)
+    (tmp_path / "redis-password").mkdir()  # unreadable, even by root
     loaded = sources.load(None, environ=environ, cwd=tmp_path)
     assert loaded.settings.redis_password == "cred"
+    assert "a changed password applies at restart, not on reload" in loaded.password_note
+    assert "\n" not in loaded.password_note
 
 
-def test_refresh_password_copies_atomically_0600(tmp_path: Path) -> None:
-    source, run = tmp_path / "redis-password", tmp_path / "run"
-    run.mkdir()
-    source.write_text("s3cret\n")
-    source.chmod(0o600)
-    old = run / sources.RUNTIME_PASSWORD_NAME
-    old.write_text("old")
-    old.chmod(0o644)
-    old_inode = old.stat().st_ino
-    owner = (os.getuid(), os.getgid())
-
-    assert reload.refresh_password(source, run, owner=owner)
-    copy = run / sources.RUNTIME_PASSWORD_NAME
-    st = copy.stat()
-    assert copy.read_text() == "s3cret\n"
-    assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o600, *owner)
-    assert st.st_ino != old_inode  # a new file renamed over the old one, never rewritten in place
-    assert sorted(p.name for p in run.iterdir()) == [sources.RUNTIME_PASSWORD_NAME]  # no temporary left
-    # default owner: the directory's (dqagent's RuntimeDirectory)
-    assert reload.refresh_password(source, run)
-    assert (copy.stat().st_uid, copy.stat().st_gid) == (run.stat().st_uid, run.stat().st_gid)
+def test_the_agent_unit_runs_no_part_of_a_reload_as_root() -> None:
+    # `ExecReload=+...` ran the venv's dqagent as root: a .pth file planted in a user-writable venv became root
+    unit = (Path(__file__).resolve().parents[2] / "packaging/systemd/dqagent.service").read_text()
+    exec_lines = [line for line in unit.splitlines() if line.startswith(("ExecReload=", "ExecStart", "ExecStop"))]
+    assert exec_lines and not any(line.split("=", 1)[1].lstrip("-@:!").startswith("+") or "=!" in line
+                                  for line in exec_lines), exec_lines
+    assert "ExecReload=@DQAGENT@ reload --pid $MAINPID" in exec_lines
 
 
-def test_refresh_password_removes_a_stale_copy_when_the_file_is_gone(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / sources.RUNTIME_PASSWORD_NAME).write_text("stale")
-    assert not reload.refresh_password(tmp_path / "absent", run, owner=(os.getuid(), os.getgid()))
-    assert list(run.iterdir()) == []
-    assert not reload.refresh_password(tmp_path / "absent", run)  # nothing to remove: fine too
-
-
-def test_refresh_password_never_follows_a_planted_symlink(tmp_path: Path) -> None:
-    source, run, victim = tmp_path / "redis-password", tmp_path / "run", tmp_path / "victim"
-    run.mkdir()
-    source.write_text("s3cret")
-    victim.write_text("untouched")
-    for name in (sources.RUNTIME_PASSWORD_NAME, f".{sources.RUNTIME_PASSWORD_NAME}.{os.getpid()}"):
-        (run / name).symlink_to(victim)
-    assert reload.refresh_password(source, run, owner=(os.getuid(), os.getgid()))
-    assert victim.read_text() == "untouched"
-    assert not (run / sources.RUNTIME_PASSWORD_NAME).is_symlink()
-    assert (run / sources.RUNTIME_PASSWORD_NAME).read_text() == "s3cret"
-
-
-def test_reload_as_root_that_cannot_copy_the_password_signals_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    agent = subprocess.Popen(["sleep", "30"])  # SIGHUP would end it
-    try:
-        monkeypatch.setattr(os, "geteuid", lambda: 0)
-        monkeypatch.setattr(reload, "PASSWORD_SOURCE", tmp_path)  # a directory: unreadable even by root
-        monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
-        assert cli.main(["reload", "--pid", str(agent.pid), "--timeout", "1"]) == 1
-        assert "nothing was reloaded" in capsys.readouterr().err
-        assert agent.poll() is None
-    finally:
-        agent.kill()
-        agent.wait()
+def test_answer_reader_never_follows_a_symlink_nor_reads_a_huge_file(tmp_path: Path) -> None:
+    good = reload.Answer(41, 1, 5, True, "reloaded")
+    victim = tmp_path / "victim.json"
+    victim.write_text(good.to_json())
+    (tmp_path / reload.ANSWER_NAME).symlink_to(victim)
+    assert reload.read_answer(tmp_path) is None  # planted link: ignored, whatever it points to
+    (tmp_path / reload.ANSWER_NAME).unlink()
+    (tmp_path / reload.ANSWER_NAME).write_text(good.to_json() + " " * reload.ANSWER_MAX_BYTES)
+    assert reload.read_answer(tmp_path) is None  # too big to be an answer
+    (tmp_path / reload.ANSWER_NAME).write_text("[" * 50_000)
+    assert reload.read_answer(tmp_path) is None  # deeply nested: not a RecursionError
+    (tmp_path / reload.ANSWER_NAME).unlink()
+    os.mkfifo(tmp_path / reload.ANSWER_NAME)
+    assert reload.read_answer(tmp_path) is None  # a FIFO: no blocking open, no read
+    (tmp_path / reload.ANSWER_NAME).unlink()
+    (tmp_path / reload.ANSWER_NAME).write_text(good.to_json())
+    assert reload.read_answer(tmp_path) == good
