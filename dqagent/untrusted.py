@@ -15,6 +15,8 @@ from enum import StrEnum
 
 #: The longest form of a rejected key shown in a log line (the rest is cut, marked with "...").
 SHOWN_CHARS = 80
+#: Longest heartbeat member taken for a broker id (Dramatiq's are 36 characters).
+MAX_BROKER_ID_BYTES = 128
 
 
 class RecordKind(StrEnum):
@@ -78,6 +80,3 @@ def broker_id_problem(member: bytes) -> str:
         return "not a Dramatiq broker id: bytes other than printable ASCII"
     return ""
 
-
-#: Longest heartbeat member taken for a broker id (Dramatiq's are 36 characters).
-MAX_BROKER_ID_BYTES = 128
