@@ -5,6 +5,13 @@ Life cycle: adopt the workers systemd runs, READY, tick until SIGTERM/SIGINT, th
 agent; exit for systemd to restart us when the system bus goes away. The watchdog is pinged only
 while ticks keep their progress deadline.
 
+A tick that raises an error no handler foresaw (a bug, or broker data no check caught) is logged with its
+traceback once per distinct error, counted as `source="internal"`, and the loop goes on at the next
+interval with the workers as they are: one bad value or one bug must not become a restart loop, which
+would also drop the PID, the job table and the policy's memory. Such a tick still counts as progress for
+the watchdog, which is there for a loop that no longer comes round (a hang), not for one whose check
+failed: systemd restarting the agent would not make the same check pass.
+
 A tick re-reads demand from Redis and the workers from systemd (the agent keeps no list of
 processes), asks the policy for a target, lets the pure reconciler (`dqagent.reconciler`) turn
 that into actions, and hands them to the job table (`dqagent.jobs`), which runs them in the
@@ -48,6 +55,7 @@ from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
 from dqagent.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts, action_reason
 from dqagent.systemd import UnitState
+from dqagent.untrusted import Rejection
 from dqagent.workercmd import startup_warnings
 
 if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)
@@ -147,13 +155,20 @@ class Agent:
                 except SystemdTimeoutError as exc:  # busy or hung: transient, back off
                     delay = self.s.tick_interval_s()
                     self.reporter.systemd_timeout(exc.text, delay)
-                    self._systemd_failed()
+                    self._source_failed(Source.SYSTEMD)
                 except SystemdError as exc:  # refused or failed request: transient, back off
                     delay = self.s.tick_interval_s()
                     self.reporter.systemd_refused(exc.name, str(exc), delay)
-                    self._systemd_failed()
+                    self._source_failed(Source.SYSTEMD)
+                except BusConnectionError:
+                    raise
+                except Exception as exc:  # a bug, or data no check caught: reported, the loop goes on
+                    delay = self.s.tick_interval_s()
+                    self.reporter.tick_failed(exc, delay)
+                    self._source_failed(Source.INTERNAL)
                 else:
                     self.reporter.systemd_ok()
+                    self.reporter.tick_ok()
                 self._progress_deadline = self.clock() + delay + self._tick_budget_s()
                 await self._pause(delay, bus_lost)
         except (BusConnectionError, SystemdError) as exc:  # SystemdError here: before the loop ran
@@ -257,6 +272,7 @@ class Agent:
             self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
             return self._redis_down(str(exc))
         self.reporter.redis_up()
+        self._rejected(demand.rejected)
         self.reporter.note_ages(demand)
         if demand.orphaned:
             await self._recover(demand)
@@ -280,6 +296,7 @@ class Agent:
                 self.counters.source_error(Source.REDIS)  # (ConfigError: a reload left this host without an id)
                 self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
                 return self._redis_down(str(exc))
+            self._rejected(fleet.rejected)
             decision, self._policy_state, fleet_fields = fleet.decision, fleet.state, fleet.share.fields()
         else:
             decision, self._policy_state = self.policy.decide(obs, self._policy_state)
@@ -367,9 +384,16 @@ class Agent:
 
     # -- metrics (issue 12) -----------------------------------------------------------------------
 
-    def _systemd_failed(self) -> None:
-        """A tick that systemd refused or did not answer: counted, and the snapshot's counters refreshed."""
-        self.counters.source_error(Source.SYSTEMD)
+    def _rejected(self, rejections: Sequence[Rejection]) -> None:
+        """Broker data a read skipped: each skip counted, each distinct one logged once (the reporter)."""
+        for r in rejections:
+            self.counters.record_rejected(r.kind)
+        self.reporter.rejected(rejections)
+
+    def _source_failed(self, source: Source) -> None:
+        """A tick that systemd refused or did not answer, or that failed unexpectedly: counted, and the
+        snapshot's counters refreshed."""
+        self.counters.source_error(source)
         if self.latest is not None:
             self._publish(replace(self.latest, counters=self._frozen_counters()))
 

@@ -155,8 +155,23 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("age_unreadable", "586b1be36e6b464f9f12be88490b679d", "The oldest waiting message's age cannot be read",
           "Either Redis refused the short Lua script that reads it (an ACL user without EVAL: allow it with "
           "+eval), or the body of the message at the head of a queue is not JSON with a message_timestamp "
-          "(Dramatiq's default JSONEncoder; pickle is not readable). That queue has no age, so MAX_QUEUE_AGE "
-          "cannot act on it. Scaling on the count still works."),
+          "(Dramatiq's default JSONEncoder; pickle is not readable), or it is larger than 1 MiB (never "
+          "fetched, so that no client can stall Redis through the agent). That queue has no age, so "
+          "MAX_QUEUE_AGE cannot act on it. Scaling on the count still works."),
+    # -- untrusted broker data and unexpected failures (issue 20) --------------------------------------
+    Entry("broker_data_rejected", "b1b466bcebee4a129a5629af6c2cc16d", "dqagent skipped broker data it cannot trust",
+          "A value in the broker's Redis is not what Dramatiq or dqagent writes there (KIND: a heartbeat member "
+          "that is not a broker id, a fleet record out of its bounds or too large, or more members than the "
+          "cap), so the agent skips it; KEY names it, REASON says why. Logged once per value; every skip counts "
+          "in dqagent_broker_records_rejected_total. Any client of that Redis can write there: find and fix "
+          "the writer, delete the key, and restrict who may write to the broker (docs/operations.md)."),
+    Entry("tick_failed", "5fd49619fd064325828c1edf2cb286f3", "A dqagent check failed unexpectedly",
+          "One check raised an error no rule foresaw (a bug, or data the checks did not catch); the message "
+          "carries its traceback, logged once per distinct error. The agent keeps its workers, keeps running "
+          "and checks again at the next interval; each such check counts in "
+          "dqagent_source_errors_total{source=\"internal\"}. Please report it with the traceback."),
+    Entry("tick_recovered", "9a0a60661b084bef9c598a235c5e5a68", "dqagent checks succeed again",
+          "A check completed after one or more failed unexpectedly. Nothing to do."),
 
     # -- metrics (issue 12) -----------------------------------------------------------------------------
     Entry("metrics_listening", "50edd6f3072a4d2c9d22c74f7fe2477c", "dqagent serves Prometheus metrics",

@@ -5,7 +5,11 @@ hosts already share), a decision goes out. Every member computes the same split 
 so no leader is elected and nothing but the records is written (see docs/fleet.md for the choice
 against a leader lease and slot leases).
 
-The split is the Sainte-Laguë (Webster) divisor method, computed seat by seat:
+Records are untrusted input: any client of that Redis can write one. `read_records` takes at most
+`MAX_MEMBERS` of them, refuses a record over `MAX_RECORD_BYTES` before parsing it, and a field out of its
+bound (`parse_member`); a refused record is left out of the split and reported (`dqagent.untrusted`).
+
+The split is the Sainte-Laguë (Webster) divisor method, defined seat by seat:
 
 - each member first holds its MIN; then seat after seat goes to the member with the highest priority
   `weight / (seats + 1/2)` among those below their MAX; equal priorities are ordered by rendezvous
@@ -17,6 +21,9 @@ The split is the Sainte-Laguë (Webster) divisor method, computed seat by seat:
     different G's (they read demand at different instants) run in total at most the largest of them;
   - **population-monotone**: a member joining never gives another member more workers, one leaving
     never gives another fewer; the others move only by what the joiner takes or the leaver frees.
+
+`apportion` gives most seats in bulk (every seat above a divisor found by bisection) and only the last
+few, at most about one per member, seat by seat; the result is the same seats.
 """
 
 from __future__ import annotations
@@ -25,14 +32,20 @@ import dataclasses
 import hashlib
 import heapq
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from dqagent.config import MAX_PROCESSES_LIMIT
 from dqagent.policies import Decision, Observation, Policy
+from dqagent.untrusted import RecordKind, Rejection, ascii_int, shown, text
 
 __all__ = [
+    "MAX_MEMBERS",
+    "MAX_RECORD_BYTES",
+    "BadRecord",
     "FleetView",
     "Member",
     "Share",
@@ -44,6 +57,7 @@ __all__ = [
     "headroom",
     "latest_decision",
     "parse_member",
+    "read_records",
     "render_fleet",
     "rendezvous",
     "share_of",
@@ -51,6 +65,16 @@ __all__ = [
 
 #: Longest `decision` text kept in a record (it is only shown by `dqagent status --fleet`).
 DECISION_CHARS = 160
+#: Most members a fleet read considers (the fleet store reads no more; docs/fleet.md).
+MAX_MEMBERS = 256
+#: Largest record taken, in bytes (stamp and JSON): a record this host writes is under 1,500 bytes.
+MAX_RECORD_BYTES = 4096
+#: Longest `version` text kept in a record.
+VERSION_CHARS = 64
+#: A host id: what FLEET_HOST_ID accepts (and /etc/machine-id's 32 hex digits).
+HOST_ID_RE = re.compile(r"[a-zA-Z0-9_.:-]{1,64}")
+#: Largest Redis time (ms) a record may carry: 15 digits, the year 33658.
+MAX_MS = 10**15 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +109,88 @@ class Member:
         return json.dumps(body, separators=(",", ":"), sort_keys=True)
 
 
-_INT_FIELDS = ("weight", "min_processes", "max_processes", "workers", "running", "starting", "target",
-               "global_target", "decided_ms", "ttl_ms")
+#: Each integer field's bounds: counts as MAX_PROCESSES (0..1000), the weight as FLEET_WEIGHT (1..1000), G up
+#: to every member's MAX, times in Redis ms (a time in the future is refused by `parse_member`).
+_INT_FIELDS: dict[str, tuple[int, int]] = {
+    "weight": (1, MAX_PROCESSES_LIMIT),
+    **dict.fromkeys(("min_processes", "max_processes", "workers", "running", "starting", "target"),
+                    (0, MAX_PROCESSES_LIMIT)),
+    "global_target": (0, MAX_MEMBERS * MAX_PROCESSES_LIMIT),
+    "decided_ms": (0, MAX_MS),
+    "ttl_ms": (0, MAX_MS),
+}
 
 
-def parse_member(body: str, at_ms: int) -> Member | None:
-    """A record read from Redis, or None when it is not one (another version's, or damaged).
+class BadRecord(ValueError):
+    """A fleet record that is not one: another version's, damaged, or written by a stranger; says why."""
 
-    A record that cannot be read is left out of the split by every member alike, so they still agree.
+
+def parse_member(body: str, at_ms: int, latest_ms: int = MAX_MS) -> Member:
+    """The record `body` stamped `at_ms`; raises BadRecord (with the reason) when it is not one.
+
+    Every field is checked against its bound (`_INT_FIELDS`, `HOST_ID_RE`), and `at_ms` and `decided_ms`
+    must not be after `latest_ms` (Redis time now plus the record TTL: a record is stamped with Redis's time
+    when written). A record that cannot be read is left out of the split by every member alike, so they
+    still agree. Call with a body already bounded in size (`read_records`): json.loads recurses.
     """
     try:
         raw: Any = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("host"), str) or not raw["host"]:
-        return None
-    values: dict[str, Any] = {"host": raw["host"], "at_ms": at_ms,
-                              "version": str(raw.get("version", "")), "decision": str(raw.get("decision", ""))}
-    for name in _INT_FIELDS:
-        v = raw.get(name, 0)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            return None
+    except (ValueError, RecursionError):
+        raise BadRecord("not JSON") from None
+    if not isinstance(raw, dict):
+        raise BadRecord("not a JSON object")
+    host = raw.get("host")
+    if not isinstance(host, str) or not HOST_ID_RE.fullmatch(host):
+        raise BadRecord("host: expected 1..64 letters, digits, . _ : -")
+    values: dict[str, Any] = {"host": host, "at_ms": at_ms, "version": str(raw.get("version", ""))[:VERSION_CHARS],
+                              "decision": str(raw.get("decision", ""))[:DECISION_CHARS]}
+    for name, (lo, hi) in _INT_FIELDS.items():
+        v = raw.get(name, lo)
+        if not isinstance(v, int) or ascii_int(v, lo, hi) is None:
+            raise BadRecord(f"{name}: expected an integer in {lo}..{hi}")
         values[name] = v
-    if values["weight"] < 1 or values["max_processes"] < values["min_processes"]:
-        return None
+    if values["max_processes"] < values["min_processes"]:
+        raise BadRecord("max_processes below min_processes")
+    for name, v in (("stamp", at_ms), ("decided_ms", values["decided_ms"])):
+        if v > latest_ms:
+            raise BadRecord(f"{name}: {v} is in the future, after {latest_ms} (Redis time now + the record TTL)")
     return Member(**values)
+
+
+def read_records(pairs: Sequence[tuple[bytes | str, bytes | str]], now_ms: int, ttl_ms: int,
+                 total: int, members_key: str) -> tuple[tuple[Member, ...], tuple[Rejection, ...]]:
+    """The members in the fleet store's reply, and the records refused.
+
+    `pairs` are (member id, stored value): `<Redis time ms> <record JSON>`, or `!<reason>` for a record the
+    store did not fetch (too large, not a string). `total` is the size of the member set: over
+    `MAX_MEMBERS` is reported once more; only `MAX_MEMBERS` records are read. Never raises.
+    """
+    members: dict[str, Member] = {}
+    rejected: list[Rejection] = []
+    for member_id, raw in pairs[:MAX_MEMBERS]:
+        try:
+            member = _read_record(raw, now_ms + ttl_ms)
+        except BadRecord as exc:
+            rejected.append(Rejection(RecordKind.FLEET_RECORD, f"{members_key}:host:{shown(member_id)}", str(exc)))
+        else:
+            members[member.host] = member
+    if total > MAX_MEMBERS:
+        rejected.append(Rejection(RecordKind.FLEET_RECORD, members_key,
+                                  f"{total} members, more than {MAX_MEMBERS}: only {MAX_MEMBERS} considered"))
+    return tuple(sorted(members.values(), key=lambda m: m.host)), tuple(rejected)
+
+
+def _read_record(raw: bytes | str, latest_ms: int) -> Member:
+    if len(raw) > MAX_RECORD_BYTES:
+        raise BadRecord(f"{len(raw)} bytes, more than {MAX_RECORD_BYTES}")
+    value = text(raw)
+    if value.startswith("!"):  # the store's note on a record it did not fetch
+        raise BadRecord(value[1:])
+    stamp, _, body = value.partition(" ")
+    at_ms = ascii_int(stamp, 0, MAX_MS)
+    if at_ms is None:
+        raise BadRecord(f"stamp: expected 1..15 ASCII digits, got {shown(stamp, 20)!r}")
+    return parse_member(body, at_ms, latest_ms)
 
 
 def rendezvous(host: str, seat: int) -> int:
@@ -137,6 +218,9 @@ def apportion(total: int, members: Sequence[Member]) -> dict[str, int]:
     lo, hi = fleet_bounds(members)
     left = max(lo, min(hi, total)) - lo
     shares = {m.host: m.min_processes for m in members}
+    if left > len(members):
+        shares = _bulk_seats(left, members)
+        left -= sum(shares.values()) - lo
     heap: list[tuple[Fraction, int, str]] = []
 
     def push(m: Member) -> None:
@@ -154,6 +238,41 @@ def apportion(total: int, members: Sequence[Member]) -> dict[str, int]:
         left -= 1
         push(by_host[host])
     return shares
+
+
+def _seats_above(m: Member, p: int, q: int) -> int:
+    """The seats `m` holds when it has every seat whose priority 2w / (2k - 1) (seat k) is above p/q > 0,
+    within its [MIN, MAX]: k < (2wq + p) / 2p, counted in integers."""
+    below = -(-(2 * m.weight * q + p) // (2 * p)) - 1
+    return max(m.min_processes, min(m.max_processes, below))
+
+
+def _bulk_seats(left: int, members: Sequence[Member]) -> dict[str, int]:
+    """Shares that hold every seat above a divisor d, for the d found by bisection whose seats above it are
+    as many as possible but at most `left` beyond the MINs: the seats above d are the best of all, so
+    giving them at once and the rest seat by seat gives what seat by seat alone would. The bisection runs
+    on floats, each tried d is used exactly (as a ratio of integers); it stops once at most one seat per
+    member is left, or when float precision ends (what is left is still bounded by `left`)."""
+    lo_total = sum(m.min_processes for m in members)
+
+    def shares_at(d: float) -> dict[str, int]:
+        p, q = d.as_integer_ratio()
+        return {m.host: _seats_above(m, p, q) for m in members}
+
+    low, high = 0.0, 2.0 * max(m.weight for m in members) + 1  # above `high`: no seat beyond the MINs
+    best = {m.host: m.min_processes for m in members}
+    while True:
+        mid = (low + high) / 2
+        if not low < mid < high:
+            return best
+        shares = shares_at(mid)
+        given = sum(shares.values()) - lo_total
+        if given > left:
+            low = mid
+            continue
+        high, best = mid, shares
+        if left - given <= len(members):
+            return best
 
 
 def latest_decision(members: Iterable[Member]) -> Member | None:
@@ -216,6 +335,8 @@ class FleetView:
     host: str
     members: tuple[Member, ...]
     now_ms: int
+    #: Records this read skipped (`read_records`), reported by the agent.
+    rejected: tuple[Rejection, ...] = ()
 
     def others(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.host != self.host)
@@ -275,6 +396,7 @@ def fleet_report(view: FleetView, queue_length: int | None) -> dict[str, Any]:
                      "max_processes": m.max_processes, "heartbeat_age_s": round(view.age_s(m), 1),
                      "ttl_s": m.ttl_ms / 1000, "version": m.version, "decision": m.decision}
                     for m in view.members],
+        "rejected": [{"kind": r.kind.value, "key": r.key, "reason": r.reason} for r in view.rejected],
     }
 
 
@@ -290,4 +412,5 @@ def render_fleet(r: dict[str, Any]) -> str:
         lines.append(f" {mark}{m['host']}  running {m['running']}  target {m['target']}  weight {m['weight']}  "
                      f"range {m['min_processes']}-{m['max_processes']}  heartbeat {m['heartbeat_age_s']:g}s ago "
                      f"(expires after {m['ttl_s']:g}s)")
+    lines += [f"  skipped untrusted record: {x['key']}: {x['reason']}" for x in r.get("rejected", [])]
     return "\n".join(lines)

@@ -6,9 +6,12 @@ Keys, in the Dramatiq namespace (`DRAMATIQ_NAMESPACE`, e.g. `dramatiq`) and the 
   demand polls: a host that dies or loses Redis drops out by itself, on the server's clock;
 - `ns:__dqagent_fleet__:FLEET` -> the set of member ids, so one read finds every record.
 
-Every write is one short Lua script (`_SYNC`: publish this host's record and read every live record, in
-one round trip and atomically) or one MULTI/EXEC (`leave`). Nothing else is written: no leader key, no
-lease, no counter (why: docs/fleet.md). The pure decision on what was read is `dqagent.fleet`.
+Every write is one short Lua script (`_SYNC`: publish this host's record and read the live records, in
+one round trip and atomically) or one MULTI/EXEC (`leave`). The records are untrusted (any client of the
+Redis can write them): the script reads at most `MAX_MEMBERS` ids of the member set (`SSCAN` beyond), and
+does not fetch a record over `MAX_RECORD_BYTES` or not a string; `dqagent.fleet.read_records` checks the
+rest. Nothing else is written: no leader key, no lease, no counter (why: docs/fleet.md). The pure decision
+on what was read is `dqagent.fleet`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from dqagent.config import Settings
 from dqagent.demand import _async_client, describe_failure
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.fleet import (
+    MAX_MEMBERS,
+    MAX_RECORD_BYTES,
     FleetView,
     Member,
     Share,
@@ -37,11 +42,12 @@ from dqagent.fleet import (
     fleet_observation,
     fleet_policy,
     fleet_report,
-    parse_member,
+    read_records,
     render_fleet,
     share_of,
 )
 from dqagent.policies import Decision, Observation, Policy
+from dqagent.untrusted import Rejection
 
 __all__ = ["FakeFleetStore", "FleetCoordinator", "FleetDecision", "FleetStore", "RedisFleetStore",
            "fleet_status", "host_id", "record_ttl_ms"]
@@ -52,23 +58,53 @@ TTL_POLLS = 3
 _T = TypeVar("_T")
 
 # KEYS[1]: the member set. ARGV[1]: record key prefix; ARGV[2]: this host's id ("" = only read);
-# ARGV[3]: its record; ARGV[4]: its TTL in ms. Returns {Redis time ms, record...} (records as stored).
+# ARGV[3]: its record; ARGV[4]: its TTL in ms; ARGV[5]: most ids read; ARGV[6]: largest record fetched.
+# Returns {Redis time ms, member count, id, record, id, record...}: a record as stored, or "!<why>" when it
+# was not fetched (larger than ARGV[6], not a string, an id longer than 64 bytes). An id without a record
+# is dropped from the set by a writer. Cost: O(ARGV[5]) whatever a stranger put in the set.
 _SYNC = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local writing = ARGV[2] ~= ''
+local limit, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
 if writing then
   redis.call('SET', ARGV[1] .. ARGV[2], now .. ' ' .. ARGV[3], 'PX', ARGV[4])
   redis.call('SADD', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[1], 10 * tonumber(ARGV[4]))
 end
-local out = {now}
-for _, host in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local v = redis.call('GET', ARGV[1] .. host)
-  if v then
-    out[#out + 1] = v
-  elseif writing then
-    redis.call('SREM', KEYS[1], host)
+local total = redis.call('SCARD', KEYS[1])
+local ids = {}
+if total <= limit then
+  ids = redis.call('SMEMBERS', KEYS[1])
+else
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', limit)
+    cursor = page[1]
+    for _, id in ipairs(page[2]) do
+      if #ids < limit then ids[#ids + 1] = id end
+    end
+  until cursor == '0' or #ids >= limit
+end
+local out = {now, total}
+for _, host in ipairs(ids) do
+  if #host > 64 then
+    out[#out + 1] = string.sub(host, 1, 64)
+    out[#out + 1] = '!id longer than 64 bytes'
+  else
+    local n = redis.pcall('STRLEN', ARGV[1] .. host)
+    if type(n) ~= 'number' then
+      out[#out + 1] = host
+      out[#out + 1] = '!not a string'
+    elseif n > max_bytes then
+      out[#out + 1] = host
+      out[#out + 1] = '!' .. n .. ' bytes, more than ' .. max_bytes
+    elseif n > 0 then
+      out[#out + 1] = host
+      out[#out + 1] = redis.call('GET', ARGV[1] .. host)
+    elseif writing then
+      redis.call('SREM', KEYS[1], host)
+    end
   end
 end
 return out
@@ -116,15 +152,11 @@ class FleetStore(Protocol):
 
 
 def _view(settings: Settings, host: str, reply: list[Any]) -> FleetView:
-    now_ms = int(reply[0])
-    members: dict[str, Member] = {}
-    for raw in reply[1:]:
-        text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-        stamp, _, body = text.partition(" ")
-        m = parse_member(body, int(stamp)) if stamp.isdigit() else None
-        if m is not None:
-            members[m.host] = m
-    return FleetView(settings.fleet, host, tuple(sorted(members.values(), key=lambda m: m.host)), now_ms)
+    """The script's reply as a view: Redis's own TIME and SCARD are integers; records are checked."""
+    now_ms, total = int(reply[0]), int(reply[1])
+    pairs = list(zip(reply[2::2], reply[3::2], strict=True))
+    members, rejected = read_records(pairs, now_ms, record_ttl_ms(settings), total, keys(settings)[0])
+    return FleetView(settings.fleet, host, members, now_ms, rejected)
 
 
 class RedisFleetStore:
@@ -145,6 +177,7 @@ class RedisFleetStore:
     async def sync(self, me: Member | None) -> FleetView:
         members_key, prefix = keys(self._settings)
         args: list[str | int] = [prefix, me.host, me.to_json(), me.ttl_ms] if me is not None else [prefix, "", "", 0]
+        args += [MAX_MEMBERS, MAX_RECORD_BYTES]
         reply = await self._guard(self._script(keys=[members_key], args=args))
         return _view(self._settings, me.host if me is not None else "", list(reply))
 
@@ -206,6 +239,8 @@ class FleetDecision:
     decision: Decision
     state: Any
     share: Share
+    #: Records the read skipped (`dqagent.fleet.read_records`), for the agent to report.
+    rejected: tuple[Rejection, ...] = ()
 
 
 class FleetCoordinator:
@@ -260,7 +295,7 @@ class FleetCoordinator:
         self.last = share_of(view, me, decision)
         self._published = me
         self._decided_ms = view.now_ms
-        return FleetDecision(self.last.decision, state, self.last)
+        return FleetDecision(self.last.decision, state, self.last, view.rejected)
 
     async def publish(self, s: Settings, workers: int, starting: int) -> None:
         """After acting: publish the pool this tick leaves behind (starts issued count, stops do not), so
@@ -306,7 +341,7 @@ async def fleet_status(s: Settings, queue_length: int | None, machine_id: Path =
                 me = host_id(s, machine_id)
             except ConfigError:
                 me = ""
-            report = fleet_report(FleetView(view.fleet, me, view.members, view.now_ms), queue_length)
+            report = fleet_report(dataclasses.replace(view, host=me), queue_length)
         finally:
             await store.close()
     report["text"] = render_fleet(report) if "error" not in report else f"fleet: unavailable ({report['error']})"

@@ -52,6 +52,7 @@ METRIC_NAMES = frozenset({
     "dqagent_decision_duration_seconds_sum", "dqagent_decision_duration_seconds_count",
     "dqagent_source_errors_total", "dqagent_redis_up", "dqagent_last_decision_timestamp_seconds",
     "dqagent_build_info", "dqagent_worker_oom_kills_total", "dqagent_guard_holding",
+    "dqagent_broker_records_rejected_total",
 })
 #: The guard's resources (dqagent.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -123,6 +124,11 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     for source, n in c.source_errors:
         errors.add_metric([source], n)
     yield errors
+    rejected = CounterMetricFamily("dqagent_broker_records_rejected", "Values read from the broker's Redis and "
+                                   "skipped as untrusted (each read that skipped one), by kind", labels=["kind"])
+    for kind, n in c.records_rejected:
+        rejected.add_metric([kind], n)
+    yield rejected
     h = c.decision_duration
     yield HistogramMetricFamily("dqagent_decision_duration_seconds", "Duration of one check (read, decide, act)",
                                 buckets=[(_le(b), n) for b, n in h.cumulative()], sum_value=h.sum)

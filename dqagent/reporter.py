@@ -9,7 +9,8 @@ not what was asked for.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from dqagent.logs import event
@@ -19,6 +20,7 @@ from dqagent.systemd import UnitState
 
 if TYPE_CHECKING:  # a type only: the reporter does not pull in redis
     from dqagent.demand import Demand
+    from dqagent.untrusted import Rejection
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 SYSTEMD_TIMEOUT = "timeout"
 #: Failing units named in STATUS= before "and N more".
 STATUS_UNITS = 3
+#: Distinct rejected values and distinct unexpected errors remembered as logged (memory bound): past it, a new
+#: one is logged at DEBUG only, so a stranger writing ever new keys cannot flood the journal either.
+REMEMBERED = 1000
 
 
 def short(unit: str) -> str:
@@ -60,6 +65,11 @@ class Reporter:
         self.systemd_error = ""
         #: Workers the kernel killed for memory (systemd's Result=oom-kill), as logged (issue 14).
         self.oom_kills = 0
+        #: (kind, key, reason) of every broker value logged as rejected (issue 20).
+        self._rejections: set[tuple[str, str, str]] = set()
+        #: Distinct unexpected tick errors logged with their traceback; failed ticks since the last good one.
+        self._tick_errors: set[str] = set()
+        self.tick_failures = 0
 
     def _status(self, line: str) -> None:
         if self.notifier is not None:
@@ -163,6 +173,41 @@ class Reporter:
             log.warning("cannot read the oldest waiting message's age: Redis refused the script (an ACL without "
                         "EVAL?) or the body is not Dramatiq's JSON; no age, MAX_QUEUE_AGE cannot act on it",
                         extra=event("age_unreadable"))
+
+    # -- untrusted broker data, unexpected errors (issue 20) -----------------------------------
+
+    def rejected(self, rejections: Iterable[Rejection]) -> None:
+        """Broker data skipped by a read: WARNING once per distinct (kind, key, reason), DEBUG after that."""
+        for r in rejections:
+            seen = (r.kind.value, r.key, r.reason)
+            if seen in self._rejections or len(self._rejections) >= REMEMBERED:
+                log.debug("broker data still rejected: %s %s: %s", r.kind, r.key, r.reason)
+                continue
+            self._rejections.add(seen)
+            log.warning("skipped untrusted broker data: %s %s: %s", r.kind, r.key, r.reason,
+                        extra=event("broker_data_rejected", kind=r.kind.value, key=r.key, reason=r.reason))
+
+    def tick_failed(self, exc: BaseException, retry_s: float) -> None:
+        """A tick raised an error no handler foresaw: its traceback logged once per distinct error (type,
+        message and where it was raised), DEBUG after that; STATUS= says so until a tick succeeds."""
+        self.tick_failures += 1
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f"{tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+        brief = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        if f"{brief} at {where}" in self._tick_errors or len(self._tick_errors) >= REMEMBERED:
+            log.debug("check failed again: %s", brief)
+        else:
+            self._tick_errors.add(f"{brief} at {where}")
+            log.error("check failed unexpectedly, keeping the current workers: %s", brief, exc_info=exc,
+                      extra=event("tick_failed", error=brief, where=where))
+        self._status(f"check failed ({brief[:80]}), keeping workers, retry in {retry_s:g}s")
+
+    def tick_ok(self) -> None:
+        """A tick completed: the unexpected failures logged before are over (logged once)."""
+        if self.tick_failures:
+            log.info("checks complete again after %d failed", self.tick_failures,
+                     extra=event("tick_recovered", failures=self.tick_failures))
+        self.tick_failures = 0
 
     # -- Redis and systemd ---------------------------------------------------------------------
 

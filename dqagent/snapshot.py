@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from dqagent.untrusted import RecordKind
+
 if TYPE_CHECKING:  # the type only: this module imports no redis
     from dqagent.demand import QueueDemand
 
@@ -37,6 +39,8 @@ class Source(StrEnum):
 
     REDIS = "redis"
     SYSTEMD = "systemd"
+    #: A check that raised an error no rule foresaw (a bug, or data no check caught): `tick_failed`.
+    INTERNAL = "internal"
 
 
 class Reason(StrEnum):
@@ -100,6 +104,8 @@ class Counters:
     oom_kills: int = 0
     #: (source, errors), for every `Source` (0 included: a counter exists from the start).
     source_errors: tuple[tuple[str, int], ...] = tuple((s.value, 0) for s in Source)
+    #: (kind, values skipped), for every `RecordKind`: broker data refused at each read (dqagent.untrusted).
+    records_rejected: tuple[tuple[str, int], ...] = tuple((k.value, 0) for k in RecordKind)
     decision_duration: Histogram = field(default_factory=lambda: Histogram(
         DURATION_BUCKETS_S, (0,) * (len(DURATION_BUCKETS_S) + 1), 0.0))
 
@@ -110,6 +116,7 @@ class Accumulator:
     def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS_S) -> None:
         self._actions: dict[tuple[str, str], int] = {}
         self._errors: dict[str, int] = dict.fromkeys((s.value for s in Source), 0)
+        self._rejected: dict[str, int] = dict.fromkeys((k.value for k in RecordKind), 0)
         self._buckets = buckets
         self._counts = [0] * (len(buckets) + 1)
         self._sum = 0.0
@@ -121,6 +128,9 @@ class Accumulator:
     def source_error(self, source: Source) -> None:
         self._errors[source.value] += 1
 
+    def record_rejected(self, kind: RecordKind) -> None:
+        self._rejected[kind.value] += 1
+
     def decision_took(self, seconds: float) -> None:
         """One tick's duration; a bucket's bound is inclusive (`le`), as in Prometheus."""
         seconds = max(0.0, seconds)
@@ -131,6 +141,7 @@ class Accumulator:
         return Counters(scale_actions=tuple(sorted(self._actions.items())), start_failures=start_failures,
                         oom_kills=oom_kills,
                         source_errors=tuple(sorted(self._errors.items())),
+                        records_rejected=tuple(sorted(self._rejected.items())),
                         decision_duration=Histogram(self._buckets, tuple(self._counts), self._sum))
 
 

@@ -97,6 +97,8 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         "agent_status_text": None,
         "failing_workers": [],
         "guard": None,
+        #: Broker data the read skipped as untrusted: [{"kind", "key", "reason"}] (dqagent.untrusted).
+        "broker_data_rejected": [],
     }
     shape: WorkerShape | None = None
     try:
@@ -112,7 +114,12 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         demand = await probe.fetch_demand()
     except DqAgentError as exc:
         report["redis_error"] = str(exc) + (f"; {loaded.password_note}" if loaded.password_note else "")
+    except Exception as exc:  # data no check caught, or a bug: a line in the report, never a traceback
+        detail = " ".join(str(exc).split())[:200]
+        report["redis_error"] = f"unexpected {type(exc).__name__} reading the broker: {detail}"
     else:
+        report["broker_data_rejected"] = [{"kind": r.kind.value, "key": r.key, "reason": r.reason}
+                                          for r in demand.rejected]
         report["queue_length"] = demand.queue_length(s.queue_metric)
         report["queues"] = {q.queue: {"ready": q.ready, "in_flight": q.in_flight, "delayed": q.delayed,
                                       "dead_lettered": q.dead, "orphaned": q.orphaned,
@@ -194,6 +201,8 @@ def render_text(r: dict[str, Any]) -> str:
                      f"dead-lettered {q['dead_lettered']}, orphaned {q['orphaned']}, "
                      + ("nothing waiting" if age is None else f"oldest waiting {age:.1f}s")
                      + (f" (MAX_QUEUE_AGE {r['max_queue_age_s']:g}s)" if r.get("max_queue_age_s") else ""))
+    for rej in r.get("broker_data_rejected", []):
+        lines.append(f"  skipped untrusted broker data: {rej['kind']} {rej['key']}: {rej['reason']}")
     lines.append(f"current workers: {show(r['current_processes'])}")
     lines.append(f"range: {r['min_processes']} - {r['max_processes']}")
     shape = r["worker_shape"]

@@ -6,10 +6,12 @@ import random
 from dataclasses import replace
 from fractions import Fraction
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dqagent.fleet import (
+    BadRecord,
     FleetView,
     Member,
     apportion,
@@ -159,13 +161,12 @@ def test_ties_are_broken_by_host_not_by_position() -> None:
 def test_records_round_trip_and_damaged_ones_are_left_out() -> None:
     m = Member("h1", 4, 1, 4, 3, running=2, starting=1, target=3, version="0.1.0", decision="x" * 500, ttl_ms=9000)
     back = parse_member(m.to_json(), at_ms=123)
-    assert back is not None
     assert back.host == "h1" and back.workers == 3 and back.at_ms == 123 and len(back.decision) == 160
-    assert parse_member("not json", 1) is None
-    assert parse_member('{"host": "h", "weight": 0, "min_processes": 0, "max_processes": 1, "workers": 0}', 1) is None
-    assert parse_member('{"host": "h", "weight": 1, "min_processes": 3, "max_processes": 1, "workers": 0}', 1) is None
-    assert parse_member('{"host": "", "weight": 1}', 1) is None
-    assert parse_member('{"host": "h", "weight": true, "min_processes": 0, "max_processes": 1}', 1) is None
+    for bad in ("not json", '{"host": "h", "weight": 0, "min_processes": 0, "max_processes": 1, "workers": 0}',
+                '{"host": "h", "weight": 1, "min_processes": 3, "max_processes": 1, "workers": 0}',
+                '{"host": "", "weight": 1}', '{"host": "h", "weight": true, "min_processes": 0, "max_processes": 1}'):
+        with pytest.raises(BadRecord):
+            parse_member(bad, 1)
 
 
 def test_the_policy_sees_the_fleet_as_one_pool_with_the_summed_range() -> None:

@@ -98,8 +98,8 @@ def test_frozen_counters_do_not_change_with_the_accumulator() -> None:
     before = acc.frozen(0)
     acc.scale_action(Direction.UP, "step")
     acc.source_error(Source.SYSTEMD)
-    assert before.scale_actions == () and dict(before.source_errors) == {"redis": 0, "systemd": 0}
-    assert dict(acc.frozen(0).source_errors) == {"redis": 0, "systemd": 1}
+    assert before.scale_actions == () and dict(before.source_errors) == {"redis": 0, "systemd": 0, "internal": 0}
+    assert dict(acc.frozen(0).source_errors) == {"redis": 0, "systemd": 1, "internal": 0}
 
 
 # -- the collector over hand-built snapshots ----------------------------------------------------------
@@ -222,7 +222,7 @@ def test_each_tick_publishes_what_it_read_decided_and_did() -> None:
         down = agent.latest
         assert down is not None and not down.redis_up and down.queues == ()
         assert down.workers == snap.workers  # not read on a Redis failure: the last figures stay
-        assert dict(down.counters.source_errors) == {"redis": 1, "systemd": 0}
+        assert dict(down.counters.source_errors) == {"redis": 1, "systemd": 0, "internal": 0}
         assert down.counters.decision_duration.count == 1  # no decision was made
         probe.error = None
         probe.set_queue("q", ready=0)
