@@ -199,9 +199,20 @@ class Reloader:
         """Read and validate; on success return the new settings, policy and (if Redis changed) probe.
 
         On an invalid file: one ERROR line naming the key (event `reload_failed`), the old objects back.
-        Never raises for a bad file; the old probe is closed only when a new one replaces it.
+        Never raises for a bad file; the old probe is closed only when a new one replaces it. An error
+        no check foresaw (a bug) fails the reload the same way, with its traceback logged: the agent keeps
+        running on the old settings instead of exiting into a restart loop.
         """
         began = self.monotonic_ns()
+        try:
+            return await self._reload(old, probe, began)
+        except Exception as exc:  # anything else: this reload failed, the agent goes on
+            log.error("reload failed unexpectedly, the old settings stay in force: %s: %s", type(exc).__name__,
+                      exc, exc_info=True, extra=event("reload_failed", key=""))
+            return Outcome(False, f"reload failed unexpectedly ({type(exc).__name__}); the old settings stay in "
+                           "force; see journalctl -u dqagent", began, old, probe, None)
+
+    async def _reload(self, old: Settings, probe: DemandProbe, began: int) -> Outcome:
         try:
             loaded = self.read()
             # A command Dramatiq's parser rejects fails the reload as it fails a start (exit 78).

@@ -306,6 +306,21 @@ def test_config_error_of_read_is_the_only_failure_path(tmp_path: Path) -> None:
     assert r.generation == 1
 
 
+def test_an_unforeseen_error_fails_the_reload_and_keeps_the_agent(caplog: pytest.LogCaptureFixture) -> None:
+    # An exception no check foresaw (here from the read, as a bug would) used to leave the agent's loop and exit it
+    def buggy() -> sources.Loaded:
+        raise RuntimeError("a bug")
+
+    s, probe = settings(), FakeDemandProbe()
+    r = Reloader(buggy, lambda s: FakeDemandProbe(), None)
+    with caplog.at_level(logging.ERROR):
+        outcome = asyncio.run(r.reload(s, probe))
+    assert not outcome.ok and outcome.settings is s and outcome.probe is probe and outcome.policy is None
+    assert "RuntimeError" in outcome.message and "old settings stay in force" in outcome.message
+    (record,) = [rec for rec in caplog.records if getattr(rec, "DQAGENT_EVENT", None) == "reload_failed"]
+    assert record.exc_info is not None
+
+
 def test_workers_need_only_their_two_keys_valid(tmp_path: Path) -> None:
     # A file the agent rejects on reload (bad MAX_PROCESSES) must not fail every worker start
     env = tmp_path / "dqagent.env"
