@@ -24,6 +24,8 @@ _NAMESPACE_RE = re.compile(r"[a-zA-Z0-9_.-]+")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 MAX_PROCESSES_LIMIT = 1000
+#: Longest GRACEFUL_SHUTDOWN_TIMEOUT (TimeoutStopSec of a worker): 7 days.
+MAX_GRACE_S = 7 * 86400.0
 
 
 class QueueMetric(StrEnum):
@@ -149,7 +151,7 @@ class Settings:
     worker_memory_high: str = ""
     pool_memory_max: str = ""
     pool_cpu_quota: str = ""
-    pool_tasks_max: str = ""
+    pool_tasks_max: str = "33%"  # DEFAULT_POOL_TASKS_MAX
     # --- The guard (issue 14, dqagent.guard): scale-ups held while the host has no headroom. ---
     guard: bool = True
     #: Percent (some avg10) of memory stall above which scale-up is held; full avg10 is held at half of it.
@@ -333,10 +335,33 @@ def parse_worker_command(values: Mapping[str, str]) -> tuple[str, str]:
         shlex.split(command)
     except ValueError as exc:
         raise ConfigError("DRAMATIQ_COMMAND", command, f"expected a shell-like command line ({exc})") from None
-    workdir = v["WORKER_DIRECTORY"].strip()
-    if not workdir.startswith("/"):
-        raise ConfigError("WORKER_DIRECTORY", workdir, "expected an absolute path")
-    return command, workdir
+    return command, rendered_path("WORKER_DIRECTORY", v["WORKER_DIRECTORY"])
+
+
+#: What a path may hold to be written as is into a unit file, a drop-in or a logrotate rule: nothing
+#: systemd or logrotate reads specially (`%` specifiers, `$` variables, `\` escapes, quotes, whitespace
+#: that splits words, `*?[` globs, `{` blocks) and no control character (a newline, or a `\r` or NUL,
+#: which systemd also ends a line at, would start a directive of the value's choosing).
+RENDERED_CHARS = re.compile(r"[A-Za-z0-9._+@/-]+")
+PATH_ACCEPTED = ("letters, digits and . _ - + @ between slashes, no .. component (nothing a unit file or "
+                 "logrotate reads specially: no whitespace, control character, quote, backslash, %, $ or glob)")
+
+
+def rendered_path(key: str, raw: str, absolute: bool = True) -> str:
+    """`raw` as the path install renders: validated on that very string, not on its realpath.
+
+    `//`, `.` components and a trailing `/` are normalised away (the same directory); a `..`
+    component is refused (after a symlink it names another directory than the text suggests), and so
+    is any character outside `RENDERED_CHARS`. Raises `ConfigError`.
+    """
+    text = raw.strip()
+    form = "an absolute path" if absolute else "a path"
+    if not RENDERED_CHARS.fullmatch(text) or (absolute and not text.startswith("/")):
+        raise ConfigError(key, raw, f"expected {form} of {PATH_ACCEPTED}")
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if ".." in parts or not (parts or absolute):
+        raise ConfigError(key, raw, f"expected {form} of {PATH_ACCEPTED}")
+    return ("/" if text.startswith("/") else "") + "/".join(parts)
 
 
 def parse_settings(values: Mapping[str, str]) -> Settings:
@@ -374,9 +399,11 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
     level = v["LOG_LEVEL"].strip().upper()
     if level not in LOG_LEVELS:
         raise ConfigError("LOG_LEVEL", v["LOG_LEVEL"], "expected one of " + ", ".join(LOG_LEVELS))
-    # 0 would become TimeoutStopSec=0, which systemd reads as "never SIGKILL".
-    grace = _float("GRACEFUL_SHUTDOWN_TIMEOUT", v["GRACEFUL_SHUTDOWN_TIMEOUT"], "expected seconds > 0",
-                   lambda x: x > 0)
+    # 0 would become TimeoutStopSec=0, which systemd reads as "never SIGKILL"; it is rendered to the
+    # millisecond (dqagent.layout), so a finer value would render as another one, or as 0.
+    grace = _float("GRACEFUL_SHUTDOWN_TIMEOUT", v["GRACEFUL_SHUTDOWN_TIMEOUT"],
+                   f"expected seconds > 0, at most {MAX_GRACE_S:g} (7 days), to the millisecond",
+                   lambda x: 0 < x <= MAX_GRACE_S and round(x, 3) == x)
     delay = _float("PROCESS_STARTUP_DELAY", v["PROCESS_STARTUP_DELAY"], "expected seconds >= 0",
                    lambda x: x >= 0)
     metric_raw = v["QUEUE_METRIC"].strip().lower()
@@ -408,7 +435,7 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         scale_up_multiplier=up,
         scale_down_multiplier=down,
         log_level=level,
-        log_file=v["LOG_FILE"].strip(),
+        log_file=rendered_path("LOG_FILE", v["LOG_FILE"], absolute=False) if v["LOG_FILE"].strip() else "",
         graceful_shutdown_timeout_s=grace,
         process_startup_delay_s=delay,
         queue_metric=metric,
@@ -529,11 +556,20 @@ def _parse_cpu_quota(key: str, raw: str) -> str:
     return text
 
 
+#: TasksMax= of the workers' slice when POOL_TASKS_MAX is empty: a third of the kernel's task limit, the
+#: share systemd-logind gives each user's slice (UserTasksMax=33%). No pool needs more, and a fork bomb
+#: in a task, or a runaway pool, leaves the rest of the host (sshd, journald, root's shell) two thirds.
+#: A percentage, not a figure from MAX_PROCESSES: it needs no re-install when a reload changes that.
+DEFAULT_POOL_TASKS_MAX = "33%"
+
+
 def _parse_tasks_max(key: str, raw: str) -> str:
     text = raw.strip()
-    accepted = ("expected empty (no limit), a number of tasks >= 1, a percentage of the kernel's limit in "
-                "(0, 100] (e.g. 50%), or infinity")
-    if not text or text.lower() == "infinity":
+    accepted = (f"expected empty (the default, {DEFAULT_POOL_TASKS_MAX}), a number of tasks >= 1, a percentage "
+                "of the kernel's limit in (0, 100] (e.g. 50%), or infinity (no limit)")
+    if not text:
+        return DEFAULT_POOL_TASKS_MAX
+    if text.lower() == "infinity":
         return text.lower()
     percent = _PERCENT_RE.fullmatch(text)
     if percent:

@@ -65,7 +65,7 @@ def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, 
     if path.exists() and path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
         report.kept.append(str(path))
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_directories(path.parent)
     tmp = path.with_name(path.name + ".dqagent-tmp")
     tmp.write_text(text)
     os.chown(tmp, *owner)
@@ -108,6 +108,46 @@ def _password_file(report: _Report) -> None:
             os.close(fd)
 
 
+def _make_directories(directory: Path) -> list[Path]:
+    """Create `directory` and its missing parents, each root's with `DIR_MODE` set explicitly (whatever the
+    umask); existing ones are left as they are. Returns those created, outermost first."""
+    missing = [d for d in (directory, *directory.parents) if not os.path.lexists(d)]
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        _fix_new_directory(d, DIR_MODE)
+    return missing[::-1]
+
+
+def _fix_new_directory(directory: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Set the mode (and owner) of a directory this install has just created, through a descriptor opened
+    with O_NOFOLLOW, once it is checked to be still an empty root-owned directory: a symlink or another
+    directory put in its place by whoever may write the parent is never followed, chmod'ed nor chowned."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_uid != 0 or os.listdir(fd):
+            raise OSError(f"{directory} changed while install created it: left as it is")
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _make_worker_directory(workdir: Path, uid: int, gid: int) -> bool:
+    """Create WORKER_DIRECTORY for the worker user (`WORKDIR_MODE`, parents root's `DIR_MODE`); True when created.
+
+    Only a directory this call created is given away (`_fix_new_directory`: no symlink followed). Anything
+    already at that path, a symlink included, is the operator's and left alone (`dqagent check` judges it).
+    Raises OSError when the path changed under it.
+    """
+    if os.path.lexists(workdir):
+        return False
+    _make_directories(workdir.parent)
+    os.mkdir(workdir, 0o700)
+    _fix_new_directory(workdir, WORKDIR_MODE, (uid, gid))
+    return True
+
+
 def _update_catalog() -> None:
     """Rebuild the journal's catalog index, so `journalctl -x` explains our MESSAGE_IDs.
 
@@ -127,14 +167,33 @@ def _refuse(line: str) -> int:
     return EXIT_CONFIG
 
 
+#: The umask install runs under, whatever the caller's (e.g. 027 on a CIS-hardened host): directories
+#: and files it creates get exactly the modes it asks for (mkdir's and open's modes are filtered by it).
+INSTALL_UMASK = 0o022
+#: Mode of the directories install creates (/etc/dqagent, WORKER_DIRECTORY's parents, .d directories):
+#: every service user must traverse them.
+DIR_MODE = 0o755
+#: Mode of WORKER_DIRECTORY when install creates it (owned by WORKER_USER).
+WORKDIR_MODE = 0o750
+
+
 def install(settings: Settings, now: bool = False, bus_address: str | None = None,
             env_file: Path | None = None) -> int:
-    """Install (or bring up to date) everything dqagent needs on this host.
+    """Install (or bring up to date) everything dqagent needs on this host, under `INSTALL_UMASK`.
 
     Every check that can refuse runs before anything is written: polkitd present, WORKER_USER
-    existing, and every path both units need visible in their sandbox and reachable by their users
-    (`dqagent.reach.preflight`). A refusal is one line per problem and exit status 78.
+    existing, every path both units need visible in their sandbox and reachable by their users
+    (`dqagent.reach.preflight`, the settings file included), and every value rendered into a file
+    (`ConfigError`, exit 78). A refusal is one line per problem and exit status 78.
     """
+    old = os.umask(INSTALL_UMASK)
+    try:
+        return _install(settings, now, bus_address, env_file)
+    finally:
+        os.umask(old)
+
+
+def _install(settings: Settings, now: bool, bus_address: str | None, env_file: Path | None) -> int:
     if os.geteuid() != 0:
         print("dqagent install: must run as root", file=sys.stderr)
         return EXIT_NOPERM
@@ -164,9 +223,13 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
     if foreign:  # an operator's file under our name: never ours to overwrite or remove
         return _refuse(f"{foreign[0]} exists but was not written by dqagent install; fix: move it away (or rename "
                        "it) and run dqagent install again")
+    # Rendered before anything is written: a value a file cannot carry is a ConfigError (exit 78) here.
+    units, limits, rotate = rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(
+        settings.log_file)
     workdir = Path(settings.worker_directory)
     for problem in pre.missing:
-        if not workdir.is_relative_to(problem.path):  # install creates WORKER_DIRECTORY (and parents) below
+        # install creates WORKER_DIRECTORY (and parents) and the settings file below
+        if not workdir.is_relative_to(problem.path) and not ENV_FILE.is_relative_to(problem.path):
             print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
                   file=sys.stderr)
     report = _Report([], [])
@@ -175,20 +238,23 @@ def install(settings: Settings, now: bool = False, bus_address: str | None = Non
               if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
     worker = pwd.getpwnam(settings.worker_user)
-    if not workdir.exists():
-        workdir.mkdir(parents=True, mode=0o750)
-        os.chown(workdir, worker.pw_uid, worker.pw_gid)
-        report.changed.append(f"created {workdir}")
-    for path, text in rendered_units(settings, exe, pre).items():
+    try:
+        if _make_worker_directory(workdir, worker.pw_uid, worker.pw_gid):
+            report.changed.append(f"created {workdir}")
+    except OSError as exc:
+        report.say()
+        return _refuse(f"cannot create WORKER_DIRECTORY {workdir} ({exc}); fix: create it yourself, owned by "
+                       f"{settings.worker_user}, and run dqagent install again")
+    for path, text in units.items():
         _write(path, text, 0o644, report)
-    for path, limits in rendered_limits(settings).items():
-        if limits is not None:
-            _write(path, limits, 0o644, report)
+    for path, dropin in limits.items():
+        if dropin is not None:
+            _write(path, dropin, 0o644, report)
         elif ours(path):  # that limit is no longer set
             _remove_dropin(path)
             report.changed.append(f"removed {path}")
     _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
-    _write(LOGROTATE, logrotate_rule(settings.log_file), 0o644, report)
+    _write(LOGROTATE, rotate, 0o644, report)
     if _write(CATALOG_FILE, catalog.render(), 0o644, report):
         _update_catalog()
     if not ENV_FILE.exists():

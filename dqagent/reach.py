@@ -21,6 +21,7 @@ from pathlib import Path
 import dqagent
 from dqagent.config import Settings
 from dqagent.sandbox import Access, Need, Plan, Refusal, Sandbox, Stat, Who, access_problem, chain, plan
+from dqagent.sources import SYSTEM_ENV_FILE
 from dqagent.workercmd import command_argv
 
 #: PATH of a system service started by systemd (the workers' PATH unless worker.env sets another).
@@ -164,6 +165,13 @@ def metrics_needs(settings: Settings) -> list[Need]:
     return [Need(directory, "METRICS_TEXTFILE's directory", Access.WRITE, directory)]
 
 
+def settings_needs(settings_file: str) -> list[Need]:
+    """The settings file both units read (`--env-file` on their ExecStart=): each unit's user must read it
+    (issue 20: under `umask 027` a file or /etc/dqagent created 0640/0750 root:root is not)."""
+    real = _real(settings_file)
+    return [Need(real, "the settings file", Access.READ, str(Path(real).parent))]
+
+
 def who(name: str) -> Who:
     """The user `name` with its groups, or a not-yet-created user (`uid=None`: only "other" bits apply)."""
     try:
@@ -210,10 +218,15 @@ class Preflight:
 
 def preflight(settings: Settings, exe: str, agent_unit: str, worker_unit: str,
               agent_unit_name: str = "dqagent.service",
-              worker_unit_name: str = "dramatiq-worker@.service") -> Preflight:
-    """Plan both units from their (unrendered) texts and check every need as each unit's user."""
-    a_needs = agent_needs(exe) + metrics_needs(settings)
+              worker_unit_name: str = "dramatiq-worker@.service",
+              settings_file: str = str(SYSTEM_ENV_FILE)) -> Preflight:
+    """Plan both units from their (unrendered) texts and check every need as each unit's user.
+
+    `settings_file` is the file the units name on their ExecStart= (not necessarily the `--env-file`
+    this command was given: the services read theirs)."""
+    a_needs = agent_needs(exe) + metrics_needs(settings) + settings_needs(settings_file)
     w_needs, not_found = worker_needs(settings, exe)
+    w_needs += settings_needs(settings_file)
     a_plan = _plan(agent_unit_name, Sandbox.parse(agent_unit), a_needs)
     w_plan = _plan(worker_unit_name, Sandbox.parse(worker_unit), w_needs)
     problems: list[Refusal] = [*a_plan.refusals, *w_plan.refusals]

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from dqagent.config import MAX_PROCESSES_LIMIT
+
 if TYPE_CHECKING:  # the type only: this module must not import dbus_fast
     from dqagent.systemd import UnitState
 
@@ -54,8 +56,10 @@ STOP_JOBS = frozenset({"stop"})
 #: Crash-loop backoff: first pause, and the cap of its doubling.
 BACKOFF_FIRST_S = 5.0
 BACKOFF_MAX_S = 300.0
-#: Highest instance number a worker unit may have (`dqagent.systemd.worker_unit`).
-MAX_INSTANCE = 999_999
+#: Highest instance number a worker unit may have: MAX_PROCESSES' own limit, so the instance numbers are
+#: exactly 1..1000 (`dqagent.systemd.worker_unit`, and the polkit rule, which allows no others). With
+#: every number taken (e.g. 1000 workers still stopping), fewer are started; the next tick starts the rest.
+MAX_INSTANCE = MAX_PROCESSES_LIMIT
 
 
 class Intent(StrEnum):

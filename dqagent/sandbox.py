@@ -22,8 +22,9 @@ HOME_ROOTS = ("/home", "/root", "/run/user")
 #: What `PrivateTmp=yes` replaces with the unit's own empty directories.
 TMP_ROOTS = ("/tmp", "/var/tmp")
 #: Characters a path may not hold to be written into a unit file unquoted (`:` separates bind
-#: source and target, `%` starts a specifier, whitespace separates list items).
-_UNSAFE = re.compile(r"[\s:%\\\"';]")
+#: source and target, `%` starts a specifier, whitespace separates list items, and a control character
+#: such as a newline, `\r` or NUL would end the line: issue 20).
+_UNSAFE = re.compile(r"[\s:%\\\"';\x00-\x1f\x7f]")
 #: `ProtectHome=tmpfs` mounts a root-owned tmpfs on each home root; systemd creates the mount points
 #: of the binds inside it as root-owned directories (0755): traversable by anyone.
 TMPFS_DIR_MODE = 0o755
@@ -150,7 +151,7 @@ def plan(unit: str, sandbox: Sandbox, needs: Sequence[Need]) -> Plan:
         for text in (need.path, need.scope):
             if _UNSAFE.search(text) or not text.startswith("/"):
                 refusals.append(Refusal(text, f"{need.why} has a path a unit file cannot carry "
-                                        "(whitespace, : % \\ ' \" or ; or not absolute)",
+                                        "(whitespace, a control character, : % \\ ' \" or ; or not absolute)",
                                         "install it under a plain absolute path such as /opt/dqagent"))
         if not is_under(need.path, need.scope):
             raise ValueError(f"{need.path} is not inside its scope {need.scope}")

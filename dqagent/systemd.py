@@ -34,6 +34,7 @@ from dqagent.errors import (
     UnitNameError,
 )
 from dqagent.logs import event
+from dqagent.reconciler import MAX_INSTANCE
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ UNIT = "org.freedesktop.systemd1.Unit"
 UNIT_PATH = "/org/freedesktop/systemd1/unit"
 WORKER_TEMPLATE = "dramatiq-worker"
 WORKER_PATTERN = f"{WORKER_TEMPLATE}@*.service"
-_WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@([1-9][0-9]{{0,5}})\.service")
+#: Exactly the names of instances 1..MAX_INSTANCE (1000): no 0, no leading zeros; as the polkit rule allows.
+_WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@([1-9][0-9]{{0,2}}|1000)\.service")
 AGENT_UNIT = "dqagent.service"
 
 #: D-Bus error names mapped onto the project's exceptions; anything else is a plain SystemdError.
@@ -79,8 +81,8 @@ class ActiveState(StrEnum):
 
 def worker_unit(instance: int) -> str:
     """The unit name of worker `instance`; refuses anything but a positive instance number."""
-    if not isinstance(instance, int) or isinstance(instance, bool) or not 1 <= instance <= 999_999:
-        raise UnitNameError(f"worker instance must be an integer in 1..999999, got {instance!r}")
+    if not isinstance(instance, int) or isinstance(instance, bool) or not 1 <= instance <= MAX_INSTANCE:
+        raise UnitNameError(f"worker instance must be an integer in 1..{MAX_INSTANCE}, got {instance!r}")
     return f"{WORKER_TEMPLATE}@{instance}.service"
 
 

@@ -107,11 +107,15 @@ def test_limits_are_drop_ins_systemd_reports_and_uninstall_removes_only_ours(
            f"MemoryMax={512 * MiB} CPUQuota=150% TasksMax=300" in check, check
     # An operator's own drop-in for the slice is theirs: install and uninstall leave it alone
     c.write(f"/etc/systemd/system/{SLICE}.d/90-operator.conf", "[Slice]\nCPUWeight=50\n")
-    # Pool limits cleared: the slice drop-in goes, the worker's stays (accounting for the guard)
+    # Pool limits cleared: the slice drop-in keeps only the default TasksMax (issue 20), the worker's stays
+    # (accounting for the guard)
     c.write("/etc/dqagent/dqagent.env", settings_text(redis_server, MIN_PROCESSES=1, WORKER_MEMORY_MAX="64M"))
     out = dqagent(c, "install").stdout
-    assert f"removed {SLICE_DROPIN}" in out and not (c.root / SLICE_DROPIN.lstrip("/")).exists()
+    assert f"wrote {SLICE_DROPIN}" in out
+    assert (c.root / SLICE_DROPIN.lstrip("/")).read_text().splitlines()[2:] == ["[Slice]", "TasksMax=33%"]
     assert c.unit_property(SLICE, "MemoryMax") == "infinity" and c.unit_property(SLICE, "CPUWeight") == "50"
+    assert c.unit_property(SLICE, "TasksMax") not in ("300", "infinity")
+    assert f"pool ({SLICE}) TasksMax=33% (default)" in dqagent(c, "check", "--offline", check=False).stdout
     assert c.unit_property(worker, "MemoryHigh") == "infinity"
     # An operator's file under our name: install refuses before writing anything
     c.write(SLICE_DROPIN, "[Slice]\nTasksMax=10\n")

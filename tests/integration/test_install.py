@@ -5,7 +5,16 @@ from __future__ import annotations
 import stat
 
 from tests.bench import Container, RedisServer
-from tests.integration.agentbench import DQAGENT, install, journal, running_workers, wait_until, worker_names
+from tests.integration.agentbench import (
+    DQAGENT,
+    install,
+    journal,
+    make_reachable,
+    running_workers,
+    settings_text,
+    wait_until,
+    worker_names,
+)
 
 ADDED = ["/etc/systemd/system/dqagent.service", "/etc/systemd/system/dramatiq-worker@.service",
          "/usr/local/lib/systemd/catalog/dqagent.catalog",
@@ -80,3 +89,63 @@ def test_logrotate_rule_is_valid_and_the_agent_writes_on_after_a_rotation(fresh_
     wait_until("new lines in a new process_manager.log", lambda: log.exists() and "decision" in log.read_text())
     # and a password-less install never complains about the (empty) password file
     assert not [r for r in journal(c) if r.get("DQAGENT_EVENT") == "password_unavailable"]
+
+
+def test_install_under_umask_027_gives_a_running_agent_and_changes_nothing_the_second_time(
+        fresh_container: Container, redis_server: RedisServer) -> None:
+    """Issue 20, item 4: on a CIS-hardened host (umask 027) install made /etc/dqagent and /var/lib/dqagent
+    0750 root:root, then refused its own directories, or the agent could not read its settings."""
+    c = fresh_container
+    make_reachable(c)
+    hardened = ["sh", "-c", 'umask 027 && exec "$@"', "sh", DQAGENT, "--env-file", "/etc/dqagent/dqagent.env"]
+    # Given a host with umask 027: the first install writes the commented settings file
+    first = c.run([*hardened[:4], DQAGENT, "--env-file", "/dev/null", "install"], timeout=240)
+    assert "Traceback" not in first.stderr
+    for path, mode in (("/etc/dqagent", 0o755), ("/etc/dqagent/dqagent.env", 0o644), ("/var/lib/dqagent", 0o755),
+                       ("/etc/systemd/system/dramatiq-worker@.service.d", 0o755)):
+        assert _mode(c, path) == (mode, 0), path
+    worker_uid = int(c.run(["id", "-u", "dqworker"]).stdout)
+    assert _mode(c, "/var/lib/dqagent/worker") == (0o750, worker_uid)
+    # When the operator fills it in (editing it in place keeps its mode) and installs with --now
+    (c.root / "etc/dqagent/dqagent.env").write_text(settings_text(redis_server, MIN_PROCESSES=1))
+    c.run([*hardened, "install", "--now"], timeout=240)
+    # Then the agent runs and is READY (Type=notify: active only after READY=1), and a worker runs
+    assert c.unit_property("dqagent.service", "ActiveState") == "active"
+    wait_until("1 worker", lambda: running_workers(c) == worker_names(1))
+    # And a second run changes nothing
+    again = c.run([*hardened, "install", "--now"], timeout=240)
+    assert again.stdout.strip() == "already installed: nothing changed", again.stdout
+    # The workers' slice has its default TasksMax (issue 20, item 7), as systemd reports it
+    tasks = c.unit_property("system-dramatiq\\x2dworker.slice", "TasksMax")
+    kernel = min(int(c.run(["cat", f"/proc/sys/kernel/{f}"]).stdout) for f in ("pid_max", "threads-max"))
+    print(f"\nslice TasksMax={tasks}, kernel limit {kernel}")
+    assert tasks.isdigit() and 0 < int(tasks) <= kernel * 0.34, (tasks, kernel)
+
+
+def test_a_settings_file_the_service_users_cannot_read_is_refused_by_install_and_check(
+        fresh_container: Container, redis_server: RedisServer) -> None:
+    c = fresh_container
+    make_reachable(c)
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis_server, MIN_PROCESSES=1), mode=0o640)
+    refused = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install"], check=False, timeout=240)
+    assert refused.returncode == 78, refused.stderr
+    assert "/etc/dqagent/dqagent.env: not readable (the settings file) by user dqagent" in refused.stderr
+    assert not (c.root / "etc/systemd/system/dqagent.service").exists()  # nothing written
+    check = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "check", "--offline"], check=False)
+    assert check.returncode == 78 and "FAIL: /etc/dqagent/dqagent.env: not readable (the settings file)" in check.stdout
+
+
+def test_a_value_that_would_inject_a_directive_is_refused_and_nothing_is_written(
+        fresh_container: Container, redis_server: RedisServer) -> None:
+    """Issue 20, item 3: the reported WORKER_DIRECTORY crashed install with a FileExistsError traceback,
+    and only the order of its steps kept an `ExecStartPre=+` root line out of the worker template."""
+    c = fresh_container
+    make_reachable(c)
+    injected = "/srv/app/x\\nExecStartPre=+/bin/sh -c 'id > /root/pwned'\\nX=/../../../../.."
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis_server) + f'WORKER_DIRECTORY="{injected}"\n')
+    refused = c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install", "--now"], check=False)
+    assert refused.returncode == 78 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.startswith("dqagent: invalid WORKER_DIRECTORY=") and refused.stderr.count("\n") == 1
+    for path in ADDED:
+        assert not (c.root / path.lstrip("/")).exists(), path
+    assert not (c.root / "root/pwned").exists()

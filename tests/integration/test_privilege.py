@@ -108,3 +108,19 @@ def test_status_for_any_user_reports_what_it_cannot_read(fresh_container: Contai
     assert "password file /etc/dqagent/redis-password unavailable (Permission denied)" in text.stdout
     assert "current workers: 1" in text.stdout
     assert dqagent(c, "status").stdout.count("unavailable") == 0  # root reads the credential
+
+
+def test_dqagent_user_may_start_exactly_the_instance_numbers_the_agent_uses(fresh_container: Container,
+                                                                           redis_server: RedisServer) -> None:
+    """Issue 20, item 7: the rule admitted @0, leading zeros and any number of digits (unlimited units)."""
+    c = fresh_container
+    install(c, redis_server, now=False, MIN_PROCESSES=0)
+    for unit in ("dramatiq-worker@0.service", "dramatiq-worker@01.service", "dramatiq-worker@0001.service",
+                 "dramatiq-worker@1001.service", "dramatiq-worker@99999.service"):
+        result = c.run(["systemctl", "--no-ask-password", "start", unit], user="dqagent", check=False)
+        assert result.returncode != 0 and any(text in result.stderr for text in REFUSED), (unit, result.stderr)
+        assert c.unit_property(unit, "ActiveState") == "inactive", unit
+    for unit in ("dramatiq-worker@1.service", "dramatiq-worker@1000.service"):
+        c.run(["systemctl", "--no-ask-password", "start", unit], user="dqagent")
+        assert c.unit_property(unit, "ActiveState") == "active", unit
+        c.run(["systemctl", "--no-ask-password", "stop", unit], user="dqagent")

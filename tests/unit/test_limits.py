@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dqagent.config import parse_settings
+from dqagent.config import DEFAULT_POOL_TASKS_MAX, parse_settings
 from dqagent.errors import ConfigError
 from dqagent.layout import SLICE_LIMITS_FILE, WORKER_LIMITS_FILE, WORKER_SLICE, limits_summary, ours, rendered_limits
 
@@ -44,8 +44,7 @@ def test_memory_high_must_come_before_memory_max() -> None:
 
 def test_defaults_set_no_limit_and_a_conservative_guard() -> None:
     s = parse_settings({})
-    assert (s.worker_memory_max, s.worker_memory_high, s.pool_memory_max, s.pool_cpu_quota, s.pool_tasks_max) == (
-        "", "", "", "", "")
+    assert (s.worker_memory_max, s.worker_memory_high, s.pool_memory_max, s.pool_cpu_quota) == ("", "", "", "")
     assert (s.guard, s.guard_memory_pressure, s.guard_cpu_pressure, s.guard_memory_reserve) == (True, 10, 50, "10%")
     assert parse_settings({"GUARD": "off"}).guard is False
 
@@ -64,10 +63,22 @@ def test_rendered_drop_ins_carry_exactly_the_limits_set() -> None:
     assert "CPUQuota=300%" in limits_summary(s)
 
 
-def test_without_pool_limits_there_is_no_slice_drop_in() -> None:
-    files = rendered_limits(parse_settings({}))
-    assert files[SLICE_LIMITS_FILE] is None
+def test_without_pool_limits_the_slice_still_gets_the_default_tasks_max() -> None:
+    """Issue 20, item 7: a runaway pool (a fork bomb in a task) never takes every task of the host."""
+    s = parse_settings({})
+    files = rendered_limits(s)
+    assert s.pool_tasks_max == DEFAULT_POOL_TASKS_MAX == "33%"
+    assert (files[SLICE_LIMITS_FILE] or "").splitlines()[2:] == ["[Slice]", "TasksMax=33%"]
     assert files[WORKER_LIMITS_FILE] is not None and "MemoryMax" not in files[WORKER_LIMITS_FILE]
+    assert limits_summary(s) == f"per worker no limit; pool ({WORKER_SLICE}) TasksMax=33% (default)"
+
+
+@pytest.mark.parametrize(("raw", "rendered"), [("500", "TasksMax=500"), ("infinity", "TasksMax=infinity"),
+                                               ("10%", "TasksMax=10%")])
+def test_an_explicit_pool_tasks_max_replaces_the_default(raw: str, rendered: str) -> None:
+    s = parse_settings({"POOL_TASKS_MAX": raw})
+    assert (rendered_limits(s)[SLICE_LIMITS_FILE] or "").splitlines()[2:] == ["[Slice]", rendered]
+    assert limits_summary(s).endswith(f"pool ({WORKER_SLICE}) {rendered}")
 
 
 def test_only_files_carrying_our_mark_are_ours(tmp_path: object) -> None:

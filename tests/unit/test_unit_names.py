@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dqagent.config import MAX_PROCESSES_LIMIT
 from dqagent.errors import UnitNameError
+from dqagent.layout import PACKAGING
+from dqagent.reconciler import MAX_INSTANCE
 from dqagent.systemd import refused_by_polkit, worker_instance, worker_unit
 
 
-@given(st.integers(1, 999_999))
+@given(st.integers(1, MAX_INSTANCE))
 def test_round_trip(n: int) -> None:
     assert worker_instance(worker_unit(n)) == n
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1_000_000, True, "1", "x", 1.0, None])
+@pytest.mark.parametrize("bad", [0, -1, 1001, 1_000_000, True, "1", "x", 1.0, None])
 def test_anything_else_is_refused(bad: object) -> None:
     with pytest.raises(UnitNameError):
         worker_unit(bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name", ["dramatiq-worker@x.service", "dramatiq-worker@01.service",
+                                  "dramatiq-worker@0.service", "dramatiq-worker@1001.service",
+                                  "dramatiq-worker@0001.service", "dramatiq-worker@999999.service",
                                   "dramatiq-worker@1.socket", "dramatiq-worker@1.service.d", "redis.service",
                                   "dramatiq-worker@1;x.service", "dramatiq-worker@.service"])
 def test_foreign_names_are_not_managed(name: str) -> None:
@@ -37,3 +44,30 @@ def test_foreign_names_are_not_managed(name: str) -> None:
 ])
 def test_polkit_refusal_is_told_apart_from_a_failed_unit(result: str, refused: bool) -> None:
     assert refused_by_polkit(result) is refused
+
+
+def _polkit_unit_pattern() -> re.Pattern[str]:
+    """The unit regex of the shipped polkit rule (a JavaScript literal `/^...$/`: no flags, so `$` is the
+    end of the name, as Python's fullmatch)."""
+    rule = (PACKAGING / "dqagent.rules").read_text()
+    found = re.search(r"/\^(dramatiq-worker@.*?)\$/\.test\(unit\)", rule)
+    assert found, "the rule's unit pattern moved"
+    return re.compile(found.group(1))
+
+
+@given(st.one_of(st.integers(-5, 2 * MAX_INSTANCE).map(str), st.from_regex(r"0*[0-9]{1,7}", fullmatch=True),
+                 st.text(max_size=6)))
+def test_polkit_rule_admits_exactly_the_names_the_agent_builds_and_parses(instance: str) -> None:
+    """Issue 20, item 7: no @0, no leading zeros, nothing above MAX_INSTANCE = MAX_PROCESSES' limit."""
+    name = f"dramatiq-worker@{instance}.service"
+    parsed = worker_instance(name)
+    assert (_polkit_unit_pattern().fullmatch(name) is not None) == (parsed is not None)
+    if parsed is not None:
+        assert worker_unit(parsed) == name and 1 <= parsed <= MAX_INSTANCE
+
+
+def test_instance_numbers_stop_at_max_processes_limit() -> None:
+    assert MAX_INSTANCE == MAX_PROCESSES_LIMIT == 1000
+    names = ["dramatiq-worker@0.service", "dramatiq-worker@01.service", "dramatiq-worker@1001.service"]
+    assert [bool(_polkit_unit_pattern().fullmatch(n)) for n in names] == [False, False, False]
+    assert _polkit_unit_pattern().fullmatch("dramatiq-worker@1000.service")
