@@ -210,8 +210,8 @@ class _Server:
         try:
             async with asyncio.timeout(REQUEST_DEADLINE_S):
                 await self._exchange(reader, writer)
-        except (TimeoutError, OSError, EOFError, ValueError):
-            pass  # the deadline, a client gone, a line longer than MAX_REQUEST_BYTES: just close
+        except (TimeoutError, OSError, EOFError):
+            pass  # the deadline, or the client went away: just close
         finally:
             writer.transport.abort()  # a no-op after a completed answer's close()
             del self._open[writer]
