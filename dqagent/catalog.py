@@ -181,6 +181,10 @@ ENTRIES: tuple[Entry, ...] = (
           "The agent could not listen on METRICS_ADDRESS: the port is in use (exit 69) or the address is not "
           "one of this host's (exit 78). Pick a free port above 1023 on an address of this host, or empty "
           "METRICS_ADDRESS, then `systemctl restart dqagent` (or reload)."),
+    Entry("metrics_scrape_error", "3d5786b2b83f4895a997b8750acdac08", "A scrape of dqagent's /metrics failed",
+          "Formatting the metrics for a scrape raised an exception (a bug in dqagent: the traceback is in the "
+          "entry); the scrape was answered 500. Logged once until the error changes; the agent keeps scaling. "
+          "Please report it with the traceback."),
     Entry("metrics_textfile_error", "1b4ff6c113284128acc081eefd46830b", "dqagent cannot write its metrics textfile",
           "Writing METRICS_TEXTFILE failed (its directory is missing, not writable by user dqagent, or full). "
           "The agent keeps scaling and tries again after the next check. `dqagent check` names the problem."),

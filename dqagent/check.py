@@ -20,6 +20,7 @@ from dqagent import sources
 from dqagent.config import Settings
 from dqagent.errors import EXIT_CONFIG, EXIT_OK, BrokerError, ConfigError, DqAgentError
 from dqagent.reach import AGENT_USER, Preflight, dqagent_executable, preflight, who
+from dqagent.terminal import printable
 from dqagent.workercmd import command_argv, worker_shape
 
 #: The worker template instance systemd is asked about (a template itself has no properties).
@@ -35,7 +36,9 @@ class Result:
     text: str
 
     def line(self) -> str:
-        return f"{'ok' if self.ok else 'FAIL'}: {self.text}"
+        """For a terminal (check's and install's output): the text may quote Redis's or systemd's words or a
+        setting's value, so its control characters are shown as escapes (`terminal.printable`)."""
+        return f"{'ok' if self.ok else 'FAIL'}: {printable(self.text)}"
 
 
 def _dramatiq_args_problem(command: str) -> tuple[bool, str]:

@@ -29,6 +29,7 @@ from dqagent.errors import (
     ConfigError,
     SystemdError,
 )
+from dqagent.terminal import printable, printable_tree  # tiny and pure: `re` only, which argparse loads anyway
 
 if TYPE_CHECKING:
     import logging
@@ -133,13 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        print(f"dqagent: {exc}", file=sys.stderr)
+        print(f"dqagent: {printable(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except AccessDeniedError as exc:
-        print(f"dqagent: permission denied by systemd/polkit: {exc.text}", file=sys.stderr)
+        print(f"dqagent: permission denied by systemd/polkit: {printable(exc.text)}", file=sys.stderr)
         return EXIT_NOPERM
     except (BusConnectionError, SystemdError) as exc:
-        print(f"dqagent: {exc}", file=sys.stderr)
+        print(f"dqagent: {printable(str(exc))}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
@@ -300,7 +301,7 @@ async def _scale(args: argparse.Namespace, up: bool) -> int:
     if not report.lines:
         print(f"nothing to do: {report.current} workers")
     for line in report.lines:
-        print(line)
+        print(printable(line))
     if report.refused:
         print(f"dqagent: permission denied by systemd/polkit: run as root or as user dqagent "
               f"(uid {os.getuid()} may not start or stop workers)", file=sys.stderr)
@@ -320,17 +321,17 @@ def _reload(args: argparse.Namespace) -> int:
     try:
         answer = reload.request_reload(pid, directory, timeout_s)
     except reload.ReloadError as exc:
-        print(f"dqagent reload: {exc}", file=sys.stderr)
+        print(f"dqagent reload: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except PermissionError:
         print(f"dqagent reload: may not signal pid {pid}: run as root or as user dqagent", file=sys.stderr)
         return EXIT_NOPERM
-    if answer.ok:
-        print(answer.message)
+    if answer.ok:  # the message comes from the agent's answer file: written by user dqagent
+        print(printable(answer.message))
         return EXIT_OK
     # Under systemd the agent's own `reload_failed` line already names the key: do not repeat it.
     print("dqagent reload: the agent kept its settings (see its reload_failed line)" if under_journal()
-          else f"dqagent reload: {answer.message}", file=sys.stderr)
+          else f"dqagent reload: {printable(answer.message)}", file=sys.stderr)
     return EXIT_CONFIG
 
 
@@ -343,9 +344,18 @@ async def _status(args: argparse.Namespace) -> int:
         from dqagent.fleetstore import fleet_status
 
         report["fleet"] = await fleet_status(loaded.settings, report["queue_length"])
-    text = render_text(report) + (f"\n{report['fleet']['text']}" if args.fleet and not args.json else "")
-    print(render_json(report) if args.json else text)
+    if args.json:
+        print(render_json(report))
+    else:
+        print(render_text(report) + (f"\n{_fleet_text(report['fleet'])}" if args.fleet else ""))
     return EXIT_OK
+
+
+def _fleet_text(fleet: dict[str, Any]) -> str:
+    """The fleet part of `status --fleet` for a terminal: host names and errors come from Redis."""
+    from dqagent.fleet import render_fleet
+
+    return printable(fleet["text"]) if "error" in fleet else render_fleet(printable_tree(fleet))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, TypedDict
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from dqagent.errors import ConfigError
 
@@ -201,17 +201,29 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """A Redis URL with any password replaced by `***`."""
+    """A Redis URL safe to log and print: every password it may carry replaced by `***`.
+
+    redis-py takes a password from the userinfo (`redis://user:pw@host`, `redis://:pw@host`) and from the
+    query (`?password=pw`, names decoded as `parse_qs` does, so `?%70assword=` too). A userinfo without a
+    colon is redis-py's username, but also the way some write a bare password: it is redacted whole.
+    The rest is kept as written (host, IPv6 brackets, port, path, other query parameters).
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         return "(unparsable URL)"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:***" if colon else "***"
+    query = "&".join(f"{name}=***" if unquote_plus(name).strip().lower() == "password" else field
+                     for field in parts.query.split("&") for name in (field.partition("=")[0],))
+    # By hand, not urlunsplit: it would drop the empty authority of unix:///path (-> unix:/path).
+    head = f"{parts.scheme}:" if parts.scheme else ""
+    rest = url[len(head):] if url[:len(head)].lower() == head else url
+    authority = f"//{userinfo}{at}{hostport}" if rest.startswith("//") else ""
+    return (head + authority + parts.path + (f"?{query}" if "?" in rest else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
 
 
 def _int(key: str, raw: str, lo: int | None = None, hi: int | None = None, accepted: str = "") -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dqagent import catalog
+from dqagent.terminal import printable
 
 #: Relative LOG_FILE paths are resolved against this directory (systemd's LogsDirectory=dqagent).
 DEFAULT_LOG_DIR = Path(os.environ.get("LOGS_DIRECTORY", "/var/log/dqagent"))
@@ -36,7 +37,7 @@ def event(name: str, **fields: Any) -> dict[str, Any]:
 
 
 class FieldsFormatter(logging.Formatter):
-    """One line: time, level, message, then the structured fields as key=value."""
+    """One line: time, level, message, then the structured fields as key=value; control characters escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -45,7 +46,9 @@ class FieldsFormatter(logging.Formatter):
         event_name = getattr(record, "DQAGENT_EVENT", None)
         tail = (f" event={event_name}" if event_name else "") + "".join(
             f" {k.lower()}={v}" for k, v in extra.items())
-        return (line + tail).replace("\n", " ")
+        # One line (a traceback's lines joined), and no control character from outside text (a queue or
+        # host name from Redis) reaches a terminal or LOG_FILE: `terminal.printable`.
+        return printable((line + tail).replace("\n", " "))
 
 
 def under_journal() -> bool:

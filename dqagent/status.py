@@ -27,6 +27,7 @@ from dqagent.errors import DqAgentError
 from dqagent.policies import thresholds
 from dqagent.sources import Loaded, describe_source
 from dqagent.systemd import AGENT_UNIT, ActiveState, SystemdClient, UnitState
+from dqagent.terminal import printable_tree
 from dqagent.workercmd import WorkerShape, worker_shape
 
 
@@ -186,7 +187,11 @@ def render_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, sort_keys=False)
 
 
-def render_text(r: dict[str, Any]) -> str:
+def render_text(report: dict[str, Any]) -> str:
+    """The report for a terminal: every string in it (unit, queue and host names, errors, the workers' last
+    lines) passes through `terminal.printable`, so no control character from outside reaches the screen."""
+    r: dict[str, Any] = printable_tree(report)
+
     def show(v: Any) -> str:
         return "unavailable" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 

@@ -10,6 +10,7 @@ prometheus_client's own parser and compared with `dqagent status --json` and wit
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import threading
 import time
@@ -21,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent import __version__
+from dqagent.metrics import REQUEST_DEADLINE_S
 from tests.bench import Container, RedisServer, free_port, require_bench
 from tests.integration.agentbench import (
     QUEUE,
@@ -57,6 +59,14 @@ class Metered:
         wait_until("the agent's snapshot at MIN_PROCESSES", lambda: (
             value(self.scrape(), "dqagent_workers", state="running") == 1
             and not value(self.scrape(), "dqagent_workers", state="stopping")), timeout=30)
+
+    def scale_up_s(self) -> float:
+        """Seconds from a backlog of 100 to MAX running workers, from MIN_PROCESSES."""
+        self.at_min()
+        began = time.monotonic()
+        set_backlog(self.redis, 100)
+        wait_until("scaled to MAX", lambda: running_workers(self.c) == worker_names(MAX), timeout=60, interval=0.1)
+        return time.monotonic() - began
 
 
 def parse(text: str) -> Samples:
@@ -156,15 +166,7 @@ def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(meter
     m, c = metered, metered.c
     pid = c.unit_property("dqagent.service", "MainPID")
     restarts = c.unit_property("dqagent.service", "NRestarts")
-
-    def scale_up_s() -> float:
-        m.at_min()
-        began = time.monotonic()
-        set_backlog(m.redis, 100)
-        wait_until("scaled to MAX", lambda: running_workers(c) == worker_names(MAX), timeout=60, interval=0.1)
-        return time.monotonic() - began
-
-    quiet = scale_up_s()
+    quiet = m.scale_up_s()
     # When: bursts of 50 scrapes at once (0.2 s apart, as 50 Prometheus servers would) during a scale-up
     stop = threading.Event()
     burst = threading.Barrier(50)
@@ -192,7 +194,7 @@ def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(meter
     for t in threads:
         t.start()
     try:
-        loaded = scale_up_s()
+        loaded = m.scale_up_s()
     finally:
         stop.set()
         burst.abort()
@@ -205,6 +207,88 @@ def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(meter
     # Then: every scraper was answered, the scale-up took no longer beyond noise, no watchdog kill
     assert not errors, errors[:3]
     assert all(n >= 1 for n in ok)
+    assert loaded <= 2 * quiet + 3, (quiet, loaded)
+    assert c.unit_property("dqagent.service", "MainPID") == pid
+    assert c.unit_property("dqagent.service", "NRestarts") == restarts
+    m.at_min()
+
+
+class SlowClients:
+    """`n` connections to the metrics port, each sending its request one byte every 0.5 s, never ending it,
+    spread over loopback addresses 127.0.0.2.. (below the per-address cap); one the server closes is
+    opened again at once (as a slowloris does). Records how long each closed one was held open."""
+
+    def __init__(self, port: int, n: int, addresses: int) -> None:
+        self.port, self.n, self.addresses = port, n, addresses
+        self.held_s: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open(self, i: int) -> tuple[socket.socket, float]:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5,
+                                     source_address=(f"127.0.0.{2 + i % self.addresses}", 0))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        s.setblocking(False)
+        return s, time.monotonic()
+
+    def _run(self) -> None:
+        conns = [self._open(i) for i in range(self.n)]
+        try:
+            while not self.stop.wait(0.5):
+                for i, (s, opened) in enumerate(conns):
+                    try:
+                        s.send(b"a")
+                        closed = s.recv(1) == b""
+                    except BlockingIOError:
+                        closed = False  # nothing to read: still open
+                    except OSError:
+                        closed = True
+                    if closed:
+                        self.held_s.append(time.monotonic() - opened)
+                        s.close()
+                        conns[i] = self._open(i)
+        finally:
+            for s, _ in conns:
+                s.close()
+
+    def __enter__(self) -> SlowClients:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_two_hundred_slow_clients_delay_no_scale_up_nor_watchdog_nor_a_scrape(metered: Metered) -> None:
+    m, c = metered, metered.c
+    pid = c.unit_property("dqagent.service", "MainPID")
+    restarts = c.unit_property("dqagent.service", "NRestarts")
+    quiet = m.scale_up_s()
+    port = int(m.url.split(":")[2].split("/")[0])
+    scrape_s: list[float] = []
+    m.at_min()
+    # When: 200 clients dribble never-ending requests at the metrics port (4 addresses, 50 from each) while
+    # the backlog calls for MAX workers, and a scrape comes every 0.5 s
+    with SlowClients(port, 200, addresses=4) as slow:
+        began = time.monotonic()
+        time.sleep(1)  # all 200 connected and held
+        loaded = m.scale_up_s()
+        while time.monotonic() - began < REQUEST_DEADLINE_S + 3 or len(scrape_s) < 10:
+            t0 = time.monotonic()
+            assert value(m.scrape(timeout=REQUEST_DEADLINE_S), "dqagent_redis_up") == 1
+            scrape_s.append(time.monotonic() - t0)
+            time.sleep(0.5)
+    held = sorted(slow.held_s)
+    print(f"\nscale-up 1 -> {MAX}: {quiet:.1f}s without, {loaded:.1f}s with 200 slow clients ({len(held)} closed "
+          f"by the server, held {min(held, default=0):.1f}..{max(held, default=0):.1f}s); "
+          f"scrapes meanwhile: max {max(scrape_s):.2f}s")
+    # Then: the slow clients were held (not refused) and closed at the request deadline, however they
+    # dribbled; scrapes were answered at once meanwhile; the scale-up took no longer beyond noise, no
+    # watchdog kill
+    assert len(held) >= 150
+    assert held[0] >= REQUEST_DEADLINE_S - 0.5 and held[-1] <= REQUEST_DEADLINE_S + 2.5, held
+    assert max(scrape_s) < 1.0, scrape_s
     assert loaded <= 2 * quiet + 3, (quiet, loaded)
     assert c.unit_property("dqagent.service", "MainPID") == pid
     assert c.unit_property("dqagent.service", "NRestarts") == restarts

@@ -14,6 +14,7 @@ from tests.integration.agentbench import (
     install,
     running_workers,
     set_backlog,
+    settings_text,
     wait_until,
     worker_names,
 )
@@ -138,3 +139,22 @@ def test_status_shows_why_a_worker_fails(fresh_container: Container, redis_serve
     logged = c.run(["journalctl", "-u", "dqagent", "-o", "cat", "--no-pager"]).stdout
     assert "invalid DRAMATIQ_COMMAND=" in logged and "the following arguments are required: broker" in logged
     c.systemctl("stop", "dramatiq-worker@1.service", check=False)
+
+    # Given: a worker whose last line holds an OSC sequence (retitle the terminal) and that exits non-zero
+    # (the settings file is read at each worker start: no install needed)
+    c.write("/usr/local/bin/osc-worker", "#!/bin/sh\nprintf 'boom \\033]0;pwned-title\\007 end\\n'\nexit 3\n")
+    c.run(["chmod", "0755", "/usr/local/bin/osc-worker"])
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis_server, DRAMATIQ_COMMAND="/usr/local/bin/osc-worker"))
+    c.systemctl("start", "dramatiq-worker@2.service", check=False)
+    wait_until("its line is in the journal", lambda: "pwned-title" in c.run(
+        ["journalctl", "-a", "-u", "dramatiq-worker@2.service", "-o", "cat", "--no-pager"]).stdout, timeout=30)
+    wait_until("it is failing", lambda: "dramatiq-worker@2.service" in json.dumps(
+        json.loads(dqagent(c, "status", "--json").stdout)["failing_workers"]), timeout=30)
+    # Then: status shows the line with the ESC and BEL bytes as visible escapes; --json keeps it as JSON escapes
+    text = dqagent(c, "status").stdout
+    assert "last logged: boom \\x1b]0;pwned-title\\x07 end" in text, text
+    assert "\x1b" not in text and "\x07" not in text
+    [osc] = [f for f in json.loads(dqagent(c, "status", "--json").stdout)["failing_workers"]
+             if f["unit"] == "dramatiq-worker@2.service"]
+    assert osc["last_line"] == "boom \x1b]0;pwned-title\x07 end"
+    c.systemctl("stop", "dramatiq-worker@2.service", check=False)

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.connection import parse_url
 
 from dqagent import sources
-from dqagent.config import DEFAULTS, QueueMetric, parse_settings
+from dqagent.config import DEFAULTS, QueueMetric, parse_settings, redact_url
 from dqagent.errors import ConfigError
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "old-manager.env"
@@ -51,6 +55,37 @@ def test_password_never_in_repr_or_public_items() -> None:
     text = str(s.public_items())
     assert "s3cr3t" not in text and "url-pw" not in text and "(set)" in text
     assert "url-pw" not in s.redis_location()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://h:6379/0", "redis://h:6379/0"),
+    ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+    ("redis://u:pw@h/0?password=qs-pw&db=1", "redis://u:***@h/0?password=***&db=1"),
+    ("redis://h/0?%70assword=qs-pw&socket_timeout=1", "redis://h/0?%70assword=***&socket_timeout=1"),
+    ("redis://bare-pw@[::1]:6379/0", "redis://***@[::1]:6379/0"),  # a lone userinfo may be a password
+    ("unix:///run/redis.sock?password=qs-pw&db=2", "unix:///run/redis.sock?password=***&db=2"),
+    ("redis://:p@ss@h:notaport/0", "redis://:***@h:notaport/0"),  # an unquoted @, a bad port: no exception
+])
+def test_redact_url_hides_every_password_redis_py_would_use(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+_PASSWORD = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1).map(lambda p: "Zq" + p)
+
+
+@given(_PASSWORD, st.sampled_from([
+    "redis://:{q}@h:6379/0", "redis://u:{q}@h/0?db=1", "redis://h/0?password={q}&db=1",
+    "rediss://u@h/0?password={q}", "unix:///run/r.sock?db=2&password={q}", "redis://h/0?%70assword={q}",
+]))
+def test_redacted_url_never_carries_the_password_redis_py_reads(password: str, form: str) -> None:
+    # Given a URL redis-py reads `password` from (as REDIS_URL would be written, quoted)
+    url = form.format(q=quote(password, safe=""))
+    assert parse_url(url)["password"] == password
+    # Then the redacted form, as logged and printed, holds no spelling of it, and redis-py would read none
+    shown = redact_url(url)
+    assert password not in shown and quote(password, safe="") not in shown
+    assert parse_url(shown).get("password") in (None, "***")
+    assert parse_settings({"REDIS_URL": url}).redis_location() == shown
 
 
 def test_empty_credential_means_no_password_silently(tmp_path: Path) -> None:

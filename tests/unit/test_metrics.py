@@ -5,6 +5,7 @@ Grafana dashboard's queries. The agent unit's scrapes are tested in tests/integr
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import math
@@ -12,6 +13,8 @@ import re
 import socket
 import stat
 import subprocess
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -430,19 +433,139 @@ def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_
         t.agent.exporter.close()
 
 
-def test_an_idle_connection_is_dropped_and_never_blocks_other_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+def _held(sock: socket.socket, wait_s: float) -> bool:
+    """True if the server keeps `sock` open for `wait_s` (no EOF, no reset)."""
+    sock.settimeout(wait_s)
+    try:
+        return sock.recv(1) != b""
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        return False
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # a request begun, never finished
+    return sock
+
+
+def _scrape(port: int, source: str = "127.0.0.1") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _scrape_or_nothing(port: int, source: str) -> bytes:
+    try:
+        return _scrape(port, source)
+    except ConnectionResetError:
+        return b""
+
+
+def test_a_client_dribbling_its_request_is_closed_at_the_deadline_and_holds_up_no_scrape(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from dqagent import metrics
 
-    assert 0 < metrics._QuietHandler.__dict__["timeout"] <= 30  # socketserver's default is None: forever
-    monkeypatch.setattr(metrics._QuietHandler, "timeout", 0.5)  # the same mechanism, quicker
+    assert 0 < metrics.REQUEST_DEADLINE_S <= 10
+    monkeypatch.setattr(metrics, "REQUEST_DEADLINE_S", 1.0)  # the same mechanism, quicker
     port = free_port()
     exporter = Exporter(lambda: snapshot(), f"127.0.0.1:{port}", "")
     exporter.start()
+    opened: list[socket.socket] = []
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                assert r.status == 200  # answered while the idle connection is open
-            idle.settimeout(5)
-            assert idle.recv(1) == b""  # the server closed it after its timeout
+        # Given: a client that sends a header byte every 0.1 s (each read succeeds: no per-read timeout fires)
+        # and one that sends nothing at all
+        dribbler, idle = _connect(port), socket.create_connection(("127.0.0.1", port), timeout=5)
+        opened += [dribbler, idle]
+        began = time.monotonic()
+        closed_after: float | None = None
+        for byte in b"X-Slow: " + b"a" * 100:
+            try:
+                dribbler.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - began
+                break
+            if not _held(dribbler, 0.1):
+                closed_after = time.monotonic() - began
+                break
+            # Then: a scrape is answered at once meanwhile
+            if byte == ord("a"):
+                assert _scrape(port).startswith(b"HTTP/1.0 200 OK\r\n")
+        # Then: both are closed at the deadline, counted from accept, however the bytes dribble
+        assert closed_after is not None and 0.9 <= closed_after <= 2.0, closed_after
+        assert not _held(idle, 1.0)
+    finally:
+        for s in opened:
+            s.close()
+        exporter.close()
+
+
+def test_connections_beyond_the_caps_are_closed_at_once_and_other_addresses_still_scrape(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from dqagent import metrics
+
+    assert 16 <= metrics.MAX_CONNECTIONS_PER_ADDRESS <= metrics.MAX_CONNECTIONS <= 512
+    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(metrics, "MAX_CONNECTIONS_PER_ADDRESS", 3)
+    port = free_port()
+    exporter = Exporter(lambda: snapshot(), f"127.0.0.1:{port}", "")
+    exporter.start()
+    held: list[socket.socket] = []
+    try:
+        # Given: 3 unfinished requests from 127.0.0.1, the per-address cap
+        held += [_connect(port) for _ in range(3)]
+        assert all(_held(s, 0.2) for s in held)
+        # Then: a 4th from the same address is closed at once; a scrape from another address is answered
+        with _connect(port) as extra:
+            assert not _held(extra, 1.0)
+        assert _scrape(port, "127.0.0.2").startswith(b"HTTP/1.0 200 OK\r\n")
+        # Given: one more from 127.0.0.2: 4 open, the total cap. Then: a 5th, from a third address, is closed
+        held.append(_connect(port, "127.0.0.2"))
+        assert _held(held[-1], 0.2)
+        with _connect(port, "127.0.0.3") as extra:
+            assert not _held(extra, 1.0)
+        # When: one held connection goes away, its slot is free again
+        held.pop(0).close()
+        deadline = time.monotonic() + 5  # once the server has seen that close
+        while not (answer := _scrape_or_nothing(port, "127.0.0.3")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"dqagent_workers{state=\"running\"} 3.0" in answer
+        assert all(_held(s, 0.1) for s in held)  # the others were never disturbed
+    finally:
+        for s in held:
+            s.close()
+        exporter.close()
+
+
+def test_the_server_answers_as_prometheus_clients_server_did() -> None:
+    port = free_port()
+    exporter = Exporter(lambda: snapshot(), f"127.0.0.1:{port}", "")
+    exporter.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={
+                "Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}), timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert r.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(r.read()).endswith(b"# EOF\n")
+        with urllib.request.urlopen(url + "?name[]=dqagent_redis_up", timeout=5) as r:
+            assert r.read() == generate_latest(registry_for(snapshot).restricted_registry(["dqagent_redis_up"]))
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"), timeout=5)
+        err.value.close()
+        assert err.value.code == 405
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # LF-only lines (printf | nc)
+            s.sendall(b"GET /metrics HTTP/1.0\n\n")
+            assert s.recv(100).startswith(b"HTTP/1.0 200 OK\r\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n" + b"X-Big: " + b"a" * 5000 + b"\r\n" + b"X-Big: " + b"a" * 5000)
+            assert s.recv(100).startswith(b"HTTP/1.0 431 ")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"nonsense\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.0 400 ")
     finally:
         exporter.close()
