@@ -48,12 +48,13 @@ from dqagent.fleetstore import FleetCoordinator
 from dqagent.jobs import JobTable, ScaleReport, UnitManager, restart_baseline, scale_by, stop_timeout_s
 from dqagent.logs import event
 from dqagent.notify import Notifier
-from dqagent.policies import Decision, Observation, Policy, read_interval_s
+from dqagent.policies import Policy
 from dqagent.pressure import HostGuard, MemoryReader
 from dqagent.reconciler import Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.reload import Reloader
 from dqagent.reporter import Reporter
-from dqagent.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts, action_reason
+from dqagent.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts
+from dqagent.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, decide, observe
 from dqagent.systemd import UnitState
 from dqagent.untrusted import Rejection
 from dqagent.workercmd import startup_warnings
@@ -67,19 +68,6 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between retries of a failing Redis.
 MAX_BACKOFF_S = 300.0
-
-
-def breakdown(demand: Demand) -> str:
-    """Per-queue figures in one journal field, e.g.
-    `q1:ready=3,in_flight=8,delayed=0,dead=0,orphaned=0,oldest_age_s=4.2` (`oldest_age_s=` empty: none waits)."""
-    return ";".join(f"{q.queue}:ready={q.ready},in_flight={q.in_flight},delayed={q.delayed},"
-                    f"dead={q.dead},orphaned={q.orphaned},oldest_age_s={format_age(q.oldest_age_s)}"
-                    for q in demand.queues)
-
-
-def format_age(age_s: float | None) -> str:
-    """An age for journal fields: seconds with one decimal, "" when no message waits."""
-    return "" if age_s is None else f"{age_s:.1f}"
 
 
 class Agent:
@@ -106,7 +94,8 @@ class Agent:
         #: SIGHUP (`systemctl reload dqagent`): re-read the settings between two ticks (dqagent.reload).
         self.reloader = reloader
         self.reload_requested = asyncio.Event()
-        self._policy_state: Any = policy.initial_state()
+        #: What one check hands the next (`dqagent.step.Memory`): the policy's state and more.
+        self.memory = Memory(policy.initial_state())
         #: Fleet mode (issue 13, dqagent.fleetstore): used while FLEET is set.
         self.fleet = fleet if fleet is not None else FleetCoordinator()
         self.reporter = Reporter(notifier)
@@ -115,14 +104,12 @@ class Agent:
         self.guard = HostGuard(units if isinstance(units, MemoryReader) else None, clock)
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
-        self._last_logged = -math.inf
         # Metrics (issue 12): the loop's cumulative counters and the snapshot `dqagent.metrics` reads.
         self.counters = Accumulator()
         #: The last tick's figures (replaced whole, never mutated): all a scrape reads.
         self.latest: Snapshot | None = None
         self._last_decision_s: float | None = None
         self.exporter: Exporter | None = None
-        self._last_outstanding: int | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -216,7 +203,7 @@ class Agent:
         outcome = await self.reloader.reload(self.s, self.probe)
         if outcome.policy is not None:
             if outcome.policy.name != self.policy.name:
-                self._policy_state = outcome.policy.initial_state()
+                self.memory = replace(self.memory, policy_state=outcome.policy.initial_state())
             self.s, self.probe, self.policy = outcome.settings, outcome.probe, outcome.policy
             self._reload_exporter()
             self.guard.warn_missing(self.s)  # GUARD may have been turned on
@@ -263,91 +250,76 @@ class Agent:
     # -- one tick --------------------------------------------------------------------------------
 
     async def tick(self) -> float:
-        """One check: read, decide, issue. Returns the seconds until the next check."""
+        """One check: read, decide (`dqagent.step`), act, report. Returns the seconds until the next check."""
         began = self.clock()
         try:
             demand = await self.probe.fetch_demand()
         except BrokerError as exc:
-            self.counters.source_error(Source.REDIS)
-            self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
-            return self._redis_down(str(exc))
+            return self._broker_down(str(exc))
         self.reporter.redis_up()
         self._rejected(demand.rejected)
         self.reporter.note_ages(demand)
         if demand.orphaned:
             await self._recover(demand)
         states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
-        now_us = self.wallclock() * 1e6
-        self.reporter.note_units(states, self.jobs.in_flight, now_us, self.s.process_startup_delay_s)
-        counted = census(states, self.jobs.in_flight)
-        young = sum(1 for s in states
-                    if s.running and now_us - s.active_enter_us < self.s.process_startup_delay_s * 1e6)
-        queue_length = demand.queue_length(self.s.queue_metric)
-        obs = Observation(now_s=self.clock(), queue_length=queue_length, ready=demand.ready,
-                          in_flight=demand.in_flight, delayed=demand.delayed, workers=counted.pool,
-                          starting=counted.coming + young, oldest_age_s=demand.oldest_age_s)
-        label: str | None = None
-        fleet_fields: dict[str, object] = {}
-        if self.s.fleet:  # fleet mode (issue 13): the fleet's decision, and this host's share of it
+        observed = Observed(self.clock(), self.wallclock() * 1e6, demand, states, self.jobs.in_flight,
+                            self.jobs.backoff)
+        self.reporter.note_units(states, self.jobs.in_flight, observed.now_us, self.s.process_startup_delay_s)
+        rules = Rules.from_settings(self.s, self.policy)
+        fleet: FleetInput | None = None
+        if self.s.fleet:  # fleet mode: publish this host and read the others, for the step to share G
             try:
-                fleet = await self.fleet.decide(self.s, self.policy, obs, self._policy_state, counted.running,
-                                                demand.delayed)
-            except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers, never scale up
-                self.counters.source_error(Source.REDIS)  # (ConfigError: a reload left this host without an id)
-                self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
-                return self._redis_down(str(exc))
-            self._rejected(fleet.rejected)
-            decision, self._policy_state, fleet_fields = fleet.decision, fleet.state, fleet.share.fields()
-        else:
-            decision, self._policy_state = self.policy.decide(obs, self._policy_state)
-            if decision.target == 0 and demand.delayed > 0:
-                # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
-                decision = Decision(1, decision.reason + f"; {demand.delayed} delayed messages need a consumer")
-                label = Reason.DELAYED_MESSAGES
-        verdict = await self.guard.cap(self.s, counted.pool, decision.target, obs.starting)  # guard cap, then act
-        if verdict.holding:
-            decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
-        fields = dict(queue=",".join(self.s.queue_names), queue_length=queue_length, workers=counted.pool,
-                      running=counted.running, target=decision.target, ready=demand.ready,
-                      in_flight=demand.in_flight, delayed=demand.delayed, dead_lettered=demand.dead,
-                      orphaned=demand.orphaned, policy=self.policy.name, breakdown=breakdown(demand),
-                      oldest_age_s=format_age(demand.oldest_age_s), **fleet_fields)
-        # One record per decision at CHECK_INTERVAL; the target policy's faster polls log changes only.
-        now = self.clock()
-        routine = decision.target == counted.pool and now - self._last_logged < self.s.check_interval_s
-        log.log(logging.DEBUG if routine else logging.INFO, "decision: %d -> %d workers (%s)",
-                counted.pool, decision.target, decision.reason, extra=event("decision", **fields))
-        if not routine:
-            self._last_logged = now
-        plan = self._act(states, decision.target, reason=decision.reason, label=label)
-        if fleet_fields:  # the pool this tick leaves, published for the other members at once
+                fleet = await self.fleet.sync(self.s, observe(rules, observed))
+            except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
+                return self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
+            self._rejected(fleet.view.rejected)
+        check = decide(rules, observed, self.memory, fleet=fleet)
+        if isinstance(check, NeedsHost):  # a scale-up: the guard reads the host, then the same decision
+            check = decide(rules, observed, self.memory, fleet=fleet, host=await self.guard.read(self.s))
+        assert isinstance(check, Check), "the step asks for the host only once"
+        self.memory = check.memory
+        self.guard.note(check.verdict, check.seen.census.pool)
+        if fleet is not None:
+            self.fleet.remember(fleet, check.share)
+        await self._carry_out(check, states, demand, began)
+        return check.next_read_s
+
+    async def _carry_out(self, check: Check, states: Sequence[UnitState], demand: Demand, began: float) -> None:
+        """Act on one check and report it: the decision line, the jobs, the fleet record, STATUS=, the snapshot."""
+        pool, target = check.seen.census.pool, check.decision.target
+        log.log(logging.DEBUG if check.routine else logging.INFO, "decision: %d -> %d workers (%s)", pool, target,
+                check.decision.reason, extra=event("decision", **check.fields))
+        plan = check.plan
+        self._issue(plan, states, check.decision.reason, check.label)
+        if check.share is not None:  # the pool this tick leaves, published for the other members at once
             await self.fleet.publish(self.s, plan.pool + len(plan.start) - len(plan.stop),
-                                     obs.starting + len(plan.start))
-        interval = self._next_read_s(obs, decision.target)
-        self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), queue_length, interval,
-                             note=verdict.status())
+                                     check.seen.obs.starting + len(plan.start))
+        self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), check.seen.obs.queue_length,
+                             check.next_read_s, note=check.verdict.status())
         self.counters.decision_took(self.clock() - began)
         self._last_decision_s = self.wallclock()
         c = census(states, self.jobs.in_flight)  # with this tick's own starts and stops counted
         self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=WorkerCounts(
             running=c.running, starting=c.coming, stopping=c.going, failed=c.failing, desired=plan.wanted)))
-        return interval
 
-    def _next_read_s(self, obs: Observation, target: int) -> float:
-        """CHECK_INTERVAL for `step`; for `target` the adaptive read interval (issue 15), at most 1 read/s."""
-        previous, self._last_outstanding = self._last_outstanding, obs.outstanding
-        if self.s.scaling_policy == "step":
-            return self.s.tick_interval_s()
-        return read_interval_s(self.s.tick_interval_s(), obs, target, previous, self.s.check_interval_s)
+    def _broker_down(self, message: str) -> float:
+        """Demand (or the fleet) unreadable: counted, the workers kept, the next try after the backoff."""
+        self.counters.source_error(Source.REDIS)
+        self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
+        return self._redis_down(message)
 
-    def _act(self, states: Sequence[UnitState], target: int, reason: str, label: str | None = None) -> Plan:
-        """Reconcile and hand the actions to the job table (which runs them in the background).
-
-        `label` is the bounded metrics reason (`dqagent.snapshot.Reason`); None: the policy's, or a bound's.
-        """
+    def _act(self, states: Sequence[UnitState], target: int, reason: str, label: str) -> Plan:
+        """Adoption: reconcile toward `target` and issue the actions (a check's plan comes from the step)."""
         plan = reconcile(states, target, min_processes=self.s.min_processes, max_processes=self.s.max_processes,
                          in_flight=self.jobs.in_flight, backoff=self.jobs.backoff, now_s=self.clock())
-        label = label or action_reason(self.policy.name, target, plan.wanted)
+        self._issue(plan, states, reason, label)
+        return plan
+
+    def _issue(self, plan: Plan, states: Sequence[UnitState], reason: str, label: str) -> None:
+        """Hand a plan's actions to the job table (which runs them in the background), counted and logged.
+
+        `label` is the bounded metrics reason (`dqagent.snapshot.Reason`, or the policy's name).
+        """
         for numbers, direction in ((plan.start, Direction.UP), (plan.stop, Direction.DOWN)):
             if numbers:
                 self.counters.scale_action(direction, label)
@@ -362,7 +334,6 @@ class Agent:
             log.info("scale down by %d to %d: %s", len(plan.stop), plan.pool - len(plan.stop), reason,
                      extra=event("scale_down", workers=plan.pool, target=plan.pool - len(plan.stop)))
             self.jobs.stop(plan.stop, stop_timeout_s(self.s))
-        return plan
 
     async def _recover(self, demand: Demand) -> None:
         try:

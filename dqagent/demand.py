@@ -235,7 +235,7 @@ class RedisDemandProbe:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._timeout_s = settings.redis_timeout_s
-        self._client = _async_client(settings)
+        self._client = async_client(settings)
         self._broker: RedisBroker | None = None
         self._broker_lock = threading.Lock()
 
@@ -401,7 +401,7 @@ def oldest_ages(timestamps_ms: Sequence[bytes | str | int | None], now_ms: float
     return OldestAges(tuple(ages), skewed, unreadable)
 
 
-def _async_client(settings: Settings) -> redis.asyncio.Redis:
+def async_client(settings: Settings) -> redis.asyncio.Redis:
     """The probe's client (no I/O): REDIS_URL wins over host/port/db/password; no client-side retries."""
     t = settings.redis_timeout_s
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)

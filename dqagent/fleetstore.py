@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -30,7 +29,7 @@ import redis.asyncio
 
 from dqagent import __version__
 from dqagent.config import Settings
-from dqagent.demand import _async_client, describe_failure
+from dqagent.demand import async_client, describe_failure
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.fleet import (
     MAX_MEMBERS,
@@ -38,18 +37,13 @@ from dqagent.fleet import (
     FleetView,
     Member,
     Share,
-    fleet_bounds,
-    fleet_observation,
-    fleet_policy,
     fleet_report,
     read_records,
     render_fleet,
-    share_of,
 )
-from dqagent.policies import Decision, Observation, Policy
-from dqagent.untrusted import Rejection
+from dqagent.step import FleetInput, Seen
 
-__all__ = ["FakeFleetStore", "FleetCoordinator", "FleetDecision", "FleetStore", "RedisFleetStore",
+__all__ = ["FakeFleetStore", "FleetCoordinator", "FleetStore", "RedisFleetStore",
            "fleet_status", "host_id", "record_ttl_ms"]
 
 MACHINE_ID = Path("/etc/machine-id")
@@ -164,7 +158,7 @@ class RedisFleetStore:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client: redis.asyncio.Redis = _async_client(settings)
+        self._client: redis.asyncio.Redis = async_client(settings)
         self._script = self._client.register_script(_SYNC)
 
     async def _guard(self, work: Awaitable[_T]) -> _T:
@@ -232,17 +226,6 @@ def _fields(m: Member) -> dict[str, Any]:
     return {name: getattr(m, name) for name in Member.__dataclass_fields__}
 
 
-@dataclass(frozen=True, slots=True)
-class FleetDecision:
-    """The fleet's decision for this host: its share as a `Decision`, the policy's next state, the figures."""
-
-    decision: Decision
-    state: Any
-    share: Share
-    #: Records the read skipped (`dqagent.fleet.read_records`), for the agent to report.
-    rejected: tuple[Rejection, ...] = ()
-
-
 class FleetCoordinator:
     """The agent's side of fleet mode: publish, read, decide G with the fleet's range, take this host's share.
 
@@ -274,28 +257,24 @@ class FleetCoordinator:
             self._decided_ms = 0
         return self._store
 
-    async def decide(self, s: Settings, policy: Policy, obs: Observation, state: Any, running: int,
-                     delayed: int) -> FleetDecision:
-        """Publish this host, read the fleet, and decide. Raises BrokerError (Redis unreachable: the agent
-        then keeps its workers, as it does when demand cannot be read) and ConfigError (no host id)."""
+    async def sync(self, s: Settings, seen: Seen) -> FleetInput:
+        """Publish this host's record as of `seen` and read the fleet with it, for the decision step.
+        Raises BrokerError (Redis unreachable: the agent then keeps its workers, as it does when demand
+        cannot be read) and ConfigError (no host id)."""
         store = await self._for(s)
-        last = self.last
+        last, obs = self.last, seen.obs
         me = Member(self._host, s.fleet_weight or s.max_processes, s.min_processes, s.max_processes,
-                    workers=obs.workers, running=running, starting=obs.starting,
+                    workers=obs.workers, running=seen.census.running, starting=obs.starting,
                     target=last.decision.target if last else obs.workers,
                     global_target=last.global_target if last else obs.workers, decided_ms=self._decided_ms,
                     version=__version__, decision=last.decision.reason if last else "", ttl_ms=record_ttl_ms(s))
-        view = await store.sync(me)
-        others = view.others()
-        lo, hi = fleet_bounds((*others, me))
-        decision, state = fleet_policy(policy, lo, hi).decide(fleet_observation(obs, me, others), state)
-        if decision.target == 0 and delayed > 0:
-            # Only a consumer moves due messages (and Dramatiq's retries) out of the delay queue.
-            decision = Decision(1, decision.reason + f"; {delayed} delayed messages need a consumer")
-        self.last = share_of(view, me, decision)
-        self._published = me
-        self._decided_ms = view.now_ms
-        return FleetDecision(self.last.decision, state, self.last, view.rejected)
+        return FleetInput(me, await store.sync(me))
+
+    def remember(self, fleet: FleetInput, share: Share | None) -> None:
+        """The decision step's share of this read: published with the next record."""
+        self.last = share
+        self._published = fleet.me
+        self._decided_ms = fleet.view.now_ms
 
     async def publish(self, s: Settings, workers: int, starting: int) -> None:
         """After acting: publish the pool this tick leaves behind (starts issued count, stops do not), so

@@ -4,7 +4,8 @@ Reads `/proc/pressure/cpu`, `/proc/pressure/memory` (`some`/`full avg10`, kernel
 `psi=0`) and `/proc/meminfo` (MemAvailable, MemTotal) under GUARD_PROC_DIR (`/proc`; another directory
 only for tests), and the running workers' `MemoryCurrent` through the systemd client (D-Bus), only
 before a scale-up. A file that is missing disables its part of the guard with one warning when the
-agent starts (`guard_source_missing`). The decision itself is `dqagent.guard.decide` (pure).
+agent starts (`guard_source_missing`). The decision itself is `dqagent.guard.decide` (pure), applied by
+the decision step (`dqagent.step`), which asks for this read only when it wants a scale-up.
 
 A hold is logged once when it starts (`guard_blocked`) and once when it ends (`guard_released`),
 with RESOURCE=, FIGURE= and LIMIT=.
@@ -22,8 +23,9 @@ from typing import Protocol, runtime_checkable
 
 from dqagent.config import Settings
 from dqagent.errors import DqAgentError
-from dqagent.guard import Headroom, Limits, Verdict, decide, resolve_bytes, worker_size
+from dqagent.guard import Headroom, Limits, Verdict, resolve_bytes, worker_size
 from dqagent.logs import event
+from dqagent.step import Host
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def figure_of(h: Headroom, resource: str) -> float | None:
 
 
 class HostGuard:
-    """Caps a scale-up by the host's headroom and remembers the hold in progress (for its two log lines).
+    """Reads the host's headroom for a scale-up and remembers the hold in progress (for its two log lines).
 
     `memory` reads the running workers' MemoryCurrent (the systemd client); None: not measured.
     """
@@ -129,25 +131,22 @@ class HostGuard:
                             "or booted with psi=0)", SOURCES[part], why,
                             extra=event("guard_source_missing", resource=part, path=why.split(":")[0]))
 
-    async def cap(self, settings: Settings, pool: int, wanted: int, starting: int = 0) -> Verdict:
-        """The target after the guard: `wanted`, or less while the host lacks headroom (see dqagent.guard).
+    async def read(self, settings: Settings) -> Host:
+        """Read the host for a scale-up (the decision step asks only then): PSI, meminfo, the workers'
+        MemoryCurrent (a D-Bus read per running worker), and the limits resolved against MemTotal."""
+        samples: list[int] = []
+        if self._memory is not None:
+            try:
+                samples = await self._memory.worker_memory()
+            except DqAgentError as exc:  # the tick's own systemd reads report a real outage
+                log.debug("guard: workers' MemoryCurrent unreadable: %s", exc)
+        reading = read_host(settings, samples)
+        self.last = reading.headroom
+        return Host(reading.headroom, limits(settings, reading.headroom.mem_total))
 
-        `starting`: workers of the pool still starting (their memory may not be in MemAvailable yet)."""
-        if not settings.guard or wanted <= pool:
-            verdict = Verdict(wanted, wanted)
-        else:
-            samples: list[int] = []
-            if self._memory is not None:
-                try:
-                    samples = await self._memory.worker_memory()
-                except DqAgentError as exc:  # the tick's own systemd reads report a real outage
-                    log.debug("guard: workers' MemoryCurrent unreadable: %s", exc)
-            reading = read_host(settings, samples)
-            self.last = reading.headroom
-            verdict = decide(pool, wanted, settings.min_processes, reading.headroom,
-                             limits(settings, reading.headroom.mem_total), starting)
+    def note(self, verdict: Verdict, pool: int) -> None:
+        """Log a hold when it starts (`guard_blocked`) and when it ends (`guard_released`)."""
         self._transition(verdict, pool)
-        return verdict
 
     def _transition(self, verdict: Verdict, pool: int) -> None:
         held = self.holding

@@ -41,6 +41,8 @@ from dqagent.errors import BrokerError
 from dqagent.fleet import Member, apportion
 from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, record_ttl_ms
 from dqagent.policies import Observation, Policy, TargetPolicy
+from dqagent.reconciler import Census
+from dqagent.step import Memory, Rules, Seen, recommend
 from dqagent.workercmd import worker_shape
 
 #: Simulation step (s): hosts poll on their own phases, rounded to this grid.
@@ -202,13 +204,18 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
             outstanding = _level(curve, max(0.0, t - h.read_delay_s))
             obs = Observation(now_s=t, queue_length=outstanding, ready=outstanding, in_flight=0, delayed=0,
                               workers=h.workers, starting=0)
-            if fleet:
+            if fleet:  # the agent's rules 2 and 3 (`dqagent.step.recommend`) on a host without units
+                seen = Seen(Census(running=h.workers, coming=0, going=0, failing=0), obs)
                 try:
-                    d = await h.coordinator.decide(h.settings, h.policy, obs, h.state, h.workers, 0)
+                    fleet_input = await h.coordinator.sync(h.settings, seen)
                 except BrokerError:
                     continue
-                h.state, target = d.state, d.decision.target
-                h.last_g, h.last_g_at = d.share.global_target, t
+                decision, h.state, share, _ = recommend(Rules.from_settings(h.settings, h.policy), seen,
+                                                        Memory(h.state), fleet_input)
+                h.coordinator.remember(fleet_input, share)
+                assert share is not None
+                target = decision.target
+                h.last_g, h.last_g_at = share.global_target, t
             else:
                 decision, h.state = h.policy.decide(obs, h.state)
                 target = decision.target

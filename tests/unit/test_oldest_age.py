@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.agent import Agent, format_age
+from dqagent.agent import Agent
 from dqagent.config import MAX_QUEUE_AGE_LIMIT_S, parse_settings
 from dqagent.demand import Demand, FakeDemandProbe, QueueDemand, oldest_ages
 from dqagent.errors import ConfigError
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import Decision, Observation, TargetPolicy, TargetState, age_floor
 from dqagent.reporter import Reporter
+from dqagent.step import format_age
 from tests.unit.fakes import FakeUnits
 from tests.unit.test_target_policy import histories, policies
 

@@ -15,6 +15,7 @@ from dqagent.demand import FakeDemandProbe
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import Policy, StepPolicy, make_policy
 from dqagent.pressure import HostGuard, parse_meminfo, parse_psi, read_host
+from dqagent.step import Host
 from dqagent.workercmd import worker_shape
 from tests.unit.fakes import FakeUnits
 
@@ -131,9 +132,25 @@ def test_memory_room_adds_only_the_workers_that_fit(tmp_path: Path, caplog: pyte
 def test_guard_off_reads_nothing_and_holds_nothing(tmp_path: Path) -> None:
     write_host(tmp_path, cpu=100, mem_some=100, mem_full=100, available_kb=0)
     s = parse_settings({"GUARD": "off", "GUARD_PROC_DIR": str(tmp_path), "MAX_PROCESSES": "3"})
-    guard = HostGuard()
-    verdict = asyncio.run(guard.cap(s, 1, 3))
-    assert verdict.target == 3 and guard.last is None
+    units, probe = FakeUnits(running=[1]), FakeDemandProbe()
+    probe.set_queue("q", ready=100)
+    agent = Agent(s, units, probe, RecordingNotifier(), StepPolicy.from_settings(s))
+    reads: list[int] = []
+    original = agent.guard.read
+
+    async def counted(settings: Settings) -> Host:
+        reads.append(1)
+        return await original(settings)
+
+    agent.guard.read = counted  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await agent.tick()  # 100 > 1 x 5: +1, a scale-up the host figures above would hold
+        await agent.jobs.wait()
+
+    asyncio.run(scenario())
+    assert reads == [] and agent.guard.last is None and agent.guard.holding is None
+    assert sorted(units.units) == [1, 2]
 
 
 def test_a_worker_killed_for_memory_is_its_own_event_and_counted(caplog: pytest.LogCaptureFixture) -> None:

@@ -250,7 +250,7 @@ def test_policy_change_starts_the_new_policy_from_its_initial_state(tmp_path: Pa
     t.write(SCALING_POLICY="target")
     asyncio.run(t.agent._reload())
     assert t.agent.policy.name == "target"
-    assert t.agent._policy_state == t.agent.policy.initial_state()
+    assert t.agent.memory.policy_state == t.agent.policy.initial_state()
     asyncio.run(t.agent.tick())  # decides with the target policy's state, no type confusion
 
 
