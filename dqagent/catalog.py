@@ -140,8 +140,15 @@ ENTRIES: tuple[Entry, ...] = (
           "The settings file has an invalid value (named in the message), so the agent keeps its old "
           "settings. Fix the value, then `systemctl reload dqagent` again."),
     Entry("reload_needs_install", "01fe4e511ec44e9483110c5bc5241cd3", "A reloaded setting needs dqagent install",
-          "Some changed settings are rendered into the unit files (WORKER_USER, WORKER_DIRECTORY, "
-          "GRACEFUL_SHUTDOWN_TIMEOUT): run `dqagent install` and `systemctl restart dqagent` to apply them."),
+          "Some changed settings (the KEYS field lists them) are rendered by `dqagent install` into the unit files, "
+          "the drop-ins or the agent's sandbox (the README's settings table marks them); the agent keeps their "
+          "old values. Run `dqagent install` and `systemctl restart dqagent` (the workers keep running)."),
+    Entry("unknown_setting",
+          "89957cfd313b47928e387ebdcb3354b9", "The dqagent settings file has a key no setting declares",
+          "The settings file sets a key (the KEY field) that is no dqagent setting, a typo most likely (the "
+          "message names the nearest setting): the agent ignores it, so the setting meant keeps its value. "
+          "Correct or remove the key and run `systemctl reload dqagent`; `dqagent check` fails on it. Keys from "
+          "the environment are not checked."),
     Entry("reload_answer_failed", "954054bdb8d94ae48b545c9e2b483d8a", "dqagent could not answer a reload",
           "The agent reloaded but could not write its answer file in /run/dqagent, so `systemctl reload` "
           "times out. Check the unit's RuntimeDirectory= and free space on /run."),

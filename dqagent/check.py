@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dqagent import sources
 from dqagent.config import Settings
+from dqagent.declarations import unknown_key_message
 from dqagent.errors import EXIT_CONFIG, EXIT_OK, BrokerError, ConfigError, DqAgentError
 from dqagent.reach import AGENT_USER, Preflight, dqagent_executable, preflight, who
 from dqagent.terminal import printable
@@ -222,6 +223,14 @@ async def redis_results(loaded: sources.Loaded) -> list[Result]:
     return out
 
 
+def settings_results(loaded: sources.Loaded) -> list[Result]:
+    """`ok` when the file loaded and declares nothing unknown; one FAIL per key no setting declares."""
+    if loaded.unknown_keys:
+        return [Result(False, f"{unknown_key_message(key)} (a key of {loaded.env_file} that dqagent ignores; fix: "
+                       "correct or remove it)") for key in loaded.unknown_keys]
+    return [Result(True, f"settings{f' ({loaded.env_file})' if loaded.env_file else ''} load and are valid")]
+
+
 async def run_checks(env_file: Path | None, offline: bool = False,
                      bus_address: str | None = None) -> list[Result]:
     """Every check, in order; a settings file that does not load stops there."""
@@ -231,7 +240,7 @@ async def run_checks(env_file: Path | None, offline: bool = False,
         where = env_file or "the settings file"
         return [Result(False, f"settings ({where}) do not load: {exc}; fix: edit {where}")]
     s = loaded.settings
-    results = [Result(True, f"settings{f' ({loaded.env_file})' if loaded.env_file else ''} load and are valid")]
+    results = settings_results(loaded)
     from dqagent.layout import PACKAGING
 
     exe = dqagent_executable()

@@ -225,7 +225,7 @@ async def _start(args: argparse.Namespace) -> int:
     from dqagent.demand import RedisDemandProbe
     from dqagent.notify import SystemdNotifier, watchdog_interval_s
     from dqagent.policies import make_policy
-    from dqagent.reload import Reloader, runtime_dir
+    from dqagent.reload import Reloader, runtime_dir, warn_unknown_settings
     from dqagent.systemd import SystemdClient
     from dqagent.workercmd import worker_shape
 
@@ -245,6 +245,7 @@ async def _start(args: argparse.Namespace) -> int:
         log.warning("%s", note, extra=event("log_file_unavailable"))
     if loaded.password_note:
         log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
+    warn_unknown_settings(loaded)
     log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d (each %d processes x %d threads%s), "
              "check every %gs, settings %s", __version__, ",".join(s.queue_names), s.redis_location(),
              s.scaling_policy, s.min_processes, s.max_processes, shape.processes, shape.threads,

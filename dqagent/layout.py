@@ -8,10 +8,12 @@ installed files with them), so neither imports the other.
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 from dqagent import sandbox
 from dqagent.config import DEFAULT_POOL_TASKS_MAX, DEFAULTS, PATH_ACCEPTED, RENDERED_CHARS, Settings, rendered_path
+from dqagent.declarations import SETTINGS, OnReload, plain
 from dqagent.errors import ConfigError
 from dqagent.reach import Preflight
 from dqagent.systemd import AGENT_UNIT
@@ -35,61 +37,6 @@ WORKER_TEMPLATE_FILE = UNIT_DIR / "dramatiq-worker@.service"
 AGENT_UNIT_FILE = UNIT_DIR / AGENT_UNIT
 DEFAULT_WORKER_USER = DEFAULTS["WORKER_USER"]
 
-#: One line per setting for the commented settings file (and the README's table).
-DESCRIPTIONS: dict[str, str] = {
-    "REDIS_HOST": "Redis host of the Dramatiq broker",
-    "REDIS_PORT": "Redis port (1..65535)",
-    "REDIS_DB": "Redis database number (>= 0)",
-    "REDIS_PASSWORD": "do not set it here: put it in /etc/dqagent/redis-password (0640 root:dqagent)",
-    "REDIS_URL": "redis://, rediss:// or unix:// URL; replaces host/port/db when set (password: see above)",
-    "REDIS_PASSWORD_FILE": "file read for the password when not run by systemd (dqagent status)",
-    "REDIS_TIMEOUT": "seconds before a Redis call is abandoned (keeps the loop under the watchdog)",
-    "DRAMATIQ_QUEUE_NAME": "queue(s) the workers consume, comma-separated; demand is the sum",
-    "DRAMATIQ_NAMESPACE": "Dramatiq's Redis key namespace",
-    "DRAMATIQ_COMMAND": "one worker process; use the absolute path of your venv's python",
-    "MIN_PROCESSES": "fewest workers (0..1000)",
-    "MAX_PROCESSES": "most workers (MIN_PROCESSES..1000, >= 1)",
-    "CHECK_INTERVAL": "seconds between checks (> 0)",
-    "SCALE_UP_THRESHOLD_MULTIPLIER": "step policy: +1 worker when queue > workers x this",
-    "SCALE_DOWN_THRESHOLD_MULTIPLIER": "step policy: -1 worker when queue < workers x this (< up)",
-    "LOG_LEVEL": "CRITICAL, ERROR, WARNING, INFO or DEBUG",
-    "LOG_FILE": ("extra log file; relative paths go under /var/log/dqagent; empty disables; letters, digits, "
-                 ". _ - + @, no .."),
-    "GRACEFUL_SHUTDOWN_TIMEOUT": ("seconds a worker may take to stop before SIGKILL (TimeoutStopSec; up to 7 days, "
-                                  "to the ms)"),
-    "PROCESS_STARTUP_DELAY": "seconds after a start before the worker must still be running",
-    "QUEUE_METRIC": "outstanding (ready + prefetched + running) or ready (LLEN, the old behaviour)",
-    "WORKER_USER": "user the workers run as (re-run dqagent install after changing it)",
-    "WORKER_DIRECTORY": ("working directory of the workers (Dramatiq's --path defaults to .); letters, digits, "
-                         ". _ - + @, no .."),
-    "ALLOW_ROOT_WORKERS": "yes lets WORKER_USER be root (uid 0); refused otherwise (least privilege)",
-    "DEMAND_POLL_INTERVAL": "target policy: seconds between cheap demand reads (bursts seen fast)",
-    "DBUS_TIMEOUT": "seconds before a D-Bus call to systemd is abandoned (dqagent status and the agent never hang)",
-    "SCALING_POLICY": "step (the old manager's rule, default) or target (see docs/scaling.md)",
-    "TARGET_PER_WORKER": "target policy: outstanding messages one worker should hold",
-    "TARGET_TOLERANCE": "target policy: relative band around the target with no change",
-    "SCALE_UP_MAX_STEP": "target policy: most workers added by one decision",
-    "SCALE_DOWN_WINDOW": "target policy: seconds a higher recommendation holds off scale-down",
-    "MAX_QUEUE_AGE": "target policy: seconds the oldest waiting message may wait before a scale-up; empty = off",
-    "METRICS_ADDRESS": "serve Prometheus /metrics on host:port ([v6]:port); empty: off (see docs/metrics.md)",
-    "METRICS_TEXTFILE": "also write the metrics to this .prom file after each check (node_exporter textfile)",
-    "WORKER_MEMORY_MAX": "per worker: MemoryMax= (e.g. 1G, 20%, infinity; empty: none); the kernel kills past it",
-    "WORKER_MEMORY_HIGH": "per worker: MemoryHigh= (throttled and reclaimed past it; below WORKER_MEMORY_MAX)",
-    "POOL_MEMORY_MAX": "whole pool (the workers' slice): MemoryMax=",
-    "POOL_CPU_QUOTA": "whole pool: CPUQuota= as a percentage (100% = one CPU, e.g. 300%)",
-    "POOL_TASKS_MAX": "whole pool: TasksMax= (processes and threads; a number, N% or infinity; empty: 33%)",
-    "GUARD": "on: hold scale-ups while the host lacks headroom (pressure, memory); off: never",
-    "GUARD_MEMORY_PRESSURE": "guard: hold above this memory some avg10 % (full avg10: above half of it)",
-    "GUARD_CPU_PRESSURE": "guard: hold above this CPU some avg10 %",
-    "GUARD_MEMORY_RESERVE": "guard: MemAvailable kept free after one more worker (bytes or % of MemTotal)",
-    "GUARD_PROC_DIR": "guard: where pressure/ and meminfo are read; for tests only",
-    # Fleet mode (issue 13), docs/fleet.md.
-    "FLEET": "fleet name: hosts with the same FLEET on this Redis share one target (empty: this host alone)",
-    "FLEET_WEIGHT": "this host's weight in the fleet's split (empty: MAX_PROCESSES)",
-    "FLEET_HOST_ID": "this host's id in the fleet (empty: /etc/machine-id; set it for cloned machines/containers)",
-}
-
-
 def render(template: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         template = template.replace(f"@{key}@", value)
@@ -97,16 +44,18 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 def env_template() -> str:
-    """The commented settings file: every setting with its default."""
+    """The commented settings file: every declared setting with its description and default."""
     lines = ["# dqagent settings (python-dotenv syntax; inline comments allowed).",
              "# Every setting with its default. The password belongs in /etc/dqagent/redis-password.",
              ""]
-    for key, default in DEFAULTS.items():
-        if key == "REDIS_PASSWORD":
-            lines.append(f"# {key}=  # {DESCRIPTIONS.get(key, '')}")
+    for s in SETTINGS:
+        about = plain(s.description) + (" [a change needs dqagent install]" if s.on_reload is OnReload.INSTALL
+                                        else "")
+        if s.key == "REDIS_PASSWORD":
+            lines.append(f"# {s.key}=  # {about}")
             continue
-        lines.append(f"# {DESCRIPTIONS.get(key, '')}")
-        lines.append(f"{key}={default}" if " " not in default else f'{key}="{default}"')
+        lines += textwrap.wrap(about, 110, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+        lines.append(f"{s.key}={s.default}" if " " not in s.default else f'{s.key}="{s.default}"')
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +138,7 @@ def _dropin(section: str, why: str, lines: list[str]) -> str:
     return f"{LIMITS_MARK}\n# {why}\n[{section}]\n" + "".join(f"{line}\n" for line in lines)
 
 
-#: The forms a limit is rendered in (dqagent.config.parse_memory, _parse_cpu_quota, _parse_tasks_max).
+#: The forms a limit is rendered in (dqagent.parsers: parse_memory, parse_cpu_quota, parse_tasks_max).
 _LIMIT_RE = re.compile(r"[0-9]+|[0-9]+(\.[0-9]{1,2})?%|infinity")
 
 

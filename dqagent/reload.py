@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dqagent import logs
+from dqagent import declarations, logs
 from dqagent.config import Settings, redact_url
 from dqagent.errors import ConfigError, DqAgentError
 from dqagent.logs import event
@@ -58,31 +58,16 @@ ANSWER_MAX_BYTES = 64 * 1024
 #: + 180 s, which bounds ExecReload=), above a tick that starts workers (the reload waits for it).
 DEFAULT_TIMEOUT_S = 170.0
 
-#: Settings fields whose setting name is not the field's name upper-cased (minus a `_s` unit suffix).
-_KEY_EXCEPTIONS = {
-    "queue_names": "DRAMATIQ_QUEUE_NAME",
-    "namespace": "DRAMATIQ_NAMESPACE",
-    "scale_up_multiplier": "SCALE_UP_THRESHOLD_MULTIPLIER",
-    "scale_down_multiplier": "SCALE_DOWN_THRESHOLD_MULTIPLIER",
-}
-#: Rendered into the units by `dqagent install`: the running units keep the old values until then.
-NEEDS_INSTALL_FIELDS = ("worker_user", "worker_directory", "graceful_shutdown_timeout_s",
-                        # issue 12: its directory is the agent unit's ReadWritePaths= (dqagent.sandbox)
-                        "metrics_textfile",
-                        # issue 14: the limits live in drop-ins that install renders
-                        "worker_memory_max", "worker_memory_high", "pool_memory_max", "pool_cpu_quota",
-                        "pool_tasks_max")
-#: What the demand probe is built from: a change means a new Redis connection.
-PROBE_FIELDS = ("redis_host", "redis_port", "redis_db", "redis_password", "redis_url", "redis_timeout_s",
-                "queue_names", "namespace")
+#: Rendered into the units by `dqagent install`; a change means a new Redis connection (declared per setting
+#: in `dqagent.declarations`).
+NEEDS_INSTALL_FIELDS = declarations.NEEDS_INSTALL_FIELDS
+PROBE_FIELDS = declarations.REDIS_FIELDS
 _SECRET_FIELDS = ("redis_password",)
 
 
 def setting_key(field_name: str) -> str:
     """The setting (`.env` key) a `Settings` field comes from, e.g. check_interval_s -> CHECK_INTERVAL."""
-    if field_name in _KEY_EXCEPTIONS:
-        return _KEY_EXCEPTIONS[field_name]
-    return field_name.removesuffix("_s").upper()
+    return declarations.FIELD_KEYS[field_name]
 
 
 class ReloadPlan(NamedTuple):
@@ -222,6 +207,7 @@ class Reloader:
                       extra=event("reload_failed", key=exc.key))
             return Outcome(False, f"{exc}; the old settings stay in force", began, old, probe, None)
         source = describe_source(loaded.env_file)
+        warn_unknown_settings(loaded)
         if loaded.password_note:
             log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
         new = effective_settings(old, loaded.settings)
@@ -261,6 +247,15 @@ class Reloader:
         except OSError as exc:
             log.warning("cannot write the reload answer %s (%s): `dqagent reload` will time out", path,
                         exc.strerror, extra=event("reload_answer_failed"))
+
+
+def warn_unknown_settings(loaded: Loaded) -> None:
+    """One `unknown_setting` warning per key of the settings file that no setting declares (the agent calls
+    it at start and on every reload; `dqagent check` fails such a key)."""
+    for key in loaded.unknown_keys:
+        log.warning("%s (in %s; the agent ignores it)", declarations.unknown_key_message(key),
+                    describe_source(loaded.env_file), extra=event("unknown_setting", key=key,
+                                                                   settings_file=describe_source(loaded.env_file)))
 
 
 def _apply_logging(old: Settings, new: Settings) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from dqagent.config import CREDENTIAL_NAME, DEFAULTS, Settings, parse_settings
+from dqagent.declarations import unknown_keys
 from dqagent.errors import ConfigError
 
 SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
@@ -42,6 +43,9 @@ class Loaded:
     env_file: Path | None
     #: Why the password could not be read, or "" when it could (or none is configured).
     password_note: str
+    #: Keys in the settings file that no setting declares (a typo, most likely), in file order; the
+    #: environment is not checked (it holds many unrelated variables).
+    unknown_keys: tuple[str, ...] = ()
 
 
 def default_env_file(cwd: Path, command: str, system_file: Path = SYSTEM_ENV_FILE) -> Path | None:
@@ -69,8 +73,6 @@ def read_env_file(path: Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--env-file", str(path), f"cannot read it: {exc.strerror}") from None
-
-
     return {k: (val or "") for k, val in dotenv_values(stream=io.StringIO(text)).items()}
 
 
@@ -127,6 +129,14 @@ def _read_password(values: Mapping[str, str], environ: Mapping[str, str],
     return text, "; ".join([*notes, note] if note else notes)
 
 
+def _read(env_file: Path | None, environ: Mapping[str, str], flags: Mapping[str, str] | None, cwd: Path | None,
+          command: str, system_file: Path) -> tuple[dict[str, str], dict[str, str], Path | None]:
+    """(the file's own values, the merged known values, the file they came from)."""
+    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd(), command, system_file)
+    file_values = read_env_file(path) if path is not None else {}
+    return file_values, merge_values(file_values, environ, flags or {}), path
+
+
 def read_values(
     env_file: Path | None,
     environ: Mapping[str, str] | None = None,
@@ -136,11 +146,10 @@ def read_values(
     command: str = "status",
     system_file: Path = SYSTEM_ENV_FILE,
 ) -> tuple[dict[str, str], Path | None]:
-    """The merged raw values (no password, nothing validated) and the file they came from."""
+    """The merged raw values (no password, nothing validated, unknown keys dropped) and their file."""
     environ = os.environ if environ is None else environ
-    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd(), command, system_file)
-    file_values = read_env_file(path) if path is not None else {}
-    return merge_values(file_values, environ, flags or {}), path
+    _, values, path = _read(env_file, environ, flags, cwd, command, system_file)
+    return values, path
 
 
 def load(
@@ -155,11 +164,13 @@ def load(
     """Read, merge and validate the settings for `command` (see `default_env_file`).
 
     `env_file` (the `--env-file` flag) wins over the default file. Raises `ConfigError` with a
-    one-line message: a bad value names its key, an unreadable file names `--env-file`.
+    one-line message: a bad value names its key, an unreadable file names `--env-file`. A key of the
+    file that no setting declares is not an error here: `Loaded.unknown_keys` lists it.
     """
     environ = os.environ if environ is None else environ
-    values, path = read_values(env_file, environ, flags, cwd, command=command, system_file=system_file)
+    file_values, values, path = _read(env_file, environ, flags, cwd, command, system_file)
     password, note = _read_password(values, environ)
     if password is not None:
         values["REDIS_PASSWORD"] = password
-    return Loaded(settings=parse_settings(values), env_file=path, password_note=note)
+    return Loaded(settings=parse_settings(values), env_file=path, password_note=note,
+                  unknown_keys=unknown_keys(file_values))

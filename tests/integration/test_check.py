@@ -42,6 +42,26 @@ def test_check_passes_then_names_each_broken_part(fresh_container: Container,
            "or everything processed)" in lines
     assert any(ln.startswith("ok: polkitd is installed and org.freedesktop.PolicyKit1 is ") for ln in lines)
 
+    # When the settings file has keys no setting declares (typos a new user makes)
+    env = "/etc/dqagent/dqagent.env"
+    c.write(env, settings_text(pw, MIN_PROCESSES=1, MAX_PROCESS=8, DRAMATIQ_COMAND="/bin/false"))
+    code, lines = _check(c)
+    assert code == 78 and _fails(lines) == [
+        f"FAIL: MAX_PROCESS: unknown setting; did you mean MAX_PROCESSES? (a key of {env} that dqagent ignores; "
+        "fix: correct or remove it)",
+        f"FAIL: DRAMATIQ_COMAND: unknown setting; did you mean DRAMATIQ_COMMAND? (a key of {env} that dqagent "
+        "ignores; fix: correct or remove it)"], lines
+    # and the agent warns once per key at start, and again at each reload
+    def unknown() -> list[str]:
+        return [r["KEY"] for r in journal(c) if r.get("DQAGENT_EVENT") == "unknown_setting"]
+    c.systemctl("restart", "dqagent")
+    wait_until("unknown_setting at start", lambda: len(unknown()) >= 2)
+    assert unknown() == ["MAX_PROCESS", "DRAMATIQ_COMAND"]
+    c.systemctl("reload", "dqagent")
+    wait_until("unknown_setting on reload", lambda: len(unknown()) >= 4)
+    assert unknown() == ["MAX_PROCESS", "DRAMATIQ_COMAND"] * 2
+    c.write(env, settings_text(pw, MIN_PROCESSES=1))
+
     # When the polkit rule is missing
     c.run(["rm", "/etc/polkit-1/rules.d/50-dqagent.rules"])
     code, lines = _check(c)

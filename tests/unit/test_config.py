@@ -205,11 +205,3 @@ def test_unknown_keys_are_ignored_and_every_default_parses() -> None:
     assert parse_settings({"SOMETHING_ELSE": "x"}) == parse_settings(dict(DEFAULTS))
 
 
-def test_every_setting_is_documented_in_the_readme_and_the_settings_template() -> None:
-    from dqagent.layout import DESCRIPTIONS, env_template
-
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    template = env_template()
-    for key in DEFAULTS:
-        assert f"| `{key}` |" in readme, key
-        assert key in DESCRIPTIONS and key in template, key
