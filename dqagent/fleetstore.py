@@ -29,6 +29,7 @@ import redis.asyncio
 
 from dqagent import __version__
 from dqagent.config import Settings
+from dqagent.declarations import REDIS_FIELDS
 from dqagent.demand import async_client, describe_failure
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.fleet import (
@@ -246,8 +247,8 @@ class FleetCoordinator:
         self._decided_ms = 0
 
     async def _for(self, s: Settings) -> FleetStore:
-        wanted = (s.redis_host, s.redis_port, s.redis_db, s.redis_password, s.redis_url, s.redis_timeout_s,
-                  s.namespace, s.fleet, s.fleet_host_id)
+        # The connection and the keys: the declared Redis settings (queues aside) and the fleet's name and id.
+        wanted = (*(getattr(s, f) for f in REDIS_FIELDS if f != "queue_names"), s.fleet, s.fleet_host_id)
         if self._store is None or wanted != self._built_for:
             self._host = host_id(s, self._machine_id)
             await self.close()
