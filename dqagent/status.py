@@ -4,10 +4,10 @@ Whatever cannot be read (Redis down, a credential the user may not read, no syst
 reported as unavailable in the output, never as a traceback. `--json` keeps the old manager's
 keys (`queue_length`, `current_processes`, ... `process_list`) so existing scripts keep working.
 
-For a failing worker (failed, waiting to be restarted after a crash, or restarted by systemd since its
-last start) it adds systemd's `Result`, the main process's exit and the last line the worker logged
-(from the journal, when this user may read it; otherwise the `journalctl` command that shows more),
-and it shows the agent's own `STATUS=` text.
+For a failing worker (`UnitState.crashed_since_start`: failed, waiting to be restarted after a crash,
+or restarted by systemd since its last start) it adds systemd's `Result`, the main process's exit and
+the last line the worker logged (from the journal, when this user may read it; otherwise the
+`journalctl` command that shows more), and it shows the agent's own `STATUS=` text.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,35 +25,14 @@ from dqagent.demand import RedisDemandProbe
 from dqagent.errors import DqAgentError
 from dqagent.policies import thresholds
 from dqagent.sources import Loaded, describe_source
-from dqagent.systemd import AGENT_UNIT, ActiveState, SystemdClient, UnitState
+from dqagent.systemd import SystemdClient
 from dqagent.terminal import printable_tree
+from dqagent.units import AGENT_UNIT, UnitState, describe_exit
 from dqagent.workercmd import WorkerShape, worker_shape
 
 
 def _iso(us: int) -> str | None:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds") if us else None
-
-
-def is_failing(st: UnitState) -> bool:
-    """Failed, waiting in RestartSec after a crash, or restarted by systemd since its last start."""
-    return st.active_state is ActiveState.FAILED or st.sub_state == "auto-restart" or st.n_restarts > 0
-
-
-#: `ExecMainCode` values (siginfo's CLD_* codes, as systemd reports them).
-_CLD_EXITED, _CLD_KILLED, _CLD_DUMPED = 1, 2, 3
-
-
-def describe_exit(code: int, status: int) -> str | None:
-    """The main process's end in words ("exit status 2", "killed by SIGKILL"), None if it has not ended."""
-    if code == _CLD_EXITED:
-        return f"exit status {status}"
-    if code in (_CLD_KILLED, _CLD_DUMPED):
-        try:
-            name = signal.Signals(status).name
-        except ValueError:
-            name = f"signal {status}"
-        return f"killed by {name}" + (" (core dumped)" if code == _CLD_DUMPED else "")
-    return None
 
 
 async def _failure(client: SystemdClient, st: UnitState) -> dict[str, Any]:
@@ -147,7 +125,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         with contextlib.suppress(DqAgentError):  # not installed: no Service interface to read
             report["agent_status_text"] = str(await client.unit_property(AGENT_UNIT, "Service", "StatusText"))
         # Read one by one: failing units are few, and this stays far below the bus's pending-reply limit.
-        report["failing_workers"] = [await _failure(client, st) for st in states if is_failing(st)]
+        report["failing_workers"] = [await _failure(client, st) for st in states if st.crashed_since_start]
         report["process_list"] = [
             {"unit": st.unit, "pid": st.main_pid or None, "start_time": _iso(st.active_enter_us),
              "status": st.sub_state if st.running else f"{st.active_state}/{st.sub_state}",
@@ -179,7 +157,8 @@ def guard_report(s: Settings, memory: list[int], workers: int | None, agent_stat
             "workers_measured": len(memory),
             "limits": {"cpu_pressure": lim.cpu_pressure, "memory_pressure": lim.memory_pressure,
                        "memory_full_pressure": lim.memory_full_pressure, "memory_reserve_bytes": lim.memory_reserve},
-            "unreadable": reading.missing, "one_more_worker": verdict.reason or "allowed",
+            "unreadable": {part: str(why) for part, why in reading.missing.items()},
+            "one_more_worker": verdict.reason or "allowed",
             "agent_holding": held}
 
 
