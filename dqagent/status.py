@@ -52,7 +52,19 @@ async def _failure(client: SystemdClient, st: UnitState) -> dict[str, Any]:
 async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     """Read everything the report shows; each source fails on its own."""
     s = loaded.settings
-    report: dict[str, Any] = {
+    report = _blank(loaded)
+    shape = _read_shape(report, s)
+    await _read_broker(report, loaded)
+    memory = await _read_systemd(report, s, shape, bus_address)
+    if s.guard:
+        report["guard"] = guard_report(s, memory, report["current_processes"], report["agent_status_text"])
+    return report
+
+
+def _blank(loaded: Loaded) -> dict[str, Any]:
+    """The report before any read: every key, what is not read yet as None or empty."""
+    s = loaded.settings
+    return {
         "queue_length": None,
         "current_processes": None,
         "min_processes": s.min_processes,
@@ -79,15 +91,24 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         #: Broker data the read skipped as untrusted: [{"kind", "key", "reason"}] (dqagent.untrusted).
         "broker_data_rejected": [],
     }
-    shape: WorkerShape | None = None
+
+
+def _read_shape(report: dict[str, Any], s: Settings) -> WorkerShape | None:
+    """DRAMATIQ_COMMAND's shape into `report`; None if Dramatiq's parser rejects the command."""
     try:
         shape = worker_shape(s.dramatiq_command, os.cpu_count())
     except DqAgentError as exc:
         report["command_error"] = str(exc)
-    else:
-        report["worker_shape"] = {"processes": shape.processes, "threads": shape.threads,
-                                  "queues": list(shape.queues) if shape.queues else None,
-                                  "is_dramatiq": shape.is_dramatiq}
+        return None
+    report["worker_shape"] = {"processes": shape.processes, "threads": shape.threads,
+                              "queues": list(shape.queues) if shape.queues else None,
+                              "is_dramatiq": shape.is_dramatiq}
+    return shape
+
+
+async def _read_broker(report: dict[str, Any], loaded: Loaded) -> None:
+    """The queues into `report`, or `redis_error`."""
+    s = loaded.settings
     probe = RedisDemandProbe(s)
     try:
         demand = await probe.fetch_demand()
@@ -106,8 +127,14 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
                             for q in demand.queues}
     finally:
         await probe.close()
+
+
+async def _read_systemd(report: dict[str, Any], s: Settings, shape: WorkerShape | None,
+                        bus_address: str | None) -> list[int]:
+    """The workers and the agent's unit into `report`, or `systemd_error`; returns the running workers'
+    MemoryCurrent (for the guard's figures; read only with GUARD on)."""
     client = SystemdClient(bus_address, call_timeout_s=s.dbus_timeout_s)
-    memory: list[int] = []  # the running workers' MemoryCurrent, for the guard's figures
+    memory: list[int] = []
     try:
         await client.connect()
         states = await client.worker_states()
@@ -115,8 +142,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     except DqAgentError as exc:
         report["systemd_error"] = str(exc)
     else:
-        running = [st for st in states if st.running]
-        n = len(running)
+        n = sum(1 for st in states if st.running)
         report["current_processes"] = n
         if shape is not None:
             report["scale_up_threshold"], report["scale_down_threshold"] = thresholds(s, n, shape)
@@ -137,9 +163,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
                 memory = await client.worker_memory()
     finally:
         client.close()
-    if s.guard:
-        report["guard"] = guard_report(s, memory, report["current_processes"], report["agent_status_text"])
-    return report
+    return memory
 
 
 def guard_report(s: Settings, memory: list[int], workers: int | None, agent_status: str | None) -> dict[str, Any]:
