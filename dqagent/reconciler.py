@@ -13,8 +13,9 @@ Counting rules (a unit's *phase*, see `classify`):
   (start, restart, try-restart, reload-or-start), whoever queued it; and every unit the agent is
   starting itself (its job, or the PROCESS_STARTUP_DELAY check after it), listed yet or not.
 - **going**: `deactivating`, or a stop job, or a unit the agent is stopping itself.
-- **failing**: ActiveState `failed` (also `start-limit-hit`): no process, but it holds its instance
-  number until it is reset.
+- **failing**: ActiveState `failed` (`UnitState.failed`, also `start-limit-hit`): no process, but it
+  holds its instance number until it is reset. (A unit in auto-restart is `UnitState.crashed` too,
+  and STATUS= names it as failing, but it counts as coming: `dqagent.units` has the three notions.)
 - **free**: `inactive` (or not listed at all), no job, not in flight.
 - An ActiveState systemd does not document (`unknown` here) counts as coming, never as free: the
   reconciler would rather miss a start than exceed MAX_PROCESSES.
