@@ -55,6 +55,27 @@ class SystemdTimeoutError(SystemdError, TimeoutError):
     """systemd (or the bus) did not answer a call within DBUS_TIMEOUT: hung, stopped, or re-executing."""
 
 
+class JobWaitTimeoutError(SystemdTimeoutError):
+    """A queued job's end (JobRemoved) was not seen in time, and systemd no longer confirmed the job."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("org.freedesktop.DBus.Error.Timeout", text)
+
+
+#: D-Bus error names mapped onto the project's exceptions, the only such table; any other name is a
+#: plain SystemdError. (Timeouts are not D-Bus errors: the client raises SystemdTimeoutError itself.)
+DBUS_ERRORS: dict[str, type[SystemdError]] = {
+    "org.freedesktop.DBus.Error.AccessDenied": AccessDeniedError,
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired": AccessDeniedError,
+    "org.freedesktop.systemd1.NoSuchUnit": NoSuchUnitError,
+}
+
+
+def systemd_error(name: str, text: str) -> SystemdError:
+    """The exception for a D-Bus error reply `name` (its type from DBUS_ERRORS)."""
+    return DBUS_ERRORS.get(name, SystemdError)(name, text)
+
+
 class UnitNameError(DqAgentError, ValueError):
     """A unit name would be built from something other than a valid worker instance number."""
 

@@ -292,7 +292,7 @@ async def _start_agent(bus_address: str | None) -> str:
         if state == "active":
             return ""
         (outcome,) = await client.start_units([AGENT_UNIT], timeout_s=200)
-        return "started" if outcome.ok else f"start failed ({outcome.result}): see journalctl -u dqagent"
+        return "started" if outcome.ok else f"start failed ({outcome.text}): see journalctl -u dqagent"
     finally:
         client.close()
 

@@ -29,7 +29,7 @@ from dqagent.errors import BusConnectionError, DqAgentError, SystemdError
 from dqagent.logs import event
 from dqagent.reconciler import Backoff, Intent, Plan, census, reconcile
 from dqagent.reporter import Reporter
-from dqagent.systemd import ActiveState, JobOutcome, UnitState, refused_by_polkit, worker_unit
+from dqagent.units import ActiveState, JobOutcome, UnitState, worker_unit
 
 __all__ = ["JobTable", "Outcome", "ScaleReport", "UnitManager", "restart_baseline", "scale_by", "stop_timeout_s"]
 
@@ -239,32 +239,34 @@ class JobTable:
         """Start one unit and check it: True if it failed its check, the error if systemd was lost."""
         unit = worker_unit(n)
         try:
-            result = ""
-            if reset:
-                try:
-                    await self._units.reset_failed(unit)
-                except SystemdError as exc:
-                    result = f"error: {exc.name}"
-            seen = None
-            if not result:
-                (outcome,) = await self._units.start_units([unit])
-                result, seen = outcome.result, outcome.seen
-            if delay_s > 0 and result == "done":
+            outcome = await self._reset_then_start(unit, reset)
+            seen = outcome.seen
+            if delay_s > 0 and outcome.ok:
                 await asyncio.sleep(delay_s)
                 seen = None
-            if result == "done" and seen is not None and seen.main_pid > 0:
+            if outcome.ok and seen is not None and seen.main_pid > 0:
                 # No delay to wait out: the job's end is the check. Type=exec's job is done once the
                 # process runs, and systemd sent its MainPID and NRestarts just before JobRemoved.
                 state = UnitState(unit, n, ActiveState.ACTIVE, "running", seen.main_pid, 0, seen.n_restarts,
                                   "success", has_job=False)
             else:
                 state = await self._checker.read(unit)
-            return self._judge(n, unit, result, state, baseline, stop_timeout_s)
+            return self._judge(n, unit, outcome, state, baseline, stop_timeout_s)
         except (BusConnectionError, SystemdError) as exc:
             return exc
         finally:
             if self._flight.get(n) is Intent.START:
                 del self._flight[n]
+
+    async def _reset_then_start(self, unit: str, reset: bool) -> JobOutcome:
+        """StartUnit's outcome; a reset that systemd refused or failed stands for it (no start is tried)."""
+        if reset:
+            try:
+                await self._units.reset_failed(unit)
+            except SystemdError as exc:
+                return JobOutcome(unit, error=exc)
+        (outcome,) = await self._units.start_units([unit])
+        return outcome
 
     def _failed(self, why: str) -> None:
         self.backoff = self.backoff.after_failure(self._clock())
@@ -272,16 +274,17 @@ class JobTable:
         log.warning("backing off starts for %.0fs after %s", wait_s, why,
                     extra=event("start_backoff", backoff_s=round(wait_s), failures=self.backoff.failures))
 
-    def _judge(self, n: int, unit: str, result: str, state: UnitState, baseline: int,
+    def _judge(self, n: int, unit: str, outcome: JobOutcome, state: UnitState, baseline: int,
                stop_timeout_s: float) -> bool:
         """Log and record one started unit; True if it failed its check."""
-        if result == "done" and state is not None and state.running and state.n_restarts <= baseline:
+        result = outcome.text
+        if outcome.ok and state.running and state.n_restarts <= baseline:
             log.info("started %s (pid %d)", unit, state.main_pid,
                      extra=event("worker_started", unit=unit, pid=state.main_pid))
             self.outcomes.append(Outcome(unit, Intent.START, True, f"{unit}: started (pid {state.main_pid})"))
             self._reporter.start_ok(unit)
             return False
-        if result != "done":
+        if not outcome.ok:
             # Refused, or the job itself failed: its result says why.
             reason, detail = result, f"job {result}"
         elif state.active_state is ActiveState.INACTIVE and not state.has_job:
@@ -295,7 +298,7 @@ class JobTable:
         self._reporter.start_failed(unit, reason, f"did not start: {detail}",
                                     n_restarts=state.n_restarts if state else 0)
         self.outcomes.append(Outcome(unit, Intent.START, False, f"{unit}: failed ({detail})",
-                                     refused=refused_by_polkit(result)))
+                                     refused=outcome.refused))
         if state.active_state not in ("failed", "inactive") and not state.job_type:
             # Hold the backoff: systemd's own Restart= would otherwise retry it every RestartSec.
             self.stop([n], stop_timeout_s, quiet=True)
@@ -308,10 +311,10 @@ class JobTable:
             (outcome,) = await self._units.stop_units([unit], timeout_s=timeout_s)
             took = self._clock() - began
             if not outcome.ok:
-                log.error("stopping %s failed: %s", unit, outcome.result,
-                          extra=event("worker_stop_failed", unit=unit, result=outcome.result))
-                self.outcomes.append(Outcome(unit, Intent.STOP, False, f"{unit}: stop failed ({outcome.result})",
-                                             refused=refused_by_polkit(outcome.result)))
+                log.error("stopping %s failed: %s", unit, outcome.text,
+                          extra=event("worker_stop_failed", unit=unit, result=outcome.text))
+                self.outcomes.append(Outcome(unit, Intent.STOP, False, f"{unit}: stop failed ({outcome.text})",
+                                             refused=outcome.refused))
                 return
             if outcome.seen is not None and outcome.seen.result == "success":
                 # A clean stop leaves the unit inactive (dead): systemd sent Result before JobRemoved.
@@ -327,10 +330,10 @@ class JobTable:
                             extra=event("worker_stop_timeout", unit=unit, result=result,
                                         seconds=round(took, 1)))
             else:
-                log.log(logging.DEBUG if quiet else logging.INFO, "stopped %s: %s", unit, outcome.result,
-                        extra=event("worker_stopped", unit=unit, result=outcome.result))
+                log.log(logging.DEBUG if quiet else logging.INFO, "stopped %s: %s", unit, outcome.text,
+                        extra=event("worker_stopped", unit=unit, result=outcome.text))
             if not quiet:
-                self.outcomes.append(Outcome(unit, Intent.STOP, True, f"{unit}: stopped ({outcome.result})"))
+                self.outcomes.append(Outcome(unit, Intent.STOP, True, f"{unit}: stopped ({outcome.text})"))
         except (BusConnectionError, DqAgentError) as exc:
             log.warning("stop of %s not confirmed: %s", unit, exc, extra=event("stop_unconfirmed", error=str(exc)))
         finally:

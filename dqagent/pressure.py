@@ -71,23 +71,34 @@ def limits(settings: Settings, mem_total: int | None) -> Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A guard file that could not be read, and the system's reason (e.g. "No such file or directory")."""
+
+    path: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
+
+
+@dataclass(frozen=True, slots=True)
 class Reading:
-    """One read of the host: the headroom figures, and the files that could not be read (and why)."""
+    """One read of the host: the headroom figures, and the files that could not be read, by guard part."""
 
     headroom: Headroom
-    missing: dict[str, str]
+    missing: dict[str, Unreadable]
 
 
 def read_host(settings: Settings, memory_samples: list[int]) -> Reading:
     """Read the PSI and meminfo files under GUARD_PROC_DIR; `memory_samples` are the workers' bytes."""
     base = Path(settings.guard_proc_dir)
     texts: dict[str, str] = {}
-    missing: dict[str, str] = {}
+    missing: dict[str, Unreadable] = {}
     for part, name in SOURCES.items():
         try:
             texts[part] = (base / name).read_text()
         except OSError as exc:
-            missing[part] = f"{base / name}: {exc.strerror or exc}"
+            missing[part] = Unreadable(str(base / name), exc.strerror or str(exc))
     cpu = parse_psi(texts.get("cpu", ""))
     memory = parse_psi(texts.get("memory", ""))
     available, total = parse_meminfo(texts.get("meminfo", ""))
@@ -129,7 +140,7 @@ class HostGuard:
                 self._warned.add(part)
                 log.warning("guard: %s unreadable (%s); that part of the guard is off (a kernel without PSI, "
                             "or booted with psi=0)", SOURCES[part], why,
-                            extra=event("guard_source_missing", resource=part, path=why.split(":")[0]))
+                            extra=event("guard_source_missing", resource=part, path=why.path))
 
     async def read(self, settings: Settings) -> Host:
         """Read the host for a scale-up (the decision step asks only then): PSI, meminfo, the workers'

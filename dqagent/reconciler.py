@@ -13,8 +13,9 @@ Counting rules (a unit's *phase*, see `classify`):
   (start, restart, try-restart, reload-or-start), whoever queued it; and every unit the agent is
   starting itself (its job, or the PROCESS_STARTUP_DELAY check after it), listed yet or not.
 - **going**: `deactivating`, or a stop job, or a unit the agent is stopping itself.
-- **failing**: ActiveState `failed` (also `start-limit-hit`): no process, but it holds its instance
-  number until it is reset.
+- **failing**: ActiveState `failed` (`UnitState.failed`, also `start-limit-hit`): no process, but it
+  holds its instance number until it is reset. (A unit in auto-restart is `UnitState.crashed` too,
+  and STATUS= names it as failing, but it counts as coming: `dqagent.units` has the three notions.)
 - **free**: `inactive` (or not listed at all), no job, not in flight.
 - An ActiveState systemd does not document (`unknown` here) counts as coming, never as free: the
   reconciler would rather miss a start than exceed MAX_PROCESSES.
@@ -43,12 +44,8 @@ import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-from dqagent.config import MAX_PROCESSES_LIMIT
-
-if TYPE_CHECKING:  # the type only: this module must not import dbus_fast
-    from dqagent.systemd import UnitState
+from dqagent.units import MAX_INSTANCE, UnitState
 
 #: Job types that (re)start a unit; "stop" stops it. Others (reload, verify-active, nop) change neither.
 START_JOBS = frozenset({"start", "restart", "try-restart", "reload-or-start"})
@@ -56,10 +53,6 @@ STOP_JOBS = frozenset({"stop"})
 #: Crash-loop backoff: first pause, and the cap of its doubling.
 BACKOFF_FIRST_S = 5.0
 BACKOFF_MAX_S = 300.0
-#: Highest instance number a worker unit may have: MAX_PROCESSES' own limit, so the instance numbers are
-#: exactly 1..1000 (`dqagent.systemd.worker_unit`, and the polkit rule, which allows no others). With
-#: every number taken (e.g. 1000 workers still stopping), fewer are started; the next tick starts the rest.
-MAX_INSTANCE = MAX_PROCESSES_LIMIT
 
 
 class Intent(StrEnum):
@@ -70,7 +63,11 @@ class Intent(StrEnum):
 
 
 class Phase(StrEnum):
-    """Where a unit stands for counting (see the module docstring)."""
+    """Where a unit stands for counting (see the module docstring).
+
+    FAILING is `UnitState.failed` only, not `UnitState.crashed`: a unit in auto-restart is capacity
+    that systemd brings back by itself, so it counts as COMING (see `dqagent.units` for all three).
+    """
 
     RUNNING = "running"
     COMING = "coming"
@@ -116,7 +113,8 @@ class Census:
     running: int
     coming: int
     going: int
-    #: Units failed or in auto-restart after a crash (a reporting figure; auto-restart also counts as coming).
+    #: Units crashed (`UnitState.crashed`: failed, or in auto-restart): a reporting figure, not `Phase.FAILING`'s
+    #: count, since a unit in auto-restart also counts as coming.
     failing: int
     #: Units with a job the agent did not start: left alone.
     foreign: tuple[int, ...] = ()
@@ -177,7 +175,7 @@ def _by_state(state: UnitState) -> Phase:
         return Phase.RUNNING
     if active == "deactivating":
         return Phase.GOING
-    if active == "failed":
+    if state.failed:
         return Phase.FAILING
     if active == "inactive":
         return Phase.FREE
@@ -190,18 +188,13 @@ def settled(state: UnitState, intent: Intent | None) -> bool:
             and state.sub_state == "running")
 
 
-def crashed(state: UnitState) -> bool:
-    """Failed, or waiting RestartSec after its process died."""
-    return state.active_state == "failed" or state.sub_state == "auto-restart"
-
-
 def census(states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> Census:
     """Count the units by phase; the agent's own starts not listed (yet) count as coming."""
     listed = {s.instance for s in states}
     phases = [classify(s, in_flight.get(s.instance)) for s in states]
     unlisted_starts = sum(1 for n, i in in_flight.items() if i is Intent.START and n not in listed)
     return Census(running=phases.count(Phase.RUNNING), coming=phases.count(Phase.COMING) + unlisted_starts,
-                  going=phases.count(Phase.GOING), failing=sum(1 for s in states if crashed(s)),
+                  going=phases.count(Phase.GOING), failing=sum(1 for s in states if s.crashed),
                   foreign=tuple(s.instance for s in states if has_foreign_job(s, in_flight.get(s.instance))))
 
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from dqagent.logs import event
 from dqagent.notify import Notifier
-from dqagent.reconciler import Intent, Plan, crashed
-from dqagent.systemd import UnitState
+from dqagent.reconciler import Intent, Plan
+from dqagent.units import UnitState
 
 if TYPE_CHECKING:  # a type only: the reporter does not pull in redis
     from dqagent.demand import Demand
@@ -116,7 +116,7 @@ class Reporter:
         for s in states:
             if s.instance in in_flight:
                 continue
-            if crashed(s):
+            if s.crashed:
                 restarting = s.sub_state == "auto-restart"
                 self.worker_failing(s.unit, failure_reason(s),
                                     f"{s.active_state}/{s.sub_state}, result={s.result}, restarts={s.n_restarts}"
@@ -132,7 +132,7 @@ class Reporter:
         moving = [f"{n} {what}" for n, what in ((c.coming, "starting"), (c.going, "stopping")) if n]
         line = f"{c.running} running of {plan.wanted} wanted" + (f" ({', '.join(moving)})" if moving else "")
         failing = {s.unit: failure_reason(s) + (", restarting" if s.sub_state == "auto-restart" else "")
-                   for s in states if crashed(s)}
+                   for s in states if s.crashed}
         if backoff_s > 0:
             failing.update({u: r for u, r in self._failed_starts.items() if u not in failing})
         if failing:

@@ -4,10 +4,10 @@ Whatever cannot be read (Redis down, a credential the user may not read, no syst
 reported as unavailable in the output, never as a traceback. `--json` keeps the old manager's
 keys (`queue_length`, `current_processes`, ... `process_list`) so existing scripts keep working.
 
-For a failing worker (failed, waiting to be restarted after a crash, or restarted by systemd since its
-last start) it adds systemd's `Result`, the main process's exit and the last line the worker logged
-(from the journal, when this user may read it; otherwise the `journalctl` command that shows more),
-and it shows the agent's own `STATUS=` text.
+For a failing worker (`UnitState.crashed_since_start`: failed, waiting to be restarted after a crash,
+or restarted by systemd since its last start) it adds systemd's `Result`, the main process's exit and
+the last line the worker logged (from the journal, when this user may read it; otherwise the
+`journalctl` command that shows more), and it shows the agent's own `STATUS=` text.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,35 +25,14 @@ from dqagent.demand import RedisDemandProbe
 from dqagent.errors import DqAgentError
 from dqagent.policies import thresholds
 from dqagent.sources import Loaded, describe_source
-from dqagent.systemd import AGENT_UNIT, ActiveState, SystemdClient, UnitState
+from dqagent.systemd import SystemdClient
 from dqagent.terminal import printable_tree
+from dqagent.units import AGENT_UNIT, UnitState, describe_exit
 from dqagent.workercmd import WorkerShape, worker_shape
 
 
 def _iso(us: int) -> str | None:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds") if us else None
-
-
-def is_failing(st: UnitState) -> bool:
-    """Failed, waiting in RestartSec after a crash, or restarted by systemd since its last start."""
-    return st.active_state is ActiveState.FAILED or st.sub_state == "auto-restart" or st.n_restarts > 0
-
-
-#: `ExecMainCode` values (siginfo's CLD_* codes, as systemd reports them).
-_CLD_EXITED, _CLD_KILLED, _CLD_DUMPED = 1, 2, 3
-
-
-def describe_exit(code: int, status: int) -> str | None:
-    """The main process's end in words ("exit status 2", "killed by SIGKILL"), None if it has not ended."""
-    if code == _CLD_EXITED:
-        return f"exit status {status}"
-    if code in (_CLD_KILLED, _CLD_DUMPED):
-        try:
-            name = signal.Signals(status).name
-        except ValueError:
-            name = f"signal {status}"
-        return f"killed by {name}" + (" (core dumped)" if code == _CLD_DUMPED else "")
-    return None
 
 
 async def _failure(client: SystemdClient, st: UnitState) -> dict[str, Any]:
@@ -74,7 +52,19 @@ async def _failure(client: SystemdClient, st: UnitState) -> dict[str, Any]:
 async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     """Read everything the report shows; each source fails on its own."""
     s = loaded.settings
-    report: dict[str, Any] = {
+    report = _blank(loaded)
+    shape = _read_shape(report, s)
+    await _read_broker(report, loaded)
+    memory = await _read_systemd(report, s, shape, bus_address)
+    if s.guard:
+        report["guard"] = guard_report(s, memory, report["current_processes"], report["agent_status_text"])
+    return report
+
+
+def _blank(loaded: Loaded) -> dict[str, Any]:
+    """The report before any read: every key, what is not read yet as None or empty."""
+    s = loaded.settings
+    return {
         "queue_length": None,
         "current_processes": None,
         "min_processes": s.min_processes,
@@ -101,15 +91,24 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         #: Broker data the read skipped as untrusted: [{"kind", "key", "reason"}] (dqagent.untrusted).
         "broker_data_rejected": [],
     }
-    shape: WorkerShape | None = None
+
+
+def _read_shape(report: dict[str, Any], s: Settings) -> WorkerShape | None:
+    """DRAMATIQ_COMMAND's shape into `report`; None if Dramatiq's parser rejects the command."""
     try:
         shape = worker_shape(s.dramatiq_command, os.cpu_count())
     except DqAgentError as exc:
         report["command_error"] = str(exc)
-    else:
-        report["worker_shape"] = {"processes": shape.processes, "threads": shape.threads,
-                                  "queues": list(shape.queues) if shape.queues else None,
-                                  "is_dramatiq": shape.is_dramatiq}
+        return None
+    report["worker_shape"] = {"processes": shape.processes, "threads": shape.threads,
+                              "queues": list(shape.queues) if shape.queues else None,
+                              "is_dramatiq": shape.is_dramatiq}
+    return shape
+
+
+async def _read_broker(report: dict[str, Any], loaded: Loaded) -> None:
+    """The queues into `report`, or `redis_error`."""
+    s = loaded.settings
     probe = RedisDemandProbe(s)
     try:
         demand = await probe.fetch_demand()
@@ -128,8 +127,14 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
                             for q in demand.queues}
     finally:
         await probe.close()
+
+
+async def _read_systemd(report: dict[str, Any], s: Settings, shape: WorkerShape | None,
+                        bus_address: str | None) -> list[int]:
+    """The workers and the agent's unit into `report`, or `systemd_error`; returns the running workers'
+    MemoryCurrent (for the guard's figures; read only with GUARD on)."""
     client = SystemdClient(bus_address, call_timeout_s=s.dbus_timeout_s)
-    memory: list[int] = []  # the running workers' MemoryCurrent, for the guard's figures
+    memory: list[int] = []
     try:
         await client.connect()
         states = await client.worker_states()
@@ -137,8 +142,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     except DqAgentError as exc:
         report["systemd_error"] = str(exc)
     else:
-        running = [st for st in states if st.running]
-        n = len(running)
+        n = sum(1 for st in states if st.running)
         report["current_processes"] = n
         if shape is not None:
             report["scale_up_threshold"], report["scale_down_threshold"] = thresholds(s, n, shape)
@@ -147,7 +151,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
         with contextlib.suppress(DqAgentError):  # not installed: no Service interface to read
             report["agent_status_text"] = str(await client.unit_property(AGENT_UNIT, "Service", "StatusText"))
         # Read one by one: failing units are few, and this stays far below the bus's pending-reply limit.
-        report["failing_workers"] = [await _failure(client, st) for st in states if is_failing(st)]
+        report["failing_workers"] = [await _failure(client, st) for st in states if st.crashed_since_start]
         report["process_list"] = [
             {"unit": st.unit, "pid": st.main_pid or None, "start_time": _iso(st.active_enter_us),
              "status": st.sub_state if st.running else f"{st.active_state}/{st.sub_state}",
@@ -159,9 +163,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
                 memory = await client.worker_memory()
     finally:
         client.close()
-    if s.guard:
-        report["guard"] = guard_report(s, memory, report["current_processes"], report["agent_status_text"])
-    return report
+    return memory
 
 
 def guard_report(s: Settings, memory: list[int], workers: int | None, agent_status: str | None) -> dict[str, Any]:
@@ -179,7 +181,8 @@ def guard_report(s: Settings, memory: list[int], workers: int | None, agent_stat
             "workers_measured": len(memory),
             "limits": {"cpu_pressure": lim.cpu_pressure, "memory_pressure": lim.memory_pressure,
                        "memory_full_pressure": lim.memory_full_pressure, "memory_reserve_bytes": lim.memory_reserve},
-            "unreadable": reading.missing, "one_more_worker": verdict.reason or "allowed",
+            "unreadable": {part: str(why) for part, why in reading.missing.items()},
+            "one_more_worker": verdict.reason or "allowed",
             "agent_holding": held}
 
 

@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dqagent.errors import SystemdError
-from dqagent.systemd import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
+from dqagent.errors import systemd_error
+from dqagent.units import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
 
 
 @dataclass
@@ -97,7 +97,7 @@ class FakeUnits:
     async def start_units(self, units: Sequence[str], timeout_s: float = 90) -> list[JobOutcome]:
         self.calls.append(("start", tuple(units)))
         if self.refuse:
-            return [JobOutcome(u, f"error: {self.refuse}") for u in units]
+            return [JobOutcome(u, error=systemd_error(self.refuse, "refused")) for u in units]
         for u in units:
             n = worker_instance(u)
             assert n is not None
@@ -119,7 +119,7 @@ class FakeUnits:
     async def stop_units(self, units: Sequence[str], timeout_s: float = 600) -> list[JobOutcome]:
         self.calls.append(("stop", tuple(units)))
         if self.refuse:
-            return [JobOutcome(u, f"error: {self.refuse}") for u in units]
+            return [JobOutcome(u, error=systemd_error(self.refuse, "refused")) for u in units]
         numbers = [worker_instance(u) for u in units]
         for n in numbers:
             assert n is not None
@@ -143,7 +143,7 @@ class FakeUnits:
     async def reset_failed(self, unit: str) -> None:
         self.calls.append(("reset", (unit,)))
         if self.refuse:
-            raise SystemdError(self.refuse, "refused")
+            raise systemd_error(self.refuse, "refused")
         n = worker_instance(unit)
         if n is not None and n in self.units and self.units[n].active is ActiveState.FAILED:
             del self.units[n]

@@ -54,6 +54,21 @@ def test_a_missing_psi_file_disables_that_part_only(tmp_path: Path, caplog: pyte
     assert [r.__dict__["RESOURCE"] for r in missing] == ["cpu"]
 
 
+def test_an_unreadable_files_path_is_kept_whole_even_with_a_colon_in_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The reason is a record (path, why), not "path: why" split again on its first colon."""
+    proc = tmp_path / "host:1"
+    proc.mkdir()
+    write_host(proc)
+    (proc / "meminfo").unlink()
+    s = parse_settings({"GUARD_PROC_DIR": str(proc)})
+    caplog.set_level(logging.WARNING)
+    HostGuard().warn_missing(s)
+    (warning,) = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "guard_source_missing"]
+    assert warning.__dict__["PATH"] == f"{proc}/meminfo"
+    assert warning.getMessage().startswith(f"guard: meminfo unreadable ({proc}/meminfo: No such file or directory)")
+
+
 def test_without_measured_workers_the_per_worker_limit_is_the_size(tmp_path: Path) -> None:
     write_host(tmp_path, total_kb=1_000_000)
     s = parse_settings({"GUARD_PROC_DIR": str(tmp_path), "WORKER_MEMORY_MAX": "10%"})

@@ -16,12 +16,11 @@ from dqagent.reconciler import (
     Phase,
     Plan,
     classify,
-    crashed,
     has_foreign_job,
     reconcile,
     settled,
 )
-from dqagent.systemd import ActiveState, UnitState
+from dqagent.units import ActiveState, UnitState
 
 #: Sub-states systemd 252 shows for a service in each ActiveState (service.c's state table).
 SUB_STATES: dict[ActiveState, tuple[str, ...]] = {
@@ -200,7 +199,7 @@ def test_counts_partition_the_listed_units(world: World) -> None:
     assert c.running == phases.count(Phase.RUNNING)
     assert c.coming == phases.count(Phase.COMING) + unlisted_starts
     assert c.going == phases.count(Phase.GOING)
-    assert c.failing == sum(1 for s in world.states if crashed(s))
+    assert c.failing == sum(1 for s in world.states if s.crashed)
 
 
 # -- worked examples ----------------------------------------------------------------------------

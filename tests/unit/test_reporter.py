@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dqagent.reconciler import Backoff, reconcile
 from dqagent.reporter import Reporter
-from dqagent.systemd import ActiveState, UnitState
+from dqagent.units import ActiveState, UnitState
 
 
 def unit(n: int, active: ActiveState = ActiveState.ACTIVE, sub: str = "running", result: str = "success",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from dqagent.status import describe_exit, is_failing, render_text
-from dqagent.systemd import ActiveState, UnitState
+from dqagent.status import render_text
+from dqagent.units import ActiveState, UnitState, describe_exit
 
 
 def unit(active: ActiveState, sub: str, restarts: int = 0) -> UnitState:
@@ -14,13 +14,13 @@ def unit(active: ActiveState, sub: str, restarts: int = 0) -> UnitState:
 
 
 def test_failing_means_failed_crash_looping_or_restarted() -> None:
-    assert is_failing(unit(ActiveState.FAILED, "failed"))
-    assert is_failing(unit(ActiveState.ACTIVATING, "auto-restart"))
-    assert is_failing(unit(ActiveState.ACTIVE, "running", restarts=3))  # running again after crashes
-    assert not is_failing(unit(ActiveState.ACTIVE, "running"))
-    assert not is_failing(unit(ActiveState.ACTIVATING, "start"))  # a normal start
-    assert not is_failing(unit(ActiveState.DEACTIVATING, "stop-sigterm"))
-    assert not is_failing(unit(ActiveState.INACTIVE, "dead"))
+    assert unit(ActiveState.FAILED, "failed").crashed_since_start
+    assert unit(ActiveState.ACTIVATING, "auto-restart").crashed_since_start
+    assert unit(ActiveState.ACTIVE, "running", restarts=3).crashed_since_start  # running again after crashes
+    assert not unit(ActiveState.ACTIVE, "running").crashed_since_start
+    assert not unit(ActiveState.ACTIVATING, "start").crashed_since_start  # a normal start
+    assert not unit(ActiveState.DEACTIVATING, "stop-sigterm").crashed_since_start
+    assert not unit(ActiveState.INACTIVE, "dead").crashed_since_start
 
 
 def test_exit_reads_like_systemctl_status() -> None:

@@ -22,6 +22,7 @@ from dqagent.systemd import (
     UNIT_PATH,
     JobOutcome,
     Seen,
+    SystemdBus,
     SystemdClient,
     unit_from_path,
 )
@@ -42,21 +43,21 @@ def owner_changed(old: str, new: str, sender: str = BUS_DRIVER) -> Message:
 def test_job_results_only_from_the_current_owner_of_systemds_name() -> None:
     async def scenario() -> list[str]:
         client = SystemdClient()
-        client._systemd_owner = ":1.1"
-        future = client._await_job(JOB, "dramatiq-worker@1.service", "StartUnit", 5)
+        client.bus.owner_answered(":1.1")
+        future = client.jobs.await_job(JOB, "dramatiq-worker@1.service", "StartUnit", 5)
         waiting = asyncio.ensure_future(future)
         await asyncio.sleep(0)
         seen = []
-        client._on_message(job_removed(":1.66", "canceled"))  # any peer can send a signal
-        client._on_message(owner_changed(":1.1", ":1.66", sender=":1.66"))  # not from the bus driver
+        client.receive(job_removed(":1.66", "canceled"))  # any peer can send a signal
+        client.receive(owner_changed(":1.1", ":1.66", sender=":1.66"))  # not from the bus driver
         await asyncio.sleep(0)
         seen.append("pending" if not waiting.done() else waiting.result())
-        client._on_message(owner_changed(":1.1", ""))  # systemd re-executing: nobody is believed
-        client._on_message(job_removed(":1.1", "failed"))
+        client.receive(owner_changed(":1.1", ""))  # systemd re-executing: nobody is believed
+        client.receive(job_removed(":1.1", "failed"))
         await asyncio.sleep(0)
         seen.append("pending" if not waiting.done() else waiting.result())
-        client._on_message(owner_changed("", ":1.7"))  # back under a new name
-        client._on_message(job_removed(":1.7"))
+        client.receive(owner_changed("", ":1.7"))  # back under a new name
+        client.receive(job_removed(":1.7"))
         seen.append(await waiting)
         seen.append(str(client.owner_changes))
         return seen
@@ -84,34 +85,31 @@ def test_unit_names_from_object_paths() -> None:
 def test_a_jobs_outcome_carries_what_systemd_sent_of_its_unit_before_jobremoved() -> None:
     """Values sent before the job was queued, by an impostor, or of another unit are not taken."""
 
-    class Scripted(SystemdClient):
-        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+    class Scripted(SystemdBus):
+        async def manager(self, member: str, signature: str, body: list[object]) -> list[object]:
             assert member == "StartUnit"
             label = "dramatiq_2dworker_401_2eservice"
-            self._on_message(service_changed(":1.66", label, MainPID=666, NRestarts=9))  # not systemd
-            self._on_message(service_changed(":1.1", "dramatiq_2dworker_402_2eservice", MainPID=2))
-            self._on_message(service_changed(":1.1", label, MainPID=0, NRestarts=0, Result="success"))
-            self._on_message(service_changed(":1.1", label, MainPID=4242))  # only changed ones may come
-            self._on_message(job_removed(":1.1"))  # before StartUnit's reply: kept as early
+            self.receive(service_changed(":1.66", label, MainPID=666, NRestarts=9))  # not systemd
+            self.receive(service_changed(":1.1", "dramatiq_2dworker_402_2eservice", MainPID=2))
+            self.receive(service_changed(":1.1", label, MainPID=0, NRestarts=0, Result="success"))
+            self.receive(service_changed(":1.1", label, MainPID=4242))  # only changed ones may come
+            self.receive(job_removed(":1.1"))  # before StartUnit's reply: kept as early
+            return [JOB]
+
+    class Quiet(SystemdBus):
+        """No PropertiesChanged arrives: the outcome has none, and the caller reads the unit."""
+
+        async def manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+            self.receive(job_removed(":1.1"))
             return [JOB]
 
     async def scenario() -> list[JobOutcome]:
-        client = Scripted()
-        client._systemd_owner = ":1.1"
-        client._on_message(service_changed(":1.1", "dramatiq_2dworker_401_2eservice", MainPID=1))  # no job yet
+        client, quiet = SystemdClient(bus=Scripted()), SystemdClient(bus=Quiet())
+        client.bus.owner_answered(":1.1")
+        quiet.bus.owner_answered(":1.1")
+        client.receive(service_changed(":1.1", "dramatiq_2dworker_401_2eservice", MainPID=1))  # no job yet
         first = await client.start_units(["dramatiq-worker@1.service"])
-        return [*first, *(await Quiet().start_units(["dramatiq-worker@1.service"]))]
-
-    class Quiet(SystemdClient):
-        """No PropertiesChanged arrives: the outcome has none, and the caller reads the unit."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self._systemd_owner = ":1.1"
-
-        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
-            self._on_message(job_removed(":1.1"))
-            return [JOB]
+        return [*first, *(await quiet.start_units(["dramatiq-worker@1.service"]))]
 
     done, quiet = asyncio.run(scenario())
     assert done == JobOutcome("dramatiq-worker@1.service", "done", Seen(4242, 0, "success"))
@@ -122,32 +120,32 @@ def test_a_running_units_followed_properties_are_read_once_then_taken_from_syste
     label = "dramatiq_2dworker_401_2eservice"
     row = ["dramatiq-worker@1.service", "", "loaded", "active", "running", "", f"{UNIT_PATH}/{label}", 0, "", "/"]
 
-    class Scripted(SystemdClient):
+    class Scripted(SystemdBus):
         gets: ClassVar[list[str]] = []
 
-        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+        async def manager(self, member: str, signature: str, body: list[object]) -> list[object]:
             return [[row]] if member == "ListUnitsByPatterns" else []  # (Subscribe after the re-exec)
 
-        async def _get(self, path: str, interface: str, name: str) -> object:
+        async def get(self, path: str, interface: str, name: str) -> object:
             self.gets.append(name)
             if name == "MainPID" and len(self.gets) == 1:  # a restart is signalled while the read is under way
-                self._on_message(service_changed(":1.1", label, NRestarts=1))
+                self.receive(service_changed(":1.1", label, NRestarts=1))
             return {"MainPID": 10, "ActiveEnterTimestamp": 1000}[name]
 
     async def scenario() -> list[tuple[int, int, list[str]]]:
-        client = Scripted()
-        client._systemd_owner = ":1.1"
+        bus = Scripted()
+        client = SystemdClient(bus=bus)
+        bus.owner_answered(":1.1")
         seen = []
         for step in range(4):
             if step == 2:  # systemd restarted the worker: its signals carry the new values
-                client._on_message(service_changed(":1.1", label, MainPID=11))
-                client._on_message(unit_changed(":1.1", label, ActiveEnterTimestamp=2000))
+                client.receive(service_changed(":1.1", label, MainPID=11))
+                client.receive(unit_changed(":1.1", label, ActiveEnterTimestamp=2000))
             if step == 3:
-                client._on_message(owner_changed(":1.1", ":1.7"))  # daemon-reexec: signals may be lost
-                client._systemd_owner = ":1.7"
+                client.receive(owner_changed(":1.1", ":1.7"))  # daemon-reexec: signals may be lost
             (state,) = await client.worker_states(brief=("MainPID", "ActiveEnterTimestamp"))
-            seen.append((state.main_pid, state.active_enter_us, list(client.gets)))
-            client.gets.clear()
+            seen.append((state.main_pid, state.active_enter_us, list(bus.gets)))
+            bus.gets.clear()
         return seen
 
     reads = asyncio.run(scenario())
@@ -168,27 +166,28 @@ def test_a_unit_object_that_is_unloaded_or_loaded_anew_is_read_again() -> None:
         return Message(message_type=MessageType.SIGNAL, sender=sender, path=MANAGER_PATH, interface=MANAGER,
                        member=member, signature="so", body=[unit, f"{UNIT_PATH}/{label}"])
 
-    class Scripted(SystemdClient):
+    class Scripted(SystemdBus):
         gets: ClassVar[list[str]] = []
 
-        async def _manager(self, member: str, signature: str, body: list[object]) -> list[object]:
+        async def manager(self, member: str, signature: str, body: list[object]) -> list[object]:
             return [[row]]
 
-        async def _get(self, path: str, interface: str, name: str) -> object:
+        async def get(self, path: str, interface: str, name: str) -> object:
             self.gets.append(name)
             return 70 + len(self.gets)
 
     async def scenario() -> list[list[str]]:
-        client = Scripted()
-        client._systemd_owner = ":1.1"
+        bus = Scripted()
+        client = SystemdClient(bus=bus)
+        bus.owner_answered(":1.1")
         rounds = []
         for announce in (None, manager_signal("UnitNew", sender=":1.66"), manager_signal("UnitRemoved"),
                          manager_signal("UnitNew")):
             if announce is not None:
-                client._on_message(announce)
+                client.receive(announce)
             await client.worker_states(brief=("MainPID",))
-            rounds.append(list(client.gets))
-            client.gets.clear()
+            rounds.append(list(bus.gets))
+            bus.gets.clear()
         return rounds
 
     assert asyncio.run(scenario()) == [["MainPID"], [], ["MainPID"], ["MainPID"]]  # the impostor changes nothing

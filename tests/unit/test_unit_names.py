@@ -9,10 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dqagent.config import MAX_PROCESSES_LIMIT
-from dqagent.errors import UnitNameError
+from dqagent.errors import (
+    AccessDeniedError,
+    JobWaitTimeoutError,
+    NoSuchUnitError,
+    SystemdError,
+    SystemdTimeoutError,
+    UnitNameError,
+    systemd_error,
+)
 from dqagent.layout import PACKAGING
-from dqagent.reconciler import MAX_INSTANCE
-from dqagent.systemd import refused_by_polkit, worker_instance, worker_unit
+from dqagent.units import MAX_INSTANCE, JobOutcome, worker_instance, worker_unit
 
 
 @given(st.integers(1, MAX_INSTANCE))
@@ -35,15 +42,33 @@ def test_foreign_names_are_not_managed(name: str) -> None:
     assert worker_instance(name) is None
 
 
-@pytest.mark.parametrize(("result", "refused"), [
-    ("error: org.freedesktop.DBus.Error.AccessDenied", True),
-    ("job error: org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", True),
-    ("error: org.freedesktop.systemd1.NoSuchUnit", False),
-    ("failed", False),
-    ("timeout", False),
+@pytest.mark.parametrize(("name", "kind"), [
+    ("org.freedesktop.DBus.Error.AccessDenied", AccessDeniedError),
+    ("org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", AccessDeniedError),
+    ("org.freedesktop.systemd1.NoSuchUnit", NoSuchUnitError),
+    ("org.freedesktop.systemd1.UnitMasked", SystemdError),
+    ("org.freedesktop.systemd1.TransactionIsDestructive", SystemdError),
 ])
-def test_polkit_refusal_is_told_apart_from_a_failed_unit(result: str, refused: bool) -> None:
-    assert refused_by_polkit(result) is refused
+def test_a_dbus_error_becomes_its_type_and_only_a_refusal_counts_as_refused(name: str,
+                                                                           kind: type[SystemdError]) -> None:
+    error = systemd_error(name, "text")
+    assert type(error) is kind and error.name == name
+    outcome = JobOutcome("dramatiq-worker@1.service", error=error)
+    assert outcome.refused is (kind is AccessDeniedError) and not outcome.ok
+    assert outcome.text == f"error: {name}"  # as logs and scale-up/-down have always shown it
+
+
+@pytest.mark.parametrize(("outcome", "ok", "text"), [
+    (JobOutcome("dramatiq-worker@1.service", "done"), True, "done"),
+    (JobOutcome("dramatiq-worker@1.service", "failed"), False, "failed"),
+    # systemd's own JobTimeoutSec: a job result, not an error of ours
+    (JobOutcome("dramatiq-worker@1.service", "timeout"), False, "timeout"),
+    (JobOutcome("dramatiq-worker@1.service", error=JobWaitTimeoutError("no JobRemoved")), False,
+     "timeout (no JobRemoved)"),
+])
+def test_job_outcomes_carry_their_kind_as_a_type_not_as_text(outcome: JobOutcome, ok: bool, text: str) -> None:
+    assert (outcome.ok, outcome.refused, outcome.text) == (ok, False, text)
+    assert isinstance(outcome.error, SystemdTimeoutError) is text.endswith("(no JobRemoved)")
 
 
 def _polkit_unit_pattern() -> re.Pattern[str]:
