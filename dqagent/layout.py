@@ -16,7 +16,7 @@ from dqagent.config import DEFAULT_POOL_TASKS_MAX, DEFAULTS, PATH_ACCEPTED, REND
 from dqagent.declarations import SETTINGS, OnReload, plain
 from dqagent.errors import ConfigError
 from dqagent.reach import Preflight
-from dqagent.systemd import AGENT_UNIT
+from dqagent.units import AGENT_UNIT
 
 #: packaging/systemd, shipped inside the package as `dqagent/units` (a symlink in the source tree).
 PACKAGING = Path(__file__).resolve().parent / "units"

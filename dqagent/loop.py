@@ -31,7 +31,7 @@ from dqagent.reconciler import Plan, census, reconcile
 from dqagent.reporter import Reporter
 from dqagent.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts
 from dqagent.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, decide, observe
-from dqagent.systemd import UnitState
+from dqagent.units import UnitState
 from dqagent.untrusted import Rejection
 
 if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # types only: the step never imports the effect modules (redi
     from dqagent.config import Settings
     from dqagent.demand import Demand
     from dqagent.fleet import FleetView, Member, Share
-    from dqagent.systemd import UnitState
+    from dqagent.units import UnitState
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from dqagent.demand import FakeDemandProbe
 from dqagent.errors import BrokerError, SystemdTimeoutError
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
-from dqagent.systemd import ActiveState, UnitState
+from dqagent.units import ActiveState, UnitState
 from tests.unit.fakes import FakeUnits
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
