@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent import __version__
-from dqagent.metrics import REQUEST_DEADLINE_S
+from dqagent.metrics_http import REQUEST_DEADLINE_S
 from tests.bench import Container, RedisServer, free_port, require_bench
 from tests.integration.agentbench import (
     QUEUE,

@@ -28,7 +28,8 @@ from dqagent.agent import Agent
 from dqagent.config import parse_metrics_address, parse_settings
 from dqagent.demand import FakeDemandProbe, QueueDemand
 from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BrokerError, ConfigError
-from dqagent.metrics import LISTEN_BACKLOG, METRIC_NAMES, Exporter, MetricsError, registry_for
+from dqagent.metrics import METRIC_NAMES, Exporter, MetricsError, registry_for
+from dqagent.metrics_http import LISTEN_BACKLOG
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
 from dqagent.snapshot import (
@@ -468,10 +469,10 @@ def _scrape_or_nothing(port: int, source: str) -> bytes:
 
 def test_a_client_dribbling_its_request_is_closed_at_the_deadline_and_holds_up_no_scrape(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dqagent import metrics
+    from dqagent import metrics_http
 
-    assert 0 < metrics.REQUEST_DEADLINE_S <= 10
-    monkeypatch.setattr(metrics, "REQUEST_DEADLINE_S", 1.0)  # the same mechanism, quicker
+    assert 0 < metrics_http.REQUEST_DEADLINE_S <= 10
+    monkeypatch.setattr(metrics_http, "REQUEST_DEADLINE_S", 1.0)  # the same mechanism, quicker
     port = free_port()
     exporter = Exporter(lambda: snapshot(), f"127.0.0.1:{port}", "")
     exporter.start()
@@ -506,11 +507,11 @@ def test_a_client_dribbling_its_request_is_closed_at_the_deadline_and_holds_up_n
 
 def test_connections_beyond_the_caps_are_closed_at_once_and_other_addresses_still_scrape(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dqagent import metrics
+    from dqagent import metrics_http
 
-    assert 16 <= metrics.MAX_CONNECTIONS_PER_ADDRESS <= metrics.MAX_CONNECTIONS <= 512
-    monkeypatch.setattr(metrics, "MAX_CONNECTIONS", 4)
-    monkeypatch.setattr(metrics, "MAX_CONNECTIONS_PER_ADDRESS", 3)
+    assert 16 <= metrics_http.MAX_CONNECTIONS_PER_ADDRESS <= metrics_http.MAX_CONNECTIONS <= 512
+    monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS_PER_ADDRESS", 3)
     port = free_port()
     exporter = Exporter(lambda: snapshot(), f"127.0.0.1:{port}", "")
     exporter.start()
