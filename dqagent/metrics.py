@@ -58,6 +58,12 @@ GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
 TEXTFILE_MODE = 0o644
 def families(snap: Snapshot) -> Iterator[Metric]:
     """The metric families of one snapshot (pure: what a scrape and the textfile show)."""
+    yield from _gauges(snap)
+    yield from _counters(snap)
+
+
+def _gauges(snap: Snapshot) -> Iterator[Metric]:
+    """What the last check saw: build, Redis, bounds, workers, queues, when it decided."""
     info = InfoMetricFamily("dqagent_build", "dqagent's version and scaling policy", labels=["version", "policy"])
     info.add_metric([snap.version, snap.policy], {})
     yield info
@@ -93,6 +99,10 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     if snap.last_decision_s is not None:
         yield GaugeMetricFamily("dqagent_last_decision_timestamp_seconds",
                                 "Unix time of the last completed decision", value=snap.last_decision_s)
+
+
+def _counters(snap: Snapshot) -> Iterator[Metric]:
+    """What the loop did since it started: actions, failures, the guard's hold, errors, skipped data, durations."""
     c = snap.counters
     actions = CounterMetricFamily("dqagent_scale_actions", "Scale actions issued, by direction and reason "
                                   "(the policy's name, startup, min_processes, max_processes, delayed_messages)",
