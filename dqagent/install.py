@@ -197,35 +197,23 @@ def _install(settings: Settings, now: bool, bus_address: str | None, env_file: P
     if os.geteuid() != 0:
         print("dqagent install: must run as root", file=sys.stderr)
         return EXIT_NOPERM
-    if not POLKITD.exists():
-        return _refuse(f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is "
-                       "never read and every worker start by user dqagent is refused; fix: apt-get install "
-                       "polkitd, then run dqagent install again")
-    if settings.worker_user != DEFAULT_WORKER_USER:
-        try:
-            worker_uid = pwd.getpwnam(settings.worker_user).pw_uid
-        except KeyError:
-            return _refuse(f"WORKER_USER={settings.worker_user} does not exist; fix: create it first "
-                           f"(e.g. useradd --system {settings.worker_user}) or use the default "
-                           f"{DEFAULT_WORKER_USER}, which install creates")
-        if worker_uid == 0 and not settings.allow_root_workers:  # another name for uid 0
-            return _refuse(f"WORKER_USER={settings.worker_user} is uid 0: workers as root are refused; fix: "
-                           "use a dedicated user, or set ALLOW_ROOT_WORKERS=yes")
+    refusal = _host_refusal(settings)
+    if refusal:
+        return _refuse(refusal)
     exe = dqagent_executable()
     agent_text = (PACKAGING / "dqagent.service").read_text()
     worker_text = (PACKAGING / "dramatiq-worker@.service").read_text()
     pre = preflight(settings, exe, agent_text, worker_text)
     if pre.refusals:
-        for refusal in pre.refusals:
-            print(f"dqagent install: {refusal.line()}", file=sys.stderr)
+        for problem in pre.refusals:
+            print(f"dqagent install: {problem.line()}", file=sys.stderr)
         return EXIT_CONFIG
     foreign = [p for p in rendered_limits(settings) if p.exists() and not ours(p)]
     if foreign:  # an operator's file under our name: never ours to overwrite or remove
         return _refuse(f"{foreign[0]} exists but was not written by dqagent install; fix: move it away (or rename "
                        "it) and run dqagent install again")
     # Rendered before anything is written: a value a file cannot carry is a ConfigError (exit 78) here.
-    units, limits, rotate = rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(
-        settings.log_file)
+    files = _Rendered(rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(settings.log_file))
     workdir = Path(settings.worker_directory)
     for problem in pre.missing:
         # install creates WORKER_DIRECTORY (and parents) and the settings file below
@@ -233,11 +221,54 @@ def _install(settings: Settings, now: bool, bus_address: str | None, env_file: P
             print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
                   file=sys.stderr)
     report = _Report([], [])
+    failed = _write_everything(settings, files, report)
+    if failed is not None:
+        return failed
+    if report.changed:
+        asyncio.run(_reload(bus_address))
+    if now:
+        return _check_and_start(report, env_file, bus_address)
+    report.say()
+    return EXIT_OK
+
+
+def _host_refusal(settings: Settings) -> str:
+    """Why this host cannot take dqagent (polkitd missing, WORKER_USER missing or root), or ""."""
+    if not POLKITD.exists():
+        return (f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is never read and "
+                "every worker start by user dqagent is refused; fix: apt-get install polkitd, then run dqagent "
+                "install again")
+    if settings.worker_user == DEFAULT_WORKER_USER:
+        return ""
+    try:
+        worker_uid = pwd.getpwnam(settings.worker_user).pw_uid
+    except KeyError:
+        return (f"WORKER_USER={settings.worker_user} does not exist; fix: create it first (e.g. useradd --system "
+                f"{settings.worker_user}) or use the default {DEFAULT_WORKER_USER}, which install creates")
+    if worker_uid == 0 and not settings.allow_root_workers:  # another name for uid 0
+        return (f"WORKER_USER={settings.worker_user} is uid 0: workers as root are refused; fix: use a dedicated "
+                "user, or set ALLOW_ROOT_WORKERS=yes")
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    """The files rendered for these settings, before any is written."""
+
+    units: dict[Path, str]
+    limits: dict[Path, str | None]
+    logrotate: str
+
+
+def _write_everything(settings: Settings, files: _Rendered, report: _Report) -> int | None:
+    """Users, the worker directory, the units and drop-ins, the rules, the catalog, the settings and password
+    files; None when done, else the exit status (after one line saying why)."""
     _write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
            + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
               if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
     worker = pwd.getpwnam(settings.worker_user)
+    workdir = Path(settings.worker_directory)
     try:
         if _make_worker_directory(workdir, worker.pw_uid, worker.pw_gid):
             report.changed.append(f"created {workdir}")
@@ -245,41 +276,41 @@ def _install(settings: Settings, now: bool, bus_address: str | None, env_file: P
         report.say()
         return _refuse(f"cannot create WORKER_DIRECTORY {workdir} ({exc}); fix: create it yourself, owned by "
                        f"{settings.worker_user}, and run dqagent install again")
-    for path, text in units.items():
+    for path, text in files.units.items():
         _write(path, text, 0o644, report)
-    for path, dropin in limits.items():
+    for path, dropin in files.limits.items():
         if dropin is not None:
             _write(path, dropin, 0o644, report)
         elif ours(path):  # that limit is no longer set
             _remove_dropin(path)
             report.changed.append(f"removed {path}")
     _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
-    _write(LOGROTATE, rotate, 0o644, report)
+    _write(LOGROTATE, files.logrotate, 0o644, report)
     if _write(CATALOG_FILE, catalog.render(), 0o644, report):
         _update_catalog()
     if not ENV_FILE.exists():
         # Non-secret settings: world-readable so `dqagent status` works for any user.
         _write(ENV_FILE, env_template(), 0o644, report)
     _password_file(report)
-    if report.changed:
-        asyncio.run(_reload(bus_address))
-    if now:
-        from dqagent.check import run_checks
+    return None
 
-        failed = [r for r in asyncio.run(run_checks(env_file, bus_address=bus_address)) if not r.ok]
-        if failed:
-            report.say()
-            for r in failed:
-                print(f"dqagent install: {r.line()}", file=sys.stderr)
-            print(f"dqagent install: not starting {AGENT_UNIT}: dqagent check failed", file=sys.stderr)
-            return EXIT_CONFIG
-        started = asyncio.run(_start_agent(bus_address))
-        if started:
-            report.changed.append(f"{AGENT_UNIT}: {started}")
+
+def _check_and_start(report: _Report, env_file: Path | None, bus_address: str | None) -> int:
+    """`install --now`: run `dqagent check`; start the agent only when every check passed."""
+    from dqagent.check import run_checks
+
+    failed = [r for r in asyncio.run(run_checks(env_file, bus_address=bus_address)) if not r.ok]
+    if failed:
         report.say()
-        return EXIT_OK if started in ("", "started") else EXIT_FAILED
+        for r in failed:
+            print(f"dqagent install: {r.line()}", file=sys.stderr)
+        print(f"dqagent install: not starting {AGENT_UNIT}: dqagent check failed", file=sys.stderr)
+        return EXIT_CONFIG
+    started = asyncio.run(_start_agent(bus_address))
+    if started:
+        report.changed.append(f"{AGENT_UNIT}: {started}")
     report.say()
-    return EXIT_OK
+    return EXIT_OK if started in ("", "started") else EXIT_FAILED
 
 
 async def _start_agent(bus_address: str | None) -> str:
