@@ -6,7 +6,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from tests.bench import Container, RedisServer, require_bench
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
 
 # Properties assert results, not speed: a loaded 2-core CI machine must not fail them on Hypothesis's
 # default 200 ms per-example deadline (seen: 336 ms once, 42 ms on the retry).

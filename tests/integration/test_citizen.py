@@ -15,16 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import (
-    QUEUE,
-    install,
-    main_pids,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import QUEUE, install, main_pids, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 WORKER_DROPIN = "/etc/systemd/system/dramatiq-worker@.service.d/50-citizen-test.conf"
 AGENT_DROPIN = "/etc/systemd/system/dqagent.service.d/50-citizen-test.conf"

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import dramatiq
@@ -27,10 +26,10 @@ from dramatiq.brokers.redis import RedisBroker
 from dqagent.config import QueueMetric, Settings, parse_settings
 from dqagent.demand import HEARTBEAT_TIMEOUT_MS, Demand, RedisDemandProbe
 from dqagent.errors import BrokerError
-from tests.bench import RedisServer, require_bench
+from testbed.agent import APP_DIR, REPO
+from testbed.nspawn import require_bench
+from testbed.redis import RedisServer
 
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
-REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -335,7 +334,7 @@ def test_one_probe_fails_while_redis_is_down_and_recovers_when_it_is_back(
         redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     port = redis_server.port
     settings = settings_for(redis_server.url)
-    monkeypatch.setattr("tests.bench.free_port", lambda: port)  # the next server takes the same port
+    monkeypatch.setattr("testbed.redis.free_port", lambda: port)  # the next server takes the same port
 
     async def scenario() -> None:
         probe = RedisDemandProbe(settings)

@@ -21,8 +21,9 @@ import pytest
 from dqagent.config import parse_settings
 from dqagent.fleet import Member
 from dqagent.fleetstore import RedisFleetStore
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import dqagent, install, journal, running_workers, set_backlog, settings_text
+from testbed.agent import dqagent, install, journal, running_workers, set_backlog, settings_text
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
 
 ENV = "/etc/dqagent/dqagent.env"
 HOSTS = ("host-a", "host-b", "host-c")

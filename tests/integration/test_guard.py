@@ -14,17 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import (
-    DQAGENT,
-    dqagent,
-    install,
-    journal,
-    running_workers,
-    set_backlog,
-    settings_text,
-    wait_until,
-)
+from testbed.agent import DQAGENT, dqagent, install, journal, running_workers, set_backlog, settings_text
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 SLICE = "system-dramatiq\\x2dworker.slice"
 WORKER_DROPIN = "/etc/systemd/system/dramatiq-worker@.service.d/50-dqagent-limits.conf"

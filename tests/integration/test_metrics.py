@@ -23,17 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent import __version__
 from dqagent.metrics import REQUEST_DEADLINE_S
-from tests.bench import Container, RedisServer, free_port, require_bench
-from tests.integration.agentbench import (
-    QUEUE,
-    dqagent,
-    exposure,
-    install,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import QUEUE, dqagent, exposure, install, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer, free_port
+from testbed.wait import wait_until
 
 TEXTFILE_DIR = "/var/lib/dqagent-metrics"
 TEXTFILE = f"{TEXTFILE_DIR}/dqagent.prom"

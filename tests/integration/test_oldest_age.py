@@ -15,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import PickleEncoder
 from dramatiq.message import Message
 
-from tests.bench import RedisServer
+from testbed.redis import RedisServer
 from tests.integration.test_demand import brokers, fetch, settings_for, wait_for
 
 __all__ = ["brokers"]  # the fixture, re-used

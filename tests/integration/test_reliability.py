@@ -1,25 +1,24 @@
-"""No message lost: real Dramatiq workers (tests/app/dqtestapp.py) under the agent, in real systemd."""
+"""No message lost: real Dramatiq workers (testbed/app/dqtestapp.py) under the agent, in real systemd."""
 
 from __future__ import annotations
 
 import time
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
+from testbed.agent import (
+    APP_DIR,
     PYTHON,
     QUEUE,
-    REPO,
     dqagent,
     install,
     journal,
     running_workers,
     settings_text,
     sigkill_worker,
-    wait_until,
     worker_names,
 )
-
-APP_DIR = REPO / "tests" / "app"
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 
 def dramatiq_command(threads: int = 4) -> str:

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import (
+from testbed.agent import (
     DQAGENT,
     QUEUE,
     exposure,
@@ -25,9 +24,11 @@ from tests.integration.agentbench import (
     running_workers,
     set_backlog,
     settings_text,
-    wait_until,
     worker_names,
 )
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 ENV = "/etc/dqagent/dqagent.env"
 

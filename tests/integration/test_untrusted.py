@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from tests.bench import Container, RedisServer, free_port, require_bench
-from tests.integration.agentbench import QUEUE, dqagent, install, journal, running_workers, set_backlog, wait_until
+from testbed.agent import QUEUE, dqagent, install, journal, running_workers, set_backlog
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer, free_port
+from testbed.wait import wait_until
 
 POLL_S = 0.5
 FLEET_KEY = "dramatiq:__dqagent_fleet__:bench"

@@ -1,9 +1,9 @@
 """A real Dramatiq application for the integration tests, run as the worker units would run it.
 
-    DQTEST_REDIS_URL=redis://127.0.0.1:6379/0 python -m dramatiq -p 1 -t 4 dqtestapp --path tests/app
+    DQTEST_REDIS_URL=redis://127.0.0.1:6379/0 python -m dramatiq -p 1 -t 4 dqtestapp --path testbed/app
 
-Put the module before `--path` (or write `--path=tests/app dqtestapp`): in Dramatiq 2.2.1 `--path` takes
-any number of values, so `--path tests/app dqtestapp` swallows the module name and exits 2 (usage).
+Put the module before `--path` (or write `--path=testbed/app dqtestapp`): in Dramatiq 2.2.1 `--path` takes
+any number of values, so `--path testbed/app dqtestapp` swallows the module name and exits 2 (usage).
 
 `work(msg_id, ms)` sleeps `ms` milliseconds, then records `msg_id` in the Redis set `dqtest:done` and
 counts it in the hash `dqtest:count` (a count above 1 is an at-least-once duplicate).
