@@ -15,13 +15,12 @@ import pytest
 
 from dqagent.agent import Agent
 from dqagent.config import Settings, parse_settings
-from dqagent.demand import FakeDemandProbe
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, host_id, record_ttl_ms
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import TargetPolicy
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits
 
 BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "SCALING_POLICY": "target", "TARGET_PER_WORKER": "10",

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent.agent import Agent
 from dqagent.config import parse_metrics_address, parse_settings
-from dqagent.demand import FakeDemandProbe, QueueDemand
+from dqagent.demand import QueueDemand
 from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BrokerError, ConfigError
 from dqagent.metrics import LISTEN_BACKLOG, METRIC_NAMES, Exporter, MetricsError, registry_for
 from dqagent.notify import RecordingNotifier
@@ -40,7 +40,7 @@ from dqagent.snapshot import (
     WorkerCounts,
     action_reason,
 )
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"
 

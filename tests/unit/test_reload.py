@@ -20,13 +20,12 @@ from hypothesis import strategies as st
 from dqagent import reload, sources
 from dqagent.agent import Agent
 from dqagent.config import DEFAULTS, Settings, parse_settings, parse_worker_command
-from dqagent.demand import FakeDemandProbe
 from dqagent.errors import ConfigError
 from dqagent.notify import RecordingNotifier
 from dqagent.policies import make_policy
 from dqagent.reload import Answer, Reloader, ReloadError, plan_reload
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits
 
 BASE = {"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "LOG_FILE": "", "DRAMATIQ_QUEUE_NAME": "q", "REDIS_PASSWORD_FILE": ""}
