@@ -21,7 +21,8 @@ from dqagent.metrics import families
 from dqagent.reporter import Reporter
 from dqagent.untrusted import RecordKind, Rejection, ascii_int, shown
 from tests.unit.fakes import FakeDemandProbe, FakeUnits
-from tests.unit.test_agent_loop import FakeProbe, events, make, run, status
+from tests.unit.logged import events
+from tests.unit.test_agent_loop import FakeProbe, make, run, status
 
 NOW_MS = 1_700_000_000_000
 TTL_MS = 4_000
