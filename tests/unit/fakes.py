@@ -1,4 +1,5 @@
-"""In-memory stand-ins for systemd (`FakeUnits`) and the broker (`FakeDemandProbe`), for unit tests of the loop only.
+"""In-memory stand-ins for systemd (`FakeUnits`), the broker (`FakeDemandProbe`) and sd_notify
+(`RecordingNotifier`), for unit tests of the loop only.
 
 `FakeUnits` models the states the agent meets on a real host (systemd 252), not only running/failed:
 activating (incl. auto-restart after a crash), deactivating while a stop drains, failed (incl.
@@ -201,3 +202,28 @@ class FakeDemandProbe:
 
     async def close(self) -> None:
         self.closed = True
+
+
+class RecordingNotifier:
+    """In-memory notifier for tests of the loop."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self) -> None:
+        self.sent.append("READY=1")
+
+    def reloading(self) -> None:
+        self.sent.append("RELOADING=1")
+
+    def status(self, line: str) -> None:
+        self.sent.append(f"STATUS={line}")
+
+    def watchdog(self) -> None:
+        self.sent.append("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.sent.append("STOPPING=1")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self.sent.append(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")

@@ -16,10 +16,9 @@ import pytest
 from dqagent.agent import Agent, scale_by
 from dqagent.config import parse_settings
 from dqagent.errors import BrokerError, SystemdTimeoutError
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
 from dqagent.systemd import ActiveState, UnitState
-from tests.unit.fakes import FakeDemandProbe, FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})

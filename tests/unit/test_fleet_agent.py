@@ -17,10 +17,9 @@ from dqagent.agent import Agent
 from dqagent.config import Settings, parse_settings
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, host_id, record_ttl_ms
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import TargetPolicy
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeDemandProbe, FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
 BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",

@@ -29,7 +29,6 @@ from dqagent.config import parse_metrics_address, parse_settings
 from dqagent.demand import QueueDemand
 from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BrokerError, ConfigError
 from dqagent.metrics import LISTEN_BACKLOG, METRIC_NAMES, Exporter, MetricsError, registry_for
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
 from dqagent.snapshot import (
     Accumulator,
@@ -40,7 +39,7 @@ from dqagent.snapshot import (
     WorkerCounts,
     action_reason,
 )
-from tests.unit.fakes import FakeDemandProbe, FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"

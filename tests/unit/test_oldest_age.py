@@ -19,10 +19,9 @@ from dqagent.agent import Agent, format_age
 from dqagent.config import MAX_QUEUE_AGE_LIMIT_S, parse_settings
 from dqagent.demand import Demand, QueueDemand, oldest_ages
 from dqagent.errors import ConfigError
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import Decision, Observation, TargetPolicy, TargetState, age_floor
 from dqagent.reporter import Reporter
-from tests.unit.fakes import FakeDemandProbe, FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 from tests.unit.test_target_policy import histories, policies
 

@@ -11,11 +11,10 @@ import pytest
 
 from dqagent.agent import Agent
 from dqagent.config import Settings, parse_settings
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import Policy, StepPolicy, make_policy
 from dqagent.pressure import HostGuard, parse_meminfo, parse_psi, read_host
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeDemandProbe, FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
 CPU = "some avg10={:.2f} avg60=1.00 avg300=0.50 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"

@@ -21,11 +21,10 @@ from dqagent import reload, sources
 from dqagent.agent import Agent
 from dqagent.config import DEFAULTS, Settings, parse_settings, parse_worker_command
 from dqagent.errors import ConfigError
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import make_policy
 from dqagent.reload import Answer, Reloader, ReloadError, plan_reload
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeDemandProbe, FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
 BASE = {"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
