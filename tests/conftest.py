@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import settings
@@ -43,6 +43,31 @@ def bench() -> Iterator[Container]:
 def fresh_container() -> Iterator[Container]:
     """A real systemd of its own, for tests that install dqagent or break things."""
     yield from _container()
+
+
+@pytest.fixture(scope="module")
+def module_container() -> Iterator[Container]:
+    """One real systemd for a test file whose tests share an installed agent (they reset what they change)."""
+    yield from _container()
+
+
+@pytest.fixture(scope="module")
+def boot_container() -> Iterator[Callable[[], Container]]:
+    """Boots one more real systemd per call, for a test file that needs several hosts (callable from
+    several threads at once, to boot them concurrently); all are stopped after the file's last test."""
+    require_bench()
+    booted: list[Container] = []
+
+    def boot() -> Container:
+        c = Container()
+        booted.append(c)
+        return c
+
+    try:
+        yield boot
+    finally:
+        for c in booted:
+            c.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from testbed.agent import (
     settings_text,
     worker_names,
 )
-from testbed.nspawn import Container, require_bench
+from testbed.nspawn import Container
 from testbed.redis import RedisServer
 from testbed.wait import wait_until
 
@@ -34,17 +33,13 @@ ENV = "/etc/dqagent/dqagent.env"
 
 
 @pytest.fixture(scope="module")
-def agent(redis: RedisServer) -> Iterator[Container]:
+def agent(module_container: Container, redis: RedisServer) -> Container:
     """dqagent installed and running (MIN 1, MAX 4, CHECK_INTERVAL 1, `/bin/sleep infinity` workers)."""
-    require_bench()
-    c = Container()
-    try:
-        set_backlog(redis, 0)
-        install(c, redis, MIN_PROCESSES=1, MAX_PROCESSES=4)
-        wait_until("one worker", lambda: running_workers(c) == worker_names(1))
-        yield c
-    finally:
-        c.stop()
+    c = module_container
+    set_backlog(redis, 0)
+    install(c, redis, MIN_PROCESSES=1, MAX_PROCESSES=4)
+    wait_until("one worker", lambda: running_workers(c) == worker_names(1))
+    return c
 
 
 def configure(c: Container, redis: RedisServer, **overrides: Any) -> None:
