@@ -24,9 +24,9 @@ def _container() -> Iterator[Container]:
         c.stop()
 
 
-def _redis() -> Iterator[RedisServer]:
+def _redis(password: str = "") -> Iterator[RedisServer]:
     require_bench()
-    r = RedisServer()
+    r = RedisServer(password=password)
     try:
         yield r
     finally:
@@ -84,12 +84,7 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_with_password() -> Iterator[RedisServer]:
     """A private Redis that requires a password (random, so finding it anywhere is a real leak)."""
-    require_bench()
-    r = RedisServer(password=f"pw-{uuid.uuid4().hex}")
-    try:
-        yield r
-    finally:
-        r.stop()
+    yield from _redis(password=f"pw-{uuid.uuid4().hex}")
 
 
 #: Test files that each keep the machine busy for a minute or more (hundreds of units, real Dramatiq
