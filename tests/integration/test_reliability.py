@@ -46,7 +46,7 @@ def dramatiq_ready(c: Container, unit: str = "dramatiq-worker@1.service") -> boo
     """Whether the unit's Dramatiq worker process consumes: Dramatiq logs this line once its worker started
     (the consumer threads run), in the unit's journal. The broker's heartbeats cannot tell: producers
     write them too."""
-    return any(r.get("MESSAGE") == "Worker process is ready for action." for r in journal(c, unit))
+    return any("Worker process is ready for action." in str(r.get("MESSAGE", "")) for r in journal(c, unit))
 
 
 def outstanding(redis: RedisServer) -> int:
@@ -57,7 +57,7 @@ def ready(redis: RedisServer) -> int:
     return int(redis.cli("LLEN", f"dramatiq:{QUEUE}"))
 
 
-def started(redis: RedisServer) -> set[str]:
+def tasks_started(redis: RedisServer) -> set[str]:
     return set(redis.cli("SMEMBERS", "dqtest:started").split())
 
 
@@ -80,7 +80,7 @@ def test_graceful_stop_finishes_running_tasks_and_returns_prefetched(fresh_conta
     wait_until("Dramatiq's worker ready", lambda: dramatiq_ready(c))
     ids = enqueue(c, redis_server, 4, 4000)
     wait_until("all 4 fetched by the worker", lambda: ready(redis_server) == 0 and outstanding(redis_server) == 4)
-    wait_until("2 tasks running", lambda: len(started(redis_server)) == 2)
+    wait_until("2 tasks running", lambda: len(tasks_started(redis_server)) == 2)
 
     # When the agent's scale-down stops it (SIGTERM to Dramatiq's main process only: KillMode=mixed)
     started = time.monotonic()
