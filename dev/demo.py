@@ -1,7 +1,7 @@
 """The demo: dqagent scaling real Dramatiq workers end to end, on any Debian 12 machine (root).
 
 A throwaway systemd (the test bench's nspawn container over a tmpfs overlay), a private Redis, the
-small sample Dramatiq app in tests/app, `dqagent install --now` exactly as on a real host, a burst of
+small sample Dramatiq app in testbed/app, `dqagent install --now` exactly as on a real host, a burst of
 messages, and the live view an operator would use. Everything it starts is stopped by PID at the end,
 also on Ctrl+C.
 """
@@ -18,10 +18,10 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import DQAGENT, PYTHON, QUEUE, REPO, make_reachable, settings_text
+from testbed.agent import APP_DIR, DQAGENT, PYTHON, QUEUE, make_reachable, settings_text
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
 
-APP_DIR = REPO / "tests" / "app"
 BURST, TASK_MS = 1500, 200
 DEADLINE_S = 240
 

@@ -1,7 +1,7 @@
 """Replay a simulator workload on real Dramatiq workers under the real agent (not a test; run as root).
 
-Boots the bench's throwaway systemd 252 (tests/bench.py) with a private redis-server, installs dqagent
-exactly as on a host with SCALING_POLICY=target and the sample app (tests/app/dqtestapp.py) as
+Boots the bench's throwaway systemd 252 (testbed/nspawn.py) with a private redis-server, installs dqagent
+exactly as on a host with SCALING_POLICY=target and the sample app (testbed/app/dqtestapp.py) as
 DRAMATIQ_COMMAND, then for each trace:
 
 - draws the simulator's `Workload` (same trace, same seed) and compresses it by `--factor` (arrival
@@ -294,13 +294,13 @@ def report(runs: Sequence[Run], dispatches: Sequence[str], models: Sequence[str]
 
 
 def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads: int, lo: int, hi: int) -> Run:
-    from tests.bench import wait_until
-    from tests.integration.agentbench import journal, running_workers
+    from testbed.agent import APP_DIR, journal, running_workers
+    from testbed.wait import wait_until
 
     workload = workload_for(name, seed, factor)
     os.environ["DQTEST_REDIS_URL"] = redis.url
     os.environ["DQTEST_QUEUE"] = "dqtest"
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "app"))
+    sys.path.insert(0, str(APP_DIR))
     import dqtestapp
 
     # Given the pool at MIN, idle
@@ -392,12 +392,11 @@ def worker_intervals(c: Any, since: float, end: float,
 def install_agent(c: Any, redis: Any, factor: float, threads: int, lo: int, hi: int) -> None:
     """dqagent as on a host: SCALING_POLICY=target, the sample app's real workers, the trace-time
     settings divided by `factor`."""
-    from tests.integration.agentbench import PYTHON, REPO, install
+    from testbed.agent import APP_DIR, PYTHON, install
 
-    app = REPO / "tests" / "app"
     c.write("/etc/dqagent/worker.env", f"DQTEST_REDIS_URL={redis.url}\nDQTEST_QUEUE=dqtest\n")
     install(c, redis, DRAMATIQ_COMMAND=f"{PYTHON} -m dramatiq --processes 1 --threads {threads} dqtestapp",
-            WORKER_DIRECTORY=str(app), SCALING_POLICY="target", MIN_PROCESSES=lo, MAX_PROCESSES=hi,
+            WORKER_DIRECTORY=str(APP_DIR), SCALING_POLICY="target", MIN_PROCESSES=lo, MAX_PROCESSES=hi,
             CHECK_INTERVAL=60, DEMAND_POLL_INTERVAL=f"{POLL_S / factor:g}",
             SCALE_DOWN_WINDOW=f"{WINDOW_S / factor:g}", PROCESS_STARTUP_DELAY=f"{STARTUP_S / factor:g}",
             GRACEFUL_SHUTDOWN_TIMEOUT=60, LOG_LEVEL="DEBUG")  # DEBUG: every read's decision, for the comparison
@@ -405,7 +404,8 @@ def install_agent(c: Any, redis: Any, factor: float, threads: int, lo: int, hi: 
 
 def real_runs(names: Sequence[str], runs: int, seed: int, factor: float, threads: int, lo: int,
               hi: int) -> list[Run]:
-    from tests.bench import Container, RedisServer, require_bench
+    from testbed.nspawn import Container, require_bench
+    from testbed.redis import RedisServer
 
     require_bench()
     redis = RedisServer()

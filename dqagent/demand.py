@@ -35,7 +35,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -470,45 +470,3 @@ def stale_brokers(members: Sequence[bytes | str], key: str) -> tuple[list[bytes]
         rejected.append(Rejection(RecordKind.HEARTBEAT, key, f"more than {MAX_STALE_HEARTBEATS} stale heartbeats: "
                                   "the orphans of the others are not counted"))
     return ids, tuple(rejected)
-
-
-class FakeDemandProbe:
-    """An in-memory `DemandProbe` for tests of the agent loop.
-
-    Set `demand` to what the next `fetch_demand()` returns and `error` to a `BrokerError` that every
-    call raises until it is cleared. `recover_orphans()` models Dramatiq's maintenance: each queue's
-    orphans become ready (outstanding is unchanged, as orphans are in it already).
-    """
-
-    def __init__(self, demand: Demand | None = None) -> None:
-        self.demand = demand if demand is not None else Demand(())
-        self.error: BrokerError | None = None
-        self.fetch_calls = 0
-        self.recover_calls = 0
-        self.closed = False
-
-    def set_queue(self, queue: str, *, ready: int = 0, outstanding: int | None = None, delayed: int = 0,
-                  dead: int = 0, orphaned: int = 0, oldest_age_s: float | None = None) -> None:
-        """Replace (or add) one queue's figures; `outstanding` defaults to `ready` (nothing in flight)."""
-        q = QueueDemand(queue=queue, ready=ready, outstanding=ready if outstanding is None else outstanding,
-                        delayed=delayed, dead=dead, orphaned=orphaned, oldest_age_s=oldest_age_s)
-        others = tuple(x for x in self.demand.queues if x.queue != queue)
-        self.demand = Demand((*others, q))
-
-    async def fetch_demand(self) -> Demand:
-        self.fetch_calls += 1
-        if self.error is not None:
-            raise self.error
-        return self.demand
-
-    async def recover_orphans(self) -> int:
-        self.recover_calls += 1
-        if self.error is not None:
-            raise self.error
-        recovered = self.demand.orphaned
-        self.demand = Demand(tuple(replace(q, ready=q.ready + q.orphaned, orphaned=0)
-                                   for q in self.demand.queues))
-        return recovered
-
-    async def close(self) -> None:
-        self.closed = True

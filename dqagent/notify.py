@@ -1,6 +1,6 @@
 """sd_notify: READY, RELOADING, STATUS, WATCHDOG, STOPPING, EXTEND_TIMEOUT_USEC.
 
-A thin wrapper so the loop can be tested with `RecordingNotifier`. Outside systemd
+A thin wrapper so the loop can be tested with an in-memory notifier (tests/unit/fakes.py). Outside systemd
 (`$NOTIFY_SOCKET` unset) every call is a no-op. STATUS lines are kept ASCII because the
 sdnotify package encodes latin-1.
 """
@@ -66,28 +66,3 @@ class SystemdNotifier:
 
     def extend_timeout(self, seconds: float) -> None:
         self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
-
-
-class RecordingNotifier:
-    """In-memory notifier for tests of the loop."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    def ready(self) -> None:
-        self.sent.append("READY=1")
-
-    def reloading(self) -> None:
-        self.sent.append("RELOADING=1")
-
-    def status(self, line: str) -> None:
-        self.sent.append(f"STATUS={line}")
-
-    def watchdog(self) -> None:
-        self.sent.append("WATCHDOG=1")
-
-    def stopping(self) -> None:
-        self.sent.append("STOPPING=1")
-
-    def extend_timeout(self, seconds: float) -> None:
-        self.sent.append(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")

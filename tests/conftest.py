@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import settings
 
-from tests.bench import Container, RedisServer, require_bench
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
 
 # Properties assert results, not speed: a loaded 2-core CI machine must not fail them on Hypothesis's
 # default 200 ms per-example deadline (seen: 336 ms once, 42 ms on the retry).
@@ -23,9 +24,9 @@ def _container() -> Iterator[Container]:
         c.stop()
 
 
-def _redis() -> Iterator[RedisServer]:
+def _redis(password: str = "") -> Iterator[RedisServer]:
     require_bench()
-    r = RedisServer()
+    r = RedisServer(password=password)
     try:
         yield r
     finally:
@@ -44,6 +45,31 @@ def fresh_container() -> Iterator[Container]:
     yield from _container()
 
 
+@pytest.fixture(scope="module")
+def module_container() -> Iterator[Container]:
+    """One real systemd for a test file whose tests share an installed agent (they reset what they change)."""
+    yield from _container()
+
+
+@pytest.fixture(scope="module")
+def boot_container() -> Iterator[Callable[[], Container]]:
+    """Boots one more real systemd per call, for a test file that needs several hosts (callable from
+    several threads at once, to boot them concurrently); all are stopped after the file's last test."""
+    require_bench()
+    booted: list[Container] = []
+
+    def boot() -> Container:
+        c = Container()
+        booted.append(c)
+        return c
+
+    try:
+        yield boot
+    finally:
+        for c in booted:
+            c.stop()
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     yield from _redis()
@@ -58,12 +84,7 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_with_password() -> Iterator[RedisServer]:
     """A private Redis that requires a password (random, so finding it anywhere is a real leak)."""
-    require_bench()
-    r = RedisServer(password=f"pw-{uuid.uuid4().hex}")
-    try:
-        yield r
-    finally:
-        r.stop()
+    yield from _redis(password=f"pw-{uuid.uuid4().hex}")
 
 
 #: Test files that each keep the machine busy for a minute or more (hundreds of units, real Dramatiq

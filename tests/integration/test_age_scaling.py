@@ -7,16 +7,10 @@ import json
 import time
 
 from dqagent.catalog import BY_EVENT
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    DQAGENT,
-    QUEUE,
-    dqagent,
-    journal,
-    running_workers,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import DQAGENT, QUEUE, dqagent, journal, running_workers, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 from tests.integration.test_reliability import enqueue, install_real, outstanding, ready
 
 CATALOG = "/usr/local/lib/systemd/catalog/dqagent.catalog"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
+from testbed.agent import (
     dqagent,
     install,
     journal,
@@ -11,9 +10,11 @@ from tests.integration.agentbench import (
     running_workers,
     set_backlog,
     settings_text,
-    wait_until,
     worker_names,
 )
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 
 def test_scales_up_one_per_check_to_max_then_down_to_min(fresh_container: Container,

@@ -6,7 +6,8 @@ import os
 import uuid
 from pathlib import Path
 
-from tests.bench import Container, RedisServer, require_bench
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
 
 
 def _alive(pid: int) -> bool:

@@ -8,7 +8,9 @@ import json
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from tests.bench import Container, RedisServer, wait_until
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 UNIT = """[Unit]
 Description=dqagent bench smoke %i

@@ -3,17 +3,10 @@
 
 from __future__ import annotations
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    DQAGENT,
-    dqagent,
-    install,
-    journal,
-    running_workers,
-    settings_text,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import DQAGENT, dqagent, install, journal, running_workers, settings_text, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 
 def _check(c: Container) -> tuple[int, list[str]]:

@@ -10,37 +10,23 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import (
-    QUEUE,
-    install,
-    main_pids,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import QUEUE, install, main_pids, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 WORKER_DROPIN = "/etc/systemd/system/dramatiq-worker@.service.d/50-citizen-test.conf"
 AGENT_DROPIN = "/etc/systemd/system/dqagent.service.d/50-citizen-test.conf"
 
 
 @pytest.fixture(scope="module")
-def host() -> Iterator[tuple[Container, RedisServer]]:
+def host(module_container: Container, redis: RedisServer) -> tuple[Container, RedisServer]:
     """One systemd and one Redis for the module; each test resets them with `fresh_agent`."""
-    require_bench()
-    c = Container()
-    redis = RedisServer()
-    try:
-        yield c, redis
-    finally:
-        redis.stop()
-        c.stop()
+    return module_container, redis
 
 
 class Journal:
@@ -98,9 +84,12 @@ def hold_four(c: Container, redis: RedisServer) -> dict[str, str]:
     set_backlog(redis, 16)  # > 3 x 5: one more per check up to 4
     wait_until("4 workers", lambda: running_workers(c) == worker_names(4), timeout=60)
     # 16 -> 12 in one HDEL: set_backlog's DEL would show the agent an empty queue for a moment
+    log = Journal(c)
     redis.cli("HDEL", f"dramatiq:{QUEUE}.msgs", *(f"m{i}" for i in range(12, 16)))
     redis.cli("LTRIM", f"dramatiq:{QUEUE}", "0", "11")
-    time.sleep(1.5)  # a check on the new backlog
+    wait_until("a check on the new backlog", lambda: any(e["QUEUE_LENGTH"] == "12" for e in log.events("decision")),
+               timeout=10)
+    assert {e["TARGET"] for e in log.events("decision")} == {"4"}
     assert running_workers(c) == worker_names(4)
     return main_pids(c, worker_names(4))
 
@@ -140,7 +129,9 @@ def test_a_crash_during_restart_sec_stops_no_other_worker(host: tuple[Container,
     # Then it comes back, and no other worker was stopped or replaced
     wait_until("@2 restarted", lambda: running_workers(c) == worker_names(4)
                and c.unit_property("dramatiq-worker@2.service", "MainPID") != before["dramatiq-worker@2.service"])
-    time.sleep(2)  # two more checks with 4 workers
+    checks = Journal(c)
+    wait_until("two more checks", lambda: len(checks.events("decision")) >= 2, timeout=10)
+    assert {e["TARGET"] for e in checks.events("decision")} == {"4"}
     after = main_pids(c, worker_names(4))
     assert {u: p for u, p in after.items() if u != "dramatiq-worker@2.service"} == \
         {u: p for u, p in before.items() if u != "dramatiq-worker@2.service"}

@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import dramatiq
@@ -27,10 +26,10 @@ from dramatiq.brokers.redis import RedisBroker
 from dqagent.config import QueueMetric, Settings, parse_settings
 from dqagent.demand import HEARTBEAT_TIMEOUT_MS, Demand, RedisDemandProbe
 from dqagent.errors import BrokerError
-from tests.bench import RedisServer, require_bench
+from testbed.agent import APP_DIR, REPO
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
-APP_DIR = Path(__file__).resolve().parents[1] / "app"
-REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -88,13 +87,6 @@ def age_heartbeat(redis_server: RedisServer, broker: RedisBroker, namespace: str
     redis_server.cli("ZADD", f"{namespace}:__heartbeats__", str(old), broker.broker_id)
 
 
-def wait_for(pred: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def test_ready_outstanding_delayed_dead(redis_server: RedisServer,
                                         brokers: Callable[[], RedisBroker]) -> None:
     producer = brokers()
@@ -135,11 +127,11 @@ def test_prefetch_by_a_real_worker_counts_in_outstanding_not_in_ready(
     settings = settings_for(redis_server.url)
     try:
         # When it has fetched its prefetch
-        wait_for(lambda: int(redis_server.cli("LLEN", "dramatiq:qa")) == 8)
+        wait_until("the prefetch fetched", lambda: int(redis_server.cli("LLEN", "dramatiq:qa")) == 8, 10, 0.02)
         d = fetch(settings)
     finally:
         release.set()
-        wait_for(lambda: fetch(settings).outstanding == 0)
+        wait_until("queue qa drained", lambda: fetch(settings).outstanding == 0, 10, 0.02)
         worker.stop()
     # Then LLEN undercounts by what the worker holds, and outstanding does not
     assert (d.ready, d.outstanding, d.in_flight, d.orphaned) == (8, 10, 2, 0)
@@ -238,16 +230,6 @@ def test_redis_down_is_a_broker_error_at_once(redis_server: RedisServer) -> None
         recover(settings)
 
 
-@pytest.fixture
-def redis_with_password() -> Iterator[RedisServer]:
-    require_bench()
-    r = RedisServer(password="s3cret-Pw")
-    try:
-        yield r
-    finally:
-        r.stop()
-
-
 def test_wrong_password_is_a_broker_error_without_the_password(redis_with_password: RedisServer) -> None:
     port = redis_with_password.port
     for settings in (
@@ -261,7 +243,7 @@ def test_wrong_password_is_a_broker_error_without_the_password(redis_with_passwo
             with pytest.raises(BrokerError) as err:
                 call(settings)
             text = str(err.value)
-            assert "wr0ng" not in text and "s3cret" not in text
+            assert "wr0ng" not in text and redis_with_password.password not in text
             assert "\n" not in text
     with pytest.raises(BrokerError, match="authentication refused"):
         fetch(settings_for(f"redis://:wr0ng-Pw@127.0.0.1:{port}/0"))
@@ -271,7 +253,7 @@ def test_right_password_in_url_or_settings(redis_with_password: RedisServer) -> 
     port = redis_with_password.port
     assert fetch(settings_for(redis_with_password.url)).outstanding == 0
     assert fetch(parse_settings({"REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(port),
-                                 "REDIS_PASSWORD": "s3cret-Pw"})).outstanding == 0
+                                 "REDIS_PASSWORD": redis_with_password.password})).outstanding == 0
 
 
 @pytest.fixture
@@ -310,11 +292,12 @@ def test_dqtestapp_runs_under_the_dramatiq_cli(redis_server: RedisServer) -> Non
         ids = set(json.loads(out))
         assert len(ids) == 20
         # Then every id is done, once, and the broker is empty again
-        wait_for(lambda: int(redis_server.cli("SCARD", "dqtest:done")) == 20, timeout_s=30)
+        wait_until("20 done", lambda: int(redis_server.cli("SCARD", "dqtest:done")) == 20, 30, 0.02)
         assert set(redis_server.cli("SMEMBERS", "dqtest:done").split()) == ids
         counts = redis_server.cli("HVALS", "dqtest:count").split()
         assert counts == ["1"] * 20
-        wait_for(lambda: fetch(settings_for(redis_server.url, "dqtest")).outstanding == 0)
+        wait_until("queue dqtest drained", lambda: fetch(settings_for(redis_server.url, "dqtest")).outstanding == 0,
+                   10, 0.02)
         assert proc.poll() is None, "the dramatiq CLI exited early"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -335,7 +318,7 @@ def test_one_probe_fails_while_redis_is_down_and_recovers_when_it_is_back(
         redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     port = redis_server.port
     settings = settings_for(redis_server.url)
-    monkeypatch.setattr("tests.bench.free_port", lambda: port)  # the next server takes the same port
+    monkeypatch.setattr("testbed.redis.free_port", lambda: port)  # the next server takes the same port
 
     async def scenario() -> None:
         probe = RedisDemandProbe(settings)

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import time
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    install,
-    journal,
-    main_pids,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import install, journal, main_pids, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 
 def test_redis_down_mid_run_keeps_workers_logs_once_and_recovers(fresh_container: Container,

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,8 +21,10 @@ import pytest
 from dqagent.config import parse_settings
 from dqagent.fleet import Member
 from dqagent.fleetstore import RedisFleetStore
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import dqagent, install, journal, running_workers, set_backlog, settings_text
+from testbed.agent import dqagent, install, journal, running_workers, set_backlog, settings_text
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 ENV = "/etc/dqagent/dqagent.env"
 HOSTS = ("host-a", "host-b", "host-c")
@@ -44,25 +46,20 @@ def configure(c: Container, redis: RedisServer, host: str, **overrides: Any) -> 
 
 
 @pytest.fixture(scope="module")
-def fleet(redis: RedisServer) -> Iterator[dict[str, Container]]:
+def fleet(redis: RedisServer, boot_container: Callable[[], Container]) -> dict[str, Container]:
     """Three hosts, booted and installed concurrently, each running dqagent in FLEET=bench."""
-    require_bench()
     set_backlog(redis, 0)
     hosts: dict[str, Container] = {}
 
     def boot(host: str) -> None:
-        c = Container()
+        c = boot_container()
         hosts[host] = c
         install(c, redis, **fleet_settings(redis, host))
 
-    try:
-        with ThreadPoolExecutor(len(HOSTS)) as pool:
-            for f in [pool.submit(boot, h) for h in HOSTS]:
-                f.result()
-        yield {h: hosts[h] for h in HOSTS}
-    finally:
-        for c in hosts.values():
-            c.stop()
+    with ThreadPoolExecutor(len(HOSTS)) as pool:
+        for f in [pool.submit(boot, h) for h in HOSTS]:
+            f.result()
+    return {h: hosts[h] for h in HOSTS}
 
 
 def counts(hosts: dict[str, Container]) -> dict[str, int]:
@@ -85,6 +82,16 @@ def watch(hosts: dict[str, Container], what: str, done: Any,
         if elapsed > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last {now}\n" + last_lines(hosts))
         time.sleep(0.2)
+
+
+def after_polls(hosts: dict[str, Container], n: int) -> None:
+    """Returns once every host's agent has logged `n` more decisions (one per poll that read Redis)."""
+    def decisions(c: Container) -> int:
+        return len(journal(c, "dqagent", "DQAGENT_EVENT=decision"))
+
+    base = {h: decisions(c) for h, c in hosts.items()}
+    wait_until(f"{n} more polls on {', '.join(hosts)}",
+               lambda: all(decisions(c) >= base[h] + n for h, c in hosts.items()), timeout=10 * n * POLL_S)
 
 
 def last_lines(hosts: dict[str, Container], n: int = 4) -> str:
@@ -149,7 +156,7 @@ def test_a_burst_gets_g_workers_across_the_fleet_not_three_times_g(fleet: dict[s
           f"peak total {peak}")
     assert slowest_s <= 2 * POLL_S + 0.5, slowest_s
     assert peak == G
-    time.sleep(3 * POLL_S)
+    after_polls(fleet, 3)
     assert sum(counts(fleet).values()) == G
     a = fleet["host-a"]
     line = [e for e in journal(a, "dqagent", "DQAGENT_EVENT=decision") if "FLEET_TARGET" in e][-1]
@@ -196,7 +203,7 @@ def test_a_host_cut_from_redis_holds_its_workers_and_the_others_take_its_share(
     # Then b keeps its 2 workers (never scales up, never down) and is no longer counted
     assert len(running_workers(b)) == 2
     assert set(members(redis)) == {"host-a", "host-c"}
-    time.sleep(2 * POLL_S)
+    after_polls(others, 2)
     assert len(running_workers(b)) == 2 and sum(counts(others).values()) == G
     # When b reaches Redis again, the fleet goes back to 2 + 2 + 2 without a scale-down wave
     configure(b, redis, "host-b")

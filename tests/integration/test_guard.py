@@ -8,23 +8,15 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import (
-    DQAGENT,
-    dqagent,
-    install,
-    journal,
-    running_workers,
-    set_backlog,
-    settings_text,
-    wait_until,
-)
+from testbed.agent import DQAGENT, dqagent, install, journal, running_workers, set_backlog, settings_text
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 SLICE = "system-dramatiq\\x2dworker.slice"
 WORKER_DROPIN = "/etc/systemd/system/dramatiq-worker@.service.d/50-dqagent-limits.conf"
@@ -158,19 +150,13 @@ def test_a_worker_past_worker_memory_max_is_reported_as_oom_killed(
 
 
 @pytest.fixture(scope="module")
-def guarded() -> Iterator[tuple[Container, RedisServer]]:
+def guarded(module_container: Container, redis: RedisServer) -> tuple[Container, RedisServer]:
     """One container for the guard's behaviour tests: dqagent installed, GUARD on, reading TESTPROC."""
-    require_bench()
-    redis = RedisServer()
-    c = Container()
-    try:
-        write_proc(c)
-        install(c, redis, **GUARDED)  # type: ignore[arg-type]
-        wait_until("1 worker", lambda: len(running_workers(c)) == 1)
-        yield c, redis
-    finally:
-        c.stop()
-        redis.stop()
+    c = module_container
+    write_proc(c)
+    install(c, redis, **GUARDED)  # type: ignore[arg-type]
+    wait_until("1 worker", lambda: len(running_workers(c)) == 1)
+    return c, redis
 
 
 def reconfigure(c: Container, redis: RedisServer, restart: bool = False, **overrides: Any) -> int:

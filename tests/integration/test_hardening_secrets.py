@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    DQAGENT,
-    dqagent,
-    exposure,
-    install,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import DQAGENT, dqagent, exposure, install, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 
 def test_agent_unit_exposure_is_at_most_2(fresh_container: Container, redis_server: RedisServer) -> None:

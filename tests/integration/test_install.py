@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import stat
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    DQAGENT,
-    install,
-    journal,
-    make_reachable,
-    running_workers,
-    settings_text,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import DQAGENT, install, journal, make_reachable, running_workers, settings_text, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 ADDED = ["/etc/systemd/system/dqagent.service", "/etc/systemd/system/dramatiq-worker@.service",
          "/usr/local/lib/systemd/catalog/dqagent.catalog",

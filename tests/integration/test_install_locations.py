@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
+from testbed.agent import (
     DQAGENT,
     exposure,
     install,
@@ -13,9 +12,11 @@ from tests.integration.agentbench import (
     make_venv,
     running_workers,
     settings_text,
-    wait_until,
     worker_names,
 )
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 #: Today's figures (systemd-analyze security, live, in the bench) before this change: the rendered
 #: variants must not be worse.

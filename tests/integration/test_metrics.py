@@ -15,7 +15,6 @@ import stat
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -23,17 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent import __version__
 from dqagent.metrics_http import REQUEST_DEADLINE_S
-from tests.bench import Container, RedisServer, free_port, require_bench
-from tests.integration.agentbench import (
-    QUEUE,
-    dqagent,
-    exposure,
-    install,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import QUEUE, dqagent, exposure, install, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer, free_port
+from testbed.wait import wait_until
 
 TEXTFILE_DIR = "/var/lib/dqagent-metrics"
 TEXTFILE = f"{TEXTFILE_DIR}/dqagent.prom"
@@ -79,24 +71,17 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture(scope="module")
-def metered() -> Iterator[Metered]:
-    require_bench()
-    c = Container()
-    redis = RedisServer()
-    try:
-        port = free_port()
-        # Given: the agent installed with metrics on, a 3 s watchdog (pinged every 1.5 s), the
-        # textfile's directory created after install (user dqagent exists then) and writable by it.
-        install(c, redis, now=False, watchdog_s=3, MIN_PROCESSES=1, MAX_PROCESSES=MAX,
-                METRICS_ADDRESS=f"127.0.0.1:{port}", METRICS_TEXTFILE=TEXTFILE)
-        c.run(["install", "-d", "-o", "root", "-g", "dqagent", "-m", "0775", TEXTFILE_DIR])
-        c.systemctl("start", "dqagent")
-        m = Metered(c, redis, f"http://127.0.0.1:{port}/metrics")
-        wait_until("first snapshot", lambda: value(m.scrape(), "dqagent_redis_up") == 1, timeout=30)
-        yield m
-    finally:
-        redis.stop()
-        c.stop()
+def metered(module_container: Container, redis: RedisServer) -> Metered:
+    c, port = module_container, free_port()
+    # Given: the agent installed with metrics on, a 3 s watchdog (pinged every 1.5 s), the
+    # textfile's directory created after install (user dqagent exists then) and writable by it.
+    install(c, redis, now=False, watchdog_s=3, MIN_PROCESSES=1, MAX_PROCESSES=MAX,
+            METRICS_ADDRESS=f"127.0.0.1:{port}", METRICS_TEXTFILE=TEXTFILE)
+    c.run(["install", "-d", "-o", "root", "-g", "dqagent", "-m", "0775", TEXTFILE_DIR])
+    c.systemctl("start", "dqagent")
+    m = Metered(c, redis, f"http://127.0.0.1:{port}/metrics")
+    wait_until("first snapshot", lambda: value(m.scrape(), "dqagent_redis_up") == 1, timeout=30)
+    return m
 
 
 def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -> None:
@@ -221,6 +206,8 @@ class SlowClients:
     def __init__(self, port: int, n: int, addresses: int) -> None:
         self.port, self.n, self.addresses = port, n, addresses
         self.held_s: list[float] = []
+        #: Set once all `n` are connected and have sent the start of their request.
+        self.connected = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -233,6 +220,7 @@ class SlowClients:
 
     def _run(self) -> None:
         conns = [self._open(i) for i in range(self.n)]
+        self.connected.set()
         try:
             while not self.stop.wait(0.5):
                 for i, (s, opened) in enumerate(conns):
@@ -272,7 +260,7 @@ def test_two_hundred_slow_clients_delay_no_scale_up_nor_watchdog_nor_a_scrape(me
     # the backlog calls for MAX workers, and a scrape comes every 0.5 s
     with SlowClients(port, 200, addresses=4) as slow:
         began = time.monotonic()
-        time.sleep(1)  # all 200 connected and held
+        wait_until("all 200 connected", slow.connected.is_set, timeout=10)
         loaded = m.scale_up_s()
         while time.monotonic() - began < REQUEST_DEADLINE_S + 3 or len(scrape_s) < 10:
             t0 = time.monotonic()

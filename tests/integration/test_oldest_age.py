@@ -15,8 +15,9 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.encoder import PickleEncoder
 from dramatiq.message import Message
 
-from tests.bench import RedisServer
-from tests.integration.test_demand import brokers, fetch, settings_for, wait_for
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
+from tests.integration.test_demand import brokers, fetch, settings_for
 
 __all__ = ["brokers"]  # the fixture, re-used
 
@@ -85,8 +86,8 @@ def test_a_retried_message_keeps_its_first_timestamp(redis_server: RedisServer,
     worker.start()
     try:
         # When the retry is back in the list (due, moved by the worker's delay consumer)
-        wait_for(lambda: bool(failed) and int(redis_server.cli("LLEN", "dramatiq:qa")) == 1
-                 and int(redis_server.cli("HLEN", "dramatiq:qa.DQ.msgs")) == 0)
+        wait_until("the retry back in the list", lambda: bool(failed) and int(redis_server.cli("LLEN", "dramatiq:qa"))
+                   == 1 and int(redis_server.cli("HLEN", "dramatiq:qa.DQ.msgs")) == 0, 10, 0.02)
         age_s = fetch(settings_for(redis_server.url)).oldest_age_s
     finally:
         release.set()

@@ -7,8 +7,10 @@ import re
 
 import pytest
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import dqagent, install, running_workers, wait_until, worker_names
+from testbed.agent import dqagent, install, running_workers, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 REFUSED = ("Access denied", "Interactive authentication required")
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 import subprocess
 import time
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    install,
-    journal,
-    main_pids,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import install, journal, main_pids, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 REDIS_TIMEOUT_S = 5
 CHECK_INTERVAL_S = 1

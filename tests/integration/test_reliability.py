@@ -1,25 +1,24 @@
-"""No message lost: real Dramatiq workers (tests/app/dqtestapp.py) under the agent, in real systemd."""
+"""No message lost: real Dramatiq workers (testbed/app/dqtestapp.py) under the agent, in real systemd."""
 
 from __future__ import annotations
 
 import time
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
+from testbed.agent import (
+    APP_DIR,
     PYTHON,
     QUEUE,
-    REPO,
     dqagent,
     install,
     journal,
     running_workers,
     settings_text,
     sigkill_worker,
-    wait_until,
     worker_names,
 )
-
-APP_DIR = REPO / "tests" / "app"
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 
 def dramatiq_command(threads: int = 4) -> str:
@@ -43,12 +42,23 @@ def enqueue(c: Container, redis: RedisServer, n: int, ms: int) -> list[str]:
     return out.split()
 
 
+def dramatiq_ready(c: Container, unit: str = "dramatiq-worker@1.service") -> bool:
+    """Whether the unit's Dramatiq worker process consumes: Dramatiq logs this line once its worker started
+    (the consumer threads run), in the unit's journal. The broker's heartbeats cannot tell: producers
+    write them too."""
+    return any("Worker process is ready for action." in str(r.get("MESSAGE", "")) for r in journal(c, unit))
+
+
 def outstanding(redis: RedisServer) -> int:
     return int(redis.cli("HLEN", f"dramatiq:{QUEUE}.msgs"))
 
 
 def ready(redis: RedisServer) -> int:
     return int(redis.cli("LLEN", f"dramatiq:{QUEUE}"))
+
+
+def tasks_started(redis: RedisServer) -> set[str]:
+    return set(redis.cli("SMEMBERS", "dqtest:started").split())
 
 
 def done(redis: RedisServer) -> set[str]:
@@ -67,10 +77,10 @@ def test_graceful_stop_finishes_running_tasks_and_returns_prefetched(fresh_conta
     install_real(c, redis_server, now=False, threads=2, MIN_PROCESSES=0, MAX_PROCESSES=2,
                  GRACEFUL_SHUTDOWN_TIMEOUT=15)
     dqagent(c, "scale-up", "--processes", "1")
-    time.sleep(2)  # let Dramatiq boot and connect
+    wait_until("Dramatiq's worker ready", lambda: dramatiq_ready(c))
     ids = enqueue(c, redis_server, 4, 4000)
     wait_until("all 4 fetched by the worker", lambda: ready(redis_server) == 0 and outstanding(redis_server) == 4)
-    time.sleep(0.5)
+    wait_until("2 tasks running", lambda: len(tasks_started(redis_server)) == 2)
 
     # When the agent's scale-down stops it (SIGTERM to Dramatiq's main process only: KillMode=mixed)
     started = time.monotonic()
@@ -94,7 +104,7 @@ def test_messages_of_a_sigkilled_worker_come_back_with_no_consumer_left(fresh_co
     # Given a real worker that is SIGKILLed past GRACEFUL_SHUTDOWN_TIMEOUT with tasks running
     install_real(c, redis_server, threads=2, MIN_PROCESSES=1, MAX_PROCESSES=1, GRACEFUL_SHUTDOWN_TIMEOUT=1)
     wait_until("worker", lambda: running_workers(c) == worker_names(1))
-    time.sleep(2)
+    wait_until("Dramatiq's worker ready", lambda: dramatiq_ready(c))
     ids = enqueue(c, redis_server, 3, 120_000)
     wait_until("all fetched", lambda: ready(redis_server) == 0 and outstanding(redis_server) == 3)
     # From now on new workers cannot consume (models a pool with no consumer for this queue)
@@ -119,7 +129,7 @@ def test_burst_of_2000_with_scaling_and_a_killed_worker_loses_nothing(fresh_cont
     install_real(c, redis_server, threads=4, MIN_PROCESSES=1, MAX_PROCESSES=4, CHECK_INTERVAL=1,
                  PROCESS_STARTUP_DELAY=1, GRACEFUL_SHUTDOWN_TIMEOUT=20)
     wait_until("worker", lambda: running_workers(c) == worker_names(1))
-    time.sleep(2)
+    wait_until("Dramatiq's worker ready", lambda: dramatiq_ready(c))
     started = time.monotonic()
     ids = enqueue(c, redis_server, 2000, 60)
     wait_until("scaled to 4", lambda: len(running_workers(c)) == 4, timeout=60)
@@ -149,7 +159,7 @@ def test_target_policy_scales_a_real_burst_up_within_seconds(fresh_container: Co
                  SCALE_DOWN_WINDOW=5, MIN_PROCESSES=1, MAX_PROCESSES=5, CHECK_INTERVAL=60,
                  DEMAND_POLL_INTERVAL=1, PROCESS_STARTUP_DELAY=1)
     wait_until("worker", lambda: running_workers(c) == worker_names(1))
-    time.sleep(2)
+    wait_until("Dramatiq's worker ready", lambda: dramatiq_ready(c))
     started = time.monotonic()
     ids = enqueue(c, redis_server, 400, 100)
     wait_until("5 workers", lambda: running_workers(c) == worker_names(5), timeout=20, interval=0.2)

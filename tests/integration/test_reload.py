@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bench import Container, RedisServer, require_bench
-from tests.integration.agentbench import (
+from testbed.agent import (
     DQAGENT,
     QUEUE,
     exposure,
@@ -25,25 +23,23 @@ from tests.integration.agentbench import (
     running_workers,
     set_backlog,
     settings_text,
-    wait_until,
     worker_names,
 )
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 ENV = "/etc/dqagent/dqagent.env"
 
 
 @pytest.fixture(scope="module")
-def agent(redis: RedisServer) -> Iterator[Container]:
+def agent(module_container: Container, redis: RedisServer) -> Container:
     """dqagent installed and running (MIN 1, MAX 4, CHECK_INTERVAL 1, `/bin/sleep infinity` workers)."""
-    require_bench()
-    c = Container()
-    try:
-        set_backlog(redis, 0)
-        install(c, redis, MIN_PROCESSES=1, MAX_PROCESSES=4)
-        wait_until("one worker", lambda: running_workers(c) == worker_names(1))
-        yield c
-    finally:
-        c.stop()
+    c = module_container
+    set_backlog(redis, 0)
+    install(c, redis, MIN_PROCESSES=1, MAX_PROCESSES=4)
+    wait_until("one worker", lambda: running_workers(c) == worker_names(1))
+    return c
 
 
 def configure(c: Container, redis: RedisServer, **overrides: Any) -> None:

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench import require_bench
-from tests.integration.agentbench import REPO
+from testbed.agent import REPO
+from testbed.nspawn import require_bench
 
 sys.path.insert(0, str(REPO / "dev"))
 import replay  # dev/replay.py (dev/ is not a package)

@@ -6,18 +6,10 @@ import json
 import time
 from datetime import datetime
 
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    DQAGENT,
-    VENV_BIN,
-    dqagent,
-    install,
-    running_workers,
-    set_backlog,
-    settings_text,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import DQAGENT, VENV_BIN, dqagent, install, running_workers, set_backlog, settings_text, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 OLD_KEYS = {"queue_length", "current_processes", "min_processes", "max_processes", "scale_up_threshold",
             "scale_down_threshold", "monitoring_active", "process_list"}

@@ -13,17 +13,10 @@ import pytest
 
 from dqagent.errors import SystemdTimeoutError
 from dqagent.systemd import SystemdBus, SystemdClient, UnitState, worker_unit
-from tests.bench import Container, RedisServer
-from tests.integration.agentbench import (
-    DQAGENT,
-    install,
-    journal,
-    main_pids,
-    running_workers,
-    set_backlog,
-    wait_until,
-    worker_names,
-)
+from testbed.agent import DQAGENT, install, journal, main_pids, running_workers, set_backlog, worker_names
+from testbed.nspawn import Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 #: A worker template of the shared bench (dqagent is not installed there): the start job lasts ~2 s.
 SLOW_START_UNIT = """[Unit]

@@ -11,14 +11,15 @@ import json
 import statistics
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis as redis_py
 
-from tests.bench import Container, RedisServer, free_port, require_bench
-from tests.integration.agentbench import QUEUE, dqagent, install, journal, running_workers, set_backlog, wait_until
+from testbed.agent import QUEUE, dqagent, install, journal, running_workers, set_backlog
+from testbed.nspawn import Container
+from testbed.redis import RedisServer, free_port
+from testbed.wait import wait_until
 
 POLL_S = 0.5
 FLEET_KEY = "dramatiq:__dqagent_fleet__:bench"
@@ -26,20 +27,15 @@ ROGUE_HEARTBEAT = b"\xff\xfeq"
 
 
 @pytest.fixture(scope="module")
-def agent(redis: RedisServer) -> Iterator[tuple[Container, str]]:
+def agent(module_container: Container, redis: RedisServer) -> tuple[Container, str]:
     """dqagent in FLEET=bench (alone in it), the target policy polling every 0.5 s, WatchdogSec=3; and the
     URL of its /metrics."""
-    require_bench()
-    c = Container()
-    port = free_port()
-    try:
-        set_backlog(redis, 0)
-        install(c, redis, watchdog_s=3, SCALING_POLICY="target", TARGET_PER_WORKER=10, CHECK_INTERVAL=POLL_S,
-                DEMAND_POLL_INTERVAL=POLL_S, REDIS_TIMEOUT=1, MIN_PROCESSES=1, MAX_PROCESSES=4,
-                FLEET="bench", FLEET_HOST_ID="host-a", METRICS_ADDRESS=f"127.0.0.1:{port}")
-        yield c, f"http://127.0.0.1:{port}/metrics"
-    finally:
-        c.stop()
+    c, port = module_container, free_port()
+    set_backlog(redis, 0)
+    install(c, redis, watchdog_s=3, SCALING_POLICY="target", TARGET_PER_WORKER=10, CHECK_INTERVAL=POLL_S,
+            DEMAND_POLL_INTERVAL=POLL_S, REDIS_TIMEOUT=1, MIN_PROCESSES=1, MAX_PROCESSES=4,
+            FLEET="bench", FLEET_HOST_ID="host-a", METRICS_ADDRESS=f"127.0.0.1:{port}")
+    return c, f"http://127.0.0.1:{port}/metrics"
 
 
 def scrape(url: str, name: str) -> dict[str, float]:
@@ -88,7 +84,10 @@ def test_a_rogue_client_writing_bad_heartbeats_and_fleet_records_changes_nothing
         for host, value in records.items():
             client.set(f"{FLEET_KEY}:host:{host}", value)
         client.sadd(FLEET_KEY, *records)
-        time.sleep(8 * POLL_S)  # many polls over the bad data
+        # Many polls over the bad data: 9 more decisions (each poll logs one; the first may have read before)
+        polls = len(journal(c, "dqagent", "DQAGENT_EVENT=decision"))
+        wait_until("8 polls over the bad data",
+                   lambda: len(journal(c, "dqagent", "DQAGENT_EVENT=decision")) >= polls + 9, timeout=30)
 
         # Then the agent keeps its PID (no restart) and keeps deciding within [MIN, MAX] on real demand
         assert restarts(c) == before

@@ -1,18 +1,20 @@
-"""An in-memory stand-in for systemd, for unit tests of the loop only (the broker's is `FakeDemandProbe`).
+"""In-memory stand-ins for systemd (`FakeUnits`), the broker (`FakeDemandProbe`) and sd_notify
+(`RecordingNotifier`), for unit tests of the loop only.
 
-It models the states the agent meets on a real host (systemd 252), not only running/failed:
+`FakeUnits` models the states the agent meets on a real host (systemd 252), not only running/failed:
 activating (incl. auto-restart after a crash), deactivating while a stop drains, failed (incl.
 start-limit-hit, and Result=timeout after a TimeoutStopSec SIGKILL), pending jobs (the agent's and
-an operator's), and starts that fail. The real implementation has its own integration tests.
+an operator's), and starts that fail. The real implementations have their own integration tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from dqagent.errors import systemd_error
+from dqagent.demand import Demand, QueueDemand
+from dqagent.errors import BrokerError, systemd_error
 from dqagent.units import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
 
 
@@ -158,3 +160,70 @@ class FakeUnits:
 
     async def wait_disconnected(self) -> None:
         await asyncio.Event().wait()
+
+
+class FakeDemandProbe:
+    """An in-memory `DemandProbe` for tests of the agent loop.
+
+    Set `demand` to what the next `fetch_demand()` returns and `error` to a `BrokerError` that every
+    call raises until it is cleared. `recover_orphans()` models Dramatiq's maintenance: each queue's
+    orphans become ready (outstanding is unchanged, as orphans are in it already).
+    """
+
+    def __init__(self, demand: Demand | None = None) -> None:
+        self.demand = demand if demand is not None else Demand(())
+        self.error: BrokerError | None = None
+        self.fetch_calls = 0
+        self.recover_calls = 0
+        self.closed = False
+
+    def set_queue(self, queue: str, *, ready: int = 0, outstanding: int | None = None, delayed: int = 0,
+                  dead: int = 0, orphaned: int = 0, oldest_age_s: float | None = None) -> None:
+        """Replace (or add) one queue's figures; `outstanding` defaults to `ready` (nothing in flight)."""
+        q = QueueDemand(queue=queue, ready=ready, outstanding=ready if outstanding is None else outstanding,
+                        delayed=delayed, dead=dead, orphaned=orphaned, oldest_age_s=oldest_age_s)
+        others = tuple(x for x in self.demand.queues if x.queue != queue)
+        self.demand = Demand((*others, q))
+
+    async def fetch_demand(self) -> Demand:
+        self.fetch_calls += 1
+        if self.error is not None:
+            raise self.error
+        return self.demand
+
+    async def recover_orphans(self) -> int:
+        self.recover_calls += 1
+        if self.error is not None:
+            raise self.error
+        recovered = self.demand.orphaned
+        self.demand = Demand(tuple(replace(q, ready=q.ready + q.orphaned, orphaned=0)
+                                   for q in self.demand.queues))
+        return recovered
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class RecordingNotifier:
+    """In-memory notifier for tests of the loop."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self) -> None:
+        self.sent.append("READY=1")
+
+    def reloading(self) -> None:
+        self.sent.append("RELOADING=1")
+
+    def status(self, line: str) -> None:
+        self.sent.append(f"STATUS={line}")
+
+    def watchdog(self) -> None:
+        self.sent.append("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.sent.append("STOPPING=1")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self.sent.append(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")

@@ -15,12 +15,10 @@ import pytest
 
 from dqagent.agent import Agent, scale_by
 from dqagent.config import parse_settings
-from dqagent.demand import FakeDemandProbe
 from dqagent.errors import BrokerError, SystemdTimeoutError
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
 from dqagent.units import ActiveState, UnitState
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bench import checkout_problem
+from testbed.nspawn import checkout_problem
 
 
 def test_a_checkout_under_tmp_is_named_as_the_problem(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ import pytest
 from dqagent import check, reload, sources
 from dqagent.config import Settings, parse_settings
 from dqagent.declarations import SETTINGS, OnReload, Setting, markdown_table, plain, unknown_key_message
-from dqagent.demand import FakeDemandProbe
 from dqagent.layout import env_template
 from dqagent.reload import Reloader
+from tests.unit.fakes import FakeDemandProbe
 
 ROOT = Path(__file__).parents[2]
 #: Valid with every alternative below taken alone (MAX_QUEUE_AGE needs the target policy).

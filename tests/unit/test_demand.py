@@ -14,12 +14,12 @@ from dqagent.demand import (
     HEARTBEAT_TIMEOUT_MS,
     Demand,
     DemandProbe,
-    FakeDemandProbe,
     QueueDemand,
     RedisDemandProbe,
     describe_failure,
 )
 from dqagent.errors import BrokerError
+from tests.unit.fakes import FakeDemandProbe
 
 counts = st.integers(min_value=0, max_value=10**6)
 queue_demands = st.builds(QueueDemand, queue=st.sampled_from(["a", "b", "c"]), ready=counts,

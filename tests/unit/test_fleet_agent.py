@@ -15,13 +15,12 @@ import pytest
 
 from dqagent.agent import Agent
 from dqagent.config import Settings, parse_settings
-from dqagent.demand import FakeDemandProbe
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, host_id, record_ttl_ms
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import TargetPolicy
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.logged import events
 
 BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "SCALING_POLICY": "target", "TARGET_PER_WORKER": "10",
@@ -110,7 +109,7 @@ def test_three_agents_run_the_fleets_total_not_three_times_it(caplog: pytest.Log
         calls = [len(a.units.calls) for a in agents]  # type: ignore[attr-defined]
         await rounds(agents, store, clock, 3)
         assert [len(a.units.calls) for a in agents] == calls  # type: ignore[attr-defined]
-        line = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "decision"][-1]
+        line = events(caplog, "decision")[-1]
         assert (line.FLEET, line.FLEET_TARGET, line.SHARE) == ("f", 6, 2)  # type: ignore[attr-defined]
 
     asyncio.run(scenario())

@@ -26,11 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent.agent import Agent
 from dqagent.config import parse_metrics_address, parse_settings
-from dqagent.demand import FakeDemandProbe, QueueDemand
+from dqagent.demand import QueueDemand
 from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BrokerError, ConfigError
 from dqagent.metrics import METRIC_NAMES, Exporter, MetricsError, registry_for
 from dqagent.metrics_http import LISTEN_BACKLOG
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import StepPolicy
 from dqagent.snapshot import (
     Accumulator,
@@ -41,7 +40,8 @@ from dqagent.snapshot import (
     WorkerCounts,
     action_reason,
 )
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.logged import events
 
 DASHBOARD = Path(__file__).parents[2] / "docs" / "grafana-dashboard.json"
 
@@ -340,12 +340,12 @@ def test_textfile_failure_is_logged_once_until_it_works_again(tmp_path: Path,
     exporter = Exporter(lambda: snapshot(), "", str(missing))
     for _ in range(3):
         exporter.publish()
-    errors = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "metrics_textfile_error"]
+    errors = events(caplog, "metrics_textfile_error")
     assert len(errors) == 1 and str(missing) in errors[0].getMessage()
     missing.parent.mkdir()
     exporter.publish()
     assert missing.exists()
-    assert [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "metrics_textfile_ok"]
+    assert events(caplog, "metrics_textfile_ok")
 
 
 def test_agent_exits_with_the_exporters_status_when_it_cannot_listen(caplog: pytest.LogCaptureFixture) -> None:
@@ -357,7 +357,7 @@ def test_agent_exits_with_the_exporters_status_when_it_cannot_listen(caplog: pyt
         agent = Agent(s, units, FakeDemandProbe(), RecordingNotifier(), StepPolicy.from_settings(s))
         assert asyncio.run(agent.run()) == EXIT_UNAVAILABLE
     assert units.calls == []  # nothing started: the agent stopped before adopting
-    assert [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "metrics_error"]
+    assert events(caplog, "metrics_error")
 
 
 # -- the Grafana dashboard ---------------------------------------------------------------------------
@@ -419,14 +419,14 @@ def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_
         with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as r:
             assert b"dqagent_workers{state=\"running\"} 1.0" in r.read()
         t.write(METRICS_ADDRESS=f"127.0.0.1:{second}", METRICS_TEXTFILE=str(tmp_path / "x.prom"))
-        asyncio.run(t.agent._reload())
+        t.reload()
         with urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics", timeout=5) as r:
             assert b"dqagent_redis_up 1.0" in r.read()
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5)
         assert t.agent.s.metrics_textfile == ""  # its directory is in the unit: waits for dqagent install
         t.write(METRICS_ADDRESS="")
-        asyncio.run(t.agent._reload())
+        t.reload()
         with pytest.raises(OSError):
             urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics", timeout=5)
     finally:

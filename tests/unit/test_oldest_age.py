@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 
 from dqagent.agent import Agent
 from dqagent.config import MAX_QUEUE_AGE_LIMIT_S, parse_settings
-from dqagent.demand import Demand, FakeDemandProbe, QueueDemand, oldest_ages
+from dqagent.demand import Demand, QueueDemand, oldest_ages
 from dqagent.errors import ConfigError
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import Decision, Observation, TargetPolicy, TargetState, age_floor
 from dqagent.reporter import Reporter
 from dqagent.step import format_age
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.logged import events
 from tests.unit.test_target_policy import histories, policies
 
 ages = st.one_of(st.none(), st.floats(0, 10**6))
@@ -203,7 +203,7 @@ def test_the_decision_line_and_status_carry_the_age_and_the_policy_acts_on_it(
         await agent.jobs.wait()
 
     asyncio.run(scenario())
-    (decision,) = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "decision"]
+    (decision,) = events(caplog, "decision")
     assert decision.OLDEST_AGE_S == "41.3"  # type: ignore[attr-defined]
     assert decision.BREAKDOWN.endswith(",oldest_age_s=41.3;b:ready=0,in_flight=5,delayed=0,"  # type: ignore[attr-defined]
                                        "dead=0,orphaned=0,oldest_age_s=")

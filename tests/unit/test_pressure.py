@@ -11,13 +11,12 @@ import pytest
 
 from dqagent.agent import Agent
 from dqagent.config import Settings, parse_settings
-from dqagent.demand import FakeDemandProbe
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import Policy, StepPolicy, make_policy
 from dqagent.pressure import HostGuard, parse_meminfo, parse_psi, read_host
 from dqagent.step import Host
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.logged import events
 
 CPU = "some avg10={:.2f} avg60=1.00 avg300=0.50 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
 MEMORY = "some avg10={:.2f} avg60=0.00 avg300=0.00 total=1\nfull avg10={:.2f} avg60=0.00 avg300=0.00 total=1\n"
@@ -50,7 +49,7 @@ def test_a_missing_psi_file_disables_that_part_only(tmp_path: Path, caplog: pyte
     caplog.set_level(logging.WARNING)
     guard.warn_missing(s)
     guard.warn_missing(s)  # once, not per call
-    missing = [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == "guard_source_missing"]
+    missing = events(caplog, "guard_source_missing")
     assert [r.__dict__["RESOURCE"] for r in missing] == ["cpu"]
 
 
@@ -74,10 +73,6 @@ def test_without_measured_workers_the_per_worker_limit_is_the_size(tmp_path: Pat
     s = parse_settings({"GUARD_PROC_DIR": str(tmp_path), "WORKER_MEMORY_MAX": "10%"})
     assert read_host(s, []).headroom.worker_bytes == 102_400_000
     assert read_host(s, [5]).headroom.worker_bytes == 5
-
-
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == name]
 
 
 def test_cpu_pressure_holds_a_scale_up_logs_once_and_releases(tmp_path: Path,

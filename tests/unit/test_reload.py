@@ -20,13 +20,12 @@ from hypothesis import strategies as st
 from dqagent import reload, sources
 from dqagent.agent import Agent
 from dqagent.config import DEFAULTS, Settings, parse_settings, parse_worker_command
-from dqagent.demand import FakeDemandProbe
 from dqagent.errors import ConfigError
-from dqagent.notify import RecordingNotifier
 from dqagent.policies import make_policy
 from dqagent.reload import Answer, Reloader, ReloadError, plan_reload
 from dqagent.workercmd import worker_shape
-from tests.unit.fakes import FakeUnits
+from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.logged import events
 
 BASE = {"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "LOG_FILE": "", "DRAMATIQ_QUEUE_NAME": "q", "REDIS_PASSWORD_FILE": ""}
@@ -175,16 +174,20 @@ class Setup:
     def answer(self) -> Answer | None:
         return reload.read_answer(self.answers)
 
+    def reload(self) -> None:
+        """What SIGHUP (`systemctl reload dqagent`) makes the loop do between two ticks.
 
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == name]
+        The agent has no public entry point for it outside `run()`; this is the one place that calls
+        its private step, so the tests below do not each depend on its name.
+        """
+        asyncio.run(self.agent._reload())
 
 
 def test_reload_lowers_max_and_the_next_tick_scales_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     t = Setup(tmp_path, running=[1, 2, 3, 4], MAX_PROCESSES="5")
     t.write(MAX_PROCESSES="2")
-    asyncio.run(t.agent._reload())
+    t.reload()
     assert t.agent.s.max_processes == 2 and t.agent.policy.max_processes == 2  # type: ignore[attr-defined]
     assert t.notifier.sent == ["RELOADING=1", "READY=1"]
     assert t.agent.probe is t.first and not t.first.closed  # Redis unchanged: same connection
@@ -203,7 +206,7 @@ def test_invalid_file_keeps_the_old_settings_and_says_which_key(tmp_path: Path,
     t = Setup(tmp_path, running=[1, 2], MAX_PROCESSES="5")
     before = (t.agent.s, t.agent.policy, t.agent.probe)
     t.write(MAX_PROCESSES="lots", MIN_PROCESSES="0")
-    asyncio.run(t.agent._reload())
+    t.reload()
     assert (t.agent.s, t.agent.policy, t.agent.probe) == before and not t.first.closed
     assert t.notifier.sent == ["RELOADING=1", "READY=1"]  # READY also after a failed reload
     (failed,) = events(caplog, "reload_failed")
@@ -213,7 +216,7 @@ def test_invalid_file_keeps_the_old_settings_and_says_which_key(tmp_path: Path,
     assert answer is not None and not answer.ok and "MAX_PROCESSES" in answer.message
     # A removed file fails the same way, naming --env-file
     t.env.unlink()
-    asyncio.run(t.agent._reload())
+    t.reload()
     assert events(caplog, "reload_failed")[-1].KEY == "--env-file"  # type: ignore[attr-defined]
     assert t.agent.s == before[0]
 
@@ -223,7 +226,7 @@ def test_install_only_keys_are_reported_once_and_the_rest_applied(tmp_path: Path
     caplog.set_level(logging.INFO)
     t = Setup(tmp_path, running=[1])
     t.write(WORKER_USER="app", GRACEFUL_SHUTDOWN_TIMEOUT="90", CHECK_INTERVAL="7")
-    asyncio.run(t.agent._reload())
+    t.reload()
     (warning,) = events(caplog, "reload_needs_install")
     assert warning.levelno == logging.WARNING
     assert warning.KEYS == "GRACEFUL_SHUTDOWN_TIMEOUT,WORKER_USER"  # type: ignore[attr-defined]
@@ -236,7 +239,7 @@ def test_redis_or_queue_change_swaps_the_probe_and_closes_the_old(tmp_path: Path
     caplog.set_level(logging.INFO)
     t = Setup(tmp_path, running=[1])
     t.write(DRAMATIQ_QUEUE_NAME="q,r", REDIS_PASSWORD="pw-secret-x")
-    asyncio.run(t.agent._reload())
+    t.reload()
     assert t.first.closed and t.agent.probe is t.probes[-1] and t.agent.probe is not t.first
     assert t.agent.s.queue_names == ("q", "r")
     assert "pw-secret-x" not in caplog.text
@@ -248,10 +251,16 @@ def test_policy_change_starts_the_new_policy_from_its_initial_state(tmp_path: Pa
     t = Setup(tmp_path, running=[1])
     asyncio.run(t.agent.tick())
     t.write(SCALING_POLICY="target")
-    asyncio.run(t.agent._reload())
+    t.reload()
     assert t.agent.policy.name == "target"
     assert t.agent.memory.policy_state == t.agent.policy.initial_state()
     asyncio.run(t.agent.tick())  # decides with the target policy's state, no type confusion
+
+
+async def sent(notifier: RecordingNotifier, note: str) -> None:
+    """Returns once the agent has sent `note` (poll it under `asyncio.wait_for`)."""
+    while note not in notifier.sent:
+        await asyncio.sleep(0.001)
 
 
 def test_sighup_is_handled_between_ticks_and_the_agent_keeps_running(tmp_path: Path) -> None:
@@ -260,7 +269,7 @@ def test_sighup_is_handled_between_ticks_and_the_agent_keeps_running(tmp_path: P
 
     async def run() -> Answer | None:
         task = asyncio.create_task(t.agent.run())
-        await asyncio.sleep(0.05)  # READY sent, pausing for an hour
+        await asyncio.wait_for(sent(t.notifier, "READY=1"), 5)  # then the SIGHUP handler is in place
         t.write(MAX_PROCESSES="1")
         os.kill(os.getpid(), signal.SIGHUP)  # wakes the pause: reload, then a tick at once
         for _ in range(100):
@@ -317,7 +326,7 @@ def test_an_unforeseen_error_fails_the_reload_and_keeps_the_agent(caplog: pytest
         outcome = asyncio.run(r.reload(s, probe))
     assert not outcome.ok and outcome.settings is s and outcome.probe is probe and outcome.policy is None
     assert "RuntimeError" in outcome.message and "old settings stay in force" in outcome.message
-    (record,) = [rec for rec in caplog.records if getattr(rec, "DQAGENT_EVENT", None) == "reload_failed"]
+    (record,) = events(caplog, "reload_failed")
     assert record.exc_info is not None
 
 

@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqagent.demand import MAX_STALE_HEARTBEATS, FakeDemandProbe, oldest_ages, stale_brokers
+from dqagent.demand import MAX_STALE_HEARTBEATS, oldest_ages, stale_brokers
 from dqagent.fleet import MAX_MEMBERS, Member, apportion, fleet_bounds, read_records, rendezvous
 from dqagent.metrics import families
 from dqagent.reporter import Reporter
 from dqagent.untrusted import RecordKind, Rejection, ascii_int, shown
-from tests.unit.fakes import FakeUnits
-from tests.unit.test_agent_loop import FakeProbe, events, make, run, status
+from tests.unit.fakes import FakeDemandProbe, FakeUnits
+from tests.unit.logged import events
+from tests.unit.test_agent_loop import FakeProbe, make, run, status
 
 NOW_MS = 1_700_000_000_000
 TTL_MS = 4_000

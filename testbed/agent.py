@@ -1,4 +1,4 @@
-"""Helpers to run dqagent inside the bench container exactly as an operator installs it."""
+"""dqagent inside the bench container, installed exactly as an operator installs it, and what it did there."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench import Container, RedisServer
-from tests.bench import wait_until as wait_until  # re-exported for the tests
+from testbed.nspawn import CHECKOUT, Container
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = CHECKOUT
 VENV_BIN = Path(sys.executable).parent
 DQAGENT = str(VENV_BIN / "dqagent")
 PYTHON = str(VENV_BIN / "python")
 QUEUE = "dqtest"
+#: The sample Dramatiq app (`dqtestapp`) that real workers on the bench run.
+APP_DIR = REPO / "testbed" / "app"
 
 
 def make_reachable(c: Container) -> None:
@@ -57,7 +60,7 @@ def settings_text(redis: RedisServer, **overrides: Any) -> str:
         "CHECK_INTERVAL": 1, "PROCESS_STARTUP_DELAY": 0.5, "GRACEFUL_SHUTDOWN_TIMEOUT": 5,
         "LOG_FILE": "", "LOG_LEVEL": "DEBUG",
         # PSI is host-wide: other tests and jobs on this machine put CPU pressure on it. Tests that are not
-        # about the guard (issue 14) must not depend on it; tests/integration/test_guard.py turns it on.
+        # about the guard must not depend on it; tests/integration/test_guard.py turns it on.
         "GUARD": "off",
     }
     values.update(overrides)

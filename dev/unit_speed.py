@@ -1,6 +1,6 @@
-"""Unit-scale benchmark (not a test): dqagent against systemctl on the same hardened worker units.
+"""Unit speed (a measurement, not a test): dqagent against systemctl on the same hardened worker units.
 
-Boots the bench's throwaway systemd 252 (tests/bench.py), installs dqagent exactly as on a host
+Boots the bench's throwaway systemd 252 (testbed/nspawn.py), installs dqagent exactly as on a host
 (`dqagent install`, the hardened `dramatiq-worker@.service`, `/bin/sleep infinity` as DRAMATIQ_COMMAND,
 PROCESS_STARTUP_DELAY=0), then for each N, in the same run:
 
@@ -27,8 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.bench import Container, RedisServer, require_bench, wait_until
-from tests.integration.agentbench import DQAGENT, install, journal, running_workers, set_backlog
+from testbed.agent import DQAGENT, install, journal, running_workers, set_backlog
+from testbed.nspawn import Container, require_bench
+from testbed.redis import RedisServer
+from testbed.wait import wait_until
 
 ENV = "/etc/dqagent/dqagent.env"
 

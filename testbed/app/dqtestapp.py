@@ -1,12 +1,13 @@
 """A real Dramatiq application for the integration tests, run as the worker units would run it.
 
-    DQTEST_REDIS_URL=redis://127.0.0.1:6379/0 python -m dramatiq -p 1 -t 4 dqtestapp --path tests/app
+    DQTEST_REDIS_URL=redis://127.0.0.1:6379/0 python -m dramatiq -p 1 -t 4 dqtestapp --path testbed/app
 
-Put the module before `--path` (or write `--path=tests/app dqtestapp`): in Dramatiq 2.2.1 `--path` takes
-any number of values, so `--path tests/app dqtestapp` swallows the module name and exits 2 (usage).
+Put the module before `--path` (or write `--path=testbed/app dqtestapp`): in Dramatiq 2.2.1 `--path` takes
+any number of values, so `--path testbed/app dqtestapp` swallows the module name and exits 2 (usage).
 
-`work(msg_id, ms)` sleeps `ms` milliseconds, then records `msg_id` in the Redis set `dqtest:done` and
-counts it in the hash `dqtest:count` (a count above 1 is an at-least-once duplicate).
+`work(msg_id, ms)` records `msg_id` in the Redis set `dqtest:started`, sleeps `ms` milliseconds, then
+records it in the set `dqtest:done` and counts it in the hash `dqtest:count` (a count above 1 is an
+at-least-once duplicate).
 
 `timed(i, ms, enqueued)` (the replay harness, dev/replay) sleeps `ms` milliseconds and records
 "enqueued start end" (wall-clock seconds) in the hash `dqtest:times` under `i`, and the worker
@@ -24,6 +25,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 QUEUE = os.environ.get("DQTEST_QUEUE", "dqtest")
+STARTED_KEY = "dqtest:started"
 DONE_KEY = "dqtest:done"
 COUNT_KEY = "dqtest:count"
 TIMES_KEY = "dqtest:times"
@@ -36,6 +38,7 @@ dramatiq.set_broker(broker)
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def work(msg_id: str, ms: int) -> None:
+    broker.client.sadd(STARTED_KEY, msg_id)
     time.sleep(ms / 1000)
     with broker.client.pipeline(transaction=True) as pipe:
         pipe.sadd(DONE_KEY, msg_id)
