@@ -1,4 +1,4 @@
-"""Print the README's settings table from the declarations (dqagent/declarations.py); `--write` puts it
+"""Print the README's settings table from the declarations (dqagent/settings/declarations.py); `--write` puts it
 in README.md in place of the current one. A unit test fails while the two differ."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dqagent.declarations import markdown_table
+from dqagent.settings.declarations import markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HEADER = "| setting | default |"

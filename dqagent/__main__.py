@@ -1,3 +1,3 @@
-from dqagent.cli import main
+from dqagent.cli.main import main
 
 raise SystemExit(main())

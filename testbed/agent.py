@@ -46,7 +46,7 @@ def make_venv(c: Container, path: str, copies: bool = False, owner: str | None =
     c.write(f"{site}/dqagent-deps.pth", sysconfig.get_path("purelib") + "\n")
     c.run(["cp", "-rL", str(REPO / "dqagent"), f"{site}/dqagent"])
     script = f"{path}/bin/dqagent"
-    c.write(script, f"#!{path}/bin/python\nimport sys\nfrom dqagent.cli import main\n"
+    c.write(script, f"#!{path}/bin/python\nimport sys\nfrom dqagent.cli.main import main\n"
             "if __name__ == '__main__':\n    sys.exit(main())\n", mode=0o755)
     if owner:
         c.run(["chown", "-R", f"{owner}:", path])

@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from itertools import pairwise
 
-from dqagent.config import parse_settings
-from dqagent.policies import Policy, StepPolicy, TargetPolicy
+from dqagent.core.policies import Policy, StepPolicy, TargetPolicy
+from dqagent.settings.config import parse_settings
+from dqagent.settings.workercmd import worker_shape
 from dqagent.sim.model import PoolConfig, Result, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
 from dqagent.sim.traces import AGE_TRACES, TRACES, Trace, Workload, generate
-from dqagent.workercmd import worker_shape
 
 FLAP_WINDOW_S = 600.0
 #: `target` reads demand as the agent does: adaptively around DEMAND_POLL_INTERVAL (env DQBENCH_FIXED_READS=1
@@ -49,7 +49,7 @@ class Contender:
     #: Start at MAX with every worker warm and never move: not a policy, the best wait any policy
     #: capped at MAX_PROCESSES can give, which bounds what the targets can ask of one.
     warm_max: bool = False
-    #: Read demand at the agent's adaptive interval (`dqagent.policies.read_interval_s`) around `tick_s`.
+    #: Read demand at the agent's adaptive interval (`dqagent.core.policies.read_interval_s`) around `tick_s`.
     adaptive: bool = False
 
 

@@ -36,14 +36,14 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from dqagent.config import Settings, parse_settings
+from dqagent.broker.fleetstore import FakeFleetStore, FleetCoordinator, record_ttl_ms
+from dqagent.core.fleet import Member, apportion
+from dqagent.core.policies import Observation, Policy, TargetPolicy
+from dqagent.core.reconciler import Census
+from dqagent.core.step import Memory, Rules, Seen, recommend
 from dqagent.errors import BrokerError
-from dqagent.fleet import Member, apportion
-from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, record_ttl_ms
-from dqagent.policies import Observation, Policy, TargetPolicy
-from dqagent.reconciler import Census
-from dqagent.step import Memory, Rules, Seen, recommend
-from dqagent.workercmd import worker_shape
+from dqagent.settings.config import Settings, parse_settings
+from dqagent.settings.workercmd import worker_shape
 
 #: Simulation step (s): hosts poll on their own phases, rounded to this grid.
 STEP_S = 0.5
@@ -204,7 +204,7 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
             outstanding = _level(curve, max(0.0, t - h.read_delay_s))
             obs = Observation(now_s=t, queue_length=outstanding, ready=outstanding, in_flight=0, delayed=0,
                               workers=h.workers, starting=0)
-            if fleet:  # the agent's rules 2 and 3 (`dqagent.step.recommend`) on a host without units
+            if fleet:  # the agent's rules 2 and 3 (`dqagent.core.step.recommend`) on a host without units
                 seen = Seen(Census(running=h.workers, coming=0, going=0, failing=0), obs)
                 try:
                     fleet_input = await h.coordinator.sync(h.settings, seen)

@@ -6,7 +6,7 @@ a task that starts takes `n / capacity` times longer (the CPUs are shared), time
 (n - capacity) / capacity` (what over-commit costs on top: cache and memory contention, reclaim,
 swapping). With `contention` 0 more workers beyond capacity gain nothing and lose nothing; above 0 they
 make the whole pool slower. The host's CPU pressure is the share of the busy workers' time spent
-waiting for a CPU, `100 x (1 - capacity / n)`, and the guard (`dqagent.guard.decide`, the agent's own
+waiting for a CPU, `100 x (1 - capacity / n)`, and the guard (`dqagent.core.guard.decide`, the agent's own
 pure decision) sees that figure.
 
 `./dev/bench --host` prints the benchmark line (dqagent.sim.benchcli.host_rows): a burst's drain time on
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dqagent.guard import Headroom, Limits, decide
+from dqagent.core.guard import Headroom, Limits, decide
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ What it models, because it is what makes policies differ on real pools:
   until then, and the policy sees it as going: not in `workers`, while what it holds stays in flight;
 - the policy sees an `Observation` every `tick_s`; its decision is applied at once;
 - with `agent_stops`, scale-down and failed starts follow the agent's reconciler and job table
-  (`dqagent.reconciler`, `dqagent.jobs`): a start is in flight until its start job ended and its
+  (`dqagent.core.reconciler`, `dqagent.systemd.jobtable`): a start is in flight until its start job ended and its
   PROCESS_STARTUP_DELAY check passed, and until then it is "starting" and cannot be stopped; a stop
   takes the highest-numbered settled workers (numbers reused lowest-free), ready or not, so a pool
   whose new workers are slow to boot can lose its ready ones; a start that failed in a real run fails
@@ -37,12 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dqagent.policies import Observation, Policy, read_interval_s
-from dqagent.reconciler import Backoff
+from dqagent.core.policies import Observation, Policy, read_interval_s
+from dqagent.core.reconciler import Backoff
 from dqagent.sim.traces import Workload
 
 if TYPE_CHECKING:
-    from dqagent.guard import Limits
+    from dqagent.core.guard import Limits
     from dqagent.sim.host import HostModel
 
 _ARRIVE, _READY, _DONE, _TICK, _POLL, _FAIL, _JUDGE = 0, 1, 2, 3, 4, 5, 6
@@ -90,7 +90,7 @@ class PoolConfig:
     #: Seconds a stopped worker process still lives (and costs) after its last task ended: Dramatiq's
     #: shutdown joins its threads (each wakes within `worker_timeout`) and the interpreter exits. 0: none.
     stop_delay_s: float = 0.0
-    #: Stop as the agent's reconciler does (`dqagent.reconciler.reconcile`): only settled workers, those
+    #: Stop as the agent's reconciler does (`dqagent.core.reconciler.reconcile`): only settled workers, those
     #: past their start check (start job, then `check_delay_s`), highest instance number first (numbers
     #: are reused lowest-free, as `_free_numbers` picks them), whether their process is ready or not; the
     #: policy's `starting` are the workers still in their check. False: the newest worker first, ready or
@@ -105,8 +105,8 @@ class PoolConfig:
     start_job_profile_s: tuple[tuple[float, float], ...] = ()
     #: Starts that failed in a real run, as (start time, seconds until the unit ended), times ascending:
     #: the first model start within `failure_match_s` of one fails the same way (never ready, ends after
-    #: that time), once per real failure, and the agent's crash-loop backoff (`dqagent.reconciler.Backoff`)
-    #: holds the next starts; reusing a failed unit's number counts as a failure, as in `dqagent.jobs`.
+    #: that time), once per real failure, and the agent's crash-loop backoff (`dqagent.core.reconciler.Backoff`)
+    #: holds the next starts; reusing a failed unit's number counts as a failure, as in `dqagent.systemd.jobtable`.
     #: Only with `agent_stops`.
     failed_starts_s: tuple[tuple[float, float], ...] = ()
     failure_match_s: float = 1.25
@@ -185,7 +185,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     `host` (dqagent.sim.host): a host that slows every task down beyond its capacity; `guard`: the
     agent's guard with these limits caps each scale-up by that host's CPU pressure (both optional).
     `tick_s` is the read interval; with `adaptive_reads` it is the base of the agent's adaptive one
-    (`dqagent.policies.read_interval_s`, as SCALING_POLICY=target reads demand). `first_read_s`: when
+    (`dqagent.core.policies.read_interval_s`, as SCALING_POLICY=target reads demand). `first_read_s`: when
     the policy reads first (the phase of its reads against the workload's clock; a real agent's is
     whatever it happens to be). `read_times_s` (ascending): read exactly then instead (a real agent's
     measured reads, replayed), and at the intervals after the last one.
@@ -267,7 +267,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
         return w
 
     def scale_up(now: float, count: int) -> None:
-        """One reconcile's starts (a batch, judged together as `dqagent.jobs` does)."""
+        """One reconcile's starts (a batch, judged together as `dqagent.systemd.jobtable` does)."""
         nonlocal start_backoff, batches
         batches += 1
         started = [start_worker(now, batches) for _ in range(count)]

@@ -1,6 +1,6 @@
 """Other autoscalers, re-implemented from their documented behaviour, for comparison only.
 
-They are not offered to users (not in `dqagent.policies.POLICIES`). Each follows the `Policy`
+They are not offered to users (not in `dqagent.core.policies.POLICIES`). Each follows the `Policy`
 protocol so the simulator drives them exactly like dqagent's own policies.
 
 - KEDA's Redis list scaler feeding the Kubernetes HPA: the metric is `LLEN` (ready), target
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from dqagent.policies import Decision, Observation, TargetState
+from dqagent.core.policies import Decision, Observation, TargetState
 
 
 @dataclass(frozen=True, slots=True)

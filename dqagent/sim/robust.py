@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from dqagent.policies import Policy, StepPolicy
+from dqagent.core.policies import Policy, StepPolicy
 from dqagent.sim.bench import ADAPTIVE_READS, BOUND, FAIL, PASS, Metrics, metrics, unit_target_policy
 from dqagent.sim.families import Case, draw_case
 from dqagent.sim.model import PoolConfig, oracle_worker_seconds, simulate

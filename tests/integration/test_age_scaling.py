@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from dqagent.catalog import BY_EVENT
+from dqagent.report.catalog import BY_EVENT
 from testbed.agent import DQAGENT, QUEUE, dqagent, journal, running_workers, worker_names
 from testbed.nspawn import Container
 from testbed.redis import RedisServer

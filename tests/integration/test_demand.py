@@ -23,9 +23,9 @@ import dramatiq.broker
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from dqagent.config import QueueMetric, Settings, parse_settings
-from dqagent.demand import HEARTBEAT_TIMEOUT_MS, Demand, RedisDemandProbe
+from dqagent.broker.redis import HEARTBEAT_TIMEOUT_MS, Demand, RedisDemandProbe
 from dqagent.errors import BrokerError
+from dqagent.settings.config import QueueMetric, Settings, parse_settings
 from testbed.agent import APP_DIR, REPO
 from testbed.redis import RedisServer
 from testbed.wait import wait_until

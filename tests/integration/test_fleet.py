@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from dqagent.config import parse_settings
-from dqagent.fleet import Member
-from dqagent.fleetstore import RedisFleetStore
+from dqagent.broker.fleetstore import RedisFleetStore
+from dqagent.core.fleet import Member
+from dqagent.settings.config import parse_settings
 from testbed.agent import dqagent, install, journal, running_workers, set_backlog, settings_text
 from testbed.nspawn import Container
 from testbed.redis import RedisServer

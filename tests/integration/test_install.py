@@ -40,7 +40,7 @@ def test_install_twice_changes_nothing_and_keeps_settings(fresh_container: Conta
 
 def test_template_settings_file_holds_every_setting_and_loads(fresh_container: Container) -> None:
     c = fresh_container
-    from dqagent.config import DEFAULTS
+    from dqagent.settings.config import DEFAULTS
 
     c.run([DQAGENT, "--env-file", "/dev/null", "install"], env={"MIN_PROCESSES": "1"})
     text = (c.root / "etc/dqagent/dqagent.env").read_text()

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent import __version__
-from dqagent.metrics_http import REQUEST_DEADLINE_S
+from dqagent.report.metrics_http import REQUEST_DEADLINE_S
 from testbed.agent import QUEUE, dqagent, exposure, install, running_workers, set_backlog, worker_names
 from testbed.nspawn import Container
 from testbed.redis import RedisServer, free_port

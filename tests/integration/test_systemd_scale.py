@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from dqagent.errors import SystemdTimeoutError
-from dqagent.systemd import SystemdBus, SystemdClient, UnitState, worker_unit
+from dqagent.systemd.client import SystemdBus, SystemdClient, UnitState, worker_unit
 from testbed.agent import DQAGENT, install, journal, main_pids, running_workers, set_backlog, worker_names
 from testbed.nspawn import Container
 from testbed.redis import RedisServer

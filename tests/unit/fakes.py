@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from dqagent.demand import Demand, QueueDemand
+from dqagent.broker.redis import Demand, QueueDemand
+from dqagent.core.units import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
 from dqagent.errors import BrokerError, systemd_error
-from dqagent.units import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
 
 
 @dataclass

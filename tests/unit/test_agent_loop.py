@@ -13,11 +13,11 @@ from typing import ClassVar, TypeVar
 
 import pytest
 
-from dqagent.agent import Agent, scale_by
-from dqagent.config import parse_settings
+from dqagent.agent.lifecycle import Agent, scale_by
+from dqagent.core.policies import StepPolicy
+from dqagent.core.units import ActiveState, UnitState
 from dqagent.errors import BrokerError, SystemdTimeoutError
-from dqagent.policies import StepPolicy
-from dqagent.units import ActiveState, UnitState
+from dqagent.settings.config import parse_settings
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
@@ -418,8 +418,8 @@ def test_a_unit_crash_looping_under_restart_is_not_logged_as_recovered_each_cycl
 def test_target_reads_every_second_at_zero_and_asks_for_a_worker_on_the_first_read_that_sees_work() -> None:
     # Issue 15: MIN_PROCESSES=0 and an empty pool: the next read is 1 s away (not DEMAND_POLL_INTERVAL),
     # and the first read that sees a message starts a worker
-    from dqagent.policies import TargetPolicy
-    from dqagent.workercmd import worker_shape
+    from dqagent.core.policies import TargetPolicy
+    from dqagent.settings.workercmd import worker_shape
 
     s = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5",
                         "CHECK_INTERVAL": "60", "SCALING_POLICY": "target",

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqagent.policies import FAST_READ_S, Observation, StepPolicy, TargetPolicy, TargetState, read_interval_s
+from dqagent.core.policies import FAST_READ_S, Observation, StepPolicy, TargetPolicy, TargetState, read_interval_s
 from dqagent.sim.families import FAMILIES, MAX_RATE, draw_case
 from dqagent.sim.model import PoolConfig, simulate
 from dqagent.sim.robust import CHECKS, run_case

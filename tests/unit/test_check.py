@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from dqagent.check import Result, _dramatiq_args_problem, _first_difference, stop_timeout_mismatch
-from dqagent.config import parse_settings
-from dqagent.layout import logrotate_rule
+from dqagent.settings.config import parse_settings
+from dqagent.setup.check import Result, _dramatiq_args_problem, _first_difference, stop_timeout_mismatch
+from dqagent.setup.layout import logrotate_rule
 
 
 @pytest.mark.parametrize(("command", "expected"), [

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.connection import parse_url
 
-from dqagent import sources
-from dqagent.config import DEFAULTS, QueueMetric, parse_settings, redact_url
 from dqagent.errors import ConfigError
+from dqagent.settings import sources
+from dqagent.settings.config import DEFAULTS, QueueMetric, parse_settings, redact_url
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "old-manager.env"
 

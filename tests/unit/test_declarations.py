@@ -1,4 +1,4 @@
-"""Each setting is declared once (dqagent/declarations.py): the settings file `dqagent install` writes, the
+"""Each setting is declared once (dqagent/settings/declarations.py): the settings file `dqagent install` writes, the
 README's settings table, docs/operations.md's reload table and reload's classification come from it, or
 these tests fail. Keys of the settings file that no setting declares are reported, not ignored."""
 
@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from dqagent import check, reload, sources
-from dqagent.config import Settings, parse_settings
-from dqagent.declarations import SETTINGS, OnReload, Setting, markdown_table, plain, unknown_key_message
-from dqagent.layout import env_template
-from dqagent.reload import Reloader
+from dqagent.agent import reload
+from dqagent.agent.reload import Reloader
+from dqagent.settings import sources
+from dqagent.settings.config import Settings, parse_settings
+from dqagent.settings.declarations import SETTINGS, OnReload, Setting, markdown_table, plain, unknown_key_message
+from dqagent.setup import check
+from dqagent.setup.layout import env_template
 from tests.unit.fakes import FakeDemandProbe
 
 ROOT = Path(__file__).parents[2]

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.config import QueueMetric, parse_settings
-from dqagent.demand import (
+from dqagent.broker.redis import (
     HEARTBEAT_TIMEOUT_MS,
     Demand,
     DemandProbe,
@@ -19,6 +18,7 @@ from dqagent.demand import (
     describe_failure,
 )
 from dqagent.errors import BrokerError
+from dqagent.settings.config import QueueMetric, parse_settings
 from tests.unit.fakes import FakeDemandProbe
 
 counts = st.integers(min_value=0, max_value=10**6)

@@ -1,4 +1,4 @@
-"""The fleet split (dqagent.fleet): exact sums, weights, ties, and movement on join/leave, as properties."""
+"""The fleet split (dqagent.core.fleet): exact sums, weights, ties, and movement on join/leave, as properties."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.fleet import (
+from dqagent.core.fleet import (
     BadRecord,
     FleetView,
     Member,
@@ -21,7 +21,7 @@ from dqagent.fleet import (
     parse_member,
     share_of,
 )
-from dqagent.policies import Decision, Observation, StepPolicy
+from dqagent.core.policies import Decision, Observation, StepPolicy
 
 
 @st.composite
@@ -235,7 +235,7 @@ def test_a_joiner_starts_at_its_min_and_takes_its_share_once_the_others_gave_the
 
 
 def test_status_fleet_lists_every_member_with_its_heartbeat_age_and_g() -> None:
-    from dqagent.fleet import fleet_report, render_fleet
+    from dqagent.core.fleet import fleet_report, render_fleet
 
     view = FleetView("prod", "a", (Member("a", 4, 1, 4, 2, running=2, target=2, global_target=6, at_ms=9_600,
                                           decided_ms=9_500, ttl_ms=4000),

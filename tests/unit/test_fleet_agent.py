@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from dqagent.agent import Agent
-from dqagent.config import Settings, parse_settings
+from dqagent.agent.lifecycle import Agent
+from dqagent.broker.fleetstore import FakeFleetStore, FleetCoordinator, host_id, record_ttl_ms
+from dqagent.core.policies import TargetPolicy
 from dqagent.errors import BrokerError, ConfigError
-from dqagent.fleetstore import FakeFleetStore, FleetCoordinator, host_id, record_ttl_ms
-from dqagent.policies import TargetPolicy
-from dqagent.workercmd import worker_shape
+from dqagent.settings.config import Settings, parse_settings
+from dqagent.settings.workercmd import worker_shape
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.guard import Headroom, Limits, Verdict, decide, resolve_bytes, worker_size
+from dqagent.core.guard import Headroom, Limits, Verdict, decide, resolve_bytes, worker_size
 
 GiB = 1024**3
 pressure = st.one_of(st.none(), st.floats(0, 100))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dqagent import install
-from dqagent.config import parse_settings
-from dqagent.reach import dqagent_executable, preflight
+from dqagent.settings.config import parse_settings
+from dqagent.setup import install
+from dqagent.setup.reach import dqagent_executable, preflight
 
 UNITS = Path(__file__).resolve().parents[2] / "packaging" / "systemd"
 NOBODY = 65534

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from dqagent.config import parse_settings
-from dqagent.jobs import scale_by
+from dqagent.settings.config import parse_settings
+from dqagent.systemd.jobtable import scale_by
 from tests.unit.fakes import FakeUnits
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "PROCESS_STARTUP_DELAY": "0"})

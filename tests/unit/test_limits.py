@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from dqagent.config import DEFAULT_POOL_TASKS_MAX, parse_settings
 from dqagent.errors import ConfigError
-from dqagent.layout import SLICE_LIMITS_FILE, WORKER_LIMITS_FILE, WORKER_SLICE, limits_summary, ours, rendered_limits
+from dqagent.settings.config import DEFAULT_POOL_TASKS_MAX, parse_settings
+from dqagent.setup.layout import (
+    SLICE_LIMITS_FILE,
+    WORKER_LIMITS_FILE,
+    WORKER_SLICE,
+    limits_summary,
+    ours,
+    rendered_limits,
+)
 
 
 @pytest.mark.parametrize(("raw", "rendered"), [

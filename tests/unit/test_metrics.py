@@ -24,14 +24,10 @@ from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from dqagent.agent import Agent
-from dqagent.config import parse_metrics_address, parse_settings
-from dqagent.demand import QueueDemand
-from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BrokerError, ConfigError
-from dqagent.metrics import METRIC_NAMES, Exporter, MetricsError, registry_for
-from dqagent.metrics_http import LISTEN_BACKLOG
-from dqagent.policies import StepPolicy
-from dqagent.snapshot import (
+from dqagent.agent.lifecycle import Agent
+from dqagent.broker.redis import QueueDemand
+from dqagent.core.policies import StepPolicy
+from dqagent.core.snapshot import (
     Accumulator,
     Direction,
     Reason,
@@ -40,6 +36,10 @@ from dqagent.snapshot import (
     WorkerCounts,
     action_reason,
 )
+from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, BrokerError, ConfigError
+from dqagent.report.metrics import METRIC_NAMES, Exporter, MetricsError, registry_for
+from dqagent.report.metrics_http import LISTEN_BACKLOG
+from dqagent.settings.config import parse_metrics_address, parse_settings
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
@@ -469,7 +469,7 @@ def _scrape_or_nothing(port: int, source: str) -> bytes:
 
 def test_a_client_dribbling_its_request_is_closed_at_the_deadline_and_holds_up_no_scrape(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dqagent import metrics_http
+    from dqagent.report import metrics_http
 
     assert 0 < metrics_http.REQUEST_DEADLINE_S <= 10
     monkeypatch.setattr(metrics_http, "REQUEST_DEADLINE_S", 1.0)  # the same mechanism, quicker
@@ -507,7 +507,7 @@ def test_a_client_dribbling_its_request_is_closed_at_the_deadline_and_holds_up_n
 
 def test_connections_beyond_the_caps_are_closed_at_once_and_other_addresses_still_scrape(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from dqagent import metrics_http
+    from dqagent.report import metrics_http
 
     assert 16 <= metrics_http.MAX_CONNECTIONS_PER_ADDRESS <= metrics_http.MAX_CONNECTIONS <= 512
     monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS", 4)

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.agent import Agent
-from dqagent.config import MAX_QUEUE_AGE_LIMIT_S, parse_settings
-from dqagent.demand import Demand, QueueDemand, oldest_ages
+from dqagent.agent.lifecycle import Agent
+from dqagent.broker.redis import Demand, QueueDemand, oldest_ages
+from dqagent.core.policies import Decision, Observation, TargetPolicy, TargetState, age_floor
+from dqagent.core.step import format_age
 from dqagent.errors import ConfigError
-from dqagent.policies import Decision, Observation, TargetPolicy, TargetState, age_floor
-from dqagent.reporter import Reporter
-from dqagent.step import format_age
+from dqagent.report.reporter import Reporter
+from dqagent.settings.config import MAX_QUEUE_AGE_LIMIT_S, parse_settings
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 from tests.unit.test_target_policy import histories, policies
@@ -176,7 +176,7 @@ def test_max_queue_age_setting() -> None:
     with pytest.raises(ConfigError, match="only SCALING_POLICY=target scales on age"):
         parse_settings({"MAX_QUEUE_AGE": "60"})
     s = parse_settings({"SCALING_POLICY": "target", "MAX_QUEUE_AGE": "45"})
-    from dqagent.workercmd import worker_shape
+    from dqagent.settings.workercmd import worker_shape
 
     assert TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, 4)).max_queue_age_s == 45
 
@@ -192,7 +192,7 @@ def test_the_decision_line_and_status_carry_the_age_and_the_policy_acts_on_it(
     units, probe = FakeUnits(running=[1]), FakeDemandProbe()
     probe.set_queue("a", ready=1, outstanding=6, oldest_age_s=41.26)
     probe.set_queue("b", ready=0, outstanding=5)
-    from dqagent.workercmd import worker_shape
+    from dqagent.settings.workercmd import worker_shape
 
     policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, 4))
     agent = Agent(s, units, probe, RecordingNotifier(), policy)
@@ -228,7 +228,7 @@ def test_clock_skew_is_counted_and_logged_when_it_starts_and_ends(caplog: pytest
 
 
 def test_status_line_names_the_age_only_when_a_message_waits() -> None:
-    from dqagent.reconciler import Backoff, reconcile
+    from dqagent.core.reconciler import Backoff, reconcile
 
     plan = reconcile([], 0, min_processes=0, max_processes=1, in_flight={}, backoff=Backoff(), now_s=0)
     r = Reporter()
@@ -244,7 +244,7 @@ def test_status_line_names_the_age_only_when_a_message_waits() -> None:
 
 
 def test_the_simulator_observes_the_wait_of_the_ready_lists_head() -> None:
-    from dqagent.policies import StepPolicy
+    from dqagent.core.policies import StepPolicy
     from dqagent.sim.model import PoolConfig, simulate
     from dqagent.sim.traces import Trace, generate
 
@@ -278,7 +278,7 @@ def test_the_age_rows_use_the_target_contender_with_only_settings_changed() -> N
 
 
 def test_status_text_shows_each_queues_oldest_wait() -> None:
-    from dqagent.status import render_text
+    from dqagent.cli.status import render_text
     from tests.unit.test_status_report import report
 
     counts = {"ready": 1, "in_flight": 2, "delayed": 0, "dead_lettered": 0, "orphaned": 0}
@@ -297,7 +297,7 @@ def test_status_text_shows_each_queues_oldest_wait() -> None:
 ])
 def test_a_bad_max_queue_age_is_one_line_and_exit_78(tmp_path: Path, values: str, accepted: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from dqagent.cli import main
+    from dqagent.cli.main import main
     from dqagent.errors import EXIT_CONFIG
 
     env = tmp_path / "dqagent.env"

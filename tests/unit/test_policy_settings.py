@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dqagent.config import DEFAULTS, SCALING_POLICIES, Settings, parse_settings
-from dqagent.policies import POLICIES, StepPolicy, TargetPolicy, make_policy
-from dqagent.workercmd import worker_shape
+from dqagent.core.policies import POLICIES, StepPolicy, TargetPolicy, make_policy
+from dqagent.settings.config import DEFAULTS, SCALING_POLICIES, Settings, parse_settings
+from dqagent.settings.workercmd import worker_shape
 
 
 def test_defaults_keep_the_step_rule_and_document_the_target_parameters() -> None:

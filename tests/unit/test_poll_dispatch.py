@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqagent.policies import Policy, StepPolicy
+from dqagent.core.policies import Policy, StepPolicy
 from dqagent.sim import model
 from dqagent.sim.bench import percentile, target_policy
 from dqagent.sim.model import POLL_EXACT, PoolConfig, Result, simulate

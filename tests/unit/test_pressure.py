@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from dqagent.agent import Agent
-from dqagent.config import Settings, parse_settings
-from dqagent.policies import Policy, StepPolicy, make_policy
-from dqagent.pressure import HostGuard, parse_meminfo, parse_psi, read_host
-from dqagent.step import Host
-from dqagent.workercmd import worker_shape
+from dqagent.agent.lifecycle import Agent
+from dqagent.core.policies import Policy, StepPolicy, make_policy
+from dqagent.core.step import Host
+from dqagent.host.pressure import HostGuard, parse_meminfo, parse_psi, read_host
+from dqagent.settings.config import Settings, parse_settings
+from dqagent.settings.workercmd import worker_shape
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
@@ -184,7 +184,7 @@ def test_a_worker_killed_for_memory_is_its_own_event_and_counted(caplog: pytest.
 
 
 def test_status_shows_the_figures_and_the_agents_hold(tmp_path: Path) -> None:
-    from dqagent.status import _guard_lines, guard_report
+    from dqagent.cli.status import _guard_lines, guard_report
 
     write_host(tmp_path, cpu=63.2, mem_some=1.5)
     s = parse_settings({"GUARD_PROC_DIR": str(tmp_path), "GUARD_CPU_PRESSURE": "40"})

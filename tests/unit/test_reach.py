@@ -1,10 +1,10 @@
-"""dqagent.reach on a tree made in tmp_path: command lookup like execvp, shebangs, venvs."""
+"""dqagent.setup.reach on a tree made in tmp_path: command lookup like execvp, shebangs, venvs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dqagent.reach import find_command, interpreter_needs, shebang, venv_home_prefix, venv_of
+from dqagent.setup.reach import find_command, interpreter_needs, shebang, venv_home_prefix, venv_of
 
 
 def _venv(root: Path, home: Path) -> Path:
@@ -46,9 +46,9 @@ def test_script_needs_its_venv_and_the_base_interpreter(tmp_path: Path) -> None:
 
 
 def test_metrics_textfile_directory_is_a_write_need_and_refused_under_tmp() -> None:
-    from dqagent.config import parse_settings
-    from dqagent.reach import dqagent_executable, metrics_needs, preflight
-    from dqagent.sandbox import Access
+    from dqagent.settings.config import parse_settings
+    from dqagent.setup.reach import dqagent_executable, metrics_needs, preflight
+    from dqagent.setup.sandbox import Access
 
     assert metrics_needs(parse_settings({})) == []
     (need,) = metrics_needs(parse_settings({"METRICS_TEXTFILE": "/var/lib/node-exporter/dqagent.prom"}))

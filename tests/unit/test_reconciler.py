@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqagent.reconciler import (
+from dqagent.core.reconciler import (
     BACKOFF_MAX_S,
     Backoff,
     Intent,
@@ -20,7 +20,7 @@ from dqagent.reconciler import (
     reconcile,
     settled,
 )
-from dqagent.units import ActiveState, UnitState
+from dqagent.core.units import ActiveState, UnitState
 
 #: Sub-states systemd 252 shows for a service in each ActiveState (service.c's state table).
 SUB_STATES: dict[ActiveState, tuple[str, ...]] = {

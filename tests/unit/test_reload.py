@@ -17,13 +17,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent import reload, sources
-from dqagent.agent import Agent
-from dqagent.config import DEFAULTS, Settings, parse_settings, parse_worker_command
+from dqagent.agent import reload
+from dqagent.agent.lifecycle import Agent
+from dqagent.agent.reload import Answer, Reloader, ReloadError, plan_reload
+from dqagent.core.policies import make_policy
 from dqagent.errors import ConfigError
-from dqagent.policies import make_policy
-from dqagent.reload import Answer, Reloader, ReloadError, plan_reload
-from dqagent.workercmd import worker_shape
+from dqagent.settings import sources
+from dqagent.settings.config import DEFAULTS, Settings, parse_settings, parse_worker_command
+from dqagent.settings.workercmd import worker_shape
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from dqagent.config import MAX_GRACE_S, Settings, parse_settings
 from dqagent.errors import ConfigError
-from dqagent.layout import (
+from dqagent.settings.config import MAX_GRACE_S, Settings, parse_settings
+from dqagent.setup.layout import (
     AGENT_UNIT_FILE,
     LOG_DIR,
     PACKAGING,
@@ -30,8 +30,8 @@ from dqagent.layout import (
     rendered_units,
     unit_values,
 )
-from dqagent.reach import Preflight
-from dqagent.sandbox import Plan
+from dqagent.setup.reach import Preflight
+from dqagent.setup.sandbox import Plan
 
 EXE = "/opt/dqagent/bin/dqagent"
 INJECTION = "/srv/app/x\nExecStartPre=+/bin/sh -c 'id > /root/pwned'\nX=/../../../../.."

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dqagent.reconciler import Backoff, reconcile
-from dqagent.reporter import Reporter
-from dqagent.units import ActiveState, UnitState
+from dqagent.core.reconciler import Backoff, reconcile
+from dqagent.core.units import ActiveState, UnitState
+from dqagent.report.reporter import Reporter
 
 
 def unit(n: int, active: ActiveState = ActiveState.ACTIVE, sub: str = "running", result: str = "success",

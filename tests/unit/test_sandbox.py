@@ -1,4 +1,4 @@
-"""dqagent.sandbox: what a unit's sandbox hides, the rendered binds, and who may traverse what."""
+"""dqagent.setup.sandbox: what a unit's sandbox hides, the rendered binds, and who may traverse what."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.sandbox import (
+from dqagent.setup.sandbox import (
     HOME_ROOTS,
     Access,
     Need,

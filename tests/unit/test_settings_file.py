@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dqagent import sources
-from dqagent.status import render_json, render_text
+from dqagent.cli.status import render_json, render_text
+from dqagent.settings import sources
 
 COMMANDS = ["status", "scale-up", "scale-down", "check", "install", "worker-exec", "reload"]
 
@@ -59,7 +59,7 @@ def test_no_file_at_all_means_defaults_and_says_so(tmp_path: Path) -> None:
 
 
 def _report(env_file: Path | None) -> dict[str, object]:
-    from dqagent import status
+    from dqagent.cli import status
 
     offline_redis = {"REDIS_HOST": "127.0.0.1", "REDIS_PORT": "1", "REDIS_PASSWORD_FILE": ""}
     settings = sources.load(None, environ=offline_redis, system_file=Path("/nonexistent")).settings

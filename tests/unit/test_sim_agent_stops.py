@@ -1,5 +1,5 @@
 """Issue 15 (spiky calibration): the simulator's `agent_stops` model of the agent's start checks, stop order
-and failed starts (dqagent.reconciler / dqagent.jobs), and the read phase."""
+and failed starts (dqagent.core.reconciler / dqagent.systemd.jobtable), and the read phase."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqagent.policies import Decision, Observation, StepPolicy
-from dqagent.reconciler import BACKOFF_FIRST_S
+from dqagent.core.policies import Decision, Observation, StepPolicy
+from dqagent.core.reconciler import BACKOFF_FIRST_S
 from dqagent.sim.model import Life, PoolConfig, simulate
 from dqagent.sim.traces import Trace, Workload
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dqagent.guard import Limits
+from dqagent.core.guard import Limits
 from dqagent.sim.bench import DEFAULT_POOL, target_policy
 from dqagent.sim.benchcli import host_rows as benchmark
 from dqagent.sim.host import BENCH_GUARD, BENCH_HOST, HostModel, guarded_target

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqagent.policies import Decision, Observation, StepPolicy
+from dqagent.core.policies import Decision, Observation, StepPolicy
 from dqagent.sim.bench import contenders, count_flaps, metrics, percentile, run
 from dqagent.sim.model import PoolConfig, oracle_worker_seconds, simulate
 from dqagent.sim.reference import AwsBacklogPerInstance, CeleryAutoscale, KedaHpa
@@ -134,7 +134,7 @@ def test_trace_files_load_and_bad_ones_are_one_line_errors(tmp_path: object) -> 
 def test_simulate_command_prints_metrics_and_writes_a_png(tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
     from pathlib import Path
 
-    from dqagent.cli import main
+    from dqagent.cli.main import main
 
     png = Path(str(tmp_path)) / "out.png"
     trace = Path(str(tmp_path)) / "t.json"

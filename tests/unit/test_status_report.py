@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 
-from dqagent.status import render_text
-from dqagent.units import ActiveState, UnitState, describe_exit
+from dqagent.cli.status import render_text
+from dqagent.core.units import ActiveState, UnitState, describe_exit
 
 
 def unit(active: ActiveState, sub: str, restarts: int = 0) -> UnitState:

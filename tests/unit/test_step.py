@@ -1,4 +1,4 @@
-"""The decision step as a whole (`dqagent.step.decide`), over generated observations: units in every state,
+"""The decision step as a whole (`dqagent.core.step.decide`), over generated observations: units in every state,
 jobs ours and an operator's, any demand, both policies, the guard on or off, and fleet mode."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.config import QueueMetric, parse_settings
-from dqagent.demand import Demand, QueueDemand
-from dqagent.fleet import FleetView, Member
-from dqagent.guard import Headroom, Limits
-from dqagent.policies import StepPolicy, make_policy
-from dqagent.reconciler import Backoff, Intent, reconcile
-from dqagent.snapshot import Reason
-from dqagent.step import Check, FleetInput, Host, Memory, NeedsHost, Observed, Rules, decide, observe
-from dqagent.workercmd import worker_shape
+from dqagent.broker.redis import Demand, QueueDemand
+from dqagent.core.fleet import FleetView, Member
+from dqagent.core.guard import Headroom, Limits
+from dqagent.core.policies import StepPolicy, make_policy
+from dqagent.core.reconciler import Backoff, Intent, reconcile
+from dqagent.core.snapshot import Reason
+from dqagent.core.step import Check, FleetInput, Host, Memory, NeedsHost, Observed, Rules, decide, observe
+from dqagent.settings.config import QueueMetric, parse_settings
+from dqagent.settings.workercmd import worker_shape
 from tests.unit.test_reconciler import unit_states
 
 NOW_US = 1_000_000_000_000.0

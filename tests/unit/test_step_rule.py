@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.policies import Observation, StepPolicy, step_rule
+from dqagent.core.policies import Observation, StepPolicy, step_rule
 
 counts = st.integers(min_value=0, max_value=1200)
 queue = st.integers(min_value=0, max_value=100_000)
@@ -66,9 +66,9 @@ def test_step_policy_uses_the_rule() -> None:
 
 
 def test_thresholds_follow_the_configured_policy() -> None:
-    from dqagent.config import parse_settings
-    from dqagent.policies import thresholds
-    from dqagent.workercmd import worker_shape
+    from dqagent.core.policies import thresholds
+    from dqagent.settings.config import parse_settings
+    from dqagent.settings.workercmd import worker_shape
 
     seed = parse_settings({})
     assert thresholds(seed, 3, worker_shape(seed.dramatiq_command, 1)) == (15, 7.5)

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from dbus_fast import Message, MessageType, Variant
 
-from dqagent.systemd import (
+from dqagent.systemd.client import (
     BUS_DRIVER,
     MANAGER,
     MANAGER_PATH,

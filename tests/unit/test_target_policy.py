@@ -7,9 +7,9 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.config import parse_settings
-from dqagent.policies import FLOW_SAMPLES, Observation, TargetPolicy, TargetState
-from dqagent.workercmd import worker_shape
+from dqagent.core.policies import FLOW_SAMPLES, Observation, TargetPolicy, TargetState
+from dqagent.settings.config import parse_settings
+from dqagent.settings.workercmd import worker_shape
 
 demand = st.integers(min_value=0, max_value=20_000)
 workers = st.integers(min_value=0, max_value=200)

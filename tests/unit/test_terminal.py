@@ -11,11 +11,11 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.check import Result
-from dqagent.cli import _fleet_text
-from dqagent.logs import FieldsFormatter, event
-from dqagent.status import render_json, render_text
-from dqagent.terminal import printable
+from dqagent.cli.main import _fleet_text
+from dqagent.cli.status import render_json, render_text
+from dqagent.cli.terminal import printable
+from dqagent.report.logs import FieldsFormatter, event
+from dqagent.setup.check import Result
 from tests.unit.test_status_report import FAILING, report
 
 OSC_TITLE = "boom \x1b]0;pwned-title\x07 end"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.config import MAX_PROCESSES_LIMIT
+from dqagent.core.units import MAX_INSTANCE, JobOutcome, worker_instance, worker_unit
 from dqagent.errors import (
     AccessDeniedError,
     JobWaitTimeoutError,
@@ -18,8 +18,8 @@ from dqagent.errors import (
     UnitNameError,
     systemd_error,
 )
-from dqagent.layout import PACKAGING
-from dqagent.units import MAX_INSTANCE, JobOutcome, worker_instance, worker_unit
+from dqagent.settings.config import MAX_PROCESSES_LIMIT
+from dqagent.setup.layout import PACKAGING
 
 
 @given(st.integers(1, MAX_INSTANCE))

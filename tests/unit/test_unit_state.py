@@ -1,4 +1,4 @@
-"""A unit's health and its main process's end, each decided in one place (`dqagent.units`)."""
+"""A unit's health and its main process's end, each decided in one place (`dqagent.core.units`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import signal
 
 import pytest
 
-from dqagent import status, units
-from dqagent.reconciler import Phase, census, classify
-from dqagent.units import ActiveState, UnitState, describe_exit
+from dqagent.cli import status
+from dqagent.core import units
+from dqagent.core.reconciler import Phase, census, classify
+from dqagent.core.units import ActiveState, UnitState, describe_exit
 
 
 def state(active: ActiveState = ActiveState.FAILED, sub: str = "failed", restarts: int = 3,

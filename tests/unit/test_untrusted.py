@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqagent.demand import MAX_STALE_HEARTBEATS, oldest_ages, stale_brokers
-from dqagent.fleet import MAX_MEMBERS, Member, apportion, fleet_bounds, read_records, rendezvous
-from dqagent.metrics import families
-from dqagent.reporter import Reporter
-from dqagent.untrusted import RecordKind, Rejection, ascii_int, shown
+from dqagent.broker.redis import MAX_STALE_HEARTBEATS, oldest_ages, stale_brokers
+from dqagent.core.fleet import MAX_MEMBERS, Member, apportion, fleet_bounds, read_records, rendezvous
+from dqagent.core.untrusted import RecordKind, Rejection, ascii_int, shown
+from dqagent.report.metrics import families
+from dqagent.report.reporter import Reporter
 from tests.unit.fakes import FakeDemandProbe, FakeUnits
 from tests.unit.logged import events
 from tests.unit.test_agent_loop import FakeProbe, make, run, status
@@ -120,7 +120,7 @@ def test_records_past_the_member_cap_are_not_read_and_that_is_reported() -> None
 
 
 def reference_apportion(total: int, members: Sequence[Member]) -> dict[str, int]:
-    """The split seat by seat, as dqagent.fleet computed it before the bulk step (the definition)."""
+    """The split seat by seat, as dqagent.core.fleet computed it before the bulk step (the definition)."""
     lo, hi = fleet_bounds(members)
     shares = {m.host: m.min_processes for m in members}
     seats = sorted((-2 * m.weight / (2 * k - 1), -rendezvous(m.host, k), m.host)

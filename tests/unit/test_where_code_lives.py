@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 #: In-memory stand-ins still in the product (empty once they have moved). FakeFleetStore also runs the fleet
 #: simulator (dqagent/sim/fleet.py), so it leaves fleetstore.py for the simulator under a product name.
-PENDING_DOUBLES = {("dqagent/fleetstore.py", "FakeFleetStore")}
+PENDING_DOUBLES = {("dqagent/broker/fleetstore.py", "FakeFleetStore")}
 
 
 def trees(*folders: str) -> Iterator[tuple[str, ast.Module]]:

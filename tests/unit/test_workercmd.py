@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from dramatiq.cli import make_argument_parser
 
-from dqagent.config import parse_settings
 from dqagent.errors import ConfigError
-from dqagent.workercmd import WorkerShape, dramatiq_args, startup_warnings, worker_shape
+from dqagent.settings.config import parse_settings
+from dqagent.settings.workercmd import WorkerShape, dramatiq_args, startup_warnings, worker_shape
 
 
 def test_defaults_are_dramatiqs_own() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dqagent import logs
-from dqagent.workercmd import command_argv, shutdown_warning, worker_shape
+from dqagent.report import logs
+from dqagent.settings.workercmd import command_argv, shutdown_warning, worker_shape
 
 SEED = "python -m dramatiq --processes 1 --threads 5 --verbose backend.dramatiq_app.workers.subtask"
 

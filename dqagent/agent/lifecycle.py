@@ -1,0 +1,271 @@
+"""The agent's life cycle: the process around the loop (`dqagent.agent.loop`).
+
+Adopt the workers systemd runs, READY, check until SIGTERM/SIGINT, then STOPPING; on
+`systemctl stop dqagent` stop the workers and wait for them, on a restart leave them for the next
+agent; exit for systemd to restart us when the system bus goes away. SIGHUP re-reads the settings
+between two checks (`dqagent.agent.reload`). The watchdog is pinged only while checks keep their progress
+deadline.
+
+A check that raises an error no handler foresaw (a bug, or broker data no check caught) is logged with
+its traceback once per distinct error, counted as `source="internal"`, and the loop goes on at the next
+interval with the workers as they are: one bad value or one bug must not become a restart loop, which
+would also drop the PID, the job table and the policy's memory. Such a check still counts as progress
+for the watchdog, which is there for a loop that no longer comes round (a hang), not for one whose
+check failed: systemd restarting the agent would not make the same check pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from dqagent.agent.loop import MAX_BACKOFF_S, Loop
+from dqagent.agent.reload import Reloader
+from dqagent.broker.fleetstore import FleetCoordinator
+from dqagent.broker.redis import DemandProbe
+from dqagent.core.policies import Policy
+from dqagent.core.reconciler import Intent, has_foreign_job
+from dqagent.core.snapshot import Source
+from dqagent.errors import (
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    BrokerError,
+    BusConnectionError,
+    SystemdError,
+    SystemdTimeoutError,
+)
+from dqagent.report.logs import event
+from dqagent.report.notify import Notifier
+from dqagent.settings.config import Settings
+from dqagent.settings.workercmd import startup_warnings
+from dqagent.systemd.jobtable import ScaleReport, UnitManager, scale_by, stop_timeout_s
+
+if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)
+    pass
+
+__all__ = ["MAX_BACKOFF_S", "Agent", "ScaleReport", "UnitManager", "scale_by", "stop_timeout_s"]
+
+log = logging.getLogger(__name__)
+
+
+class Agent(Loop):
+    """The process around the loop: adopt, READY, check until stopped, reload, watchdog, shutdown.
+    Construct with real or fake collaborators."""
+
+    def __init__(self, settings: Settings, units: UnitManager, probe: DemandProbe, notifier: Notifier,
+                 policy: Policy, *, initial_processes: int | None = None,
+                 clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
+                 watchdog_s: float | None = None,
+                 own_unit: str = "dqagent.service", under_systemd: bool | None = None,
+                 reloader: Reloader | None = None, fleet: FleetCoordinator | None = None) -> None:
+        super().__init__(settings, units, probe, notifier, policy, initial_processes=initial_processes, clock=clock,
+                         wallclock=wallclock, fleet=fleet)
+        self.watchdog_s = watchdog_s
+        self.own_unit = own_unit
+        self.under_systemd = bool(os.environ.get("INVOCATION_ID")) if under_systemd is None else under_systemd
+        self.stop_requested = asyncio.Event()
+        #: SIGHUP (`systemctl reload dqagent`): re-read the settings between two checks (dqagent.agent.reload).
+        self.reloader = reloader
+        self.reload_requested = asyncio.Event()
+        #: The loop must finish its current step before this monotonic time, or the watchdog starves.
+        self._progress_deadline = math.inf
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Adopt, send READY, tick until stopped; returns the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
+        failed = self._start_exporter()
+        if failed is not None:
+            return failed
+        watchdog = asyncio.create_task(self._watchdog()) if self.watchdog_s else None
+        bus_lost = asyncio.create_task(self.units.wait_disconnected())
+        try:
+            for warning in startup_warnings(self.s, os.cpu_count()):
+                log.warning("%s", warning, extra=event("config_warning"))
+            self.guard.warn_missing(self.s)
+            await self._guard(self._adopt(), self._tick_budget_s())
+            self.notifier.ready()
+            if self.initial is not None:
+                # `start --processes N` is the operator's explicit count: hold it until the first check.
+                self._progress_deadline = self.clock() + self.s.tick_interval_s() + self._tick_budget_s()
+                await self._pause(self.s.tick_interval_s(), bus_lost)
+            while not self.stop_requested.is_set():
+                if self.reload_requested.is_set():
+                    await self._reload()
+                try:
+                    delay = await self._guard(self.tick(), self._tick_budget_s())
+                except SystemdTimeoutError as exc:  # busy or hung: transient, back off
+                    delay = self.s.tick_interval_s()
+                    self.reporter.systemd_timeout(exc.text, delay)
+                    self._source_failed(Source.SYSTEMD)
+                except SystemdError as exc:  # refused or failed request: transient, back off
+                    delay = self.s.tick_interval_s()
+                    self.reporter.systemd_refused(exc.name, str(exc), delay)
+                    self._source_failed(Source.SYSTEMD)
+                except BusConnectionError:
+                    raise
+                except Exception as exc:  # a bug, or data no check caught: reported, the loop goes on
+                    delay = self.s.tick_interval_s()
+                    self.reporter.tick_failed(exc, delay)
+                    self._source_failed(Source.INTERNAL)
+                else:
+                    self.reporter.systemd_ok()
+                    self.reporter.tick_ok()
+                self._progress_deadline = self.clock() + delay + self._tick_budget_s()
+                await self._pause(delay, bus_lost)
+        except (BusConnectionError, SystemdError) as exc:  # SystemdError here: before the loop ran
+            # Leave the workers alone: systemd restarts us (Restart=on-failure) and we adopt them.
+            log.error("lost systemd: %s; exiting for systemd to restart the agent", exc,
+                      extra=event("bus_lost"))
+            self.jobs.cancel()
+            return EXIT_UNAVAILABLE
+        finally:
+            bus_lost.cancel()
+            if watchdog:
+                watchdog.cancel()
+        try:
+            return await self._shutdown()
+        finally:
+            if self.exporter is not None:
+                self.exporter.close()
+
+    async def _pause(self, delay_s: float, bus_lost: asyncio.Task[None]) -> None:
+        """Wait for the next check, a stop or reload request, or the loss of the bus (raised)."""
+        stop = asyncio.create_task(self.stop_requested.wait())
+        reload = asyncio.create_task(self.reload_requested.wait())
+        done, _ = await asyncio.wait({stop, reload, bus_lost}, timeout=delay_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        reload.cancel()
+        if bus_lost in done:
+            raise BusConnectionError("system bus connection lost")
+
+    def _on_stop_signal(self) -> None:
+        """Only flags the stop; and asks systemd for time to finish the current step and the stops."""
+        if not self.stop_requested.is_set():
+            self.notifier.extend_timeout(self._tick_budget_s() + stop_timeout_s(self.s))
+        self.stop_requested.set()
+
+    async def _reload(self) -> None:
+        """Re-read the settings (dqagent.agent.reload) between ticks; keeps the PID, the workers and, on an
+        invalid file, the old settings. READY=1 follows RELOADING=1 in both cases, then the answer."""
+        self.reload_requested.clear()
+        if self.reloader is None:
+            log.warning("SIGHUP ignored: this agent was started without a settings source to re-read",
+                        extra=event("reload_failed", key=""))
+            return
+        self.notifier.reloading()
+        outcome = await self.reloader.reload(self.s, self.probe)
+        if outcome.policy is not None:
+            if outcome.policy.name != self.policy.name:
+                self.memory = replace(self.memory, policy_state=outcome.policy.initial_state())
+            self.s, self.probe, self.policy = outcome.settings, outcome.probe, outcome.policy
+            self._reload_exporter()
+            self.guard.warn_missing(self.s)  # GUARD may have been turned on
+        self.notifier.ready()
+        self.reloader.answer(outcome)
+
+    async def _guard(self, step: Any, budget_s: float) -> Any:
+        """Run one step of the loop with a progress deadline the watchdog task checks."""
+        self._progress_deadline = self.clock() + budget_s
+        return await step
+
+    def _tick_budget_s(self) -> float:
+        """A tick reads Redis (up to 3 calls) and systemd; it never waits for a job."""
+        return 3 * self.s.redis_timeout_s + 60
+
+    async def _watchdog(self) -> None:
+        """Ping systemd's watchdog only while the loop keeps meeting its progress deadline."""
+        assert self.watchdog_s
+        while True:
+            if self.clock() <= self._progress_deadline:
+                self.notifier.watchdog()
+            await asyncio.sleep(self.watchdog_s)
+
+    def _start_exporter(self) -> int | None:
+        """Serve METRICS_ADDRESS / write METRICS_TEXTFILE when set; an exit status when it cannot listen."""
+        if not (self.s.metrics_address or self.s.metrics_textfile):
+            return None
+        from dqagent.report.metrics import Exporter, MetricsError
+
+        self.exporter = Exporter(lambda: self.latest, self.s.metrics_address, self.s.metrics_textfile)
+        try:
+            self.exporter.start()
+        except MetricsError as exc:
+            log.error("%s", exc, extra=event("metrics_error", error=str(exc)))
+            return exc.exit_code
+        return None
+
+    def _reload_exporter(self) -> None:
+        """A reload may set, change or clear METRICS_ADDRESS: listen again (a failure is logged, not fatal)."""
+        if self.exporter is None:
+            self._start_exporter()
+            return
+        if self.exporter.address == self.s.metrics_address:
+            return
+        from dqagent.report.metrics import MetricsError
+
+        try:
+            self.exporter.serve(self.s.metrics_address)
+        except MetricsError as exc:
+            log.error("%s", exc, extra=event("metrics_error", error=str(exc)))
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> int:
+        """Stop the workers only when the agent itself is being stopped, not restarted."""
+        self.notifier.stopping()
+        if self.under_systemd:
+            try:
+                job = await self.units.pending_job_type(self.own_unit)
+            except (SystemdError, BusConnectionError) as exc:
+                log.warning("cannot read my own pending job (%s); leaving the workers running", exc,
+                            extra=event("shutdown", job="unknown"))
+                self.jobs.cancel()
+                return EXIT_OK
+            stop_workers_now = job == "stop"
+        else:
+            job = "terminal"
+            stop_workers_now = True
+        if not stop_workers_now:
+            self.jobs.cancel()  # their systemd jobs run on; the next agent counts what they left
+            states = await self.units.worker_states()
+            occupied = sum(1 for s in states if s.occupied)
+            log.info("agent %s: leaving %d workers running for the next agent", job or "exit", occupied,
+                     extra=event("shutdown", workers=occupied, job=job))
+            return EXIT_OK
+        self.notifier.extend_timeout(stop_timeout_s(self.s) + self.s.process_startup_delay_s + 30)
+        await self.jobs.wait(Intent.START)  # a start in flight ends first, so its unit is stopped too
+        states = await self.units.worker_states()
+        flight = self.jobs.in_flight
+        ours = [s for s in states if s.occupied and not has_foreign_job(s, flight.get(s.instance))
+                and flight.get(s.instance) is not Intent.STOP]
+        for s in states:
+            if s.occupied and has_foreign_job(s, flight.get(s.instance)):
+                log.warning("leaving %s alone: it has a %s job the agent did not start", s.unit, s.job_type,
+                            extra=event("foreign_job", unit=s.unit, job=s.job_type))
+        log.info("agent stopping (%s): stopping %d workers gracefully", job, len(ours),
+                 extra=event("shutdown", workers=len(ours), job=job))
+        if self.s.fleet:  # leave the fleet now: the others take this host's share without waiting for its TTL
+            with contextlib.suppress(BrokerError):
+                await self.fleet.leave(self.s)
+        self.jobs.stop([s.instance for s in ours], stop_timeout_s(self.s))
+        # Failed instances hold no process but stay listed; clear them so nothing is left behind.
+        for s in states:
+            if s.active_state == "failed" and not s.job_type:
+                with contextlib.suppress(SystemdError):
+                    await self.units.reset_failed(s.unit)
+        await self.jobs.wait()
+        return EXIT_OK

@@ -1,0 +1,2 @@
+"""The command line: argument parsing and wiring, `dqagent status`, text safe for a terminal.
+"""

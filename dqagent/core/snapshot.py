@@ -1,0 +1,180 @@
+"""What the agent observed and did as of its last tick: the one thing the metrics read (pure).
+
+The loop builds a `Snapshot` at the end of each tick (and on a tick where Redis failed) from figures it
+already holds, and publishes it as `Agent.latest`. `dqagent.report.metrics` only reads that attribute: a scrape
+never calls Redis or D-Bus, and since a snapshot is immutable and replaced by one assignment, a reader in
+another thread sees the old one or the new one, whole, never a half-updated mix.
+
+Cumulative figures (scale actions, failed starts, source errors, the decision-duration histogram) live in
+one `Accumulator` the agent owns and only its loop mutates; each snapshot carries a frozen copy
+(`Counters`). Label values are bounded sets, never free text: a scale action's `reason` is the policy's
+name or one of `REASONS` (see `action_reason`), so a scrape has a fixed number of series.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from dqagent.core.untrusted import RecordKind
+
+if TYPE_CHECKING:  # the type only: this module imports no redis
+    from dqagent.broker.redis import QueueDemand
+
+#: Upper bounds (seconds) of the decision-duration buckets: a tick reads Redis and systemd (a few ms),
+#: a slow one waits for timeouts (REDIS_TIMEOUT, DBUS_TIMEOUT: seconds).
+DURATION_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Direction(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class Source(StrEnum):
+    """Where a failed read or request went."""
+
+    REDIS = "redis"
+    SYSTEMD = "systemd"
+    #: A check that raised an error no rule foresaw (a bug, or data no check caught): `tick_failed`.
+    INTERNAL = "internal"
+
+
+class Reason(StrEnum):
+    """Why a scale action happened, when it was not the policy's own target (then: the policy's name)."""
+
+    #: The adoption at start (`start --processes N`, or the pool clamped into [MIN, MAX]).
+    STARTUP = "startup"
+    #: The policy asked for fewer than MIN_PROCESSES: the bound, not the policy, set the count.
+    MIN_PROCESSES = "min_processes"
+    #: The policy asked for more than MAX_PROCESSES.
+    MAX_PROCESSES = "max_processes"
+    #: The policy asked for 0 but delayed messages need a consumer to become due.
+    DELAYED_MESSAGES = "delayed_messages"
+
+
+def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
+    """The bounded `reason` label of a scale action: the policy's name unless a bound or rule decided.
+
+    `proposed` is the policy's target, `wanted` that target clamped to [MIN, MAX].
+    """
+    if delayed_override:
+        return Reason.DELAYED_MESSAGES
+    if wanted > proposed:
+        return Reason.MIN_PROCESSES
+    if wanted < proposed:
+        return Reason.MAX_PROCESSES
+    return policy
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Observations per bucket (not cumulative); `counts` has one more entry than `bounds` (+Inf)."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(`le`, observations <= le) pairs, ending with infinity: Prometheus' bucket form."""
+        out: list[tuple[float, int]] = []
+        total = 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """The cumulative figures at one instant (a frozen copy of the `Accumulator`)."""
+
+    #: ((direction, reason), actions), sorted.
+    scale_actions: tuple[tuple[tuple[str, str], int], ...] = ()
+    #: Starts that did not pass their PROCESS_STARTUP_DELAY check.
+    start_failures: int = 0
+    #: Workers the kernel killed for memory (systemd's Result=oom-kill), issue 14.
+    oom_kills: int = 0
+    #: (source, errors), for every `Source` (0 included: a counter exists from the start).
+    source_errors: tuple[tuple[str, int], ...] = tuple((s.value, 0) for s in Source)
+    #: (kind, values skipped), for every `RecordKind`: broker data refused at each read (dqagent.core.untrusted).
+    records_rejected: tuple[tuple[str, int], ...] = tuple((k.value, 0) for k in RecordKind)
+    decision_duration: Histogram = field(default_factory=lambda: Histogram(
+        DURATION_BUCKETS_S, (0,) * (len(DURATION_BUCKETS_S) + 1), 0.0))
+
+
+class Accumulator:
+    """The agent's cumulative counters. Only the loop mutates it; readers get `frozen()` copies."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS_S) -> None:
+        self._actions: dict[tuple[str, str], int] = {}
+        self._errors: dict[str, int] = dict.fromkeys((s.value for s in Source), 0)
+        self._rejected: dict[str, int] = dict.fromkeys((k.value for k in RecordKind), 0)
+        self._buckets = buckets
+        self._counts = [0] * (len(buckets) + 1)
+        self._sum = 0.0
+
+    def scale_action(self, direction: Direction, reason: str) -> None:
+        key = (direction.value, reason)
+        self._actions[key] = self._actions.get(key, 0) + 1
+
+    def source_error(self, source: Source) -> None:
+        self._errors[source.value] += 1
+
+    def record_rejected(self, kind: RecordKind) -> None:
+        self._rejected[kind.value] += 1
+
+    def decision_took(self, seconds: float) -> None:
+        """One tick's duration; a bucket's bound is inclusive (`le`), as in Prometheus."""
+        seconds = max(0.0, seconds)
+        self._counts[bisect.bisect_left(self._buckets, seconds)] += 1
+        self._sum += seconds
+
+    def frozen(self, start_failures: int, oom_kills: int = 0) -> Counters:
+        return Counters(scale_actions=tuple(sorted(self._actions.items())), start_failures=start_failures,
+                        oom_kills=oom_kills,
+                        source_errors=tuple(sorted(self._errors.items())),
+                        records_rejected=tuple(sorted(self._rejected.items())),
+                        decision_duration=Histogram(self._buckets, tuple(self._counts), self._sum))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCounts:
+    """Worker units by the reconciler's counting rules (`dqagent.core.reconciler.census`), and the target."""
+
+    running: int
+    #: Coming: activating, a start job, or a start of ours not judged yet.
+    starting: int
+    stopping: int
+    #: Failed, or in auto-restart after a crash (those also count as starting).
+    failed: int
+    #: The policy's target clamped to [MIN, MAX] (`Plan.wanted`).
+    desired: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one scrape shows. `workers` None: systemd not read yet; `queues` empty: Redis down."""
+
+    version: str
+    policy: str
+    #: Wall-clock seconds when this snapshot was taken.
+    taken_at_s: float
+    redis_up: bool
+    min_processes: int
+    max_processes: int
+    workers: WorkerCounts | None
+    queues: tuple[QueueDemand, ...]
+    #: Wall-clock seconds of the last completed decision; None before the first.
+    last_decision_s: float | None
+    counters: Counters
+    #: The guard's hold (issue 14): the resource it holds a scale-up on ("cpu", "memory", "memory_full",
+    #: "memory_available"), "" when not holding; None when the guard is off.
+    guard_holding: str | None = None

@@ -1,0 +1,239 @@
+"""One check's decision, pure: what the agent and the simulator both call with what they observed.
+
+No I/O and no clock of its own: the caller reads demand, the units, its jobs in flight, and (only
+when asked) the host's headroom, then calls `decide`, then acts on the `Check` it returns. The agent
+(`dqagent.agent.lifecycle`) does that against systemd and Redis; the simulator (`dqagent.sim.model`) against its
+simulated units, so both reach every decision through the same rules.
+
+The rules, in the order they apply:
+
+1. **Count** the units (`reconciler.census`): the pool is running + coming; `starting` adds the running
+   units still inside PROCESS_STARTUP_DELAY (their start check), by their ActiveEnterTimestamp.
+2. **Recommend**: the policy on this host's `Observation`. In fleet mode the same policy over the
+   fleet's summed [MIN, MAX] on the fleet's observation gives the global target G, and this host's
+   target is its share of G (`dqagent.core.fleet.share_of`).
+3. **Delayed messages**: a target of 0 while messages wait in the delay queue becomes 1: only a
+   consumer moves due messages (and Dramatiq's retries) back to the queue. Metrics reason
+   `delayed_messages`, in fleet mode too.
+4. **Guard**: a target above the pool is capped by the host's headroom (`dqagent.core.guard.decide`). The
+   headroom is read only for a scale-up: without it, `decide` returns `NeedsHost` and the caller reads
+   the host and calls again with the same arguments.
+5. **Reconcile** (`reconciler.reconcile`): clamp to [MIN, MAX], starts at the lowest free numbers
+   unless the crash-loop backoff holds them, stops of the highest settled numbers.
+6. **Report**: the bounded metrics reason, the decision line's journal fields and whether it is
+   routine (no change, logged at INFO at most once per CHECK_INTERVAL), and the next read time
+   (CHECK_INTERVAL for `step`; the adaptive read interval for `target`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dqagent.core.guard import Headroom, Limits, Verdict
+from dqagent.core.guard import decide as guard_decide
+from dqagent.core.policies import Decision, Observation, Policy, read_interval_s
+from dqagent.core.reconciler import Backoff, Census, Intent, Plan, census, reconcile
+from dqagent.core.snapshot import Reason, action_reason
+from dqagent.settings.config import QueueMetric
+
+if TYPE_CHECKING:  # types only: the step never imports the effect modules (redis, dbus_fast)
+    from dqagent.broker.redis import Demand
+    from dqagent.core.fleet import FleetView, Member, Share
+    from dqagent.core.units import UnitState
+    from dqagent.settings.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The settings one check decides with (`from_settings` for the agent; the simulator builds its own)."""
+
+    policy: Policy
+    min_processes: int
+    max_processes: int
+    #: Which count the policy is fed: outstanding or ready (QUEUE_METRIC).
+    queue_metric: QueueMetric
+    #: The adaptive read interval (SCALING_POLICY=target) instead of a fixed one.
+    adaptive_reads: bool
+    #: Seconds between reads: CHECK_INTERVAL, or DEMAND_POLL_INTERVAL with `target`.
+    read_every_s: float
+    #: The slowest read when idle (CHECK_INTERVAL), and the routine decision line's spacing.
+    check_interval_s: float
+    #: A running unit younger than this is still in its start check: counted as starting.
+    startup_delay_s: float
+    guard: bool
+    queue_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, s: Settings, policy: Policy) -> Rules:
+        return cls(policy=policy, min_processes=s.min_processes, max_processes=s.max_processes,
+                   queue_metric=s.queue_metric, adaptive_reads=s.scaling_policy != "step",
+                   read_every_s=s.tick_interval_s(), check_interval_s=s.check_interval_s,
+                   startup_delay_s=s.process_startup_delay_s, guard=s.guard, queue_names=s.queue_names)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What one check read: demand, the worker units, and the caller's own jobs and backoff."""
+
+    #: Monotonic seconds (the policy's clock, the backoff's, the decision line's spacing).
+    now_s: float
+    #: Wall-clock microseconds (against the units' ActiveEnterTimestamp).
+    now_us: float
+    demand: Demand
+    units: Sequence[UnitState]
+    in_flight: Mapping[int, Intent]
+    backoff: Backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """What one check hands the next: the policy's state, the last outstanding count, the last INFO line."""
+
+    policy_state: Any
+    previous_outstanding: int | None = None
+    last_logged_s: float = -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """Rule 1: the units counted, and the policy's view of this host."""
+
+    census: Census
+    obs: Observation
+
+
+@dataclass(frozen=True, slots=True)
+class FleetInput:
+    """Fleet mode: this host's record as just published, and the fleet as read with it."""
+
+    me: Member
+    view: FleetView
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """The guard's reading of the host, and its limits (a percentage reserve resolved against MemTotal)."""
+
+    headroom: Headroom
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsHost:
+    """`decide` wants the host's headroom: a scale-up from `pool` to `wanted` is on the table."""
+
+    pool: int
+    wanted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """Everything one check decided."""
+
+    seen: Seen
+    #: The target after every rule but the clamp (the reconciler's), and why.
+    decision: Decision
+    verdict: Verdict
+    plan: Plan
+    #: The bounded `reason` label of this check's scale actions (`dqagent.core.snapshot.Reason` or the policy).
+    label: str
+    memory: Memory
+    #: Fleet mode: this host's part of the fleet's decision.
+    share: Share | None
+    #: The decision line's journal fields, and whether it is routine (DEBUG rather than INFO).
+    fields: dict[str, object]
+    routine: bool
+    next_read_s: float
+
+
+def observe(rules: Rules, seen: Observed) -> Seen:
+    """Rule 1 (pure): the census and the `Observation` the policy decides on."""
+    counted = census(seen.units, seen.in_flight)
+    young = sum(1 for u in seen.units
+                if u.running and seen.now_us - u.active_enter_us < rules.startup_delay_s * 1e6)
+    d = seen.demand
+    obs = Observation(now_s=seen.now_s, queue_length=d.queue_length(rules.queue_metric), ready=d.ready,
+                      in_flight=d.in_flight, delayed=d.delayed, workers=counted.pool,
+                      starting=counted.coming + young, oldest_age_s=d.oldest_age_s)
+    return Seen(counted, obs)
+
+
+def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInput | None = None,
+           host: Host | None = None) -> Check | NeedsHost:
+    """The whole check (see the module docstring for the order of the rules). Pure and deterministic:
+    the same arguments give the same result, so a `NeedsHost` answer is followed by the same call with
+    `host` set."""
+    seen = observe(rules, observed)
+    decision, state, share, delayed = recommend(rules, seen, memory, fleet)
+    pool = seen.census.pool
+    if rules.guard and decision.target > pool:
+        if host is None:
+            return NeedsHost(pool, decision.target)
+        verdict = guard_decide(pool, decision.target, rules.min_processes, host.headroom, host.limits,
+                               seen.obs.starting)
+    else:
+        verdict = Verdict(decision.target, decision.target)
+    if verdict.holding:
+        decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
+    plan = reconcile(observed.units, decision.target, min_processes=rules.min_processes,
+                     max_processes=rules.max_processes, in_flight=observed.in_flight, backoff=observed.backoff,
+                     now_s=observed.now_s)
+    label = Reason.DELAYED_MESSAGES if delayed else action_reason(rules.policy.name, decision.target, plan.wanted)
+    routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
+    outstanding = seen.obs.outstanding
+    next_read = (read_interval_s(rules.read_every_s, seen.obs, decision.target, memory.previous_outstanding,
+                                 rules.check_interval_s) if rules.adaptive_reads else rules.read_every_s)
+    memory = Memory(state, outstanding, memory.last_logged_s if routine else observed.now_s)
+    return Check(seen, decision, verdict, plan, label, memory, share,
+                 _fields(rules, seen, observed.demand, decision, share), routine, next_read)
+
+
+def recommend(rules: Rules, seen: Seen, memory: Memory,
+               fleet: FleetInput | None) -> tuple[Decision, Any, Share | None, bool]:
+    """Rules 2 and 3: the policy's target for this host (in fleet mode its share of the fleet's G, the
+    delayed-message floor applied to G), its next state, and whether the delayed-message floor decided."""
+    if fleet is None:
+        decision, state = rules.policy.decide(seen.obs, memory.policy_state)
+        decision, delayed = _delayed_floor(decision, seen.obs.delayed)
+        return decision, state, None, delayed
+    from dqagent.core.fleet import fleet_bounds, fleet_observation, fleet_policy, share_of
+
+    others = fleet.view.others()
+    lo, hi = fleet_bounds((*others, fleet.me))
+    decision, state = fleet_policy(rules.policy, lo, hi).decide(
+        fleet_observation(seen.obs, fleet.me, others), memory.policy_state)
+    decision, delayed = _delayed_floor(decision, seen.obs.delayed)
+    share = share_of(fleet.view, fleet.me, decision)
+    return share.decision, state, share, delayed
+
+
+def _delayed_floor(decision: Decision, delayed: int) -> tuple[Decision, bool]:
+    """Rule 3: 0 workers while messages are delayed is 1 (only a consumer makes due messages ready)."""
+    if decision.target == 0 and delayed > 0:
+        return Decision(1, decision.reason + f"; {delayed} delayed messages need a consumer"), True
+    return decision, False
+
+
+def _fields(rules: Rules, seen: Seen, demand: Demand, decision: Decision, share: Share | None) -> dict[str, object]:
+    c = seen.census
+    return dict(queue=",".join(rules.queue_names), queue_length=seen.obs.queue_length, workers=c.pool,
+                running=c.running, target=decision.target, ready=demand.ready, in_flight=demand.in_flight,
+                delayed=demand.delayed, dead_lettered=demand.dead, orphaned=demand.orphaned,
+                policy=rules.policy.name, breakdown=breakdown(demand), oldest_age_s=format_age(demand.oldest_age_s),
+                **(share.fields() if share is not None else {}))
+
+
+def breakdown(demand: Demand) -> str:
+    """Per-queue figures in one journal field, e.g.
+    `q1:ready=3,in_flight=8,delayed=0,dead=0,orphaned=0,oldest_age_s=4.2` (`oldest_age_s=` empty: none waits)."""
+    return ";".join(f"{q.queue}:ready={q.ready},in_flight={q.in_flight},delayed={q.delayed},"
+                    f"dead={q.dead},orphaned={q.orphaned},oldest_age_s={format_age(q.oldest_age_s)}"
+                    for q in demand.queues)
+
+
+def format_age(age_s: float | None) -> str:
+    """An age for journal fields: seconds with one decimal, "" when no message waits."""
+    return "" if age_s is None else f"{age_s:.1f}"

@@ -1,0 +1,2 @@
+"""The guard's host reads: PSI, /proc/meminfo, the workers' memory.
+"""

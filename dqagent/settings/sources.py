@@ -1,0 +1,176 @@
+"""Where raw settings come from: flags, the environment, a settings file, and credentials.
+
+Precedence, highest first: command-line flags, the process environment, the settings file
+(read with python-dotenv, so the old manager's file with inline comments loads unchanged).
+Which file, unless `--env-file` names one: the installed service's `/etc/dqagent/dqagent.env` for
+every command (so `status`, `scale-up`, `check`, `install` see what the service sees, whatever the
+current directory), except `start` run by hand, which keeps the old manager's `./.env` first.
+The Redis password comes, under systemd, from `/etc/dqagent/redis-password` itself (0640
+root:dqagent, so a reload reads the current one), else systemd's credential (copied from it at
+start); otherwise from `REDIS_PASSWORD`, or the file named by `REDIS_PASSWORD_FILE`; an unreadable
+file is reported, not fatal, so `dqagent status` works for any user.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from dqagent.errors import ConfigError
+from dqagent.settings.config import CREDENTIAL_NAME, DEFAULTS, Settings, parse_settings
+from dqagent.settings.declarations import unknown_keys
+
+SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
+#: The file the unit hands over as the `redis_password` credential (`LoadCredential=`). `dqagent install`
+#: makes it 0640 root:dqagent, so the agent re-reads it on reload without any root process (issue 20).
+PASSWORD_SOURCE = Path("/etc/dqagent/redis-password")
+#: Commands that look for `./.env` before the system file (the old manager's `start` in a terminal).
+#: The service's own `start` passes `--env-file` explicitly, so it never depends on this.
+LOCAL_ENV_COMMANDS = frozenset({"start"})
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Validated settings plus what could not be read (for status output)."""
+
+    settings: Settings
+    #: The settings file that was read, or None: no file, defaults (and the environment) only.
+    env_file: Path | None
+    #: Why the password could not be read, or "" when it could (or none is configured).
+    password_note: str
+    #: Keys in the settings file that no setting declares (a typo, most likely), in file order; the
+    #: environment is not checked (it holds many unrelated variables).
+    unknown_keys: tuple[str, ...] = ()
+
+
+def default_env_file(cwd: Path, command: str, system_file: Path = SYSTEM_ENV_FILE) -> Path | None:
+    """The settings file `command` reads when no `--env-file` is given, or None (defaults only).
+
+    `start` (in `LOCAL_ENV_COMMANDS`): `./.env` if it exists, else the system file if it exists.
+    Every other command: the system file if it exists; a `./.env` is ignored, so a command run from
+    the old manager's directory reports on (or installs) what the service runs with.
+    """
+    candidates = (cwd / ".env", system_file) if command in LOCAL_ENV_COMMANDS else (system_file,)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def describe_source(env_file: Path | None) -> str:
+    """How status output names the settings file: its path, or that none was found."""
+    return str(env_file) if env_file is not None else "none: defaults"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Raw values from a `.env` file; a key without a value reads as empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--env-file", str(path), f"cannot read it: {exc.strerror}") from None
+    return {k: (val or "") for k, val in dotenv_values(stream=io.StringIO(text)).items()}
+
+
+def merge_values(
+    file_values: Mapping[str, str], environ: Mapping[str, str], flags: Mapping[str, str]
+) -> dict[str, str]:
+    """Apply the precedence: flags over environment over file. Only known keys are kept."""
+    merged: dict[str, str] = {}
+    for source in (file_values, environ, flags):
+        merged.update({k: v for k, v in source.items() if k in DEFAULTS})
+    return merged
+
+
+def _read_text(path: Path) -> tuple[str | None, str]:
+    """(stripped text, "") or (None, why not); a missing file is (None, "")."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").strip(), ""
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"password file {path} unavailable ({exc.strerror})"
+
+
+def _read_password(values: Mapping[str, str], environ: Mapping[str, str],
+                   source: Path | None = None) -> tuple[str | None, str]:
+    """(password or None to keep `REDIS_PASSWORD`, note on why a file could not be read).
+
+    Under systemd (`$CREDENTIALS_DIRECTORY` set) the first of `source` (current: what a reload must
+    see) and the credential (copied from it at start) that can be read decides: its text, or, when
+    empty, no password (silently; `REDIS_PASSWORD` still applies). `source` unreadable while the
+    credential works means a changed password applies only at restart: said in the note. Otherwise:
+    `REDIS_PASSWORD`, else the file named by `REDIS_PASSWORD_FILE`.
+    """
+    notes: list[str] = []
+    source = PASSWORD_SOURCE if source is None else source
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        for path in (source, Path(cred_dir) / CREDENTIAL_NAME):
+            text, note = _read_text(path)
+            if text is not None:
+                if notes:
+                    notes.append(f"using the password systemd handed over at start; a changed password applies "
+                                 f"at restart, not on reload (fix: chown root:dqagent {source}; chmod 0640 "
+                                 f"{source}, as dqagent install does)")
+                return (text or None), "; ".join(notes)
+            if note:
+                notes.append(note)
+    if values.get("REDIS_PASSWORD"):
+        return None, ""
+    path_text = values.get("REDIS_PASSWORD_FILE", DEFAULTS["REDIS_PASSWORD_FILE"]).strip()
+    if not path_text:
+        return None, "; ".join(notes)
+    text, note = _read_text(Path(path_text))
+    return text, "; ".join([*notes, note] if note else notes)
+
+
+def _read(env_file: Path | None, environ: Mapping[str, str], flags: Mapping[str, str] | None, cwd: Path | None,
+          command: str, system_file: Path) -> tuple[dict[str, str], dict[str, str], Path | None]:
+    """(the file's own values, the merged known values, the file they came from)."""
+    path = env_file if env_file is not None else default_env_file(cwd or Path.cwd(), command, system_file)
+    file_values = read_env_file(path) if path is not None else {}
+    return file_values, merge_values(file_values, environ, flags or {}), path
+
+
+def read_values(
+    env_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    *,
+    command: str = "status",
+    system_file: Path = SYSTEM_ENV_FILE,
+) -> tuple[dict[str, str], Path | None]:
+    """The merged raw values (no password, nothing validated, unknown keys dropped) and their file."""
+    environ = os.environ if environ is None else environ
+    _, values, path = _read(env_file, environ, flags, cwd, command, system_file)
+    return values, path
+
+
+def load(
+    env_file: Path | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    *,
+    command: str = "status",
+    system_file: Path = SYSTEM_ENV_FILE,
+) -> Loaded:
+    """Read, merge and validate the settings for `command` (see `default_env_file`).
+
+    `env_file` (the `--env-file` flag) wins over the default file. Raises `ConfigError` with a
+    one-line message: a bad value names its key, an unreadable file names `--env-file`. A key of the
+    file that no setting declares is not an error here: `Loaded.unknown_keys` lists it.
+    """
+    environ = os.environ if environ is None else environ
+    file_values, values, path = _read(env_file, environ, flags, cwd, command, system_file)
+    password, note = _read_password(values, environ)
+    if password is not None:
+        values["REDIS_PASSWORD"] = password
+    return Loaded(settings=parse_settings(values), env_file=path, password_note=note,
+                  unknown_keys=unknown_keys(file_values))

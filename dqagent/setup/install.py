@@ -1,0 +1,391 @@
+"""`dqagent install` / `dqagent uninstall`: put the units, user, polkit rule, journal catalog and settings
+in place.
+
+Idempotent: each file is written only when its content differs, and a second run says that
+nothing changed. The settings file is never overwritten. systemd is reloaded and the agent
+enabled/started over D-Bus (never by running systemctl); the journal's catalog index is rebuilt with
+`journalctl --update-catalog` when the catalog file changes (no library call exists for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import pwd
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
+from dqagent.report import catalog
+from dqagent.settings.config import Settings
+from dqagent.setup.layout import (
+    AGENT_UNIT_FILE,
+    CATALOG_FILE,
+    DEFAULT_WORKER_USER,
+    ENV_FILE,
+    ETC,
+    LOGROTATE,
+    PACKAGING,
+    PASSWORD_FILE,
+    POLKIT_RULE,
+    POLKITD,
+    SLICE_LIMITS_FILE,
+    SYSUSERS,
+    WORKER_LIMITS_FILE,
+    WORKER_TEMPLATE_FILE,
+    env_template,
+    logrotate_rule,
+    ours,
+    rendered_limits,
+    rendered_units,
+)
+from dqagent.setup.reach import dqagent_executable, preflight
+from dqagent.systemd.client import AGENT_UNIT, SystemdClient
+
+
+@dataclass
+class _Report:
+    changed: list[str]
+    kept: list[str]
+
+    def say(self) -> None:
+        for line in self.changed:
+            print(f"  {line}")
+        if not self.changed:
+            print("already installed: nothing changed")
+
+
+def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, int] = (0, 0)) -> bool:
+    """Write `path` atomically unless it already holds `text` with `mode`; True when it was written."""
+    if path.exists() and path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
+        report.kept.append(str(path))
+        return False
+    _make_directories(path.parent)
+    tmp = path.with_name(path.name + ".dqagent-tmp")
+    tmp.write_text(text)
+    os.chown(tmp, *owner)
+    tmp.chmod(mode)
+    tmp.replace(path)
+    report.changed.append(f"wrote {path}")
+    return True
+
+
+def _password_file(report: _Report) -> None:
+    """The Redis password file: 0640 root:dqagent, so the agent re-reads it on reload without a root process.
+
+    Created empty when missing. An existing regular file owned by root gets that group and mode (its
+    content is the operator's and is never read or changed); a symlink or a file of another owner is
+    left as it is, with a warning: the agent then sees a new password only at restart.
+    """
+    gid = grp.getgrnam("dqagent").gr_gid
+    if not PASSWORD_FILE.is_symlink() and not PASSWORD_FILE.exists():
+        _write(PASSWORD_FILE, "", 0o640, report, owner=(0, gid))
+        return
+    try:
+        fd = os.open(PASSWORD_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # ELOOP: a symlink, never followed by a chown/chmod of ours
+        fd = -1
+    try:
+        st = os.fstat(fd) if fd >= 0 else None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+            print(f"dqagent install: warning: {PASSWORD_FILE} is not a regular file owned by root: left as it is; "
+                  "the agent applies a changed password at restart only, unless group dqagent can read it",
+                  file=sys.stderr)
+            return
+        if (st.st_gid, stat.S_IMODE(st.st_mode)) != (gid, 0o640):
+            os.fchown(fd, 0, gid)
+            os.fchmod(fd, 0o640)
+            report.changed.append(f"{PASSWORD_FILE}: now 0640 root:dqagent (the agent re-reads it on reload)")
+        else:
+            report.kept.append(str(PASSWORD_FILE))
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _make_directories(directory: Path) -> list[Path]:
+    """Create `directory` and its missing parents, each root's with `DIR_MODE` set explicitly (whatever the
+    umask); existing ones are left as they are. Returns those created, outermost first."""
+    missing = [d for d in (directory, *directory.parents) if not os.path.lexists(d)]
+    for d in reversed(missing):
+        os.mkdir(d, 0o700)
+        _fix_new_directory(d, DIR_MODE)
+    return missing[::-1]
+
+
+def _fix_new_directory(directory: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Set the mode (and owner) of a directory this install has just created, through a descriptor opened
+    with O_NOFOLLOW, once it is checked to be still an empty root-owned directory: a symlink or another
+    directory put in its place by whoever may write the parent is never followed, chmod'ed nor chowned."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_uid != 0 or os.listdir(fd):
+            raise OSError(f"{directory} changed while install created it: left as it is")
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _make_worker_directory(workdir: Path, uid: int, gid: int) -> bool:
+    """Create WORKER_DIRECTORY for the worker user (`WORKDIR_MODE`, parents root's `DIR_MODE`); True when created.
+
+    Only a directory this call created is given away (`_fix_new_directory`: no symlink followed). Anything
+    already at that path, a symlink included, is the operator's and left alone (`dqagent check` judges it).
+    Raises OSError when the path changed under it.
+    """
+    if os.path.lexists(workdir):
+        return False
+    _make_directories(workdir.parent)
+    os.mkdir(workdir, 0o700)
+    _fix_new_directory(workdir, WORKDIR_MODE, (uid, gid))
+    return True
+
+
+def _update_catalog() -> None:
+    """Rebuild the journal's catalog index, so `journalctl -x` explains our MESSAGE_IDs.
+
+    There is no library or D-Bus call for this (libsystemd only reads the catalog), so it runs
+    `journalctl --update-catalog`, as package scripts do. A failure only costs the explanations: warned.
+    """
+    try:
+        subprocess.run(["journalctl", "--update-catalog"], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        print(f"dqagent install: warning: journalctl --update-catalog failed ({' '.join(detail.split())[:200]}); "
+              "journalctl -x will not explain dqagent's events until it runs", file=sys.stderr)
+
+
+def _refuse(line: str) -> int:
+    print(f"dqagent install: {line}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+#: The umask install runs under, whatever the caller's (e.g. 027 on a CIS-hardened host): directories
+#: and files it creates get exactly the modes it asks for (mkdir's and open's modes are filtered by it).
+INSTALL_UMASK = 0o022
+#: Mode of the directories install creates (/etc/dqagent, WORKER_DIRECTORY's parents, .d directories):
+#: every service user must traverse them.
+DIR_MODE = 0o755
+#: Mode of WORKER_DIRECTORY when install creates it (owned by WORKER_USER).
+WORKDIR_MODE = 0o750
+
+
+def install(settings: Settings, now: bool = False, bus_address: str | None = None,
+            env_file: Path | None = None) -> int:
+    """Install (or bring up to date) everything dqagent needs on this host, under `INSTALL_UMASK`.
+
+    Every check that can refuse runs before anything is written: polkitd present, WORKER_USER
+    existing, every path both units need visible in their sandbox and reachable by their users
+    (`dqagent.setup.reach.preflight`, the settings file included), and every value rendered into a file
+    (`ConfigError`, exit 78). A refusal is one line per problem and exit status 78.
+    """
+    old = os.umask(INSTALL_UMASK)
+    try:
+        return _install(settings, now, bus_address, env_file)
+    finally:
+        os.umask(old)
+
+
+def _install(settings: Settings, now: bool, bus_address: str | None, env_file: Path | None) -> int:
+    if os.geteuid() != 0:
+        print("dqagent install: must run as root", file=sys.stderr)
+        return EXIT_NOPERM
+    refusal = _host_refusal(settings)
+    if refusal:
+        return _refuse(refusal)
+    exe = dqagent_executable()
+    agent_text = (PACKAGING / "dqagent.service").read_text()
+    worker_text = (PACKAGING / "dramatiq-worker@.service").read_text()
+    pre = preflight(settings, exe, agent_text, worker_text)
+    if pre.refusals:
+        for problem in pre.refusals:
+            print(f"dqagent install: {problem.line()}", file=sys.stderr)
+        return EXIT_CONFIG
+    foreign = [p for p in rendered_limits(settings) if p.exists() and not ours(p)]
+    if foreign:  # an operator's file under our name: never ours to overwrite or remove
+        return _refuse(f"{foreign[0]} exists but was not written by dqagent install; fix: move it away (or rename "
+                       "it) and run dqagent install again")
+    # Rendered before anything is written: a value a file cannot carry is a ConfigError (exit 78) here.
+    files = _Rendered(rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(settings.log_file))
+    workdir = Path(settings.worker_directory)
+    for problem in pre.missing:
+        # install creates WORKER_DIRECTORY (and parents) and the settings file below
+        if not workdir.is_relative_to(problem.path) and not ENV_FILE.is_relative_to(problem.path):
+            print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
+                  file=sys.stderr)
+    report = _Report([], [])
+    failed = _write_everything(settings, files, report)
+    if failed is not None:
+        return failed
+    if report.changed:
+        asyncio.run(_reload(bus_address))
+    if now:
+        return _check_and_start(report, env_file, bus_address)
+    report.say()
+    return EXIT_OK
+
+
+def _host_refusal(settings: Settings) -> str:
+    """Why this host cannot take dqagent (polkitd missing, WORKER_USER missing or root), or ""."""
+    if not POLKITD.exists():
+        return (f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is never read and "
+                "every worker start by user dqagent is refused; fix: apt-get install polkitd, then run dqagent "
+                "install again")
+    if settings.worker_user == DEFAULT_WORKER_USER:
+        return ""
+    try:
+        worker_uid = pwd.getpwnam(settings.worker_user).pw_uid
+    except KeyError:
+        return (f"WORKER_USER={settings.worker_user} does not exist; fix: create it first (e.g. useradd --system "
+                f"{settings.worker_user}) or use the default {DEFAULT_WORKER_USER}, which install creates")
+    if worker_uid == 0 and not settings.allow_root_workers:  # another name for uid 0
+        return (f"WORKER_USER={settings.worker_user} is uid 0: workers as root are refused; fix: use a dedicated "
+                "user, or set ALLOW_ROOT_WORKERS=yes")
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    """The files rendered for these settings, before any is written."""
+
+    units: dict[Path, str]
+    limits: dict[Path, str | None]
+    logrotate: str
+
+
+def _write_everything(settings: Settings, files: _Rendered, report: _Report) -> int | None:
+    """Users, the worker directory, the units and drop-ins, the rules, the catalog, the settings and password
+    files; None when done, else the exit status (after one line saying why)."""
+    _write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
+           + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
+              if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
+    subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
+    worker = pwd.getpwnam(settings.worker_user)
+    workdir = Path(settings.worker_directory)
+    try:
+        if _make_worker_directory(workdir, worker.pw_uid, worker.pw_gid):
+            report.changed.append(f"created {workdir}")
+    except OSError as exc:
+        report.say()
+        return _refuse(f"cannot create WORKER_DIRECTORY {workdir} ({exc}); fix: create it yourself, owned by "
+                       f"{settings.worker_user}, and run dqagent install again")
+    for path, text in files.units.items():
+        _write(path, text, 0o644, report)
+    for path, dropin in files.limits.items():
+        if dropin is not None:
+            _write(path, dropin, 0o644, report)
+        elif ours(path):  # that limit is no longer set
+            _remove_dropin(path)
+            report.changed.append(f"removed {path}")
+    _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
+    _write(LOGROTATE, files.logrotate, 0o644, report)
+    if _write(CATALOG_FILE, catalog.render(), 0o644, report):
+        _update_catalog()
+    if not ENV_FILE.exists():
+        # Non-secret settings: world-readable so `dqagent status` works for any user.
+        _write(ENV_FILE, env_template(), 0o644, report)
+    _password_file(report)
+    return None
+
+
+def _check_and_start(report: _Report, env_file: Path | None, bus_address: str | None) -> int:
+    """`install --now`: run `dqagent check`; start the agent only when every check passed."""
+    from dqagent.setup.check import run_checks
+
+    failed = [r for r in asyncio.run(run_checks(env_file, bus_address=bus_address)) if not r.ok]
+    if failed:
+        report.say()
+        for r in failed:
+            print(f"dqagent install: {r.line()}", file=sys.stderr)
+        print(f"dqagent install: not starting {AGENT_UNIT}: dqagent check failed", file=sys.stderr)
+        return EXIT_CONFIG
+    started = asyncio.run(_start_agent(bus_address))
+    if started:
+        report.changed.append(f"{AGENT_UNIT}: {started}")
+    report.say()
+    return EXIT_OK if started in ("", "started") else EXIT_FAILED
+
+
+async def _start_agent(bus_address: str | None) -> str:
+    """Enable and start the agent. Returns what happened ("" when it was already running)."""
+    client = SystemdClient(bus_address)
+    await client.connect()
+    try:
+        await client.manager_call("EnableUnitFiles", "asbb", [[AGENT_UNIT], False, True])
+        state = await client.unit_property(AGENT_UNIT, "Unit", "ActiveState")
+        if state == "active":
+            return ""
+        (outcome,) = await client.start_units([AGENT_UNIT], timeout_s=200)
+        return "started" if outcome.ok else f"start failed ({outcome.text}): see journalctl -u dqagent"
+    finally:
+        client.close()
+
+
+def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
+    """Stop the agent and every worker, then remove what `install` added."""
+    if os.geteuid() != 0:
+        print("dqagent uninstall: must run as root", file=sys.stderr)
+        return EXIT_NOPERM
+    asyncio.run(_stop_everything(bus_address))
+    removed = []
+    paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS, LOGROTATE, CATALOG_FILE]
+    if purge:
+        paths += [ENV_FILE, PASSWORD_FILE]
+    for path in paths:
+        if path.exists():
+            path.unlink()
+            removed.append(str(path))
+    for path in (WORKER_LIMITS_FILE, SLICE_LIMITS_FILE):
+        if ours(path):
+            _remove_dropin(path)
+            removed.append(str(path))
+    if purge and ETC.exists() and not any(ETC.iterdir()):
+        ETC.rmdir()
+    asyncio.run(_reload(bus_address))
+    if str(CATALOG_FILE) in removed:
+        _update_catalog()
+    for path_text in removed:
+        print(f"  removed {path_text}")
+    if not purge and ENV_FILE.exists():
+        print(f"  kept {ENV_FILE} and {PASSWORD_FILE} (use --purge to remove them)")
+    if not removed:
+        print("not installed: nothing removed")
+    return EXIT_OK
+
+
+def _remove_dropin(path: Path) -> None:
+    """Remove one of our drop-ins, and its `.d` directory when nothing else is left in it."""
+    path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+async def _stop_everything(bus_address: str | None) -> None:
+    client = SystemdClient(bus_address)
+    await client.connect()
+    try:
+        if AGENT_UNIT_FILE.exists():
+            await client.manager_call("DisableUnitFiles", "asb", [[AGENT_UNIT], False])
+            await client.stop_units([AGENT_UNIT])
+        states = await client.worker_states()
+        await client.stop_units([s.unit for s in states if s.occupied])
+        for s in states:
+            await client.reset_failed(s.unit)
+    finally:
+        client.close()
+
+
+async def _reload(bus_address: str | None) -> None:
+    client = SystemdClient(bus_address)
+    await client.connect()
+    try:
+        await client.daemon_reload()
+    finally:
+        client.close()
