@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from dqagent.agent.loop import MAX_BACKOFF_S, Loop
 from dqagent.agent.reload import Reloader
 from dqagent.broker.fleetstore import FleetCoordinator
-from dqagent.broker.redis import DemandProbe
+from dqagent.core.demand import DemandProbe
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Intent, has_foreign_job
 from dqagent.core.snapshot import Source

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from dqagent import __version__
 from dqagent.broker.fleetstore import FleetCoordinator
-from dqagent.broker.redis import Demand, DemandProbe, QueueDemand
+from dqagent.core.demand import Demand, DemandProbe, QueueDemand
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Plan, census, reconcile
 from dqagent.core.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts

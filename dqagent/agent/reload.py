@@ -45,7 +45,7 @@ from dqagent.settings.sources import Loaded, describe_source
 from dqagent.settings.workercmd import startup_warnings, worker_shape
 
 if TYPE_CHECKING:  # not imported at run time: `dqagent reload` (the client) stays light, no redis
-    from dqagent.broker.redis import DemandProbe
+    from dqagent.core.demand import DemandProbe
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from dqagent.core.untrusted import RecordKind
 
 if TYPE_CHECKING:  # the type only: this module imports no redis
-    from dqagent.broker.redis import QueueDemand
+    from dqagent.core.demand import QueueDemand
 
 #: Upper bounds (seconds) of the decision-duration buckets: a tick reads Redis and systemd (a few ms),
 #: a slow one waits for timeouts (REDIS_TIMEOUT, DBUS_TIMEOUT: seconds).

@@ -39,8 +39,8 @@ from dqagent.core.reconciler import Backoff, Census, Intent, Plan, census, recon
 from dqagent.core.snapshot import Reason, action_reason
 from dqagent.settings.config import QueueMetric
 
-if TYPE_CHECKING:  # types only: the step never imports the effect modules (redis, dbus_fast)
-    from dqagent.broker.redis import Demand
+if TYPE_CHECKING:  # types only
+    from dqagent.core.demand import Demand
     from dqagent.core.fleet import FleetView, Member, Share
     from dqagent.core.units import UnitState
     from dqagent.settings.config import Settings

@@ -19,7 +19,7 @@ from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
 
 if TYPE_CHECKING:  # a type only: the reporter does not pull in redis
-    from dqagent.broker.redis import Demand
+    from dqagent.core.demand import Demand
     from dqagent.core.untrusted import Rejection
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ import dramatiq.broker
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
-from dqagent.broker.redis import HEARTBEAT_TIMEOUT_MS, Demand, RedisDemandProbe
+from dqagent.broker.redis import HEARTBEAT_TIMEOUT_MS, RedisDemandProbe
+from dqagent.core.demand import Demand
 from dqagent.errors import BrokerError
 from dqagent.settings.config import QueueMetric, Settings, parse_settings
 from testbed.agent import APP_DIR, REPO

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from dqagent.broker.redis import Demand, QueueDemand
+from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.units import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
 from dqagent.errors import BrokerError, systemd_error
 

@@ -9,14 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.broker.redis import (
-    HEARTBEAT_TIMEOUT_MS,
-    Demand,
-    DemandProbe,
-    QueueDemand,
-    RedisDemandProbe,
-    describe_failure,
-)
+from dqagent.broker.redis import HEARTBEAT_TIMEOUT_MS, RedisDemandProbe, describe_failure
+from dqagent.core.demand import Demand, DemandProbe, QueueDemand
 from dqagent.errors import BrokerError
 from dqagent.settings.config import QueueMetric, parse_settings
 from tests.unit.fakes import FakeDemandProbe

@@ -25,7 +25,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent.agent.lifecycle import Agent
-from dqagent.broker.redis import QueueDemand
+from dqagent.core.demand import QueueDemand
 from dqagent.core.policies import StepPolicy
 from dqagent.core.snapshot import (
     Accumulator,

@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dqagent.agent.lifecycle import Agent
-from dqagent.broker.redis import Demand, QueueDemand, oldest_ages
+from dqagent.broker.redis import oldest_ages
+from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.policies import Decision, Observation, TargetPolicy, TargetState, age_floor
 from dqagent.core.step import format_age
 from dqagent.errors import ConfigError

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.broker.redis import Demand, QueueDemand
+from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.fleet import FleetView, Member
 from dqagent.core.guard import Headroom, Limits
 from dqagent.core.policies import StepPolicy, make_policy
