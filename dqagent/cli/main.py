@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from dqagent import __version__
-from dqagent.cli.terminal import printable, printable_tree  # tiny and pure: `re` only, which argparse loads anyway
 from dqagent.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -30,6 +29,7 @@ from dqagent.errors import (
     ConfigError,
     SystemdError,
 )
+from dqagent.report.terminal import printable, printable_tree  # tiny and pure: `re` only, which argparse loads anyway
 from dqagent.settings import sources
 
 if TYPE_CHECKING:

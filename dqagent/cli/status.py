@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from dqagent.broker.redis import RedisDemandProbe
-from dqagent.cli.terminal import printable_tree
 from dqagent.core.policies import thresholds
 from dqagent.core.units import AGENT_UNIT, UnitState, describe_exit
 from dqagent.errors import DqAgentError
 from dqagent.report import journal
+from dqagent.report.terminal import printable_tree
 from dqagent.settings.config import Settings
 from dqagent.settings.sources import Loaded, describe_source
 from dqagent.settings.workercmd import WorkerShape, worker_shape

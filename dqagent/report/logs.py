@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dqagent.cli.terminal import printable
 from dqagent.report import catalog
+from dqagent.report.terminal import printable
 
 #: Relative LOG_FILE paths are resolved against this directory (systemd's LogsDirectory=dqagent).
 DEFAULT_LOG_DIR = Path(os.environ.get("LOGS_DIRECTORY", "/var/log/dqagent"))

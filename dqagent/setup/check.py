@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dqagent.cli.terminal import printable
 from dqagent.errors import EXIT_CONFIG, EXIT_OK, BrokerError, ConfigError, DqAgentError
+from dqagent.report.terminal import printable
 from dqagent.settings import sources
 from dqagent.settings.config import Settings
 from dqagent.settings.declarations import unknown_key_message

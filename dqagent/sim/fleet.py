@@ -159,52 +159,85 @@ def _level(curve: list[tuple[float, int]], t: float) -> int:
 
 async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], curve: list[tuple[float, int]],
                 events: list[tuple[float, str]], per_worker: int, hours: float, fleet: bool, summary: Summary) -> None:
-    by_name = {h.name: h for h in hosts}
-    t = 0.0
-    last_change = 0.0
-    changed_at_level = 0
-    ttl_s = max(record_ttl_ms(h.settings) for h in hosts) / 1000
-    max_tick = max(h.settings.tick_interval_s() for h in hosts)
-    recent_exits: list[tuple[float, int]] = []  # (when, workers) of hosts that left the reachable set
-    pending: list[tuple[float, str]] = list(events)
-    watched: list[_Change] = []
-    while t < hours * 3600:
-        store.now_ms = int(t * 1000)
-        level = _level(curve, t)
-        if level != changed_at_level:
-            changed_at_level, last_change = level, t
-        while pending and pending[0][0] <= t:
-            _, name = pending.pop(0)
-            h = by_name[name]
-            last_change = t
+    world = _World(rng, store, hosts, curve, list(events), per_worker, fleet, summary)
+    while world.t < hours * 3600:
+        store.now_ms = int(world.t * 1000)
+        world.follow_demand()
+        await world.join_and_leave()
+        await world.decide()
+        world.measure()
+        world.t += STEP_S
+
+
+@dataclass
+class _World:
+    """One run's hosts over time: who is in, what each decides, and what the run measures."""
+
+    rng: random.Random
+    store: FakeFleetStore
+    hosts: list[Host]
+    curve: list[tuple[float, int]]
+    pending: list[tuple[float, str]]
+    per_worker: int
+    fleet: bool
+    summary: Summary
+    t: float = 0.0
+    level: int = 0
+    last_change: float = 0.0
+    changed_at_level: int = 0
+    #: (when, workers) of hosts that left the reachable set.
+    recent_exits: list[tuple[float, int]] = field(default_factory=list)
+    watched: list[_Change] = field(default_factory=list)
+
+    @property
+    def ttl_s(self) -> float:
+        return max(record_ttl_ms(h.settings) for h in self.hosts) / 1000
+
+    @property
+    def max_tick(self) -> float:
+        return max(h.settings.tick_interval_s() for h in self.hosts)
+
+    def follow_demand(self) -> None:
+        self.level = _level(self.curve, self.t)
+        if self.level != self.changed_at_level:
+            self.changed_at_level, self.last_change = self.level, self.t
+
+    async def join_and_leave(self) -> None:
+        """The membership events due now: a host joins or comes back, or leaves, dies or is cut from Redis."""
+        while self.pending and self.pending[0][0] <= self.t:
+            _, name = self.pending.pop(0)
+            h = next(x for x in self.hosts if x.name == name)
+            self.last_change = self.t
             joining = h.mode in ("out", "gone", "dead", "cut")
             if h.mode in ("out", "gone", "dead"):
                 h.mode, h.workers, h.state = "up", h.settings.min_processes, h.policy.initial_state()
-                recent_exits.append((t, h.workers))  # a joiner runs its MIN at once (the agent's start)
-                h.coordinator = FleetCoordinator(lambda _s: store)
+                self.recent_exits.append((self.t, h.workers))  # a joiner runs its MIN at once (the agent's start)
+                h.coordinator = FleetCoordinator(lambda _s: self.store)
             elif h.mode == "cut":
                 h.mode = "up"  # back with the workers it held: counted until the fleet rebalances
-                recent_exits.append((t, h.workers))
+                self.recent_exits.append((self.t, h.workers))
             else:
-                h.mode = rng.choice(["gone", "dead", "cut"])
-                if h.mode in ("gone", "dead", "cut"):
-                    recent_exits.append((t, h.workers))
+                h.mode = self.rng.choice(["gone", "dead", "cut"])
+                self.recent_exits.append((self.t, h.workers))
                 if h.mode == "gone":
                     await h.coordinator.leave(h.settings)
                 if h.mode in ("gone", "dead"):
                     h.workers = 0
-            watched.append(_Change(t, name, joining, level, {o.name: o.workers for o in hosts
-                                                            if o is not h and o.mode == "up"}))
-        for h in hosts:
-            if h.mode not in ("up", "cut") or t < h.next_tick_s:
+            self.watched.append(_Change(self.t, name, joining, self.level, {
+                o.name: o.workers for o in self.hosts if o is not h and o.mode == "up"}))
+
+    async def decide(self) -> None:
+        """Each host whose read is due decides, through the agent's rules (`dqagent.core.step.recommend`)."""
+        for h in self.hosts:
+            if h.mode not in ("up", "cut") or self.t < h.next_tick_s:
                 continue
             h.next_tick_s = (h.next_tick_s or h.phase_s) + h.settings.tick_interval_s()
             if h.mode == "cut":
                 continue  # Redis unreachable: keep the workers, decide nothing (the agent's _redis_down)
-            outstanding = _level(curve, max(0.0, t - h.read_delay_s))
-            obs = Observation(now_s=t, queue_length=outstanding, ready=outstanding, in_flight=0, delayed=0,
+            outstanding = _level(self.curve, max(0.0, self.t - h.read_delay_s))
+            obs = Observation(now_s=self.t, queue_length=outstanding, ready=outstanding, in_flight=0, delayed=0,
                               workers=h.workers, starting=0)
-            if fleet:  # the agent's rules 2 and 3 (`dqagent.core.step.recommend`) on a host without units
+            if self.fleet:  # the agent's rules 2 and 3 on a host without units
                 seen = Seen(Census(running=h.workers, coming=0, going=0, failing=0), obs)
                 try:
                     fleet_input = await h.coordinator.sync(h.settings, seen)
@@ -214,60 +247,72 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
                                                         Memory(h.state), fleet_input)
                 h.coordinator.remember(fleet_input, share)
                 assert share is not None
-                target = decision.target
-                h.last_g, h.last_g_at = share.global_target, t
+                h.last_g, h.last_g_at = share.global_target, self.t
             else:
                 decision, h.state = h.policy.decide(obs, h.state)
-                target = decision.target
-                h.last_g, h.last_g_at = target, t
-            target = h.settings.clamp(target)
-            h.workers = target
-            if fleet:
+                h.last_g, h.last_g_at = decision.target, self.t
+            h.workers = h.settings.clamp(decision.target)
+            if self.fleet:
                 await h.coordinator.publish(h.settings, h.workers, 0)
-        # -- measure ----------------------------------------------------------------------------
-        for c in [c for c in watched if t - c.at_s > ttl_s + 2 * max_tick or level != c.level]:
-            watched.remove(c)
-            if level == c.level:  # demand unchanged over the whole change: it counts
-                summary.changes += 1
-                summary.flaps += c.flapped
-        for c in watched:
-            for o in hosts:
-                if o.name in c.before and o.mode == "up" and \
-                        (o.workers > c.before[o.name] if c.join else o.workers < c.before[o.name]):
-                    c.flapped = 1
-        reachable = [h for h in hosts if h.mode == "up"]
+
+    def measure(self) -> None:
+        """Cost against need; in fleet mode, safety (never over G) and liveness (converged when quiet)."""
+        self._flaps()
+        reachable = [h for h in self.hosts if h.mode == "up"]
         total = sum(h.workers for h in reachable)
         lo = sum(h.settings.min_processes for h in reachable)
         hi = sum(h.settings.max_processes for h in reachable)
-        need = max(lo, min(hi, math.ceil(level / per_worker)))
+        need = max(lo, min(hi, math.ceil(self.level / self.per_worker)))
+        summary = self.summary
         summary.worker_seconds += total * STEP_S
         summary.need_seconds += need * STEP_S
         summary.max_over = max(summary.max_over, total - need)
         if total > need:
             summary.over_seconds += STEP_S
-        if fleet and reachable:
-            recent_exits = [(w, n) for w, n in recent_exits if t - w <= ttl_s + max_tick]
-            g_max = max(h.last_g for h in reachable if t - h.last_g_at <= ttl_s + max_tick) \
-                if any(t - h.last_g_at <= ttl_s + max_tick for h in reachable) else hi
-            beyond = total - max(lo, min(hi, g_max)) - sum(n for _, n in recent_exits)
-            if t < ttl_s + 2 * max_tick:  # the fleet forming: hosts that started together, each alone at first
-                summary.forming_over = max(summary.forming_over, beyond)
-                beyond = 0
-            summary.max_over_g = max(summary.max_over_g, beyond)
-            if beyond > 0:
-                summary.violations.append(f"safety at {t:.0f}s: {total} > G {g_max}")
-            quiet = t - last_change
-            settle = ttl_s + 2 * max_tick + max(h.settings.scale_down_window_s for h in hosts)
-            if abs(quiet - settle) < STEP_S / 2:
-                summary.converge_checks += 1
-                gs = {h.last_g for h in reachable}
-                g = max(lo, min(hi, max(gs)))
-                if len(gs) == 1 and total == g and \
-                        all(h.workers == apportion(g, [_member(x) for x in reachable])[h.name] for h in reachable):
-                    summary.converged += 1
-                else:
-                    summary.violations.append(f"liveness at {t:.0f}s: total {total}, G's {sorted(gs)}")
-        t += STEP_S
+        if self.fleet and reachable:
+            self._safety(reachable, total, lo, hi)
+            self._liveness(reachable, total, lo, hi)
+
+    def _flaps(self) -> None:
+        """A join or leave counts once demand stayed level over it; it flapped if another host moved the wrong way."""
+        horizon = self.ttl_s + 2 * self.max_tick
+        for c in [c for c in self.watched if self.t - c.at_s > horizon or self.level != c.level]:
+            self.watched.remove(c)
+            if self.level == c.level:  # demand unchanged over the whole change: it counts
+                self.summary.changes += 1
+                self.summary.flaps += c.flapped
+        for c in self.watched:
+            for o in self.hosts:
+                if o.name in c.before and o.mode == "up" and \
+                        (o.workers > c.before[o.name] if c.join else o.workers < c.before[o.name]):
+                    c.flapped = 1
+
+    def _safety(self, reachable: list[Host], total: int, lo: int, hi: int) -> None:
+        window = self.ttl_s + self.max_tick
+        self.recent_exits = [(w, n) for w, n in self.recent_exits if self.t - w <= window]
+        fresh = [h.last_g for h in reachable if self.t - h.last_g_at <= window]
+        g_max = max(fresh) if fresh else hi
+        beyond = total - max(lo, min(hi, g_max)) - sum(n for _, n in self.recent_exits)
+        if self.t < self.ttl_s + 2 * self.max_tick:  # the fleet forming: hosts that started together, each alone
+            self.summary.forming_over = max(self.summary.forming_over, beyond)
+            beyond = 0
+        self.summary.max_over_g = max(self.summary.max_over_g, beyond)
+        if beyond > 0:
+            self.summary.violations.append(f"safety at {self.t:.0f}s: {total} > G {g_max}")
+
+    def _liveness(self, reachable: list[Host], total: int, lo: int, hi: int) -> None:
+        quiet = self.t - self.last_change
+        settle = self.ttl_s + 2 * self.max_tick + max(h.settings.scale_down_window_s for h in self.hosts)
+        if abs(quiet - settle) >= STEP_S / 2:
+            return
+        self.summary.converge_checks += 1
+        gs = {h.last_g for h in reachable}
+        g = max(lo, min(hi, max(gs)))
+        if len(gs) == 1 and total == g and \
+                all(h.workers == apportion(g, [_member(x) for x in reachable])[h.name] for h in reachable):
+            self.summary.converged += 1
+        else:
+            self.summary.violations.append(f"liveness at {self.t:.0f}s: total {total}, G's {sorted(gs)}")
 
 
 def _member(h: Host) -> Member:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from dqagent.cli.main import _fleet_text
 from dqagent.cli.status import render_json, render_text
-from dqagent.cli.terminal import printable
 from dqagent.report.logs import FieldsFormatter, event
+from dqagent.report.terminal import printable
 from dqagent.setup.check import Result
 from tests.unit.test_status_report import FAILING, report
 
