@@ -67,7 +67,7 @@ def _setting(text: str) -> tuple[str, str]:
     return key, value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dev/bench", description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
@@ -92,33 +92,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="instead of the table: K drawn pools and traces per seed (dqagent/sim/families.py)")
     held_out.add_argument("--seeds", type=int, nargs="*", default=None, metavar="SEED",
                           help="with --random-pools: the seeds (default: --seed)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.random_pools:
-        overrides = dict(args.set)
-        try:
-            target_policy(DEFAULT_POOL, **overrides)
-        except ConfigError as exc:
-            parser.error(f"--set: {exc}")
-        random_pools(args.random_pools, args.seeds or [args.seed], args.dispatch, overrides)
-        return 0
-    if args.sweep:
-        sweep(args.sweep, args.seed)
-        return 0
-    if args.age:
-        age_rows(args.seed, replace(DEFAULT_POOL, dispatch=args.dispatch))
-        return 0
-    if args.fleet:
-        return summary(5, 6.0, args.seed)
-    if args.host:
-        print("\n".join(host_rows(args.seed)))
-        return 0
-    pool = PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers,
-                      dispatch=args.dispatch)
     overrides = dict(args.set)
+    pool = (DEFAULT_POOL if args.random_pools else
+            PoolConfig(threads=args.threads, prefetch=2 * args.threads, max_workers=args.max_workers,
+                       dispatch=args.dispatch))
     try:
         target_policy(pool, **overrides)
     except ConfigError as exc:
         parser.error(f"--set: {exc}")
+    if args.random_pools:
+        random_pools(args.random_pools, args.seeds or [args.seed], args.dispatch, overrides)
+    elif args.sweep:
+        sweep(args.sweep, args.seed)
+    elif args.age:
+        age_rows(args.seed, replace(DEFAULT_POOL, dispatch=args.dispatch))
+    elif args.fleet:
+        return summary(5, 6.0, args.seed)
+    elif args.host:
+        print("\n".join(host_rows(args.seed)))
+    else:
+        _table(args, pool, overrides)
+    return 0
+
+
+def _table(args: argparse.Namespace, pool: PoolConfig, overrides: dict[str, str]) -> None:
+    """Every contender on every trace, the oracle, and (for the whole table) the targets and the extra rows."""
     roster = contenders(overrides)
     started = time.monotonic()
     table: dict[tuple[str, str], Metrics] = {}
@@ -134,20 +138,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:<11} {'oracle':<13} {'0.0':>8} {'0.0':>8} {'0.0':>8} {'-':>7} {'-':>7} "
               f"{oracle[name]:>9.0f} {'-':>6} {'-':>5}")
     print(LEGEND)
-    if set(args.traces) == set(TRACES):
-        print("\ntargets:")
-        results = check_targets(table, oracle, warm_bounds_wait=args.service_cv is None or args.service_cv <= 1)
-        for text, verdict in results:
-            print(f"  {verdict:<5}  {text}")
-        counts = {v: sum(1 for _, got in results if got == v) for v in (PASS, TIE, BOUND, FAIL)}
-        print(f"\n{counts[PASS]}/{len(results)} targets met ({counts[TIE]} tie, {counts[BOUND]} beyond MAX, "
-              f"{counts[FAIL]} failed); {time.monotonic() - started:.0f}s (seed {args.seed})")
-        age_rows(args.seed, pool)
-        print("\nthe guard (docs/operations.md): a burst on an over-committed host")
-        print("\n".join(host_rows(args.seed)))
-        print("\nfleet mode (docs/fleet.md): several hosts on one queue, FLEET set vs independent agents")
-        summary(3, 2.0, args.seed)
-    return 0
+    if set(args.traces) != set(TRACES):
+        return
+    print("\ntargets:")
+    results = check_targets(table, oracle, warm_bounds_wait=args.service_cv is None or args.service_cv <= 1)
+    for text, verdict in results:
+        print(f"  {verdict:<5}  {text}")
+    counts = {v: sum(1 for _, got in results if got == v) for v in (PASS, TIE, BOUND, FAIL)}
+    print(f"\n{counts[PASS]}/{len(results)} targets met ({counts[TIE]} tie, {counts[BOUND]} beyond MAX, "
+          f"{counts[FAIL]} failed); {time.monotonic() - started:.0f}s (seed {args.seed})")
+    age_rows(args.seed, pool)
+    print("\nthe guard (docs/operations.md): a burst on an over-committed host")
+    print("\n".join(host_rows(args.seed)))
+    print("\nfleet mode (docs/fleet.md): several hosts on one queue, FLEET set vs independent agents")
+    summary(3, 2.0, args.seed)
 
 
 if __name__ == "__main__":
