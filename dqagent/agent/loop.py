@@ -200,7 +200,7 @@ class Loop:
         self.reporter.redis_down(message, retry)
         return retry
 
-    # -- metrics (issue 12) -----------------------------------------------------------------------
+    # -- metrics -----------------------------------------------------------------------
 
     def _rejected(self, rejections: Sequence[Rejection]) -> None:
         """Broker data a read skipped: each skip counted, each distinct one logged once (the reporter)."""

@@ -235,7 +235,7 @@ async def _start(args: argparse.Namespace) -> int:
     read_again = functools.partial(sources.load, loaded.env_file, cwd=Path.cwd(), command=args.command)
     s = loaded.settings
     shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
-    if s.fleet:  # fleet mode (issue 13): no host id (FLEET_HOST_ID empty, /etc/machine-id unreadable): exit 78 here
+    if s.fleet:  # fleet mode: no host id (FLEET_HOST_ID empty, /etc/machine-id unreadable): exit 78 here
         from dqagent.broker.fleetstore import host_id
 
         host_id(s)
@@ -342,7 +342,7 @@ async def _status(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     report: dict[str, Any] = await collect(loaded, os.environ.get("DQAGENT_BUS_ADDRESS") or None)
-    if args.fleet:  # fleet mode (issue 13)
+    if args.fleet:  # fleet mode
         from dqagent.broker.fleetstore import fleet_status
 
         report["fleet"] = await fleet_status(loaded.settings, report["queue_length"])

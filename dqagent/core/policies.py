@@ -230,7 +230,7 @@ class TargetPolicy:
     #: below target, so a backlog beyond every unit's prefetch (ratio > 1) always asks for more units.
     band_above: bool = True
     name: ClassVar[str] = "target"
-    #: MAX_QUEUE_AGE (issue 12): scale up while the oldest waiting message is older (`age_floor`); None: off.
+    #: MAX_QUEUE_AGE: scale up while the oldest waiting message is older (`age_floor`); None: off.
     max_queue_age_s: float | None = None
 
     @classmethod

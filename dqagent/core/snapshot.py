@@ -100,7 +100,7 @@ class Counters:
     scale_actions: tuple[tuple[tuple[str, str], int], ...] = ()
     #: Starts that did not pass their PROCESS_STARTUP_DELAY check.
     start_failures: int = 0
-    #: Workers the kernel killed for memory (systemd's Result=oom-kill), issue 14.
+    #: Workers the kernel killed for memory (systemd's Result=oom-kill).
     oom_kills: int = 0
     #: (source, errors), for every `Source` (0 included: a counter exists from the start).
     source_errors: tuple[tuple[str, int], ...] = tuple((s.value, 0) for s in Source)
@@ -175,6 +175,6 @@ class Snapshot:
     #: Wall-clock seconds of the last completed decision; None before the first.
     last_decision_s: float | None
     counters: Counters
-    #: The guard's hold (issue 14): the resource it holds a scale-up on ("cpu", "memory", "memory_full",
+    #: The guard's hold: the resource it holds a scale-up on ("cpu", "memory", "memory_full",
     #: "memory_available"), "" when not holding; None when the guard is off.
     guard_holding: str | None = None

@@ -152,7 +152,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("reload_answer_failed", "954054bdb8d94ae48b545c9e2b483d8a", "dqagent could not answer a reload",
           "The agent reloaded but could not write its answer file in /run/dqagent, so `systemctl reload` "
           "times out. Check the unit's RuntimeDirectory= and free space on /run."),
-    # -- the oldest message's age (issue 12) -----------------------------------------------------------
+    # -- the oldest message's age -----------------------------------------------------------
     Entry("clock_skew", "1496a1880f404d5096956e68c6f47951", "A waiting message is stamped in this host's future",
           "The oldest waiting message's timestamp (set by the producer's clock) is later than this host's "
           "clock, so its age counts as 0 and MAX_QUEUE_AGE acts late. Synchronise the clocks of the producers "
@@ -165,7 +165,7 @@ ENTRIES: tuple[Entry, ...] = (
           "(Dramatiq's default JSONEncoder; pickle is not readable), or it is larger than 1 MiB (never "
           "fetched, so that no client can stall Redis through the agent). That queue has no age, so "
           "MAX_QUEUE_AGE cannot act on it. Scaling on the count still works."),
-    # -- untrusted broker data and unexpected failures (issue 20) --------------------------------------
+    # -- untrusted broker data and unexpected failures --------------------------------------
     Entry("broker_data_rejected", "b1b466bcebee4a129a5629af6c2cc16d", "dqagent skipped broker data it cannot trust",
           "A value in the broker's Redis is not what Dramatiq or dqagent writes there (KIND: a heartbeat member "
           "that is not a broker id, a fleet record out of its bounds or too large, or more members than the "
@@ -180,7 +180,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("tick_recovered", "9a0a60661b084bef9c598a235c5e5a68", "dqagent checks succeed again",
           "A check completed after one or more failed unexpectedly. Nothing to do."),
 
-    # -- metrics (issue 12) -----------------------------------------------------------------------------
+    # -- metrics -----------------------------------------------------------------------------
     Entry("metrics_listening", "50edd6f3072a4d2c9d22c74f7fe2477c", "dqagent serves Prometheus metrics",
           "METRICS_ADDRESS is set: the agent serves /metrics there, from the snapshot of its last check "
           "(docs/metrics.md). Nothing to do."),
@@ -198,7 +198,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("metrics_textfile_ok", "31a8eccc9e68423693e7ad8a96acbc94", "dqagent writes its metrics textfile again",
           "METRICS_TEXTFILE is written again after earlier failures. Nothing to do."),
 
-    # -- resource limits and the guard (issue 14) ---------------------------------------------------------
+    # -- resource limits and the guard ---------------------------------------------------------
     Entry("guard_blocked", "91afad180bf4400e90e9b75d0f5f4353", "dqagent holds a scale-up: the host lacks headroom",
           "The policy wants more workers, but the host lacks headroom (the fields RESOURCE, FIGURE and LIMIT "
           "say which figure and by how much), so the agent starts fewer or none until it recovers; "
@@ -215,7 +215,7 @@ ENTRIES: tuple[Entry, ...] = (
           "reports Result=oom-kill. Its running and prefetched messages return to the queue through Dramatiq's "
           "orphan recovery (at-least-once). Raise the limit, or find the task that needs so much memory."),
 
-    # -- systemd not answering (issue 10) ---------------------------------------------------------------
+    # -- systemd not answering ---------------------------------------------------------------
     Entry("systemd_timeout", "9cf1aa9b9767410989507973bdbb514c", "systemd did not answer dqagent in time",
           "A D-Bus call to systemd got no answer within DBUS_TIMEOUT: systemd is busy (a daemon-reload or "
           "re-exec, thousands of jobs) or hung. The agent keeps the current workers, tries again at the next "

@@ -63,9 +63,9 @@ class Reporter:
         #: Starts that failed their check, ever (dqagent_worker_start_failures_total).
         self.start_failures = 0
         self.systemd_error = ""
-        #: Workers the kernel killed for memory (systemd's Result=oom-kill), as logged (issue 14).
+        #: Workers the kernel killed for memory (systemd's Result=oom-kill), as logged.
         self.oom_kills = 0
-        #: (kind, key, reason) of every broker value logged as rejected (issue 20).
+        #: (kind, key, reason) of every broker value logged as rejected.
         self._rejections: set[tuple[str, str, str]] = set()
         #: Distinct unexpected tick errors logged with their traceback; failed ticks since the last good one.
         self._tick_errors: set[str] = set()
@@ -174,7 +174,7 @@ class Reporter:
                         "EVAL?) or the body is not Dramatiq's JSON; no age, MAX_QUEUE_AGE cannot act on it",
                         extra=event("age_unreadable"))
 
-    # -- untrusted broker data, unexpected errors (issue 20) -----------------------------------
+    # -- untrusted broker data, unexpected errors -----------------------------------
 
     def rejected(self, rejections: Iterable[Rejection]) -> None:
         """Broker data skipped by a read: WARNING once per distinct (kind, key, reason), DEBUG after that."""

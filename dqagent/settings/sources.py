@@ -27,7 +27,7 @@ from dqagent.settings.declarations import unknown_keys
 
 SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
 #: The file the unit hands over as the `redis_password` credential (`LoadCredential=`). `dqagent install`
-#: makes it 0640 root:dqagent, so the agent re-reads it on reload without any root process (issue 20).
+#: makes it 0640 root:dqagent, so the agent re-reads it on reload without any root process.
 PASSWORD_SOURCE = Path("/etc/dqagent/redis-password")
 #: Commands that look for `./.env` before the system file (the old manager's `start` in a terminal).
 #: The service's own `start` passes `--env-file` explicitly, so it never depends on this.

@@ -119,7 +119,7 @@ def unit_file_results(settings: Settings, pre: Preflight, exe: str) -> list[Resu
 
 
 def limits_results(settings: Settings) -> list[Result]:
-    """The resource-limit drop-ins (issue 14): in place as rendered, absent when no such limit is set."""
+    """The resource-limit drop-ins: in place as rendered, absent when no such limit is set."""
     from dqagent.setup.layout import limits_summary, ours, rendered_limits
 
     out: list[Result] = []

@@ -36,7 +36,7 @@ SYSUSERS = Path("/etc/sysusers.d/dqagent.conf")
 LOGROTATE = Path("/etc/logrotate.d/dqagent")
 #: polkitd's daemon (Debian 12's polkitd package): without it the rule is never read.
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
-#: The journal catalog (issue 12). journalctl --update-catalog reads only /usr/local/lib/systemd/catalog/
+#: The journal catalog. journalctl --update-catalog reads only /usr/local/lib/systemd/catalog/
 #: and /usr/lib/systemd/catalog/ (systemd's catalog.c: `catalog_file_dirs`), not /etc: /usr/lib is the
 #: distribution package's, so the admin tool writes to /usr/local.
 CATALOG_FILE = Path("/usr/local/lib/systemd/catalog/dqagent.catalog")
@@ -130,7 +130,7 @@ def logrotate_rule(log_file: str) -> str:
             "    missingok\n    notifempty\n    su dqagent dqagent\n    create 0640 dqagent dqagent\n}\n")
 
 
-# -- Resource limits (issue 14): drop-ins for the worker template and for its slice -----------------
+# -- Resource limits: drop-ins for the worker template and for its slice -----------------
 
 #: Every template instance lands in this slice (a dash in a slice name means nesting, hence \x2d).
 WORKER_SLICE = "system-dramatiq\\x2dworker.slice"

@@ -158,7 +158,7 @@ def worker_needs(settings: Settings, exe: str) -> tuple[list[Need], list[Refusal
 
 
 def metrics_needs(settings: Settings) -> list[Need]:
-    """METRICS_TEXTFILE's directory, which the agent writes (issue 12); none when it is not set."""
+    """METRICS_TEXTFILE's directory, which the agent writes; none when it is not set."""
     if not settings.metrics_textfile:
         return []
     directory = _real(os.path.dirname(settings.metrics_textfile))
@@ -167,7 +167,7 @@ def metrics_needs(settings: Settings) -> list[Need]:
 
 def settings_needs(settings_file: str) -> list[Need]:
     """The settings file both units read (`--env-file` on their ExecStart=): each unit's user must read it
-    (issue 20: under `umask 027` a file or /etc/dqagent created 0640/0750 root:root is not)."""
+    (under `umask 027` a file or /etc/dqagent created 0640/0750 root:root is not)."""
     real = _real(settings_file)
     return [Need(real, "the settings file", Access.READ, str(Path(real).parent))]
 

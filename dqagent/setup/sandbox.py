@@ -23,7 +23,7 @@ HOME_ROOTS = ("/home", "/root", "/run/user")
 TMP_ROOTS = ("/tmp", "/var/tmp")
 #: Characters a path may not hold to be written into a unit file unquoted (`:` separates bind
 #: source and target, `%` starts a specifier, whitespace separates list items, and a control character
-#: such as a newline, `\r` or NUL would end the line: issue 20).
+#: such as a newline, `\r` or NUL would end the line).
 _UNSAFE = re.compile(r"[\s:%\\\"';\x00-\x1f\x7f]")
 #: `ProtectHome=tmpfs` mounts a root-owned tmpfs on each home root; systemd creates the mount points
 #: of the binds inside it as root-owned directories (0755): traversable by anyone.

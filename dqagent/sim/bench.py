@@ -101,7 +101,7 @@ def contenders(target_settings: Mapping[str, str] | None = None) -> dict[str, Co
     )}
 
 
-#: The MAX_QUEUE_AGE rows (issue 12): the limit they use, and a cost-minded TARGET_PER_WORKER (5 x the
+#: The MAX_QUEUE_AGE rows: the limit they use, and a cost-minded TARGET_PER_WORKER (5 x the
 #: default prefetch of 10) with which the count rule lets a short list wait for minutes.
 AGE_LIMIT = "30"
 COST_MINDED = {"TARGET_PER_WORKER": "50"}

@@ -26,7 +26,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dqagent simulate: --trace: {exc}", file=sys.stderr)
         return 2
-    from dqagent.sim.bench import age_contenders  # the MAX_QUEUE_AGE rows' variants (issue 12)
+    from dqagent.sim.bench import age_contenders  # the MAX_QUEUE_AGE rows' variants
 
     roster = {**contenders(), **age_contenders()}
     if args.policy != "all" and args.policy not in roster:

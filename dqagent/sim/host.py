@@ -1,4 +1,4 @@
-"""An optional host model for the simulator (issue 14): a host that runs `capacity` busy workers at full
+"""An optional host model for the simulator: a host that runs `capacity` busy workers at full
 speed, and slows every worker down beyond that, plus the guard applied to the simulated pool.
 
 Model (an assumption, stated so it can be argued with): with `n` busy workers on a host of `capacity`,

@@ -159,7 +159,7 @@ TRACES: dict[str, Trace] = {t.name: t for t in (
 )}
 
 
-#: Traces for the MAX_QUEUE_AGE rows (issue 12), apart from `TRACES` (whose targets are issue 6's):
+#: Traces for the MAX_QUEUE_AGE rows, apart from `TRACES` (the seed table, with its targets):
 #: where a count rule keeps the pool while messages wait for minutes.
 AGE_TRACES: dict[str, Trace] = {t.name: t for t in (
     Trace("trickle", 3600, ((0, 0.5),), service_cv=0.5, long_fraction=0.03, long_mean_s=300,

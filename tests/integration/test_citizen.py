@@ -1,4 +1,4 @@
-"""The loop as a systemd citizen (issue 10): it counts what systemd shows, never blocks on a job, and
+"""The loop as a systemd citizen: it counts what systemd shows, never blocks on a job, and
 never fights the operator. Real systemd 252 and real Redis; `/bin/sleep infinity` workers.
 
 The tests share one container: `fresh_agent()` kills every worker, removes the test drop-ins and

@@ -1,4 +1,4 @@
-"""Resource limits and the guard (issue 14) in a real systemd 252: the drop-ins and what systemd reports for
+"""Resource limits and the guard in a real systemd 252: the drop-ins and what systemd reports for
 them, a worker killed for memory (or why this bench cannot enforce it), real CPU pressure holding a burst's
 scale-up, memory figures from files the test controls, and the real /proc files read inside the sandbox."""
 
@@ -99,7 +99,7 @@ def test_limits_are_drop_ins_systemd_reports_and_uninstall_removes_only_ours(
            f"MemoryMax={512 * MiB} CPUQuota=150% TasksMax=300" in check, check
     # An operator's own drop-in for the slice is theirs: install and uninstall leave it alone
     c.write(f"/etc/systemd/system/{SLICE}.d/90-operator.conf", "[Slice]\nCPUWeight=50\n")
-    # Pool limits cleared: the slice drop-in keeps only the default TasksMax (issue 20), the worker's stays
+    # Pool limits cleared: the slice drop-in keeps only the default TasksMax, the worker's stays
     # (accounting for the guard)
     c.write("/etc/dqagent/dqagent.env", settings_text(redis_server, MIN_PROCESSES=1, WORKER_MEMORY_MAX="64M"))
     out = dqagent(c, "install").stdout

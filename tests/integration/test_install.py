@@ -29,7 +29,7 @@ def test_install_twice_changes_nothing_and_keeps_settings(fresh_container: Conta
     assert again.stdout.strip() == "already installed: nothing changed"
     assert (c.root / "etc/dqagent/dqagent.env").read_text() == settings
     assert _mode(c, "/etc/dqagent/dqagent.env") == (0o644, 0)
-    # the password: root's, readable by the agent's group (re-read on reload, issue 20), by nobody else
+    # the password: root's, readable by the agent's group (re-read on reload), by nobody else
     assert _mode(c, "/etc/dqagent/redis-password") == (0o640, 0)
     assert c.run(["stat", "-c", "%G", "/etc/dqagent/redis-password"]).stdout.strip() == "dqagent"
     assert c.unit_property("dqagent.service", "UnitFileState") == "enabled"
@@ -86,7 +86,7 @@ def test_logrotate_rule_is_valid_and_the_agent_writes_on_after_a_rotation(fresh_
 
 def test_install_under_umask_027_gives_a_running_agent_and_changes_nothing_the_second_time(
         fresh_container: Container, redis_server: RedisServer) -> None:
-    """Issue 20, item 4: on a CIS-hardened host (umask 027) install made /etc/dqagent and /var/lib/dqagent
+    """On a CIS-hardened host (umask 027) install made /etc/dqagent and /var/lib/dqagent
     0750 root:root, then refused its own directories, or the agent could not read its settings."""
     c = fresh_container
     make_reachable(c)
@@ -108,7 +108,7 @@ def test_install_under_umask_027_gives_a_running_agent_and_changes_nothing_the_s
     # And a second run changes nothing
     again = c.run([*hardened, "install", "--now"], timeout=240)
     assert again.stdout.strip() == "already installed: nothing changed", again.stdout
-    # The workers' slice has its default TasksMax (issue 20, item 7), as systemd reports it
+    # The workers' slice has its default TasksMax, as systemd reports it
     tasks = c.unit_property("system-dramatiq\\x2dworker.slice", "TasksMax")
     kernel = min(int(c.run(["cat", f"/proc/sys/kernel/{f}"]).stdout) for f in ("pid_max", "threads-max"))
     print(f"\nslice TasksMax={tasks}, kernel limit {kernel}")
@@ -130,7 +130,7 @@ def test_a_settings_file_the_service_users_cannot_read_is_refused_by_install_and
 
 def test_a_value_that_would_inject_a_directive_is_refused_and_nothing_is_written(
         fresh_container: Container, redis_server: RedisServer) -> None:
-    """Issue 20, item 3: the reported WORKER_DIRECTORY crashed install with a FileExistsError traceback,
+    """The reported WORKER_DIRECTORY crashed install with a FileExistsError traceback,
     and only the order of its steps kept an `ExecStartPre=+` root line out of the worker template."""
     c = fresh_container
     make_reachable(c)

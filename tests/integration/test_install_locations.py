@@ -82,7 +82,7 @@ def test_venv_and_worker_directory_under_home(fresh_container: Container, redis_
     c.write(f"{site}/zz-planted.pth", "import os, sys; sys.stderr.write('planted-pth uid=%d\\n' % os.getuid())\n")
     c.run(["chown", "alice:", f"{site}/zz-planted.pth"])
     before = len(_planted(c))
-    # Then `systemctl reload dqagent` runs it, but never as root (it ran as uid 0 with ExecReload=+, issue 20)
+    # Then `systemctl reload dqagent` runs it, but never as root (it ran as uid 0 with ExecReload=+)
     assert c.systemctl("reload", "dqagent").returncode == 0
     dqagent_uid = c.run(["id", "-u", "dqagent"]).stdout.strip()
     wait_until("the reload client's interpreter ran the planted line", lambda: len(_planted(c)) > before)

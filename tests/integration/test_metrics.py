@@ -1,4 +1,4 @@
-"""Prometheus metrics (issue 12) from the installed, hardened agent in the real-systemd bench.
+"""Prometheus metrics from the installed, hardened agent in the real-systemd bench.
 
 One container and one agent for the module (the checks leave the pool back at MIN_PROCESSES):
 `/bin/sleep infinity` workers, the step policy every second, `METRICS_ADDRESS` on loopback (the bench

@@ -114,7 +114,7 @@ def test_status_for_any_user_reports_what_it_cannot_read(fresh_container: Contai
 
 def test_dqagent_user_may_start_exactly_the_instance_numbers_the_agent_uses(fresh_container: Container,
                                                                            redis_server: RedisServer) -> None:
-    """Issue 20, item 7: the rule admitted @0, leading zeros and any number of digits (unlimited units)."""
+    """The rule admitted @0, leading zeros and any number of digits (unlimited units)."""
     c = fresh_container
     install(c, redis_server, now=False, MIN_PROCESSES=0)
     for unit in ("dramatiq-worker@0.service", "dramatiq-worker@01.service", "dramatiq-worker@0001.service",

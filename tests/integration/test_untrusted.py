@@ -1,4 +1,4 @@
-"""Broker data is untrusted input (issue 20), for real: a rogue client of the broker's Redis writes what no
+"""Broker data is untrusted input, for real: a rogue client of the broker's Redis writes what no
 Dramatiq or dqagent would, while a dqagent in fleet mode (one member) polls it every half second in a real
 systemd, with the watchdog on and `/metrics` served.
 

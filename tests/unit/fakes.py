@@ -154,7 +154,7 @@ class FakeUnits:
         return self.job
 
     async def worker_memory(self) -> list[int]:
-        """MemoryCurrent of running units that have accounting (the guard's read, issue 14)."""
+        """MemoryCurrent of running units that have accounting (the guard's read)."""
         return [u.memory for u in self.units.values()
                 if u.active is ActiveState.ACTIVE and u.sub == "running" and u.memory is not None]
 

@@ -416,7 +416,7 @@ def test_a_unit_crash_looping_under_restart_is_not_logged_as_recovered_each_cycl
 
 
 def test_target_reads_every_second_at_zero_and_asks_for_a_worker_on_the_first_read_that_sees_work() -> None:
-    # Issue 15: MIN_PROCESSES=0 and an empty pool: the next read is 1 s away (not DEMAND_POLL_INTERVAL),
+    # MIN_PROCESSES=0 and an empty pool: the next read is 1 s away (not DEMAND_POLL_INTERVAL),
     # and the first read that sees a message starts a worker
     from dqagent.core.policies import TargetPolicy
     from dqagent.settings.workercmd import worker_shape

@@ -1,4 +1,4 @@
-"""Issue 15: the simulator's calibrated models, the drawn pools, scale from zero and adaptive reads."""
+"""The simulator's calibrated models, the drawn pools, scale from zero and adaptive reads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 20, items 4 and 7: install's directories get explicit modes under any umask, WORKER_DIRECTORY is
+"""Install's directories get explicit modes under any umask, WORKER_DIRECTORY is
 given to the worker user without following a symlink, and the preflight checks the settings file.
 
 These call install's own helpers on a scratch tree (the tests run as root, like install); the whole

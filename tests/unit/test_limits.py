@@ -1,4 +1,4 @@
-"""Resource-limit settings (issue 14): systemd's accepted forms, one-line errors, and the drop-ins install renders."""
+"""Resource-limit settings: systemd's accepted forms, one-line errors, and the drop-ins install renders."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_rendered_drop_ins_carry_exactly_the_limits_set() -> None:
 
 
 def test_without_pool_limits_the_slice_still_gets_the_default_tasks_max() -> None:
-    """Issue 20, item 7: a runaway pool (a fork bomb in a task) never takes every task of the host."""
+    """A runaway pool (a fork bomb in a task) never takes every task of the host."""
     s = parse_settings({})
     files = rendered_limits(s)
     assert s.pool_tasks_max == DEFAULT_POOL_TASKS_MAX == "33%"

@@ -1,4 +1,4 @@
-"""Metrics (issue 12): the snapshot's counters, the collector over hand-built snapshots, the settings,
+"""Metrics: the snapshot's counters, the collector over hand-built snapshots, the settings,
 the agent loop's snapshots (with the fakes), the exporter's server and textfile on this host, and the
 Grafana dashboard's queries. The agent unit's scrapes are tested in tests/integration/test_metrics.py."""
 

@@ -1,4 +1,4 @@
-"""The scaling-policy settings of issue 6: defaults, accepted values, one-line rejections."""
+"""The scaling-policy settings: defaults, accepted values, one-line rejections."""
 
 from __future__ import annotations
 

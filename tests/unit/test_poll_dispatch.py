@@ -1,4 +1,4 @@
-"""Issue 15: the fast `poll` dispatch (consumers that found nothing sleep) against `poll-exact`.
+"""The fast `poll` dispatch (consumers that found nothing sleep) against `poll-exact`.
 
 `poll-exact` simulates every poll of every consumer (dqagent.sim.model.POLL_EXACT, the reference); `poll`
 only simulates the polls that can find something and draws the others' phases when a message races them.

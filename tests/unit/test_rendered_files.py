@@ -1,4 +1,4 @@
-"""Issue 20, item 3: what install renders carries exactly the directives meant, whatever the settings hold.
+"""What install renders carries exactly the directives meant, whatever the settings hold.
 
 Settings values are rendered into root-owned files: the worker template (run as root by systemd), the
 limit drop-ins and /etc/logrotate.d/dqagent (run by root's logrotate). The files are parsed back here the

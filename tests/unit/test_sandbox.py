@@ -163,7 +163,7 @@ def test_render_keeps_every_other_line(text: str) -> None:
         [ln for ln in text.splitlines() if "ProtectHome" not in ln and not ln.startswith("# ")]
 
 
-# --- METRICS_TEXTFILE's directory (issue 12): written through ProtectSystem=strict ------------------
+# --- METRICS_TEXTFILE's directory: written through ProtectSystem=strict ------------------
 
 def test_a_write_need_renders_read_write_paths_after_protect_system() -> None:
     p = plan("dqagent.service", Sandbox.parse(AGENT), [need("/var/lib/node-exporter", access=Access.WRITE),

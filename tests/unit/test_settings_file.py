@@ -1,4 +1,4 @@
-"""Which settings file each command reads (issue 11, section 3): the service's, except `start` by hand."""
+"""Which settings file each command reads: the service's, except `start` by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 15 (spiky calibration): the simulator's `agent_stops` model of the agent's start checks, stop order
+"""Spiky calibration: the simulator's `agent_stops` model of the agent's start checks, stop order
 and failed starts (dqagent.core.reconciler / dqagent.systemd.jobtable), and the read phase."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The simulator's optional host model (issue 14) and the guard in the simulated pool."""
+"""The simulator's optional host model and the guard in the simulated pool."""
 
 from __future__ import annotations
 

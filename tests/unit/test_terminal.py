@@ -1,4 +1,4 @@
-"""Outside text on a terminal (issue 20, item 6): `terminal.printable` and every text report that prints
+"""Outside text on a terminal: `terminal.printable` and every text report that prints
 workers', Redis's or systemd's words (`status`, `status --fleet`, `check`, the console log). The bench
 test is in tests/integration/test_status_cli.py (a worker that logs an OSC sequence)."""
 

@@ -83,7 +83,7 @@ def _polkit_unit_pattern() -> re.Pattern[str]:
 @given(st.one_of(st.integers(-5, 2 * MAX_INSTANCE).map(str), st.from_regex(r"0*[0-9]{1,7}", fullmatch=True),
                  st.text(max_size=6)))
 def test_polkit_rule_admits_exactly_the_names_the_agent_builds_and_parses(instance: str) -> None:
-    """Issue 20, item 7: no @0, no leading zeros, nothing above MAX_INSTANCE = MAX_PROCESSES' limit."""
+    """No @0, no leading zeros, nothing above MAX_INSTANCE = MAX_PROCESSES' limit."""
     name = f"dramatiq-worker@{instance}.service"
     parsed = worker_instance(name)
     assert (_polkit_unit_pattern().fullmatch(name) is not None) == (parsed is not None)

@@ -1,4 +1,4 @@
-"""Broker data is untrusted input (issue 20): parsing and bounds of what dqagent reads from Redis, the fleet
+"""Broker data is untrusted input: parsing and bounds of what dqagent reads from Redis, the fleet
 split's speed on any records, and the loop going on after an error no handler foresaw. The real probe, store
 and agent against a rogue Redis client: tests/integration/test_untrusted.py."""
 
