@@ -44,7 +44,7 @@ from dqagent.errors import BrokerError, ConfigError
 from dqagent.settings.config import Settings
 from dqagent.settings.declarations import REDIS_FIELDS
 
-__all__ = ["FakeFleetStore", "FleetCoordinator", "FleetStore", "RedisFleetStore",
+__all__ = ["FleetCoordinator", "FleetStore", "RedisFleetStore",
            "fleet_status", "host_id", "record_ttl_ms"]
 
 MACHINE_ID = Path("/etc/machine-id")
@@ -189,42 +189,6 @@ class RedisFleetStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-class FakeFleetStore:
-    """An in-memory `FleetStore` with Redis's behaviour: records expire after their TTL on one clock.
-
-    Several coordinators may share one (hosts of one fleet); `error` makes every call fail (a partition).
-    """
-
-    def __init__(self, fleet: str = "f") -> None:
-        self.fleet = fleet
-        self.now_ms = 0
-        self.records: dict[str, Member] = {}
-        self.error: BrokerError | None = None
-
-    def live(self) -> tuple[Member, ...]:
-        return tuple(sorted((m for m in self.records.values() if self.now_ms < m.at_ms + m.ttl_ms),
-                            key=lambda m: m.host))
-
-    async def sync(self, me: Member | None) -> FleetView:
-        if self.error is not None:
-            raise self.error
-        if me is not None:
-            self.records[me.host] = Member(**{**_fields(me), "at_ms": self.now_ms})
-        return FleetView(self.fleet, me.host if me else "", self.live(), self.now_ms)
-
-    async def leave(self, host: str) -> None:
-        if self.error is not None:
-            raise self.error
-        self.records.pop(host, None)
-
-    async def close(self) -> None:
-        pass
-
-
-def _fields(m: Member) -> dict[str, Any]:
-    return {name: getattr(m, name) for name in Member.__dataclass_fields__}
 
 
 class FleetCoordinator:

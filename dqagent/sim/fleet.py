@@ -36,7 +36,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from dqagent.broker.fleetstore import FakeFleetStore, FleetCoordinator, record_ttl_ms
+from dqagent.broker.fleetstore import FleetCoordinator, record_ttl_ms
 from dqagent.core.fleet import Member, apportion
 from dqagent.core.policies import Observation, Policy, TargetPolicy
 from dqagent.core.reconciler import Census
@@ -44,6 +44,7 @@ from dqagent.core.step import Memory, Rules, Seen, recommend
 from dqagent.errors import BrokerError
 from dqagent.settings.config import Settings, parse_settings
 from dqagent.settings.workercmd import worker_shape
+from dqagent.sim.fleetstore import MemoryFleetStore
 
 #: Simulation step (s): hosts poll on their own phases, rounded to this grid.
 STEP_S = 0.5
@@ -131,7 +132,7 @@ def demand_curve(rng: random.Random, hours: float) -> list[tuple[float, int]]:
 def run_once(seed: int, hours: float, fleet: bool, summary: Summary, n_hosts: int = 4) -> None:
     """One randomized run; adds its figures to `summary` (one mode)."""
     rng = random.Random(seed)
-    store = FakeFleetStore("sim")
+    store = MemoryFleetStore("sim")
     hosts: list[Host] = []
     for i in range(n_hosts):
         name = f"h{i}"
@@ -157,7 +158,7 @@ def _level(curve: list[tuple[float, int]], t: float) -> int:
     return level
 
 
-async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], curve: list[tuple[float, int]],
+async def _loop(rng: random.Random, store: MemoryFleetStore, hosts: list[Host], curve: list[tuple[float, int]],
                 events: list[tuple[float, str]], per_worker: int, hours: float, fleet: bool, summary: Summary) -> None:
     world = _World(rng, store, hosts, curve, list(events), per_worker, fleet, summary)
     while world.t < hours * 3600:
@@ -174,7 +175,7 @@ class _World:
     """One run's hosts over time: who is in, what each decides, and what the run measures."""
 
     rng: random.Random
-    store: FakeFleetStore
+    store: MemoryFleetStore
     hosts: list[Host]
     curve: list[tuple[float, int]]
     pending: list[tuple[float, str]]

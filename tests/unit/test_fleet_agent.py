@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from dqagent.agent.lifecycle import Agent
-from dqagent.broker.fleetstore import FakeFleetStore, FleetCoordinator, host_id, record_ttl_ms
+from dqagent.broker.fleetstore import FleetCoordinator, host_id, record_ttl_ms
 from dqagent.core.policies import TargetPolicy
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.settings.config import Settings, parse_settings
 from dqagent.settings.workercmd import worker_shape
+from dqagent.sim.fleetstore import MemoryFleetStore
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
@@ -40,7 +41,7 @@ def settings(host: str, **kw: str) -> Settings:
     return parse_settings({**BASE, "FLEET_HOST_ID": host, **kw})
 
 
-def agent(host: str, store: FakeFleetStore, probe: FakeDemandProbe, clock: Clock, **kw: str) -> Agent:
+def agent(host: str, store: MemoryFleetStore, probe: FakeDemandProbe, clock: Clock, **kw: str) -> Agent:
     s = settings(host, **kw)
     policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, 1))
     return Agent(s, FakeUnits(running=[1]), probe, RecordingNotifier(), policy, clock=clock,
@@ -52,7 +53,7 @@ def pool(a: Agent) -> int:
     return sum(1 for u in units.units.values() if u.active == "active")
 
 
-async def burst(agents: list[Agent], store: FakeFleetStore, probe: FakeDemandProbe, clock: Clock,
+async def burst(agents: list[Agent], store: MemoryFleetStore, probe: FakeDemandProbe, clock: Clock,
                 ready: int = 60) -> None:
     """The fleet is formed (one idle round, every host at its MIN), then `ready` messages arrive."""
     probe.set_queue("q", ready=0)
@@ -60,7 +61,7 @@ async def burst(agents: list[Agent], store: FakeFleetStore, probe: FakeDemandPro
     probe.set_queue("q", ready=ready)
 
 
-async def rounds(agents: list[Agent], store: FakeFleetStore, clock: Clock, n: int) -> None:
+async def rounds(agents: list[Agent], store: MemoryFleetStore, clock: Clock, n: int) -> None:
     """`n` polls of every agent, one after the other (their own phases), 1 s apart."""
     for _ in range(n):
         for a in agents:
@@ -96,7 +97,7 @@ def test_the_record_ttl_is_a_few_polls() -> None:
 
 def test_three_agents_run_the_fleets_total_not_three_times_it(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        store, clock, probe = FakeFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         caplog.set_level(logging.INFO)
         await burst(agents, store, probe, clock)  # 60 outstanding at 10 per worker: 6 workers
@@ -117,7 +118,7 @@ def test_three_agents_run_the_fleets_total_not_three_times_it(caplog: pytest.Log
 
 def test_independent_agents_would_run_three_times_as_many() -> None:
     async def scenario() -> None:
-        store, clock, probe = FakeFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
         agents = [agent(h, store, probe, clock, FLEET="") for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 3)
@@ -128,7 +129,7 @@ def test_independent_agents_would_run_three_times_as_many() -> None:
 
 def test_a_dead_host_drops_out_at_its_ttl_and_the_others_take_its_share() -> None:
     async def scenario() -> None:
-        store, clock, probe = FakeFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 3)
@@ -143,13 +144,13 @@ def test_a_dead_host_drops_out_at_its_ttl_and_the_others_take_its_share() -> Non
 
 def test_a_partitioned_host_keeps_its_workers_and_never_scales_up() -> None:
     async def scenario() -> None:
-        store, clock, probe = FakeFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 3)
         cut = agents[2]
         real_store = store
-        blocked = FakeFleetStore()
+        blocked = MemoryFleetStore()
         blocked.error = BrokerError("Redis at redis://x: ConnectionError")
         cut.fleet = FleetCoordinator(lambda _s: blocked)
         probe.set_queue("q", ready=200)  # more demand: the cut host must not react to it
@@ -164,7 +165,7 @@ def test_a_partitioned_host_keeps_its_workers_and_never_scales_up() -> None:
 
 def test_stopping_an_agent_removes_its_record_at_once() -> None:
     async def scenario() -> None:
-        store, clock, probe = FakeFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 2)
@@ -185,7 +186,7 @@ def test_without_a_host_id_the_agent_holds_its_workers(tmp_path: Path) -> None:
         probe.set_queue("q", ready=60)
         s = settings("")
         policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, 1))
-        store = FakeFleetStore()
+        store = MemoryFleetStore()
         a = Agent(s, FakeUnits(running=[1, 2]), probe, RecordingNotifier(), policy, clock=Clock(),
                   fleet=FleetCoordinator(lambda _s: store, machine_id=tmp_path / "missing"))
         assert await a.tick() > 0

@@ -7,9 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-#: In-memory stand-ins still in the product (empty once they have moved). FakeFleetStore also runs the fleet
-#: simulator (dqagent/sim/fleet.py), so it leaves fleetstore.py for the simulator under a product name.
-PENDING_DOUBLES = {("dqagent/broker/fleetstore.py", "FakeFleetStore")}
 
 
 def trees(*folders: str) -> Iterator[tuple[str, ast.Module]]:
@@ -21,7 +18,7 @@ def trees(*folders: str) -> Iterator[tuple[str, ast.Module]]:
 def test_no_test_double_in_the_product() -> None:
     doubles = {(name, node.name) for name, tree in trees("dqagent") for node in ast.walk(tree)
                if isinstance(node, ast.ClassDef) and node.name.startswith(("Fake", "Recording", "Stub"))}
-    assert doubles - PENDING_DOUBLES == set()
+    assert doubles == set()
 
 
 def test_dev_scripts_and_the_bench_import_nothing_from_the_tests() -> None:
