@@ -86,7 +86,7 @@ class Agent(Loop):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self.reload_requested.set)
-        failed = self._start_exporter()
+        failed = self.start_exporter()
         if failed is not None:
             return failed
         watchdog = asyncio.create_task(self._watchdog()) if self.watchdog_s else None
@@ -103,7 +103,7 @@ class Agent(Loop):
                 await self._pause(self.s.tick_interval_s(), bus_lost)
             while not self.stop_requested.is_set():
                 if self.reload_requested.is_set():
-                    await self._reload()
+                    await self.apply_reload()
                 try:
                     delay = await self._guard(self.tick(), self._tick_budget_s())
                 except SystemdTimeoutError as exc:  # busy or hung: transient, back off
@@ -158,9 +158,10 @@ class Agent(Loop):
             self.notifier.extend_timeout(self._tick_budget_s() + stop_timeout_s(self.s))
         self.stop_requested.set()
 
-    async def _reload(self) -> None:
-        """Re-read the settings (dqagent.agent.reload) between ticks; keeps the PID, the workers and, on an
-        invalid file, the old settings. READY=1 follows RELOADING=1 in both cases, then the answer."""
+    async def apply_reload(self) -> None:
+        """What SIGHUP triggers between two checks: re-read the settings (dqagent.agent.reload); keeps the PID,
+        the workers and, on an invalid file, the old settings. READY=1 follows RELOADING=1 in both cases, then
+        the answer."""
         self.reload_requested.clear()
         if self.reloader is None:
             log.warning("SIGHUP ignored: this agent was started without a settings source to re-read",
@@ -194,7 +195,7 @@ class Agent(Loop):
                 self.notifier.watchdog()
             await asyncio.sleep(self.watchdog_s)
 
-    def _start_exporter(self) -> int | None:
+    def start_exporter(self) -> int | None:
         """Serve METRICS_ADDRESS / write METRICS_TEXTFILE when set; an exit status when it cannot listen."""
         if not (self.s.metrics_address or self.s.metrics_textfile):
             return None
@@ -211,7 +212,7 @@ class Agent(Loop):
     def _reload_exporter(self) -> None:
         """A reload may set, change or clear METRICS_ADDRESS: listen again (a failure is logged, not fatal)."""
         if self.exporter is None:
-            self._start_exporter()
+            self.start_exporter()
             return
         if self.exporter.address == self.s.metrics_address:
             return

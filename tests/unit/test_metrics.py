@@ -413,7 +413,7 @@ def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_
 
     first, second = free_port(), free_port()
     t = Setup(tmp_path, running=[1], METRICS_ADDRESS=f"127.0.0.1:{first}")
-    assert t.agent._start_exporter() is None
+    assert t.agent.start_exporter() is None
     try:
         asyncio.run(t.agent.tick())
         with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as r:

@@ -181,7 +181,7 @@ class Setup:
         The agent has no public entry point for it outside `run()`; this is the one place that calls
         its private step, so the tests below do not each depend on its name.
         """
-        asyncio.run(self.agent._reload())
+        asyncio.run(self.agent.apply_reload())
 
 
 def test_reload_lowers_max_and_the_next_tick_scales_down(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
