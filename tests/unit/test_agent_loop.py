@@ -19,6 +19,7 @@ from dqagent.core.units import ActiveState, UnitState
 from dqagent.errors import BrokerError, SystemdTimeoutError
 from dqagent.settings.config import parse_settings
 from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.logged import events
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
@@ -49,8 +50,18 @@ def run(scenario: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(scenario())  # type: ignore[arg-type]
 
 
-def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "DQAGENT_EVENT", "") == name]
+async def until(what: str, condition: Callable[[], object], timeout_s: float = 5.0) -> None:
+    """Yield to the loop until `condition()` holds (the agent's own tasks run meanwhile); fail naming `what`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.001)
+
+
+def notes(agent: Agent) -> list[str]:
+    return agent.notifier.sent  # type: ignore[attr-defined, no-any-return]
 
 
 def status(agent: Agent) -> str:
@@ -240,7 +251,7 @@ def test_shutdown_stops_workers_only_when_the_agent_is_stopped(job: str, under_s
 
     async def scenario() -> int:
         task = asyncio.create_task(agent.run())
-        await asyncio.sleep(0.05)
+        await until("READY=1", lambda: "READY=1" in notes(agent))
         agent.stop_requested.set()
         return await task
 
@@ -258,9 +269,10 @@ def test_shutdown_waits_for_draining_workers_but_not_for_an_operators_job() -> N
     async def scenario() -> int:
         units.drain = asyncio.Event()
         task = asyncio.create_task(agent.run())
-        await asyncio.sleep(0.05)
+        await until("READY=1", lambda: "READY=1" in notes(agent))
         agent.stop_requested.set()
-        await asyncio.sleep(0.05)
+        await until("the stops under way", lambda: units.units[1].active is ActiveState.DEACTIVATING
+                    and units.units[2].active is ActiveState.DEACTIVATING)
         assert not task.done()  # waits for the stops
         units.drain.set()
         return await task
@@ -279,8 +291,8 @@ def test_adoption_does_not_wait_for_stops() -> None:
     async def scenario() -> None:
         units.drain = asyncio.Event()  # @3 takes GRACEFUL_SHUTDOWN_TIMEOUT to drain
         task = asyncio.create_task(agent.run())
-        await asyncio.sleep(0.05)
-        assert agent.notifier.sent[0] == "READY=1"  # type: ignore[attr-defined]
+        await until("READY=1", lambda: "READY=1" in notes(agent))
+        assert notes(agent)[0] == "READY=1"
         assert units.units[3].active is ActiveState.DEACTIVATING
         agent.stop_requested.set()
         units.drain.set()
@@ -296,11 +308,11 @@ def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
     async def scenario() -> list[str]:
         agent._progress_deadline = clock.now + 5
         task = asyncio.create_task(agent._watchdog())
-        await asyncio.sleep(0.05)
-        alive = list(agent.notifier.sent)  # type: ignore[attr-defined]
+        await until("a ping", lambda: "WATCHDOG=1" in notes(agent))
+        alive = list(notes(agent))
         clock.now += 10  # the loop missed its deadline: hung
-        agent.notifier.sent.clear()  # type: ignore[attr-defined]
-        await asyncio.sleep(0.05)
+        notes(agent).clear()
+        await asyncio.sleep(0.05)  # an absence takes time to show: five watchdog periods without a ping
         task.cancel()
         return [*alive, "--", *agent.notifier.sent]  # type: ignore[attr-defined]
 
