@@ -60,7 +60,7 @@ async def until(what: str, condition: Callable[[], object], timeout_s: float = 5
         await asyncio.sleep(0.001)
 
 
-def notes(agent: Agent) -> list[str]:
+def notified(agent: Agent) -> list[str]:
     return agent.notifier.sent  # type: ignore[attr-defined, no-any-return]
 
 
@@ -251,7 +251,7 @@ def test_shutdown_stops_workers_only_when_the_agent_is_stopped(job: str, under_s
 
     async def scenario() -> int:
         task = asyncio.create_task(agent.run())
-        await until("READY=1", lambda: "READY=1" in notes(agent))
+        await until("READY=1", lambda: "READY=1" in notified(agent))
         agent.stop_requested.set()
         return await task
 
@@ -269,7 +269,7 @@ def test_shutdown_waits_for_draining_workers_but_not_for_an_operators_job() -> N
     async def scenario() -> int:
         units.drain = asyncio.Event()
         task = asyncio.create_task(agent.run())
-        await until("READY=1", lambda: "READY=1" in notes(agent))
+        await until("READY=1", lambda: "READY=1" in notified(agent))
         agent.stop_requested.set()
         await until("the stops under way", lambda: units.units[1].active is ActiveState.DEACTIVATING
                     and units.units[2].active is ActiveState.DEACTIVATING)
@@ -291,8 +291,8 @@ def test_adoption_does_not_wait_for_stops() -> None:
     async def scenario() -> None:
         units.drain = asyncio.Event()  # @3 takes GRACEFUL_SHUTDOWN_TIMEOUT to drain
         task = asyncio.create_task(agent.run())
-        await until("READY=1", lambda: "READY=1" in notes(agent))
-        assert notes(agent)[0] == "READY=1"
+        await until("READY=1", lambda: "READY=1" in notified(agent))
+        assert notified(agent)[0] == "READY=1"
         assert units.units[3].active is ActiveState.DEACTIVATING
         agent.stop_requested.set()
         units.drain.set()
@@ -308,10 +308,10 @@ def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
     async def scenario() -> list[str]:
         agent._progress_deadline = clock.now + 5
         task = asyncio.create_task(agent._watchdog())
-        await until("a ping", lambda: "WATCHDOG=1" in notes(agent))
-        alive = list(notes(agent))
+        await until("a ping", lambda: "WATCHDOG=1" in notified(agent))
+        alive = list(notified(agent))
         clock.now += 10  # the loop missed its deadline: hung
-        notes(agent).clear()
+        notified(agent).clear()
         await asyncio.sleep(0.05)  # an absence takes time to show: five watchdog periods without a ping
         task.cancel()
         return [*alive, "--", *agent.notifier.sent]  # type: ignore[attr-defined]
