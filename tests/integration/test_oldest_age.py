@@ -85,9 +85,15 @@ def test_a_retried_message_keeps_its_first_timestamp(redis_server: RedisServer,
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
     worker.start()
     try:
-        # When the retry is back in the list (due, moved by the worker's delay consumer)
-        wait_until("the retry back in the list", lambda: bool(failed) and int(redis_server.cli("LLEN", "dramatiq:qa"))
-                   == 1 and int(redis_server.cli("HLEN", "dramatiq:qa.DQ.msgs")) == 0, 10, 0.02)
+        # When the retry is back at the head of the list (due, moved by the worker's delay consumer). Waiting
+        # for "one id in the list" alone raced: right after the first attempt raised, before the Retries
+        # middleware had delayed it, the one id left was a "block" message (seen on a loaded machine).
+        def retry_alone_in_the_list() -> bool:
+            ids = redis_server.cli("LRANGE", "dramatiq:qa", "0", "-1").split()
+            return len(ids) == 1 and '"args":["flaky"]' in redis_server.cli("HGET", "dramatiq:qa.msgs", ids[0])
+
+        wait_until("the retry back, alone, in the list", lambda: bool(failed) and retry_alone_in_the_list()
+                   and int(redis_server.cli("HLEN", "dramatiq:qa.DQ.msgs")) == 0, 10, 0.02)
         age_s = fetch(settings_for(redis_server.url)).oldest_age_s
     finally:
         release.set()
