@@ -62,13 +62,14 @@ class Loop:
         self.memory = Memory(policy.initial_state())
         #: Fleet mode (`dqagent.broker.fleetstore`): used while FLEET is set.
         self.fleet = fleet if fleet is not None else FleetCoordinator()
-        self.reporter = Reporter(notifier)
+        #: The loop's cumulative counters (the reporter counts the failures it logs there too).
+        self.counters = Accumulator()
+        self.reporter = Reporter(notifier, self.counters)
         self.jobs = JobTable(units, self.reporter, clock)
         #: Reads the host's headroom when the step asks for it (`dqagent.host.pressure`), and logs holds.
         self.guard = HostGuard(units if isinstance(units, MemoryReader) else None, clock)
-        #: The loop's cumulative counters, and the last check's figures (replaced whole, never mutated):
-        #: all a scrape reads (`dqagent.report.metrics`).
-        self.counters = Accumulator()
+        #: The last check's figures (replaced whole, never mutated): with the counters, all a scrape reads
+        #: (`dqagent.report.metrics`).
         self.latest: Snapshot | None = None
         self._last_decision_s: float | None = None
         #: Set by the life cycle when METRICS_ADDRESS or METRICS_TEXTFILE is set.
@@ -216,7 +217,7 @@ class Loop:
             self._publish(replace(self.latest, counters=self._frozen_counters()))
 
     def _frozen_counters(self) -> Counters:
-        return self.counters.frozen(self.reporter.start_failures, self.reporter.oom_kills)
+        return self.counters.frozen()
 
     def _snapshot(self, *, redis_up: bool, workers: WorkerCounts | None,
                   queues: tuple[QueueDemand, ...] = ()) -> Snapshot:

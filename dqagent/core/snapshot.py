@@ -120,6 +120,9 @@ class Accumulator:
         self._buckets = buckets
         self._counts = [0] * (len(buckets) + 1)
         self._sum = 0.0
+        #: Starts that failed their check, and workers the kernel killed for memory, ever.
+        self.start_failures = 0
+        self.oom_kills = 0
 
     def scale_action(self, direction: Direction, reason: str) -> None:
         key = (direction.value, reason)
@@ -127,6 +130,12 @@ class Accumulator:
 
     def source_error(self, source: Source) -> None:
         self._errors[source.value] += 1
+
+    def start_failed(self) -> None:
+        self.start_failures += 1
+
+    def oom_killed(self) -> None:
+        self.oom_kills += 1
 
     def record_rejected(self, kind: RecordKind) -> None:
         self._rejected[kind.value] += 1
@@ -137,9 +146,9 @@ class Accumulator:
         self._counts[bisect.bisect_left(self._buckets, seconds)] += 1
         self._sum += seconds
 
-    def frozen(self, start_failures: int, oom_kills: int = 0) -> Counters:
-        return Counters(scale_actions=tuple(sorted(self._actions.items())), start_failures=start_failures,
-                        oom_kills=oom_kills,
+    def frozen(self) -> Counters:
+        return Counters(scale_actions=tuple(sorted(self._actions.items())), start_failures=self.start_failures,
+                        oom_kills=self.oom_kills,
                         source_errors=tuple(sorted(self._errors.items())),
                         records_rejected=tuple(sorted(self._rejected.items())),
                         decision_duration=Histogram(self._buckets, tuple(self._counts), self._sum))

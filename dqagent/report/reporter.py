@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from dqagent.core.reconciler import Intent, Plan
+from dqagent.core.snapshot import Accumulator
 from dqagent.core.units import UnitState
 from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
@@ -46,8 +47,10 @@ def failure_reason(state: UnitState) -> str:
 class Reporter:
     """Owns STATUS= and the memory of what has been logged. `notifier` None: logs only (the CLI)."""
 
-    def __init__(self, notifier: Notifier | None = None) -> None:
+    def __init__(self, notifier: Notifier | None = None, counters: Accumulator | None = None) -> None:
         self.notifier = notifier
+        #: The loop's counters: the failures logged here are counted there (one place for every counter).
+        self.counters = counters if counters is not None else Accumulator()
         #: unit -> the failure reasons logged for it; dropped once the unit runs settled again.
         self._failing: dict[str, set[str]] = {}
         #: unit -> reason of its last failed start check (a unit the agent stopped after it is not listed).
@@ -60,11 +63,7 @@ class Reporter:
         self.oldest_age_s: float | None = None
         self.redis_error = ""
         self.redis_failures = 0
-        #: Starts that failed their check, ever (dqagent_worker_start_failures_total).
-        self.start_failures = 0
         self.systemd_error = ""
-        #: Workers the kernel killed for memory (systemd's Result=oom-kill), as logged.
-        self.oom_kills = 0
         #: (kind, key, reason) of every broker value logged as rejected.
         self._rejections: set[tuple[str, str, str]] = set()
         #: Distinct unexpected tick errors logged with their traceback; failed ticks since the last good one.
@@ -88,16 +87,17 @@ class Reporter:
             return
         seen.add(reason)
         if reason == "oom-kill":  # past its MemoryMax (WORKER_MEMORY_MAX/POOL_MEMORY_MAX) or the host's memory
-            self.oom_kills += 1
+            self.counters.oom_killed()
             log.error("worker %s killed for memory (systemd Result=oom-kill): %s", unit, detail,
-                      extra=event("worker_oom_killed", unit=unit, result=reason, oom_kills=self.oom_kills, **fields))
+                      extra=event("worker_oom_killed", unit=unit, result=reason, oom_kills=self.counters.oom_kills,
+                                  **fields))
             return
         log.error("worker %s failing: %s", unit, detail,
                   extra=event("worker_failed", unit=unit, result=reason, **fields))
 
     def start_failed(self, unit: str, reason: str, detail: str, **fields: object) -> None:
         """A start the agent made did not pass its PROCESS_STARTUP_DELAY check."""
-        self.start_failures += 1
+        self.counters.start_failed()
         self._failed_starts[unit] = reason
         self.worker_failing(unit, reason, detail, **fields)
 

@@ -64,12 +64,15 @@ def snapshot(**kw: object) -> Snapshot:
     acc.source_error(Source.REDIS)
     acc.decision_took(0.003)
     acc.decision_took(0.2)
+    acc.start_failed()
+    acc.start_failed()
+    acc.oom_killed()
     values: dict[str, object] = dict(
         version="9.9", policy="step", taken_at_s=1e9, redis_up=True, min_processes=1, max_processes=8,
         workers=WorkerCounts(running=3, starting=1, stopping=2, failed=1, desired=4),
         queues=(QueueDemand("a", ready=5, outstanding=9, delayed=2, dead=1, orphaned=0, oldest_age_s=12.5),
                 QueueDemand("b", ready=0, outstanding=0, delayed=0, dead=0, orphaned=0)),
-        last_decision_s=1e9 - 1, counters=acc.frozen(start_failures=2, oom_kills=1), guard_holding="cpu")
+        last_decision_s=1e9 - 1, counters=acc.frozen(), guard_holding="cpu")
     values.update(kw)
     return Snapshot(**values)  # type: ignore[arg-type]
 
@@ -88,7 +91,7 @@ def test_histogram_counts_every_observation_in_its_inclusive_bucket(values: list
     acc = Accumulator()
     for v in values:
         acc.decision_took(v)
-    h = acc.frozen(0).decision_duration
+    h = acc.frozen().decision_duration
     assert h.count == len(values)
     assert h.sum == pytest.approx(sum(max(0.0, v) for v in values))
     cumulative = h.cumulative()
@@ -99,11 +102,11 @@ def test_histogram_counts_every_observation_in_its_inclusive_bucket(values: list
 
 def test_frozen_counters_do_not_change_with_the_accumulator() -> None:
     acc = Accumulator()
-    before = acc.frozen(0)
+    before = acc.frozen()
     acc.scale_action(Direction.UP, "step")
     acc.source_error(Source.SYSTEMD)
     assert before.scale_actions == () and dict(before.source_errors) == {"redis": 0, "systemd": 0, "internal": 0}
-    assert dict(acc.frozen(0).source_errors) == {"redis": 0, "systemd": 1, "internal": 0}
+    assert dict(acc.frozen().source_errors) == {"redis": 0, "systemd": 1, "internal": 0}
 
 
 # -- the collector over hand-built snapshots ----------------------------------------------------------

@@ -180,7 +180,7 @@ def test_a_worker_killed_for_memory_is_its_own_event_and_counted(caplog: pytest.
     (oom,) = events(caplog, "worker_oom_killed")
     assert oom.__dict__["UNIT"] == "dramatiq-worker@2.service" and oom.__dict__["RESULT"] == "oom-kill"
     assert [r.__dict__["UNIT"] for r in events(caplog, "worker_failed")] == ["dramatiq-worker@1.service"]
-    assert agent.reporter.oom_kills == 1
+    assert agent.counters.oom_kills == 1
 
 
 def test_status_shows_the_figures_and_the_agents_hold(tmp_path: Path) -> None:
