@@ -67,7 +67,7 @@ def _setting(text: str) -> tuple[str, str]:
     return key, value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dev/bench", description=__doc__.split("\n")[0] if __doc__ else "")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--traces", nargs="*", default=list(TRACES), choices=list(TRACES), metavar="TRACE")
@@ -92,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="instead of the table: K drawn pools and traces per seed (dqagent/sim/families.py)")
     held_out.add_argument("--seeds", type=int, nargs="*", default=None, metavar="SEED",
                           help="with --random-pools: the seeds (default: --seed)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.random_pools:
         overrides = dict(args.set)
@@ -119,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_policy(pool, **overrides)
     except ConfigError as exc:
         parser.error(f"--set: {exc}")
+    seed_table(args, pool, overrides)
+    return 0
+
+
+def seed_table(args: argparse.Namespace, pool: PoolConfig, overrides: dict[str, str]) -> None:
+    """Every policy on every trace, the targets checked; with every trace also the age, guard and fleet rows."""
     roster = contenders(overrides)
     started = time.monotonic()
     table: dict[tuple[str, str], Metrics] = {}
@@ -147,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(host_rows(args.seed)))
         print("\nfleet mode (docs/fleet.md): several hosts on one queue, FLEET set vs independent agents")
         summary(3, 2.0, args.seed)
-    return 0
 
 
 if __name__ == "__main__":
