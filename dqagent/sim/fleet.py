@@ -145,7 +145,7 @@ def run_once(seed: int, hours: float, fleet: bool, summary: Summary, n_hosts: in
     curve = demand_curve(rng, hours)
     events = sorted((rng.uniform(300, hours * 3600), h.name) for h in hosts for _ in range(3))
     per_worker = 10
-    asyncio.run(_loop(rng, store, hosts, curve, events, per_worker, hours, fleet, summary))
+    asyncio.run(_FleetRun(rng, store, hosts, curve, events, per_worker, fleet, summary).run(hours))
 
 
 def _level(curve: list[tuple[float, int]], t: float) -> int:
@@ -157,54 +157,74 @@ def _level(curve: list[tuple[float, int]], t: float) -> int:
     return level
 
 
-async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], curve: list[tuple[float, int]],
-                events: list[tuple[float, str]], per_worker: int, hours: float, fleet: bool, summary: Summary) -> None:
-    by_name = {h.name: h for h in hosts}
-    t = 0.0
-    last_change = 0.0
-    changed_at_level = 0
-    ttl_s = max(record_ttl_ms(h.settings) for h in hosts) / 1000
-    max_tick = max(h.settings.tick_interval_s() for h in hosts)
-    recent_exits: list[tuple[float, int]] = []  # (when, workers) of hosts that left the reachable set
-    pending: list[tuple[float, str]] = list(events)
-    watched: list[_Change] = []
-    while t < hours * 3600:
-        store.now_ms = int(t * 1000)
-        level = _level(curve, t)
-        if level != changed_at_level:
-            changed_at_level, last_change = level, t
-        while pending and pending[0][0] <= t:
-            _, name = pending.pop(0)
-            h = by_name[name]
-            last_change = t
+class _FleetRun:
+    """One randomized run's loop: membership changes, each host's decision on its own phase, the measures."""
+
+    def __init__(self, rng: random.Random, store: FakeFleetStore, hosts: list[Host], curve: list[tuple[float, int]],
+                 events: list[tuple[float, str]], per_worker: int, fleet: bool, summary: Summary) -> None:
+        self.rng, self.store, self.hosts, self.curve = rng, store, hosts, curve
+        self.per_worker, self.fleet, self.summary = per_worker, fleet, summary
+        self.by_name = {h.name: h for h in hosts}
+        self.t = 0.0
+        self.last_change = 0.0
+        self.changed_at_level = 0
+        self.ttl_s = max(record_ttl_ms(h.settings) for h in hosts) / 1000
+        self.max_tick = max(h.settings.tick_interval_s() for h in hosts)
+        self.recent_exits: list[tuple[float, int]] = []  # (when, workers) of hosts that left the reachable set
+        self.pending: list[tuple[float, str]] = list(events)
+        self.watched: list[_Change] = []
+
+    async def run(self, hours: float) -> None:
+        while self.t < hours * 3600:
+            self.store.now_ms = int(self.t * 1000)
+            level = _level(self.curve, self.t)
+            if level != self.changed_at_level:
+                self.changed_at_level, self.last_change = level, self.t
+            await self.membership(level)
+            await self.decide()
+            self.watch(level)
+            self.measure(level)
+            self.t += STEP_S
+
+    async def membership(self, level: int) -> None:
+        """The membership events due now: a host joins, comes back, leaves, dies or loses Redis."""
+        t, hosts = self.t, self.hosts
+        while self.pending and self.pending[0][0] <= t:
+            _, name = self.pending.pop(0)
+            h = self.by_name[name]
+            self.last_change = t
             joining = h.mode in ("out", "gone", "dead", "cut")
             if h.mode in ("out", "gone", "dead"):
                 h.mode, h.workers, h.state = "up", h.settings.min_processes, h.policy.initial_state()
-                recent_exits.append((t, h.workers))  # a joiner runs its MIN at once (the agent's start)
-                h.coordinator = FleetCoordinator(lambda _s: store)
+                self.recent_exits.append((t, h.workers))  # a joiner runs its MIN at once (the agent's start)
+                h.coordinator = FleetCoordinator(lambda _s: self.store)
             elif h.mode == "cut":
                 h.mode = "up"  # back with the workers it held: counted until the fleet rebalances
-                recent_exits.append((t, h.workers))
+                self.recent_exits.append((t, h.workers))
             else:
-                h.mode = rng.choice(["gone", "dead", "cut"])
+                h.mode = self.rng.choice(["gone", "dead", "cut"])
                 if h.mode in ("gone", "dead", "cut"):
-                    recent_exits.append((t, h.workers))
+                    self.recent_exits.append((t, h.workers))
                 if h.mode == "gone":
                     await h.coordinator.leave(h.settings)
                 if h.mode in ("gone", "dead"):
                     h.workers = 0
-            watched.append(_Change(t, name, joining, level, {o.name: o.workers for o in hosts
-                                                            if o is not h and o.mode == "up"}))
-        for h in hosts:
+            self.watched.append(_Change(t, name, joining, level, {o.name: o.workers for o in hosts
+                                                                 if o is not h and o.mode == "up"}))
+
+    async def decide(self) -> None:
+        """Each reachable host whose poll is due decides, as the agent does (in fleet mode through the step)."""
+        t = self.t
+        for h in self.hosts:
             if h.mode not in ("up", "cut") or t < h.next_tick_s:
                 continue
             h.next_tick_s = (h.next_tick_s or h.phase_s) + h.settings.tick_interval_s()
             if h.mode == "cut":
                 continue  # Redis unreachable: keep the workers, decide nothing (the agent's _redis_down)
-            outstanding = _level(curve, max(0.0, t - h.read_delay_s))
+            outstanding = _level(self.curve, max(0.0, t - h.read_delay_s))
             obs = Observation(now_s=t, queue_length=outstanding, ready=outstanding, in_flight=0, delayed=0,
                               workers=h.workers, starting=0)
-            if fleet:  # the agent's rules 2 and 3 (`dqagent.step.recommend`) on a host without units
+            if self.fleet:  # the agent's rules 2 and 3 (`dqagent.step.recommend`) on a host without units
                 seen = Seen(Census(running=h.workers, coming=0, going=0, failing=0), obs)
                 try:
                     fleet_input = await h.coordinator.sync(h.settings, seen)
@@ -222,52 +242,62 @@ async def _loop(rng: random.Random, store: FakeFleetStore, hosts: list[Host], cu
                 h.last_g, h.last_g_at = target, t
             target = h.settings.clamp(target)
             h.workers = target
-            if fleet:
+            if self.fleet:
                 await h.coordinator.publish(h.settings, h.workers, 0)
-        # -- measure ----------------------------------------------------------------------------
-        for c in [c for c in watched if t - c.at_s > ttl_s + 2 * max_tick or level != c.level]:
-            watched.remove(c)
+
+    def watch(self, level: int) -> None:
+        """Membership changes under unchanged demand: did another host move the wrong way meanwhile?"""
+        t, summary = self.t, self.summary
+        for c in [c for c in self.watched if t - c.at_s > self.ttl_s + 2 * self.max_tick or level != c.level]:
+            self.watched.remove(c)
             if level == c.level:  # demand unchanged over the whole change: it counts
                 summary.changes += 1
                 summary.flaps += c.flapped
-        for c in watched:
-            for o in hosts:
+        for c in self.watched:
+            for o in self.hosts:
                 if o.name in c.before and o.mode == "up" and \
                         (o.workers > c.before[o.name] if c.join else o.workers < c.before[o.name]):
                     c.flapped = 1
-        reachable = [h for h in hosts if h.mode == "up"]
+
+    def measure(self, level: int) -> None:
+        """Cost against need, and in fleet mode safety (no more than the recent G) and liveness."""
+        summary = self.summary
+        reachable = [h for h in self.hosts if h.mode == "up"]
         total = sum(h.workers for h in reachable)
         lo = sum(h.settings.min_processes for h in reachable)
         hi = sum(h.settings.max_processes for h in reachable)
-        need = max(lo, min(hi, math.ceil(level / per_worker)))
+        need = max(lo, min(hi, math.ceil(level / self.per_worker)))
         summary.worker_seconds += total * STEP_S
         summary.need_seconds += need * STEP_S
         summary.max_over = max(summary.max_over, total - need)
         if total > need:
             summary.over_seconds += STEP_S
-        if fleet and reachable:
-            recent_exits = [(w, n) for w, n in recent_exits if t - w <= ttl_s + max_tick]
-            g_max = max(h.last_g for h in reachable if t - h.last_g_at <= ttl_s + max_tick) \
-                if any(t - h.last_g_at <= ttl_s + max_tick for h in reachable) else hi
-            beyond = total - max(lo, min(hi, g_max)) - sum(n for _, n in recent_exits)
-            if t < ttl_s + 2 * max_tick:  # the fleet forming: hosts that started together, each alone at first
-                summary.forming_over = max(summary.forming_over, beyond)
-                beyond = 0
-            summary.max_over_g = max(summary.max_over_g, beyond)
-            if beyond > 0:
-                summary.violations.append(f"safety at {t:.0f}s: {total} > G {g_max}")
-            quiet = t - last_change
-            settle = ttl_s + 2 * max_tick + max(h.settings.scale_down_window_s for h in hosts)
-            if abs(quiet - settle) < STEP_S / 2:
-                summary.converge_checks += 1
-                gs = {h.last_g for h in reachable}
-                g = max(lo, min(hi, max(gs)))
-                if len(gs) == 1 and total == g and \
-                        all(h.workers == apportion(g, [_member(x) for x in reachable])[h.name] for h in reachable):
-                    summary.converged += 1
-                else:
-                    summary.violations.append(f"liveness at {t:.0f}s: total {total}, G's {sorted(gs)}")
-        t += STEP_S
+        if self.fleet and reachable:
+            self.check_fleet(reachable, total, lo, hi)
+
+    def check_fleet(self, reachable: list[Host], total: int, lo: int, hi: int) -> None:
+        t, summary, recent = self.t, self.summary, self.ttl_s + self.max_tick
+        self.recent_exits = [(w, n) for w, n in self.recent_exits if t - w <= recent]
+        g_max = max(h.last_g for h in reachable if t - h.last_g_at <= recent) \
+            if any(t - h.last_g_at <= recent for h in reachable) else hi
+        beyond = total - max(lo, min(hi, g_max)) - sum(n for _, n in self.recent_exits)
+        if t < self.ttl_s + 2 * self.max_tick:  # the fleet forming: hosts that started together, each alone at first
+            summary.forming_over = max(summary.forming_over, beyond)
+            beyond = 0
+        summary.max_over_g = max(summary.max_over_g, beyond)
+        if beyond > 0:
+            summary.violations.append(f"safety at {t:.0f}s: {total} > G {g_max}")
+        quiet = t - self.last_change
+        settle = self.ttl_s + 2 * self.max_tick + max(h.settings.scale_down_window_s for h in self.hosts)
+        if abs(quiet - settle) < STEP_S / 2:
+            summary.converge_checks += 1
+            gs = {h.last_g for h in reachable}
+            g = max(lo, min(hi, max(gs)))
+            if len(gs) == 1 and total == g and \
+                    all(h.workers == apportion(g, [_member(x) for x in reachable])[h.name] for h in reachable):
+                summary.converged += 1
+            else:
+                summary.violations.append(f"liveness at {t:.0f}s: total {total}, G's {sorted(gs)}")
 
 
 def _member(h: Host) -> Member:
