@@ -14,9 +14,9 @@ DRAMATIQ_COMMAND, then for each trace:
   unit's end), and when its Dramatiq worker process logged "ready for action" (the start-up delay);
 - runs the simulator on what the real run was fed and met: the messages at their real enqueue times,
   the measured start-up delays and start jobs (at the nearest real start), the starts that failed, the
-  median stop time, the agent's start checks and stop order (`PoolConfig.agent_stops`), at 16 phases of
-  the agent's reads (or at its real read times: `--models reads`), and prints both side by side with
-  relative errors.
+  median stop time, and the agent's own check on the simulated units (its start checks, stop order and
+  backoff: `dqagent.sim.agenttick`, the agent's decision step), at 16 phases of the agent's reads (or at
+  its real read times: `--models reads`), and prints both side by side with relative errors.
 
 Everything is in real (compressed) seconds. `--save FILE` keeps the measurements as JSON and
 `--load FILE` re-prints the comparison from them without booting anything.
@@ -45,6 +45,8 @@ from dqagent.sim.traces import Trace, Workload, compress, generate
 
 #: Trace-time settings of the agent (the seed defaults); divided by the compression factor.
 POLL_S, WINDOW_S, STARTUP_S, FLAP_WINDOW_S = 5.0, 120.0, 5.0, 600.0
+#: The agent's CHECK_INTERVAL in the replay (`install_agent`; real seconds, not compressed): the slowest read.
+CHECK_S = 60.0
 #: systemd's catalog ids for a unit's start and stop jobs.
 STARTING, STOPPED = "7d4958e842da4a758f6c1cdc7b36dcc5", "9d1aaa27d60140bd96365438aad20286"
 STOPPING = "de5b426a63be47a7b6ac3eaac82e2f6f"
@@ -193,10 +195,10 @@ def workload_for(name: str, seed: int, factor: float) -> Workload:
     return compress(generate(TRACES[name], seed), factor)
 
 
-#: The simulator's models `--models` offers: the agent's stops, start checks and failed starts
-#: (`PoolConfig.agent_stops`); the same reading demand exactly when the real agent did ("reads", for runs
-#: whose agent logged every decision); or the simpler one before it (newest first, no failed starts,
-#: the drawn arrival times).
+#: The simulator's inputs `--models` offers: the run's enqueue times, start jobs and failed starts ("agent");
+#: the same reading demand exactly when the real agent did ("reads", for runs whose agent logged every
+#: decision); or fewer of them ("simple": the drawn arrival times, start jobs of 0, no failed starts). The
+#: decisions are the agent's own in every model (`dqagent.core.step`).
 MODELS = ("agent", "reads", "simple")
 
 
@@ -225,16 +227,17 @@ def predict(run: Run, dispatch: str, model: str = "agent", phases: int = 16) -> 
 
 
 def _simulate(run: Run, dispatch: str, model: str, first_read_s: float) -> Measured:
-    agent = model != "simple"
-    workload = run.enqueued() if agent else workload_for(run.trace, run.seed, run.factor)
+    measured = model != "simple"
+    workload = run.enqueued() if measured else workload_for(run.trace, run.seed, run.factor)
     reads = run.read_times() if model == "reads" else ()
     profile = tuple(run.startup_delays())
     boot = statistics.mean(d for _, d in profile) if profile else STARTUP_S / run.factor
     pool = PoolConfig(threads=run.threads, prefetch=2 * run.threads, startup_delay_s=boot,
                       min_workers=run.min_workers, max_workers=run.max_workers, dispatch=dispatch,
-                      startup_profile_s=profile, stop_delay_s=run.stop_delay_s(), agent_stops=agent,
-                      check_delay_s=STARTUP_S / run.factor, start_job_profile_s=tuple(run.start_job_delays()),
-                      failed_starts_s=tuple(run.failures()), failure_match_s=POLL_S / run.factor)
+                      startup_profile_s=profile, stop_delay_s=run.stop_delay_s(), check_interval_s=CHECK_S,
+                      check_delay_s=STARTUP_S / run.factor,
+                      start_job_profile_s=tuple(run.start_job_delays()) if measured else (),
+                      failed_starts_s=tuple(run.failures()) if measured else (), failure_match_s=POLL_S / run.factor)
     policy = target_policy(pool, SCALE_DOWN_WINDOW=f"{WINDOW_S / run.factor:g}")
     result = simulate(workload, policy, pool, POLL_S / run.factor, adaptive_reads=True, first_read_s=first_read_s,
                       read_times_s=reads)
@@ -437,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-workers", type=int, default=4)
     parser.add_argument("--dispatch", nargs="*", default=list(DISPATCH_MODELS), choices=DISPATCH_MODELS)
     parser.add_argument("--models", nargs="*", default=["agent"], choices=MODELS,
-                        help="agent: stops, start checks and failed starts as the agent's (default); simple: before")
+                        help="agent: the run's enqueue times, start jobs and failed starts (default); reads: and its "
+                             "read times; simple: drawn arrivals, no start jobs, no failed starts")
     parser.add_argument("--phases", type=int, default=16, help="read phases the simulator runs (default 16)")
     parser.add_argument("--save", type=Path, help="write the real measurements to this JSON file")
     parser.add_argument("--load", type=Path, action="append", default=[],
@@ -457,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real - 1; boot = mean start job -> "
           "ready for action; the simulator replays each run's enqueue times, start-up delays and start jobs (nearest "
           f"real start), failed starts and median stop time; sim rows: median over {args.phases} read phases "
-          "(p95 range), /reads: at the run's own read times, /simple: the model before (drawn arrivals)")
+          "(p95 range), /reads: at the run's own read times, /simple: drawn arrivals, no start jobs or failed starts")
     report(runs, args.dispatch, args.models, args.phases)
     return 0
 

@@ -1,13 +1,13 @@
 """An optional host model for the simulator: a host that runs `capacity` busy workers at full
-speed, and slows every worker down beyond that, plus the guard applied to the simulated pool.
+speed, and slows every worker down beyond that; the benchmark's host and guard limits.
 
 Model (an assumption, stated so it can be argued with): with `n` busy workers on a host of `capacity`,
 a task that starts takes `n / capacity` times longer (the CPUs are shared), times `1 + contention x
 (n - capacity) / capacity` (what over-commit costs on top: cache and memory contention, reclaim,
 swapping). With `contention` 0 more workers beyond capacity gain nothing and lose nothing; above 0 they
 make the whole pool slower. The host's CPU pressure is the share of the busy workers' time spent
-waiting for a CPU, `100 x (1 - capacity / n)`, and the guard (`dqagent.core.guard.decide`, the agent's own
-pure decision) sees that figure.
+waiting for a CPU, `100 x (1 - capacity / n)`: the `cpu some` the guard sees when the shared decision
+step asks the simulated agent for the host's headroom (`dqagent.sim.agenttick`).
 
 `./dev/bench --host` prints the benchmark line (dqagent.sim.benchcli.host_rows): a burst's drain time on
 an over-committed host with and without the guard.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dqagent.core.guard import Headroom, Limits, decide
+from dqagent.core.guard import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +36,6 @@ class HostModel:
     def cpu_pressure(self, busy: int) -> float:
         """Percent of the busy workers' time spent waiting for a CPU (the guard's `cpu some` here)."""
         return 0.0 if busy <= self.capacity else 100 * (1 - self.capacity / busy)
-
-
-def guarded_target(host: HostModel, limits: Limits, workers: int, target: int, floor: int, busy: int) -> int:
-    """The policy's `target` after the agent's guard, on this host with `busy` workers running tasks."""
-    return decide(workers, target, floor, Headroom(cpu_some=host.cpu_pressure(busy)), limits).target
 
 
 #: The benchmark's host: 3 workers' worth of CPU under a pool allowed 10 (over-committed 3.3x).

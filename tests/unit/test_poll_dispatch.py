@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dqagent.core.policies import Policy, StepPolicy
-from dqagent.sim import model
+from dqagent.sim import pool as simpool
 from dqagent.sim.bench import percentile, target_policy
 from dqagent.sim.model import POLL_EXACT, PoolConfig, Result, simulate
 from dqagent.sim.traces import Trace, Workload, generate
@@ -111,7 +111,7 @@ class CountingRandom(random.Random):
 
 def draws_for(dispatch: str, duration_s: float, monkeypatch: pytest.MonkeyPatch) -> int:
     """Random draws to simulate 50 warm idle workers and 20 messages in the first 10 minutes."""
-    monkeypatch.setattr(model.random, "Random", CountingRandom)
+    monkeypatch.setattr(simpool.random, "Random", CountingRandom)
     CountingRandom.draws = 0
     w = Workload(Trace("hand", duration_s, ((0, 0),)), 1, tuple(30.0 * i for i in range(1, 21)), (0.5,) * 20, ())
     pool = PoolConfig(threads=1, prefetch=2, min_workers=50, max_workers=50, dispatch=dispatch)

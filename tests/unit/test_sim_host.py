@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dqagent.core.guard import Limits
+from dqagent.core.guard import Headroom, Limits, decide
 from dqagent.sim.bench import DEFAULT_POOL, target_policy
 from dqagent.sim.benchcli import host_rows as benchmark
-from dqagent.sim.host import BENCH_GUARD, BENCH_HOST, HostModel, guarded_target
+from dqagent.sim.host import BENCH_GUARD, BENCH_HOST, HostModel
 from dqagent.sim.model import simulate
 from dqagent.sim.traces import TRACES, generate
 
@@ -19,8 +19,9 @@ def test_the_host_slows_every_task_only_beyond_its_capacity() -> None:
     assert host.cpu_pressure(3) == 0 and host.cpu_pressure(6) == 50
     # throughput (busy / slowdown) falls beyond capacity once over-commit costs something
     assert 6 / host.slowdown(6) > 10 / host.slowdown(10)
-    assert guarded_target(host, Limits(50, 10, 0), 7, 10, 1, busy=7) == 7
-    assert guarded_target(host, Limits(50, 10, 0), 5, 9, 1, busy=5) == 9
+    # the figure the simulated agent hands the guard: 7 busy on 3 CPUs hold a scale-up, 5 do not
+    assert decide(7, 10, 1, Headroom(cpu_some=host.cpu_pressure(7)), Limits(50, 10, 0)).target == 7
+    assert decide(5, 9, 1, Headroom(cpu_some=host.cpu_pressure(5)), Limits(50, 10, 0)).target == 9
 
 
 def test_without_a_host_the_simulation_is_unchanged_and_with_one_the_guard_drains_no_slower() -> None:

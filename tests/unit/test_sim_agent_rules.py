@@ -1,5 +1,5 @@
-"""Spiky calibration: the simulator's `agent_stops` model of the agent's start checks, stop order
-and failed starts (dqagent.core.reconciler / dqagent.systemd.jobtable), and the read phase."""
+"""The agent's rules on the simulated pool (`dqagent.sim.agenttick`): start checks, stop order and failed
+starts as `dqagent.core.reconciler` / `dqagent.systemd.jobtable` have them, and the read phase."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_a_scale_down_stops_a_ready_worker_while_a_slow_start_is_still_in_its_ch
     workload = handmade((25.0,), (1.0,))
     plan = Scripted(lambda t: 2 if 10 <= t < 20 else 1)
     pool = PoolConfig(threads=1, prefetch=2, startup_delay_s=50, min_workers=1, max_workers=2,
-                      start_job_profile_s=((0.0, 30.0),), check_delay_s=1.25, agent_stops=True)
+                      start_job_profile_s=((0.0, 30.0),), check_delay_s=1.25)
     agent = simulate(workload, plan, pool, tick_s=1, initial_workers=1)
     # Then the agent can only stop the settled (warm) worker: the new one is in its start check until
     # t=41.25, so the message waits for it to get ready at t=60
@@ -52,17 +52,13 @@ def test_a_scale_down_stops_a_ready_worker_while_a_slow_start_is_still_in_its_ch
     seen: list[Observation] = plan.seen  # type: ignore[attr-defined]
     at = {round(o.now_s): o for o in seen}
     assert at[30].starting == 1 and at[45].starting == 0  # starting = in its check, not "not ready"
-    # The simpler model stops the newest worker instead and the message waits for nothing
-    simple = simulate(workload, Scripted(lambda t: 2 if 10 <= t < 20 else 1), PoolConfig(
-        threads=1, prefetch=2, startup_delay_s=50, min_workers=1, max_workers=2), tick_s=1, initial_workers=1)
-    assert simple.waits_s == (0.0,)
 
 
 def test_stops_take_the_highest_settled_numbers_and_starts_reuse_the_lowest_free() -> None:
     # Given 1 warm worker, 3 wanted at t=10 (numbers 2 and 3), 1 at t=20, 2 again at t=40
     plan = Scripted(lambda t: 3 if 10 <= t < 20 else 1 if t < 40 else 2)
     pool = PoolConfig(threads=1, prefetch=2, startup_delay_s=2, min_workers=1, max_workers=3, check_delay_s=1,
-                      agent_stops=True, stop_delay_s=3)
+                      stop_delay_s=3)
     lives = by_start(simulate(handmade((), (), duration_s=60), plan, pool, tick_s=1, initial_workers=1).lives)
     # Then t=20 stops 3 and 2 (highest first; 1 stays), and t=40 starts number 2 again (exited at t=23)
     assert [(life.number, life.started_s, life.stopped_s) for life in lives][:3] == [(1, 0, pytest.approx(float("nan"),
@@ -75,7 +71,7 @@ def test_a_replayed_failed_start_backs_off_and_reusing_its_number_backs_off_furt
     # Given 1 warm worker, 2 wanted from t=10 and 3 from t=16; the start at t=10 failed in the real run
     plan = Scripted(lambda t: 1 if t < 10 else 2 if t < 16 else 3)
     pool = PoolConfig(threads=1, prefetch=2, startup_delay_s=1, min_workers=1, max_workers=3, check_delay_s=1,
-                      agent_stops=True, failed_starts_s=((10.4, 0.0),), failure_match_s=1.0)
+                      failed_starts_s=((10.4, 0.0),), failure_match_s=1.0)
     result = simulate(handmade((), (), duration_s=60), plan, pool, tick_s=1, initial_workers=1)
     lives = by_start(result.lives)
     # Then it fails at once, never ready; the backoff holds starts for 5 s; the retry reuses the failed
@@ -98,14 +94,14 @@ def test_the_first_read_sets_the_phase_of_every_read() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 4), min_size=3, max_size=12), st.floats(0, 20), st.floats(0.5, 30),
        st.lists(st.floats(0, 100), max_size=3), st.integers(0, 2**16))
-def test_agent_stops_never_stop_a_worker_in_its_check_nor_reuse_a_live_number(
+def test_the_agent_never_stops_a_worker_in_its_check_nor_reuses_a_live_number(
         plan: list[int], job_s: float, boot_s: float, failures: list[float], seed: int) -> None:
     # Given any scripted sequence of wanted counts (one per 10 s, at least one worker so the work gets done),
     # start jobs and failed starts, and a workload
     arrivals = tuple(sorted((seed * (i + 1) * 7919) % 100_000 / 1000 for i in range(30)))
     workload = handmade(arrivals, tuple(0.5 + (seed >> (i % 16) & 3) for i in range(30)), duration_s=10 * len(plan))
     pool = PoolConfig(threads=2, prefetch=4, startup_delay_s=boot_s, min_workers=0, max_workers=4, check_delay_s=1.25,
-                      agent_stops=True, start_job_profile_s=((0.0, job_s),), stop_delay_s=2,
+                      start_job_profile_s=((0.0, job_s),), stop_delay_s=2,
                       failed_starts_s=tuple((f, 0.0) for f in sorted(failures)))
     result = simulate(workload, Scripted(lambda t: plan[min(int(t // 10), len(plan) - 1)]), pool, tick_s=1,
                       initial_workers=1)
@@ -137,3 +133,26 @@ def test_replayed_read_times_are_kept_then_the_intervals_resume() -> None:
              read_times_s=(0.3, 1.1, 4.0))
     seen: list[Observation] = plan.seen  # type: ignore[attr-defined]
     assert [o.now_s for o in seen][:5] == [0.3, 1.1, 4.0, 6.0, 8.0]
+
+
+def test_a_benchmark_pool_stops_the_highest_settled_worker_not_the_newest_one_still_starting() -> None:
+    # Given the benchmark's pool (the agent's start check ends as a worker of the typical start-up gets
+    # ready: 50 s here), one warm worker, a second one wanted from t=10 to t=20, and 1 wanted after
+    pool = PoolConfig(threads=1, prefetch=2, startup_delay_s=50, min_workers=1, max_workers=2)
+    lives = by_start(simulate(handmade((), (), duration_s=80), Scripted(lambda t: 2 if 10 <= t < 20 else 1),
+                              pool, tick_s=1, initial_workers=1).lives)
+    # Then at t=20 the agent stops the only settled worker (number 1): the new one is still in its check
+    # (a newest-first order would stop the one still starting and keep the warm one)
+    first, second = lives
+    assert (first.number, first.stopped_s) == (1, 20)
+    assert second.number == 2 and second.stopped_s != second.stopped_s  # NaN: never stopped
+
+
+def test_idle_adaptive_reads_are_at_most_check_interval_apart() -> None:
+    # Given adaptive reads around 100 s (idle: twice that) and CHECK_INTERVAL=150
+    plan = Scripted(lambda t: 1, hi=1)
+    pool = PoolConfig(min_workers=1, max_workers=1, check_interval_s=150)
+    simulate(handmade((), (), duration_s=1000), plan, pool, tick_s=100, adaptive_reads=True)
+    seen: list[Observation] = plan.seen  # type: ignore[attr-defined]
+    # Then an idle pool is read every 150 s, as the agent reads it (`read_interval_s`'s slowest bound)
+    assert [o.now_s for o in seen][:4] == [0, 150, 300, 450]

@@ -1,0 +1,158 @@
+"""The agent's check on the simulated pool: what it observes, the shared decision step, and its actions.
+
+The simulator has no scaling rule of its own: at each read it builds the `dqagent.core.step.Observed` a real agent
+would read off systemd and Redis, calls `dqagent.core.step.decide` (with the host's headroom when the guard asks
+for it), and carries out `check.plan` exactly, as `dqagent.agent.lifecycle.Agent.tick` and its job table do:
+
+- each simulated worker is one unit: `activating` with a start job until its start job ends, then
+  `active/running` from that instant (its ActiveEnterTimestamp); `deactivating` with a stop job while it
+  drains and until its process has exited; a start that failed stays `failed` (no process, its number held)
+  until a later start reuses its number;
+- the agent's own jobs in flight: a start from its start job until its start check ends (start job +
+  PROCESS_STARTUP_DELAY; a failed start until the unit ended), a stop until the process has exited;
+- the starts of one check are judged together when the last check ends (a failed one backs off further
+  starts, `dqagent.core.reconciler.Backoff`), and reusing a failed unit's number counts as a failure, as in
+  `dqagent.systemd.jobtable`; a replayed real failure (`PoolConfig.failed_starts_s`) fails the first start near it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from functools import cache
+from typing import TYPE_CHECKING
+
+from dqagent.core.demand import Demand, QueueDemand
+from dqagent.core.guard import Headroom, Limits
+from dqagent.core.policies import Policy
+from dqagent.core.reconciler import Backoff, Intent
+from dqagent.core.step import Check, Host, Memory, NeedsHost, Observed, Rules, decide
+from dqagent.settings.config import QueueMetric
+from dqagent.sim.pool import EPOCH_US, Pool, Worker, lookup
+from dqagent.systemd.client import ActiveState, UnitState, worker_unit
+
+if TYPE_CHECKING:
+    from dqagent.sim.poolconfig import PoolConfig
+
+#: The simulated queue's name (Dramatiq's default queue).
+QUEUE = "default"
+
+
+def rules_for(cfg: PoolConfig, policy: Policy, tick_s: float, adaptive_reads: bool, guard: bool) -> Rules:
+    """The settings a real agent would decide this pool with (`Rules.from_settings` of the same values)."""
+    return Rules(policy=policy, min_processes=cfg.min_workers, max_processes=cfg.max_workers,
+                 queue_metric=QueueMetric(cfg.metric), adaptive_reads=adaptive_reads, read_every_s=tick_s,
+                 check_interval_s=cfg.check_interval_s, startup_delay_s=cfg.check_s(), guard=guard,
+                 queue_names=(QUEUE,))
+
+
+class SimAgent:
+    """The agent's memory between checks on one simulated pool: the step's `Memory`, the crash-loop backoff,
+    the start batches not judged yet, and the failed units not reset yet."""
+
+    def __init__(self, rules: Rules, pool: Pool, limits: Limits | None) -> None:
+        self.rules = rules
+        self.pool = pool
+        #: The guard's limits (None: the guard is off).
+        self.limits = limits
+        self.memory = Memory(rules.policy.initial_state())
+        self.backoff = Backoff()
+        self.failed_numbers: set[int] = set()
+        self.failures_left = list(pool.cfg.failed_starts_s)
+        #: Start batches not judged yet: (when the last check of the batch ends, batch); and whether one failed.
+        self.judging: list[tuple[float, int]] = []
+        self.batch_failed: dict[int, bool] = {}
+        self.batches = 0
+
+    def observe(self, now: float) -> Observed:
+        """What a real agent would read now: the queue's counts and the units, with its own jobs and backoff."""
+        self.judge(now)
+        pool = self.pool
+        ready = len(pool.queue)
+        held = sum(w.running + len(w.held) for w in pool.workers.values())
+        # The list head's wait since its arrival (Dramatiq's message_timestamp, the first enqueue: a requeued
+        # message keeps it and goes to the tail, as in `Pool.finish_drain`).
+        oldest = now - pool.arrivals_s[pool.queue[0]] if pool.queue else None
+        demand = Demand((QueueDemand(QUEUE, ready, ready + held, 0, 0, 0, oldest),))
+        units: list[UnitState] = []
+        flight: dict[int, Intent] = {}
+        for w in pool.workers.values():
+            units.append(_unit(w, now, flight))
+        for n, gone_s in pool.exiting.items():
+            if gone_s > now:  # its process still exits: the stop job has not ended
+                units.append(UnitState(_name(n), n, ActiveState.DEACTIVATING, "stop-sigterm", 0, 0, 0,
+                                       "success", True, "stop"))
+                flight[n] = Intent.STOP
+        for n in self.failed_numbers:
+            units.append(UnitState(_name(n), n, ActiveState.FAILED, "failed", 0, 0, 0, "exit-code", False))
+        return Observed(now, EPOCH_US + now * 1e6, demand, units, flight, self.backoff)
+
+    def check(self, now: float, host_cpu: float | None) -> tuple[Observed, Check]:
+        """Observe, then decide with the shared step (the host read only when the guard asks for it)."""
+        observed = self.observe(now)
+        check = decide(self.rules, observed, self.memory)
+        if isinstance(check, NeedsHost):
+            assert self.limits is not None, "the guard is off: the step never asks for the host"
+            check = decide(self.rules, observed, self.memory, host=Host(Headroom(cpu_some=host_cpu), self.limits))
+        assert isinstance(check, Check), "the step asks for the host only once"
+        self.memory = check.memory
+        return observed, check
+
+    def act(self, check: Check, now: float) -> None:
+        """Carry out the plan exactly: start `plan.start` (resetting `plan.reset`), stop `plan.stop`."""
+        plan, pool, cfg = check.plan, self.pool, self.pool.cfg
+        if plan.start:
+            if plan.reset:  # a failed unit is a crash Restart= could not recover from: reused, but a failure
+                self.failed_numbers.difference_update(plan.reset)
+                self.backoff = self.backoff.after_failure(now)
+            self.batches += 1
+            started = [pool.start(now, n, self.batches, lookup(cfg.start_job_profile_s, now, 0.0), cfg.check_s(),
+                                  self._replayed_failure(now)) for n in plan.start]
+            self.batch_failed[self.batches] = False
+            heapq.heappush(self.judging, (max(w.checked_s for w in started), self.batches))
+        if plan.stop:
+            by_number = {w.number: w for w in pool.workers.values()}
+            for n in plan.stop:
+                pool.stop(by_number[n], now)
+
+    def _replayed_failure(self, now: float) -> float | None:
+        """A real run's failed start within `failure_match_s` of `now` (used once): when its unit ended."""
+        match = next((f for f in self.failures_left if abs(f[0] - now) <= self.pool.cfg.failure_match_s), None)
+        if match is None:
+            return None
+        self.failures_left.remove(match)
+        return match[1]
+
+    def failed(self, w: Worker) -> None:
+        """A start failed: its number stays failed until reused, and its batch backs off when judged."""
+        self.failed_numbers.add(w.number)
+        self.batch_failed[w.batch] = True
+
+    def judge(self, now: float) -> None:
+        """The batches whose checks have all ended by `now`, in order: back off after a failure, else note the
+        success (`dqagent.systemd.jobtable`: one judgment per start batch, when its last check ends)."""
+        while self.judging and self.judging[0][0] <= now:
+            at, batch = heapq.heappop(self.judging)
+            judged = self.backoff.after_failure if self.batch_failed.pop(batch) else self.backoff.after_success
+            self.backoff = judged(at)
+
+
+
+@cache
+def _name(n: int) -> str:
+    return worker_unit(n)
+
+
+def _unit(w: Worker, now: float, flight: dict[int, Intent]) -> UnitState:
+    """One live worker as systemd lists it, and the agent's job on it, if any (added to `flight`)."""
+    n = w.number
+    if w.stopping:
+        flight[n] = Intent.STOP
+        return UnitState(_name(n), n, ActiveState.DEACTIVATING, "stop-sigterm", 1000 + n, w.active_enter_us,
+                         0, "success", True, "stop")
+    if now < w.job_end_s:
+        flight[n] = Intent.START
+        return UnitState(_name(n), n, ActiveState.ACTIVATING, "start", 0, 0, 0, "", True, "start")
+    if w.checked_s > now:
+        flight[n] = Intent.START
+    return UnitState(_name(n), n, ActiveState.ACTIVE, "running", 1000 + n, w.active_enter_us, 0, "success",
+                     False)
