@@ -143,10 +143,22 @@ class Check:
     memory: Memory
     #: Fleet mode: this host's part of the fleet's decision.
     share: Share | None
-    #: The decision line's journal fields, and whether it is routine (DEBUG rather than INFO).
-    fields: dict[str, object]
+    #: Whether the decision line is routine (DEBUG rather than INFO).
     routine: bool
     next_read_s: float
+    rules: Rules
+    demand: Demand
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """The decision line's journal fields: built when asked (the simulator decides without logging)."""
+        c = self.seen.census
+        d = self.demand
+        return dict(queue=",".join(self.rules.queue_names), queue_length=self.seen.obs.queue_length,
+                    workers=c.pool, running=c.running, target=self.decision.target, ready=d.ready,
+                    in_flight=d.in_flight, delayed=d.delayed, dead_lettered=d.dead, orphaned=d.orphaned,
+                    policy=self.rules.policy.name, breakdown=breakdown(d), oldest_age_s=format_age(d.oldest_age_s),
+                    **(self.share.fields() if self.share is not None else {}))
 
 
 def observe(rules: Rules, seen: Observed) -> Seen:
@@ -187,8 +199,7 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     next_read = (read_interval_s(rules.read_every_s, seen.obs, decision.target, memory.previous_outstanding,
                                  rules.check_interval_s) if rules.adaptive_reads else rules.read_every_s)
     memory = Memory(state, outstanding, memory.last_logged_s if routine else observed.now_s)
-    return Check(seen, decision, verdict, plan, label, memory, share,
-                 _fields(rules, seen, observed.demand, decision, share), routine, next_read)
+    return Check(seen, decision, verdict, plan, label, memory, share, routine, next_read, rules, observed.demand)
 
 
 def recommend(rules: Rules, seen: Seen, memory: Memory,
@@ -215,15 +226,6 @@ def _delayed_floor(decision: Decision, delayed: int) -> tuple[Decision, bool]:
     if decision.target == 0 and delayed > 0:
         return Decision(1, decision.reason + f"; {delayed} delayed messages need a consumer"), True
     return decision, False
-
-
-def _fields(rules: Rules, seen: Seen, demand: Demand, decision: Decision, share: Share | None) -> dict[str, object]:
-    c = seen.census
-    return dict(queue=",".join(rules.queue_names), queue_length=seen.obs.queue_length, workers=c.pool,
-                running=c.running, target=decision.target, ready=demand.ready, in_flight=demand.in_flight,
-                delayed=demand.delayed, dead_lettered=demand.dead, orphaned=demand.orphaned,
-                policy=rules.policy.name, breakdown=breakdown(demand), oldest_age_s=format_age(demand.oldest_age_s),
-                **(share.fields() if share is not None else {}))
 
 
 def breakdown(demand: Demand) -> str:
