@@ -232,7 +232,8 @@ async def _start(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     # A reload re-reads the file read now (or looks again from the same directory when none was found).
-    read_again = functools.partial(sources.load, loaded.env_file, cwd=Path.cwd(), command=args.command)
+    read_again = functools.partial(sources.load, loaded.env_file, cwd=Path.cwd(), command=args.command,
+                                   reloading=True)
     s = loaded.settings
     shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
     if s.fleet:  # fleet mode: no host id (FLEET_HOST_ID empty, /etc/machine-id unreadable): exit 78 here

@@ -131,8 +131,10 @@ ENTRIES: tuple[Entry, ...] = (
           "The extra log file cannot be opened; the agent logs to the journal only. Fix the path or its "
           "permissions, or set LOG_FILE empty."),
     Entry("password_unavailable", "441f55fff9ce425e8e387536b99da080", "dqagent cannot read the Redis password",
-          "The Redis password credential or file could not be read; the agent connects without one. Put the "
-          "password in /etc/dqagent/redis-password (mode 0600) and restart or reload the agent."),
+          "The Redis password file or credential could not be read. When the message says the password systemd "
+          "handed over at start is used, the agent connects as before, but a changed password applies only at "
+          "restart; otherwise it connects without one. Keep the password in /etc/dqagent/redis-password with "
+          "mode 0640, owner root, group dqagent (as dqagent install makes it), then reload the agent."),
     Entry("reloaded", "60f42497ae3c4cbf9fed80ac419f4307", "dqagent reloaded its settings",
           "`systemctl reload dqagent` re-read the settings file; the message lists what changed. The PID and "
           "the workers stay. Nothing to do."),

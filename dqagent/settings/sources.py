@@ -96,24 +96,26 @@ def _read_text(path: Path) -> tuple[str | None, str]:
         return None, f"password file {path} unavailable ({exc.strerror})"
 
 
-def _read_password(values: Mapping[str, str], environ: Mapping[str, str],
-                   source: Path | None = None) -> tuple[str | None, str]:
+def _read_password(values: Mapping[str, str], environ: Mapping[str, str], source: Path | None = None,
+                   *, reloading: bool = False) -> tuple[str | None, str]:
     """(password or None to keep `REDIS_PASSWORD`, note on why a file could not be read).
 
-    Under systemd (`$CREDENTIALS_DIRECTORY` set) the first of `source` (current: what a reload must
-    see) and the credential (copied from it at start) that can be read decides: its text, or, when
-    empty, no password (silently; `REDIS_PASSWORD` still applies). `source` unreadable while the
-    credential works means a changed password applies only at restart: said in the note. Otherwise:
-    `REDIS_PASSWORD`, else the file named by `REDIS_PASSWORD_FILE`.
+    Under systemd (`$CREDENTIALS_DIRECTORY` set): at start the credential systemd copied, then `source`;
+    on a reload (`reloading`) `source` first, since the credential still holds the password of the start
+    (systemd 252 copies it only then), then the credential. The first file that can be read decides: its
+    text, or, when empty, no password (silently; `REDIS_PASSWORD` still applies). `source` unreadable on a
+    reload while the credential works means a changed password applies only at restart: said in the
+    note. Otherwise: `REDIS_PASSWORD`, else the file named by `REDIS_PASSWORD_FILE`.
     """
     notes: list[str] = []
     source = PASSWORD_SOURCE if source is None else source
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
-        for path in (source, Path(cred_dir) / CREDENTIAL_NAME):
+        credential = Path(cred_dir) / CREDENTIAL_NAME
+        for path in ((source, credential) if reloading else (credential, source)):
             text, note = _read_text(path)
             if text is not None:
-                if notes:
+                if notes and path == credential:  # a reload that could not read the file
                     notes.append(f"using the password systemd handed over at start; a changed password applies "
                                  f"at restart, not on reload (fix: chown root:dqagent {source}; chmod 0640 "
                                  f"{source}, as dqagent install does)")
@@ -160,8 +162,10 @@ def load(
     *,
     command: str = "status",
     system_file: Path = SYSTEM_ENV_FILE,
+    reloading: bool = False,
 ) -> Loaded:
-    """Read, merge and validate the settings for `command` (see `default_env_file`).
+    """Read, merge and validate the settings for `command` (see `default_env_file`); `reloading`: for
+    `systemctl reload` (the password file is then read before the credential, see `_read_password`).
 
     `env_file` (the `--env-file` flag) wins over the default file. Raises `ConfigError` with a
     one-line message: a bad value names its key, an unreadable file names `--env-file`. A key of the
@@ -169,7 +173,7 @@ def load(
     """
     environ = os.environ if environ is None else environ
     file_values, values, path = _read(env_file, environ, flags, cwd, command, system_file)
-    password, note = _read_password(values, environ)
+    password, note = _read_password(values, environ, reloading=reloading)
     if password is not None:
         values["REDIS_PASSWORD"] = password
     return Loaded(settings=parse_settings(values), env_file=path, password_note=note,

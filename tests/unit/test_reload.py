@@ -365,18 +365,20 @@ def _password_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str |
     return {"CREDENTIALS_DIRECTORY": str(tmp_path / "cred"), "REDIS_PASSWORD_FILE": str(tmp_path / "file")}
 
 
-@pytest.mark.parametrize(("source", "cred", "env_pw", "file", "expected"), [
-    ("fresh\n", "cred", "env", "file", "fresh"),  # the file as it is now wins over the start's copy
-    (None, "cred", "env", "file", "cred"),          # the file deleted: the start's credential
-    ("", "cred", "", "file", ""),                   # an emptied password file: no password, not the old one
-    ("", "cred", "env", "file", "env"),             # ... REDIS_PASSWORD still applies
-    (None, None, "env", "file", "env"),
-    (None, None, "", "file", "file"),
+@pytest.mark.parametrize(("reloading", "source", "cred", "env_pw", "file", "expected"), [
+    (True, "fresh\n", "cred", "env", "file", "fresh"),  # a reload: the file as it is now, not the start's copy
+    (False, "fresh\n", "cred", "env", "file", "cred"),  # the start: the credential (systemd's copy, or a drop-in's)
+    (False, "", "secret", "", "file", "secret"),         # an empty file install made does not hide a credential
+    (True, None, "cred", "env", "file", "cred"),         # the file deleted: the start's credential
+    (True, "", "cred", "", "file", ""),                  # an emptied password file on reload: no password
+    (True, "", "cred", "env", "file", "env"),            # ... REDIS_PASSWORD still applies
+    (False, None, None, "env", "file", "env"),
+    (False, None, None, "", "file", "file"),
 ])
-def test_password_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str | None, cred: str | None,
-                             env_pw: str, file: str | None, expected: str) -> None:
+def test_password_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reloading: bool, source: str | None,
+                             cred: str | None, env_pw: str, file: str | None, expected: str) -> None:
     environ = _password_env(tmp_path, monkeypatch, source, cred, file) | ({"REDIS_PASSWORD": env_pw} if env_pw else {})
-    loaded = sources.load(None, environ=environ, cwd=tmp_path)
+    loaded = sources.load(None, environ=environ, cwd=tmp_path, reloading=reloading)
     assert (loaded.settings.redis_password, loaded.password_note) == (expected, "")
 
 
@@ -384,7 +386,8 @@ def test_unreadable_password_file_falls_back_to_the_credential_and_says_reload_c
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     environ = _password_env(tmp_path, monkeypatch, None, "cred", None)
     (tmp_path / "redis-password").mkdir()  # unreadable, even by root
-    loaded = sources.load(None, environ=environ, cwd=tmp_path)
+    assert sources.load(None, environ=environ, cwd=tmp_path).password_note == ""  # the start reads the credential
+    loaded = sources.load(None, environ=environ, cwd=tmp_path, reloading=True)
     assert loaded.settings.redis_password == "cred"
     assert "a changed password applies at restart, not on reload" in loaded.password_note
     assert "\n" not in loaded.password_note
