@@ -104,25 +104,7 @@ class Agent(Loop):
             while not self.stop_requested.is_set():
                 if self.reload_requested.is_set():
                     await self.apply_reload()
-                try:
-                    delay = await self._guard(self.tick(), self._tick_budget_s())
-                except SystemdTimeoutError as exc:  # busy or hung: transient, back off
-                    delay = self.s.tick_interval_s()
-                    self.reporter.systemd_timeout(exc.text, delay)
-                    self._source_failed(Source.SYSTEMD)
-                except SystemdError as exc:  # refused or failed request: transient, back off
-                    delay = self.s.tick_interval_s()
-                    self.reporter.systemd_refused(exc.name, str(exc), delay)
-                    self._source_failed(Source.SYSTEMD)
-                except BusConnectionError:
-                    raise
-                except Exception as exc:  # a bug, or data no check caught: reported, the loop goes on
-                    delay = self.s.tick_interval_s()
-                    self.reporter.tick_failed(exc, delay)
-                    self._source_failed(Source.INTERNAL)
-                else:
-                    self.reporter.systemd_ok()
-                    self.reporter.tick_ok()
+                delay = await self._check()
                 self._progress_deadline = self.clock() + delay + self._tick_budget_s()
                 await self._pause(delay, bus_lost)
         except (BusConnectionError, SystemdError) as exc:  # SystemdError here: before the loop ran
@@ -140,6 +122,31 @@ class Agent(Loop):
         finally:
             if self.exporter is not None:
                 self.exporter.close()
+
+    async def _check(self) -> float:
+        """One check under its progress deadline; a failure of systemd or an unforeseen error is reported and
+        retried after CHECK_INTERVAL (only a lost bus leaves the loop). Returns the seconds until the next."""
+        try:
+            delay: float = await self._guard(self.tick(), self._tick_budget_s())
+        except SystemdTimeoutError as exc:  # busy or hung: transient, back off
+            delay = self.s.tick_interval_s()
+            self.reporter.systemd_timeout(exc.text, delay)
+            self._source_failed(Source.SYSTEMD)
+        except SystemdError as exc:  # refused or failed request: transient, back off
+            delay = self.s.tick_interval_s()
+            self.reporter.systemd_refused(exc.name, str(exc), delay)
+            self._source_failed(Source.SYSTEMD)
+        except BusConnectionError:
+            raise
+        except Exception as exc:  # a bug, or data no check caught: reported, the loop goes on
+            delay = self.s.tick_interval_s()
+            self.reporter.tick_failed(exc, delay)
+            self._source_failed(Source.INTERNAL)
+        else:
+            self.reporter.systemd_ok()
+            if self.completed:  # a check that found Redis down is no recovery from a failed one
+                self.reporter.tick_ok()
+        return delay
 
     async def _pause(self, delay_s: float, bus_lost: asyncio.Task[None]) -> None:
         """Wait for the next check, a stop or reload request, or the loss of the bus (raised)."""

@@ -21,7 +21,7 @@ from dqagent import __version__
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe, QueueDemand
 from dqagent.core.policies import Policy
-from dqagent.core.reconciler import Plan, census, reconcile
+from dqagent.core.reconciler import Backoff, Plan, census, reconcile
 from dqagent.core.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts
 from dqagent.core.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, decide, observe
 from dqagent.core.units import UnitState
@@ -72,6 +72,8 @@ class Loop:
         #: (`dqagent.report.metrics`).
         self.latest: Snapshot | None = None
         self._last_decision_s: float | None = None
+        #: Whether the last check ran to its end (not one that found Redis down).
+        self.completed = False
         #: Set by the life cycle when METRICS_ADDRESS or METRICS_TEXTFILE is set.
         self.exporter: Exporter | None = None
 
@@ -110,8 +112,7 @@ class Loop:
         if demand.orphaned:
             await self._recover(demand)
         states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
-        observed = Observed(self.clock(), self.wallclock() * 1e6, demand, states, self.jobs.in_flight,
-                            self.jobs.backoff)
+        observed = self._observed(Observed(self.clock(), self.wallclock() * 1e6, demand, states, {}, Backoff()))
         self.reporter.note_units(states, self.jobs.in_flight, observed.now_us, self.s.process_startup_delay_s)
         rules = Rules.from_settings(self.s, self.policy)
         fleet: FleetInput | None = None
@@ -121,16 +122,23 @@ class Loop:
             except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
                 return self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
             self._rejected(fleet.view.rejected)
-        check = decide(rules, observed, self.memory, fleet=fleet)
+        # The jobs in flight and the backoff as they are after each wait (a start's check may end meanwhile).
+        check = decide(rules, self._observed(observed), self.memory, fleet=fleet)
         if isinstance(check, NeedsHost):  # a scale-up: the guard reads the host, then the same decision
-            check = decide(rules, observed, self.memory, fleet=fleet, host=await self.guard.read(self.s))
+            host = await self.guard.read(self.s)
+            check = decide(rules, self._observed(observed), self.memory, fleet=fleet, host=host)
         assert isinstance(check, Check), "the step asks for the host only once"
         self.memory = check.memory
         self.guard.note(check.verdict, check.seen.census.pool)
         if fleet is not None:
             self.fleet.remember(fleet, check.share)
         await self._carry_out(check, states, demand, began)
+        self.completed = True
         return check.next_read_s
+
+    def _observed(self, observed: Observed) -> Observed:
+        """`observed` with a copy of the agent's jobs in flight and its backoff as they are now."""
+        return replace(observed, in_flight=dict(self.jobs.in_flight), backoff=self.jobs.backoff)
 
     async def _carry_out(self, check: Check, states: Sequence[UnitState], demand: Demand, began: float) -> None:
         """Act on one check and report it: the decision line, the jobs, the fleet record, STATUS=, the snapshot."""
@@ -152,6 +160,7 @@ class Loop:
 
     def _broker_down(self, message: str) -> float:
         """Demand (or the fleet) unreadable: counted, the workers kept, the next try after the backoff."""
+        self.completed = False
         self.counters.source_error(Source.REDIS)
         self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
         return self._redis_down(message)

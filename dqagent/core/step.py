@@ -193,7 +193,10 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     plan = reconcile(observed.units, decision.target, min_processes=rules.min_processes,
                      max_processes=rules.max_processes, in_flight=observed.in_flight, backoff=observed.backoff,
                      now_s=observed.now_s)
-    label = Reason.DELAYED_MESSAGES if delayed else action_reason(rules.policy.name, decision.target, plan.wanted)
+    # The floor decided only where this host runs a worker for it (in fleet mode, a host whose share of G is 0
+    # scales for the policy's reasons).
+    label = (Reason.DELAYED_MESSAGES if delayed and decision.target > 0
+             else action_reason(rules.policy.name, decision.target, plan.wanted))
     routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
     outstanding = seen.obs.outstanding
     next_read = (read_interval_s(rules.read_every_s, seen.obs, decision.target, memory.previous_outstanding,

@@ -138,6 +138,22 @@ def test_fleet_mode_counts_the_delayed_message_floor_as_such() -> None:
     assert check.fields["fleet_target"] == 1 and check.plan.start == (1,)
 
 
+def test_in_fleet_mode_only_the_host_that_runs_the_delayed_messages_worker_counts_it_as_such() -> None:
+    # G is 1 for the delayed messages; the host whose share is 0 scales for its policy's reasons
+    labels = {}
+    for host in ("a", "b"):
+        s = parse_settings({"MIN_PROCESSES": "0", "MAX_PROCESSES": "4", "FLEET": "f", "FLEET_HOST_ID": host,
+                            "GUARD": "off"})
+        rules = Rules.from_settings(s, StepPolicy.from_settings(s))
+        members = tuple(Member(h, 4, 0, 4, workers=0, ttl_ms=10_000, at_ms=1000) for h in ("a", "b"))
+        me = next(m for m in members if m.host == host)
+        observed = Observed(100.0, NOW_US, Demand((QueueDemand("q", 0, 0, 3, 0, 0),)), (), {}, Backoff())
+        check = decide(rules, observed, Memory(None), fleet=FleetInput(me, FleetView("f", host, members, 1000)))
+        assert isinstance(check, Check) and check.share is not None and check.share.global_target == 1
+        labels[host] = (check.decision.target, check.label)
+    assert sorted(labels.values()) == [(0, "step"), (1, Reason.DELAYED_MESSAGES)]
+
+
 def test_rules_from_settings_take_the_agents_read_intervals() -> None:
     s = parse_settings({"SCALING_POLICY": "target", "DEMAND_POLL_INTERVAL": "2", "CHECK_INTERVAL": "60",
                         "QUEUE_METRIC": "ready"})

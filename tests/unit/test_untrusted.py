@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from dqagent.broker.redis import MAX_STALE_HEARTBEATS, oldest_ages, stale_brokers
 from dqagent.core.fleet import MAX_MEMBERS, Member, apportion, fleet_bounds, read_records, rendezvous
 from dqagent.core.untrusted import RecordKind, Rejection, ascii_int, shown
+from dqagent.errors import BrokerError
 from dqagent.report.metrics import families
 from dqagent.report.reporter import Reporter
 from tests.unit.fakes import FakeDemandProbe, FakeUnits
@@ -243,3 +244,28 @@ def test_an_unexpected_error_in_a_tick_is_logged_once_with_its_traceback_and_the
     assert len(events(caplog, "tick_recovered")) == 1
     assert agent.latest is not None and dict(agent.latest.counters.source_errors)["internal"] == 3
     assert agent._progress_deadline > agent.clock()  # a failed tick still counts as the loop's progress
+
+
+def test_a_check_that_finds_redis_down_is_no_recovery_from_a_failed_one(caplog: pytest.LogCaptureFixture) -> None:
+    probe = BuggyProbe(failures=1)  # the first check fails unexpectedly, then Redis is down, then it is back
+    agent = make(FakeUnits(running=[1]), probe, under_systemd=False)
+    caplog.set_level(logging.INFO)
+    real_fetch = probe.fetch_demand
+
+    async def fetch():  # type: ignore[no-untyped-def]
+        if probe.fetch_calls == 1:
+            probe.fetch_calls += 1
+            raise BrokerError("connection refused")
+        return await real_fetch()
+
+    async def no_pause(delay_s: float, bus_lost: object) -> None:
+        if probe.fetch_calls == 2:  # after the Redis-down check: not recovered yet
+            assert not events(caplog, "tick_recovered")
+        if probe.fetch_calls >= 3:
+            agent.stop_requested.set()
+        await asyncio.sleep(0)
+
+    probe.fetch_demand = fetch  # type: ignore[method-assign]
+    agent._pause = no_pause  # type: ignore[method-assign,assignment]
+    assert run(agent.run) == 0
+    assert len(events(caplog, "tick_recovered")) == 1  # once, by the check that ran to its end
