@@ -15,7 +15,9 @@ import pytest
 
 from dqagent.agent.lifecycle import Agent
 from dqagent.broker.fleetstore import FleetCoordinator, host_id, record_ttl_ms
+from dqagent.core.fleet import FleetView, Member
 from dqagent.core.policies import TargetPolicy
+from dqagent.core.reconciler import Backoff
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.settings.config import Settings, parse_settings
 from dqagent.settings.workercmd import worker_shape
@@ -195,3 +197,22 @@ def test_without_a_host_id_the_agent_holds_its_workers(tmp_path: Path) -> None:
         assert "FLEET_HOST_ID" in a.reporter.redis_error
 
     asyncio.run(scenario())
+
+
+def test_a_start_check_that_fails_during_the_fleet_read_holds_this_checks_starts() -> None:
+    # The fleet read is a wait: a start batch's check may fail meanwhile and set the crash-loop backoff. The
+    # check decides with the backoff as it is after the wait (as the agent did before the decision step).
+    class FailingMeanwhile(MemoryFleetStore):
+        async def sync(self, me: Member | None) -> FleetView:
+            a.jobs.backoff = Backoff().after_failure(clock.now)  # what the job table does on a failed check
+            return await super().sync(me)
+
+    async def scenario() -> None:
+        probe.set_queue("q", ready=60)
+        await a.tick()
+        await a.jobs.wait()
+
+    store, clock, probe = FailingMeanwhile(), Clock(), FakeDemandProbe()
+    a = agent("a", store, probe, clock)
+    asyncio.run(scenario())
+    assert pool(a) == 1  # held: no start in this check
