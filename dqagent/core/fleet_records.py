@@ -17,6 +17,7 @@ from typing import Any
 
 from dqagent.core.untrusted import RecordKind, Rejection, ascii_int, shown, text
 from dqagent.settings.config import MAX_PROCESSES_LIMIT
+from dqagent.settings.parsers import HOST_ID_PATTERN
 
 #: Longest `decision` text kept in a record (it is only shown by `dqagent status --fleet`).
 DECISION_CHARS = 160
@@ -26,8 +27,8 @@ MAX_MEMBERS = 256
 MAX_RECORD_BYTES = 4096
 #: Longest `version` text kept in a record.
 VERSION_CHARS = 64
-#: A host id: what FLEET_HOST_ID accepts (and /etc/machine-id's 32 hex digits).
-HOST_ID_RE = re.compile(r"[a-zA-Z0-9_.:-]{1,64}")
+#: A host id: what FLEET_HOST_ID accepts.
+HOST_ID_RE = re.compile(HOST_ID_PATTERN)
 #: Largest Redis time (ms) a record may carry: 15 digits, the year 33658.
 MAX_MS = 10**15 - 1
 

@@ -141,7 +141,7 @@ SETTINGS: tuple[Setting, ...] = (
             f"fleet mode: this host's weight in the split of the global target (1..{MAX_PROCESSES_LIMIT}); "
             "empty: `MAX_PROCESSES`"),
     Setting("FLEET_HOST_ID", "", "fleet_host_id",
-            p.matching(r"[a-zA-Z0-9_.:-]{1,64}", "expected empty (= /etc/machine-id) or 1..64 letters, digits, "
+            p.matching(p.HOST_ID_PATTERN, "expected empty (= /etc/machine-id) or 1..64 letters, digits, "
                        ". _ : -", ""),
             "fleet mode: this host's id (letters, digits, `. _ : -`); empty: `/etc/machine-id` (set it for clones "
             "and containers sharing one)"),

@@ -24,6 +24,8 @@ Parser = Callable[[str, str], Any]
 _QUEUE_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 MAX_PROCESSES_LIMIT = 1000
+#: A fleet host id (FLEET_HOST_ID, and what a fleet record may carry): /etc/machine-id's 32 hex digits fit.
+HOST_ID_PATTERN = r"[a-zA-Z0-9_.:-]{1,64}"
 #: Longest GRACEFUL_SHUTDOWN_TIMEOUT (TimeoutStopSec of a worker): 7 days.
 MAX_GRACE_S = 7 * 86400.0
 #: Longest MAX_QUEUE_AGE: Dramatiq's own longest delay (7 days); older messages are dead letters anyway.
