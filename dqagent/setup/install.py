@@ -89,23 +89,25 @@ def _password_file(report: _Report) -> None:
     try:
         fd = os.open(PASSWORD_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:  # ELOOP: a symlink, never followed by a chown/chmod of ours
-        fd = -1
+        _password_file_left_alone()
+        return
     try:
-        st = os.fstat(fd) if fd >= 0 else None
-        if st is None or not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
-            print(f"dqagent install: warning: {PASSWORD_FILE} is not a regular file owned by root: left as it is; "
-                  "the agent applies a changed password at restart only, unless group dqagent can read it",
-                  file=sys.stderr)
-            return
-        if (st.st_gid, stat.S_IMODE(st.st_mode)) != (gid, 0o640):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+            _password_file_left_alone()
+        elif (st.st_gid, stat.S_IMODE(st.st_mode)) != (gid, 0o640):
             os.fchown(fd, 0, gid)
             os.fchmod(fd, 0o640)
             report.changed.append(f"{PASSWORD_FILE}: now 0640 root:dqagent (the agent re-reads it on reload)")
         else:
             report.kept.append(str(PASSWORD_FILE))
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
+
+
+def _password_file_left_alone() -> None:
+    print(f"dqagent install: warning: {PASSWORD_FILE} is not a regular file owned by root: left as it is; "
+          "the agent applies a changed password at restart only, unless group dqagent can read it", file=sys.stderr)
 
 
 def _make_directories(directory: Path) -> list[Path]:
