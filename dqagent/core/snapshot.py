@@ -54,6 +54,8 @@ class Reason(StrEnum):
     MAX_PROCESSES = "max_processes"
     #: The policy asked for 0 but delayed messages need a consumer to become due.
     DELAYED_MESSAGES = "delayed_messages"
+    #: HOST_MAX_PROCESSES: the pool gave way to (or waits for room from) other pools.
+    HOST_BUDGET = "host_budget"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dqagent.core.budget import Allotment
 from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
 from dqagent.core.policies import Decision, Observation, Policy, read_interval_s
@@ -148,6 +149,8 @@ class Check:
     next_read_s: float
     rules: Rules
     demand: Demand
+    #: With pools: this pool's part of HOST_MAX_PROCESSES (None: no host budget).
+    budget: Allotment | None = None
 
     @property
     def fields(self) -> dict[str, object]:
@@ -174,18 +177,22 @@ def observe(rules: Rules, seen: Observed) -> Seen:
 
 
 def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInput | None = None,
-           host: Host | None = None) -> Check | NeedsHost:
+           host: Host | None = None, budget: Allotment | None = None, host_starting: int = 0) -> Check | NeedsHost:
     """The whole check (see the module docstring for the order of the rules). Pure and deterministic:
     the same arguments give the same result, so a `NeedsHost` answer is followed by the same call with
-    `host` set."""
+    `host` set. With pools (`dqagent.core.hoststep`): `budget` is the pool's part of HOST_MAX_PROCESSES,
+    and `host_starting` the workers other pools start in the same check (the guard counts them as starting)."""
     seen = observe(rules, observed)
     decision, state, share, delayed = recommend(rules, seen, memory, fleet)
+    capped = budget is not None and decision.target > budget.cap
+    if budget is not None and capped:
+        decision = Decision(budget.cap, f"{decision.reason}; {budget_note(budget)}")
     pool = seen.census.pool
     if rules.guard and decision.target > pool:
         if host is None:
             return NeedsHost(pool, decision.target)
         verdict = guard_decide(pool, decision.target, rules.min_processes, host.headroom, host.limits,
-                               seen.obs.starting)
+                               seen.obs.starting + host_starting)
     else:
         verdict = Verdict(decision.target, decision.target)
     if verdict.holding:
@@ -196,13 +203,21 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     # The floor decided only where this host runs a worker for it (in fleet mode, a host whose share of G is 0
     # scales for the policy's reasons).
     label = (Reason.DELAYED_MESSAGES if delayed and decision.target > 0
-             else action_reason(rules.policy.name, decision.target, plan.wanted))
+             else Reason.HOST_BUDGET if capped else action_reason(rules.policy.name, decision.target, plan.wanted))
     routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
     outstanding = seen.obs.outstanding
     next_read = (read_interval_s(rules.read_every_s, seen.obs, decision.target, memory.previous_outstanding,
                                  rules.check_interval_s) if rules.adaptive_reads else rules.read_every_s)
     memory = Memory(state, outstanding, memory.last_logged_s if routine else observed.now_s)
-    return Check(seen, decision, verdict, plan, label, memory, share, routine, next_read, rules, observed.demand)
+    return Check(seen, decision, verdict, plan, label, memory, share, routine, next_read, rules, observed.demand,
+                 budget)
+
+
+def budget_note(budget: Allotment) -> str:
+    """Why the host budget capped a pool, for its decision line."""
+    if budget.cap < budget.share:
+        return f"host budget: {budget.share} of HOST_MAX_PROCESSES once others' stops free room, {budget.cap} now"
+    return f"host budget: share {budget.share} of HOST_MAX_PROCESSES (room to {', '.join(budget.gave_way_to)})"
 
 
 def recommend(rules: Rules, seen: Seen, memory: Memory,

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from dqagent.errors import AccessDeniedError, JobWaitTimeoutError, SystemdError, UnitNameError
 from dqagent.settings.config import MAX_PROCESSES_LIMIT
+from dqagent.settings.parsers import DEFAULT_POOL, POOL_NAME_PATTERN
 
 WORKER_TEMPLATE = "dramatiq-worker"
 WORKER_PATTERN = f"{WORKER_TEMPLATE}@*.service"
@@ -37,21 +39,46 @@ AGENT_UNIT = "dqagent.service"
 #: exactly 1..1000 (`worker_unit`, and the polkit rule, which allows no others). With every number taken
 #: (e.g. 1000 workers still stopping), fewer are started; the next tick starts the rest.
 MAX_INSTANCE = MAX_PROCESSES_LIMIT
-#: Exactly the names of instances 1..MAX_INSTANCE (1000): no 0, no leading zeros; as the polkit rule allows.
-_WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@([1-9][0-9]{{0,2}}|1000)\.service")
+#: Exactly the names of instances 1..MAX_INSTANCE (1000), optionally after `<pool>-`: no 0, no leading zeros;
+#: as the polkit rule allows.
+_WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@(?:({POOL_NAME_PATTERN})-)?([1-9][0-9]{{0,2}}|1000)\.service")
 
 
-def worker_unit(instance: int) -> str:
-    """The unit name of worker `instance`; refuses anything but a positive instance number."""
+def worker_unit(instance: int, pool: str = DEFAULT_POOL) -> str:
+    """The unit name of worker `instance` of `pool`; refuses anything but a positive instance number and a
+    valid pool name (the default pool's units have no pool prefix: `dramatiq-worker@3`, `dramatiq-worker@io-3`)."""
     if not isinstance(instance, int) or isinstance(instance, bool) or not 1 <= instance <= MAX_INSTANCE:
         raise UnitNameError(f"worker instance must be an integer in 1..{MAX_INSTANCE}, got {instance!r}")
-    return f"{WORKER_TEMPLATE}@{instance}.service"
+    if pool == DEFAULT_POOL:
+        return f"{WORKER_TEMPLATE}@{instance}.service"
+    if not isinstance(pool, str) or not re.fullmatch(POOL_NAME_PATTERN, pool):
+        raise UnitNameError(f"pool name must match {POOL_NAME_PATTERN} (not 'default'), got {pool!r}")
+    return f"{WORKER_TEMPLATE}@{pool}-{instance}.service"
+
+
+def parse_worker(unit: str) -> tuple[str, int] | None:
+    """(pool, instance number) of a worker unit name, or None for names dqagent does not manage."""
+    match = _WORKER_RE.fullmatch(unit)
+    if match is None or match.group(1) == DEFAULT_POOL:
+        return None
+    return match.group(1) or DEFAULT_POOL, int(match.group(2))
 
 
 def worker_instance(unit: str) -> int | None:
-    """The instance number of a worker unit name, or None for names dqagent does not manage."""
-    match = _WORKER_RE.fullmatch(unit)
-    return int(match.group(1)) if match else None
+    """The instance number of a worker unit name (of any pool), or None for names dqagent does not manage."""
+    parsed = parse_worker(unit)
+    return parsed[1] if parsed else None
+
+
+def of_pool(states: Sequence[UnitState], pool: str) -> list[UnitState]:
+    """The units of one pool, in the order given."""
+    return [s for s in states if s.pool == pool]
+
+
+def worker_pool(unit: str) -> str | None:
+    """The pool of a worker unit name, or None for names dqagent does not manage."""
+    parsed = parse_worker(unit)
+    return parsed[0] if parsed else None
 
 
 class ActiveState(StrEnum):
@@ -118,6 +145,8 @@ class UnitState:
     #: `describe_exit`.
     exec_main_code: int = 0
     exec_main_status: int = 0
+    #: The pool the unit belongs to, by its name (`parse_worker`).
+    pool: str = DEFAULT_POOL
 
     @property
     def running(self) -> bool:

@@ -113,6 +113,11 @@ class Settings:
     fleet_weight: int | None = None
     #: This host's id in the fleet; "": /etc/machine-id (read by dqagent.broker.fleetstore).
     fleet_host_id: str = ""
+    # --- Pools (dqagent.settings.pools). ---
+    #: The pool's priority for room under HOST_MAX_PROCESSES (higher first).
+    pool_priority: int = 0
+    #: Most worker units of all pools together; None: no host cap (dqagent.env only).
+    host_max_processes: int | None = None
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""

@@ -165,6 +165,15 @@ SETTINGS: tuple[Setting, ...] = (
             "target policy: seconds the oldest waiting message may wait; older, and the pool grows (at least one "
             "worker, more the further past it, at most `SCALE_UP_MAX_STEP`) even inside the tolerance band, and "
             "does not shrink. Only with `SCALING_POLICY=target` (exit 78 otherwise); empty: off"),
+    # Pools, README "Pools".
+    Setting("POOL_PRIORITY", "0", "pool_priority", p.integer(0, 100),
+            "pools: this pool's priority (0..100) for room under `HOST_MAX_PROCESSES`: a higher one is served "
+            "first, equal ones share evenly; in dqagent.env, the default pool's"),
+    Setting("HOST_MAX_PROCESSES", "", "host_max_processes",
+            p.optional(p.integer(1, MAX_PROCESSES_LIMIT, "expected empty (no host cap) or an integer in "
+                                 f"1..{MAX_PROCESSES_LIMIT}, >= the pools' MIN_PROCESSES together")),
+            "pools: most worker units of all pools together on this host (dqagent.env only); empty: no cap "
+            "beyond each pool's `MAX_PROCESSES`"),
     # Resource limits and the guard, docs/operations.md.
     Setting("WORKER_MEMORY_MAX", "", "worker_memory_max", p.parse_memory,
             "per worker `MemoryMax=` (e.g. `1G`, `20%`, `infinity`; empty: none): the kernel kills a worker past it "

@@ -126,6 +126,14 @@ def on_off(key: str, raw: str) -> bool:
     return value in ("on", "yes", "true", "1")
 
 
+#: The pool `/etc/dqagent/dqagent.env` describes: its workers keep the single-pool names (`dramatiq-worker@3`).
+DEFAULT_POOL = "default"
+#: A further pool's name (`/etc/dqagent/pools.d/<name>.env`): what systemd allows in an instance name, narrowed
+#: to lower-case letters, digits and `_`, so `dramatiq-worker@<pool>-*` matches exactly one pool's units (no `-`:
+#: pool `a`'s glob would match pool `a-b`'s units) and the polkit rule can check it with one expression.
+POOL_NAME_PATTERN = "[a-z][a-z0-9_]{0,31}"
+
+
 def optional(parse: Parser) -> Parser:
     """`parse`, except an empty text is None (off, or "take the default from elsewhere")."""
     return lambda key, raw: parse(key, raw) if raw.strip() else None

@@ -24,6 +24,9 @@ from dotenv import dotenv_values
 from dqagent.errors import ConfigError
 from dqagent.settings.config import CREDENTIAL_NAME, DEFAULTS, Settings, parse_settings
 from dqagent.settings.declarations import unknown_keys
+from dqagent.settings.parsers import DEFAULT_POOL
+from dqagent.settings.pools import Pool, parse_pools, pools_dir
+from dqagent.settings.pools import read as read_pools
 
 SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
 #: The file the unit hands over as the `redis_password` credential (`LoadCredential=`). `dqagent install`
@@ -46,6 +49,16 @@ class Loaded:
     #: Keys in the settings file that no setting declares (a typo, most likely), in file order; the
     #: environment is not checked (it holds many unrelated variables).
     unknown_keys: tuple[str, ...] = ()
+    #: Every pool, the default pool (`settings`) first, then one per `pools.d/<name>.env` by name.
+    pools: tuple[Pool, ...] = ()
+
+    def pool(self, name: str) -> Pool:
+        """The pool named `name`; `ConfigError` naming `--pool` when none is."""
+        for p in self.pools or (Pool(DEFAULT_POOL, self.settings),):
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.pools) or DEFAULT_POOL
+        raise ConfigError("--pool", name, f"expected one of: {known}")
 
 
 def default_env_file(cwd: Path, command: str, system_file: Path = SYSTEM_ENV_FILE) -> Path | None:
@@ -176,5 +189,7 @@ def load(
     password, note = _read_password(values, environ, reloading=reloading)
     if password is not None:
         values["REDIS_PASSWORD"] = password
-    return Loaded(settings=parse_settings(values), env_file=path, password_note=note,
-                  unknown_keys=unknown_keys(file_values))
+    settings = parse_settings(values)
+    pools = parse_pools(settings, values, read_pools(pools_dir(path)))
+    return Loaded(settings=settings, env_file=path, password_note=note, unknown_keys=unknown_keys(file_values),
+                  pools=pools)

@@ -25,11 +25,12 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from dqagent.core.reconciler import Backoff, Intent, Plan, census, reconcile
-from dqagent.core.units import ActiveState, JobOutcome, UnitState, worker_unit
+from dqagent.core.units import ActiveState, JobOutcome, UnitState, of_pool, worker_unit
 from dqagent.errors import BusConnectionError, DqAgentError, SystemdError
 from dqagent.report.logs import event
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
+from dqagent.settings.parsers import DEFAULT_POOL
 
 __all__ = ["JobTable", "Outcome", "ScaleReport", "UnitManager", "restart_baseline", "scale_by", "stop_timeout_s"]
 
@@ -78,26 +79,27 @@ class ScaleReport:
         return self.target != self.wanted
 
 
-async def scale_by(units: UnitManager, settings: Settings, delta: int) -> ScaleReport:
-    """Add (or remove, delta < 0) workers now, within [MIN, MAX]; the agent continues from there.
+async def scale_by(units: UnitManager, settings: Settings, delta: int, pool: str = DEFAULT_POOL) -> ScaleReport:
+    """Add (or remove, delta < 0) workers of `pool` now, within its [MIN, MAX] (`settings`: the pool's); the
+    agent continues from there.
 
     Counts and picks units by the reconciler's rules: the pool is running + coming, and a scale-down
     stops only settled units (never one with an operator's job). Waits for every job it issues.
     """
-    states = await units.worker_states(brief=())  # counting needs the rows only; the checks read again
+    states = of_pool(await units.worker_states(brief=()), pool)  # the rows suffice; the checks read again
     current = census(states, {}).pool
     wanted = current + delta
     target = settings.clamp(wanted)
     plan = reconcile(states, target, min_processes=settings.min_processes, max_processes=settings.max_processes,
                      in_flight={}, backoff=Backoff(), now_s=0.0)
-    jobs = JobTable(units, Reporter())
+    jobs = JobTable(units, Reporter(), pool=pool)
     jobs.start(plan.start, plan.reset, settings.process_startup_delay_s, restart_baseline(states, plan),
                stop_timeout_s(settings))
     jobs.stop(plan.stop, stop_timeout_s(settings))
     await jobs.wait()
     failures = [o for o in jobs.outcomes if not o.ok]
     # In the plan's order (starts lowest first, stops highest first): the checks end in any order.
-    rank = {worker_unit(n): i for i, n in enumerate((*plan.start, *plan.stop))}
+    rank = {worker_unit(n, pool): i for i, n in enumerate((*plan.start, *plan.stop))}
     ordered = sorted(jobs.outcomes, key=lambda o: rank.get(o.unit, len(rank)))
     return ScaleReport(current, wanted, target, tuple(o.line for o in ordered), len(failures),
                        refused=any(o.refused for o in failures))
@@ -154,10 +156,12 @@ class _Batched:
 
 
 class JobTable:
-    """The agent's jobs in flight, by instance number; outcomes accumulate in `outcomes`."""
+    """One pool's jobs in flight, by instance number; outcomes accumulate in `outcomes`."""
 
     def __init__(self, units: UnitManager, reporter: Reporter,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, pool: str = DEFAULT_POOL) -> None:
+        #: The pool whose units these numbers name (`dqagent.core.units.worker_unit`).
+        self.pool = pool
         self._units = units
         self._reporter = reporter
         self._clock = clock
@@ -187,7 +191,7 @@ class JobTable:
             return
         if reset:
             # A failed unit is a crash systemd's Restart= could not recover from: restart it, but back off.
-            self._failed(f"reusing failed unit(s) {', '.join(worker_unit(n) for n in reset)}")
+            self._failed(f"reusing failed unit(s) {', '.join(self._unit(n) for n in reset)}")
         self._flight.update(dict.fromkeys(numbers, Intent.START))
         self._track(self._start(tuple(numbers), frozenset(reset), startup_delay_s, dict(baseline), stop_timeout_s),
                     Intent.START)
@@ -226,7 +230,7 @@ class JobTable:
                                       for n in numbers))
         lost = [(n, end) for n, end in zip(numbers, ends, strict=True) if isinstance(end, DqAgentError)]
         if lost:
-            log.warning("start of %s not confirmed: %s", ", ".join(worker_unit(n) for n, _ in lost), lost[0][1],
+            log.warning("start of %s not confirmed: %s", ", ".join(self._unit(n) for n, _ in lost), lost[0][1],
                         extra=event("start_unconfirmed", error=str(lost[0][1])))
             return
         if any(ends):
@@ -237,7 +241,7 @@ class JobTable:
     async def _start_one(self, n: int, reset: bool, delay_s: float, baseline: int,
                          stop_timeout_s: float) -> bool | DqAgentError:
         """Start one unit and check it: True if it failed its check, the error if systemd was lost."""
-        unit = worker_unit(n)
+        unit = self._unit(n)
         try:
             outcome = await self._reset_then_start(unit, reset)
             seen = outcome.seen
@@ -248,7 +252,7 @@ class JobTable:
                 # No delay to wait out: the job's end is the check. Type=exec's job is done once the
                 # process runs, and systemd sent its MainPID and NRestarts just before JobRemoved.
                 state = UnitState(unit, n, ActiveState.ACTIVE, "running", seen.main_pid, 0, seen.n_restarts,
-                                  "success", has_job=False)
+                                  "success", has_job=False, pool=self.pool)
             else:
                 state = await self._checker.read(unit)
             return self._judge(n, unit, outcome, state, baseline, stop_timeout_s)
@@ -304,8 +308,11 @@ class JobTable:
             self.stop([n], stop_timeout_s, quiet=True)
         return True
 
+    def _unit(self, n: int) -> str:
+        return worker_unit(n, self.pool)
+
     async def _stop(self, n: int, timeout_s: float, quiet: bool) -> None:
-        unit = worker_unit(n)
+        unit = self._unit(n)
         began = self._clock()
         try:
             (outcome,) = await self._units.stop_units([unit], timeout_s=timeout_s)

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from dqagent.core.units import WORKER_PATTERN, ActiveState, UnitState, worker_instance
+from dqagent.core.units import WORKER_PATTERN, ActiveState, UnitState, parse_worker, worker_instance
 from dqagent.errors import NoSuchUnitError, SystemdError, UnitNameError
 from dqagent.systemd.bus import SystemdBus
 from dqagent.systemd.follow import FOLLOWED, UnitFollower
@@ -82,8 +82,9 @@ class JobRow(NamedTuple):
 
 def state_of(row: UnitRow, read: dict[str, Any]) -> UnitState:
     """A UnitState from a row and the properties read (those not read: see `UnitReader.worker_states`)."""
-    instance = worker_instance(row.name)
-    assert instance is not None
+    parsed = parse_worker(row.name)
+    assert parsed is not None
+    pool, instance = parsed
     # Not read: systemd resets Result to success at every start; NRestarts reads as -1 (unknown).
     props = {"MainPID": 0, "ActiveEnterTimestamp": 0, "NRestarts": -1, "Result": "success" if row.running else "",
              **read}
@@ -93,6 +94,7 @@ def state_of(row: UnitRow, read: dict[str, Any]) -> UnitState:
         n_restarts=int(props["NRestarts"]), result=str(props["Result"]), has_job=row.job_id != 0,
         job_type=row.job_type if row.job_id else "", job_id=row.job_id,
         exec_main_code=int(props.get("ExecMainCode", 0)), exec_main_status=int(props.get("ExecMainStatus", 0)),
+        pool=pool,
     )
 
 

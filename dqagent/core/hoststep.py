@@ -1,0 +1,64 @@
+"""One check of every pool on a host, pure: each pool's step, with the host budget and the guard shared.
+
+What the agent's loop and the simulator both call. The order:
+
+1. Each pool's own step recommends (`dqagent.core.step.recommend`: its policy, the delayed-message floor),
+   clamped to its [MIN, MAX]: its claim.
+2. The host budget (`dqagent.core.budget.apportion`) turns the claims into each pool's share of
+   HOST_MAX_PROCESSES, and the cap for this check (growth only into room that is free now).
+3. Each pool's step decides (`dqagent.core.step.decide`) with its cap, highest priority first; the guard
+   counts the workers that pools before it start in this check as starting (their memory does not show
+   yet), so two pools cannot both take the same headroom.
+
+With one pool and no HOST_MAX_PROCESSES, this is exactly `decide` of that pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dqagent.core.budget import Allotment, Claim, apportion
+from dqagent.core.step import Check, FleetInput, Host, Memory, NeedsHost, Observed, Rules, decide, observe, recommend
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInput:
+    """What one pool's check reads: its rules and priority, what it observed, what its last check left."""
+
+    name: str
+    rules: Rules
+    observed: Observed
+    memory: Memory
+    priority: int = 0
+    #: Fleet mode (single pool only): this host's record and the fleet's.
+    fleet: FleetInput | None = None
+
+
+def claims(pools: Sequence[PoolInput]) -> list[Claim]:
+    """Rule 1: each pool's claim, from its own recommendation and its units now."""
+    out: list[Claim] = []
+    for p in pools:
+        seen = observe(p.rules, p.observed)
+        decision = recommend(p.rules, seen, p.memory, p.fleet)[0]
+        c = seen.census
+        out.append(Claim(p.name, p.priority, p.rules.min_processes, p.rules.max_processes, decision.target,
+                         current=c.pool, going=c.going))
+    return out
+
+
+def decide_host(pools: Sequence[PoolInput], budget: int | None, host: Host | None = None
+                ) -> dict[str, Check] | NeedsHost:
+    """Every pool's `Check`, by name (in priority order), or `NeedsHost` when some pool's scale-up needs
+    the host's headroom: then read the host and call again with the same arguments and `host` set."""
+    allotted: Mapping[str, Allotment] | None = apportion(budget, claims(pools)) if budget is not None else None
+    out: dict[str, Check] = {}
+    starting = 0
+    for p in sorted(pools, key=lambda p: (-p.priority, p.name)):
+        check = decide(p.rules, p.observed, p.memory, fleet=p.fleet, host=host,
+                       budget=allotted[p.name] if allotted is not None else None, host_starting=starting)
+        if isinstance(check, NeedsHost):
+            return check
+        starting += len(check.plan.start)
+        out[p.name] = check
+    return out
