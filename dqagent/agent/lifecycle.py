@@ -23,17 +23,19 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from dqagent.agent.loop import MAX_BACKOFF_S, Loop
+from dqagent.agent.pools import PoolRun
 from dqagent.agent.reload import Reloader
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import DemandProbe
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Intent, has_foreign_job
 from dqagent.core.snapshot import Source
+from dqagent.core.units import UnitState, of_pool
 from dqagent.errors import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
@@ -45,8 +47,10 @@ from dqagent.errors import (
 from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
 from dqagent.settings.config import Settings
+from dqagent.settings.parsers import DEFAULT_POOL
+from dqagent.settings.pools import Pool
 from dqagent.settings.workercmd import startup_warnings
-from dqagent.systemd.jobtable import ScaleReport, UnitManager, scale_by, stop_timeout_s
+from dqagent.systemd.jobtable import JobTable, ScaleReport, UnitManager, scale_by, stop_timeout_s
 
 if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)
     pass
@@ -65,9 +69,12 @@ class Agent(Loop):
                  clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
                  watchdog_s: float | None = None,
                  own_unit: str = "dqagent.service", under_systemd: bool | None = None,
-                 reloader: Reloader | None = None, fleet: FleetCoordinator | None = None) -> None:
+                 reloader: Reloader | None = None, fleet: FleetCoordinator | None = None,
+                 pools: Sequence[Pool] = (), pool_policies: Mapping[str, Policy] | None = None) -> None:
         super().__init__(settings, units, probe, notifier, policy, initial_processes=initial_processes, clock=clock,
-                         wallclock=wallclock, fleet=fleet)
+                         wallclock=wallclock, fleet=fleet, pools=pools, pool_policies=pool_policies)
+        #: The job tables of pools a reload removed, whose stops may still run.
+        self.retired: list[JobTable] = []
         self.watchdog_s = watchdog_s
         self.own_unit = own_unit
         self.under_systemd = bool(os.environ.get("INVOCATION_ID")) if under_systemd is None else under_systemd
@@ -111,7 +118,7 @@ class Agent(Loop):
             # Leave the workers alone: systemd restarts us (Restart=on-failure) and we adopt them.
             log.error("lost systemd: %s; exiting for systemd to restart the agent", exc,
                       extra=event("bus_lost"))
-            self.jobs.cancel()
+            self._cancel_jobs()
             return EXIT_UNAVAILABLE
         finally:
             bus_lost.cancel()
@@ -162,7 +169,8 @@ class Agent(Loop):
     def _on_stop_signal(self) -> None:
         """Only flags the stop; and asks systemd for time to finish the current step and the stops."""
         if not self.stop_requested.is_set():
-            self.notifier.extend_timeout(self._tick_budget_s() + stop_timeout_s(self.s))
+            slowest = max(stop_timeout_s(run.s) for run in self.runs.values())
+            self.notifier.extend_timeout(self._tick_budget_s() + slowest)
         self.stop_requested.set()
 
     async def apply_reload(self) -> None:
@@ -175,15 +183,53 @@ class Agent(Loop):
                         extra=event("reload_failed", key=""))
             return
         self.notifier.reloading()
-        outcome = await self.reloader.reload(self.s, self.probe)
+        outcome = await self.reloader.reload(self.s, self.probe, self.pool_list())
         if outcome.policy is not None:
-            if outcome.policy.name != self.policy.name:
-                self.memory = replace(self.memory, policy_state=outcome.policy.initial_state())
-            self.s, self.probe, self.policy = outcome.settings, outcome.probe, outcome.policy
+            self.probe = outcome.probe
+            policies = {**outcome.pool_policies, DEFAULT_POOL: outcome.policy}
+            await self._apply_pools(outcome.pools or (Pool(DEFAULT_POOL, outcome.settings),), policies)
             self._reload_exporter()
             self.guard.warn_missing(self.s)  # GUARD may have been turned on
         self.notifier.ready()
         self.reloader.answer(outcome)
+
+    async def _apply_pools(self, pools: Sequence[Pool], policies: Mapping[str, Policy]) -> None:
+        """A reload's pools: a changed pool takes its new settings and policy (its memory kept unless the policy
+        changed), a new pool starts at the next check, a removed pool's workers stop gracefully. Every pool
+        decides at the next check."""
+        wanted = {p.name: p for p in pools}
+        for name, run in list(self.runs.items()):
+            if name not in wanted:
+                await self._retire(run)
+                continue
+            if policies[name].name != run.policy.name:
+                run.memory = replace(run.memory, policy_state=policies[name].initial_state())
+            run.s, run.policy, run.due_s = wanted[name].settings, policies[name], -math.inf
+        for pool in pools:
+            if pool.name not in self.runs:
+                log.info("pool %s added (%s): its workers start at the next check", pool.name, pool.source,
+                         extra=event("pool_added", dqagent_pool=pool.name))
+        self.add_pools(pools, policies)
+
+    async def _retire(self, run: PoolRun) -> None:
+        """A pool whose file is gone: stop its workers gracefully (not those with an operator's job) and forget it;
+        its stops run on in the background (`shutdown` waits for them)."""
+        states = of_pool(await self.units.worker_states(brief=()), run.name)
+        flight = run.jobs.in_flight
+        ours = [s.instance for s in states if s.occupied and not has_foreign_job(s, flight.get(s.instance))
+                and flight.get(s.instance) is not Intent.STOP]
+        log.info("pool %s removed: stopping its %d workers gracefully", run.name, len(ours),
+                 extra=event("pool_removed", dqagent_pool=run.name, workers=len(ours)))
+        run.jobs.stop(ours, stop_timeout_s(run.s))
+        self.retired.append(run.jobs)
+        del self.runs[run.name]
+
+    def _cancel_jobs(self) -> None:
+        for jobs in self._job_tables():
+            jobs.cancel()
+
+    def _job_tables(self) -> list[JobTable]:
+        return [*(run.jobs for run in self.runs.values()), *self.retired]
 
     async def _guard(self, step: Any, budget_s: float) -> Any:
         """Run one step of the loop with a progress deadline the watchdog task checks."""
@@ -241,39 +287,51 @@ class Agent(Loop):
             except (SystemdError, BusConnectionError) as exc:
                 log.warning("cannot read my own pending job (%s); leaving the workers running", exc,
                             extra=event("shutdown", job="unknown"))
-                self.jobs.cancel()
+                self._cancel_jobs()
                 return EXIT_OK
             stop_workers_now = job == "stop"
         else:
             job = "terminal"
             stop_workers_now = True
         if not stop_workers_now:
-            self.jobs.cancel()  # their systemd jobs run on; the next agent counts what they left
+            self._cancel_jobs()  # their systemd jobs run on; the next agent counts what they left
             states = await self.units.worker_states()
-            occupied = sum(1 for s in states if s.occupied)
+            occupied = sum(1 for s in states if s.occupied and s.pool in self.runs)
             log.info("agent %s: leaving %d workers running for the next agent", job or "exit", occupied,
                      extra=event("shutdown", workers=occupied, job=job))
             return EXIT_OK
-        self.notifier.extend_timeout(stop_timeout_s(self.s) + self.s.process_startup_delay_s + 30)
-        await self.jobs.wait(Intent.START)  # a start in flight ends first, so its unit is stopped too
+        self.notifier.extend_timeout(self._stop_budget_s())
+        for jobs in self._job_tables():
+            await jobs.wait(Intent.START)  # a start in flight ends first, so its unit is stopped too
         states = await self.units.worker_states()
-        flight = self.jobs.in_flight
-        ours = [s for s in states if s.occupied and not has_foreign_job(s, flight.get(s.instance))
-                and flight.get(s.instance) is not Intent.STOP]
+        ours = {name: self._ours(run, of_pool(states, name)) for name, run in self.runs.items()}
+        log.info("agent stopping (%s): stopping %d workers gracefully", job, sum(map(len, ours.values())),
+                 extra=event("shutdown", workers=sum(map(len, ours.values())), job=job))
+        if self.s.fleet:  # leave the fleet now: the others take this host's share without waiting for its TTL
+            with contextlib.suppress(BrokerError):
+                await self.fleet.leave(self.s)
+        for name, run in self.runs.items():
+            run.jobs.stop([s.instance for s in ours[name]], stop_timeout_s(run.s))
+        # Failed instances hold no process but stay listed; clear them so nothing is left behind.
+        for s in states:
+            if s.active_state == "failed" and not s.job_type and s.pool in self.runs:
+                with contextlib.suppress(SystemdError):
+                    await self.units.reset_failed(s.unit)
+        for jobs in self._job_tables():
+            await jobs.wait()
+        return EXIT_OK
+
+    def _ours(self, run: PoolRun, states: Sequence[UnitState]) -> list[UnitState]:
+        """A pool's units the agent stops at its own stop: not those with an operator's job (logged), nor those
+        it is already stopping."""
+        flight = run.jobs.in_flight
         for s in states:
             if s.occupied and has_foreign_job(s, flight.get(s.instance)):
                 log.warning("leaving %s alone: it has a %s job the agent did not start", s.unit, s.job_type,
                             extra=event("foreign_job", unit=s.unit, job=s.job_type))
-        log.info("agent stopping (%s): stopping %d workers gracefully", job, len(ours),
-                 extra=event("shutdown", workers=len(ours), job=job))
-        if self.s.fleet:  # leave the fleet now: the others take this host's share without waiting for its TTL
-            with contextlib.suppress(BrokerError):
-                await self.fleet.leave(self.s)
-        self.jobs.stop([s.instance for s in ours], stop_timeout_s(self.s))
-        # Failed instances hold no process but stay listed; clear them so nothing is left behind.
-        for s in states:
-            if s.active_state == "failed" and not s.job_type:
-                with contextlib.suppress(SystemdError):
-                    await self.units.reset_failed(s.unit)
-        await self.jobs.wait()
-        return EXIT_OK
+        return [s for s in states if s.occupied and not has_foreign_job(s, flight.get(s.instance))
+                and flight.get(s.instance) is not Intent.STOP]
+
+    def _stop_budget_s(self) -> float:
+        """How long the stop may take: the slowest pool's graceful stop after a start's check."""
+        return max(stop_timeout_s(run.s) + run.s.process_startup_delay_s for run in self.runs.values()) + 30

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dqagent import __version__
+from dqagent.agent.pools import PoolRun, demand_of, new_run, policy_for
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe, QueueDemand
+from dqagent.core.hoststep import PoolInput, decide_host
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Backoff, Plan, census, reconcile
 from dqagent.core.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts
-from dqagent.core.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, decide, observe
-from dqagent.core.units import UnitState
+from dqagent.core.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, observe
+from dqagent.core.units import UnitState, of_pool
 from dqagent.core.untrusted import Rejection
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.host.pressure import HostGuard, MemoryReader
@@ -32,6 +34,8 @@ from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
+from dqagent.settings.parsers import DEFAULT_POOL
+from dqagent.settings.pools import Pool
 from dqagent.systemd.jobtable import JobTable, UnitManager, restart_baseline, stop_timeout_s
 
 if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)
@@ -41,31 +45,39 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between retries of a failing Redis.
 MAX_BACKOFF_S = 300.0
+#: A pool whose next read is due this close after a check's time decides in that check (timers wake early).
+DUE_SLACK_S = 0.05
 
 
 class Loop:
-    """The checks, and what they carry from one to the next. `dqagent.agent.lifecycle.Agent` runs them."""
+    """The checks, and what they carry from one to the next. `dqagent.agent.lifecycle.Agent` runs them.
+
+    Every pool (`dqagent.agent.pools.PoolRun`, the default pool first) has its own policy, memory and job
+    table; `s`, `policy`, `memory` and `jobs` are the default pool's (dqagent.env's settings are also the
+    host-wide ones). A pool decides on its own schedule (its policy's next read); between its checks the
+    host budget counts it at its current size.
+    """
 
     def __init__(self, settings: Settings, units: UnitManager, probe: DemandProbe, notifier: Notifier,
                  policy: Policy, *, initial_processes: int | None = None,
                  clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
-                 fleet: FleetCoordinator | None = None) -> None:
-        self.s = settings
+                 fleet: FleetCoordinator | None = None, pools: Sequence[Pool] = (),
+                 pool_policies: Mapping[str, Policy] | None = None) -> None:
         self.units = units
         self.probe = probe
         self.notifier = notifier
-        self.policy = policy
         self.initial = initial_processes
         self.clock = clock
         self.wallclock = wallclock
-        #: What one check hands the next (`dqagent.core.step.Memory`): the policy's state and more.
-        self.memory = Memory(policy.initial_state())
         #: Fleet mode (`dqagent.broker.fleetstore`): used while FLEET is set.
         self.fleet = fleet if fleet is not None else FleetCoordinator()
         #: The loop's cumulative counters (the reporter counts the failures it logs there too).
         self.counters = Accumulator()
         self.reporter = Reporter(notifier, self.counters)
-        self.jobs = JobTable(units, self.reporter, clock)
+        #: Every pool by name, the default pool first.
+        self.runs: dict[str, PoolRun] = {DEFAULT_POOL: new_run(DEFAULT_POOL, settings, policy, units, self.reporter,
+                                                               clock)}
+        self.add_pools(pools, pool_policies)
         #: Reads the host's headroom when the step asks for it (`dqagent.host.pressure`), and logs holds.
         self.guard = HostGuard(units if isinstance(units, MemoryReader) else None, clock)
         #: The last check's figures (replaced whole, never mutated): with the counters, all a scrape reads
@@ -76,31 +88,94 @@ class Loop:
         self.completed = False
         #: Set by the life cycle when METRICS_ADDRESS or METRICS_TEXTFILE is set.
         self.exporter: Exporter | None = None
+        #: Pools whose units systemd runs but no pool file declares (warned about once each).
+        self._undeclared: set[str] = set()
+
+    # -- the pools -------------------------------------------------------------------------------
+
+    @property
+    def default(self) -> PoolRun:
+        return self.runs[DEFAULT_POOL]
+
+    @property
+    def s(self) -> Settings:
+        """The default pool's settings, which are also the host-wide ones (dqagent.env)."""
+        return self.default.s
+
+    @s.setter
+    def s(self, value: Settings) -> None:
+        self.default.s = value
+
+    @property
+    def policy(self) -> Policy:
+        return self.default.policy
+
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        self.default.policy = value
+
+    @property
+    def memory(self) -> Memory:
+        """What the default pool's last check handed the next (`dqagent.core.step.Memory`)."""
+        return self.default.memory
+
+    @memory.setter
+    def memory(self, value: Memory) -> None:
+        self.default.memory = value
+
+    @property
+    def jobs(self) -> JobTable:
+        """The default pool's jobs in flight."""
+        return self.default.jobs
+
+    def pool_list(self) -> tuple[Pool, ...]:
+        """The pools as they run now (the default pool first)."""
+        return tuple(Pool(name, run.s) for name, run in self.runs.items())
+
+    def add_pools(self, pools: Sequence[Pool], pool_policies: Mapping[str, Policy] | None = None) -> None:
+        """Add the pools not yet run (the default pool is given to the constructor)."""
+        for pool in pools:
+            if pool.name not in self.runs:
+                made = pool_policies[pool.name] if pool_policies is not None else policy_for(pool.settings)
+                self.runs[pool.name] = new_run(pool.name, pool.settings, made, self.units, self.reporter, self.clock)
 
     async def _adopt(self) -> None:
-        """Take over whatever systemd runs; issue (not await) the jobs that reach the start target."""
+        """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
         states = await self.units.worker_states(brief=("MainPID",))
-        running = [s for s in states if s.running]
-        for s in running:
-            log.info("adopted %s (pid %d)", s.unit, s.main_pid,
-                     extra=event("adopted", unit=s.unit, pid=s.main_pid))
-        pool = census(states, self.jobs.in_flight).pool
-        if self.initial is not None:
-            target = self.s.clamp(self.initial)
-            if target != self.initial:
-                log.warning("--processes %d clamped to %d (MIN_PROCESSES=%d, MAX_PROCESSES=%d)",
-                            self.initial, target, self.s.min_processes, self.s.max_processes,
-                            extra=event("clamped", target=target))
-        else:
-            target = self.s.clamp(pool)
-        log.info("starting with %d workers (adopted %d)", target, len(running),
-                 extra=event("start", workers=len(running), target=target))
-        self._act(states, target, reason="startup", label=Reason.STARTUP)
+        self._note_undeclared(states)
+        for run in self.runs.values():
+            mine = of_pool(states, run.name)
+            running = [s for s in mine if s.running]
+            for s in running:
+                log.info("adopted %s (pid %d)", s.unit, s.main_pid,
+                         extra=event("adopted", unit=s.unit, pid=s.main_pid, dqagent_pool=run.name))
+            target = run.s.clamp(census(mine, run.jobs.in_flight).pool)
+            if self.initial is not None and run.name == DEFAULT_POOL:
+                target = run.s.clamp(self.initial)
+                if target != self.initial:
+                    log.warning("--processes %d clamped to %d (MIN_PROCESSES=%d, MAX_PROCESSES=%d)",
+                                self.initial, target, run.s.min_processes, run.s.max_processes,
+                                extra=event("clamped", target=target))
+            log.info("starting with %d workers%s (adopted %d)", target, self._of(run), len(running),
+                     extra=event("start", workers=len(running), target=target, dqagent_pool=run.name))
+            self._act(run, mine, target, reason="startup", label=Reason.STARTUP)
+
+    def _of(self, run: PoolRun) -> str:
+        """` of pool io` in a log line when the host has several pools; "" with one (the lines as before pools)."""
+        return f" of pool {run.name}" if len(self.runs) > 1 else ""
+
+    def _note_undeclared(self, states: Sequence[UnitState]) -> None:
+        """Warn once per pool whose units run but which no pool file declares: the agent leaves them alone."""
+        for pool in sorted({s.pool for s in states if s.occupied} - set(self.runs) - self._undeclared):
+            self._undeclared.add(pool)
+            log.warning("units of pool %s run, but no pool file declares it: left alone (stop them with "
+                        "systemctl stop 'dramatiq-worker@%s-*', or add pools.d/%s.env)", pool, pool, pool,
+                        extra=event("undeclared_pool", dqagent_pool=pool))
 
     # -- one tick --------------------------------------------------------------------------------
 
     async def tick(self) -> float:
-        """One check: read, decide (`dqagent.core.step`), act, report. Returns the seconds until the next check."""
+        """One check: read, decide (`dqagent.core.hoststep`), act, report. Returns the seconds until the next."""
         began = self.clock()
         try:
             demand = await self.probe.fetch_demand()
@@ -112,51 +187,97 @@ class Loop:
         if demand.orphaned:
             await self._recover(demand)
         states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
-        observed = self._observed(Observed(self.clock(), self.wallclock() * 1e6, demand, states, {}, Backoff()))
-        self.reporter.note_units(states, self.jobs.in_flight, observed.now_us, self.s.process_startup_delay_s)
-        rules = Rules.from_settings(self.s, self.policy)
+        self._note_undeclared(states)
+        now_s, now_us = self.clock(), self.wallclock() * 1e6
+        several = len(self.runs) > 1
+        base = {name: Observed(now_s, now_us, demand_of(demand, run.s.queue_names) if several else demand,
+                               of_pool(states, name), {}, Backoff()) for name, run in self.runs.items()}
+        for name, run in self.runs.items():
+            self.reporter.note_units(base[name].units, run.jobs.in_flight, now_us, run.s.process_startup_delay_s)
         fleet: FleetInput | None = None
-        if self.s.fleet:  # fleet mode: publish this host and read the others, for the step to share G
+        if self.s.fleet:  # fleet mode (one pool): publish this host and read the others, for the step to share G
+            rules = Rules.from_settings(self.s, self.policy)
             try:
-                fleet = await self.fleet.sync(self.s, observe(rules, observed))
+                fleet = await self.fleet.sync(self.s, observe(rules, self._observed(self.default, base[DEFAULT_POOL])))
             except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
                 return self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
             self._rejected(fleet.view.rejected)
-        # The jobs in flight and the backoff as they are after each wait (a start's check may end meanwhile).
-        check = decide(rules, self._observed(observed), self.memory, fleet=fleet)
-        if isinstance(check, NeedsHost):  # a scale-up: the guard reads the host, then the same decision
-            host = await self.guard.read(self.s)
-            check = decide(rules, self._observed(observed), self.memory, fleet=fleet, host=host)
-        assert isinstance(check, Check), "the step asks for the host only once"
-        self.memory = check.memory
-        self.guard.note(check.verdict, check.seen.census.pool)
+        checks = await self._decide(base, fleet)
+        for name, check in checks.items():
+            self.runs[name].memory = check.memory
+            self.runs[name].due_s = now_s + check.next_read_s
+        held = [c for c in checks.values() if c.verdict.holding]
+        if checks:
+            first = held[0] if held else next(iter(checks.values()))
+            self.guard.note(first.verdict, first.seen.census.pool)
         if fleet is not None:
-            self.fleet.remember(fleet, check.share)
-        await self._carry_out(check, states, demand, began)
+            self.fleet.remember(fleet, checks[DEFAULT_POOL].share)
+        await self._carry_out(checks, states, demand, began)
         self.completed = True
-        return check.next_read_s
+        return max(0.0, min(run.due_s for run in self.runs.values()) - now_s)
 
-    def _observed(self, observed: Observed) -> Observed:
-        """`observed` with a copy of the agent's jobs in flight and its backoff as they are now."""
-        return replace(observed, in_flight=dict(self.jobs.in_flight), backoff=self.jobs.backoff)
+    async def _decide(self, base: Mapping[str, Observed], fleet: FleetInput | None) -> dict[str, Check]:
+        """The host step for the pools due now (the others count at their current size); the host is read
+        only when a scale-up asks for it. The jobs in flight and backoffs are taken as they are after each
+        wait (a start's check may end meanwhile)."""
+        def inputs() -> list[PoolInput]:
+            return [PoolInput(name, Rules.from_settings(run.s, run.policy), self._observed(run, base[name]),
+                              run.memory, run.priority, fleet if name == DEFAULT_POOL else None,
+                              due=len(self.runs) == 1 or run.due_s <= base[name].now_s + DUE_SLACK_S)
+                    for name, run in self.runs.items()]
 
-    async def _carry_out(self, check: Check, states: Sequence[UnitState], demand: Demand, began: float) -> None:
-        """Act on one check and report it: the decision line, the jobs, the fleet record, STATUS=, the snapshot."""
-        pool, target = check.seen.census.pool, check.decision.target
-        log.log(logging.DEBUG if check.routine else logging.INFO, "decision: %d -> %d workers (%s)", pool, target,
-                check.decision.reason, extra=event("decision", **check.fields))
-        plan = check.plan
-        self._issue(plan, states, check.decision.reason, check.label)
-        if check.share is not None:  # the pool this tick leaves, published for the other members at once
+        checks = decide_host(inputs(), self.s.host_max_processes)
+        if isinstance(checks, NeedsHost):  # a scale-up: the guard reads the host, then the same decision
+            host = await self.guard.read(self.s)
+            checks = decide_host(inputs(), self.s.host_max_processes, host)
+        assert not isinstance(checks, NeedsHost), "the step asks for the host only once"
+        return checks
+
+    def _observed(self, run: PoolRun, observed: Observed) -> Observed:
+        """`observed` with a copy of the pool's jobs in flight and its backoff as they are now."""
+        return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff)
+
+    async def _carry_out(self, checks: Mapping[str, Check], states: Sequence[UnitState], demand: Demand,
+                         began: float) -> None:
+        """Act on one check and report it: the decision lines, the jobs, the fleet record, STATUS=, the snapshot."""
+        for name, check in checks.items():
+            run = self.runs[name]
+            pool, target = check.seen.census.pool, check.decision.target
+            log.log(logging.DEBUG if check.routine else logging.INFO, "decision%s: %d -> %d workers (%s)",
+                    self._of(run), pool, target, check.decision.reason,
+                    extra=event("decision", dqagent_pool=name, **check.fields))
+            if check.budget is not None and check.label == Reason.HOST_BUDGET and check.plan.stop:
+                log.info("pool %s gives way under HOST_MAX_PROCESSES=%s: %d -> %d workers, room to %s",
+                         name, self.s.host_max_processes, pool, check.plan.pool - len(check.plan.stop),
+                         ", ".join(check.budget.gave_way_to) or "other pools",
+                         extra=event("budget_yield", dqagent_pool=name, workers=pool, target=target,
+                                     dqagent_to_pools=",".join(check.budget.gave_way_to)))
+            self._issue(run, check.plan, of_pool(states, name), check.decision.reason, check.label)
+            run.status = self.reporter.status_line(check.plan, of_pool(states, name), run.jobs.backoff.remaining_s(
+                self.clock()), check.seen.obs.queue_length, check.next_read_s, note=check.verdict.status())
+        default = checks.get(DEFAULT_POOL)
+        if default is not None and default.share is not None:  # the pool this tick leaves, published at once
+            plan = default.plan
             await self.fleet.publish(self.s, plan.pool + len(plan.start) - len(plan.stop),
-                                     check.seen.obs.starting + len(plan.start))
-        self.reporter.status(plan, states, self.jobs.backoff.remaining_s(self.clock()), check.seen.obs.queue_length,
-                             check.next_read_s, note=check.verdict.status())
+                                     default.seen.obs.starting + len(plan.start))
+        self.reporter.show(self._status_line())
         self.counters.decision_took(self.clock() - began)
         self._last_decision_s = self.wallclock()
-        c = census(states, self.jobs.in_flight)  # with this tick's own starts and stops counted
-        self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=WorkerCounts(
-            running=c.running, starting=c.coming, stopping=c.going, failed=c.failing, desired=plan.wanted)))
+        self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=self._counts(states)))
+
+    def _status_line(self) -> str:
+        """STATUS=: the default pool's line as before pools; with several, `pool: line` for each, joined by ` | `."""
+        if len(self.runs) == 1:
+            return self.default.status
+        return " | ".join(f"{name}: {run.status}" for name, run in self.runs.items() if run.status)
+
+    def _counts(self, states: Sequence[UnitState]) -> WorkerCounts:
+        """The default pool's units as the snapshot shows them, with this tick's own starts and stops counted."""
+        run = self.default
+        c = census(of_pool(states, DEFAULT_POOL), run.jobs.in_flight)
+        plan_wanted = run.last_wanted
+        return WorkerCounts(running=c.running, starting=c.coming, stopping=c.going, failed=c.failing,
+                            desired=plan_wanted)
 
     def _broker_down(self, message: str) -> float:
         """Demand (or the fleet) unreadable: counted, the workers kept, the next try after the backoff."""
@@ -165,32 +286,35 @@ class Loop:
         self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
         return self._redis_down(message)
 
-    def _act(self, states: Sequence[UnitState], target: int, reason: str, label: str) -> Plan:
+    def _act(self, run: PoolRun, states: Sequence[UnitState], target: int, reason: str, label: str) -> Plan:
         """Adoption: reconcile toward `target` and issue the actions (a check's plan comes from the step)."""
-        plan = reconcile(states, target, min_processes=self.s.min_processes, max_processes=self.s.max_processes,
-                         in_flight=self.jobs.in_flight, backoff=self.jobs.backoff, now_s=self.clock())
-        self._issue(plan, states, reason, label)
+        plan = reconcile(states, target, min_processes=run.s.min_processes, max_processes=run.s.max_processes,
+                         in_flight=run.jobs.in_flight, backoff=run.jobs.backoff, now_s=self.clock())
+        self._issue(run, plan, states, reason, label)
         return plan
 
-    def _issue(self, plan: Plan, states: Sequence[UnitState], reason: str, label: str) -> None:
-        """Hand a plan's actions to the job table (which runs them in the background), counted and logged.
+    def _issue(self, run: PoolRun, plan: Plan, states: Sequence[UnitState], reason: str, label: str) -> None:
+        """Hand a plan's actions to the pool's job table (which runs them in the background), counted and logged.
 
         `label` is the bounded metrics reason (`dqagent.core.snapshot.Reason`, or the policy's name).
         """
+        run.last_wanted = plan.wanted
         for numbers, direction in ((plan.start, Direction.UP), (plan.stop, Direction.DOWN)):
             if numbers:
                 self.counters.scale_action(direction, label)
         if plan.start:
-            log.info("scale up by %d to %d: %s", len(plan.start), plan.pool + len(plan.start), reason,
-                     extra=event("scale_up", workers=plan.pool, target=plan.pool + len(plan.start)))
-            self.jobs.start(plan.start, plan.reset, self.s.process_startup_delay_s, restart_baseline(states, plan),
-                            stop_timeout_s(self.s))
+            log.info("scale up%s by %d to %d: %s", self._of(run), len(plan.start), plan.pool + len(plan.start),
+                     reason, extra=event("scale_up", workers=plan.pool, target=plan.pool + len(plan.start),
+                                         dqagent_pool=run.name))
+            run.jobs.start(plan.start, plan.reset, run.s.process_startup_delay_s, restart_baseline(states, plan),
+                           stop_timeout_s(run.s))
         elif plan.held_by_backoff:
-            log.debug("scale-up to %d held: backing off after failed starts", plan.wanted)
+            log.debug("scale-up%s to %d held: backing off after failed starts", self._of(run), plan.wanted)
         if plan.stop:
-            log.info("scale down by %d to %d: %s", len(plan.stop), plan.pool - len(plan.stop), reason,
-                     extra=event("scale_down", workers=plan.pool, target=plan.pool - len(plan.stop)))
-            self.jobs.stop(plan.stop, stop_timeout_s(self.s))
+            log.info("scale down%s by %d to %d: %s", self._of(run), len(plan.stop), plan.pool - len(plan.stop),
+                     reason, extra=event("scale_down", workers=plan.pool, target=plan.pool - len(plan.stop),
+                                         dqagent_pool=run.name))
+            run.jobs.stop(plan.stop, stop_timeout_s(run.s))
 
     async def _recover(self, demand: Demand) -> None:
         try:

@@ -30,17 +30,20 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from dqagent.agent.pools import policies, probe_settings
 from dqagent.core.policies import Policy, make_policy
 from dqagent.errors import ConfigError, DqAgentError
 from dqagent.report import logs
 from dqagent.report.logs import event
 from dqagent.settings import declarations
 from dqagent.settings.config import Settings, redact_url
+from dqagent.settings.parsers import DEFAULT_POOL
+from dqagent.settings.pools import POOL_KEYS, Pool
 from dqagent.settings.sources import Loaded, describe_source
 from dqagent.settings.workercmd import startup_warnings, worker_shape
 
@@ -107,6 +110,21 @@ def describe_changes(old: Settings, new: Settings) -> str:
     return ", ".join(parts)
 
 
+def describe_pool_changes(old: Sequence[Pool], new: Sequence[Pool]) -> list[str]:
+    """`pool io added`, `pool batch removed`, `pool io: MAX_PROCESSES 4 -> 2` (its own keys only; the default
+    pool's changes are `describe_changes`')."""
+    was = {p.name: p for p in old if p.name != DEFAULT_POOL}
+    now = {p.name: p for p in new if p.name != DEFAULT_POOL}
+    out = [f"pool {name} added" for name in now if name not in was]
+    out += [f"pool {name} removed" for name in was if name not in now]
+    for name in now.keys() & was.keys():
+        own = [part for part in describe_changes(was[name].settings, now[name].settings).split(", ")
+               if part.split(" ", 1)[0] in POOL_KEYS]
+        if own:
+            out.append(f"pool {name}: {', '.join(own)}")
+    return out
+
+
 def _show(name: str, value: Any) -> str:
     if name == "redis_url":
         return redact_url(value) if value else "''"
@@ -162,6 +180,10 @@ class Outcome:
     probe: DemandProbe
     #: The rebuilt policy, or None when the reload failed.
     policy: Policy | None
+    #: Every pool from now on, the default pool first (as before on a failure).
+    pools: tuple[Pool, ...] = ()
+    #: The other pools' rebuilt policies, by name.
+    pool_policies: dict[str, Policy] = field(default_factory=dict)
 
 
 class Reloader:
@@ -181,7 +203,7 @@ class Reloader:
         self.pid = os.getpid() if pid is None else pid
         self.generation = 0
 
-    async def reload(self, old: Settings, probe: DemandProbe) -> Outcome:
+    async def reload(self, old: Settings, probe: DemandProbe, old_pools: Sequence[Pool] = ()) -> Outcome:
         """Read and validate; on success return the new settings, policy and (if Redis changed) probe.
 
         On an invalid file: one ERROR line naming the key (event `reload_failed`), the old objects back.
@@ -190,35 +212,42 @@ class Reloader:
         running on the old settings instead of exiting into a restart loop.
         """
         began = self.monotonic_ns()
+        old_pools = tuple(old_pools) or (Pool(DEFAULT_POOL, old),)
         try:
-            return await self._reload(old, probe, began)
+            return await self._reload(old, probe, began, old_pools)
         except Exception as exc:  # anything else: this reload failed, the agent goes on
             log.error("reload failed unexpectedly, the old settings stay in force: %s: %s", type(exc).__name__,
                       exc, exc_info=True, extra=event("reload_failed", key=""))
             return Outcome(False, f"reload failed unexpectedly ({type(exc).__name__}); the old settings stay in "
-                           "force; see journalctl -u dqagent", began, old, probe, None)
+                           "force; see journalctl -u dqagent", began, old, probe, None, old_pools)
 
-    async def _reload(self, old: Settings, probe: DemandProbe, began: int) -> Outcome:
+    async def _reload(self, old: Settings, probe: DemandProbe, began: int, old_pools: tuple[Pool, ...]) -> Outcome:
         try:
             loaded = self.read()
             # A command Dramatiq's parser rejects fails the reload as it fails a start (exit 78).
             shape = worker_shape(loaded.settings.dramatiq_command, os.cpu_count())
+            pool_policies = policies(loaded.pools[1:])
         except ConfigError as exc:
             log.error("reload failed, the old settings stay in force: %s", exc,
                       extra=event("reload_failed", key=exc.key))
-            return Outcome(False, f"{exc}; the old settings stay in force", began, old, probe, None)
+            return Outcome(False, f"{exc}; the old settings stay in force", began, old, probe, None, old_pools)
         source = describe_source(loaded.env_file)
         warn_unknown_settings(loaded)
         if loaded.password_note:
             log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
         new = effective_settings(old, loaded.settings)
+        was = {p.name: p for p in old_pools}
+        pools = (Pool(DEFAULT_POOL, new), *(
+            replace(p, settings=effective_settings(was[p.name].settings, p.settings)) if p.name in was else p
+            for p in loaded.pools[1:]))
         applied, needs_install = plan_reload(old, loaded.settings)
         if needs_install:
             log.warning("not applied until `dqagent install` and `systemctl restart dqagent` (the workers keep "
                         "running): %s", ", ".join(needs_install),
                         extra=event("reload_needs_install", keys=",".join(needs_install)))
-        if any(getattr(old, f) != getattr(new, f) for f in PROBE_FIELDS):
-            fresh = self.make_probe(new)
+        before, after = probe_settings(old, old_pools), probe_settings(new, pools)
+        if any(getattr(before, f) != getattr(after, f) for f in PROBE_FIELDS):
+            fresh = self.make_probe(after)
             await probe.close()
             probe = fresh
         note = _apply_logging(old, new)
@@ -227,12 +256,13 @@ class Reloader:
         if new.dramatiq_command != old.dramatiq_command:  # as at start, for the new command
             for warning in startup_warnings(new, os.cpu_count()):
                 log.warning("%s", warning, extra=event("config_warning"))
-        changes = describe_changes(old, new)
+        changes = ", ".join(filter(None, (describe_changes(old, new), *describe_pool_changes(old_pools, pools))))
         log.info("settings reloaded from %s: %s", source, changes or "nothing changed",
                  extra=event("reloaded", changed=",".join(applied), settings_file=source))
         message = f"reloaded {source}: {changes or 'nothing changed'}" + (
             f"; not applied until dqagent install: {', '.join(needs_install)}" if needs_install else "")
-        return Outcome(True, message, began, new, probe, make_policy(new, new.scaling_policy, shape=shape))
+        return Outcome(True, message, began, new, probe, make_policy(new, new.scaling_policy, shape=shape), pools,
+                       pool_policies)
 
     def answer(self, outcome: Outcome) -> None:
         """Publish the answer for `dqagent reload` (atomically); a write failure is logged, not raised."""

@@ -222,6 +222,7 @@ async def _start(args: argparse.Namespace) -> int:
     import logging
 
     from dqagent.agent.lifecycle import Agent
+    from dqagent.agent.pools import policies, probe_settings
     from dqagent.agent.reload import Reloader, runtime_dir, warn_unknown_settings
     from dqagent.broker.redis import RedisDemandProbe
     from dqagent.core.policies import make_policy
@@ -236,6 +237,7 @@ async def _start(args: argparse.Namespace) -> int:
                                    reloading=True)
     s = loaded.settings
     shape = worker_shape(s.dramatiq_command, os.cpu_count())  # a command Dramatiq rejects: exit 78 here
+    pool_policies = policies(loaded.pools[1:])  # so does another pool's (the error names its file)
     if s.fleet:  # fleet mode: no host id (FLEET_HOST_ID empty, /etc/machine-id unreadable): exit 78 here
         from dqagent.broker.fleetstore import host_id
 
@@ -253,14 +255,22 @@ async def _start(args: argparse.Namespace) -> int:
              s.scaling_policy, s.min_processes, s.max_processes, shape.processes, shape.threads,
              "" if shape.is_dramatiq else ", assumed: not a dramatiq command", s.check_interval_s,
              sources.describe_source(loaded.env_file))
+    for pool in loaded.pools[1:]:
+        ps = pool.settings
+        log.info("pool %s (%s): queues %s, policy %s, workers %d..%d, priority %d", pool.name, pool.source,
+                 ",".join(ps.queue_names), ps.scaling_policy, ps.min_processes, ps.max_processes, ps.pool_priority,
+                 extra=event("pool_added", dqagent_pool=pool.name))
+    if s.host_max_processes is not None:
+        log.info("host budget: at most %d workers of all pools together (HOST_MAX_PROCESSES)", s.host_max_processes)
     await _warn_template_timeout(s, log)
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
-    probe = RedisDemandProbe(s)
+    probe = RedisDemandProbe(probe_settings(s, loaded.pools))
     reloader = Reloader(read_again, RedisDemandProbe, runtime_dir())
     agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy, shape=shape),
                   initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
-                  own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"), reloader=reloader)
+                  own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"), reloader=reloader,
+                  pools=loaded.pools, pool_policies=pool_policies)
     try:
         return await agent.run()
     finally:

@@ -33,6 +33,8 @@ class PoolInput:
     priority: int = 0
     #: Fleet mode (single pool only): this host's record and the fleet's.
     fleet: FleetInput | None = None
+    #: Whether the pool decides in this check (its next read is due); one that is not claims its current size.
+    due: bool = True
 
 
 def claims(pools: Sequence[PoolInput]) -> list[Claim]:
@@ -40,21 +42,24 @@ def claims(pools: Sequence[PoolInput]) -> list[Claim]:
     out: list[Claim] = []
     for p in pools:
         seen = observe(p.rules, p.observed)
-        decision = recommend(p.rules, seen, p.memory, p.fleet)[0]
         c = seen.census
-        out.append(Claim(p.name, p.priority, p.rules.min_processes, p.rules.max_processes, decision.target,
+        wanted = recommend(p.rules, seen, p.memory, p.fleet)[0].target if p.due else c.pool
+        out.append(Claim(p.name, p.priority, p.rules.min_processes, p.rules.max_processes, wanted,
                          current=c.pool, going=c.going))
     return out
 
 
 def decide_host(pools: Sequence[PoolInput], budget: int | None, host: Host | None = None
                 ) -> dict[str, Check] | NeedsHost:
-    """Every pool's `Check`, by name (in priority order), or `NeedsHost` when some pool's scale-up needs
-    the host's headroom: then read the host and call again with the same arguments and `host` set."""
+    """Every due pool's `Check`, by name (in priority order), or `NeedsHost` when some pool's scale-up needs
+    the host's headroom: then read the host and call again with the same arguments and `host` set. A pool
+    that is not due gets no check: it claims its current size, so the others' shares leave it room."""
     allotted: Mapping[str, Allotment] | None = apportion(budget, claims(pools)) if budget is not None else None
     out: dict[str, Check] = {}
     starting = 0
     for p in sorted(pools, key=lambda p: (-p.priority, p.name)):
+        if not p.due:
+            continue
         check = decide(p.rules, p.observed, p.memory, fleet=p.fleet, host=host,
                        budget=allotted[p.name] if allotted is not None else None, host_starting=starting)
         if isinstance(check, NeedsHost):

@@ -209,6 +209,21 @@ ENTRIES: tuple[Entry, ...] = (
           "GUARD=off (docs/operations.md, Resource limits and the guard)."),
     Entry("guard_released", "b17d00d317d04d6fae49cd611ddd1401", "dqagent's scale-up hold has ended",
           "The host has headroom again; the held scale-up proceeds at this check. Nothing to do."),
+    Entry("budget_yield", "184e549eb6da4465bbd8d661e565449e", "A pool gave way to others under HOST_MAX_PROCESSES",
+          "The pools together want more workers than HOST_MAX_PROCESSES allows, so this pool (DQAGENT_POOL) stops "
+          "workers gracefully to leave room to the pools named in DQAGENT_TO_POOLS (higher POOL_PRIORITY, or equal "
+          "priority sharing evenly). It grows back when their demand falls. Raise HOST_MAX_PROCESSES or change "
+          "POOL_PRIORITY if this pool must not give way (README, Pools)."),
+    Entry("pool_added", "94b31e601c8c4743a7260d402dddab10", "dqagent manages a worker pool",
+          "A pool file (pools.d/<pool>.env, DQAGENT_POOL) was read at start or added by a reload: the agent "
+          "scales its dramatiq-worker@<pool>-N units on its own queues from now on. Nothing to do."),
+    Entry("pool_removed", "08807a70afb3495494c3d69f593635d1", "A worker pool was removed and its workers stop",
+          "A reload found the pool's file gone: its workers stop gracefully (GRACEFUL_SHUTDOWN_TIMEOUT) and the "
+          "agent no longer scales it. Put the file back and reload to bring it back."),
+    Entry("undeclared_pool", "2e58fcf911a349d5b28a8429c8dfeecf", "Units of a pool no pool file declares run",
+          "systemd runs dramatiq-worker@<pool>-N units of a pool that has no pools.d/<pool>.env (a pool file was "
+          "removed while the agent was stopped, or someone started them by hand). The agent leaves them alone. "
+          "Stop them (systemctl stop 'dramatiq-worker@<pool>-*') or add the pool file back and reload."),
     Entry("guard_source_missing", "fc95019c00154ce2a1f9f5e437172646", "A figure the guard reads is missing",
           "A pressure file (/proc/pressure/*: a kernel without PSI, or psi=0) or /proc/meminfo cannot be read, "
           "so that part of the guard is off; the others still apply. Boot with psi=1 to use it, or ignore."),

@@ -149,6 +149,10 @@ class Reporter:
                next_check_s: float, note: str = "") -> None:
         self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s, note))
 
+    def show(self, line: str) -> None:
+        """Send a STATUS= line built by the caller (several pools' `status_line`s)."""
+        self._status(line)
+
     # -- the oldest message's age ----------------------------------------------------------------
 
     def _oldest(self) -> str:

@@ -14,8 +14,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from dqagent.core.demand import Demand, QueueDemand
-from dqagent.core.units import ActiveState, JobOutcome, Seen, UnitState, worker_instance, worker_unit
+from dqagent.core.units import ActiveState, JobOutcome, Seen, UnitState, parse_worker, worker_unit
 from dqagent.errors import BrokerError, systemd_error
+from dqagent.settings.parsers import DEFAULT_POOL
+
+#: A fake unit's key: its instance number (the default pool), or (pool, number).
+Key = int | tuple[str, int]
+
+
+def _split(key: Key) -> tuple[str, int]:
+    return (DEFAULT_POOL, key) if isinstance(key, int) else key
+
+
+def _key(unit: str) -> Key | None:
+    parsed = parse_worker(unit)
+    if parsed is None:
+        return None
+    return parsed[1] if parsed[0] == DEFAULT_POOL else parsed
 
 
 @dataclass
@@ -32,7 +47,7 @@ class FakeUnit:
 
 
 class FakeUnits:
-    """Worker units by instance number.
+    """Worker units by instance number (the default pool), or by (pool, number) for another pool.
 
     `broken` instances crash right after their start (auto-restart, systemd's Restart=);
     `flapping` instances crash and are already running again at the start check (NRestarts 1);
@@ -40,13 +55,13 @@ class FakeUnits:
     while `drain` is an unset event, stops stay in deactivating (a worker finishing its tasks).
     """
 
-    def __init__(self, running: Sequence[int] = (), broken: Sequence[int] = ()) -> None:
-        self.units: dict[int, FakeUnit] = {}
+    def __init__(self, running: Sequence[Key] = (), broken: Sequence[Key] = ()) -> None:
+        self.units: dict[Key, FakeUnit] = {}
         for n in running:
             self.run(n)
         self.broken = set(broken)
-        self.flapping: set[int] = set()
-        self.ignore_term: set[int] = set()
+        self.flapping: set[Key] = set()
+        self.ignore_term: set[Key] = set()
         self.drain: asyncio.Event | None = None
         self.calls: list[tuple[str, tuple[str, ...]]] = []
         #: The agent's own unit's pending job ("stop", "restart", "").
@@ -60,19 +75,20 @@ class FakeUnits:
 
     # -- what happens to units outside the agent ---------------------------------------------------
 
-    def run(self, n: int) -> None:
-        self.units[n] = FakeUnit(pid=1000 + n)
+    def run(self, n: Key) -> None:
+        pool, number = _split(n)
+        self.units[n] = FakeUnit(pid=(1000 if pool == DEFAULT_POOL else 5000) + number)
 
-    def crash(self, n: int, result: str = "exit-code") -> None:
+    def crash(self, n: Key, result: str = "exit-code") -> None:
         """The process died; systemd waits RestartSec (activating/auto-restart) before restarting it."""
         u = self.units[n]
         u.active, u.sub, u.result, u.pid = ActiveState.ACTIVATING, "auto-restart", result, 0
         u.n_restarts += 1
 
-    def fail(self, n: int, result: str = "start-limit-hit") -> None:
+    def fail(self, n: Key, result: str = "start-limit-hit") -> None:
         self.units[n] = FakeUnit(ActiveState.FAILED, "failed", result, n_restarts=5)
 
-    def operator_job(self, n: int, job: str, active: ActiveState = ActiveState.DEACTIVATING,
+    def operator_job(self, n: Key, job: str, active: ActiveState = ActiveState.DEACTIVATING,
                      sub: str = "stop-sigterm") -> None:
         """E.g. `systemctl restart` with a slow ExecStop: deactivating, job restart."""
         u = self.units.setdefault(n, FakeUnit())
@@ -80,16 +96,17 @@ class FakeUnits:
 
     # -- UnitManager -------------------------------------------------------------------------------
 
-    def _state(self, n: int, u: FakeUnit) -> UnitState:
-        return UnitState(worker_unit(n), n, u.active, u.sub, u.pid, u.active_enter_us, u.n_restarts, u.result,
-                         bool(u.job), u.job, 7 if u.job else 0)
+    def _state(self, key: Key, u: FakeUnit) -> UnitState:
+        pool, n = _split(key)
+        return UnitState(worker_unit(n, pool), n, u.active, u.sub, u.pid, u.active_enter_us, u.n_restarts, u.result,
+                         bool(u.job), u.job, 7 if u.job else 0, pool=pool)
 
     async def worker_states(self, brief: Sequence[str] | None = None) -> list[UnitState]:
         """`brief` reads of the real client omit figures the loop does not use: every figure here is exact."""
-        return [self._state(n, u) for n, u in sorted(self.units.items())]
+        return [self._state(n, u) for n, u in sorted(self.units.items(), key=lambda item: _split(item[0]))]
 
     async def unit_state(self, unit: str, brief: bool = False) -> UnitState:
-        n = worker_instance(unit)
+        n = _key(unit)
         assert n is not None
         return self._state(n, self.units.get(n, FakeUnit(ActiveState.INACTIVE, "dead")))
 
@@ -101,7 +118,7 @@ class FakeUnits:
         if self.refuse:
             return [JobOutcome(u, error=systemd_error(self.refuse, "refused")) for u in units]
         for u in units:
-            n = worker_instance(u)
+            n = _key(u)
             assert n is not None
             self.run(n)
             if n in self.broken:
@@ -111,7 +128,7 @@ class FakeUnits:
         return [JobOutcome(u, "done", self._seen(u)) for u in units]
 
     def _seen(self, unit: str) -> Seen | None:
-        n = worker_instance(unit)
+        n = _key(unit)
         assert n is not None
         u = self.units.get(n)
         if not self.signals:
@@ -122,7 +139,7 @@ class FakeUnits:
         self.calls.append(("stop", tuple(units)))
         if self.refuse:
             return [JobOutcome(u, error=systemd_error(self.refuse, "refused")) for u in units]
-        numbers = [worker_instance(u) for u in units]
+        numbers = [_key(u) for u in units]
         for n in numbers:
             assert n is not None
             if n in self.units:
@@ -146,7 +163,7 @@ class FakeUnits:
         self.calls.append(("reset", (unit,)))
         if self.refuse:
             raise systemd_error(self.refuse, "refused")
-        n = worker_instance(unit)
+        n = _key(unit)
         if n is not None and n in self.units and self.units[n].active is ActiveState.FAILED:
             del self.units[n]
 
