@@ -86,7 +86,13 @@ def dqagent(c: Container, *args: str, user: str | None = None, check: bool = Tru
 def running_workers(c: Container) -> list[str]:
     out = c.systemctl("list-units", "dramatiq-worker@*", "--plain", "--no-legend", "--state=running").stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return sorted(names, key=lambda n: int(n.split("@")[1].split(".")[0]))
+    return sorted(names, key=_by_pool_and_number)
+
+
+def _by_pool_and_number(unit: str) -> tuple[str, int]:
+    """`dramatiq-worker@3.service` -> ("", 3), `dramatiq-worker@io-12.service` -> ("io", 12)."""
+    pool, _, number = unit.split("@")[1].removesuffix(".service").rpartition("-")
+    return pool, int(number)
 
 
 def worker_names(n: int) -> list[str]:

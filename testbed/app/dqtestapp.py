@@ -13,6 +13,9 @@ at-least-once duplicate).
 "enqueued start end" (wall-clock seconds) in the hash `dqtest:times` under `i`, and the worker
 process's pid in `dqtest:pids` (which consumer took it). Environment:
 `DQTEST_REDIS_URL` (required), `DQTEST_QUEUE` (default `dqtest`), `DQTEST_NAMESPACE` (default `dramatiq`).
+
+`work_io` is `work` on a second queue, `<DQTEST_QUEUE>_io`: two pools of one application, each started with
+Dramatiq's `--queues` for its own queue (the pool tests).
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ def work(msg_id: str, ms: int) -> None:
         pipe.execute()
 
 
+@dramatiq.actor(queue_name=f"{QUEUE}_io", max_retries=0)
+def work_io(msg_id: str, ms: int) -> None:
+    work.fn(msg_id, ms)
+
+
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def timed(i: int, ms: int, enqueued: float) -> None:
     started = time.time()
@@ -56,9 +64,10 @@ def timed(i: int, ms: int, enqueued: float) -> None:
         pipe.execute()
 
 
-def enqueue_burst(n: int, ms: int) -> list[str]:
-    """Enqueue `n` messages of `ms` milliseconds each; returns their ids (as recorded in `dqtest:done`)."""
+def enqueue_burst(n: int, ms: int, io: bool = False) -> list[str]:
+    """Enqueue `n` messages of `ms` milliseconds each (`io`: on the second queue); returns their ids (as
+    recorded in `dqtest:done`)."""
     ids = [uuid.uuid4().hex for _ in range(n)]
     for msg_id in ids:
-        work.send(msg_id, ms)
+        (work_io if io else work).send(msg_id, ms)
     return ids
