@@ -22,7 +22,16 @@ from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe, QueueDemand
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Backoff, Plan, census, reconcile
-from dqagent.core.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts
+from dqagent.core.snapshot import (
+    Accumulator,
+    Counters,
+    Direction,
+    PoolFigures,
+    Reason,
+    Snapshot,
+    Source,
+    WorkerCounts,
+)
 from dqagent.core.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, decide, observe
 from dqagent.core.units import UnitState
 from dqagent.core.untrusted import Rejection
@@ -32,6 +41,7 @@ from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
+from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.systemd.jobtable import JobTable, UnitManager, restart_baseline, stop_timeout_s
 
 if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)
@@ -156,13 +166,14 @@ class Loop:
         self._last_decision_s = self.wallclock()
         c = census(states, self.jobs.in_flight)  # with this tick's own starts and stops counted
         self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=WorkerCounts(
-            running=c.running, starting=c.coming, stopping=c.going, failed=c.failing, desired=plan.wanted)))
+            running=c.running, starting=c.coming, stopping=c.going, failed=c.failing, desired=plan.wanted),
+            share=check.budget.share if check.budget is not None else None))
 
     def _broker_down(self, message: str) -> float:
         """Demand (or the fleet) unreadable: counted, the workers kept, the next try after the backoff."""
         self.completed = False
         self.counters.source_error(Source.REDIS)
-        self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
+        self._publish(self._snapshot(redis_up=False, workers=self.latest.default.workers if self.latest else None))
         return self._redis_down(message)
 
     def _act(self, states: Sequence[UnitState], target: int, reason: str, label: str) -> Plan:
@@ -229,11 +240,12 @@ class Loop:
         return self.counters.frozen()
 
     def _snapshot(self, *, redis_up: bool, workers: WorkerCounts | None,
-                  queues: tuple[QueueDemand, ...] = ()) -> Snapshot:
-        return Snapshot(version=__version__, policy=self.policy.name, taken_at_s=self.wallclock(),
-                        redis_up=redis_up, min_processes=self.s.min_processes, max_processes=self.s.max_processes,
-                        workers=workers, queues=queues, last_decision_s=self._last_decision_s,
-                        counters=self._frozen_counters(), guard_holding=self._guard_holding())
+                  queues: tuple[QueueDemand, ...] = (), share: int | None = None) -> Snapshot:
+        pool = PoolFigures(DEFAULT_POOL, self.policy.name, self.s.min_processes, self.s.max_processes, workers,
+                           queues, priority=self.s.pool_priority, share=share)
+        return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=(pool,),
+                        last_decision_s=self._last_decision_s, counters=self._frozen_counters(),
+                        guard_holding=self._guard_holding(), host_max_processes=self.s.host_max_processes)
 
     def _guard_holding(self) -> str | None:
         if not self.s.guard:
