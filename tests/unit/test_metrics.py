@@ -444,7 +444,7 @@ def test_agent_exits_with_the_exporters_status_when_it_cannot_listen(caplog: pyt
 _PROMQL_WORDS = {"sum", "by", "rate", "increase", "max", "min", "avg", "time", "histogram_quantile", "le",
                  "irate", "without", "on", "ignoring", "group_left", "clamp_min", "label_replace", "count",
                  "or", "and", "unless", "bool", "offset", "deriv", "delta", "changes", "resets", "topk",
-                 "state", "queue", "direction", "reason", "source", "bound", "version", "policy", "instance",
+                 "state", "queue", "direction", "reason", "source", "bound", "version", "policy", "instance", "pool",
                  "job", "interval", "__rate_interval", "__interval", "__range", "m", "s", "h", "label_values"}
 
 
@@ -484,6 +484,16 @@ def test_grafana_dashboard_queries_name_only_exported_metrics() -> None:
     assert {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages",
             "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total",
             "dqagent_source_errors_total"} <= used
+
+
+def test_grafana_dashboard_filters_every_pool_labelled_query_by_the_pool_variable() -> None:
+    per_pool = ("dqagent_workers", "dqagent_queue_", "dqagent_scale_actions_total", "dqagent_pool_info")
+    pooled = [q for q in dashboard_queries() if any(re.search(rf"\b{name}", q) for name in per_pool)]
+    assert len(pooled) >= 8
+    for q in pooled:
+        assert 'pool=~"$pool"' in q or q == 'label_values(dqagent_pool_info{instance=~"$instance"}, pool)', q
+    # summed over pools per host, never the largest one pool's bound
+    assert not [q for q in pooled if "max by (instance) (dqagent_workers_limit" in q]
 
 
 def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_install(tmp_path: Path) -> None:
