@@ -20,11 +20,20 @@ from typing import TYPE_CHECKING
 from dqagent import __version__
 from dqagent.agent.pools import PoolRun, demand_of, new_run, policy_for
 from dqagent.broker.fleetstore import FleetCoordinator
-from dqagent.core.demand import Demand, DemandProbe, QueueDemand
+from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.hoststep import PoolInput, decide_host
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Backoff, Plan, census, reconcile
-from dqagent.core.snapshot import Accumulator, Counters, Direction, Reason, Snapshot, Source, WorkerCounts
+from dqagent.core.snapshot import (
+    Accumulator,
+    Counters,
+    Direction,
+    PoolFigures,
+    Reason,
+    Snapshot,
+    Source,
+    WorkerCounts,
+)
 from dqagent.core.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, observe
 from dqagent.core.units import UnitState, of_pool
 from dqagent.core.untrusted import Rejection
@@ -212,7 +221,7 @@ class Loop:
             self.guard.note(first.verdict, first.seen.census.pool)
         if fleet is not None:
             self.fleet.remember(fleet, checks[DEFAULT_POOL].share)
-        await self._carry_out(checks, states, demand, began)
+        await self._carry_out(checks, states, demand, began, base)
         self.completed = True
         return max(0.0, min(run.due_s for run in self.runs.values()) - now_s)
 
@@ -238,7 +247,7 @@ class Loop:
         return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff)
 
     async def _carry_out(self, checks: Mapping[str, Check], states: Sequence[UnitState], demand: Demand,
-                         began: float) -> None:
+                         began: float, base: Mapping[str, Observed]) -> None:
         """Act on one check and report it: the decision lines, the jobs, the fleet record, STATUS=, the snapshot."""
         for name, check in checks.items():
             run = self.runs[name]
@@ -263,7 +272,8 @@ class Loop:
         self.reporter.show(self._status_line())
         self.counters.decision_took(self.clock() - began)
         self._last_decision_s = self.wallclock()
-        self._publish(self._snapshot(redis_up=True, queues=demand.queues, workers=self._counts(states)))
+        self._figures(base, checks)
+        self._publish(self._snapshot(redis_up=True))
 
     def _status_line(self) -> str:
         """STATUS=: the default pool's line as before pools; with several, `pool: line` for each, joined by ` | `."""
@@ -271,19 +281,23 @@ class Loop:
             return self.default.status
         return " | ".join(f"{name}: {run.status}" for name, run in self.runs.items() if run.status)
 
-    def _counts(self, states: Sequence[UnitState]) -> WorkerCounts:
-        """The default pool's units as the snapshot shows them, with this tick's own starts and stops counted."""
-        run = self.default
-        c = census(of_pool(states, DEFAULT_POOL), run.jobs.in_flight)
-        plan_wanted = run.last_wanted
-        return WorkerCounts(running=c.running, starting=c.coming, stopping=c.going, failed=c.failing,
-                            desired=plan_wanted)
+    def _figures(self, base: Mapping[str, Observed], checks: Mapping[str, Check]) -> None:
+        """Each pool's figures for the snapshot: its queues as read, its units with this tick's own starts and
+        stops counted, and its budget share (kept from its last check when it was not due)."""
+        for name, run in self.runs.items():
+            c = census(base[name].units, run.jobs.in_flight)
+            run.workers = WorkerCounts(running=c.running, starting=c.coming, stopping=c.going, failed=c.failing,
+                                       desired=run.last_wanted)
+            run.queues = base[name].demand.queues
+            check = checks.get(name)
+            if check is not None:
+                run.share = check.budget.share if check.budget is not None else None
 
     def _broker_down(self, message: str) -> float:
         """Demand (or the fleet) unreadable: counted, the workers kept, the next try after the backoff."""
         self.completed = False
         self.counters.source_error(Source.REDIS)
-        self._publish(self._snapshot(redis_up=False, workers=self.latest.workers if self.latest else None))
+        self._publish(self._snapshot(redis_up=False))
         return self._redis_down(message)
 
     def _act(self, run: PoolRun, states: Sequence[UnitState], target: int, reason: str, label: str) -> Plan:
@@ -301,7 +315,7 @@ class Loop:
         run.last_wanted = plan.wanted
         for numbers, direction in ((plan.start, Direction.UP), (plan.stop, Direction.DOWN)):
             if numbers:
-                self.counters.scale_action(direction, label)
+                self.counters.scale_action(direction, label, run.name)
         if plan.start:
             log.info("scale up%s by %d to %d: %s", self._of(run), len(plan.start), plan.pool + len(plan.start),
                      reason, extra=event("scale_up", workers=plan.pool, target=plan.pool + len(plan.start),
@@ -352,12 +366,14 @@ class Loop:
     def _frozen_counters(self) -> Counters:
         return self.counters.frozen()
 
-    def _snapshot(self, *, redis_up: bool, workers: WorkerCounts | None,
-                  queues: tuple[QueueDemand, ...] = ()) -> Snapshot:
-        return Snapshot(version=__version__, policy=self.policy.name, taken_at_s=self.wallclock(),
-                        redis_up=redis_up, min_processes=self.s.min_processes, max_processes=self.s.max_processes,
-                        workers=workers, queues=queues, last_decision_s=self._last_decision_s,
-                        counters=self._frozen_counters(), guard_holding=self._guard_holding())
+    def _snapshot(self, *, redis_up: bool) -> Snapshot:
+        """Every pool's figures as of its last check (no queues while Redis is down), and the host's."""
+        pools = tuple(PoolFigures(name, run.policy.name, run.s.min_processes, run.s.max_processes, run.workers,
+                                  run.queues if redis_up else (), priority=run.priority, share=run.share)
+                      for name, run in self.runs.items())
+        return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
+                        last_decision_s=self._last_decision_s, counters=self._frozen_counters(),
+                        guard_holding=self._guard_holding(), host_max_processes=self.s.host_max_processes)
 
     def _guard_holding(self) -> str | None:
         if not self.s.guard:

@@ -14,8 +14,9 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from dqagent.core.demand import Demand
+from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.policies import Policy, make_policy
+from dqagent.core.snapshot import WorkerCounts
 from dqagent.core.step import Memory
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
@@ -39,6 +40,11 @@ class PoolRun:
     status: str = ""
     #: The count its last plan wanted (`Plan.wanted`), for the snapshot.
     last_wanted: int = 0
+    #: Its figures as of the last check, for the snapshot (`dqagent.core.snapshot.PoolFigures`).
+    workers: WorkerCounts | None = None
+    queues: tuple[QueueDemand, ...] = ()
+    #: Its share of HOST_MAX_PROCESSES at its last check; None: no host budget.
+    share: int | None = None
 
     @property
     def priority(self) -> int:

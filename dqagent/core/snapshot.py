@@ -7,8 +7,12 @@ another thread sees the old one or the new one, whole, never a half-updated mix.
 
 Cumulative figures (scale actions, failed starts, source errors, the decision-duration histogram) live in
 one `Accumulator` the agent owns and only its loop mutates; each snapshot carries a frozen copy
-(`Counters`). Label values are bounded sets, never free text: a scale action's `reason` is the policy's
-name or one of `REASONS` (see `action_reason`), so a scrape has a fixed number of series.
+(`Counters`). Label values are bounded sets, never free text: a scale action's `pool` is a pool's name
+(settings.parsers.POOL_NAME_PATTERN, or "default") and its `reason` the policy's name or one of `REASONS`
+(see `action_reason`), so a scrape has a fixed number of series.
+
+A snapshot holds the host-wide figures once and each pool's figures (`PoolFigures`) in `pools`, the default
+pool (the one `/etc/dqagent/dqagent.env` describes) first.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from dqagent.core.untrusted import RecordKind
+from dqagent.settings.parsers import DEFAULT_POOL
 
 if TYPE_CHECKING:  # the type only: this module imports no redis
     from dqagent.core.demand import QueueDemand
@@ -98,8 +103,8 @@ class Histogram:
 class Counters:
     """The cumulative figures at one instant (a frozen copy of the `Accumulator`)."""
 
-    #: ((direction, reason), actions), sorted.
-    scale_actions: tuple[tuple[tuple[str, str], int], ...] = ()
+    #: ((pool, direction, reason), actions), sorted.
+    scale_actions: tuple[tuple[tuple[str, str, str], int], ...] = ()
     #: Starts that did not pass their PROCESS_STARTUP_DELAY check.
     start_failures: int = 0
     #: Workers the kernel killed for memory (systemd's Result=oom-kill).
@@ -116,7 +121,7 @@ class Accumulator:
     """The agent's cumulative counters. Only the loop mutates it; readers get `frozen()` copies."""
 
     def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS_S) -> None:
-        self._actions: dict[tuple[str, str], int] = {}
+        self._actions: dict[tuple[str, str, str], int] = {}
         self._errors: dict[str, int] = dict.fromkeys((s.value for s in Source), 0)
         self._rejected: dict[str, int] = dict.fromkeys((k.value for k in RecordKind), 0)
         self._buckets = buckets
@@ -126,8 +131,8 @@ class Accumulator:
         self.start_failures = 0
         self.oom_kills = 0
 
-    def scale_action(self, direction: Direction, reason: str) -> None:
-        key = (direction.value, reason)
+    def scale_action(self, direction: Direction, reason: str, pool: str = DEFAULT_POOL) -> None:
+        key = (pool, direction.value, reason)
         self._actions[key] = self._actions.get(key, 0) + 1
 
     def source_error(self, source: Source) -> None:
@@ -171,21 +176,44 @@ class WorkerCounts:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything one scrape shows. `workers` None: systemd not read yet; `queues` empty: Redis down."""
+class PoolFigures:
+    """One pool's figures. `workers` None: systemd not read yet; `queues` empty: Redis down."""
 
-    version: str
+    #: The pool's name: "default" (`DEFAULT_POOL`) for the pool of dqagent.env.
+    name: str
     policy: str
-    #: Wall-clock seconds when this snapshot was taken.
-    taken_at_s: float
-    redis_up: bool
     min_processes: int
     max_processes: int
     workers: WorkerCounts | None
     queues: tuple[QueueDemand, ...]
+    #: POOL_PRIORITY.
+    priority: int = 0
+    #: Its share of HOST_MAX_PROCESSES (`dqagent.core.budget.Allotment.share`); None: no host budget.
+    share: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one scrape shows: the host-wide figures, and each pool's (`pools`, the default pool first)."""
+
+    version: str
+    #: Wall-clock seconds when this snapshot was taken.
+    taken_at_s: float
+    redis_up: bool
+    pools: tuple[PoolFigures, ...]
     #: Wall-clock seconds of the last completed decision; None before the first.
     last_decision_s: float | None
     counters: Counters
     #: The guard's hold: the resource it holds a scale-up on ("cpu", "memory", "memory_full",
     #: "memory_available"), "" when not holding; None when the guard is off.
     guard_holding: str | None = None
+    #: HOST_MAX_PROCESSES: the host's budget of worker processes, shared by the pools; None: no host cap.
+    host_max_processes: int | None = None
+
+    @property
+    def default(self) -> PoolFigures:
+        """The default pool's figures (the pool of dqagent.env; a snapshot always has it)."""
+        for p in self.pools:
+            if p.name == DEFAULT_POOL:
+                return p
+        raise LookupError(f"snapshot without the {DEFAULT_POOL} pool: {[p.name for p in self.pools]}")

@@ -11,7 +11,8 @@ clients dribbling bytes run on the agent's loop or hold it, a tick or the watchd
 
 Imported only when a metrics setting is set: prometheus_client costs a few hundred ms of import time.
 Names follow Prometheus' conventions (`dqagent_` prefix, base units, `_total` counters, `_info`); the
-full list, with labels, is `METRIC_NAMES` (the Grafana dashboard's test checks its queries against it).
+full list is `METRIC_NAMES` (the Grafana dashboard's test checks its queries against it). Every worker and
+queue series, and the scale actions, carry a `pool` label (the pool's name, "default" for dqagent.env's).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ METRIC_NAMES = frozenset({
     "dqagent_decision_duration_seconds_sum", "dqagent_decision_duration_seconds_count",
     "dqagent_source_errors_total", "dqagent_redis_up", "dqagent_last_decision_timestamp_seconds",
     "dqagent_build_info", "dqagent_worker_oom_kills_total", "dqagent_guard_holding",
-    "dqagent_broker_records_rejected_total",
+    "dqagent_broker_records_rejected_total", "dqagent_host_workers_limit", "dqagent_workers_share",
+    "dqagent_pool_priority", "dqagent_pool_info",
 })
 #: The guard's resources (dqagent.core.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -59,59 +61,75 @@ TEXTFILE_MODE = 0o644
 def families(snap: Snapshot) -> Iterator[Metric]:
     """The metric families of one snapshot (pure: what a scrape and the textfile show)."""
     yield from _gauges(snap)
+    yield from _pool_gauges(snap)
     yield from _counters(snap)
 
 
 def _gauges(snap: Snapshot) -> Iterator[Metric]:
-    """What the last check saw: build, Redis, bounds, workers, queues, when it decided."""
-    info = InfoMetricFamily("dqagent_build", "dqagent's version and scaling policy", labels=["version", "policy"])
-    info.add_metric([snap.version, snap.policy], {})
+    """The host's: build, Redis, the host budget, when it last decided."""
+    info = InfoMetricFamily("dqagent_build", "dqagent's version and the default pool's scaling policy",
+                            labels=["version", "policy"])
+    info.add_metric([snap.version, snap.default.policy], {})
     yield info
     yield GaugeMetricFamily("dqagent_redis_up", "1 if the last check read the broker, 0 if Redis failed",
                             value=1 if snap.redis_up else 0)
-    limits = GaugeMetricFamily("dqagent_workers_limit", "MIN_PROCESSES and MAX_PROCESSES", labels=["bound"])
-    limits.add_metric(["min"], snap.min_processes)
-    limits.add_metric(["max"], snap.max_processes)
-    yield limits
-    if snap.workers is not None:
-        w = snap.workers
-        workers = GaugeMetricFamily("dqagent_workers", "Worker units by state as the agent counts them "
-                                    "(failed includes auto-restart, also counted as starting), and desired",
-                                    labels=["state"])
-        for state, n in (("running", w.running), ("starting", w.starting), ("stopping", w.stopping),
-                         ("failed", w.failed), ("desired", w.desired)):
-            workers.add_metric([state], n)
-        yield workers
-    if snap.queues:
-        messages = GaugeMetricFamily("dqagent_queue_messages", "Messages in the Dramatiq broker by queue and state",
-                                     labels=["queue", "state"])
-        for q in snap.queues:
-            for state, n in (("ready", q.ready), ("in_flight", q.in_flight), ("delayed", q.delayed),
-                             ("dead_lettered", q.dead), ("orphaned", q.orphaned)):
-                messages.add_metric([q.queue, state], n)
-        yield messages
-        ages = GaugeMetricFamily("dqagent_queue_oldest_message_age_seconds",
-                                 "Age of the oldest ready message; absent for an empty queue", labels=["queue"])
-        for q in snap.queues:
-            if q.oldest_age_s is not None:
-                ages.add_metric([q.queue], q.oldest_age_s)
-        yield ages
+    if snap.host_max_processes is not None:
+        yield GaugeMetricFamily("dqagent_host_workers_limit", "HOST_MAX_PROCESSES: worker processes of all "
+                                "pools together; absent without a host budget", value=snap.host_max_processes)
     if snap.last_decision_s is not None:
         yield GaugeMetricFamily("dqagent_last_decision_timestamp_seconds",
                                 "Unix time of the last completed decision", value=snap.last_decision_s)
 
 
+def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
+    """Each pool's (label `pool`): policy, priority, bounds, share, workers, queues."""
+    info = InfoMetricFamily("dqagent_pool", "Each pool's scaling policy", labels=["pool", "policy"])
+    priority = GaugeMetricFamily("dqagent_pool_priority", "POOL_PRIORITY (the host budget serves higher first)",
+                                 labels=["pool"])
+    limits = GaugeMetricFamily("dqagent_workers_limit", "MIN_PROCESSES and MAX_PROCESSES", labels=["pool", "bound"])
+    share = GaugeMetricFamily("dqagent_workers_share", "Worker processes the pool's share of HOST_MAX_PROCESSES "
+                              "allows once stops finish; absent without a host budget", labels=["pool"])
+    workers = GaugeMetricFamily("dqagent_workers", "Worker units by state as the agent counts them "
+                                "(failed includes auto-restart, also counted as starting), and desired",
+                                labels=["pool", "state"])
+    messages = GaugeMetricFamily("dqagent_queue_messages", "Messages in the Dramatiq broker by queue and state",
+                                 labels=["pool", "queue", "state"])
+    ages = GaugeMetricFamily("dqagent_queue_oldest_message_age_seconds",
+                             "Age of the oldest ready message; absent for an empty queue", labels=["pool", "queue"])
+    for p in snap.pools:
+        info.add_metric([p.name, p.policy], {})
+        priority.add_metric([p.name], p.priority)
+        limits.add_metric([p.name, "min"], p.min_processes)
+        limits.add_metric([p.name, "max"], p.max_processes)
+        if p.share is not None:
+            share.add_metric([p.name], p.share)
+        if p.workers is not None:
+            w = p.workers
+            for state, n in (("running", w.running), ("starting", w.starting), ("stopping", w.stopping),
+                             ("failed", w.failed), ("desired", w.desired)):
+                workers.add_metric([p.name, state], n)
+        for q in p.queues:
+            for state, n in (("ready", q.ready), ("in_flight", q.in_flight), ("delayed", q.delayed),
+                             ("dead_lettered", q.dead), ("orphaned", q.orphaned)):
+                messages.add_metric([p.name, q.queue, state], n)
+            if q.oldest_age_s is not None:
+                ages.add_metric([p.name, q.queue], q.oldest_age_s)
+    # A family without samples is left out (an empty family would still print its HELP and TYPE lines)
+    yield from (f for f in (info, priority, limits, share, workers, messages, ages) if f.samples)
+
+
 def _counters(snap: Snapshot) -> Iterator[Metric]:
     """What the loop did since it started: actions, failures, the guard's hold, errors, skipped data, durations."""
     c = snap.counters
-    actions = CounterMetricFamily("dqagent_scale_actions", "Scale actions issued, by direction and reason "
-                                  "(the policy's name, startup, min_processes, max_processes, delayed_messages)",
-                                  labels=["direction", "reason"])
+    actions = CounterMetricFamily("dqagent_scale_actions", "Scale actions issued, by pool, direction and reason "
+                                  "(the policy's name, startup, min_processes, max_processes, delayed_messages, "
+                                  "host_budget)", labels=["pool", "direction", "reason"])
     seen = dict(c.scale_actions)
-    for d in Direction:  # the current policy's series exist from the start, so rate() sees the first action
-        seen.setdefault((d.value, snap.policy), 0)
-    for (direction, reason), n in sorted(seen.items()):
-        actions.add_metric([direction, reason], n)
+    for p in snap.pools:  # each pool's policy series exist from the start, so rate() sees the first action
+        for d in Direction:
+            seen.setdefault((p.name, d.value, p.policy), 0)
+    for (pool, direction, reason), n in sorted(seen.items()):
+        actions.add_metric([pool, direction, reason], n)
     yield actions
     yield CounterMetricFamily("dqagent_worker_start_failures", "Worker starts that failed their "
                               "PROCESS_STARTUP_DELAY check", value=c.start_failures)

@@ -49,8 +49,8 @@ class Metered:
         wait_until("the pool back at MIN_PROCESSES", lambda: running_workers(self.c) == worker_names(1), timeout=30)
         # and the agent's last snapshot says so too (a check may not have run since systemd's stop ended)
         wait_until("the agent's snapshot at MIN_PROCESSES", lambda: (
-            value(self.scrape(), "dqagent_workers", state="running") == 1
-            and not value(self.scrape(), "dqagent_workers", state="stopping")), timeout=30)
+            pooled(self.scrape(), "dqagent_workers", state="running") == 1
+            and not pooled(self.scrape(), "dqagent_workers", state="stopping")), timeout=30)
 
     def scale_up_s(self) -> float:
         """Seconds from a backlog of 100 to MAX running workers, from MIN_PROCESSES."""
@@ -68,6 +68,11 @@ def parse(text: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def pooled(samples: Samples, name: str, **labels: str) -> float | None:
+    """A worker, queue or scale-action series: the default pool's (a single-pool host has no other)."""
+    return value(samples, name, pool="default", **labels)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +96,8 @@ def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -
 
     def converged() -> bool:
         got = m.scrape()
-        seen_running.add(value(got, "dqagent_workers", state="running") or 0)
-        return value(got, "dqagent_workers", state="running") == MAX and running_workers(c) == worker_names(MAX)
+        seen_running.add(pooled(got, "dqagent_workers", state="running") or 0)
+        return pooled(got, "dqagent_workers", state="running") == MAX and running_workers(c) == worker_names(MAX)
 
     # When: 100 ready messages (the step rule adds one worker per check while queue > workers x 5)
     set_backlog(m.redis, 100)
@@ -102,19 +107,27 @@ def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -
     # Then: the figures agree with `dqagent status --json` and with systemd
     report = json.loads(dqagent(c, "status", "--json").stdout)
     got = m.scrape()
-    assert value(got, "dqagent_workers", state="running") == report["current_processes"] == MAX
-    assert value(got, "dqagent_workers", state="desired") == MAX
-    assert value(got, "dqagent_workers", state="starting") == value(got, "dqagent_workers", state="stopping") == 0
-    assert value(got, "dqagent_workers", state="failed") == 0
-    assert (value(got, "dqagent_workers_limit", bound="min"), value(got, "dqagent_workers_limit", bound="max")) \
+    assert pooled(got, "dqagent_workers", state="running") == report["current_processes"] == MAX
+    assert pooled(got, "dqagent_workers", state="desired") == MAX
+    assert pooled(got, "dqagent_workers", state="starting") == pooled(got, "dqagent_workers", state="stopping") == 0
+    assert pooled(got, "dqagent_workers", state="failed") == 0
+    assert (pooled(got, "dqagent_workers_limit", bound="min"), pooled(got, "dqagent_workers_limit", bound="max")) \
         == (report["min_processes"], report["max_processes"]) == (1, MAX)
     for state in ("ready", "in_flight", "delayed", "dead_lettered", "orphaned"):
-        assert value(got, "dqagent_queue_messages", queue=QUEUE, state=state) == report["queues"][QUEUE][state]
-    assert value(got, "dqagent_queue_messages", queue=QUEUE, state="ready") == 100
+        assert pooled(got, "dqagent_queue_messages", queue=QUEUE, state=state) == report["queues"][QUEUE][state]
+    assert pooled(got, "dqagent_queue_messages", queue=QUEUE, state="ready") == 100
     assert len(running_workers(c)) == MAX == len([p for p in report["process_list"] if p["status"] == "running"])
     assert value(got, "dqagent_redis_up") == 1
     assert value(got, "dqagent_build_info", version=__version__, policy="step") == 1
-    assert (value(got, "dqagent_scale_actions_total", direction="up", reason="step") or 0) >= MAX - 1
+    assert pooled(got, "dqagent_pool_info", policy="step") == 1
+    # One pool: every worker and queue series and every scale action carries pool="default", no other
+    # series has a pool, and without HOST_MAX_PROCESSES there is neither a host budget nor a share
+    per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_info",
+                "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_priority"}
+    assert {name for name, labels in got if dict(labels).get("pool") == "default"} == per_pool
+    assert {dict(labels).get("pool") for name, labels in got if name in per_pool} == {"default"}
+    assert not [name for name, _ in got if name in ("dqagent_host_workers_limit", "dqagent_workers_share")]
+    assert (pooled(got, "dqagent_scale_actions_total", direction="up", reason="step") or 0) >= MAX - 1
     assert (value(got, "dqagent_decision_duration_seconds_count") or 0) >= 1
     last = value(got, "dqagent_last_decision_timestamp_seconds")
     assert last is not None and abs(time.time() - last) < 10
@@ -123,7 +136,7 @@ def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -
     path = c.root / TEXTFILE.lstrip("/")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     from_file = parse(path.read_text())
-    assert value(from_file, "dqagent_workers", state="running") == MAX
+    assert pooled(from_file, "dqagent_workers", state="running") == MAX
     assert {n for n, _ in from_file} == {n for n, _ in got}
     assert sorted(p.name for p in path.parent.iterdir()) == ["dqagent.prom"]  # no temporary file left
 
@@ -293,7 +306,7 @@ def test_a_scrape_while_redis_is_down_answers_redis_up_0(metered: Metered) -> No
         got = m.scrape()
         assert (value(got, "dqagent_source_errors_total", source="redis") or 0) > before
         assert not [k for k in got if k[0] == "dqagent_queue_messages"]  # unknown, not stale
-        assert value(got, "dqagent_workers", state="running") == 1  # kept: the agent never scales on unknown data
+        assert pooled(got, "dqagent_workers", state="running") == 1  # kept: the agent never scales on unknown data
         assert running_workers(c) == worker_names(1)
     finally:
         m.redis.restart()

@@ -30,6 +30,7 @@ from dqagent.core.policies import StepPolicy
 from dqagent.core.snapshot import (
     Accumulator,
     Direction,
+    PoolFigures,
     Reason,
     Snapshot,
     Source,
@@ -56,7 +57,18 @@ def samples(snap: Snapshot | None) -> dict[tuple[str, tuple[tuple[str, str], ...
     return out
 
 
-def snapshot(**kw: object) -> Snapshot:
+def default_pool(**kw: object) -> PoolFigures:
+    values: dict[str, object] = dict(
+        name="default", policy="step", min_processes=1, max_processes=8,
+        workers=WorkerCounts(running=3, starting=1, stopping=2, failed=1, desired=4),
+        queues=(QueueDemand("a", ready=5, outstanding=9, delayed=2, dead=1, orphaned=0, oldest_age_s=12.5),
+                QueueDemand("b", ready=0, outstanding=0, delayed=0, dead=0, orphaned=0)))
+    values.update(kw)
+    return PoolFigures(**values)  # type: ignore[arg-type]
+
+
+def snapshot(pool: PoolFigures | None = None, **kw: object) -> Snapshot:
+    """A single-pool snapshot (no HOST_MAX_PROCESSES); `pool` replaces the default pool's figures."""
     acc = Accumulator()
     acc.scale_action(Direction.UP, "step")
     acc.scale_action(Direction.UP, "step")
@@ -68,13 +80,19 @@ def snapshot(**kw: object) -> Snapshot:
     acc.start_failed()
     acc.oom_killed()
     values: dict[str, object] = dict(
-        version="9.9", policy="step", taken_at_s=1e9, redis_up=True, min_processes=1, max_processes=8,
-        workers=WorkerCounts(running=3, starting=1, stopping=2, failed=1, desired=4),
-        queues=(QueueDemand("a", ready=5, outstanding=9, delayed=2, dead=1, orphaned=0, oldest_age_s=12.5),
-                QueueDemand("b", ready=0, outstanding=0, delayed=0, dead=0, orphaned=0)),
+        version="9.9", taken_at_s=1e9, redis_up=True, pools=(pool or default_pool(),),
         last_decision_s=1e9 - 1, counters=acc.frozen(), guard_holding="cpu")
     values.update(kw)
     return Snapshot(**values)  # type: ignore[arg-type]
+
+
+#: The label a single-pool scrape's worker, queue and scale-action series gain.
+DEFAULT = (("pool", "default"),)
+
+
+def labelled(*pairs: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """A sample's labels with the default pool's, sorted as `samples` keys them."""
+    return tuple(sorted((*DEFAULT, *pairs)))
 
 
 # -- the snapshot's pieces (pure) --------------------------------------------------------------------
@@ -104,9 +122,11 @@ def test_frozen_counters_do_not_change_with_the_accumulator() -> None:
     acc = Accumulator()
     before = acc.frozen()
     acc.scale_action(Direction.UP, "step")
+    acc.scale_action(Direction.DOWN, Reason.HOST_BUDGET, pool="io")
     acc.source_error(Source.SYSTEMD)
     assert before.scale_actions == () and dict(before.source_errors) == {"redis": 0, "systemd": 0, "internal": 0}
     assert dict(acc.frozen().source_errors) == {"redis": 0, "systemd": 1, "internal": 0}
+    assert dict(acc.frozen().scale_actions) == {("default", "up", "step"): 1, ("io", "down", "host_budget"): 1}
 
 
 # -- the collector over hand-built snapshots ----------------------------------------------------------
@@ -114,20 +134,22 @@ def test_frozen_counters_do_not_change_with_the_accumulator() -> None:
 def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> None:
     got = samples(snapshot())
     assert got[("dqagent_build_info", (("policy", "step"), ("version", "9.9")))] == 1
+    assert got[("dqagent_pool_info", (("policy", "step"), ("pool", "default")))] == 1
+    assert got[("dqagent_pool_priority", DEFAULT)] == 0
     assert got[("dqagent_redis_up", ())] == 1
-    assert {k[1][0][1]: v for k, v in got.items() if k[0] == "dqagent_workers_limit"} == {"min": 1, "max": 8}
-    assert {k[1][0][1]: v for k, v in got.items() if k[0] == "dqagent_workers"} == {
+    assert {dict(k[1])["bound"]: v for k, v in got.items() if k[0] == "dqagent_workers_limit"} == {"min": 1, "max": 8}
+    assert {dict(k[1])["state"]: v for k, v in got.items() if k[0] == "dqagent_workers"} == {
         "running": 3, "starting": 1, "stopping": 2, "failed": 1, "desired": 4}
     queue_a = {dict(k[1])["state"]: v for k, v in got.items()
                if k[0] == "dqagent_queue_messages" and dict(k[1])["queue"] == "a"}
     assert queue_a == {"ready": 5, "in_flight": 4, "delayed": 2, "dead_lettered": 1, "orphaned": 0}
     # An empty queue has no age (not 0): only queue a is listed
     assert [k for k in got if k[0] == "dqagent_queue_oldest_message_age_seconds"] == [
-        ("dqagent_queue_oldest_message_age_seconds", (("queue", "a"),))]
-    assert got[("dqagent_queue_oldest_message_age_seconds", (("queue", "a"),))] == 12.5
-    assert got[("dqagent_scale_actions_total", (("direction", "up"), ("reason", "step")))] == 2
-    assert got[("dqagent_scale_actions_total", (("direction", "down"), ("reason", "min_processes")))] == 1
-    assert got[("dqagent_scale_actions_total", (("direction", "down"), ("reason", "step")))] == 0
+        ("dqagent_queue_oldest_message_age_seconds", labelled(("queue", "a")))]
+    assert got[("dqagent_queue_oldest_message_age_seconds", labelled(("queue", "a")))] == 12.5
+    assert got[("dqagent_scale_actions_total", labelled(("direction", "up"), ("reason", "step")))] == 2
+    assert got[("dqagent_scale_actions_total", labelled(("direction", "down"), ("reason", "min_processes")))] == 1
+    assert got[("dqagent_scale_actions_total", labelled(("direction", "down"), ("reason", "step")))] == 0
     assert got[("dqagent_worker_start_failures_total", ())] == 2
     assert got[("dqagent_worker_oom_kills_total", ())] == 1
     # The guard: 1 for the resource it holds on, 0 for the others
@@ -141,7 +163,57 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.005"),))] == 1
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.25"),))] == 2
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "+Inf"),))] == 2
+    # Without HOST_MAX_PROCESSES: no host budget and no shares
+    assert {k[0] for k in got} == METRIC_NAMES - {"dqagent_host_workers_limit", "dqagent_workers_share"}
+    # Every worker and queue series, and every scale action, is the default pool's; no host-wide one has `pool`
+    per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_priority",
+                "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_info"}
+    for name, labels in got:
+        assert (dict(labels).get("pool") == "default") == (name in per_pool), (name, labels)
+
+
+def test_each_pool_is_exported_under_its_name_with_the_host_budget_and_its_share() -> None:
+    acc = Accumulator()
+    acc.scale_action(Direction.UP, "target", pool="io")
+    acc.scale_action(Direction.DOWN, Reason.HOST_BUDGET)
+    io = PoolFigures("io", "target", 0, 6, WorkerCounts(running=2, starting=0, stopping=1, failed=0, desired=2),
+                     (QueueDemand("slow", ready=40, outstanding=50, delayed=0, dead=0, orphaned=0, oldest_age_s=3.0),),
+                     priority=50, share=2)
+    got = samples(snapshot(pools=(default_pool(share=3), io), host_max_processes=5, counters=acc.frozen()))
+    assert got[("dqagent_host_workers_limit", ())] == 5
+    assert {dict(k[1])["pool"]: v for k, v in got.items() if k[0] == "dqagent_workers_share"} == {"default": 3, "io": 2}
+    assert {dict(k[1])["pool"]: v for k, v in got.items() if k[0] == "dqagent_pool_priority"} == {
+        "default": 0, "io": 50}
+    assert got[("dqagent_pool_info", (("policy", "target"), ("pool", "io")))] == 1
+    assert got[("dqagent_build_info", (("policy", "step"), ("version", "9.9")))] == 1  # the default pool's
+    assert got[("dqagent_workers_limit", (("bound", "max"), ("pool", "io")))] == 6
+    assert got[("dqagent_workers", (("pool", "io"), ("state", "stopping")))] == 1
+    assert got[("dqagent_workers", (("pool", "default"), ("state", "running")))] == 3
+    assert got[("dqagent_queue_messages", (("pool", "io"), ("queue", "slow"), ("state", "in_flight")))] == 10
+    assert got[("dqagent_queue_messages", (("pool", "default"), ("queue", "a"), ("state", "ready")))] == 5
+    assert got[("dqagent_queue_oldest_message_age_seconds", (("pool", "io"), ("queue", "slow")))] == 3.0
+    # A queue is one pool's: never listed under another pool
+    assert not [k for k in got if dict(k[1]).get("queue") == "slow" and dict(k[1])["pool"] != "io"]
+    actions = {tuple(v for _, v in k[1]): n for k, n in got.items() if k[0] == "dqagent_scale_actions_total"}
+    # (direction, pool, reason): what happened, and each pool's own policy from the start (at 0)
+    assert actions == {("up", "io", "target"): 1, ("down", "io", "target"): 0, ("down", "default", "host_budget"): 1,
+                       ("up", "default", "step"): 0, ("down", "default", "step"): 0}
     assert {k[0] for k in got} == METRIC_NAMES
+
+
+def test_a_pool_without_workers_or_queues_read_yet_has_only_its_settings() -> None:
+    got = samples(snapshot(pools=(default_pool(), default_pool(name="io", workers=None, queues=()))))
+    assert [k for k in got if dict(k[1]).get("pool") == "io" and k[0] in ("dqagent_workers", "dqagent_queue_messages")
+            ] == []
+    assert got[("dqagent_workers_limit", (("bound", "min"), ("pool", "io")))] == 1
+    assert got[("dqagent_workers", (("pool", "default"), ("state", "running")))] == 3
+
+
+def test_the_default_property_is_the_default_pools_figures_wherever_it_is() -> None:
+    io = default_pool(name="io")
+    assert snapshot(pools=(io, default_pool(priority=7))).default.priority == 7
+    with pytest.raises(LookupError, match="default"):
+        _ = snapshot(pools=(io,)).default
 
 
 def test_the_guard_series_are_all_0_when_not_holding_and_absent_when_off() -> None:
@@ -150,15 +222,15 @@ def test_the_guard_series_are_all_0_when_not_holding_and_absent_when_off() -> No
 
 
 def test_redis_down_exports_redis_up_0_and_no_queue_figures_but_keeps_the_workers() -> None:
-    got = samples(snapshot(redis_up=False, queues=()))
+    got = samples(snapshot(default_pool(queues=()), redis_up=False))
     assert got[("dqagent_redis_up", ())] == 0
     assert not [k for k in got if k[0].startswith("dqagent_queue_")]
-    assert got[("dqagent_workers", (("state", "running"),))] == 3
+    assert got[("dqagent_workers", labelled(("state", "running")))] == 3
 
 
 def test_nothing_before_the_first_snapshot_and_no_workers_before_systemd_was_read() -> None:
     assert samples(None) == {}
-    got = samples(snapshot(workers=None, last_decision_s=None))
+    got = samples(snapshot(default_pool(workers=None), last_decision_s=None))
     assert not [k for k in got if k[0] in ("dqagent_workers", "dqagent_last_decision_timestamp_seconds")]
 
 
@@ -219,16 +291,19 @@ def test_each_tick_publishes_what_it_read_decided_and_did() -> None:
         await agent.tick()  # 60 > 1 x 5: +1
         snap = agent.latest
         assert snap is not None and snap.redis_up and snap.last_decision_s == 1234.5
-        assert snap.workers == WorkerCounts(running=1, starting=1, stopping=0, failed=0, desired=2)
-        assert [(q.queue, q.ready, q.in_flight, q.delayed) for q in snap.queues] == [("q", 50, 10, 1)]
-        assert dict(snap.counters.scale_actions) == {("up", "step"): 1}
+        assert [p.name for p in snap.pools] == ["default"] and snap.host_max_processes is None
+        assert snap.default.workers == WorkerCounts(running=1, starting=1, stopping=0, failed=0, desired=2)
+        assert [(q.queue, q.ready, q.in_flight, q.delayed) for q in snap.default.queues] == [("q", 50, 10, 1)]
+        assert (snap.default.policy, snap.default.min_processes, snap.default.max_processes) == ("step", 1, 3)
+        assert (snap.default.priority, snap.default.share) == (0, None)
+        assert dict(snap.counters.scale_actions) == {("default", "up", "step"): 1}
         assert snap.counters.decision_duration.count == 1
         await agent.jobs.wait()
         probe.error = BrokerError("redis down")
         await agent.tick()
         down = agent.latest
-        assert down is not None and not down.redis_up and down.queues == ()
-        assert down.workers == snap.workers  # not read on a Redis failure: the last figures stay
+        assert down is not None and not down.redis_up and down.default.queues == ()
+        assert down.default.workers == snap.default.workers  # not read on a Redis failure: the last figures stay
         assert dict(down.counters.source_errors) == {"redis": 1, "systemd": 0, "internal": 0}
         assert down.counters.decision_duration.count == 1  # no decision was made
         probe.error = None
@@ -237,7 +312,7 @@ def test_each_tick_publishes_what_it_read_decided_and_did() -> None:
         await agent.jobs.wait()
         final = agent.latest
         assert final is not None and final.redis_up
-        assert dict(final.counters.scale_actions) == {("up", "step"): 1, ("down", "step"): 1}
+        assert dict(final.counters.scale_actions) == {("default", "up", "step"): 1, ("default", "down", "step"): 1}
 
     asyncio.run(scenario())
 
@@ -262,7 +337,7 @@ def test_failed_starts_are_counted_in_the_next_snapshot_and_actions_once_per_dec
         await agent.jobs.wait()
         after = agent.latest
         assert after is not None  # one action per decision, not per unit; the held tick is none
-        assert dict(after.counters.scale_actions) == {("up", "step"): 2}
+        assert dict(after.counters.scale_actions) == {("default", "up", "step"): 2}
 
     asyncio.run(scenario())
 
@@ -285,7 +360,7 @@ def test_exporter_serves_the_latest_snapshot_and_rebinds_on_a_new_address() -> N
             assert r.status == 200 and r.read() == b""
         current[0] = snapshot()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            assert "dqagent_workers{state=\"running\"} 3.0" in r.read().decode()
+            assert "dqagent_workers{pool=\"default\",state=\"running\"} 3.0" in r.read().decode()
         # 50 scrapes arriving at once all fit the listen backlog (socketserver's default 5 made most wait for
         # SYN retransmits, 1 s and more): `ss` shows a listening socket's backlog as its Send-Q
         listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
@@ -369,7 +444,7 @@ def test_agent_exits_with_the_exporters_status_when_it_cannot_listen(caplog: pyt
 _PROMQL_WORDS = {"sum", "by", "rate", "increase", "max", "min", "avg", "time", "histogram_quantile", "le",
                  "irate", "without", "on", "ignoring", "group_left", "clamp_min", "label_replace", "count",
                  "or", "and", "unless", "bool", "offset", "deriv", "delta", "changes", "resets", "topk",
-                 "state", "queue", "direction", "reason", "source", "bound", "version", "policy", "instance",
+                 "state", "queue", "direction", "reason", "source", "bound", "version", "policy", "instance", "pool",
                  "job", "interval", "__rate_interval", "__interval", "__range", "m", "s", "h", "label_values"}
 
 
@@ -411,6 +486,16 @@ def test_grafana_dashboard_queries_name_only_exported_metrics() -> None:
             "dqagent_source_errors_total"} <= used
 
 
+def test_grafana_dashboard_filters_every_pool_labelled_query_by_the_pool_variable() -> None:
+    per_pool = ("dqagent_workers", "dqagent_queue_", "dqagent_scale_actions_total", "dqagent_pool_info")
+    pooled = [q for q in dashboard_queries() if any(re.search(rf"\b{name}", q) for name in per_pool)]
+    assert len(pooled) >= 8
+    for q in pooled:
+        assert 'pool=~"$pool"' in q or q == 'label_values(dqagent_pool_info{instance=~"$instance"}, pool)', q
+    # summed over pools per host, never the largest one pool's bound
+    assert not [q for q in pooled if "max by (instance) (dqagent_workers_limit" in q]
+
+
 def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_install(tmp_path: Path) -> None:
     from tests.unit.test_reload import Setup
 
@@ -420,7 +505,7 @@ def test_a_reload_listens_on_a_new_metrics_address_and_keeps_the_textfile_until_
     try:
         asyncio.run(t.agent.tick())
         with urllib.request.urlopen(f"http://127.0.0.1:{first}/metrics", timeout=5) as r:
-            assert b"dqagent_workers{state=\"running\"} 1.0" in r.read()
+            assert b"dqagent_workers{pool=\"default\",state=\"running\"} 1.0" in r.read()
         t.write(METRICS_ADDRESS=f"127.0.0.1:{second}", METRICS_TEXTFILE=str(tmp_path / "x.prom"))
         t.reload()
         with urllib.request.urlopen(f"http://127.0.0.1:{second}/metrics", timeout=5) as r:
@@ -537,7 +622,7 @@ def test_connections_beyond_the_caps_are_closed_at_once_and_other_addresses_stil
         deadline = time.monotonic() + 5  # once the server has seen that close
         while not (answer := _scrape_or_nothing(port, "127.0.0.3")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert b"dqagent_workers{state=\"running\"} 3.0" in answer
+        assert b"dqagent_workers{pool=\"default\",state=\"running\"} 3.0" in answer
         assert all(_held(s, 0.1) for s in held)  # the others were never disturbed
     finally:
         for s in held:

@@ -127,6 +127,10 @@ def test_the_host_budget_goes_to_the_higher_priority_pool_and_back(caplog: pytes
         return seen
 
     seen = asyncio.run(scenario())
+    assert agent.latest is not None
+    figures = {p.name: p for p in agent.latest.pools}
+    assert list(figures) == ["default", "io"] and agent.latest.host_max_processes == 5
+    assert figures["io"].priority == 10 and figures["io"].share == 1 and figures["default"].share == 4
     assert seen[0] == (4, 1)
     assert seen[1] == (1, 4)  # io got its share first; the default pool kept its MIN
     assert seen[2][0] >= 3  # the burst over, the default pool grew back

@@ -119,8 +119,8 @@ def test_the_agent_decides_and_acts_as_the_simulator_on_every_read_it_made(monke
         # (a start that failed its check is stopped by the job table, not by a decision)
         stopped = sorted(n for kind, n in calls if kind == "stop" and n not in started)
         assert stopped == sorted(life.number for life in result.lives if life.stopped_s == now), now
-        assert agent.latest is not None and agent.latest.workers is not None
-        assert agent.latest.workers.desired == result.samples[k].workers
+        assert agent.latest is not None and agent.latest.default.workers is not None
+        assert agent.latest.default.workers.desired == result.samples[k].workers
         if k + 1 < len(reads):
             # and hands the next read the same memory and backoff, at the same time
             following = reads[k + 1]
