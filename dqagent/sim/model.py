@@ -104,12 +104,12 @@ class PoolRun:
 
     def run(self, name: str, initial: int, first_read_s: float) -> Result:
         self.begin(initial, first_read_s)
-        events = self.pool.events
+        events, pop, on_event = self.pool.events, heapq.heappop, self.on_event  # (locals: the hot loop)
         while events:
-            now, _, kind, a, b = heapq.heappop(events)
+            now, _, kind, a, b = pop(events)
             if kind == TICK and not self.tick(now):
                 break
-            self.on_event(kind, a, b, now)
+            on_event(kind, a, b, now)
         return self.finish(name)
 
     def begin(self, initial: int, first_read_s: float | None) -> None:
