@@ -51,12 +51,16 @@ class Allotment:
     share: int
     #: The most the pool may count after this check: the share, or less while room is still draining.
     cap: int
-    #: The pools that took room this pool claimed (higher priority, or equal priority sharing), by name.
+    #: The pools that took room this pool claimed (higher priority, or equal priority sharing), by name; empty
+    #: when the pool is short only because the MINs fill the budget.
     gave_way_to: tuple[str, ...] = ()
+    #: What the pool claimed (its own target within [MIN, MAX]).
+    claim: int = 0
 
     @property
     def short(self) -> bool:
-        return bool(self.gave_way_to)
+        """The budget left the pool below its claim."""
+        return self.share < self.claim
 
 
 def _order(claims: Sequence[Claim]) -> list[Claim]:
@@ -82,8 +86,9 @@ def shares(budget: int | None, claims: Sequence[Claim]) -> dict[str, int]:
                 out[c.pool] += need[c.pool]
             left -= sum(need.values())
             continue
-        # Water-fill: equal steps, the smallest needs satisfied first; the last step's remainder by name.
-        hungry = sorted(level, key=lambda c: (need[c.pool], c.pool))
+        # Water-fill: equal steps, the smallest needs satisfied first; the last step's remainder by name. A pool
+        # whose claim is its MIN needs nothing: it takes no step (nor a remainder's worker).
+        hungry = sorted((c for c in level if need[c.pool] > 0), key=lambda c: (need[c.pool], c.pool))
         while left > 0 and hungry:
             step = min(need[hungry[0].pool], left // len(hungry))
             if step == 0:
@@ -114,5 +119,5 @@ def apportion(budget: int | None, claims: Sequence[Claim]) -> dict[str, Allotmen
         takers = () if s >= c.claim else tuple(
             o.pool for o in _order(claims) if o.pool != c.pool and o.priority >= c.priority and share[o.pool] > 0
             and share[o.pool] > o.min_processes)
-        out[c.pool] = Allotment(s, cap, takers)
+        out[c.pool] = Allotment(s, cap, takers, c.claim)
     return out

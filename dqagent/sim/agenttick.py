@@ -27,6 +27,7 @@ from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Backoff, Intent
 from dqagent.core.step import Check, Host, Memory, NeedsHost, Observed, Rules, decide
 from dqagent.settings.config import QueueMetric
+from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.sim.pool import EPOCH_US, Pool, Worker, lookup
 from dqagent.systemd.client import ActiveState, UnitState, worker_unit
 
@@ -49,9 +50,11 @@ class SimAgent:
     """The agent's memory between checks on one simulated pool: the step's `Memory`, the crash-loop backoff,
     the start batches not judged yet, and the failed units not reset yet."""
 
-    def __init__(self, rules: Rules, pool: Pool, limits: Limits | None) -> None:
+    def __init__(self, rules: Rules, pool: Pool, limits: Limits | None, name: str = DEFAULT_POOL) -> None:
         self.rules = rules
         self.pool = pool
+        #: The pool's name (its units' names: `dramatiq-worker@<name>-N`, the default pool's `@N`).
+        self.name = name
         #: The guard's limits (None: the guard is off).
         self.limits = limits
         self.memory = Memory(rules.policy.initial_state())
@@ -72,18 +75,20 @@ class SimAgent:
         # The list head's wait since its arrival (Dramatiq's message_timestamp, the first enqueue: a requeued
         # message keeps it and goes to the tail, as in `Pool.finish_drain`).
         oldest = now - pool.arrivals_s[pool.queue[0]] if pool.queue else None
-        demand = Demand((QueueDemand(QUEUE, ready, ready + held, 0, 0, 0, oldest),))
+        demand = Demand((QueueDemand(self.rules.queue_names[0], ready, ready + held, 0, 0, 0, oldest),))
         units: list[UnitState] = []
         flight: dict[int, Intent] = {}
+        name = self.name
         for w in pool.workers.values():
-            units.append(_unit(w, now, flight))
+            units.append(_unit(w, now, flight, name))
         for n, gone_s in pool.exiting.items():
             if gone_s > now:  # its process still exits: the stop job has not ended
-                units.append(UnitState(_name(n), n, ActiveState.DEACTIVATING, "stop-sigterm", 0, 0, 0,
-                                       "success", True, "stop"))
+                units.append(UnitState(_name(n, name), n, ActiveState.DEACTIVATING, "stop-sigterm", 0, 0, 0,
+                                       "success", True, "stop", pool=name))
                 flight[n] = Intent.STOP
         for n in self.failed_numbers:
-            units.append(UnitState(_name(n), n, ActiveState.FAILED, "failed", 0, 0, 0, "exit-code", False))
+            units.append(UnitState(_name(n, name), n, ActiveState.FAILED, "failed", 0, 0, 0, "exit-code", False,
+                                   pool=name))
         return Observed(now, EPOCH_US + now * 1e6, demand, units, flight, self.backoff)
 
     def check(self, now: float, host_cpu: float | None) -> tuple[Observed, Check]:
@@ -138,21 +143,21 @@ class SimAgent:
 
 
 @cache
-def _name(n: int) -> str:
-    return worker_unit(n)
+def _name(n: int, pool: str) -> str:
+    return worker_unit(n, pool)
 
 
-def _unit(w: Worker, now: float, flight: dict[int, Intent]) -> UnitState:
+def _unit(w: Worker, now: float, flight: dict[int, Intent], pool: str) -> UnitState:
     """One live worker as systemd lists it, and the agent's job on it, if any (added to `flight`)."""
     n = w.number
     if w.stopping:
         flight[n] = Intent.STOP
-        return UnitState(_name(n), n, ActiveState.DEACTIVATING, "stop-sigterm", 1000 + n, w.active_enter_us,
-                         0, "success", True, "stop")
+        return UnitState(_name(n, pool), n, ActiveState.DEACTIVATING, "stop-sigterm", 1000 + n, w.active_enter_us,
+                         0, "success", True, "stop", pool=pool)
     if now < w.job_end_s:
         flight[n] = Intent.START
-        return UnitState(_name(n), n, ActiveState.ACTIVATING, "start", 0, 0, 0, "", True, "start")
+        return UnitState(_name(n, pool), n, ActiveState.ACTIVATING, "start", 0, 0, 0, "", True, "start", pool=pool)
     if w.checked_s > now:
         flight[n] = Intent.START
-    return UnitState(_name(n), n, ActiveState.ACTIVE, "running", 1000 + n, w.active_enter_us, 0, "success",
-                     False)
+    return UnitState(_name(n, pool), n, ActiveState.ACTIVE, "running", 1000 + n, w.active_enter_us, 0, "success",
+                     False, pool=pool)

@@ -25,6 +25,7 @@ from dqagent.sim.traces import Workload
 
 if TYPE_CHECKING:
     from dqagent.core.guard import Limits
+    from dqagent.core.step import Check, Observed
     from dqagent.sim.host import HostModel
 
 __all__ = ["DISPATCH_MODELS", "POLL_EXACT", "SLEEP_EXACT_S", "Life", "PoolConfig", "Result", "Sample", "lookup",
@@ -75,12 +76,12 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     """
     if pool.dispatch not in (*DISPATCH_MODELS, POLL_EXACT):
         raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected one of {', '.join(DISPATCH_MODELS)}")
-    run = _Run(workload, pool, host, SimAgent(rules_for(pool, policy, tick_s, adaptive_reads, guard is not None),
+    run = PoolRun(workload, pool, host, SimAgent(rules_for(pool, policy, tick_s, adaptive_reads, guard is not None),
                                               Pool(workload, pool, host), guard), horizon_s, read_times_s)
     return run.run(policy.name, initial_workers if initial_workers is not None else pool.min_workers, first_read_s)
 
 
-class _Run:
+class PoolRun:
     """One simulation: the event loop over the pool, its consumers' polls and the agent's reads."""
 
     def __init__(self, workload: Workload, cfg: PoolConfig, host: HostModel | None, agent: SimAgent,
@@ -90,57 +91,85 @@ class _Run:
         self.pool = agent.pool
         self.host = host
         self.polling = Polling(self.pool, cfg.dispatch == "poll") if cfg.dispatch in ("poll", POLL_EXACT) else None
+        self.sleepers = self.polling if self.polling is not None and self.polling.sleepers else None
         self.end_arrivals = workload.trace.duration_s
         self.horizon = horizon_s if horizon_s is not None else self.end_arrivals + 6 * 3600
         self.reads: Iterator[float] = iter(read_times_s)
         self.scale_events: list[tuple[float, int]] = []
         self.samples: list[Sample] = []
         self.max_backlog = 0
+        #: When the caller reads (`begin` without a first read): the last event pushed before its next read was
+        #: scheduled (a tie goes to the earlier pushed, as the TICK in `events` would).
+        self.read_seq = 0
 
     def run(self, name: str, initial: int, first_read_s: float) -> Result:
-        pool, polling, agent = self.pool, self.polling, self.agent
+        self.begin(initial, first_read_s)
+        events, pop, on_event = self.pool.events, heapq.heappop, self.on_event  # (locals: the hot loop)
+        while events:
+            now, _, kind, a, b = pop(events)
+            if kind == TICK and not self.tick(now):
+                break
+            on_event(kind, a, b, now)
+        return self.finish(name)
+
+    def begin(self, initial: int, first_read_s: float | None) -> None:
+        """The arrivals, the agent's first read (None: the caller reads, `dqagent.sim.hostpools`), the warm pool."""
+        pool = self.pool
         for i, t in enumerate(self.workload.arrivals_s):
             pool.push(t, ARRIVE, i)
-        pool.push(next(self.reads, first_read_s), TICK)
+        if first_read_s is not None:
+            pool.push(next(self.reads, first_read_s), TICK)
+        self.read_seq = pool.seq  # (the caller reads: the events pushed so far go before a read at the same time)
         pool.warm(initial)
-        if polling is not None:
+        if self.polling is not None:
             for w in list(pool.workers.values()):
                 pool.push(0.0, POLL, w.wid)
-        sleepers = polling if polling is not None and polling.sleepers else None
-        events = pool.events
-        while events:
-            now, _, kind, a, b = heapq.heappop(events)
-            if kind == ARRIVE:
-                pool.queue.append(a)
-                pool.dispatch(now)
-            elif kind == READY:
-                pool.on_ready(a, now)
-            elif kind == FAIL:
-                agent.failed(pool.on_fail(a, now))
-            elif kind == POLL:
-                assert polling is not None
-                polling.on_poll(a, now)
-            elif kind == DONE:
-                pool.on_done(a, b, now)
-            elif not self.tick(now):
-                break
-            if sleepers is not None and pool.queue and sleepers.race_wid < 0:  # attend's first test, inlined (hot)
-                sleepers.attend(now)
+
+    def on_event(self, kind: int, a: int, b: int, now: float) -> None:
+        """What one event does to the pool (a read, TICK, only wakes the sleepers: `tick` has done the rest)."""
+        pool = self.pool
+        if kind == ARRIVE:
+            pool.queue.append(a)
+            pool.dispatch(now)
+        elif kind == READY:
+            pool.on_ready(a, now)
+        elif kind == FAIL:
+            self.agent.failed(pool.on_fail(a, now))
+        elif kind == POLL:
+            assert self.polling is not None
+            self.polling.on_poll(a, now)
+        elif kind == DONE:
+            pool.on_done(a, b, now)
+        sleepers = self.sleepers
+        if sleepers is not None and pool.queue and sleepers.race_wid < 0:  # attend's first test, inlined (hot)
+            sleepers.attend(now)
+
+    def finish(self, name: str) -> Result:
         # Charge what still runs up to the end of the work (the trace, or the last completion), so policies
         # that tick rarely are not billed for the idle tail after it.
-        pool.close(max(self.end_arrivals, pool.last_done))
+        self.pool.close(max(self.end_arrivals, self.pool.last_done))
         return self.result(name)
+
+    def done(self, now: float) -> bool:
+        """Past the horizon, or every message arrived and done."""
+        pool = self.pool
+        return now > self.horizon or (now >= self.end_arrivals and pool.done_count == len(self.workload)
+                                      and not pool.queue)
 
     def tick(self, now: float) -> bool:
         """The agent's read: observe, decide (`dqagent.core.step`), act. False when the work is done."""
-        pool = self.pool
-        if now > self.horizon or (now >= self.end_arrivals and pool.done_count == len(self.workload)
-                                  and not pool.queue):
+        if self.done(now):
             return False
-        busy = pool.busy() if self.host is not None else 0
+        busy = self.pool.busy() if self.host is not None else 0
         observed, check = self.agent.check(now, self.host.cpu_pressure(busy) if self.host is not None else None)
+        self.apply(observed, check, now)
+        self.pool.push(next(self.reads, now + check.next_read_s), TICK)
+        return True
+
+    def apply(self, observed: Observed, check: Check, now: float) -> None:
+        """Carry out a check's plan, and record it."""
         self.agent.act(check, now)
-        plan, demand = check.plan, observed.demand
+        plan, demand, pool = check.plan, observed.demand, self.pool
         if plan.start:
             self.scale_events.append((now, +1))
         if plan.stop:
@@ -149,8 +178,6 @@ class _Run:
             pool.dispatch(now)
         self.max_backlog = max(self.max_backlog, demand.outstanding)
         self.samples.append(Sample(now, demand.ready, demand.outstanding, plan.wanted))
-        pool.push(next(self.reads, now + check.next_read_s), TICK)
-        return True
 
     def result(self, name: str) -> Result:
         pool, workload = self.pool, self.workload
