@@ -21,7 +21,7 @@ from dqagent import __version__
 from dqagent.agent.pools import PoolRun, demand_of, new_run, policy_for
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
-from dqagent.core.hoststep import PoolInput, decide_host
+from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Backoff, Plan, census, reconcile
 from dqagent.core.snapshot import (
@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 
 #: Longest pause between retries of a failing Redis.
 MAX_BACKOFF_S = 300.0
-#: A pool whose next read is due this close after a check's time decides in that check (timers wake early).
-DUE_SLACK_S = 0.05
 
 
 class Loop:
@@ -232,7 +230,7 @@ class Loop:
         def inputs() -> list[PoolInput]:
             return [PoolInput(name, Rules.from_settings(run.s, run.policy), self._observed(run, base[name]),
                               run.memory, run.priority, fleet if name == DEFAULT_POOL else None,
-                              due=len(self.runs) == 1 or run.due_s <= base[name].now_s + DUE_SLACK_S)
+                              due=is_due(run.due_s, base[name].now_s, len(self.runs)))
                     for name, run in self.runs.items()]
 
         checks = decide_host(inputs(), self.s.host_max_processes)

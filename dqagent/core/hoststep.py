@@ -21,6 +21,16 @@ from dataclasses import dataclass
 from dqagent.core.budget import Allotment, Claim, apportion
 from dqagent.core.step import Check, FleetInput, Host, Memory, NeedsHost, Observed, Rules, decide, observe, recommend
 
+#: A pool whose next read is due this close after a check's time decides in that check (timers wake early).
+DUE_SLACK_S = 0.05
+
+
+def is_due(due_s: float, now_s: float, pools: int) -> bool:
+    """Whether a pool decides in the check at `now_s`: each pool decides on its own schedule (its policy's next
+    read, `Check.next_read_s` after its last check), and the check runs at the earliest of them. A lone pool
+    decides at every check (its schedule is the check's)."""
+    return pools == 1 or due_s <= now_s + DUE_SLACK_S
+
 
 @dataclass(frozen=True, slots=True)
 class PoolInput:

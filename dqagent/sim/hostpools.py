@@ -13,10 +13,11 @@ between pools yet).
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from dqagent.core.hoststep import PoolInput, decide_host
+from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
 from dqagent.sim.agenttick import SimAgent, rules_for
 from dqagent.sim.model import PoolRun, Result
@@ -79,6 +80,7 @@ def simulate_host(pools: Sequence[PoolSpec], budget: int | None, tick_s: float =
     horizon = max(run.horizon for run in runs.values())
     samples: list[HostSample] = []
     next_read = 0.0
+    due: dict[str, float] = {}
     while True:
         first: PoolRun | None = None
         at = (next_read, 1)
@@ -94,15 +96,18 @@ def simulate_host(pools: Sequence[PoolSpec], budget: int | None, tick_s: float =
             continue
         if next_read > horizon or all(run.done(next_read) for run in runs.values()):
             break
-        next_read = _read(runs, priority, budget, next_read, samples)
+        next_read = _read(runs, priority, budget, next_read, samples, due)
     return HostResult({p.name: runs[p.name].finish(p.policy.name) for p in pools}, tuple(samples))
 
 
 def _read(runs: Mapping[str, PoolRun], priority: Mapping[str, int], budget: int | None, now: float,
-          samples: list[HostSample]) -> float:
-    """The agent's read of every pool: observe each, decide them together, act; returns the next read's time."""
+          samples: list[HostSample], due: dict[str, float]) -> float:
+    """The agent's check, as `dqagent.agent.loop` runs it: observe every pool, decide the due ones together
+    (`is_due`: each on its own schedule; the others claim their current size), act; returns the next check's
+    time, the earliest pool's next read. `due` is each pool's next read, updated."""
     observed = {name: run.agent.observe(now) for name, run in runs.items()}
-    checks = decide_host([PoolInput(name, run.agent.rules, observed[name], run.agent.memory, priority[name])
+    checks = decide_host([PoolInput(name, run.agent.rules, observed[name], run.agent.memory, priority[name],
+                                    due=is_due(due.get(name, -math.inf), now, len(runs)))
                           for name, run in runs.items()], budget)
     assert isinstance(checks, dict), "the guard is off: the host step never asks for the host"
     for name, check in checks.items():
@@ -111,8 +116,9 @@ def _read(runs: Mapping[str, PoolRun], priority: Mapping[str, int], budget: int 
         run.apply(observed[name], check, now)
         run.read_seq = run.pool.seq
         run.on_event(TICK, 0, 0, now)  # a read wakes the pool's sleepers as any event does
-    samples.append(HostSample(now, tuple((name, _units(runs[name].pool, now)) for name in checks)))
-    return now + min(check.next_read_s for check in checks.values())
+        due[name] = now + check.next_read_s
+    samples.append(HostSample(now, tuple((name, _units(runs[name].pool, now)) for name in runs)))
+    return min(due.values())
 
 
 def _units(pool: Pool, now: float) -> int:
