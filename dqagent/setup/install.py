@@ -22,6 +22,8 @@ from pathlib import Path
 from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
 from dqagent.report import catalog
 from dqagent.settings.config import Settings
+from dqagent.settings.pools import Pool
+from dqagent.setup import poolinstall
 from dqagent.setup.files import Report, make_worker_directory, remove_dropin, write
 from dqagent.setup.files import make_worker_directory as _make_worker_directory  # noqa: F401  (tests call it here)
 from dqagent.setup.layout import (
@@ -37,6 +39,7 @@ from dqagent.setup.layout import (
     POLKITD,
     SLICE_LIMITS_FILE,
     SYSUSERS,
+    UNIT_DIR,
     WORKER_LIMITS_FILE,
     WORKER_TEMPLATE_FILE,
     env_template,
@@ -106,6 +109,8 @@ def _refuse(line: str) -> int:
 #: The umask install runs under, whatever the caller's (e.g. 027 on a CIS-hardened host): directories
 #: and files it creates get exactly the modes it asks for (mkdir's and open's modes are filtered by it).
 INSTALL_UMASK = 0o022
+
+
 def install(settings: Settings, now: bool = False, bus_address: str | None = None,
             env_file: Path | None = None) -> int:
     """Install (or bring up to date) everything dqagent needs on this host, under `INSTALL_UMASK`.
@@ -129,6 +134,7 @@ def _install(settings: Settings, now: bool, bus_address: str | None, env_file: P
     refusal = _host_refusal(settings)
     if refusal:
         return _refuse(refusal)
+    pools = poolinstall.load(env_file)
     exe = dqagent_executable()
     agent_text = (PACKAGING / "dqagent.service").read_text()
     worker_text = (PACKAGING / "dramatiq-worker@.service").read_text()
@@ -142,13 +148,21 @@ def _install(settings: Settings, now: bool, bus_address: str | None, env_file: P
         return _refuse(f"{foreign[0]} exists but was not written by dqagent install; fix: move it away (or rename "
                        "it) and run dqagent install again")
     # Rendered before anything is written: a value a file cannot carry is a ConfigError (exit 78) here.
-    files = _Rendered(rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(settings.log_file))
+    planned = poolinstall.plan(pools, UNIT_DIR, exe, agent_text, worker_text)
+    for line in planned.refusals:
+        print(f"dqagent install: {line}", file=sys.stderr)
+    if planned.refusals:
+        return EXIT_CONFIG
+    files = _Rendered(rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(settings.log_file),
+                      pools, planned)
     workdir = Path(settings.worker_directory)
     for problem in pre.missing:
         # install creates WORKER_DIRECTORY (and parents) and the settings file below
         if not workdir.is_relative_to(problem.path) and not ENV_FILE.is_relative_to(problem.path):
             print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
                   file=sys.stderr)
+    for line in planned.warnings:
+        print(f"dqagent install: warning: {line}", file=sys.stderr)
     report = Report([], [])
     failed = _write_everything(settings, files, report)
     if failed is not None:
@@ -167,17 +181,7 @@ def _host_refusal(settings: Settings) -> str:
         return (f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is never read and "
                 "every worker start by user dqagent is refused; fix: apt-get install polkitd, then run dqagent "
                 "install again")
-    if settings.worker_user == DEFAULT_WORKER_USER:
-        return ""
-    try:
-        worker_uid = pwd.getpwnam(settings.worker_user).pw_uid
-    except KeyError:
-        return (f"WORKER_USER={settings.worker_user} does not exist; fix: create it first (e.g. useradd --system "
-                f"{settings.worker_user}) or use the default {DEFAULT_WORKER_USER}, which install creates")
-    if worker_uid == 0 and not settings.allow_root_workers:  # another name for uid 0
-        return (f"WORKER_USER={settings.worker_user} is uid 0: workers as root are refused; fix: use a dedicated "
-                "user, or set ALLOW_ROOT_WORKERS=yes")
-    return ""
+    return poolinstall.user_refusal(settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +191,8 @@ class _Rendered:
     units: dict[Path, str]
     limits: dict[Path, str | None]
     logrotate: str
+    pools: tuple[Pool, ...]
+    planned: poolinstall.Planned
 
 
 def _write_everything(settings: Settings, files: _Rendered, report: Report) -> int | None:
@@ -194,7 +200,7 @@ def _write_everything(settings: Settings, files: _Rendered, report: Report) -> i
     files; None when done, else the exit status (after one line saying why)."""
     write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
            + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
-              if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
+              if poolinstall.default_user_needed(settings, files.pools) else ""), 0o644, report)
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
     worker = pwd.getpwnam(settings.worker_user)
     workdir = Path(settings.worker_directory)
@@ -213,6 +219,10 @@ def _write_everything(settings: Settings, files: _Rendered, report: Report) -> i
         elif ours(path):  # that limit is no longer set
             remove_dropin(path)
             report.changed.append(f"removed {path}")
+    stopped = poolinstall.write_all(files.pools, files.planned, UNIT_DIR, report)
+    if stopped:
+        report.say()
+        return _refuse(stopped)
     write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
     write(LOGROTATE, files.logrotate, 0o644, report)
     if write(CATALOG_FILE, catalog.render(), 0o644, report):
@@ -275,6 +285,9 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
         if ours(path):
             remove_dropin(path)
             removed.append(str(path))
+    pool_dropins = poolinstall.remove_stale(UNIT_DIR, [])
+    if pool_dropins:
+        removed.append(f"{pool_dropins} drop-ins of pools")
     if purge and ETC.exists() and not any(ETC.iterdir()):
         ETC.rmdir()
     asyncio.run(_reload(bus_address))

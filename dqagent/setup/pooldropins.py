@@ -21,7 +21,7 @@ Every file starts with `POOL_MARK`: install replaces or removes only files that 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from dqagent.core.units import MAX_INSTANCE, WORKER_TEMPLATE
@@ -64,8 +64,10 @@ def _checked(key: str, value: str, pattern: re.Pattern[str], accepted: str) -> s
     return value
 
 
-def worker_dropin(pool: Pool) -> str:
-    """The text of every `dramatiq-worker@<pool>-N.service.d/60-dqagent-pool.conf` of `pool`.
+def worker_dropin(pool: Pool, protect_home: str = "", binds: tuple[str, ...] = ()) -> str:
+    """The text of every `dramatiq-worker@<pool>-N.service.d/60-dqagent-pool.conf` of `pool`; with `binds`
+    (the pool's command or directory under a home, `dqagent.setup.reach.preflight`) also its `ProtectHome=` and
+    `BindReadOnlyPaths=`, as the template gets them for the default pool.
 
     Raises `ConfigError` naming the pool file and the key for a value a unit file cannot carry as is."""
     s, where = pool.settings, pool.source
@@ -77,6 +79,8 @@ def worker_dropin(pool: Pool) -> str:
     lines = [f"Environment={POOL_ENV}={pool.name}", f"User={user}", f"WorkingDirectory=-{workdir}",
              f"TimeoutStopSec={_seconds(s.graceful_shutdown_timeout_s)}", f"Slice={pool_slice(pool.name)}",
              "MemoryAccounting=yes", *(f"{k}={v}" for k, v in memory)]
+    if binds:
+        lines += [f"ProtectHome={protect_home}", *(f"BindReadOnlyPaths={b}" for b in binds)]
     return (f"{POOL_MARK}\n# Pool {pool.name} ({where}): WORKER_USER, WORKER_DIRECTORY, GRACEFUL_SHUTDOWN_TIMEOUT, "
             "WORKER_MEMORY_MAX/HIGH (empty: infinity).\n[Service]\n" + "".join(f"{line}\n" for line in lines))
 
@@ -92,15 +96,17 @@ def slice_text(pool: Pool) -> str:
             "POOL_MEMORY_MAX, POOL_CPU_QUOTA, POOL_TASKS_MAX.\n[Slice]\n" + "".join(f"{k}={v}\n" for k, v in limits))
 
 
-def rendered(unit_dir: Path, pools: Sequence[Pool]) -> dict[Path, str]:
-    """Every pool file's drop-ins (the default pool's are the template's own: none here).
+def rendered(unit_dir: Path, pools: Sequence[Pool],
+             sandboxes: Mapping[str, tuple[str, tuple[str, ...]]] | None = None) -> dict[Path, str]:
+    """Every pool file's drop-ins (the default pool's are the template's own: none here); `sandboxes`: each
+    pool's (ProtectHome=, BindReadOnlyPaths=) when it needs binds.
 
     Raises `ConfigError` naming the pool file and key for a value a unit file cannot carry."""
     out: dict[Path, str] = {}
     for pool in pools:
         if pool.path is None:
             continue
-        text = worker_dropin(pool)
+        text = worker_dropin(pool, *(sandboxes or {}).get(pool.name, ("", ())))
         for n in range(1, MAX_INSTANCE + 1):
             out[instance_dropin(unit_dir, pool.name, n)] = text
         out[slice_dropin(unit_dir, pool.name)] = slice_text(pool)
