@@ -122,6 +122,12 @@ def carries(path: Path, mark: str) -> bool:
         return False
 
 
+def pool_of(path: Path) -> str | None:
+    """The pool a pool drop-in path belongs to (by its directory's name), or None."""
+    found = _INSTANCE_DIR_RE.fullmatch(path.parent.name) or _SLICE_DIR_RE.fullmatch(path.parent.name)
+    return found.group(1) if found else None
+
+
 def ours(path: Path) -> bool:
     """Whether `path` is a pool drop-in `dqagent install` wrote (its first line is POOL_MARK)."""
     return carries(path, POOL_MARK)

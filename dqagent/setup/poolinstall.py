@@ -92,8 +92,7 @@ def write_all(pools: Sequence[Pool], planned: Planned, unit_dir: Path, report: R
             return (f"pool {pool.name}: cannot create WORKER_DIRECTORY {workdir} ({exc}); fix: create it yourself, "
                     f"owned by {pool.settings.worker_user}, and run dqagent install again")
     for pool in pools:
-        mine = {p: t for p, t in planned.files.items() if p.parent.name.startswith(
-            (f"dramatiq-worker@{pool.name}-", f"{pooldropins.pool_slice(pool.name)}."))}
+        mine = {p: t for p, t in planned.files.items() if pooldropins.pool_of(p) == pool.name}
         written = sum(write(path, text, 0o644, Report([], report.kept)) for path, text in mine.items())
         if written:
             report.changed.append(f"wrote {written} drop-ins of pool {pool.name} ({pool.source}): "
