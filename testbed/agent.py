@@ -32,19 +32,21 @@ def make_reachable(c: Container) -> None:
                 target.chmod(target.stat().st_mode | 0o005)
 
 
-def make_venv(c: Container, path: str, copies: bool = False, owner: str | None = None) -> str:
+def make_venv(c: Container, path: str, copies: bool = False, owner: str | None = None,
+              package: str | None = None) -> str:
     """A venv at `path` inside the container with dqagent installed into it (no network, no build).
 
     `--copies` puts a real interpreter binary in the venv. dqagent is installed as pip lays out a
     wheel: the package copied into the venv's site-packages and a `dqagent` entry-point script whose
     `#!` names the venv's python; its dependencies come from the checkout's venv through a `.pth`
-    line (their compiled wheels match Debian's python3). Returns the venv's `dqagent` script.
+    line (their compiled wheels match Debian's python3). `package`: another dqagent package directory inside
+    the container (e.g. an older version's), instead of the checkout's. Returns the venv's `dqagent` script.
     """
     c.run(["python3", "-m", "venv", "--without-pip", *(["--copies"] if copies else []), path])
     site = c.run([f"{path}/bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
                  ).stdout.strip()
     c.write(f"{site}/dqagent-deps.pth", sysconfig.get_path("purelib") + "\n")
-    c.run(["cp", "-rL", str(REPO / "dqagent"), f"{site}/dqagent"])
+    c.run(["cp", "-rL", package or str(REPO / "dqagent"), f"{site}/dqagent"])
     script = f"{path}/bin/dqagent"
     c.write(script, f"#!{path}/bin/python\nimport sys\nfrom dqagent.cli.main import main\n"
             "if __name__ == '__main__':\n    sys.exit(main())\n", mode=0o755)

@@ -85,7 +85,9 @@ def build_parser(simulator: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"{verb} workers now, through systemd")
         p.add_argument("--processes", type=positive_int, default=1, help="how many (default 1)")
 
-    sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec DRAMATIQ_COMMAND")
+    wexec = sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec the pool's DRAMATIQ_COMMAND")
+    wexec.add_argument("instance", nargs="?", default=None,
+                       help="the unit's instance (%%i: N, or <pool>-N); none: the default pool (an older template)")
 
     chk = sub.add_parser("check", help="check settings, Redis, paths, polkit and installed units (like nginx -t)")
     chk.add_argument("--offline", action="store_true", help="skip the checks that need Redis or the system bus")
@@ -127,11 +129,9 @@ def needs_simulator(argv: Sequence[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv == ["worker-exec"] or (len(argv) == 3 and argv[0] == "--env-file" and argv[2] == "worker-exec"):
-        # The worker unit's own ExecStart, run at every worker start: no parser to build for it.
-        args = argparse.Namespace(command="worker-exec", env_file=Path(argv[1]) if len(argv) == 3 else None)
-    else:
-        args = build_parser(simulator=needs_simulator(argv)).parse_args(argv)
+    # The worker unit's own ExecStart, run at every worker start: no parser to build for it.
+    fast = _worker_exec_args(argv)
+    args = fast if fast is not None else build_parser(simulator=needs_simulator(argv)).parse_args(argv)
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -194,27 +194,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(command)
 
 
-def _worker_exec(args: argparse.Namespace) -> int:
-    from dqagent.settings.config import parse_worker_command
-    from dqagent.settings.workercmd import command_argv
+def _worker_exec_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """`[--env-file FILE] worker-exec [INSTANCE]` without argparse, or None for any other command line."""
+    env_file = None
+    if len(argv) >= 2 and argv[0] == "--env-file":
+        env_file, argv = Path(argv[1]), argv[2:]
+    if not argv or argv[0] != "worker-exec" or len(argv) > 2 or (len(argv) == 2 and argv[1].startswith("-")):
+        return None
+    return argparse.Namespace(command="worker-exec", env_file=env_file, instance=argv[1] if len(argv) == 2 else None)
 
-    # Only the two keys a worker needs: a bad value elsewhere is the agent's to reject (it keeps
-    # running on its old settings, see dqagent.agent.reload), not a reason to fail every worker start.
-    command, directory = parse_worker_command(sources.read_values(args.env_file, command=args.command)[0])
-    argv = command_argv(command)
-    try:
-        os.chdir(directory)
-    except OSError as exc:
-        print(f"dqagent: cannot enter WORKER_DIRECTORY={directory}: {exc.strerror}",
-              file=sys.stderr)
-        return EXIT_CONFIG
-    sys.stdout.flush()
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        print(f"dqagent: cannot run DRAMATIQ_COMMAND ({argv[0]}): {exc.strerror}", file=sys.stderr)
-        return 127
-    raise AssertionError("unreachable")
+
+def _worker_exec(args: argparse.Namespace) -> int:
+    from dqagent.cli.workerexec import worker_exec
+
+    return worker_exec(args.env_file, getattr(args, "instance", None))
 
 
 async def _start(args: argparse.Namespace) -> int:

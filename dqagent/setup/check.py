@@ -140,6 +140,34 @@ def limits_results(settings: Settings) -> list[Result]:
     return out
 
 
+def pool_results(loaded: sources.Loaded, exe: str) -> list[Result]:
+    """Each pool of pools.d, its lines naming it: its command, its user and paths, its drop-ins in place;
+    and no drop-ins left of a pool whose file is gone."""
+    from dqagent.setup import pooldropins, poolinstall
+    from dqagent.setup.layout import PACKAGING, UNIT_DIR
+
+    agent_text, worker_text = ((PACKAGING / n).read_text() for n in ("dqagent.service", "dramatiq-worker@.service"))
+    pools = loaded.pools[1:]
+    out: list[Result] = []
+    for pool in pools:
+        pre = preflight(pool.settings, exe, agent_text, worker_text)
+        found = [*command_results(pool.settings), *path_results(pool.settings, pre)]
+        out += [Result(r.ok, f"pool {pool.name} ({pool.source}): {r.text}") for r in found]
+    wanted = poolinstall.plan(pools, UNIT_DIR, exe, agent_text, worker_text).files
+    for pool in pools:
+        mine = [p for p in wanted if pooldropins.pool_of(p) == pool.name]
+        bad = [p for p in mine if not pooldropins.ours(p) or p.read_text() != wanted[p]]
+        out.append(Result(not bad, f"pool {pool.name}: {len(bad)} of its {len(mine)} drop-ins missing, out of date "
+                          f"or not dqagent's (first: {bad[0]}); fix: dqagent install" if bad else
+                          f"pool {pool.name}: its drop-ins are in place (User=, Slice="
+                          f"{pooldropins.pool_slice(pool.name)}, limits)"))
+    stale = sorted({pooldropins.pool_of(p) or "" for p in pooldropins.stale(UNIT_DIR, wanted)})
+    if stale:
+        out.append(Result(False, f"drop-ins of pools no file in pools.d declares: {', '.join(stale)}; fix: dqagent "
+                          "install (removes them)"))
+    return out
+
+
 async def template_stop_timeout_s(bus_address: str | None = None) -> float | None:
     """The `TimeoutStopSec` systemd has loaded for the worker template, in seconds; None when systemd
     has no such template (not installed, or not reloaded since)."""
@@ -238,7 +266,8 @@ async def run_checks(env_file: Path | None, offline: bool = False,
         loaded = sources.load(env_file)
     except ConfigError as exc:
         where = env_file or "the settings file"
-        return [Result(False, f"settings ({where}) do not load: {exc}; fix: edit {where}")]
+        pool_file = exc.key.partition(": ")[0] if "/pools.d/" in exc.key else ""  # the file it names
+        return [Result(False, f"settings ({where}) do not load: {exc}; fix: edit {pool_file or where}")]
     s = loaded.settings
     results = settings_results(loaded)
     from dqagent.setup.layout import PACKAGING
@@ -247,6 +276,7 @@ async def run_checks(env_file: Path | None, offline: bool = False,
     pre = preflight(s, exe, (PACKAGING / "dqagent.service").read_text(),
                     (PACKAGING / "dramatiq-worker@.service").read_text())
     results += command_results(s) + path_results(s, pre) + unit_file_results(s, pre, exe)
+    results += pool_results(loaded, exe)
     if not offline:
         results += await redis_results(loaded)
         results += await bus_results(s, bus_address)

@@ -10,7 +10,6 @@ enabled/started over D-Bus (never by running systemctl); the journal's catalog i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import grp
 import os
 import pwd
@@ -23,6 +22,10 @@ from pathlib import Path
 from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
 from dqagent.report import catalog
 from dqagent.settings.config import Settings
+from dqagent.settings.pools import Pool
+from dqagent.setup import poolinstall
+from dqagent.setup.files import Report, make_worker_directory, remove_dropin, write
+from dqagent.setup.files import make_worker_directory as _make_worker_directory  # noqa: F401  (tests call it here)
 from dqagent.setup.layout import (
     AGENT_UNIT_FILE,
     CATALOG_FILE,
@@ -36,6 +39,7 @@ from dqagent.setup.layout import (
     POLKITD,
     SLICE_LIMITS_FILE,
     SYSUSERS,
+    UNIT_DIR,
     WORKER_LIMITS_FILE,
     WORKER_TEMPLATE_FILE,
     env_template,
@@ -48,34 +52,7 @@ from dqagent.setup.reach import dqagent_executable, preflight
 from dqagent.systemd.client import AGENT_UNIT, SystemdClient
 
 
-@dataclass
-class _Report:
-    changed: list[str]
-    kept: list[str]
-
-    def say(self) -> None:
-        for line in self.changed:
-            print(f"  {line}")
-        if not self.changed:
-            print("already installed: nothing changed")
-
-
-def _write(path: Path, text: str, mode: int, report: _Report, owner: tuple[int, int] = (0, 0)) -> bool:
-    """Write `path` atomically unless it already holds `text` with `mode`; True when it was written."""
-    if path.exists() and path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
-        report.kept.append(str(path))
-        return False
-    _make_directories(path.parent)
-    tmp = path.with_name(path.name + ".dqagent-tmp")
-    tmp.write_text(text)
-    os.chown(tmp, *owner)
-    tmp.chmod(mode)
-    tmp.replace(path)
-    report.changed.append(f"wrote {path}")
-    return True
-
-
-def _password_file(report: _Report) -> None:
+def _password_file(report: Report) -> None:
     """The Redis password file: 0640 root:dqagent, so the agent re-reads it on reload without a root process.
 
     Created empty when missing. An existing regular file owned by root gets that group and mode (its
@@ -84,7 +61,7 @@ def _password_file(report: _Report) -> None:
     """
     gid = grp.getgrnam("dqagent").gr_gid
     if not PASSWORD_FILE.is_symlink() and not PASSWORD_FILE.exists():
-        _write(PASSWORD_FILE, "", 0o640, report, owner=(0, gid))
+        write(PASSWORD_FILE, "", 0o640, report, owner=(0, gid))
         return
     try:
         fd = os.open(PASSWORD_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -110,46 +87,6 @@ def _password_file_left_alone() -> None:
           "the agent applies a changed password at restart only, unless group dqagent can read it", file=sys.stderr)
 
 
-def _make_directories(directory: Path) -> list[Path]:
-    """Create `directory` and its missing parents, each root's with `DIR_MODE` set explicitly (whatever the
-    umask); existing ones are left as they are. Returns those created, outermost first."""
-    missing = [d for d in (directory, *directory.parents) if not os.path.lexists(d)]
-    for d in reversed(missing):
-        os.mkdir(d, 0o700)
-        _fix_new_directory(d, DIR_MODE)
-    return missing[::-1]
-
-
-def _fix_new_directory(directory: Path, mode: int, owner: tuple[int, int] | None = None) -> None:
-    """Set the mode (and owner) of a directory this install has just created, through a descriptor opened
-    with O_NOFOLLOW, once it is checked to be still an empty root-owned directory: a symlink or another
-    directory put in its place by whoever may write the parent is never followed, chmod'ed nor chowned."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        if os.fstat(fd).st_uid != 0 or os.listdir(fd):
-            raise OSError(f"{directory} changed while install created it: left as it is")
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-
-
-def _make_worker_directory(workdir: Path, uid: int, gid: int) -> bool:
-    """Create WORKER_DIRECTORY for the worker user (`WORKDIR_MODE`, parents root's `DIR_MODE`); True when created.
-
-    Only a directory this call created is given away (`_fix_new_directory`: no symlink followed). Anything
-    already at that path, a symlink included, is the operator's and left alone (`dqagent check` judges it).
-    Raises OSError when the path changed under it.
-    """
-    if os.path.lexists(workdir):
-        return False
-    _make_directories(workdir.parent)
-    os.mkdir(workdir, 0o700)
-    _fix_new_directory(workdir, WORKDIR_MODE, (uid, gid))
-    return True
-
-
 def _update_catalog() -> None:
     """Rebuild the journal's catalog index, so `journalctl -x` explains our MESSAGE_IDs.
 
@@ -172,11 +109,6 @@ def _refuse(line: str) -> int:
 #: The umask install runs under, whatever the caller's (e.g. 027 on a CIS-hardened host): directories
 #: and files it creates get exactly the modes it asks for (mkdir's and open's modes are filtered by it).
 INSTALL_UMASK = 0o022
-#: Mode of the directories install creates (/etc/dqagent, WORKER_DIRECTORY's parents, .d directories):
-#: every service user must traverse them.
-DIR_MODE = 0o755
-#: Mode of WORKER_DIRECTORY when install creates it (owned by WORKER_USER).
-WORKDIR_MODE = 0o750
 
 
 def install(settings: Settings, now: bool = False, bus_address: str | None = None,
@@ -202,6 +134,7 @@ def _install(settings: Settings, now: bool, bus_address: str | None, env_file: P
     refusal = _host_refusal(settings)
     if refusal:
         return _refuse(refusal)
+    pools = poolinstall.load(env_file)
     exe = dqagent_executable()
     agent_text = (PACKAGING / "dqagent.service").read_text()
     worker_text = (PACKAGING / "dramatiq-worker@.service").read_text()
@@ -215,14 +148,22 @@ def _install(settings: Settings, now: bool, bus_address: str | None, env_file: P
         return _refuse(f"{foreign[0]} exists but was not written by dqagent install; fix: move it away (or rename "
                        "it) and run dqagent install again")
     # Rendered before anything is written: a value a file cannot carry is a ConfigError (exit 78) here.
-    files = _Rendered(rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(settings.log_file))
+    planned = poolinstall.plan(pools, UNIT_DIR, exe, agent_text, worker_text)
+    for line in planned.refusals:
+        print(f"dqagent install: {line}", file=sys.stderr)
+    if planned.refusals:
+        return EXIT_CONFIG
+    files = _Rendered(rendered_units(settings, exe, pre), rendered_limits(settings), logrotate_rule(settings.log_file),
+                      pools, planned)
     workdir = Path(settings.worker_directory)
     for problem in pre.missing:
         # install creates WORKER_DIRECTORY (and parents) and the settings file below
         if not workdir.is_relative_to(problem.path) and not ENV_FILE.is_relative_to(problem.path):
             print(f"dqagent install: warning: {problem.line()} (dqagent check fails until it is fixed)",
                   file=sys.stderr)
-    report = _Report([], [])
+    for line in planned.warnings:
+        print(f"dqagent install: warning: {line}", file=sys.stderr)
+    report = Report([], [])
     failed = _write_everything(settings, files, report)
     if failed is not None:
         return failed
@@ -240,17 +181,7 @@ def _host_refusal(settings: Settings) -> str:
         return (f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is never read and "
                 "every worker start by user dqagent is refused; fix: apt-get install polkitd, then run dqagent "
                 "install again")
-    if settings.worker_user == DEFAULT_WORKER_USER:
-        return ""
-    try:
-        worker_uid = pwd.getpwnam(settings.worker_user).pw_uid
-    except KeyError:
-        return (f"WORKER_USER={settings.worker_user} does not exist; fix: create it first (e.g. useradd --system "
-                f"{settings.worker_user}) or use the default {DEFAULT_WORKER_USER}, which install creates")
-    if worker_uid == 0 and not settings.allow_root_workers:  # another name for uid 0
-        return (f"WORKER_USER={settings.worker_user} is uid 0: workers as root are refused; fix: use a dedicated "
-                "user, or set ALLOW_ROOT_WORKERS=yes")
-    return ""
+    return poolinstall.user_refusal(settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,44 +191,50 @@ class _Rendered:
     units: dict[Path, str]
     limits: dict[Path, str | None]
     logrotate: str
+    pools: tuple[Pool, ...]
+    planned: poolinstall.Planned
 
 
-def _write_everything(settings: Settings, files: _Rendered, report: _Report) -> int | None:
+def _write_everything(settings: Settings, files: _Rendered, report: Report) -> int | None:
     """Users, the worker directory, the units and drop-ins, the rules, the catalog, the settings and password
     files; None when done, else the exit status (after one line saying why)."""
-    _write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
+    write(SYSUSERS, (PACKAGING / "dqagent.sysusers").read_text()
            + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
-              if settings.worker_user == DEFAULT_WORKER_USER else ""), 0o644, report)
+              if poolinstall.default_user_needed(settings, files.pools) else ""), 0o644, report)
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
     worker = pwd.getpwnam(settings.worker_user)
     workdir = Path(settings.worker_directory)
     try:
-        if _make_worker_directory(workdir, worker.pw_uid, worker.pw_gid):
+        if make_worker_directory(workdir, worker.pw_uid, worker.pw_gid):
             report.changed.append(f"created {workdir}")
     except OSError as exc:
         report.say()
         return _refuse(f"cannot create WORKER_DIRECTORY {workdir} ({exc}); fix: create it yourself, owned by "
                        f"{settings.worker_user}, and run dqagent install again")
     for path, text in files.units.items():
-        _write(path, text, 0o644, report)
+        write(path, text, 0o644, report)
     for path, dropin in files.limits.items():
         if dropin is not None:
-            _write(path, dropin, 0o644, report)
+            write(path, dropin, 0o644, report)
         elif ours(path):  # that limit is no longer set
-            _remove_dropin(path)
+            remove_dropin(path)
             report.changed.append(f"removed {path}")
-    _write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
-    _write(LOGROTATE, files.logrotate, 0o644, report)
-    if _write(CATALOG_FILE, catalog.render(), 0o644, report):
+    stopped = poolinstall.write_all(files.pools, files.planned, UNIT_DIR, report)
+    if stopped:
+        report.say()
+        return _refuse(stopped)
+    write(POLKIT_RULE, (PACKAGING / "dqagent.rules").read_text(), 0o644, report)
+    write(LOGROTATE, files.logrotate, 0o644, report)
+    if write(CATALOG_FILE, catalog.render(), 0o644, report):
         _update_catalog()
     if not ENV_FILE.exists():
         # Non-secret settings: world-readable so `dqagent status` works for any user.
-        _write(ENV_FILE, env_template(), 0o644, report)
+        write(ENV_FILE, env_template(), 0o644, report)
     _password_file(report)
     return None
 
 
-def _check_and_start(report: _Report, env_file: Path | None, bus_address: str | None) -> int:
+def _check_and_start(report: Report, env_file: Path | None, bus_address: str | None) -> int:
     """`install --now`: run `dqagent check`; start the agent only when every check passed."""
     from dqagent.setup.check import run_checks
 
@@ -346,8 +283,11 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
             removed.append(str(path))
     for path in (WORKER_LIMITS_FILE, SLICE_LIMITS_FILE):
         if ours(path):
-            _remove_dropin(path)
+            remove_dropin(path)
             removed.append(str(path))
+    pool_dropins = poolinstall.remove_stale(UNIT_DIR, [])
+    if pool_dropins:
+        removed.append(f"{pool_dropins} drop-ins of pools")
     if purge and ETC.exists() and not any(ETC.iterdir()):
         ETC.rmdir()
     asyncio.run(_reload(bus_address))
@@ -360,13 +300,6 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
     if not removed:
         print("not installed: nothing removed")
     return EXIT_OK
-
-
-def _remove_dropin(path: Path) -> None:
-    """Remove one of our drop-ins, and its `.d` directory when nothing else is left in it."""
-    path.unlink()
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()
 
 
 async def _stop_everything(bus_address: str | None) -> None:

@@ -23,6 +23,7 @@ from dqagent.settings.config import (
 )
 from dqagent.settings.declarations import SETTINGS, OnReload, plain
 from dqagent.setup import sandbox
+from dqagent.setup.pooldropins import carries
 from dqagent.setup.reach import Preflight
 
 #: packaging/systemd, shipped inside the package as `dqagent/units` (a symlink in the source tree).
@@ -199,8 +200,4 @@ def limits_summary(settings: Settings) -> str:
 
 def ours(path: Path) -> bool:
     """Whether `path` is a limits drop-in `dqagent install` wrote (its first line is LIMITS_MARK)."""
-    try:
-        with path.open() as f:
-            return f.readline().rstrip("\n") == LIMITS_MARK
-    except OSError:
-        return False
+    return carries(path, LIMITS_MARK)

@@ -121,7 +121,7 @@ def assert_renders_exactly(s: Settings, exe: str) -> None:
     assert found["WorkingDirectory"] == "-" + s.worker_directory and _is_plain(s.worker_directory)
     assert posixpath.normpath(s.worker_directory) == s.worker_directory.replace("//", "/")
     assert ".." not in s.worker_directory.split("/")
-    assert found["ExecStart"].split() == [exe, "--env-file", "/etc/dqagent/dqagent.env", "worker-exec"]
+    assert found["ExecStart"].split() == [exe, "--env-file", "/etc/dqagent/dqagent.env", "worker-exec", "%i"]
     assert _seconds(found["TimeoutStopSec"]) == s.graceful_shutdown_timeout_s
     assert [k for _, k, _ in worker].count("ExecStartPre") == 0
     # The limit drop-ins: exactly one section and exactly the limits set, in systemd's plain forms

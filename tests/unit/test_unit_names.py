@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dqagent.core.units import MAX_INSTANCE, JobOutcome, worker_instance, worker_unit
+from dqagent.core.units import MAX_INSTANCE, JobOutcome, parse_worker, worker_instance, worker_unit
 from dqagent.errors import (
     AccessDeniedError,
     JobWaitTimeoutError,
@@ -96,3 +96,37 @@ def test_instance_numbers_stop_at_max_processes_limit() -> None:
     names = ["dramatiq-worker@0.service", "dramatiq-worker@01.service", "dramatiq-worker@1001.service"]
     assert [bool(_polkit_unit_pattern().fullmatch(n)) for n in names] == [False, False, False]
     assert _polkit_unit_pattern().fullmatch("dramatiq-worker@1000.service")
+
+
+@given(st.one_of(st.from_regex(r"[a-z][a-z0-9_]{0,31}", fullmatch=True), st.sampled_from(["default", "Io", "i-o", "_io",
+                                                                                     "9io", "a" * 33, "io.x", ""]),
+                 st.text(max_size=6)),
+       st.one_of(st.integers(-5, 2 * MAX_INSTANCE).map(str), st.sampled_from(["01", "0", "1000", "1001"])))
+def test_polkit_rule_admits_exactly_the_pool_names_the_agent_builds_and_parses(pool: str, instance: str) -> None:
+    """`<pool>-<N>`: a pool name systemd and the agent accept, never `default-N` (the default pool is `@N`)."""
+    name = f"dramatiq-worker@{pool}-{instance}.service"
+    parsed = parse_worker(name)
+    assert (_polkit_unit_pattern().fullmatch(name) is not None) == (parsed is not None), name
+    if parsed is not None:
+        assert worker_unit(parsed[1], parsed[0]) == name
+
+
+@pytest.mark.parametrize("name", ["dramatiq-worker@io-1.service", "dramatiq-worker@io-1000.service",
+                                  "dramatiq-worker@a-7.service", "dramatiq-worker@cpu_heavy2-42.service",
+                                  f"dramatiq-worker@a{'b' * 31}-3.service", "dramatiq-worker@defaults-3.service",
+                                  "dramatiq-worker@default_x-3.service", "dramatiq-worker@5.service"])
+def test_polkit_rule_admits_pool_units(name: str) -> None:
+    assert _polkit_unit_pattern().fullmatch(name), name
+
+
+@pytest.mark.parametrize("name", ["dramatiq-worker@default-3.service", "dramatiq-worker@io-0.service",
+                                  "dramatiq-worker@io-01.service", "dramatiq-worker@io-1001.service",
+                                  "dramatiq-worker@IO-3.service", "dramatiq-worker@1io-3.service",
+                                  "dramatiq-worker@_io-3.service", "dramatiq-worker@io_-.service",
+                                  "dramatiq-worker@io-x-3.service", "dramatiq-worker@io--3.service",
+                                  f"dramatiq-worker@a{'b' * 32}-3.service", "dramatiq-worker@io-3.socket",
+                                  "dramatiq-worker@io-.service", "dramatiq-worker@-3.service",
+                                  "dramatiq-worker@io-3.service\n", "dramatiq-worker@io-3.serviceX",
+                                  "dramatiq-worker-io@3.service", "dqagent.service"])
+def test_polkit_rule_refuses_other_names(name: str) -> None:
+    assert not _polkit_unit_pattern().fullmatch(name), name
