@@ -1,4 +1,4 @@
-"""`dqagent status` with several pools: what the report holds, how the text reads.
+"""`dqagent status` and `scale-up/-down --pool` with several pools: what the report holds, how the text reads.
 
 systemd and Redis are stand-ins here (what they return is given); the real ones are read in
 tests/integration/test_status_pools.py.
@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from dqagent.cli import status
+from dqagent.cli.main import main
 from dqagent.cli.status_text import render_text
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.units import ActiveState, UnitState, parse_worker
@@ -171,3 +172,10 @@ def test_systemd_unavailable_leaves_every_pool_unread(host: Path) -> None:
     assert report["systemd_error"] and report["current_processes"] is None
     assert all(p["current_processes"] is None and p["process_list"] == [] for p in report["pools"].values())
     assert "workers running: unavailable" in render_text(report)
+
+
+def test_scale_with_an_unknown_pool_is_one_line_and_exit_78(host: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("scale-up", "scale-down"):
+        assert main(["--env-file", str(host), command, "--pool", "nosuch"]) == 78
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--pool" in err and "nosuch" in err and "default, io" in err, err
