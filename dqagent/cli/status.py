@@ -14,6 +14,7 @@ the last line the worker logged (from the journal, when this user may read it; o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -62,15 +63,16 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
 
     The top-level keys describe the default pool (the old manager's keys, unchanged) and the host; `pools`
     has one entry per pool, the default pool first, each with the keys of `POOL_KEYS`. All pools' queues are
-    read in one broker read, all their units in one systemd listing.
+    read in one broker read, all their units in one systemd listing, both at once.
     """
     pools = loaded.pools or (Pool(DEFAULT_POOL, loaded.settings),)
     s = loaded.settings
     report = _blank(loaded)
     parts = {p.name: _blank_pool(p, loaded) for p in pools}
     shapes = {p.name: _read_shape(parts[p.name], p.settings) for p in pools}
-    await _read_broker(report, parts, loaded, pools)
-    memory, running = await _read_systemd(report, parts, pools, shapes, bus_address)
+    # At once: Redis answers while systemd is read (they fill different keys).
+    _, (memory, running) = await asyncio.gather(_read_broker(report, parts, loaded, pools),
+                                                _read_systemd(report, parts, pools, shapes, bus_address))
     if s.guard:
         report["guard"] = guard_report(s, memory, running, report["agent_status_text"])
     report.update(parts[DEFAULT_POOL])
