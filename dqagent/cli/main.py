@@ -84,6 +84,9 @@ def build_parser(simulator: bool = True) -> argparse.ArgumentParser:
     for name, verb in (("scale-up", "start"), ("scale-down", "stop")):
         p = sub.add_parser(name, help=f"{verb} workers now, through systemd")
         p.add_argument("--processes", type=positive_int, default=1, help="how many (default 1)")
+        p.add_argument("--pool", default=None, metavar="NAME",
+                       help="the pool whose workers to " + verb + " (default: the pool of the settings file, "
+                            "'default'; others: pools.d/NAME.env)")
 
     wexec = sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec the pool's DRAMATIQ_COMMAND")
     wexec.add_argument("instance", nargs="?", default=None,
@@ -291,21 +294,24 @@ async def _warn_template_timeout(s: Settings, log: logging.Logger) -> None:
 
 
 async def _scale(args: argparse.Namespace, up: bool) -> int:
+    from dqagent.settings.parsers import DEFAULT_POOL
     from dqagent.systemd.client import SystemdClient
     from dqagent.systemd.jobtable import scale_by
 
-    s = _load(args).settings
+    pool = _load(args).pool(args.pool or DEFAULT_POOL)  # an unknown pool: ConfigError naming --pool, exit 78
+    s = pool.settings
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
     try:
-        report = await scale_by(units, s, args.processes if up else -args.processes)
+        report = await scale_by(units, s, args.processes if up else -args.processes, pool=pool.name)
     finally:
         units.close()
+    of_pool = "" if pool.name == DEFAULT_POOL else f" of pool {pool.name} ({pool.source})"
     if report.clamped:
         print(f"dqagent: {report.wanted} workers is outside [MIN_PROCESSES={s.min_processes}, "
-              f"MAX_PROCESSES={s.max_processes}]: going to {report.target}", file=sys.stderr)
+              f"MAX_PROCESSES={s.max_processes}]{of_pool}: going to {report.target}", file=sys.stderr)
     if not report.lines:
-        print(f"nothing to do: {report.current} workers")
+        print(f"nothing to do: {report.current} workers{of_pool}")
     for line in report.lines:
         print(printable(line))
     if report.refused:

@@ -2,7 +2,9 @@
 
 Whatever cannot be read (Redis down, a credential the user may not read, no system bus) is
 reported as unavailable in the output, never as a traceback. `--json` keeps the old manager's
-keys (`queue_length`, `current_processes`, ... `process_list`) so existing scripts keep working.
+keys (`queue_length`, `current_processes`, ... `process_list`) so existing scripts keep working: at
+the top level they describe the default pool (the pool of dqagent.env), and `pools` has the same keys for
+every pool (the default pool included). The text for a terminal is `dqagent.cli.status_text`.
 
 For a failing worker (`UnitState.crashed_since_start`: failed, waiting to be restarted after a crash,
 or restarted by systemd since its last start) it adds systemd's `Result`, the main process's exit and
@@ -12,23 +14,30 @@ the last line the worker logged (from the journal, when this user may read it; o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from dqagent.broker.redis import RedisDemandProbe
+from dqagent.cli.status_text import _guard_lines, render_text
+from dqagent.core.demand import Demand
 from dqagent.core.policies import thresholds
-from dqagent.core.units import AGENT_UNIT, UnitState, describe_exit
+from dqagent.core.units import AGENT_UNIT, UnitState, describe_exit, of_pool
 from dqagent.errors import DqAgentError
 from dqagent.report import journal
-from dqagent.report.terminal import printable_tree
 from dqagent.settings.config import Settings
-from dqagent.settings.sources import Loaded, describe_source
+from dqagent.settings.parsers import DEFAULT_POOL
+from dqagent.settings.pools import Pool
+from dqagent.settings.sources import Loaded
 from dqagent.settings.workercmd import WorkerShape, worker_shape
 from dqagent.systemd.client import SystemdClient
+
+__all__ = ["POOL_KEYS", "_guard_lines", "collect", "guard_report", "render_json", "render_text"]
 
 
 def _iso(us: int) -> str | None:
@@ -50,15 +59,31 @@ async def _failure(client: SystemdClient, st: UnitState) -> dict[str, Any]:
 
 
 async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
-    """Read everything the report shows; each source fails on its own."""
+    """Read everything the report shows; each source fails on its own.
+
+    The top-level keys describe the default pool (the old manager's keys, unchanged) and the host; `pools`
+    has one entry per pool, the default pool first, each with the keys of `POOL_KEYS`. All pools' queues are
+    read in one broker read, all their units in one systemd listing, both at once.
+    """
+    pools = loaded.pools or (Pool(DEFAULT_POOL, loaded.settings),)
     s = loaded.settings
     report = _blank(loaded)
-    shape = _read_shape(report, s)
-    await _read_broker(report, loaded)
-    memory = await _read_systemd(report, s, shape, bus_address)
+    parts = {p.name: _blank_pool(p, loaded) for p in pools}
+    shapes = {p.name: _read_shape(parts[p.name], p.settings) for p in pools}
+    # At once: Redis answers while systemd is read (they fill different keys).
+    _, (memory, running) = await asyncio.gather(_read_broker(report, parts, loaded, pools),
+                                                _read_systemd(report, parts, pools, shapes, bus_address))
     if s.guard:
-        report["guard"] = guard_report(s, memory, report["current_processes"], report["agent_status_text"])
+        report["guard"] = guard_report(s, memory, running, report["agent_status_text"])
+    report.update(parts[DEFAULT_POOL])
+    report["pools"] = parts
     return report
+
+
+#: The keys each entry of `pools` has; the top level has them too, for the default pool.
+POOL_KEYS = ("queue_length", "current_processes", "min_processes", "max_processes", "scale_up_threshold",
+             "scale_down_threshold", "process_list", "queues", "queue_metric", "scaling_policy", "max_queue_age_s",
+             "worker_shape", "command_error", "failing_workers", "pool_priority", "settings_file")
 
 
 def _blank(loaded: Loaded) -> dict[str, Any]:
@@ -90,26 +115,44 @@ def _blank(loaded: Loaded) -> dict[str, Any]:
         "guard": None,
         #: Broker data the read skipped as untrusted: [{"kind", "key", "reason"}] (dqagent.core.untrusted).
         "broker_data_rejected": [],
+        "pool_priority": s.pool_priority,
+        #: HOST_MAX_PROCESSES: most workers of all pools together; None: no host cap.
+        "host_max_processes": s.host_max_processes,
+        #: Worker units of pools no file declares (a pool file removed while its units run): not counted.
+        "undeclared_workers": [],
+        "pools": {},
     }
 
 
-def _read_shape(report: dict[str, Any], s: Settings) -> WorkerShape | None:
-    """DRAMATIQ_COMMAND's shape into `report`; None if Dramatiq's parser rejects the command."""
+def _blank_pool(pool: Pool, loaded: Loaded) -> dict[str, Any]:
+    """One pool's part of the report before any read (`POOL_KEYS`)."""
+    s = pool.settings
+    file = pool.path if pool.path is not None else loaded.env_file
+    return {"queue_length": None, "current_processes": None, "min_processes": s.min_processes,
+            "max_processes": s.max_processes, "scale_up_threshold": None, "scale_down_threshold": None,
+            "process_list": [], "queues": {}, "queue_metric": str(s.queue_metric), "scaling_policy": s.scaling_policy,
+            "max_queue_age_s": s.max_queue_age_s, "worker_shape": None, "command_error": None, "failing_workers": [],
+            "pool_priority": s.pool_priority, "settings_file": str(file) if file is not None else None}
+
+
+def _read_shape(part: dict[str, Any], s: Settings) -> WorkerShape | None:
+    """DRAMATIQ_COMMAND's shape into `part`; None if Dramatiq's parser rejects the command."""
     try:
         shape = worker_shape(s.dramatiq_command, os.cpu_count())
     except DqAgentError as exc:
-        report["command_error"] = str(exc)
+        part["command_error"] = str(exc)
         return None
-    report["worker_shape"] = {"processes": shape.processes, "threads": shape.threads,
-                              "queues": list(shape.queues) if shape.queues else None,
-                              "is_dramatiq": shape.is_dramatiq}
+    part["worker_shape"] = {"processes": shape.processes, "threads": shape.threads,
+                            "queues": list(shape.queues) if shape.queues else None,
+                            "is_dramatiq": shape.is_dramatiq}
     return shape
 
 
-async def _read_broker(report: dict[str, Any], loaded: Loaded) -> None:
-    """The queues into `report`, or `redis_error`."""
-    s = loaded.settings
-    probe = RedisDemandProbe(s)
+async def _read_broker(report: dict[str, Any], parts: dict[str, dict[str, Any]], loaded: Loaded,
+                       pools: Sequence[Pool]) -> None:
+    """Every pool's queues into its part (one read, one connection), or `redis_error`."""
+    every_queue = tuple(q for p in pools for q in p.settings.queue_names)  # host-wide Redis settings: one probe
+    probe = RedisDemandProbe(dataclasses.replace(loaded.settings, queue_names=every_queue))
     try:
         demand = await probe.fetch_demand()
     except DqAgentError as exc:
@@ -120,19 +163,32 @@ async def _read_broker(report: dict[str, Any], loaded: Loaded) -> None:
     else:
         report["broker_data_rejected"] = [{"kind": r.kind.value, "key": r.key, "reason": r.reason}
                                           for r in demand.rejected]
-        report["queue_length"] = demand.queue_length(s.queue_metric)
-        report["queues"] = {q.queue: {"ready": q.ready, "in_flight": q.in_flight, "delayed": q.delayed,
-                                      "dead_lettered": q.dead, "orphaned": q.orphaned,
-                                      "oldest_age_s": q.oldest_age_s}
-                            for q in demand.queues}
+        by_queue = {q.queue: q for q in demand.queues}
+        for pool in pools:
+            mine = Demand(tuple(by_queue[name] for name in pool.settings.queue_names))
+            part = parts[pool.name]
+            part["queue_length"] = mine.queue_length(pool.settings.queue_metric)
+            part["queues"] = {q.queue: {"ready": q.ready, "in_flight": q.in_flight, "delayed": q.delayed,
+                                        "dead_lettered": q.dead, "orphaned": q.orphaned,
+                                        "oldest_age_s": q.oldest_age_s}
+                              for q in mine.queues}
     finally:
         await probe.close()
 
 
-async def _read_systemd(report: dict[str, Any], s: Settings, shape: WorkerShape | None,
-                        bus_address: str | None) -> list[int]:
-    """The workers and the agent's unit into `report`, or `systemd_error`; returns the running workers'
-    MemoryCurrent (for the guard's figures; read only with GUARD on)."""
+def _process(st: UnitState) -> dict[str, Any]:
+    """One unit as `process_list` shows it."""
+    return {"unit": st.unit, "pid": st.main_pid or None, "start_time": _iso(st.active_enter_us),
+            "status": st.sub_state if st.running else f"{st.active_state}/{st.sub_state}",
+            "result": st.result, "restarts": st.n_restarts}
+
+
+async def _read_systemd(report: dict[str, Any], parts: dict[str, dict[str, Any]], pools: Sequence[Pool],
+                        shapes: dict[str, WorkerShape | None], bus_address: str | None) -> tuple[list[int], int | None]:
+    """Every pool's workers into its part and the agent's unit into `report` (one listing of all units), or
+    `systemd_error`; returns the running workers' MemoryCurrent (for the guard's figures; read only with GUARD
+    on) and how many workers of the declared pools run (None: not read)."""
+    s = pools[0].settings
     client = SystemdClient(bus_address, call_timeout_s=s.dbus_timeout_s)
     memory: list[int] = []
     try:
@@ -141,29 +197,38 @@ async def _read_systemd(report: dict[str, Any], s: Settings, shape: WorkerShape 
         agent_state = str(await client.unit_property(AGENT_UNIT, "Unit", "ActiveState"))
     except DqAgentError as exc:
         report["systemd_error"] = str(exc)
-    else:
-        n = sum(1 for st in states if st.running)
-        report["current_processes"] = n
-        if shape is not None:
-            report["scale_up_threshold"], report["scale_down_threshold"] = thresholds(s, n, shape)
+        client.close()
+        return memory, None
+    try:
         report["monitor_state"] = agent_state
         report["monitoring_active"] = agent_state == "active"
         with contextlib.suppress(DqAgentError):  # not installed: no Service interface to read
             report["agent_status_text"] = str(await client.unit_property(AGENT_UNIT, "Service", "StatusText"))
-        # Read one by one: failing units are few, and this stays far below the bus's pending-reply limit.
-        report["failing_workers"] = [await _failure(client, st) for st in states if st.crashed_since_start]
-        report["process_list"] = [
-            {"unit": st.unit, "pid": st.main_pid or None, "start_time": _iso(st.active_enter_us),
-             "status": st.sub_state if st.running else f"{st.active_state}/{st.sub_state}",
-             "result": st.result, "restarts": st.n_restarts}
-            for st in states
-        ]
+        declared = {p.name for p in pools}
+        running = 0
+        for pool in pools:
+            mine = of_pool(states, pool.name)
+            running += await _pool_units(client, parts[pool.name], pool.settings, shapes[pool.name], mine)
+        report["undeclared_workers"] = [{**_process(st), "pool": st.pool} for st in states if st.pool not in declared]
         if s.guard:
             with contextlib.suppress(DqAgentError):
                 memory = await client.worker_memory()
     finally:
         client.close()
-    return memory
+    return memory, running
+
+
+async def _pool_units(client: SystemdClient, part: dict[str, Any], s: Settings, shape: WorkerShape | None,
+                      states: Sequence[UnitState]) -> int:
+    """One pool's units into its part; returns how many run."""
+    n = sum(1 for st in states if st.running)
+    part["current_processes"] = n
+    if shape is not None:
+        part["scale_up_threshold"], part["scale_down_threshold"] = thresholds(s, n, shape)
+    # Read one by one: failing units are few, and this stays far below the bus's pending-reply limit.
+    part["failing_workers"] = [await _failure(client, st) for st in states if st.crashed_since_start]
+    part["process_list"] = [_process(st) for st in states]
+    return n
 
 
 def guard_report(s: Settings, memory: list[int], workers: int | None, agent_status: str | None) -> dict[str, Any]:
@@ -189,76 +254,3 @@ def guard_report(s: Settings, memory: list[int], workers: int | None, agent_stat
 def render_json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, sort_keys=False)
 
-
-def render_text(report: dict[str, Any]) -> str:
-    """The report for a terminal: every string in it (unit, queue and host names, errors, the workers' last
-    lines) passes through `terminal.printable`, so no control character from outside reaches the screen."""
-    r: dict[str, Any] = printable_tree(report)
-
-    def show(v: Any) -> str:
-        return "unavailable" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
-
-    lines = ["=== dqagent status ==="]
-    file = r.get("settings_file")
-    lines.append(f"settings: {describe_source(None if file is None else Path(file))}")
-    lines.append(f"queue length ({r['queue_metric']}): {show(r['queue_length'])}"
-                 + (f"   [redis unavailable: {r['redis_error']}]" if r["redis_error"] else ""))
-    for name, q in r["queues"].items():
-        age = q.get("oldest_age_s")
-        lines.append(f"  {name}: ready {q['ready']}, in flight {q['in_flight']}, delayed {q['delayed']}, "
-                     f"dead-lettered {q['dead_lettered']}, orphaned {q['orphaned']}, "
-                     + ("nothing waiting" if age is None else f"oldest waiting {age:.1f}s")
-                     + (f" (MAX_QUEUE_AGE {r['max_queue_age_s']:g}s)" if r.get("max_queue_age_s") else ""))
-    for rej in r.get("broker_data_rejected", []):
-        lines.append(f"  skipped untrusted broker data: {rej['kind']} {rej['key']}: {rej['reason']}")
-    lines.append(f"current workers: {show(r['current_processes'])}")
-    lines.append(f"range: {r['min_processes']} - {r['max_processes']}")
-    shape = r["worker_shape"]
-    if shape and shape["is_dramatiq"]:
-        lines.append(f"each worker: {shape['processes']} processes x {shape['threads']} threads"
-                     + (f", queues {','.join(shape['queues'])}" if shape["queues"] else ""))
-    if r["command_error"]:
-        lines.append(f"worker command: {r['command_error']}")
-    lines.append(f"scale-up threshold ({r['scaling_policy']} policy): {show(r['scale_up_threshold'])}")
-    lines.append(f"scale-down threshold: {show(r['scale_down_threshold'])}")
-    lines.append(f"agent (dqagent.service): {r['monitor_state']}"
-                 + (f": {r['agent_status_text']}" if r["agent_status_text"] else "")
-                 + (f"   [systemd unavailable: {r['systemd_error']}]" if r["systemd_error"] else ""))
-    if r.get("guard"):
-        lines += _guard_lines(r["guard"])
-    if r["process_list"]:
-        lines.append("workers:")
-        for p in r["process_list"]:
-            lines.append(f"  {p['unit']}  pid {show(p['pid'])}  since {show(p['start_time'])}  {p['status']}")
-    if r["failing_workers"]:
-        lines.append("failing workers:")
-        for f in r["failing_workers"]:
-            why = ", ".join(x for x in (f"result {f['result']}", f["exit"], f"{f['restarts']} restarts") if x)
-            lines.append(f"  {f['unit']}  {f['state']}  {why}")
-            if f["last_line"]:
-                lines.append(f"    last logged: {f['last_line']}")
-                lines.append(f"    more: {f['more']}")
-            else:
-                lines.append(f"    no log line readable by this user; as root or a member of systemd-journal "
-                             f"or adm: {f['more']}")
-    lines.append("======================")
-    return "\n".join(lines)
-
-
-def _guard_lines(g: dict[str, Any]) -> list[str]:
-    def pct(x: float | None) -> str:
-        return "unreadable" if x is None else f"{x:g}%"
-
-    def size(n: int | None) -> str:
-        return "unknown" if n is None else f"{n / 1024**2:.0f} MiB"
-
-    lim = g["limits"]
-    lines = [f"guard: cpu some {pct(g['cpu_some_avg10'])} (limit {lim['cpu_pressure']:g}%), memory some "
-             f"{pct(g['memory_some_avg10'])} / full {pct(g['memory_full_avg10'])} "
-             f"(limits {lim['memory_pressure']:g}% / {lim['memory_full_pressure']:g}%)",
-             f"  MemAvailable {size(g['mem_available_bytes'])} (reserve {size(lim['memory_reserve_bytes'])}), "
-             f"one worker {size(g['worker_bytes'])} (p90 of {g['workers_measured']} measured)",
-             f"  one more worker now: {g['one_more_worker']}"
-             + (f"; the agent: {g['agent_holding']}" if g["agent_holding"] else "")]
-    lines += [f"  unreadable: {why}" for why in g["unreadable"].values()]
-    return lines
