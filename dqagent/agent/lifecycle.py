@@ -223,6 +223,10 @@ class Agent(Loop):
         run.jobs.stop(ours, stop_timeout_s(run.s))
         self.retired.append(run.jobs)
         del self.runs[run.name]
+        if run.s.fleet:  # its fleet's other hosts take its share at once
+            with contextlib.suppress(BrokerError):
+                await run.fleet.leave(run.s)
+        await run.fleet.close()
 
     def _cancel_jobs(self) -> None:
         for jobs in self._job_tables():
@@ -307,9 +311,10 @@ class Agent(Loop):
         ours = {name: self._ours(run, of_pool(states, name)) for name, run in self.runs.items()}
         log.info("agent stopping (%s): stopping %d workers gracefully", job, sum(map(len, ours.values())),
                  extra=event("shutdown", workers=sum(map(len, ours.values())), job=job))
-        if self.s.fleet:  # leave the fleet now: the others take this host's share without waiting for its TTL
-            with contextlib.suppress(BrokerError):
-                await self.fleet.leave(self.s)
+        for run in self.runs.values():  # leave the fleets now: the others take this host's share at once
+            if run.s.fleet:
+                with contextlib.suppress(BrokerError):
+                    await run.fleet.leave(run.s)
         for name, run in self.runs.items():
             run.jobs.stop([s.instance for s in ours[name]], stop_timeout_s(run.s))
         # Failed instances hold no process but stay listed; clear them so nothing is left behind.

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dqagent import __version__
-from dqagent.agent.pools import PoolRun, demand_of, new_run, policy_for
+from dqagent.agent.pools import PoolHost, PoolRun, demand_of
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
@@ -34,7 +34,7 @@ from dqagent.core.snapshot import (
     Source,
     WorkerCounts,
 )
-from dqagent.core.step import Check, FleetInput, Memory, NeedsHost, Observed, Rules, observe
+from dqagent.core.step import Check, FleetInput, NeedsHost, Observed, Rules, observe
 from dqagent.core.units import UnitState, of_pool
 from dqagent.core.untrusted import Rejection
 from dqagent.errors import BrokerError, ConfigError
@@ -45,7 +45,7 @@ from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
 from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.settings.pools import Pool
-from dqagent.systemd.jobtable import JobTable, UnitManager, restart_baseline, stop_timeout_s
+from dqagent.systemd.jobtable import UnitManager, restart_baseline, stop_timeout_s
 
 if TYPE_CHECKING:  # imported only when a metrics setting is set (prometheus_client is slow to import)
     from dqagent.report.metrics import Exporter
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 300.0
 
 
-class Loop:
+class Loop(PoolHost):
     """The checks, and what they carry from one to the next. `dqagent.agent.lifecycle.Agent` runs them.
 
     Every pool (`dqagent.agent.pools.PoolRun`, the default pool first) has its own policy, memory and job
@@ -70,21 +70,14 @@ class Loop:
                  clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time,
                  fleet: FleetCoordinator | None = None, pools: Sequence[Pool] = (),
                  pool_policies: Mapping[str, Policy] | None = None) -> None:
-        self.units = units
         self.probe = probe
         self.notifier = notifier
         self.initial = initial_processes
-        self.clock = clock
         self.wallclock = wallclock
-        #: Fleet mode (`dqagent.broker.fleetstore`): used while FLEET is set.
-        self.fleet = fleet if fleet is not None else FleetCoordinator()
         #: The loop's cumulative counters (the reporter counts the failures it logs there too).
         self.counters = Accumulator()
-        self.reporter = Reporter(notifier, self.counters)
-        #: Every pool by name, the default pool first.
-        self.runs: dict[str, PoolRun] = {DEFAULT_POOL: new_run(DEFAULT_POOL, settings, policy, units, self.reporter,
-                                                               clock)}
-        self.add_pools(pools, pool_policies)
+        super().__init__(settings, policy, units, Reporter(notifier, self.counters), clock, fleet, pools,
+                         pool_policies)
         #: Reads the host's headroom when the step asks for it (`dqagent.host.pressure`), and logs holds.
         self.guard = HostGuard(units if isinstance(units, MemoryReader) else None, clock)
         #: The last check's figures (replaced whole, never mutated): with the counters, all a scrape reads
@@ -95,56 +88,6 @@ class Loop:
         self.completed = False
         #: Set by the life cycle when METRICS_ADDRESS or METRICS_TEXTFILE is set.
         self.exporter: Exporter | None = None
-        #: Pools whose units systemd runs but no pool file declares (warned about once each).
-        self._undeclared: set[str] = set()
-
-    # -- the pools -------------------------------------------------------------------------------
-
-    @property
-    def default(self) -> PoolRun:
-        return self.runs[DEFAULT_POOL]
-
-    @property
-    def s(self) -> Settings:
-        """The default pool's settings, which are also the host-wide ones (dqagent.env)."""
-        return self.default.s
-
-    @s.setter
-    def s(self, value: Settings) -> None:
-        self.default.s = value
-
-    @property
-    def policy(self) -> Policy:
-        return self.default.policy
-
-    @policy.setter
-    def policy(self, value: Policy) -> None:
-        self.default.policy = value
-
-    @property
-    def memory(self) -> Memory:
-        """What the default pool's last check handed the next (`dqagent.core.step.Memory`)."""
-        return self.default.memory
-
-    @memory.setter
-    def memory(self, value: Memory) -> None:
-        self.default.memory = value
-
-    @property
-    def jobs(self) -> JobTable:
-        """The default pool's jobs in flight."""
-        return self.default.jobs
-
-    def pool_list(self) -> tuple[Pool, ...]:
-        """The pools as they run now (the default pool first)."""
-        return tuple(Pool(name, run.s) for name, run in self.runs.items())
-
-    def add_pools(self, pools: Sequence[Pool], pool_policies: Mapping[str, Policy] | None = None) -> None:
-        """Add the pools not yet run (the default pool is given to the constructor)."""
-        for pool in pools:
-            if pool.name not in self.runs:
-                made = pool_policies[pool.name] if pool_policies is not None else policy_for(pool.settings)
-                self.runs[pool.name] = new_run(pool.name, pool.settings, made, self.units, self.reporter, self.clock)
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -166,18 +109,6 @@ class Loop:
             log.info("starting with %d workers%s (adopted %d)", target, self._of(run), len(running),
                      extra=event("start", workers=len(running), target=target, dqagent_pool=run.name))
             self._act(run, mine, target, reason="startup", label=Reason.STARTUP)
-
-    def _of(self, run: PoolRun) -> str:
-        """` of pool io` in a log line when the host has several pools; "" with one (the lines as before pools)."""
-        return f" of pool {run.name}" if len(self.runs) > 1 else ""
-
-    def _note_undeclared(self, states: Sequence[UnitState]) -> None:
-        """Warn once per pool whose units run but which no pool file declares: the agent leaves them alone."""
-        for pool in sorted({s.pool for s in states if s.occupied} - set(self.runs) - self._undeclared):
-            self._undeclared.add(pool)
-            log.warning("units of pool %s run, but no pool file declares it: left alone (stop them with "
-                        "systemctl stop 'dramatiq-worker@%s-*', or add pools.d/%s.env)", pool, pool, pool,
-                        extra=event("undeclared_pool", dqagent_pool=pool))
 
     # -- one tick --------------------------------------------------------------------------------
 
@@ -201,15 +132,16 @@ class Loop:
                                of_pool(states, name), {}, Backoff()) for name, run in self.runs.items()}
         for name, run in self.runs.items():
             self.reporter.note_units(base[name].units, run.jobs.in_flight, now_us, run.s.process_startup_delay_s)
-        fleet: FleetInput | None = None
-        if self.s.fleet:  # fleet mode (one pool): publish this host and read the others, for the step to share G
-            rules = Rules.from_settings(self.s, self.policy)
-            try:
-                fleet = await self.fleet.sync(self.s, observe(rules, self._observed(self.default, base[DEFAULT_POOL])))
-            except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
-                return self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
-            self._rejected(fleet.view.rejected)
-        checks = await self._decide(base, fleet)
+        fleets: dict[str, FleetInput] = {}
+        for name, run in self.runs.items():  # fleet mode: publish each due pool's record, read its fleet's
+            if run.s.fleet and is_due(run.due_s, now_s, len(self.runs)):
+                rules = Rules.from_settings(run.s, run.policy)
+                try:
+                    fleets[name] = await run.fleet.sync(run.s, observe(rules, self._observed(run, base[name])))
+                except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
+                    return self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
+                self._rejected(fleets[name].view.rejected)
+        checks = await self._decide(base, fleets)
         for name, check in checks.items():
             self.runs[name].memory = check.memory
             self.runs[name].due_s = now_s + check.next_read_s
@@ -217,19 +149,19 @@ class Loop:
         if checks:
             first = held[0] if held else next(iter(checks.values()))
             self.guard.note(first.verdict, first.seen.census.pool)
-        if fleet is not None:
-            self.fleet.remember(fleet, checks[DEFAULT_POOL].share)
+        for name, fleet in fleets.items():
+            self.runs[name].fleet.remember(fleet, checks[name].share)
         await self._carry_out(checks, states, demand, began, base)
         self.completed = True
         return max(0.0, min(run.due_s for run in self.runs.values()) - now_s)
 
-    async def _decide(self, base: Mapping[str, Observed], fleet: FleetInput | None) -> dict[str, Check]:
+    async def _decide(self, base: Mapping[str, Observed], fleets: Mapping[str, FleetInput]) -> dict[str, Check]:
         """The host step for the pools due now (the others count at their current size); the host is read
         only when a scale-up asks for it. The jobs in flight and backoffs are taken as they are after each
         wait (a start's check may end meanwhile)."""
         def inputs() -> list[PoolInput]:
             return [PoolInput(name, Rules.from_settings(run.s, run.policy), self._observed(run, base[name]),
-                              run.memory, run.priority, fleet if name == DEFAULT_POOL else None,
+                              run.memory, run.priority, fleets.get(name),
                               due=is_due(run.due_s, base[name].now_s, len(self.runs)))
                     for name, run in self.runs.items()]
 
@@ -262,11 +194,11 @@ class Loop:
             self._issue(run, check.plan, of_pool(states, name), check.decision.reason, check.label)
             run.status = self.reporter.status_line(check.plan, of_pool(states, name), run.jobs.backoff.remaining_s(
                 self.clock()), check.seen.obs.queue_length, check.next_read_s, note=check.verdict.status())
-        default = checks.get(DEFAULT_POOL)
-        if default is not None and default.share is not None:  # the pool this tick leaves, published at once
-            plan = default.plan
-            await self.fleet.publish(self.s, plan.pool + len(plan.start) - len(plan.stop),
-                                     default.seen.obs.starting + len(plan.start))
+        for name, check in checks.items():
+            if check.share is not None:  # the pool this tick leaves, published for the other members at once
+                plan, run = check.plan, self.runs[name]
+                await run.fleet.publish(run.s, plan.pool + len(plan.start) - len(plan.stop),
+                                        check.seen.obs.starting + len(plan.start))
         self.reporter.show(self._status_line())
         self.counters.decision_took(self.clock() - began)
         self._last_decision_s = self.wallclock()

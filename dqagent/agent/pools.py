@@ -9,20 +9,27 @@ decides for all of them in one host step (`dqagent.core.hoststep`).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.policies import Policy, make_policy
 from dqagent.core.snapshot import WorkerCounts
 from dqagent.core.step import Memory
+from dqagent.core.units import UnitState
+from dqagent.report.logs import event
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
+from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.settings.pools import Pool
 from dqagent.settings.workercmd import worker_shape
 from dqagent.systemd.jobtable import JobTable, UnitManager
+
+log = logging.getLogger("dqagent.agent.loop")  # the loop's events, as before pools
 
 
 @dataclass(slots=True)
@@ -34,6 +41,8 @@ class PoolRun:
     policy: Policy
     memory: Memory
     jobs: JobTable
+    #: Fleet mode: the pool's own fleet (FLEET for the default pool, FLEET/<pool> for another).
+    fleet: FleetCoordinator
     #: Monotonic seconds of its next check (-inf: at the next tick, e.g. after a reload).
     due_s: float = -math.inf
     #: Its part of STATUS= as of its last check.
@@ -57,8 +66,9 @@ def policy_for(s: Settings) -> Policy:
 
 
 def new_run(name: str, s: Settings, policy: Policy, units: UnitManager, reporter: Reporter,
-            clock: Callable[[], float]) -> PoolRun:
-    return PoolRun(name, s, policy, Memory(policy.initial_state()), JobTable(units, reporter, clock, pool=name))
+            clock: Callable[[], float], fleet: FleetCoordinator | None = None) -> PoolRun:
+    return PoolRun(name, s, policy, Memory(policy.initial_state()), JobTable(units, reporter, clock, pool=name),
+                   fleet if fleet is not None else FleetCoordinator())
 
 
 def policies(pools: Iterable[Pool]) -> dict[str, Policy]:
@@ -91,3 +101,95 @@ def probe_settings(settings: Settings, pools: Iterable[Pool | PoolRun]) -> Setti
     """The host's settings with every pool's queues: the one demand probe reads them all."""
     queues = all_queues(pools)
     return replace(settings, queue_names=queues) if queues else settings
+
+
+class PoolHost:
+    """The pools of this host as the loop (`dqagent.agent.loop.Loop`) runs them: every pool by name, the default
+    pool first; `s`, `policy`, `memory`, `jobs` and `fleet` are the default pool's (dqagent.env's settings are
+    also the host-wide ones)."""
+
+    def __init__(self, settings: Settings, policy: Policy, units: UnitManager, reporter: Reporter,
+                 clock: Callable[[], float], fleet: FleetCoordinator | None, pools: Sequence[Pool],
+                 pool_policies: Mapping[str, Policy] | None) -> None:
+        self.units = units
+        self.reporter = reporter
+        self.clock = clock
+        #: Every pool by name, the default pool first.
+        self.runs: dict[str, PoolRun] = {DEFAULT_POOL: new_run(DEFAULT_POOL, settings, policy, units, reporter,
+                                                               clock, fleet)}
+        self.add_pools(pools, pool_policies)
+        #: Pools whose units systemd runs but no pool file declares (warned about once each).
+        self._undeclared: set[str] = set()
+
+    @property
+    def default(self) -> PoolRun:
+        return self.runs[DEFAULT_POOL]
+
+    @property
+    def s(self) -> Settings:
+        """The default pool's settings, which are also the host-wide ones (dqagent.env)."""
+        return self.default.s
+
+    @s.setter
+    def s(self, value: Settings) -> None:
+        self.default.s = value
+
+    @property
+    def policy(self) -> Policy:
+        return self.default.policy
+
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        self.default.policy = value
+
+    @property
+    def memory(self) -> Memory:
+        """What the default pool's last check handed the next (`dqagent.core.step.Memory`)."""
+        return self.default.memory
+
+    @memory.setter
+    def memory(self, value: Memory) -> None:
+        self.default.memory = value
+
+    @property
+    def fleet(self) -> FleetCoordinator:
+        """The default pool's fleet mode (`dqagent.broker.fleetstore`): used while FLEET is set."""
+        return self.default.fleet
+
+    @fleet.setter
+    def fleet(self, value: FleetCoordinator) -> None:
+        self.default.fleet = value
+
+    async def close_fleets(self) -> None:
+        for run in self.runs.values():
+            await run.fleet.close()
+
+    @property
+    def jobs(self) -> JobTable:
+        """The default pool's jobs in flight."""
+        return self.default.jobs
+
+    def pool_list(self) -> tuple[Pool, ...]:
+        """The pools as they run now (the default pool first)."""
+        return tuple(Pool(name, run.s) for name, run in self.runs.items())
+
+    def add_pools(self, pools: Sequence[Pool], pool_policies: Mapping[str, Policy] | None = None) -> None:
+        """Add the pools not yet run (the default pool is given to the constructor)."""
+        for pool in pools:
+            if pool.name not in self.runs:
+                made = pool_policies[pool.name] if pool_policies is not None else policy_for(pool.settings)
+                self.runs[pool.name] = new_run(pool.name, pool.settings, made, self.units, self.reporter, self.clock,
+                                               self.fleet.sibling())
+
+    def _of(self, run: PoolRun) -> str:
+        """` of pool io` in a log line when the host has several pools; "" with one (the lines as before pools)."""
+        return f" of pool {run.name}" if len(self.runs) > 1 else ""
+
+    def _note_undeclared(self, states: Sequence[UnitState]) -> None:
+        """Warn once per pool whose units run but which no pool file declares: the agent leaves them alone."""
+        for pool in sorted({s.pool for s in states if s.occupied} - set(self.runs) - self._undeclared):
+            self._undeclared.add(pool)
+            log.warning("units of pool %s run, but no pool file declares it: left alone (stop them with "
+                        "systemctl stop 'dramatiq-worker@%s-*', or add pools.d/%s.env)", pool, pool, pool,
+                        extra=event("undeclared_pool", dqagent_pool=pool))
+

@@ -210,6 +210,10 @@ class FleetCoordinator:
         #: Redis time of the read this host's last decision was made from (0: none yet).
         self._decided_ms = 0
 
+    def sibling(self) -> FleetCoordinator:
+        """A coordinator for another pool's fleet (`FLEET/<pool>`), on the same kind of store."""
+        return FleetCoordinator(self._factory, self._machine_id)
+
     async def _for(self, s: Settings) -> FleetStore:
         # The connection and the keys: the declared Redis settings (queues aside) and the fleet's name and id.
         wanted = (*(getattr(s, f) for f in REDIS_FIELDS if f != "queue_names"), s.fleet, s.fleet_host_id)

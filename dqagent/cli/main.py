@@ -271,7 +271,7 @@ async def _start(args: argparse.Namespace) -> int:
         return await agent.run()
     finally:
         await agent.probe.close()  # the one in use: a reload may have replaced the first
-        await agent.fleet.close()
+        await agent.close_fleets()
         units.close()
 
 

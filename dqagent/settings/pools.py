@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -88,7 +88,8 @@ def parse_pools(default: Settings, host_values: Mapping[str, str],
 
     `host_values` are dqagent.env's merged raw values (its host-wide keys apply to every pool). Raises
     `ConfigError` naming the file and the key: a bad pool name, a key a pool file may not set, a bad value,
-    a queue two pools name, MIN_PROCESSES together above HOST_MAX_PROCESSES, pools with FLEET.
+    a queue two pools name, MIN_PROCESSES together above HOST_MAX_PROCESSES. With FLEET, each pool
+    is its own fleet (`fleet_of`).
     """
     pools = [Pool(DEFAULT_POOL, default)]
     shared = {k: v for k, v in host_values.items() if k not in POOL_KEYS}
@@ -108,9 +109,17 @@ def parse_pools(default: Settings, host_values: Mapping[str, str],
             settings = parse_settings({**shared, **values})
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc.key}", exc.value, exc.accepted) from None
+        if settings.fleet:  # each pool is its own fleet: its hosts share its global target
+            settings = replace(settings, fleet=fleet_of(settings.fleet, name))
         pools.append(Pool(name, settings, path))
     _check_together(pools)
     return tuple(pools)
+
+
+def fleet_of(fleet: str, pool: str) -> str:
+    """A pool's fleet: `FLEET/<pool>` (`/` is in neither a fleet's name nor a host id, so no pool's records can
+    be taken for another fleet's); the default pool's is FLEET itself."""
+    return fleet if pool == DEFAULT_POOL else f"{fleet}/{pool}"
 
 
 def _check_together(pools: Sequence[Pool]) -> None:
@@ -123,9 +132,6 @@ def _check_together(pools: Sequence[Pool]) -> None:
                                   "a queue belongs to one pool")
             owner[queue] = pool
     default = pools[0].settings
-    if len(pools) > 1 and default.fleet:
-        raise ConfigError("FLEET", default.fleet, "fleet mode with pools.d is not supported yet: empty FLEET, or "
-                          "remove the pool files")
     cap = default.host_max_processes
     floor = sum(p.settings.min_processes for p in pools)
     if cap is not None and floor > cap:

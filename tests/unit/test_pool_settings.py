@@ -55,9 +55,9 @@ def test_the_host_budget_must_hold_every_pools_minimum() -> None:
     assert len(pools({"io": {"DRAMATIQ_QUEUE_NAME": "io", "MIN_PROCESSES": "1"}}, host)) == 2
 
 
-def test_fleet_mode_with_pools_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"FLEET='f': fleet mode with pools\.d is not supported"):
-        pools({"io": {"DRAMATIQ_QUEUE_NAME": "io"}}, {**HOST, "FLEET": "f"})
+def test_in_fleet_mode_each_pool_is_its_own_fleet() -> None:
+    default, io = pools({"io": {"DRAMATIQ_QUEUE_NAME": "io"}}, {**HOST, "FLEET": "f"})
+    assert default.settings.fleet == "f" and io.settings.fleet == "f/io"  # type: ignore[attr-defined]
 
 
 def test_load_reads_the_pool_directory_beside_the_settings_file(tmp_path: Path) -> None:

@@ -244,3 +244,46 @@ def test_a_pool_with_a_command_dramatiq_rejects_names_its_file() -> None:
     with pytest.raises(ConfigError, match=r"io\.env"):
         policies(pools_of(HOST, io=bad)[1:])
 
+
+
+def test_in_fleet_mode_each_pool_shares_its_own_global_target() -> None:
+    from dqagent.broker.fleetstore import FleetCoordinator
+    from dqagent.sim.fleetstore import MemoryFleetStore
+
+    stores: dict[str, MemoryFleetStore] = {}
+
+    def store_for(s: object) -> MemoryFleetStore:
+        fleet = s.fleet  # type: ignore[attr-defined]
+        return stores.setdefault(fleet, MemoryFleetStore(fleet))
+
+    probe = FakeDemandProbe()
+    probe.set_queue("q", ready=0)
+    probe.set_queue("io", ready=0)
+    clock = Clock()
+    hosts = []
+    for host in ("a", "b"):
+        h = {**HOST, "FLEET": "f", "FLEET_HOST_ID": host, "MAX_PROCESSES": "4"}
+        pools = pools_of(h, io={**IO, "MAX_PROCESSES": "4"})
+        hosts.append(make(FakeUnits(running=[1, ("io", 1)]), probe, pools, clock,
+                          fleet=FleetCoordinator(store_for)))
+
+    async def scenario() -> None:
+        for _ in range(2):
+            for a in hosts:
+                await a.tick()
+                await settle(a)
+        probe.set_queue("io", ready=60)  # 60 > 2 hosts' 2 workers x 5: io's fleet grows, the default's does not
+        for _ in range(4):
+            clock.now += 1
+            for a in hosts:
+                await a.tick()
+                await settle(a)
+
+    asyncio.run(scenario())
+    assert set(stores) == {"f", "f/io"}
+    assert {m.host for m in stores["f/io"].live()} == {"a", "b"}
+    for a in hosts:
+        units: FakeUnits = a.units  # type: ignore[assignment]
+        assert sum(1 for k in units.units if isinstance(k, int)) == 1  # the default pool at its MIN
+        assert sum(1 for k in units.units if not isinstance(k, int)) > 1  # io grew on both hosts
+    assert [m.target for m in stores["f"].live()] == [1, 1]
