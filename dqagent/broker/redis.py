@@ -44,7 +44,6 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.exceptions
 import redis.retry
-from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, MAINTENANCE_SCALE, RedisBroker
 from redis.backoff import NoBackoff
 
 from dqagent.core.demand import Demand, QueueDemand
@@ -53,8 +52,10 @@ from dqagent.errors import BrokerError
 from dqagent.settings.config import Settings
 
 #: Dramatiq's own heartbeat timeout: a broker silent this long is dead, and its ack sets are orphans.
-#: dqagent never changes it (a shorter one would requeue the messages of live, busy workers).
-HEARTBEAT_TIMEOUT_MS: int = DEFAULT_HEARTBEAT_TIMEOUT
+#: dqagent never changes it (a shorter one would requeue the messages of live, busy workers). Its value,
+#: `dramatiq.brokers.redis.DEFAULT_HEARTBEAT_TIMEOUT`, is written here (a unit test checks they agree) so that
+#: `dqagent status` does not import Dramatiq (15 ms of its start-up); the maintenance imports it when it runs.
+HEARTBEAT_TIMEOUT_MS: int = 60_000
 
 _DELAY_SUFFIX = ".DQ"
 
@@ -140,7 +141,7 @@ class RedisDemandProbe:
         self._settings = settings
         self._timeout_s = settings.redis_timeout_s
         self._client = async_client(settings)
-        self._broker: RedisBroker | None = None
+        self._broker: Any = None  # a dramatiq RedisBroker, built at the first maintenance
         self._broker_lock = threading.Lock()
 
     async def fetch_demand(self) -> Demand:
@@ -254,6 +255,8 @@ class RedisDemandProbe:
 
     def _run_maintenance(self, queue_names: Sequence[str]) -> str:
         """Blocking: one Dramatiq dispatch per queue name with maintenance forced; returns the broker id."""
+        from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
+
         with self._broker_lock:
             if self._broker is None:
                 # Our own client: RedisBroker(url=...) would build a pool without our timeouts. A Broker
