@@ -184,7 +184,7 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     and `host_starting` the workers other pools start in the same check (the guard counts them as starting)."""
     seen = observe(rules, observed)
     decision, state, share, delayed = recommend(rules, seen, memory, fleet)
-    capped = budget is not None and decision.target > budget.cap
+    capped = budget is not None and min(decision.target, rules.max_processes) > budget.cap
     if budget is not None and capped:
         decision = Decision(budget.cap, f"{decision.reason}; {budget_note(budget)}")
     pool = seen.census.pool
@@ -217,6 +217,8 @@ def budget_note(budget: Allotment) -> str:
     """Why the host budget capped a pool, for its decision line."""
     if budget.cap < budget.share:
         return f"host budget: {budget.share} of HOST_MAX_PROCESSES once others' stops free room, {budget.cap} now"
+    if not budget.gave_way_to:
+        return f"host budget: share {budget.share}, the pools' MIN_PROCESSES fill HOST_MAX_PROCESSES"
     return f"host budget: share {budget.share} of HOST_MAX_PROCESSES (room to {', '.join(budget.gave_way_to)})"
 
 
