@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import subprocess
 
-from testbed.agent import DQAGENT, REPO, dqagent, install, make_venv, running_workers, worker_names
+from testbed.agent import (
+    DQAGENT,
+    REPO,
+    dqagent,
+    install,
+    make_venv,
+    running_workers,
+    settings_text,
+    worker_names,
+)
 from testbed.nspawn import Container
 from testbed.redis import RedisServer
 from testbed.wait import wait_until
@@ -15,7 +24,7 @@ IO_POOL = ("DRAMATIQ_QUEUE_NAME=ioq\nDRAMATIQ_COMMAND=/bin/sleep 4242\nWORKER_US
            "POOL_CPU_QUOTA=150%\n")
 IO_SLICE = "system-dramatiq\\x2dworker-io.slice"
 #: The commit whose layout is the single-pool one (the base of pools): its template runs `worker-exec` alone.
-SINGLE_POOL_COMMIT = "8aa52af"
+SINGLE_POOL_COMMIT = "af08635"  # the last commit before pools
 
 
 def _cmdline(c: Container, unit: str) -> list[str]:
@@ -86,7 +95,9 @@ def test_a_single_pool_install_upgraded_keeps_its_workers_names_and_pids(
     assert "worker-exec %i\n" in template.read_text()
     assert running_workers(c) == worker_names(2)
     assert {u: c.unit_property(u, "MainPID") for u in worker_names(2)} == pids
-    # A worker started after the upgrade runs the default pool's command through `worker-exec 3`
-    c.systemctl("start", "dramatiq-worker@3.service")
+    # A worker the upgraded agent starts (MIN_PROCESSES 3 on reload) runs the default pool's command through
+    # `worker-exec 3` (started by hand, the agent's next check would stop it again: the queue is empty)
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis_server, MIN_PROCESSES=3))
+    c.systemctl("reload", "dqagent")
     wait_until("@3 runs the default pool's command",
                lambda: _cmdline(c, "dramatiq-worker@3.service")[:2] == ["/bin/sleep", "infinity"])
