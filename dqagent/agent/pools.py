@@ -20,7 +20,7 @@ from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.policies import Policy, make_policy
 from dqagent.core.snapshot import WorkerCounts
 from dqagent.core.step import Memory
-from dqagent.core.units import UnitState
+from dqagent.core.units import UNIT_DIR, UnitState, pool_dropin
 from dqagent.report.logs import event
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
@@ -114,6 +114,8 @@ class PoolHost:
         self.units = units
         self.reporter = reporter
         self.clock = clock
+        #: Where `dqagent install` wrote the pools' drop-ins (tests point it elsewhere).
+        self.unit_dir = UNIT_DIR
         #: Every pool by name, the default pool first.
         self.runs: dict[str, PoolRun] = {DEFAULT_POOL: new_run(DEFAULT_POOL, settings, policy, units, reporter,
                                                                clock, fleet)}
@@ -174,9 +176,15 @@ class PoolHost:
         return tuple(Pool(name, run.s) for name, run in self.runs.items())
 
     def add_pools(self, pools: Sequence[Pool], pool_policies: Mapping[str, Policy] | None = None) -> None:
-        """Add the pools not yet run (the default pool is given to the constructor)."""
+        """Add the pools not yet run (the default pool is given to the constructor); warn about each whose
+        drop-ins `dqagent install` has not written yet."""
         for pool in pools:
             if pool.name not in self.runs:
+                if not pool_dropin(pool.name, 1, self.unit_dir).exists():
+                    log.warning("pool %s: its user, directory and limits are not installed: run dqagent install "
+                                "(until then its workers run as the template's user, without the pool's limits, "
+                                "and refuse to start when WORKER_USER differs)", pool.name,
+                                extra=event("pool_not_installed", dqagent_pool=pool.name))
                 made = pool_policies[pool.name] if pool_policies is not None else policy_for(pool.settings)
                 self.runs[pool.name] = new_run(pool.name, pool.settings, made, self.units, self.reporter, self.clock,
                                                self.fleet.sibling())

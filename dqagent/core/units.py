@@ -27,6 +27,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from dqagent.errors import AccessDeniedError, JobWaitTimeoutError, SystemdError, UnitNameError
 from dqagent.settings.config import MAX_PROCESSES_LIMIT
@@ -42,6 +43,17 @@ MAX_INSTANCE = MAX_PROCESSES_LIMIT
 #: Exactly the names of instances 1..MAX_INSTANCE (1000), optionally after `<pool>-`: no 0, no leading zeros;
 #: as the polkit rule allows.
 _WORKER_RE = re.compile(rf"{WORKER_TEMPLATE}@(?:({POOL_NAME_PATTERN})-)?([1-9][0-9]{{0,2}}|1000)\.service")
+
+
+#: Where `dqagent install` writes units, and the drop-in it writes for each instance of a pool from pools.d
+#: (User=, WorkingDirectory=, Slice=, limits): systemd 252 reads no drop-in shared by `@<pool>-*` instances only.
+UNIT_DIR = Path("/etc/systemd/system")
+POOL_DROPIN = "60-dqagent-pool.conf"
+
+
+def pool_dropin(pool: str, n: int, unit_dir: Path = UNIT_DIR) -> Path:
+    """The drop-in of instance `n` of pool `pool` (not the default pool: its units take the template's)."""
+    return unit_dir / f"{WORKER_TEMPLATE}@{pool}-{n}.service.d" / POOL_DROPIN
 
 
 def worker_unit(instance: int, pool: str = DEFAULT_POOL) -> str:

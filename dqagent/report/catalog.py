@@ -217,6 +217,11 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("pool_added", "94b31e601c8c4743a7260d402dddab10", "dqagent manages a worker pool",
           "A pool file (pools.d/<pool>.env, DQAGENT_POOL) was read at start or added by a reload: the agent "
           "scales its dramatiq-worker@<pool>-N units on its own queues from now on. Nothing to do."),
+    Entry("pool_not_installed", "702907d6a4404f37a713690c1d2fd403", "A pool's systemd drop-ins are not installed",
+          "The pool (DQAGENT_POOL) has a pools.d file but `dqagent install` has not written its drop-ins (User=, "
+          "WorkingDirectory=, Slice=, limits) yet, as after a pool added by a reload. Its workers run as the "
+          "template's user without the pool's limits, and dqagent worker-exec refuses them when the pool's "
+          "WORKER_USER differs. Run dqagent install."),
     Entry("pool_removed", "08807a70afb3495494c3d69f593635d1", "A worker pool was removed and its workers stop",
           "A reload found the pool's file gone: its workers stop gracefully (GRACEFUL_SHUTDOWN_TIMEOUT) and the "
           "agent no longer scales it. Put the file back and reload to bring it back."),

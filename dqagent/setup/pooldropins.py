@@ -24,16 +24,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from dqagent.core.units import MAX_INSTANCE, WORKER_TEMPLATE
+from dqagent.core.units import MAX_INSTANCE, POOL_DROPIN, WORKER_TEMPLATE, pool_dropin
 from dqagent.errors import ConfigError
 from dqagent.settings.config import PATH_ACCEPTED, RENDERED_CHARS
 from dqagent.settings.pools import Pool
 
 #: Set by a pool's drop-in: `dqagent worker-exec` compares it with the pool its instance name says.
 POOL_ENV = "DQAGENT_POOL"
-#: Sorts after the template's `50-dqagent-limits.conf`, so a pool's MemoryMax/MemoryHigh replace the default
-#: pool's for its units.
-POOL_DROPIN = "60-dqagent-pool.conf"
+#: POOL_DROPIN (`dqagent.core.units`) sorts after the template's `50-dqagent-limits.conf`, so a pool's
+#: MemoryMax/MemoryHigh replace the default pool's for its units.
 SLICE_DROPIN = "50-dqagent-limits.conf"
 POOL_MARK = "# Installed by `dqagent install` from /etc/dqagent/pools.d; removed by it when the pool file goes."
 _INSTANCE_DIR_RE = re.compile(rf"{WORKER_TEMPLATE}@([a-z][a-z0-9_]{{0,31}})-([1-9][0-9]{{0,2}}|1000)\.service\.d")
@@ -47,7 +46,7 @@ def pool_slice(pool: str) -> str:
 
 
 def instance_dropin(unit_dir: Path, pool: str, n: int) -> Path:
-    return unit_dir / f"{WORKER_TEMPLATE}@{pool}-{n}.service.d" / POOL_DROPIN
+    return pool_dropin(pool, n, unit_dir)
 
 
 def slice_dropin(unit_dir: Path, pool: str) -> Path:

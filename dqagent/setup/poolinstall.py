@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dqagent.core.units import POOL_DROPIN
 from dqagent.settings import sources
 from dqagent.settings.config import DEFAULTS, Settings
 from dqagent.settings.pools import Pool
@@ -96,7 +97,7 @@ def write_all(pools: Sequence[Pool], planned: Planned, unit_dir: Path, report: R
         written = sum(write(path, text, 0o644, Report([], report.kept)) for path, text in mine.items())
         if written:
             report.changed.append(f"wrote {written} drop-ins of pool {pool.name} ({pool.source}): "
-                                  f"dramatiq-worker@{pool.name}-1..N.service.d/{pooldropins.POOL_DROPIN}, "
+                                  f"dramatiq-worker@{pool.name}-1..N.service.d/{POOL_DROPIN}, "
                                   f"{pooldropins.pool_slice(pool.name)}")
     gone = remove_stale(unit_dir, planned.files)
     if gone:

@@ -287,3 +287,16 @@ def test_in_fleet_mode_each_pool_shares_its_own_global_target() -> None:
         assert sum(1 for k in units.units if isinstance(k, int)) == 1  # the default pool at its MIN
         assert sum(1 for k in units.units if not isinstance(k, int)) > 1  # io grew on both hosts
     assert [m.target for m in stores["f"].live()] == [1, 1]
+
+
+def test_a_pool_whose_dropins_are_not_installed_is_named(caplog: pytest.LogCaptureFixture, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from dqagent.core.units import pool_dropin
+
+    monkeypatch.setattr("dqagent.agent.pools.UNIT_DIR", tmp_path)
+    installed = pool_dropin("io", 1, tmp_path)
+    installed.parent.mkdir(parents=True)
+    installed.write_text("[Service]\n")
+    batch = {**IO, "DRAMATIQ_QUEUE_NAME": "batch"}
+    make(FakeUnits(), FakeDemandProbe(), pools_of(HOST, io=IO, batch=batch), Clock())
+    assert [e.DQAGENT_POOL for e in events(caplog, "pool_not_installed")] == ["batch"]  # type: ignore[attr-defined]
