@@ -73,8 +73,7 @@ class Agent(Loop):
                  pools: Sequence[Pool] = (), pool_policies: Mapping[str, Policy] | None = None) -> None:
         super().__init__(settings, units, probe, notifier, policy, initial_processes=initial_processes, clock=clock,
                          wallclock=wallclock, fleet=fleet, pools=pools, pool_policies=pool_policies)
-        #: The job tables of pools a reload removed, whose stops may still run.
-        self.retired: list[JobTable] = []
+
         self.watchdog_s = watchdog_s
         self.own_unit = own_unit
         self.under_systemd = bool(os.environ.get("INVOCATION_ID")) if under_systemd is None else under_systemd
@@ -187,53 +186,40 @@ class Agent(Loop):
         if outcome.policy is not None:
             self.probe = outcome.probe
             policies = {**outcome.pool_policies, DEFAULT_POOL: outcome.policy}
-            await self._apply_pools(outcome.pools or (Pool(DEFAULT_POOL, outcome.settings),), policies)
+            self._apply_pools(outcome.pools or (Pool(DEFAULT_POOL, outcome.settings),), policies)
             self._reload_exporter()
             self.guard.warn_missing(self.s)  # GUARD may have been turned on
         self.notifier.ready()
         self.reloader.answer(outcome)
 
-    async def _apply_pools(self, pools: Sequence[Pool], policies: Mapping[str, Policy]) -> None:
-        """A reload's pools: a changed pool takes its new settings and policy (its memory kept unless the policy
-        changed), a new pool starts at the next check, a removed pool's workers stop gracefully. Every pool
-        decides at the next check."""
+    def _apply_pools(self, pools: Sequence[Pool], policies: Mapping[str, Policy]) -> None:
+        """A reload's pools, in memory only (no call that could fail half-way): a changed pool takes its new
+        settings and policy (its memory kept unless the policy changed), a new pool starts at the next check,
+        a removed pool retires: its workers stop gracefully from the next check on, and it is forgotten once
+        they are gone (`Loop._retire`). Every pool decides at the next check."""
         wanted = {p.name: p for p in pools}
-        for name, run in list(self.runs.items()):
+        for name, run in self.runs.items():
             if name not in wanted:
-                await self._retire(run)
+                if not run.retiring:
+                    run.retiring = True
+                    log.info("pool %s removed: its workers stop gracefully", name,
+                             extra=event("pool_removed", dqagent_pool=name))
                 continue
             if policies[name].name != run.policy.name:
                 run.memory = replace(run.memory, policy_state=policies[name].initial_state())
-            run.s, run.policy, run.due_s = wanted[name].settings, policies[name], -math.inf
+            run.s, run.policy, run.due_s, run.retiring = wanted[name].settings, policies[name], -math.inf, False
         for pool in pools:
             if pool.name not in self.runs:
                 log.info("pool %s added (%s): its workers start at the next check", pool.name, pool.source,
                          extra=event("pool_added", dqagent_pool=pool.name))
         self.add_pools(pools, policies)
 
-    async def _retire(self, run: PoolRun) -> None:
-        """A pool whose file is gone: stop its workers gracefully (not those with an operator's job) and forget it;
-        its stops run on in the background (`shutdown` waits for them)."""
-        states = of_pool(await self.units.worker_states(brief=()), run.name)
-        flight = run.jobs.in_flight
-        ours = [s.instance for s in states if s.occupied and not has_foreign_job(s, flight.get(s.instance))
-                and flight.get(s.instance) is not Intent.STOP]
-        log.info("pool %s removed: stopping its %d workers gracefully", run.name, len(ours),
-                 extra=event("pool_removed", dqagent_pool=run.name, workers=len(ours)))
-        run.jobs.stop(ours, stop_timeout_s(run.s))
-        self.retired.append(run.jobs)
-        del self.runs[run.name]
-        if run.s.fleet:  # its fleet's other hosts take its share at once
-            with contextlib.suppress(BrokerError):
-                await run.fleet.leave(run.s)
-        await run.fleet.close()
-
     def _cancel_jobs(self) -> None:
         for jobs in self._job_tables():
             jobs.cancel()
 
     def _job_tables(self) -> list[JobTable]:
-        return [*(run.jobs for run in self.runs.values()), *self.retired]
+        return [run.jobs for run in self.runs.values()]
 
     async def _guard(self, step: Any, budget_s: float) -> Any:
         """Run one step of the loop with a progress deadline the watchdog task checks."""

@@ -11,6 +11,7 @@ reads (`dqagent.core.snapshot`). Settings are read from `self.s` on every check.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +24,7 @@ from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
-from dqagent.core.reconciler import Backoff, Plan, census, reconcile
+from dqagent.core.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
 from dqagent.core.snapshot import (
     Accumulator,
     Counters,
@@ -101,10 +102,14 @@ class Loop(PoolHost):
                          extra=event("adopted", unit=s.unit, pid=s.main_pid, dqagent_pool=run.name))
             target = run.s.clamp(census(mine, run.jobs.in_flight).pool)
             if self.initial is not None and run.name == DEFAULT_POOL:
-                target = run.s.clamp(self.initial)
+                budget = self.s.host_max_processes  # the other pools' units hold their part of it
+                room = None if budget is None else max(run.s.min_processes, budget - sum(
+                    1 for s in states if s.occupied and s.pool != DEFAULT_POOL))
+                target = min(run.s.clamp(self.initial), room if room is not None else self.initial)
                 if target != self.initial:
-                    log.warning("--processes %d clamped to %d (MIN_PROCESSES=%d, MAX_PROCESSES=%d)",
+                    log.warning("--processes %d clamped to %d (MIN_PROCESSES=%d, MAX_PROCESSES=%d%s)",
                                 self.initial, target, run.s.min_processes, run.s.max_processes,
+                                "" if room is None else f", room {room} under HOST_MAX_PROCESSES={budget}",
                                 extra=event("clamped", target=target))
             log.info("starting with %d workers%s (adopted %d)", target, self._of(run), len(running),
                      extra=event("start", workers=len(running), target=target, dqagent_pool=run.name))
@@ -126,6 +131,7 @@ class Loop(PoolHost):
             await self._recover(demand)
         states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
         self._note_undeclared(states)
+        await self._retire(states)
         now_s, now_us = self.clock(), self.wallclock() * 1e6
         several = len(self.runs) > 1
         base = {name: Observed(now_s, now_us, demand_of(demand, run.s.queue_names) if several else demand,
@@ -162,7 +168,7 @@ class Loop(PoolHost):
         def inputs() -> list[PoolInput]:
             return [PoolInput(name, Rules.from_settings(run.s, run.policy), self._observed(run, base[name]),
                               run.memory, run.priority, fleets.get(name),
-                              due=is_due(run.due_s, base[name].now_s, len(self.runs)))
+                              due=is_due(run.due_s, base[name].now_s, len(self.runs)), retiring=run.retiring)
                     for name, run in self.runs.items()]
 
         checks = decide_host(inputs(), self.s.host_max_processes)
@@ -171,6 +177,27 @@ class Loop(PoolHost):
             checks = decide_host(inputs(), self.s.host_max_processes, host)
         assert not isinstance(checks, NeedsHost), "the step asks for the host only once"
         return checks
+
+    async def _retire(self, states: Sequence[UnitState]) -> None:
+        """The pools a reload removed: stop their workers gracefully (not those with an operator's job, nor those
+        already stopping); forget a pool once none is left, and leave its fleet."""
+        for name, run in list(self.runs.items()):
+            if not run.retiring:
+                continue
+            mine = [s for s in of_pool(states, name) if s.occupied]
+            run.status = f"removed, {len(mine)} stopping"
+            ours = [s.instance for s in mine if not has_foreign_job(s, run.jobs.in_flight.get(s.instance))
+                    and run.jobs.in_flight.get(s.instance) is not Intent.STOP]
+            if ours:
+                log.info("pool %s removed: stopping its %d workers gracefully", name, len(ours),
+                         extra=event("scale_down", workers=len(mine), target=0, dqagent_pool=name))
+                run.jobs.stop(ours, stop_timeout_s(run.s))
+            elif not mine and not run.jobs.busy:
+                del self.runs[name]
+                if run.s.fleet:  # its fleet's other hosts take its share at once
+                    with contextlib.suppress(BrokerError):
+                        await run.fleet.leave(run.s)
+                await run.fleet.close()
 
     def _observed(self, run: PoolRun, observed: Observed) -> Observed:
         """`observed` with a copy of the pool's jobs in flight and its backoff as they are now."""
@@ -192,8 +219,11 @@ class Loop(PoolHost):
                          extra=event("budget_yield", dqagent_pool=name, workers=pool, target=target,
                                      dqagent_to_pools=",".join(check.budget.gave_way_to)))
             self._issue(run, check.plan, of_pool(states, name), check.decision.reason, check.label)
-            run.status = self.reporter.status_line(check.plan, of_pool(states, name), run.jobs.backoff.remaining_s(
-                self.clock()), check.seen.obs.queue_length, check.next_read_s, note=check.verdict.status())
+            several = len(self.runs) > 1
+            run.status = self.reporter.status_line(
+                check.plan, of_pool(states, name), run.jobs.backoff.remaining_s(self.clock()),
+                check.seen.obs.queue_length, check.next_read_s, note=check.verdict.status(),
+                pool=name if several else None, oldest_age_s=check.demand.oldest_age_s)
         for name, check in checks.items():
             if check.share is not None:  # the pool this tick leaves, published for the other members at once
                 plan, run = check.plan, self.runs[name]

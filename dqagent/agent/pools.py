@@ -54,6 +54,8 @@ class PoolRun:
     queues: tuple[QueueDemand, ...] = ()
     #: Its share of HOST_MAX_PROCESSES at its last check; None: no host budget.
     share: int | None = None
+    #: A reload removed its file: its workers stop, then it is forgotten (it no longer decides).
+    retiring: bool = False
 
     @property
     def priority(self) -> int:

@@ -110,6 +110,14 @@ def describe_changes(old: Settings, new: Settings) -> str:
     return ", ".join(parts)
 
 
+def pools_needing_install(old: Sequence[Pool], new: Sequence[Pool]) -> tuple[str, ...]:
+    """`pool io: WORKER_MEMORY_MAX`: a pool's own settings that changed and wait for `dqagent install` (its
+    drop-ins); the default pool's are `plan_reload`'s."""
+    was = {p.name: p for p in old if p.name != DEFAULT_POOL}
+    return tuple(f"pool {p.name}: {key}" for p in new if p.name in was
+                 for key in plan_reload(was[p.name].settings, p.settings).needs_install if key in POOL_KEYS)
+
+
 def describe_pool_changes(old: Sequence[Pool], new: Sequence[Pool]) -> list[str]:
     """`pool io added`, `pool batch removed`, `pool io: MAX_PROCESSES 4 -> 2` (its own keys only; the default
     pool's changes are `describe_changes`')."""
@@ -241,6 +249,7 @@ class Reloader:
             replace(p, settings=effective_settings(was[p.name].settings, p.settings)) if p.name in was else p
             for p in loaded.pools[1:]))
         applied, needs_install = plan_reload(old, loaded.settings)
+        needs_install = (*needs_install, *pools_needing_install(old_pools, loaded.pools))
         if needs_install:
             log.warning("not applied until `dqagent install` and `systemctl restart dqagent` (the workers keep "
                         "running): %s", ", ".join(needs_install),

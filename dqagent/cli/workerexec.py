@@ -47,7 +47,7 @@ def pool_command(pool: str, env_file: Path | None, environ: dict[str, str] | Non
     values, path = sources.read_values(env_file, environ=environ, command="worker-exec")
     where = str(path) if path is not None else "the settings"
     if pool != DEFAULT_POOL:
-        files = pools.read(pools.pools_dir(path))
+        files = pools.read(pools.pools_dir(path), only=pool)  # another pool's bad file is not this pool's
         values = pools.values_for(pool, values, files)  # ConfigError naming the pool when it has no file
         where = str(files[pool][0])
         if environ.get(POOL_ENV) != pool:

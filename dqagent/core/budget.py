@@ -107,15 +107,18 @@ def shares(budget: int | None, claims: Sequence[Claim]) -> dict[str, int]:
 def apportion(budget: int | None, claims: Sequence[Claim]) -> dict[str, Allotment]:
     """Each pool's `Allotment` (see the module docstring)."""
     share = shares(budget, claims)
-    room = None if budget is None else budget - sum(c.current + c.going for c in claims)
+    # A pool's MIN is never held back (the reconciler starts it anyway): its growth to MIN comes first, and
+    # the free room left after it goes by priority.
+    room = None if budget is None else budget - sum(max(c.current, c.min_processes) + c.going for c in claims)
     out: dict[str, Allotment] = {}
     for c in _order(claims):
         s = share[c.pool]
-        grow = max(0, s - c.current)
+        base = max(c.current, c.min_processes)
+        grow = max(0, s - base)
         if room is not None:
             grow = min(grow, max(0, room))
             room -= grow
-        cap = min(s, c.current + grow)
+        cap = min(s, base + grow)
         takers = () if s >= c.claim else tuple(
             o.pool for o in _order(claims) if o.pool != c.pool and o.priority >= c.priority and share[o.pool] > 0
             and share[o.pool] > o.min_processes)

@@ -45,6 +45,9 @@ class PoolInput:
     fleet: FleetInput | None = None
     #: Whether the pool decides in this check (its next read is due); one that is not claims its current size.
     due: bool = True
+    #: A pool a reload removed: it decides nothing and claims none of the budget, but its units still count
+    #: until they are gone.
+    retiring: bool = False
 
 
 def claims(pools: Sequence[PoolInput]) -> list[Claim]:
@@ -53,6 +56,9 @@ def claims(pools: Sequence[PoolInput]) -> list[Claim]:
     for p in pools:
         seen = observe(p.rules, p.observed)
         c = seen.census
+        if p.retiring:
+            out.append(Claim(p.name, p.priority, 0, p.rules.max_processes, 0, current=c.pool, going=c.going))
+            continue
         wanted = recommend(p.rules, seen, p.memory, p.fleet)[0].target if p.due else c.pool
         out.append(Claim(p.name, p.priority, p.rules.min_processes, p.rules.max_processes, wanted,
                          current=c.pool, going=c.going))
@@ -68,7 +74,7 @@ def decide_host(pools: Sequence[PoolInput], budget: int | None, host: Host | Non
     out: dict[str, Check] = {}
     starting = 0
     for p in sorted(pools, key=lambda p: (-p.priority, p.name)):
-        if not p.due:
+        if not p.due or p.retiring:
             continue
         check = decide(p.rules, p.observed, p.memory, fleet=p.fleet, host=host,
                        budget=allotted[p.name] if allotted is not None else None, host_starting=starting)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dqagent.core.units import worker_pool
 from dqagent.report import catalog
 from dqagent.report.terminal import printable
 
@@ -27,12 +28,18 @@ _NOT_SHOWN = ("DQAGENT_EVENT", "MESSAGE_ID")
 
 
 def event(name: str, **fields: Any) -> dict[str, Any]:
-    """`extra=` for a log call: the event name, its catalog MESSAGE_ID, plus fields upper-cased for the journal."""
+    """`extra=` for a log call: the event name, its catalog MESSAGE_ID, plus fields upper-cased for the journal.
+    An event about one worker unit (`unit=`) also carries its pool (`DQAGENT_POOL=`), as every pool's record does."""
     out: dict[str, Any] = {"DQAGENT_EVENT": name}
     mid = catalog.message_id(name)
     if mid is not None:
         out["MESSAGE_ID"] = mid
     out.update({k.upper(): v for k, v in fields.items()})
+    unit = fields.get("unit")
+    if isinstance(unit, str) and "DQAGENT_POOL" not in out:
+        pool = worker_pool(unit)
+        if pool is not None:
+            out["DQAGENT_POOL"] = pool
     return out
 
 

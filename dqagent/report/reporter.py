@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from dqagent.core.reconciler import Intent, Plan
 from dqagent.core.snapshot import Accumulator
-from dqagent.core.units import UnitState
+from dqagent.core.units import UnitState, worker_pool
 from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
 
@@ -32,6 +32,10 @@ STATUS_UNITS = 3
 #: Distinct rejected values and distinct unexpected errors remembered as logged (memory bound): past it, a new
 #: one is logged at DEBUG only, so a stranger writing ever new keys cannot flood the journal either.
 REMEMBERED = 1000
+
+
+def _age(seconds: float | None) -> str:
+    return "" if seconds is None else f", oldest {seconds:.0f}s"
 
 
 def short(unit: str) -> str:
@@ -126,15 +130,20 @@ class Reporter:
                 self.start_ok(s.unit)
 
     def status_line(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-                    next_check_s: float, note: str = "") -> str:
-        """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, next check in 1s`."""
+                    next_check_s: float, note: str = "", *, pool: str | None = None,
+                    oldest_age_s: float | None = None) -> str:
+        """E.g. `3 running of 4 wanted; dramatiq-worker@4 failing: exit-code; queue 12, next check in 1s`.
+
+        `pool`: one pool's line (with several): only its own failed starts, and `oldest_age_s` of its own
+        queues; otherwise the host's oldest age as of the last `note_ages`."""
         c = plan.census
         moving = [f"{n} {what}" for n, what in ((c.coming, "starting"), (c.going, "stopping")) if n]
         line = f"{c.running} running of {plan.wanted} wanted" + (f" ({', '.join(moving)})" if moving else "")
         failing = {s.unit: failure_reason(s) + (", restarting" if s.sub_state == "auto-restart" else "")
                    for s in states if s.crashed}
         if backoff_s > 0:
-            failing.update({u: r for u, r in self._failed_starts.items() if u not in failing})
+            failing.update({u: r for u, r in self._failed_starts.items()
+                            if u not in failing and (pool is None or worker_pool(u) == pool)})
         if failing:
             named = [f"{short(u)} failing: {r}" for u, r in sorted(failing.items())[:STATUS_UNITS]]
             more = len(failing) - len(named)
@@ -143,7 +152,8 @@ class Reporter:
             line += f"; next start in {backoff_s:.0f}s"
         if note:  # e.g. the guard's hold
             line += f"; {note}"
-        return f"{line}; queue {queue_length}{self._oldest()}, next check in {next_check_s:g}s"
+        oldest = self._oldest() if pool is None else _age(oldest_age_s)
+        return f"{line}; queue {queue_length}{oldest}, next check in {next_check_s:g}s"
 
     def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
                next_check_s: float, note: str = "") -> None:
@@ -157,7 +167,7 @@ class Reporter:
 
     def _oldest(self) -> str:
         """`, oldest 42s` for STATUS= after `queue N`, from the last `note_ages()`; "" when no message waits."""
-        return "" if self.oldest_age_s is None else f", oldest {self.oldest_age_s:.0f}s"
+        return _age(self.oldest_age_s)
 
     def note_ages(self, demand: Demand) -> None:
         """Clock skew (a head message stamped in this host's future): counted, logged when it starts and

@@ -61,14 +61,17 @@ def pools_dir(env_file: Path | None) -> Path | None:
     return env_file.parent / POOLS_DIRNAME if env_file is not None else None
 
 
-def read(directory: Path | None) -> dict[str, tuple[Path, dict[str, str]]]:
+def read(directory: Path | None, only: str | None = None) -> dict[str, tuple[Path, dict[str, str]]]:
     """Each `<name>.env` of `directory` (sorted by name): its path and raw values. A missing directory is no
-    pool; other files are ignored (editors' backups, `.dpkg-old`). Raises `ConfigError` naming an unreadable file."""
+    pool; other files are ignored (editors' backups, `.dpkg-old`). `only`: that pool's file alone (what
+    `dqagent worker-exec` needs: another pool's bad file must not stop this pool's workers). Raises
+    `ConfigError` naming an unreadable file."""
     if directory is None or not directory.is_dir():
         return {}
     out: dict[str, tuple[Path, dict[str, str]]] = {}
     try:
-        paths = sorted(p for p in directory.iterdir() if p.name.endswith(".env"))
+        paths = ([directory / f"{only}.env"] if only is not None and (directory / f"{only}.env").exists()
+                 else [] if only is not None else sorted(p for p in directory.iterdir() if p.name.endswith(".env")))
     except OSError as exc:
         raise ConfigError("pools", str(directory), f"cannot list it: {exc.strerror}") from None
     for path in paths:

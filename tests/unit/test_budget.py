@@ -99,14 +99,14 @@ def test_after_a_check_the_units_never_exceed_the_budget_unless_they_already_did
                                                                                   ) -> None:
     """A pool grows at most to its cap and a pool above its cap keeps its units until their stops end: the
     units counted after the check (each pool's larger of cap and now, plus the stopping ones) fit the budget,
-    or at worst stay what they were."""
+    or at worst stay what they were plus the pools brought up to their MIN (never held back)."""
     budget, cs = case
     got = apportion(budget, cs)
     after = sum(max(got[c.pool].cap, c.current) + c.going for c in cs)
-    assert after <= max(budget, sum(c.current + c.going for c in cs))
+    assert after <= max(budget, sum(max(c.current, c.min_processes) + c.going for c in cs))
     for c in cs:
         a = got[c.pool]
-        assert a.cap <= a.share == shares(budget, cs)[c.pool]
+        assert c.min_processes <= a.cap <= a.share == shares(budget, cs)[c.pool]
         assert a.cap >= min(a.share, c.current)  # a pool never shrinks below its share for room's sake
 
 
@@ -127,7 +127,7 @@ def test_the_free_room_goes_to_the_higher_priority_pool_first(case: tuple[int, l
     budget, cs = case
     got = apportion(budget, cs)
     for c in cs:
-        if got[c.pool].cap > c.current:
+        if got[c.pool].cap > max(c.current, c.min_processes):  # growth to MIN is never held back
             for o in cs:
                 if o.priority > c.priority:
                     assert got[o.pool].cap == got[o.pool].share

@@ -190,8 +190,11 @@ def test_a_reload_adds_changes_and_removes_pools(caplog: pytest.LogCaptureFixtur
         assert sorted(k for k in units.units if not isinstance(k, int)) == [("batch", 1), ("batch", 2), ("io", 1)]
         del files["batch"]
         await agent.apply_reload()
-        for jobs in agent.retired:
-            await jobs.wait()
+        assert agent.runs["batch"].retiring  # stopped from the next check on, not by the reload itself
+        for _ in range(2):  # the check that stops its workers, then the one that finds them gone
+            clock.now += 1
+            await agent.tick()
+            await settle(agent)
 
     asyncio.run(scenario())
     assert "batch" not in agent.runs
@@ -300,3 +303,21 @@ def test_a_pool_whose_dropins_are_not_installed_is_named(caplog: pytest.LogCaptu
     batch = {**IO, "DRAMATIQ_QUEUE_NAME": "batch"}
     make(FakeUnits(), FakeDemandProbe(), pools_of(HOST, io=IO, batch=batch), Clock())
     assert [e.DQAGENT_POOL for e in events(caplog, "pool_not_installed")] == ["batch"]  # type: ignore[attr-defined]
+
+
+def test_a_pool_files_install_only_change_on_reload_is_named(caplog: pytest.LogCaptureFixture,
+                                                             tmp_path: Path) -> None:
+    files: dict[str, dict[str, str]] = {"io": dict(IO)}
+    probe = FakeDemandProbe()
+
+    def read() -> Loaded:
+        pools = pools_of(HOST, **files)
+        return Loaded(pools[0].settings, tmp_path / "dqagent.env", "", pools=pools)
+
+    agent = make(FakeUnits(running=[1, ("io", 1)]), probe, read().pools, Clock(),
+                 reloader=Reloader(read, lambda s: probe, None))  # type: ignore[arg-type, return-value]
+    files["io"] = {**IO, "WORKER_MEMORY_MAX": "1G", "GRACEFUL_SHUTDOWN_TIMEOUT": "30"}
+    asyncio.run(agent.apply_reload())
+    (needs,) = events(caplog, "reload_needs_install")
+    assert needs.KEYS == "pool io: GRACEFUL_SHUTDOWN_TIMEOUT,pool io: WORKER_MEMORY_MAX"  # type: ignore[attr-defined]
+    assert agent.runs["io"].s.graceful_shutdown_timeout_s == 1  # kept until install, as the default pool's

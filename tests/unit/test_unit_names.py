@@ -85,10 +85,11 @@ def _polkit_unit_pattern() -> re.Pattern[str]:
 def test_polkit_rule_admits_exactly_the_names_the_agent_builds_and_parses(instance: str) -> None:
     """No @0, no leading zeros, nothing above MAX_INSTANCE = MAX_PROCESSES' limit."""
     name = f"dramatiq-worker@{instance}.service"
-    parsed = worker_instance(name)
+    parsed = parse_worker(name)
     assert (_polkit_unit_pattern().fullmatch(name) is not None) == (parsed is not None)
     if parsed is not None:
-        assert worker_unit(parsed) == name and 1 <= parsed <= MAX_INSTANCE
+        pool, n = parsed
+        assert worker_unit(n, pool) == name and 1 <= n <= MAX_INSTANCE
 
 
 def test_instance_numbers_stop_at_max_processes_limit() -> None:

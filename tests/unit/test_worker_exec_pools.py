@@ -73,6 +73,12 @@ def test_a_bad_command_in_a_pool_file_names_the_file_and_the_key(etc: Path) -> N
     assert _run(etc, "2").returncode == 0  # the default pool's workers do not read it
 
 
+def test_another_pools_unreadable_file_does_not_stop_this_pools_workers(etc: Path) -> None:
+    (etc / "pools.d" / "batch.env").write_bytes(b"\xff\xfe bad")
+    done = _run(etc, "io-3", pool_env="io")
+    assert (done.returncode, done.stdout) == (0, f"io\n{etc}/io-dir\n"), done.stderr
+
+
 def test_a_pool_unit_without_its_drop_in_runs_only_as_the_pools_user(etc: Path) -> None:
     """A pool file added without `dqagent install`: systemd runs its units as the template's user."""
     warned = _run(etc, "io-3")
