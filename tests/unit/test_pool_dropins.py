@@ -54,7 +54,10 @@ def test_each_instance_number_of_a_pool_gets_the_pools_user_directory_timeout_sl
 
 
 def test_a_pool_file_sorts_after_the_templates_limits_so_its_memory_limits_win() -> None:
-    assert pooldropins.POOL_DROPIN > "50-dqagent-limits.conf"
+    from dqagent.core.units import POOL_DROPIN
+    from dqagent.setup.layout import LIMITS_DROPIN
+
+    assert sorted([LIMITS_DROPIN, POOL_DROPIN])[-1] == POOL_DROPIN  # systemd applies drop-ins in name order
 
 
 def test_a_value_a_unit_cannot_carry_is_refused_naming_the_pool_file_and_key(tmp_path: Path) -> None:

@@ -66,7 +66,8 @@ def test_the_higher_priority_burst_takes_the_room_from_the_lower_pool_through_it
 def test_the_lower_pool_grows_back_when_the_burst_ends(shared: HostResult) -> None:
     after = BURST_S[1]
     assert max(units(shared, "batch", after, after + 180)) == 4
-    assert units(shared, "urgent", after + 180, 1500) == [1] * len(units(shared, "urgent", after + 180, 1500))
+    quiet = units(shared, "urgent", after + 180, 1500)
+    assert quiet and set(quiet) == {1}  # urgent back at its MIN: sampled, not vacuously
 
 
 def test_dev_pools_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
