@@ -209,7 +209,8 @@ class PoolHost:
         if before is None or seen != (before.windows, before.warming, before.floor, before.ceiling):
             log.info("%s%s", note, self._of(run),
                      extra=event("schedule_changed", dqagent_pool=run.name, windows=" + ".join(window.windows),
-                                 warming=" + ".join(window.warming), floor=window.floor, ceiling=window.ceiling))
+                                 warming=" + ".join(window.warming), floor=_or_empty(window.floor),
+                                 ceiling=_or_empty(window.ceiling)))
         return note
 
     def _note_undeclared(self, states: Sequence[UnitState]) -> None:
@@ -220,3 +221,7 @@ class PoolHost:
                         "systemctl stop 'dramatiq-worker@%s-*', or add pools.d/%s.env)", pool, pool, pool,
                         extra=event("undeclared_pool", dqagent_pool=pool))
 
+
+
+def _or_empty(n: int | None) -> str:
+    return "" if n is None else str(n)

@@ -249,3 +249,27 @@ def test_without_a_schedule_the_step_is_unchanged() -> None:
     check = decide(r, observed("2024-01-15T23:00:00", 1), Memory(None))
     assert isinstance(check, Check) and check.schedule is None and check.decision.reason == "wants 3"
     assert check.next_read_s == 180.0
+
+
+# -- dqagent status ---------------------------------------------------------------------------------
+
+def test_status_shows_the_windows_in_force_and_the_next_change_in_text_and_json() -> None:
+    from dqagent.cli.status import schedule_report
+    from dqagent.cli.status_text import _schedule_lines
+
+    s = parse_settings({"SCHEDULE": "Mon-Fri 08:00-18:00 min=4; * 22:00-06:00 max=2",
+                        "SCHEDULE_TIMEZONE": "Europe/Berlin", "PROCESS_STARTUP_DELAY": "5"})
+    report = schedule_report(s, us("2024-06-03T10:00:00"))  # Monday 12:00 CEST
+    assert report is not None
+    assert (report["timezone"], report["windows"], report["floor"], report["ceiling"]) == (
+        "Europe/Berlin", ["Mon-Fri 08:00-18:00 min=4"], 4, None)
+    assert report["next_change"] == {"at": "2024-06-03T16:00:00+00:00", "local": "Mon 18:00 CEST", "windows": [],
+                                     "warming": [], "floor": None, "ceiling": None}
+    assert _schedule_lines(report) == ["schedule (Europe/Berlin): Mon-Fri 08:00-18:00 min=4 (min=4)",
+                                       "  next change: Mon 18:00 CEST: no window"]
+    night = schedule_report(s, us("2024-06-03T21:00:00"))  # 23:00 CEST: the ceiling
+    assert night is not None and night["ceiling"] == 2 and night["next_change"]["local"] == "Tue 06:00 CEST"
+    # the next morning's pre-warm (PROCESS_STARTUP_DELAY early) is the change after 06:00
+    early = schedule_report(s, us("2024-06-04T04:30:00"))
+    assert early is not None and early["next_change"]["at"] == "2024-06-04T05:59:55+00:00"
+    assert schedule_report(parse_settings({}), 0.0) is None
