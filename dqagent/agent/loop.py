@@ -201,7 +201,8 @@ class Loop(PoolHost):
 
     def _observed(self, run: PoolRun, observed: Observed) -> Observed:
         """`observed` with a copy of the pool's jobs in flight and its backoff as they are now."""
-        return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff)
+        return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff,
+                       start_s=run.jobs.start_s)  # (start_s: the schedule's pre-warm, issue 23)
 
     async def _carry_out(self, checks: Mapping[str, Check], states: Sequence[UnitState], demand: Demand,
                          began: float, base: Mapping[str, Observed]) -> None:
@@ -220,9 +221,10 @@ class Loop(PoolHost):
                                      dqagent_to_pools=",".join(check.budget.gave_way_to)))
             self._issue(run, check.plan, of_pool(states, name), check.decision.reason, check.label)
             several = len(self.runs) > 1
+            notes = (check.verdict.status(), self._schedule_note(run, check.schedule))
             run.status = self.reporter.status_line(
                 check.plan, of_pool(states, name), run.jobs.backoff.remaining_s(self.clock()),
-                check.seen.obs.queue_length, check.next_read_s, note=check.verdict.status(),
+                check.seen.obs.queue_length, check.next_read_s, note="; ".join(n for n in notes if n),
                 pool=name if several else None, oldest_age_s=check.demand.oldest_age_s)
         for name, check in checks.items():
             if check.share is not None:  # the pool this tick leaves, published for the other members at once
@@ -329,7 +331,9 @@ class Loop(PoolHost):
     def _snapshot(self, *, redis_up: bool) -> Snapshot:
         """Every pool's figures as of its last check (no queues while Redis is down), and the host's."""
         pools = tuple(PoolFigures(name, run.policy.name, run.s.min_processes, run.s.max_processes, run.workers,
-                                  run.queues if redis_up else (), priority=run.priority, share=run.share)
+                                  run.queues if redis_up else (), priority=run.priority, share=run.share,
+                                  schedule_floor=run.schedule.floor if run.schedule else None,  # (issue 23)
+                                  schedule_ceiling=run.schedule.ceiling if run.schedule else None)
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
                         last_decision_s=self._last_decision_s, counters=self._frozen_counters(),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.policies import Policy, make_policy
+from dqagent.core.schedule import InForce, status_note
 from dqagent.core.snapshot import WorkerCounts
 from dqagent.core.step import Memory
 from dqagent.core.units import UNIT_DIR, UnitState, pool_dropin
@@ -26,6 +27,7 @@ from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
 from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.settings.pools import Pool
+from dqagent.settings.schedule import zone_for
 from dqagent.settings.workercmd import worker_shape
 from dqagent.systemd.jobtable import JobTable, UnitManager
 
@@ -56,6 +58,8 @@ class PoolRun:
     share: int | None = None
     #: A reload removed its file: its workers stop, then it is forgotten (it no longer decides).
     retiring: bool = False
+    #: SCHEDULE as of its last check (None: no schedule).
+    schedule: InForce | None = None
 
     @property
     def priority(self) -> int:
@@ -195,6 +199,22 @@ class PoolHost:
         """` of pool io` in a log line when the host has several pools; "" with one (the lines as before pools)."""
         return f" of pool {run.name}" if len(self.runs) > 1 else ""
 
+    def _schedule_note(self, run: PoolRun, window: InForce | None) -> str:
+        """A pool's SCHEDULE at its check: kept for the snapshot, each change of its windows logged
+        (`schedule_changed`); returns its part of STATUS= ("" without a schedule)."""
+        before, run.schedule = run.schedule, window
+        if window is None:
+            return ""
+        zone = zone_for(run.s.schedule_timezone)
+        note = status_note(window, zone)
+        seen = (window.windows, window.warming, window.floor, window.ceiling)
+        if before is None or seen != (before.windows, before.warming, before.floor, before.ceiling):
+            log.info("%s%s", note, self._of(run),
+                     extra=event("schedule_changed", dqagent_pool=run.name, windows=" + ".join(window.windows),
+                                 warming=" + ".join(window.warming), floor=_or_empty(window.floor),
+                                 ceiling=_or_empty(window.ceiling)))
+        return note
+
     def _note_undeclared(self, states: Sequence[UnitState]) -> None:
         """Warn once per pool whose units run but which no pool file declares: the agent leaves them alone."""
         for pool in sorted({s.pool for s in states if s.occupied} - set(self.runs) - self._undeclared):
@@ -203,3 +223,7 @@ class PoolHost:
                         "systemctl stop 'dramatiq-worker@%s-*', or add pools.d/%s.env)", pool, pool, pool,
                         extra=event("undeclared_pool", dqagent_pool=pool))
 
+
+
+def _or_empty(n: int | None) -> str:
+    return "" if n is None else str(n)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,12 +28,14 @@ from dqagent.broker.redis import RedisDemandProbe
 from dqagent.cli.status_text import _guard_lines, render_text
 from dqagent.core.demand import Demand
 from dqagent.core.policies import thresholds
+from dqagent.core.schedule import in_force, local_text, next_change
 from dqagent.core.units import AGENT_UNIT, UnitState, describe_exit, of_pool
 from dqagent.errors import DqAgentError
 from dqagent.report import journal
 from dqagent.settings.config import Settings
 from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.settings.pools import Pool
+from dqagent.settings.schedule import zone_for
 from dqagent.settings.sources import Loaded
 from dqagent.settings.workercmd import WorkerShape, worker_shape
 from dqagent.systemd.client import SystemdClient
@@ -83,7 +86,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
 #: The keys each entry of `pools` has; the top level has them too, for the default pool.
 POOL_KEYS = ("queue_length", "current_processes", "min_processes", "max_processes", "scale_up_threshold",
              "scale_down_threshold", "process_list", "queues", "queue_metric", "scaling_policy", "max_queue_age_s",
-             "worker_shape", "command_error", "failing_workers", "pool_priority", "settings_file")
+             "worker_shape", "command_error", "failing_workers", "pool_priority", "settings_file", "schedule")
 
 
 def _blank(loaded: Loaded) -> dict[str, Any]:
@@ -116,6 +119,8 @@ def _blank(loaded: Loaded) -> dict[str, Any]:
         #: Broker data the read skipped as untrusted: [{"kind", "key", "reason"}] (dqagent.core.untrusted).
         "broker_data_rejected": [],
         "pool_priority": s.pool_priority,
+        #: SCHEDULE now: the windows in force and the next change (`schedule_report`); None: no SCHEDULE.
+        "schedule": schedule_report(s, time.time() * 1e6),
         #: HOST_MAX_PROCESSES: most workers of all pools together; None: no host cap.
         "host_max_processes": s.host_max_processes,
         #: Worker units of pools no file declares (a pool file removed while its units run): not counted.
@@ -132,7 +137,25 @@ def _blank_pool(pool: Pool, loaded: Loaded) -> dict[str, Any]:
             "max_processes": s.max_processes, "scale_up_threshold": None, "scale_down_threshold": None,
             "process_list": [], "queues": {}, "queue_metric": str(s.queue_metric), "scaling_policy": s.scaling_policy,
             "max_queue_age_s": s.max_queue_age_s, "worker_shape": None, "command_error": None, "failing_workers": [],
-            "pool_priority": s.pool_priority, "settings_file": str(file) if file is not None else None}
+            "pool_priority": s.pool_priority, "settings_file": str(file) if file is not None else None,
+            "schedule": schedule_report(s, time.time() * 1e6)}
+
+
+def schedule_report(s: Settings, now_us: float) -> dict[str, Any] | None:
+    """SCHEDULE at `now_us`: the windows in force (a floor from PROCESS_STARTUP_DELAY before its window; the
+    agent adds the measured start time), the floor and ceiling, and the next change; None without SCHEDULE."""
+    if not s.schedule:
+        return None
+    zone = zone_for(s.schedule_timezone)
+    lead = s.process_startup_delay_s
+    now = in_force(s.schedule, zone, now_us, lead)
+    change = next_change(s.schedule, zone, now_us, lead)
+    nxt = None if change is None else {
+        "at": _iso(int(change[0])), "local": local_text(change[0], zone), "windows": list(change[1].windows),
+        "warming": list(change[1].warming), "floor": change[1].floor, "ceiling": change[1].ceiling}
+    return {"timezone": s.schedule_timezone or str(zone), "entries": [w.text for w in s.schedule.windows],
+            "windows": list(now.windows), "warming": list(now.warming), "floor": now.floor, "ceiling": now.ceiling,
+            "next_change": nxt}
 
 
 def _read_shape(part: dict[str, Any], s: Settings) -> WorkerShape | None:

@@ -97,7 +97,22 @@ def _shape_lines(p: dict[str, Any]) -> list[str]:
         lines.append(f"worker command: {p['command_error']}")
     lines.append(f"scale-up threshold ({p['scaling_policy']} policy): {show(p['scale_up_threshold'])}")
     lines.append(f"scale-down threshold: {show(p['scale_down_threshold'])}")
-    return lines
+    return lines + _schedule_lines(p.get("schedule"))
+
+
+def _schedule_lines(sch: dict[str, Any] | None) -> list[str]:
+    """SCHEDULE: the windows in force with their bounds, and the next change."""
+    if not sch:
+        return []
+
+    def state(x: dict[str, Any]) -> str:
+        bounds = " ".join(f"{k}={x[b]}" for k, b in (("min", "floor"), ("max", "ceiling")) if x[b] is not None)
+        names = [*x["windows"], *(f"{w} (pre-warming)" for w in x["warming"])]
+        return f"{' + '.join(names)} ({bounds})" if names else "no window"
+
+    nxt = sch["next_change"]
+    return [f"schedule ({sch['timezone']}): {state(sch)}",
+            f"  next change: {nxt['local']}: {state(nxt)}" if nxt else "  next change: none"]
 
 
 def _worker_lines(p: dict[str, Any]) -> list[str]:

@@ -19,7 +19,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dqagent.core.budget import Allotment, Claim, apportion
-from dqagent.core.step import Check, FleetInput, Host, Memory, NeedsHost, Observed, Rules, decide, observe, recommend
+from dqagent.core.step import (
+    Check,
+    FleetInput,
+    Host,
+    Memory,
+    NeedsHost,
+    Observed,
+    Rules,
+    bounded,
+    decide,
+    observe,
+    recommend,
+    scheduled,
+)
 
 #: A pool whose next read is due this close after a check's time decides in that check (timers wake early).
 DUE_SLACK_S = 0.05
@@ -59,7 +72,8 @@ def claims(pools: Sequence[PoolInput]) -> list[Claim]:
         if p.retiring:
             out.append(Claim(p.name, p.priority, 0, p.rules.max_processes, 0, current=c.pool, going=c.going))
             continue
-        wanted = recommend(p.rules, seen, p.memory, p.fleet)[0].target if p.due else c.pool
+        wanted = (bounded(recommend(p.rules, seen, p.memory, p.fleet)[0], scheduled(p.rules, p.observed))[0].target
+                  if p.due else c.pool)  # (with the schedule's bounds, rule 4 of the step)
         out.append(Claim(p.name, p.priority, p.rules.min_processes, p.rules.max_processes, wanted,
                          current=c.pool, going=c.going))
     return out

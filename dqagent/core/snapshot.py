@@ -61,6 +61,8 @@ class Reason(StrEnum):
     DELAYED_MESSAGES = "delayed_messages"
     #: HOST_MAX_PROCESSES: the pool gave way to (or waits for room from) other pools.
     HOST_BUDGET = "host_budget"
+    #: A SCHEDULE window's floor or ceiling (`dqagent.core.schedule`).
+    SCHEDULE = "schedule"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
@@ -190,6 +192,9 @@ class PoolFigures:
     priority: int = 0
     #: Its share of HOST_MAX_PROCESSES (`dqagent.core.budget.Allotment.share`); None: no host budget.
     share: int | None = None
+    #: SCHEDULE's floor and ceiling in force (pre-warm included) at its last check; None: none.
+    schedule_floor: int | None = None
+    schedule_ceiling: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,16 @@ The rules, in the order they apply:
 3. **Delayed messages**: a target of 0 while messages wait in the delay queue becomes 1: only a
    consumer moves due messages (and Dramatiq's retries) back to the queue. Metrics reason
    `delayed_messages`, in fleet mode too.
-4. **Guard**: a target above the pool is capped by the host's headroom (`dqagent.core.guard.decide`). The
+4. **Schedule** (`dqagent.core.schedule`, SCHEDULE): the windows in force at `Observed.now_us` bound the
+   target: the highest floor raises it, the lowest ceiling lowers it (a floor above a ceiling wins), a floor
+   from its pre-warm on (the measured start time `Observed.start_s` + PROCESS_STARTUP_DELAY before its window
+   opens); the next read comes no later than the schedule's next change. Metrics reason `schedule`.
+5. **Guard**: a target above the pool is capped by the host's headroom (`dqagent.core.guard.decide`). The
    headroom is read only for a scale-up: without it, `decide` returns `NeedsHost` and the caller reads
    the host and calls again with the same arguments.
-5. **Reconcile** (`reconciler.reconcile`): clamp to [MIN, MAX], starts at the lowest free numbers
+6. **Reconcile** (`reconciler.reconcile`): clamp to [MIN, MAX], starts at the lowest free numbers
    unless the crash-loop backoff holds them, stops of the highest settled numbers.
-6. **Report**: the bounded metrics reason, the decision line's journal fields and whether it is
+7. **Report**: the bounded metrics reason, the decision line's journal fields and whether it is
    routine (no change, logged at INFO at most once per CHECK_INTERVAL), and the next read time
    (CHECK_INTERVAL for `step`; the adaptive read interval for `target`).
 """
@@ -37,14 +41,22 @@ from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
 from dqagent.core.policies import Decision, Observation, Policy, read_interval_s
 from dqagent.core.reconciler import Backoff, Census, Intent, Plan, census, reconcile
+from dqagent.core.schedule import InForce, in_force
 from dqagent.core.snapshot import Reason, action_reason
 from dqagent.settings.config import QueueMetric
+from dqagent.settings.schedule import Schedule, zone_for
 
 if TYPE_CHECKING:  # types only
+    from datetime import tzinfo
+
     from dqagent.core.demand import Demand
     from dqagent.core.fleet import FleetView, Member, Share
     from dqagent.core.units import UnitState
     from dqagent.settings.config import Settings
+
+
+#: No SCHEDULE.
+NO_SCHEDULE = Schedule()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +78,17 @@ class Rules:
     startup_delay_s: float
     guard: bool
     queue_names: tuple[str, ...] = ()
+    #: SCHEDULE (empty: none), read on the clock of `zone` (SCHEDULE_TIMEZONE's; None: the host's).
+    schedule: Schedule = NO_SCHEDULE
+    zone: tzinfo | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, policy: Policy) -> Rules:
         return cls(policy=policy, min_processes=s.min_processes, max_processes=s.max_processes,
                    queue_metric=s.queue_metric, adaptive_reads=s.scaling_policy != "step",
                    read_every_s=s.tick_interval_s(), check_interval_s=s.check_interval_s,
-                   startup_delay_s=s.process_startup_delay_s, guard=s.guard, queue_names=s.queue_names)
+                   startup_delay_s=s.process_startup_delay_s, guard=s.guard, queue_names=s.queue_names,
+                   schedule=s.schedule, zone=zone_for(s.schedule_timezone) if s.schedule else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +103,9 @@ class Observed:
     units: Sequence[UnitState]
     in_flight: Mapping[int, Intent]
     backoff: Backoff
+    #: Seconds a start takes (StartUnit until its job ends), as measured: the schedule's pre-warm lead is this
+    #: plus PROCESS_STARTUP_DELAY.
+    start_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +170,8 @@ class Check:
     demand: Demand
     #: With pools: this pool's part of HOST_MAX_PROCESSES (None: no host budget).
     budget: Allotment | None = None
+    #: SCHEDULE at this check (None: no schedule).
+    schedule: InForce | None = None
 
     @property
     def fields(self) -> dict[str, object]:
@@ -184,6 +205,10 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     and `host_starting` the workers other pools start in the same check (the guard counts them as starting)."""
     seen = observe(rules, observed)
     decision, state, share, delayed = recommend(rules, seen, memory, fleet)
+    # -- rule 4, the schedule (issue 23) --
+    window = scheduled(rules, observed)
+    decision, by_schedule = bounded(decision, window)
+    # -- end of the schedule's rule --
     capped = budget is not None and min(decision.target, rules.max_processes) > budget.cap
     if budget is not None and capped:
         decision = Decision(budget.cap, f"{decision.reason}; {budget_note(budget)}")
@@ -202,15 +227,39 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
                      now_s=observed.now_s)
     # The floor decided only where this host runs a worker for it (in fleet mode, a host whose share of G is 0
     # scales for the policy's reasons).
-    label = (Reason.DELAYED_MESSAGES if delayed and decision.target > 0
-             else Reason.HOST_BUDGET if capped else action_reason(rules.policy.name, decision.target, plan.wanted))
+    label = (Reason.DELAYED_MESSAGES if delayed and decision.target > 0 and not by_schedule
+             else Reason.HOST_BUDGET if capped else Reason.SCHEDULE if by_schedule
+             else action_reason(rules.policy.name, decision.target, plan.wanted))
     routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
     outstanding = seen.obs.outstanding
     next_read = (read_interval_s(rules.read_every_s, seen.obs, decision.target, memory.previous_outstanding,
                                  rules.check_interval_s) if rules.adaptive_reads else rules.read_every_s)
+    if window is not None and window.next_us is not None:  # the schedule's next change (rule 4)
+        next_read = min(next_read, max(MIN_READ_S, (window.next_us - observed.now_us) / 1e6))
     memory = Memory(state, outstanding, memory.last_logged_s if routine else observed.now_s)
     return Check(seen, decision, verdict, plan, label, memory, share, routine, next_read, rules, observed.demand,
-                 budget)
+                 budget, window)
+
+
+#: The soonest next read the schedule asks for (a change due now is read again just after it).
+MIN_READ_S = 0.1
+
+
+def scheduled(rules: Rules, observed: Observed) -> InForce | None:
+    """Rule 4's windows at this check (None: no SCHEDULE), floors `startup_delay_s + start_s` early."""
+    if not rules.schedule:
+        return None
+    zone = rules.zone if rules.zone is not None else zone_for("")
+    return in_force(rules.schedule, zone, observed.now_us, rules.startup_delay_s + observed.start_s)
+
+
+def bounded(decision: Decision, window: InForce | None) -> tuple[Decision, bool]:
+    """Rule 4: the target within the schedule's floor and ceiling, and whether they changed it."""
+    if window is None or (target := window.bound(decision.target)) == decision.target:
+        return decision, False
+    names = " + ".join(window.windows + window.warming)
+    why = "floor" if target > decision.target else "ceiling"
+    return Decision(target, f"{decision.reason}; schedule {why} {target} ({names})"), True
 
 
 def budget_note(budget: Allotment) -> str:

@@ -209,6 +209,12 @@ ENTRIES: tuple[Entry, ...] = (
           "GUARD=off (docs/operations.md, Resource limits and the guard)."),
     Entry("guard_released", "b17d00d317d04d6fae49cd611ddd1401", "dqagent's scale-up hold has ended",
           "The host has headroom again; the held scale-up proceeds at this check. Nothing to do."),
+    Entry("schedule_changed", "e8ffc0f784f04b00865201c3a911c72f",
+          "A SCHEDULE window opened, ended or began its pre-warm",
+          "The windows of SCHEDULE in force for this pool (DQAGENT_POOL) changed: the message names them, the "
+          "floor and ceiling they set and the next change. A window's floor applies from its pre-warm on (the "
+          "measured start time plus PROCESS_STARTUP_DELAY before it opens), so its workers run when it opens. "
+          "Nothing to do; to change the windows, edit SCHEDULE and reload (README, Schedules)."),
     Entry("budget_yield", "184e549eb6da4465bbd8d661e565449e", "A pool gave way to others under HOST_MAX_PROCESSES",
           "The pools together want more workers than HOST_MAX_PROCESSES allows, so this pool (DQAGENT_POOL) stops "
           "workers gracefully to leave room to the pools named in DQAGENT_TO_POOLS (higher POOL_PRIORITY, or equal "

@@ -52,7 +52,7 @@ METRIC_NAMES = frozenset({
     "dqagent_source_errors_total", "dqagent_redis_up", "dqagent_last_decision_timestamp_seconds",
     "dqagent_build_info", "dqagent_worker_oom_kills_total", "dqagent_guard_holding",
     "dqagent_broker_records_rejected_total", "dqagent_host_workers_limit", "dqagent_workers_share",
-    "dqagent_pool_priority", "dqagent_pool_info",
+    "dqagent_pool_priority", "dqagent_pool_info", "dqagent_schedule_workers",
 })
 #: The guard's resources (dqagent.core.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -96,7 +96,12 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
                                  labels=["pool", "queue", "state"])
     ages = GaugeMetricFamily("dqagent_queue_oldest_message_age_seconds",
                              "Age of the oldest ready message; absent for an empty queue", labels=["pool", "queue"])
+    schedule = GaugeMetricFamily("dqagent_schedule_workers", "SCHEDULE's floor and ceiling in force (a floor from its "
+                                 "pre-warm on); absent while no window sets them", labels=["pool", "bound"])
     for p in snap.pools:
+        for bound, value in (("floor", p.schedule_floor), ("ceiling", p.schedule_ceiling)):
+            if value is not None:
+                schedule.add_metric([p.name, bound], value)
         info.add_metric([p.name, p.policy], {})
         priority.add_metric([p.name], p.priority)
         limits.add_metric([p.name, "min"], p.min_processes)
@@ -115,7 +120,7 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
             if q.oldest_age_s is not None:
                 ages.add_metric([p.name, q.queue], q.oldest_age_s)
     # A family without samples is left out (an empty family would still print its HELP and TYPE lines)
-    yield from (f for f in (info, priority, limits, share, workers, messages, ages) if f.samples)
+    yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages) if f.samples)
 
 
 def _counters(snap: Snapshot) -> Iterator[Metric]:
@@ -123,7 +128,7 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
     c = snap.counters
     actions = CounterMetricFamily("dqagent_scale_actions", "Scale actions issued, by pool, direction and reason "
                                   "(the policy's name, startup, min_processes, max_processes, delayed_messages, "
-                                  "host_budget)", labels=["pool", "direction", "reason"])
+                                  "host_budget, schedule)", labels=["pool", "direction", "reason"])
     seen = dict(c.scale_actions)
     for p in snap.pools:  # each pool's policy series exist from the start, so rate() sees the first action
         for d in Direction:

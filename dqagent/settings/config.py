@@ -31,6 +31,7 @@ from dqagent.settings.parsers import (
     redact_url,
     rendered_path,
 )
+from dqagent.settings.schedule import Schedule, check_bounds
 
 __all__ = [
     "CREDENTIAL_NAME", "DEFAULTS", "DEFAULT_POOL_TASKS_MAX", "LOG_LEVELS", "MAX_GRACE_S", "MAX_PROCESSES_LIMIT",
@@ -118,6 +119,11 @@ class Settings:
     pool_priority: int = 0
     #: Most worker units of all pools together; None: no host cap (dqagent.env only).
     host_max_processes: int | None = None
+    # --- Schedules (dqagent.settings.schedule, dqagent.core.schedule). ---
+    #: SCHEDULE's windows; empty: no schedule.
+    schedule: Schedule = field(default_factory=Schedule)
+    #: SCHEDULE_TIMEZONE: an IANA name, "" for the host's zone.
+    schedule_timezone: str = ""
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
@@ -179,6 +185,7 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         if s.field:
             parsed[s.field] = value
     _check_across(parsed, v)
+    check_bounds("SCHEDULE", parsed["schedule"], parsed["min_processes"], parsed["max_processes"])
     return Settings(**parsed)
 
 

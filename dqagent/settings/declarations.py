@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from dqagent.settings import parsers as p
 from dqagent.settings.parsers import MAX_GRACE_S, MAX_PROCESSES_LIMIT, MAX_QUEUE_AGE_LIMIT_S, Parser
+from dqagent.settings.schedule import parse_schedule, parse_timezone
 
 
 class OnReload(StrEnum):
@@ -174,6 +175,12 @@ SETTINGS: tuple[Setting, ...] = (
                                  f"1..{MAX_PROCESSES_LIMIT}, >= the pools' MIN_PROCESSES together")),
             "pools: most worker units of all pools together on this host (dqagent.env only); empty: no cap "
             "beyond each pool's `MAX_PROCESSES`"),
+    # Schedules, README "Schedules".
+    Setting("SCHEDULE", "", "schedule", parse_schedule,
+            "time windows with a floor and/or a ceiling: `DAYS HH:MM-HH:MM min=N max=N` entries separated by `;` "
+            "(e.g. `Mon-Fri 08:00-18:00 min=4; * 22:00-06:00 max=2`; README \"Schedules\"); empty: none"),
+    Setting("SCHEDULE_TIMEZONE", "", "schedule_timezone", parse_timezone,
+            "the IANA zone `SCHEDULE`'s times are read in (e.g. `Europe/Berlin`); empty: the host's zone"),
     # Resource limits and the guard, docs/operations.md.
     Setting("WORKER_MEMORY_MAX", "", "worker_memory_max", p.parse_memory,
             "per worker `MemoryMax=` (e.g. `1G`, `20%`, `infinity`; empty: none): the kernel kills a worker past it "

@@ -18,6 +18,7 @@ for it), and carries out `check.plan` exactly, as `dqagent.agent.lifecycle.Agent
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,10 @@ from dqagent.core.reconciler import Backoff, Intent
 from dqagent.core.step import Check, Host, Memory, NeedsHost, Observed, Rules, decide
 from dqagent.settings.config import QueueMetric
 from dqagent.settings.parsers import DEFAULT_POOL
+from dqagent.settings.schedule import zone_for
 from dqagent.sim.pool import EPOCH_US, Pool, Worker, lookup
 from dqagent.systemd.client import ActiveState, UnitState, worker_unit
+from dqagent.systemd.jobtable import START_SAMPLES
 
 if TYPE_CHECKING:
     from dqagent.sim.poolconfig import PoolConfig
@@ -43,7 +46,8 @@ def rules_for(cfg: PoolConfig, policy: Policy, tick_s: float, adaptive_reads: bo
     return Rules(policy=policy, min_processes=cfg.min_workers, max_processes=cfg.max_workers,
                  queue_metric=QueueMetric(cfg.metric), adaptive_reads=adaptive_reads, read_every_s=tick_s,
                  check_interval_s=cfg.check_interval_s, startup_delay_s=cfg.check_s(), guard=guard,
-                 queue_names=(QUEUE,))
+                 queue_names=(QUEUE,), schedule=cfg.schedule,
+                 zone=zone_for(cfg.schedule_timezone) if cfg.schedule else None)
 
 
 class SimAgent:
@@ -65,6 +69,8 @@ class SimAgent:
         self.judging: list[tuple[float, int]] = []
         self.batch_failed: dict[int, bool] = {}
         self.batches = 0
+        #: The last few start jobs' durations: what the agent's job table measures (`JobTable.start_s`).
+        self.start_took: deque[float] = deque(maxlen=START_SAMPLES)
 
     def observe(self, now: float) -> Observed:
         """What a real agent would read now: the queue's counts and the units, with its own jobs and backoff."""
@@ -89,7 +95,8 @@ class SimAgent:
         for n in self.failed_numbers:
             units.append(UnitState(_name(n, name), n, ActiveState.FAILED, "failed", 0, 0, 0, "exit-code", False,
                                    pool=name))
-        return Observed(now, EPOCH_US + now * 1e6, demand, units, flight, self.backoff)
+        return Observed(now, EPOCH_US + now * 1e6, demand, units, flight, self.backoff,
+                        start_s=max(self.start_took, default=0.0))
 
     def check(self, now: float, host_cpu: float | None) -> tuple[Observed, Check]:
         """Observe, then decide with the shared step (the host read only when the guard asks for it)."""
@@ -110,8 +117,10 @@ class SimAgent:
                 self.failed_numbers.difference_update(plan.reset)
                 self.backoff = self.backoff.after_failure(now)
             self.batches += 1
-            started = [pool.start(now, n, self.batches, lookup(cfg.start_job_profile_s, now, 0.0), cfg.check_s(),
-                                  self._replayed_failure(now)) for n in plan.start]
+            job_s = lookup(cfg.start_job_profile_s, now, 0.0)
+            started = [pool.start(now, n, self.batches, job_s, cfg.check_s(), self._replayed_failure(now))
+                       for n in plan.start]
+            self.start_took.extend(job_s for _ in started)
             self.batch_failed[self.batches] = False
             heapq.heappush(self.judging, (max(w.checked_s for w in started), self.batches))
         if plan.stop:

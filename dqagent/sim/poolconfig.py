@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from dqagent.settings.schedule import Schedule
 
 #: The dispatch models `PoolConfig.dispatch` accepts.
 DISPATCH_MODELS = ("first", "random", "poll")
@@ -57,6 +59,10 @@ class PoolConfig:
     #: holds the next starts; reusing a failed unit's number counts as a failure, as in `dqagent.systemd.jobtable`.
     failed_starts_s: tuple[tuple[float, float], ...] = ()
     failure_match_s: float = 1.25
+    #: SCHEDULE's windows, read on the clock of SCHEDULE_TIMEZONE (the simulated wall clock is
+    #: `dqagent.sim.pool.EPOCH_US` + the simulated time); empty: none.
+    schedule: Schedule = field(default_factory=Schedule)
+    schedule_timezone: str = "UTC"
 
     def check_s(self) -> float:
         """The agent's PROCESS_STARTUP_DELAY for this pool."""

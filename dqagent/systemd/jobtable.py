@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -35,6 +36,9 @@ from dqagent.settings.parsers import DEFAULT_POOL
 __all__ = ["JobTable", "Outcome", "ScaleReport", "UnitManager", "restart_baseline", "scale_by", "stop_timeout_s"]
 
 log = logging.getLogger(__name__)
+
+#: Starts whose durations `JobTable.start_s` keeps.
+START_SAMPLES = 5
 
 
 class UnitManager(Protocol):
@@ -170,11 +174,18 @@ class JobTable:
         self.backoff = Backoff()
         self.outcomes: list[Outcome] = []
         self._checker = _Batched(units.started_states)
+        #: How long the last few successful StartUnit jobs took (seconds): the schedule's pre-warm lead.
+        self._start_took: deque[float] = deque(maxlen=START_SAMPLES)
 
     @property
     def in_flight(self) -> Mapping[int, Intent]:
         """A read-only view of what the agent is doing, for the reconciler."""
         return MappingProxyType(self._flight)
+
+    @property
+    def start_s(self) -> float:
+        """The slowest of the last few successful starts (StartUnit until its job ended); 0 before any."""
+        return max(self._start_took, default=0.0)
 
     @property
     def busy(self) -> bool:
@@ -243,7 +254,10 @@ class JobTable:
         """Start one unit and check it: True if it failed its check, the error if systemd was lost."""
         unit = self._unit(n)
         try:
+            began = self._clock()
             outcome = await self._reset_then_start(unit, reset)
+            if outcome.ok:
+                self._start_took.append(self._clock() - began)
             seen = outcome.seen
             if delay_s > 0 and outcome.ok:
                 await asyncio.sleep(delay_s)

@@ -41,6 +41,7 @@ ALTERNATIVE = {
     "POOL_MEMORY_MAX": "2G", "POOL_CPU_QUOTA": "300%", "POOL_TASKS_MAX": "50%", "GUARD": "off",
     "GUARD_MEMORY_PRESSURE": "20", "GUARD_CPU_PRESSURE": "60", "GUARD_MEMORY_RESERVE": "5%",
     "GUARD_PROC_DIR": "/tmp/proc", "POOL_PRIORITY": "10", "HOST_MAX_PROCESSES": "12",
+    "SCHEDULE": "Mon-Fri 08:00-18:00 min=2", "SCHEDULE_TIMEZONE": "Europe/Berlin",
 }
 WITH_FIELD = [s for s in SETTINGS if s.field]
 

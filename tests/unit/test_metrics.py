@@ -132,7 +132,7 @@ def test_frozen_counters_do_not_change_with_the_accumulator() -> None:
 # -- the collector over hand-built snapshots ----------------------------------------------------------
 
 def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> None:
-    got = samples(snapshot())
+    got = samples(snapshot(default_pool(schedule_floor=3)))
     assert got[("dqagent_build_info", (("policy", "step"), ("version", "9.9")))] == 1
     assert got[("dqagent_pool_info", (("policy", "step"), ("pool", "default")))] == 1
     assert got[("dqagent_pool_priority", DEFAULT)] == 0
@@ -167,7 +167,8 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert {k[0] for k in got} == METRIC_NAMES - {"dqagent_host_workers_limit", "dqagent_workers_share"}
     # Every worker and queue series, and every scale action, is the default pool's; no host-wide one has `pool`
     per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_priority",
-                "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_info"}
+                "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_info",
+                "dqagent_schedule_workers"}
     for name, labels in got:
         assert (dict(labels).get("pool") == "default") == (name in per_pool), (name, labels)
 
@@ -178,8 +179,12 @@ def test_each_pool_is_exported_under_its_name_with_the_host_budget_and_its_share
     acc.scale_action(Direction.DOWN, Reason.HOST_BUDGET)
     io = PoolFigures("io", "target", 0, 6, WorkerCounts(running=2, starting=0, stopping=1, failed=0, desired=2),
                      (QueueDemand("slow", ready=40, outstanding=50, delayed=0, dead=0, orphaned=0, oldest_age_s=3.0),),
-                     priority=50, share=2)
-    got = samples(snapshot(pools=(default_pool(share=3), io), host_max_processes=5, counters=acc.frozen()))
+                     priority=50, share=2, schedule_ceiling=4)
+    got = samples(snapshot(pools=(default_pool(share=3, schedule_floor=2), io), host_max_processes=5,
+                           counters=acc.frozen()))
+    # SCHEDULE's bounds in force: only those a window sets
+    assert {tuple(v for _, v in k[1]): n for k, n in got.items() if k[0] == "dqagent_schedule_workers"} == {
+        ("floor", "default"): 2, ("ceiling", "io"): 4}
     assert got[("dqagent_host_workers_limit", ())] == 5
     assert {dict(k[1])["pool"]: v for k, v in got.items() if k[0] == "dqagent_workers_share"} == {"default": 3, "io": 2}
     assert {dict(k[1])["pool"]: v for k, v in got.items() if k[0] == "dqagent_pool_priority"} == {

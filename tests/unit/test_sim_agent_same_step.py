@@ -11,7 +11,7 @@ handed on. A rule either side applies outside the shared step (`dqagent.core.ste
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -29,12 +29,13 @@ from dqagent.sim.traces import Trace, Workload
 from dqagent.systemd.client import worker_instance
 from tests.unit.fakes import FakeDemandProbe, FakeUnit, FakeUnits, RecordingNotifier
 
-SETTINGS = parse_settings({
+RAW = {
     "SCALING_POLICY": "target", "MIN_PROCESSES": "1", "MAX_PROCESSES": "6", "DEMAND_POLL_INTERVAL": "2",
     # CHECK_INTERVAL below 2 x DEMAND_POLL_INTERVAL: the idle read interval is bounded by it
     "CHECK_INTERVAL": "3", "PROCESS_STARTUP_DELAY": "0", "SCALE_DOWN_WINDOW": "10", "GUARD": "on",
     "GUARD_CPU_PRESSURE": "50", "GUARD_MEMORY_PRESSURE": "10", "DRAMATIQ_QUEUE_NAME": "default",
-    "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
+    "GRACEFUL_SHUTDOWN_TIMEOUT": "1"}
+SETTINGS = parse_settings(RAW)
 POLICY = make_policy(SETTINGS, "target", shape=worker_shape(SETTINGS.dramatiq_command, 2))
 LIMITS = Limits(50, 10, 0)
 #: Workers ready as soon as their start job ends, checked at once (PROCESS_STARTUP_DELAY=0) as the fake's are;
@@ -54,7 +55,8 @@ class Read:
     check: Check
 
 
-def simulated(monkeypatch: pytest.MonkeyPatch) -> tuple[Result, list[Read]]:
+def simulated(monkeypatch: pytest.MonkeyPatch, pool: PoolConfig = POOL, policy: Any = POLICY
+              ) -> tuple[Result, list[Read]]:
     reads: list[Read] = []
     step = agenttick.decide
 
@@ -68,7 +70,7 @@ def simulated(monkeypatch: pytest.MonkeyPatch) -> tuple[Result, list[Read]]:
     # Two bursts of 4 s tasks, 40 s apart, on a host with 2 workers' worth of CPU
     arrivals = tuple(2.0 + i * 0.05 for i in range(80)) + tuple(60.0 + i * 0.1 for i in range(30))
     workload = Workload(Trace("two bursts", 120, ((0, 0),)), 1, arrivals, (4.0,) * len(arrivals), ())
-    result = simulate(workload, POLICY, POOL, 2.0, host=HostModel(capacity=2), guard=LIMITS, adaptive_reads=True,
+    result = simulate(workload, policy, pool, 2.0, host=HostModel(capacity=2), guard=LIMITS, adaptive_reads=True,
                       first_read_s=0.5)
     monkeypatch.undo()
     return result, reads
@@ -85,9 +87,39 @@ def test_the_agent_decides_and_acts_as_the_simulator_on_every_read_it_made(monke
     # Given every read the simulated agent made
     result, reads = simulated(monkeypatch)
     assert len(reads) == len(result.samples) > 20
+    # Then the agent, on each, acts alike
+    same_on_every_read(monkeypatch, result, reads, SETTINGS, POLICY)
+    # (and the run went through every rule: starts, stops, a reset, a scale-up held by the guard)
+    plans = [r.check.plan for r in reads]
+    assert any(p.start for p in plans) and any(p.stop for p in plans) and any(p.reset for p in plans)
+    assert any(r.check.verdict.holding for r in reads)
+
+
+#: The simulated wall clock starts at EPOCH_US, 1970-01-13 17:25:11.6 UTC: a ceiling of 2 until 17:26, no window,
+#: then a floor of 5 from 17:27 (the second burst, and the end of the run, fall in it).
+SCHEDULE = "* 17:25-17:26 max=2; * 17:27-17:40 min=5"
+
+
+def test_with_a_schedule_the_agent_decides_as_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = parse_settings({**RAW, "SCHEDULE": SCHEDULE, "SCHEDULE_TIMEZONE": "UTC",
+                               "PROCESS_STARTUP_DELAY": "0"})
+    policy = make_policy(settings, "target", shape=worker_shape(settings.dramatiq_command, 2))
+    result, reads = simulated(monkeypatch, replace(POOL, schedule=settings.schedule, schedule_timezone="UTC"),
+                              policy)
+    same_on_every_read(monkeypatch, result, reads, settings, policy)
+    # (the schedule decided: the ceiling held the first burst at 2, the floor raised the pool to 5 at 17:27)
+    labels = [(r.check.label, r.check.decision.target) for r in reads]
+    assert ("schedule", 2) in labels and ("schedule", 5) in labels
+    assert max(r.check.decision.target for r in reads if r.observed.now_s < 48) == 2
+
+
+def same_on_every_read(monkeypatch: pytest.MonkeyPatch, result: Result, reads: list[Read], settings: Any,
+                       policy: Any) -> None:
+    """The real agent, handed each read the simulated agent made, starts, resets and stops the same units, wants
+    the same target and hands the next read the same memory and backoff at the same time."""
     clock, wall, units, probe = Clock(), Clock(), FakeUnits(), FakeDemandProbe()
-    agent = Agent(SETTINGS, units, probe, RecordingNotifier(), POLICY, clock=clock, wallclock=wall)
-    assert all(r.rules == Rules.from_settings(SETTINGS, POLICY) for r in reads)
+    agent = Agent(settings, units, probe, RecordingNotifier(), policy, clock=clock, wallclock=wall)
+    assert all(r.rules == Rules.from_settings(settings, policy) for r in reads)
 
     async def mirror(read: Read) -> tuple[float, list[tuple[str, int]]]:
         """The agent's tick on the world the simulated agent saw; its jobs then run to their end."""
@@ -127,7 +159,3 @@ def test_the_agent_decides_and_acts_as_the_simulator_on_every_read_it_made(monke
             assert delay == pytest.approx(following.observed.now_s - now), now
             assert agent.memory == following.memory
             assert agent.jobs.backoff == following.observed.backoff, now
-    # (and the run went through every rule: starts, stops, a reset, a scale-up held by the guard)
-    plans = [r.check.plan for r in reads]
-    assert any(p.start for p in plans) and any(p.stop for p in plans) and any(p.reset for p in plans)
-    assert any(r.check.verdict.holding for r in reads)
