@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dqagent.core.budget import Allotment, Claim, apportion
+from dqagent.core.pause import Pause, hold
 from dqagent.core.step import Check, FleetInput, Host, Memory, NeedsHost, Observed, Rules, decide, observe, recommend
 
 #: A pool whose next read is due this close after a check's time decides in that check (timers wake early).
@@ -45,6 +46,8 @@ class PoolInput:
     fleet: FleetInput | None = None
     #: Whether the pool decides in this check (its next read is due); one that is not claims its current size.
     due: bool = True
+    #: The pool's active pause or maintenance (`dqagent.core.pause`; step rule 3b): it claims what it holds.
+    pause: Pause | None = None
 
 
 def claims(pools: Sequence[PoolInput]) -> list[Claim]:
@@ -54,6 +57,8 @@ def claims(pools: Sequence[PoolInput]) -> list[Claim]:
         seen = observe(p.rules, p.observed)
         c = seen.census
         wanted = recommend(p.rules, seen, p.memory, p.fleet)[0].target if p.due else c.pool
+        if p.pause is not None:  # (rule 3b of the step)
+            wanted = hold(p.pause, c.pool, p.rules.min_processes, p.rules.max_processes, p.observed.now_us / 1e6).target
         out.append(Claim(p.name, p.priority, p.rules.min_processes, p.rules.max_processes, wanted,
                          current=c.pool, going=c.going))
     return out
@@ -71,7 +76,8 @@ def decide_host(pools: Sequence[PoolInput], budget: int | None, host: Host | Non
         if not p.due:
             continue
         check = decide(p.rules, p.observed, p.memory, fleet=p.fleet, host=host,
-                       budget=allotted[p.name] if allotted is not None else None, host_starting=starting)
+                       budget=allotted[p.name] if allotted is not None else None, host_starting=starting,
+                       pause=p.pause)
         if isinstance(check, NeedsHost):
             return check
         starting += len(check.plan.start)

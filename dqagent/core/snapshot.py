@@ -28,6 +28,7 @@ from dqagent.settings.parsers import DEFAULT_POOL
 
 if TYPE_CHECKING:  # the type only: this module imports no redis
     from dqagent.core.demand import QueueDemand
+    from dqagent.core.pause import Pause
 
 #: Upper bounds (seconds) of the decision-duration buckets: a tick reads Redis and systemd (a few ms),
 #: a slow one waits for timeouts (REDIS_TIMEOUT, DBUS_TIMEOUT: seconds).
@@ -61,6 +62,8 @@ class Reason(StrEnum):
     DELAYED_MESSAGES = "delayed_messages"
     #: HOST_MAX_PROCESSES: the pool gave way to (or waits for room from) other pools.
     HOST_BUDGET = "host_budget"
+    #: Maintenance (`dqagent pause --at N`) scaled the pool to N (a pause itself never acts).
+    PAUSE = "pause"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
@@ -190,6 +193,8 @@ class PoolFigures:
     priority: int = 0
     #: Its share of HOST_MAX_PROCESSES (`dqagent.core.budget.Allotment.share`); None: no host budget.
     share: int | None = None
+    #: Its pause or maintenance in force (`dqagent pause`); None: not paused.
+    pause: Pause | None = None
 
 
 @dataclass(frozen=True, slots=True)

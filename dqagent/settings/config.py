@@ -118,6 +118,8 @@ class Settings:
     pool_priority: int = 0
     #: Most worker units of all pools together; None: no host cap (dqagent.env only).
     host_max_processes: int | None = None
+    #: PAUSE_GROUP: members may `dqagent pause`/`resume` besides root; "": root only.
+    pause_group: str = ""
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""

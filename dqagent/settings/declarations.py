@@ -174,6 +174,11 @@ SETTINGS: tuple[Setting, ...] = (
                                  f"1..{MAX_PROCESSES_LIMIT}, >= the pools' MIN_PROCESSES together")),
             "pools: most worker units of all pools together on this host (dqagent.env only); empty: no cap "
             "beyond each pool's `MAX_PROCESSES`"),
+    Setting("PAUSE_GROUP", "", "pause_group",
+            p.matching(f"({_NAME_CHARS}{{1,32}})?",
+                       "expected empty (root only) or a group name: letters, digits, . _ -", ""),
+            "group whose members may `dqagent pause`/`resume` besides root (dqagent.env only; install makes "
+            "the requests directory writable by it); empty: root only", OnReload.INSTALL),
     # Resource limits and the guard, docs/operations.md.
     Setting("WORKER_MEMORY_MAX", "", "worker_memory_max", p.parse_memory,
             "per worker `MemoryMax=` (e.g. `1G`, `20%`, `infinity`; empty: none): the kernel kills a worker past it "
