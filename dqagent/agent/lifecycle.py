@@ -25,9 +25,11 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dqagent.agent.loop import MAX_BACKOFF_S, Loop
+from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolRun
 from dqagent.agent.reload import Reloader
 from dqagent.broker.fleetstore import FleetCoordinator
@@ -70,7 +72,8 @@ class Agent(Loop):
                  watchdog_s: float | None = None,
                  own_unit: str = "dqagent.service", under_systemd: bool | None = None,
                  reloader: Reloader | None = None, fleet: FleetCoordinator | None = None,
-                 pools: Sequence[Pool] = (), pool_policies: Mapping[str, Policy] | None = None) -> None:
+                 pools: Sequence[Pool] = (), pool_policies: Mapping[str, Policy] | None = None,
+                 pause_dir: Path | None = None) -> None:
         super().__init__(settings, units, probe, notifier, policy, initial_processes=initial_processes, clock=clock,
                          wallclock=wallclock, fleet=fleet, pools=pools, pool_policies=pool_policies)
 
@@ -83,6 +86,8 @@ class Agent(Loop):
         self.reload_requested = asyncio.Event()
         #: The loop must finish its current step before this monotonic time, or the watchdog starves.
         self._progress_deadline = math.inf
+        if pause_dir is not None:  # `dqagent pause`'s requests and the pauses in force (dqagent.agent.pausing)
+            self.pauses = PauseBook(pause_dir, wallclock)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -155,13 +160,15 @@ class Agent(Loop):
         return delay
 
     async def _pause(self, delay_s: float, bus_lost: asyncio.Task[None]) -> None:
-        """Wait for the next check, a stop or reload request, or the loss of the bus (raised)."""
+        """Wait for the next check, a stop, reload or pause request, or the loss of the bus (raised)."""
         stop = asyncio.create_task(self.stop_requested.wait())
         reload = asyncio.create_task(self.reload_requested.wait())
-        done, _ = await asyncio.wait({stop, reload, bus_lost}, timeout=delay_s,
+        pause = asyncio.create_task(self.pauses.wait_request())  # `dqagent pause`: taken at the next check, now
+        done, _ = await asyncio.wait({stop, reload, pause, bus_lost}, timeout=delay_s,
                                      return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         reload.cancel()
+        pause.cancel()
         if bus_lost in done:
             raise BusConnectionError("system bus connection lost")
 

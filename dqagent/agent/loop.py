@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dqagent import __version__
+from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
@@ -89,6 +91,8 @@ class Loop(PoolHost):
         self.completed = False
         #: Set by the life cycle when METRICS_ADDRESS or METRICS_TEXTFILE is set.
         self.exporter: Exporter | None = None
+        #: The pools' pauses (`dqagent pause`, `dqagent.agent.pausing`); in memory unless given a directory.
+        self.pauses = PauseBook(None, wallclock)
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -100,6 +104,11 @@ class Loop(PoolHost):
             for s in running:
                 log.info("adopted %s (pid %d)", s.unit, s.main_pid,
                          extra=event("adopted", unit=s.unit, pid=s.main_pid, dqagent_pool=run.name))
+            paused = self.pauses.get(run.name, self.wallclock())
+            if paused is not None:  # held as it is: the first check applies it (a pause freezes, --at scales)
+                log.info("pool %s: %s at start (adopted %d)", run.name, paused.status(self.wallclock()), len(running),
+                         extra=event("start", workers=len(running), target=len(running), dqagent_pool=run.name))
+                continue
             target = run.s.clamp(census(mine, run.jobs.in_flight).pool)
             if self.initial is not None and run.name == DEFAULT_POOL:
                 budget = self.s.host_max_processes  # the other pools' units hold their part of it
@@ -120,6 +129,8 @@ class Loop(PoolHost):
     async def tick(self) -> float:
         """One check: read, decide (`dqagent.core.hoststep`), act, report. Returns the seconds until the next."""
         began = self.clock()
+        for name in self.pauses.update(self.runs, self.s.pause_group):  # pause requests and expiries: decide now
+            self.runs[name].due_s = -math.inf
         try:
             demand = await self.probe.fetch_demand()
         except BrokerError as exc:
@@ -159,7 +170,8 @@ class Loop(PoolHost):
             self.runs[name].fleet.remember(fleet, checks[name].share)
         await self._carry_out(checks, states, demand, began, base)
         self.completed = True
-        return max(0.0, min(run.due_s for run in self.runs.values()) - now_s)
+        wall = self.wallclock()  # (a pause's deadline: the check at which it expires)
+        return max(0.0, min(self.pauses.next_check_s(name, wall, run.due_s - now_s) for name, run in self.runs.items()))
 
     async def _decide(self, base: Mapping[str, Observed], fleets: Mapping[str, FleetInput]) -> dict[str, Check]:
         """The host step for the pools due now (the others count at their current size); the host is read
@@ -168,7 +180,8 @@ class Loop(PoolHost):
         def inputs() -> list[PoolInput]:
             return [PoolInput(name, Rules.from_settings(run.s, run.policy), self._observed(run, base[name]),
                               run.memory, run.priority, fleets.get(name),
-                              due=is_due(run.due_s, base[name].now_s, len(self.runs)), retiring=run.retiring)
+                              due=is_due(run.due_s, base[name].now_s, len(self.runs)), retiring=run.retiring,
+                              pause=self.pauses.get(name, base[name].now_us / 1e6))
                     for name, run in self.runs.items()]
 
         checks = decide_host(inputs(), self.s.host_max_processes)
@@ -226,6 +239,7 @@ class Loop(PoolHost):
                 check.plan, of_pool(states, name), run.jobs.backoff.remaining_s(self.clock()),
                 check.seen.obs.queue_length, check.next_read_s, note="; ".join(n for n in notes if n),
                 pool=name if several else None, oldest_age_s=check.demand.oldest_age_s)
+            run.status = self.pauses.status(name, run.status, self.wallclock())
         for name, check in checks.items():
             if check.share is not None:  # the pool this tick leaves, published for the other members at once
                 plan, run = check.plan, self.runs[name]
@@ -330,10 +344,12 @@ class Loop(PoolHost):
 
     def _snapshot(self, *, redis_up: bool) -> Snapshot:
         """Every pool's figures as of its last check (no queues while Redis is down), and the host's."""
+        now = self.wallclock()
         pools = tuple(PoolFigures(name, run.policy.name, run.s.min_processes, run.s.max_processes, run.workers,
                                   run.queues if redis_up else (), priority=run.priority, share=run.share,
-                                  schedule_floor=run.schedule.floor if run.schedule else None,  # (issue 23)
-                                  schedule_ceiling=run.schedule.ceiling if run.schedule else None)
+                                  schedule_floor=run.schedule.floor if run.schedule else None,
+                                  schedule_ceiling=run.schedule.ceiling if run.schedule else None,
+                                  pause=self.pauses.get(name, now))
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
                         last_decision_s=self._last_decision_s, counters=self._frozen_counters(),

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 #: Commands whose arguments never need the simulator's parser (it imports the simulator).
 _NO_SIMULATOR = frozenset({"start", "status", "scale-up", "scale-down", "worker-exec", "check", "reload",
-                           "install", "uninstall"})
+                           "install", "uninstall", "pause", "resume"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +87,8 @@ def build_parser(simulator: bool = True) -> argparse.ArgumentParser:
         p.add_argument("--pool", default=None, metavar="NAME",
                        help="the pool whose workers to " + verb + " (default: the pool of the settings file, "
                             "'default'; others: pools.d/NAME.env)")
+
+    importlib.import_module("dqagent.cli.pauseargs").add_parsers(sub)
 
     wexec = sub.add_parser("worker-exec", help="(used by dramatiq-worker@.service) exec the pool's DRAMATIQ_COMMAND")
     wexec.add_argument("instance", nargs="?", default=None,
@@ -172,6 +174,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _worker_exec(args)
     if command == "reload":
         return _reload(args)
+    if command in ("pause", "resume"):
+        from dqagent.cli.pausecmd import main as pause_main
+
+        return pause_main(args, _load(args))
     if command in ("start", "status", "scale-up", "scale-down"):
         import asyncio
 
@@ -217,7 +223,7 @@ async def _start(args: argparse.Namespace) -> int:
     import functools
     import logging
 
-    from dqagent.agent.lifecycle import Agent
+    from dqagent.agent import lifecycle, pausing
     from dqagent.agent.pools import policies, probe_settings
     from dqagent.agent.reload import Reloader, runtime_dir, warn_unknown_settings
     from dqagent.broker.redis import RedisDemandProbe
@@ -263,10 +269,10 @@ async def _start(args: argparse.Namespace) -> int:
     await units.connect()
     probe = RedisDemandProbe(probe_settings(s, loaded.pools))
     reloader = Reloader(read_again, RedisDemandProbe, runtime_dir())
-    agent = Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy, shape=shape),
+    agent = lifecycle.Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy, shape=shape),
                   initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
                   own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"), reloader=reloader,
-                  pools=loaded.pools, pool_policies=pool_policies)
+                  pools=loaded.pools, pool_policies=pool_policies, pause_dir=pausing.state_dir())
     try:
         return await agent.run()
     finally:

@@ -78,6 +78,7 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
                                                 _read_systemd(report, parts, pools, shapes, bus_address))
     if s.guard:
         report["guard"] = guard_report(s, memory, running, report["agent_status_text"])
+    _read_pauses(parts)
     report.update(parts[DEFAULT_POOL])
     report["pools"] = parts
     return report
@@ -86,7 +87,22 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
 #: The keys each entry of `pools` has; the top level has them too, for the default pool.
 POOL_KEYS = ("queue_length", "current_processes", "min_processes", "max_processes", "scale_up_threshold",
              "scale_down_threshold", "process_list", "queues", "queue_metric", "scaling_policy", "max_queue_age_s",
-             "worker_shape", "command_error", "failing_workers", "pool_priority", "settings_file", "schedule")
+             "worker_shape", "command_error", "failing_workers", "pool_priority", "settings_file", "schedule",
+             "pause")
+
+
+def _read_pauses(parts: dict[str, dict[str, Any]]) -> None:
+    """Each pool's pause as the agent keeps it (pauses.json in its state directory, readable by any user)."""
+    import time
+
+    from dqagent.agent.pausing import read_pauses, state_dir, until_text
+
+    now = time.time()
+    for name, p in read_pauses(state_dir()).items():
+        if name in parts and p.active_at(now):
+            parts[name]["pause"] = {"by": p.user, "uid": p.uid, "since": until_text(p.since_s),
+                                    "until": None if p.until_s is None else until_text(p.until_s),
+                                    "reason": p.reason, "at": p.at, "status": p.status(now)}
 
 
 def _blank(loaded: Loaded) -> dict[str, Any]:
@@ -138,7 +154,9 @@ def _blank_pool(pool: Pool, loaded: Loaded) -> dict[str, Any]:
             "process_list": [], "queues": {}, "queue_metric": str(s.queue_metric), "scaling_policy": s.scaling_policy,
             "max_queue_age_s": s.max_queue_age_s, "worker_shape": None, "command_error": None, "failing_workers": [],
             "pool_priority": s.pool_priority, "settings_file": str(file) if file is not None else None,
-            "schedule": schedule_report(s, time.time() * 1e6)}
+            "schedule": schedule_report(s, time.time() * 1e6),
+            #: `dqagent pause`: {"by", "uid", "since", "until" (None: until resumed), "reason", "at", "status"}.
+            "pause": None}
 
 
 def schedule_report(s: Settings, now_us: float) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ def render_text(report: dict[str, Any]) -> str:
     lines += _demand_lines(r, r["redis_error"], r.get("broker_data_rejected", []))
     lines += _shape_lines(r)
     lines.append(_agent_line(r))
+    lines += _pause_lines(r)
     if r.get("guard"):
         lines += _guard_lines(r["guard"])
     lines += _worker_lines(r)
@@ -62,8 +63,18 @@ def _host_lines(r: dict[str, Any], pools: dict[str, Any]) -> list[str]:
         lines.append(f"--- pool {name} ({show(p.get('settings_file'))}), priority {p.get('pool_priority', 0)} ---")
         lines += _demand_lines(p, None, [])
         lines += _shape_lines(p)
+        lines += _pause_lines(p)
         lines += _worker_lines(p)
     return lines
+
+
+def _pause_lines(p: dict[str, Any]) -> list[str]:
+    """`dqagent pause`: who, since, until, why (the pool's workers are held: docs/operations.md)."""
+    pause = p.get("pause")
+    if not pause:
+        return []
+    until = pause["until"] or "resumed"
+    return [f"{pause['status']} (since {pause['since']}, until {until}; dqagent resume ends it)"]
 
 
 def _agent_line(r: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dqagent.core.budget import Allotment, Claim, apportion
+from dqagent.core.pause import Pause, hold
 from dqagent.core.step import (
     Check,
     FleetInput,
@@ -61,6 +62,8 @@ class PoolInput:
     #: A pool a reload removed: it decides nothing and claims none of the budget, but its units still count
     #: until they are gone.
     retiring: bool = False
+    #: The pool's active pause or maintenance (`dqagent.core.pause`; step rule 4b): it claims what it holds.
+    pause: Pause | None = None
 
 
 def claims(pools: Sequence[PoolInput]) -> list[Claim]:
@@ -74,6 +77,8 @@ def claims(pools: Sequence[PoolInput]) -> list[Claim]:
             continue
         wanted = (bounded(recommend(p.rules, seen, p.memory, p.fleet)[0], scheduled(p.rules, p.observed))[0].target
                   if p.due else c.pool)  # (with the schedule's bounds, rule 4 of the step)
+        if p.pause is not None:  # (rule 4b of the step)
+            wanted = hold(p.pause, c.pool, p.rules.min_processes, p.rules.max_processes, p.observed.now_us / 1e6).target
         out.append(Claim(p.name, p.priority, p.rules.min_processes, p.rules.max_processes, wanted,
                          current=c.pool, going=c.going))
     return out
@@ -91,7 +96,8 @@ def decide_host(pools: Sequence[PoolInput], budget: int | None, host: Host | Non
         if not p.due or p.retiring:
             continue
         check = decide(p.rules, p.observed, p.memory, fleet=p.fleet, host=host,
-                       budget=allotted[p.name] if allotted is not None else None, host_starting=starting)
+                       budget=allotted[p.name] if allotted is not None else None, host_starting=starting,
+                       pause=p.pause)
         if isinstance(check, NeedsHost):
             return check
         starting += len(check.plan.start)

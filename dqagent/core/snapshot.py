@@ -28,6 +28,7 @@ from dqagent.settings.parsers import DEFAULT_POOL
 
 if TYPE_CHECKING:  # the type only: this module imports no redis
     from dqagent.core.demand import QueueDemand
+    from dqagent.core.pause import Pause
 
 #: Upper bounds (seconds) of the decision-duration buckets: a tick reads Redis and systemd (a few ms),
 #: a slow one waits for timeouts (REDIS_TIMEOUT, DBUS_TIMEOUT: seconds).
@@ -63,6 +64,8 @@ class Reason(StrEnum):
     HOST_BUDGET = "host_budget"
     #: A SCHEDULE window's floor or ceiling (`dqagent.core.schedule`).
     SCHEDULE = "schedule"
+    #: Maintenance (`dqagent pause --at N`) scaled the pool to N (a pause itself never acts).
+    PAUSE = "pause"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
@@ -195,6 +198,8 @@ class PoolFigures:
     #: SCHEDULE's floor and ceiling in force (pre-warm included) at its last check; None: none.
     schedule_floor: int | None = None
     schedule_ceiling: int | None = None
+    #: Its pause or maintenance in force (`dqagent pause`); None: not paused.
+    pause: Pause | None = None
 
 
 @dataclass(frozen=True, slots=True)

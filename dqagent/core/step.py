@@ -19,6 +19,10 @@ The rules, in the order they apply:
    target: the highest floor raises it, the lowest ceiling lowers it (a floor above a ceiling wins), a floor
    from its pre-warm on (the measured start time `Observed.start_s` + PROCESS_STARTUP_DELAY before its window
    opens); the next read comes no later than the schedule's next change. Metrics reason `schedule`.
+4b. **Pause** (`dqagent.core.pause.hold`): a paused pool's target is its count now, bounds widened to it
+   (nothing starts or stops, whatever the schedule says); under maintenance (`pause --at N`) N clamped to
+   MAX, never raised to MIN; the host budget does not apply to a pause (its count is frozen), the guard
+   still holds a scale-up to N.
 5. **Guard**: a target above the pool is capped by the host's headroom (`dqagent.core.guard.decide`). The
    headroom is read only for a scale-up: without it, `decide` returns `NeedsHost` and the caller reads
    the host and calls again with the same arguments.
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from dqagent.core.budget import Allotment
 from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
+from dqagent.core.pause import Pause, hold
 from dqagent.core.policies import Decision, Observation, Policy, read_interval_s
 from dqagent.core.reconciler import Backoff, Census, Intent, Plan, census, reconcile
 from dqagent.core.schedule import InForce, in_force
@@ -198,17 +203,25 @@ def observe(rules: Rules, seen: Observed) -> Seen:
 
 
 def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInput | None = None,
-           host: Host | None = None, budget: Allotment | None = None, host_starting: int = 0) -> Check | NeedsHost:
+           host: Host | None = None, budget: Allotment | None = None, host_starting: int = 0,
+           pause: Pause | None = None) -> Check | NeedsHost:
     """The whole check (see the module docstring for the order of the rules). Pure and deterministic:
     the same arguments give the same result, so a `NeedsHost` answer is followed by the same call with
     `host` set. With pools (`dqagent.core.hoststep`): `budget` is the pool's part of HOST_MAX_PROCESSES,
-    and `host_starting` the workers other pools start in the same check (the guard counts them as starting)."""
+    and `host_starting` the workers other pools start in the same check (the guard counts them as starting).
+    `pause`: the pool's active pause or maintenance (rule 4b)."""
     seen = observe(rules, observed)
     decision, state, share, delayed = recommend(rules, seen, memory, fleet)
-    # -- rule 4, the schedule (issue 23) --
+    # -- rule 4, the schedule --
     window = scheduled(rules, observed)
     decision, by_schedule = bounded(decision, window)
-    # -- end of the schedule's rule --
+    # -- rule 4b: pause / maintenance (dqagent.core.pause) --
+    lo, hi = rules.min_processes, rules.max_processes
+    if pause is not None:
+        held = hold(pause, seen.census.pool, lo, hi, observed.now_us / 1e6)
+        decision, lo, hi, delayed = Decision(held.target, held.reason), held.min_processes, held.max_processes, False
+        budget = budget if pause.at is not None else None
+    # -- end of rules 4 and 4b --
     capped = budget is not None and min(decision.target, rules.max_processes) > budget.cap
     if budget is not None and capped:
         decision = Decision(budget.cap, f"{decision.reason}; {budget_note(budget)}")
@@ -216,19 +229,18 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     if rules.guard and decision.target > pool:
         if host is None:
             return NeedsHost(pool, decision.target)
-        verdict = guard_decide(pool, decision.target, rules.min_processes, host.headroom, host.limits,
+        verdict = guard_decide(pool, decision.target, lo, host.headroom, host.limits,
                                seen.obs.starting + host_starting)
     else:
         verdict = Verdict(decision.target, decision.target)
     if verdict.holding:
         decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
-    plan = reconcile(observed.units, decision.target, min_processes=rules.min_processes,
-                     max_processes=rules.max_processes, in_flight=observed.in_flight, backoff=observed.backoff,
-                     now_s=observed.now_s)
+    plan = reconcile(observed.units, decision.target, min_processes=lo, max_processes=hi,
+                     in_flight=observed.in_flight, backoff=observed.backoff, now_s=observed.now_s)
     # The floor decided only where this host runs a worker for it (in fleet mode, a host whose share of G is 0
     # scales for the policy's reasons).
-    label = (Reason.DELAYED_MESSAGES if delayed and decision.target > 0 and not by_schedule
-             else Reason.HOST_BUDGET if capped else Reason.SCHEDULE if by_schedule
+    label = (Reason.PAUSE if pause is not None else Reason.DELAYED_MESSAGES if delayed and decision.target > 0
+             and not by_schedule else Reason.HOST_BUDGET if capped else Reason.SCHEDULE if by_schedule
              else action_reason(rules.policy.name, decision.target, plan.wanted))
     routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
     outstanding = seen.obs.outstanding

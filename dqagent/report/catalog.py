@@ -220,6 +220,23 @@ ENTRIES: tuple[Entry, ...] = (
           "workers gracefully to leave room to the pools named in DQAGENT_TO_POOLS (higher POOL_PRIORITY, or equal "
           "priority sharing evenly). It grows back when their demand falls. Raise HOST_MAX_PROCESSES or change "
           "POOL_PRIORITY if this pool must not give way (README, Pools)."),
+    Entry("paused", "4707c0f812ee428088aafc9839b3134f", "An operator paused a pool's scaling",
+          "`dqagent pause` (by DQAGENT_BY, uid DQAGENT_UID) holds the pool DQAGENT_POOL until DQAGENT_UNTIL: a pause "
+          "freezes its worker count (the agent neither starts nor stops workers; units started or stopped by hand "
+          "are adopted on resume), `pause --at N` (DQAGENT_AT) scales it to N and holds it there. DQAGENT_REASON "
+          "says why. `dqagent resume` ends it; it also ends by itself at its deadline (pause_expired). See "
+          "docs/operations.md, \"Pause, resume, maintenance\"."),
+    Entry("resumed", "3e2726e03108498f81ac1527636f1ad1", "An operator resumed a paused pool",
+          "`dqagent resume` (by DQAGENT_BY) ended the pause or maintenance of the pool DQAGENT_POOL: its policy "
+          "decides its worker count again from this check on. Nothing to do."),
+    Entry("pause_expired", "23b220288855442a98f5da4454101cee", "A pool's pause reached its deadline",
+          "The pause or maintenance of the pool DQAGENT_POOL made by DQAGENT_BY (DQAGENT_REASON) reached its "
+          "deadline (`dqagent pause --for`, 4 h by default): the policy decides its worker count again. Pause "
+          "again (`dqagent pause --for ...`) if the work it was for is not done."),
+    Entry("pause_refused", "9a2c7527643a4030ade2b6d5909462b0", "dqagent refused a pause request",
+          "A request left by `dqagent pause`/`resume` was refused: ERROR says why (not made by root or a member "
+          "of PAUSE_GROUP, an unknown pool, or made while the agent was not running). Nothing changed. Run the "
+          "command again as root or as a member of PAUSE_GROUP while dqagent.service runs."),
     Entry("pool_added", "94b31e601c8c4743a7260d402dddab10", "dqagent manages a worker pool",
           "A pool file (pools.d/<pool>.env, DQAGENT_POOL) was read at start or added by a reload: the agent "
           "scales its dramatiq-worker@<pool>-N units on its own queues from now on. Nothing to do."),

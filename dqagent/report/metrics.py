@@ -52,7 +52,8 @@ METRIC_NAMES = frozenset({
     "dqagent_source_errors_total", "dqagent_redis_up", "dqagent_last_decision_timestamp_seconds",
     "dqagent_build_info", "dqagent_worker_oom_kills_total", "dqagent_guard_holding",
     "dqagent_broker_records_rejected_total", "dqagent_host_workers_limit", "dqagent_workers_share",
-    "dqagent_pool_priority", "dqagent_pool_info", "dqagent_schedule_workers",
+    "dqagent_pool_priority", "dqagent_pool_info", "dqagent_schedule_workers", "dqagent_paused",
+    "dqagent_pause_start_timestamp_seconds", "dqagent_pause_expiry_timestamp_seconds",
 })
 #: The guard's resources (dqagent.core.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -121,6 +122,24 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
                 ages.add_metric([p.name, q.queue], q.oldest_age_s)
     # A family without samples is left out (an empty family would still print its HELP and TYPE lines)
     yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages) if f.samples)
+    yield from _pause_gauges(snap)
+
+
+def _pause_gauges(snap: Snapshot) -> Iterator[Metric]:
+    """`dqagent pause`: whether each pool is paused (2: maintenance), since and until when."""
+    paused = GaugeMetricFamily("dqagent_paused", "1 while `dqagent pause` holds the pool, 2 in maintenance "
+                               "(`pause --at N`), 0 otherwise", labels=["pool"])
+    since = GaugeMetricFamily("dqagent_pause_start_timestamp_seconds", "Unix time the pool's pause began; "
+                              "absent when not paused", labels=["pool"])
+    until = GaugeMetricFamily("dqagent_pause_expiry_timestamp_seconds", "Unix time the pool's pause ends by "
+                              "itself; absent when not paused or paused until resumed (--for forever)", labels=["pool"])
+    for p in snap.pools:
+        paused.add_metric([p.name], 0 if p.pause is None else 1 if p.pause.at is None else 2)
+        if p.pause is not None:
+            since.add_metric([p.name], p.pause.since_s)
+            if p.pause.until_s is not None:
+                until.add_metric([p.name], p.pause.until_s)
+    yield from (f for f in (paused, since, until) if f.samples)
 
 
 def _counters(snap: Snapshot) -> Iterator[Metric]:

@@ -124,6 +124,8 @@ class Settings:
     schedule: Schedule = field(default_factory=Schedule)
     #: SCHEDULE_TIMEZONE: an IANA name, "" for the host's zone.
     schedule_timezone: str = ""
+    #: PAUSE_GROUP: members may `dqagent pause`/`resume` besides root; "": root only.
+    pause_group: str = ""
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""

@@ -181,6 +181,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(e.g. `Mon-Fri 08:00-18:00 min=4; * 22:00-06:00 max=2`; README \"Schedules\"); empty: none"),
     Setting("SCHEDULE_TIMEZONE", "", "schedule_timezone", parse_timezone,
             "the IANA zone `SCHEDULE`'s times are read in (e.g. `Europe/Berlin`); empty: the host's zone"),
+    Setting("PAUSE_GROUP", "", "pause_group",
+            p.matching(f"({_NAME_CHARS}{{1,32}})?",
+                       "expected empty (root only) or a group name: letters, digits, . _ -", ""),
+            "group whose members may `dqagent pause`/`resume` besides root (dqagent.env only; install makes "
+            "the requests directory writable by it); empty: root only", OnReload.INSTALL),
     # Resource limits and the guard, docs/operations.md.
     Setting("WORKER_MEMORY_MAX", "", "worker_memory_max", p.parse_memory,
             "per worker `MemoryMax=` (e.g. `1G`, `20%`, `infinity`; empty: none): the kernel kills a worker past it "

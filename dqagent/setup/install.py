@@ -23,7 +23,7 @@ from dqagent.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_NOPERM, EXIT_OK
 from dqagent.report import catalog
 from dqagent.settings.config import Settings
 from dqagent.settings.pools import Pool
-from dqagent.setup import poolinstall
+from dqagent.setup import pausedirs, poolinstall
 from dqagent.setup.files import Report, make_worker_directory, remove_dropin, write
 from dqagent.setup.files import make_worker_directory as _make_worker_directory  # noqa: F401  (tests call it here)
 from dqagent.setup.layout import (
@@ -181,7 +181,7 @@ def _host_refusal(settings: Settings) -> str:
         return (f"polkitd is not installed ({POLKITD} is missing): without it the polkit rule is never read and "
                 "every worker start by user dqagent is refused; fix: apt-get install polkitd, then run dqagent "
                 "install again")
-    return poolinstall.user_refusal(settings)
+    return poolinstall.user_refusal(settings) or pausedirs.group_refusal(settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +202,7 @@ def _write_everything(settings: Settings, files: _Rendered, report: Report) -> i
            + (f'u {DEFAULT_WORKER_USER} - "Dramatiq workers (dqagent)" /var/lib/dqagent\n'
               if poolinstall.default_user_needed(settings, files.pools) else ""), 0o644, report)
     subprocess.run(["systemd-sysusers", str(SYSUSERS)], check=True)
+    report.changed.extend(pausedirs.make_pause_dirs(settings))  # `dqagent pause`'s requests, the agent's state
     worker = pwd.getpwnam(settings.worker_user)
     workdir = Path(settings.worker_directory)
     try:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING
 
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits
+from dqagent.core.pause import Pause
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Backoff, Intent
 from dqagent.core.step import Check, Host, Memory, NeedsHost, Observed, Rules, decide
@@ -37,6 +39,8 @@ from dqagent.systemd.jobtable import START_SAMPLES
 if TYPE_CHECKING:
     from dqagent.sim.poolconfig import PoolConfig
 
+#: Simulated time 0 on the wall clock (seconds): a `Pause`'s since/until are this plus simulated seconds.
+EPOCH_S = EPOCH_US / 1e6
 #: The simulated queue's name (Dramatiq's default queue).
 QUEUE = "default"
 
@@ -54,7 +58,8 @@ class SimAgent:
     """The agent's memory between checks on one simulated pool: the step's `Memory`, the crash-loop backoff,
     the start batches not judged yet, and the failed units not reset yet."""
 
-    def __init__(self, rules: Rules, pool: Pool, limits: Limits | None, name: str = DEFAULT_POOL) -> None:
+    def __init__(self, rules: Rules, pool: Pool, limits: Limits | None, name: str = DEFAULT_POOL,
+                 pauses: Sequence[Pause] = ()) -> None:
         self.rules = rules
         self.pool = pool
         #: The pool's name (its units' names: `dramatiq-worker@<name>-N`, the default pool's `@N`).
@@ -71,6 +76,8 @@ class SimAgent:
         self.batches = 0
         #: The last few start jobs' durations: what the agent's job table measures (`JobTable.start_s`).
         self.start_took: deque[float] = deque(maxlen=START_SAMPLES)
+        #: Operators' pauses (`dqagent pause`): each in force from its since_s to its until_s (wall clock, EPOCH_S).
+        self.pauses = tuple(pauses)
 
     def observe(self, now: float) -> Observed:
         """What a real agent would read now: the queue's counts and the units, with its own jobs and backoff."""
@@ -101,13 +108,26 @@ class SimAgent:
     def check(self, now: float, host_cpu: float | None) -> tuple[Observed, Check]:
         """Observe, then decide with the shared step (the host read only when the guard asks for it)."""
         observed = self.observe(now)
-        check = decide(self.rules, observed, self.memory)
+        pause = self.pause_at(now)
+        check = decide(self.rules, observed, self.memory, pause=pause)
         if isinstance(check, NeedsHost):
             assert self.limits is not None, "the guard is off: the step never asks for the host"
-            check = decide(self.rules, observed, self.memory, host=Host(Headroom(cpu_some=host_cpu), self.limits))
+            check = decide(self.rules, observed, self.memory, host=Host(Headroom(cpu_some=host_cpu), self.limits),
+                           pause=pause)
         assert isinstance(check, Check), "the step asks for the host only once"
         self.memory = check.memory
         return observed, check
+
+    def pause_at(self, now: float) -> Pause | None:
+        """The pause in force at simulated time `now`, as the agent's `PauseBook.get` would give it."""
+        wall = EPOCH_S + now
+        return next((p for p in self.pauses if p.since_s <= wall and p.active_at(wall)), None)
+
+    def next_read_s(self, now: float, delay_s: float) -> float:
+        """The agent's next read: no later than a pause's start or end (it checks at its deadline)."""
+        wall = EPOCH_S + now
+        edges = [t - wall for p in self.pauses for t in (p.since_s, p.until_s) if t is not None and t > wall]
+        return min([delay_s, *edges])
 
     def act(self, check: Check, now: float) -> None:
         """Carry out the plan exactly: start `plan.start` (resetting `plan.reset`), stop `plan.stop`."""

@@ -25,6 +25,7 @@ from dqagent.sim.traces import Workload
 
 if TYPE_CHECKING:
     from dqagent.core.guard import Limits
+    from dqagent.core.pause import Pause
     from dqagent.core.step import Check, Observed
     from dqagent.sim.host import HostModel
 
@@ -62,7 +63,7 @@ class Result:
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
              initial_workers: int | None = None, horizon_s: float | None = None,
              host: HostModel | None = None, guard: Limits | None = None, adaptive_reads: bool = False,
-             first_read_s: float = 0.0, read_times_s: Sequence[float] = ()) -> Result:
+             first_read_s: float = 0.0, read_times_s: Sequence[float] = (), pauses: Sequence[Pause] = ()) -> Result:
     """Run `workload` through a pool driven by `policy` under the agent's rules. Returns every message's wait
     and the cost.
 
@@ -72,12 +73,14 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     base of the agent's adaptive one (SCALING_POLICY=target). `first_read_s`: when the agent reads first (the
     phase of its reads against the workload's clock; a real agent's is whatever it happens to be).
     `read_times_s` (ascending): read exactly then instead (a real agent's measured reads, replayed), and at
-    the intervals after the last one.
+    the intervals after the last one. `pauses`: operators' pauses or maintenance windows (`dqagent pause`), their
+    times on the simulated wall clock (`dqagent.sim.agenttick.EPOCH_S` + simulated seconds).
     """
     if pool.dispatch not in (*DISPATCH_MODELS, POLL_EXACT):
         raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected one of {', '.join(DISPATCH_MODELS)}")
     run = PoolRun(workload, pool, host, SimAgent(rules_for(pool, policy, tick_s, adaptive_reads, guard is not None),
-                                              Pool(workload, pool, host), guard), horizon_s, read_times_s)
+                                              Pool(workload, pool, host), guard, pauses=pauses), horizon_s,
+                  read_times_s)
     return run.run(policy.name, initial_workers if initial_workers is not None else pool.min_workers, first_read_s)
 
 
@@ -163,7 +166,7 @@ class PoolRun:
         busy = self.pool.busy() if self.host is not None else 0
         observed, check = self.agent.check(now, self.host.cpu_pressure(busy) if self.host is not None else None)
         self.apply(observed, check, now)
-        self.pool.push(next(self.reads, now + check.next_read_s), TICK)
+        self.pool.push(next(self.reads, now + self.agent.next_read_s(now, check.next_read_s)), TICK)
         return True
 
     def apply(self, observed: Observed, check: Check, now: float) -> None:

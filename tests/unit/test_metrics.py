@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dqagent.agent.lifecycle import Agent
 from dqagent.core.demand import QueueDemand
+from dqagent.core.pause import Pause
 from dqagent.core.policies import StepPolicy
 from dqagent.core.snapshot import (
     Accumulator,
@@ -164,11 +165,14 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.25"),))] == 2
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "+Inf"),))] == 2
     # Without HOST_MAX_PROCESSES: no host budget and no shares
-    assert {k[0] for k in got} == METRIC_NAMES - {"dqagent_host_workers_limit", "dqagent_workers_share"}
+    # Without HOST_MAX_PROCESSES nor a pause: no host budget, no shares, no pause's times
+    assert {k[0] for k in got} == METRIC_NAMES - {"dqagent_host_workers_limit", "dqagent_workers_share",
+                                                  "dqagent_pause_start_timestamp_seconds",
+                                                  "dqagent_pause_expiry_timestamp_seconds"}
     # Every worker and queue series, and every scale action, is the default pool's; no host-wide one has `pool`
     per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_priority",
                 "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_info",
-                "dqagent_schedule_workers"}
+                "dqagent_schedule_workers", "dqagent_paused"}
     for name, labels in got:
         assert (dict(labels).get("pool") == "default") == (name in per_pool), (name, labels)
 
@@ -179,12 +183,15 @@ def test_each_pool_is_exported_under_its_name_with_the_host_budget_and_its_share
     acc.scale_action(Direction.DOWN, Reason.HOST_BUDGET)
     io = PoolFigures("io", "target", 0, 6, WorkerCounts(running=2, starting=0, stopping=1, failed=0, desired=2),
                      (QueueDemand("slow", ready=40, outstanding=50, delayed=0, dead=0, orphaned=0, oldest_age_s=3.0),),
-                     priority=50, share=2, schedule_ceiling=4)
+                     priority=50, share=2, schedule_ceiling=4,
+                     pause=Pause("io", 0, "root", "deploy", 1e9, 1e9 + 600))
     got = samples(snapshot(pools=(default_pool(share=3, schedule_floor=2), io), host_max_processes=5,
                            counters=acc.frozen()))
     # SCHEDULE's bounds in force: only those a window sets
     assert {tuple(v for _, v in k[1]): n for k, n in got.items() if k[0] == "dqagent_schedule_workers"} == {
         ("floor", "default"): 2, ("ceiling", "io"): 4}
+    assert got[("dqagent_paused", (("pool", "io"),))] == 1 and got[("dqagent_paused", (("pool", "default"),))] == 0
+    assert got[("dqagent_pause_expiry_timestamp_seconds", (("pool", "io"),))] == 1e9 + 600
     assert got[("dqagent_host_workers_limit", ())] == 5
     assert {dict(k[1])["pool"]: v for k, v in got.items() if k[0] == "dqagent_workers_share"} == {"default": 3, "io": 2}
     assert {dict(k[1])["pool"]: v for k, v in got.items() if k[0] == "dqagent_pool_priority"} == {

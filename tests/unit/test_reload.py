@@ -55,7 +55,7 @@ def test_every_settings_field_maps_to_a_setting_key() -> None:
     assert set(keys) <= set(DEFAULTS) and len(set(keys)) == len(keys)
     assert {reload.setting_key(f) for f in reload.NEEDS_INSTALL_FIELDS} == {
         "WORKER_USER", "WORKER_DIRECTORY", "GRACEFUL_SHUTDOWN_TIMEOUT", "METRICS_TEXTFILE",
-        "WORKER_MEMORY_MAX", "WORKER_MEMORY_HIGH", "POOL_MEMORY_MAX", "POOL_CPU_QUOTA", "POOL_TASKS_MAX"}
+        "WORKER_MEMORY_MAX", "WORKER_MEMORY_HIGH", "POOL_MEMORY_MAX", "POOL_CPU_QUOTA", "POOL_TASKS_MAX", "PAUSE_GROUP"}
 
 
 @given(choices, choices)
