@@ -1,7 +1,8 @@
 """The agent's pauses: the requests `dqagent pause`/`resume` leave, who may make them, and the pauses in force.
 
-Where (docs/operations.md, "Pause, resume, maintenance"): the unit's StateDirectory, /var/lib/dqagent (0755
-dqagent:dqagent), holds `pauses.json` (0644: `dqagent status` shows it to any user) and `requests/`, which
+Where (docs/operations.md, "Pause, resume, maintenance"): the unit's StateDirectory, /var/lib/dqagent/agent
+(0755 dqagent:dqagent; not /var/lib/dqagent, which holds the workers' directory and stays root's), holds
+`pauses.json` (0644: `dqagent status` shows it to any user) and `requests/`, which
 `dqagent install` creates 01770 dqagent:PAUSE_GROUP (dqagent:dqagent without PAUSE_GROUP): only root and the
 group's members can create a file there (the kernel checks), the sticky bit keeps them from removing each
 other's, and the agent (its owner) reads and removes them.
@@ -36,7 +37,7 @@ from dqagent.report.logs import event
 log = logging.getLogger("dqagent.agent.loop")
 
 #: The unit's StateDirectory= (systemd also passes it as $STATE_DIRECTORY).
-STATE_DIR = Path("/var/lib/dqagent")
+STATE_DIR = Path("/var/lib/dqagent/agent")
 STATE_FILE = "pauses.json"
 REQUESTS = "requests"
 #: A request older than this is discarded (the CLI waits at most REQUEST_WAIT_S for the agent to take it).
@@ -47,7 +48,7 @@ WATCH_EVERY_S = 0.25
 
 
 def state_dir() -> Path:
-    """$STATE_DIRECTORY under systemd; DQAGENT_STATE_DIR (tests); else /var/lib/dqagent."""
+    """$STATE_DIRECTORY under systemd; DQAGENT_STATE_DIR (tests); else /var/lib/dqagent/agent."""
     return Path(os.environ.get("STATE_DIRECTORY") or os.environ.get("DQAGENT_STATE_DIR") or STATE_DIR)
 
 

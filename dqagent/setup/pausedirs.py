@@ -1,6 +1,7 @@
 """The agent's state directory and the requests directory `dqagent pause` writes into (made by install).
 
-/var/lib/dqagent: 0755 dqagent:dqagent (the unit's StateDirectory=, so systemd finds it as it would make it);
+/var/lib/dqagent/agent: 0755 dqagent:dqagent (the unit's StateDirectory=, so systemd finds it as it would make it;
+its parent /var/lib/dqagent, the workers' home, stays root's: systemd would chown a StateDirectory's whole tree);
 `requests/` in it: 01770 dqagent:PAUSE_GROUP (dqagent:dqagent without PAUSE_GROUP): root and the group's members
 create request files, the sticky bit keeps them from removing each other's, the agent reads and removes them
 (`dqagent.agent.pausing` explains the checks).
@@ -13,9 +14,9 @@ import os
 import pwd
 from pathlib import Path
 
+from dqagent.agent.pausing import STATE_DIR
 from dqagent.settings.config import Settings
 
-STATE_DIR = Path("/var/lib/dqagent")
 AGENT_USER = "dqagent"
 
 
@@ -36,6 +37,9 @@ def make_pause_dirs(settings: Settings, state_dir: Path = STATE_DIR) -> list[str
     agent = pwd.getpwnam(AGENT_USER)
     gid = grp.getgrnam(settings.pause_group).gr_gid if settings.pause_group else agent.pw_gid
     changed: list[str] = []
+    if not state_dir.parent.is_dir():
+        state_dir.parent.mkdir(mode=0o755, parents=True)
+        changed.append(f"created {state_dir.parent}")
     for path, group, mode in ((state_dir, agent.pw_gid, 0o755), (state_dir / "requests", gid, 0o1770)):
         if not path.is_dir() or path.is_symlink():
             path.mkdir(mode=mode)

@@ -66,7 +66,7 @@ def test_a_pause_holds_a_burst_survives_a_restart_and_expires_on_time(fresh_cont
     refused = dqagent(c, "pause", "--reason", "mine", user="bob", check=False)
     assert refused.returncode == 77 and refused.stderr.count("\n") == 1
     assert "only root and members of PAUSE_GROUP (ops) may pause; uid" in refused.stderr
-    assert not c.run(["ls", "/var/lib/dqagent/requests"]).stdout.strip()
+    assert not c.run(["ls", "/var/lib/dqagent/agent/requests"]).stdout.strip()
     # ... and a member of the group may
     taken = dqagent(c, "pause", "--for", "1h", "--reason", "alice's", user="alice", check=False)
     assert taken.returncode == 0, taken.stderr
@@ -114,7 +114,7 @@ def test_a_pause_holds_a_burst_survives_a_restart_and_expires_on_time(fresh_cont
     c.systemctl("stop", "dqagent")
     stopped = dqagent(c, "pause", check=False)
     assert stopped.returncode == 69 and "dqagent.service is inactive" in stopped.stderr
-    assert not c.run(["ls", "/var/lib/dqagent/requests"]).stdout.strip()
+    assert not c.run(["ls", "/var/lib/dqagent/agent/requests"]).stdout.strip()
 
 
 def test_maintenance_at_0_drains_every_real_worker_and_loses_nothing(fresh_container: Container,
