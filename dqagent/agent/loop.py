@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dqagent import __version__
+from dqagent.agent import outage as broker_outage
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
@@ -88,6 +89,8 @@ class Loop(PoolHost):
         self.completed = False
         #: Set by the life cycle when METRICS_ADDRESS or METRICS_TEXTFILE is set.
         self.exporter: Exporter | None = None
+        #: The broker outage under way, if any (`dqagent.agent.outage`: BROKER_FAILURE).
+        self.outage = broker_outage.OutageState()
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -118,8 +121,9 @@ class Loop(PoolHost):
         try:
             demand = await self.probe.fetch_demand()
         except BrokerError as exc:
-            return self._broker_down(str(exc))
+            return await self._broker_down(str(exc))
         self.reporter.redis_up()
+        broker_outage.broker_back(self)
         self._rejected(demand.rejected)
         self.reporter.note_ages(demand)
         if demand.orphaned:
@@ -139,7 +143,7 @@ class Loop(PoolHost):
                 try:
                     fleets[name] = await run.fleet.sync(run.s, observe(rules, self._observed(run, base[name])))
                 except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
-                    return self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
+                    return await self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
                 self._rejected(fleets[name].view.rejected)
         checks = await self._decide(base, fleets)
         for name, check in checks.items():
@@ -174,7 +178,8 @@ class Loop(PoolHost):
 
     def _observed(self, run: PoolRun, observed: Observed) -> Observed:
         """`observed` with a copy of the pool's jobs in flight and its backoff as they are now."""
-        return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff)
+        return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff,
+                       starts=run.jobs.starts)
 
     async def _carry_out(self, checks: Mapping[str, Check], states: Sequence[UnitState], demand: Demand,
                          began: float, base: Mapping[str, Observed]) -> None:
@@ -223,12 +228,12 @@ class Loop(PoolHost):
             if check is not None:
                 run.share = check.budget.share if check.budget is not None else None
 
-    def _broker_down(self, message: str) -> float:
-        """Demand (or the fleet) unreadable: counted, the workers kept, the next try after the backoff."""
+    async def _broker_down(self, message: str) -> float:
+        """Demand (or the fleet) unreadable: counted; each pool decides by BROKER_FAILURE and acts
+        (`dqagent.agent.outage`); the next try after the backoff (or at the end of a grace period)."""
         self.completed = False
         self.counters.source_error(Source.REDIS)
-        self._publish(self._snapshot(redis_up=False))
-        return self._redis_down(message)
+        return await broker_outage.decide_without_broker(self, message)
 
     def _act(self, run: PoolRun, states: Sequence[UnitState], target: int, reason: str, label: str) -> Plan:
         """Adoption: reconcile toward `target` and issue the actions (a check's plan comes from the step)."""
@@ -270,12 +275,12 @@ class Loop(PoolHost):
                     demand.orphaned, requeued,
                     extra=event("orphans_recovered", orphaned=demand.orphaned, requeued=requeued))
 
-    def _redis_down(self, message: str) -> float:
+    def _redis_down(self, message: str, note: str = "keeping workers") -> float:
         # 2, 4, 8 ... s, capped at the larger of CHECK_INTERVAL and 30 s: quick to notice recovery,
         # never a tight loop against a dead server.
         failures = self.reporter.redis_failures + 1
         retry = min(max(self.s.check_interval_s, 30.0), MAX_BACKOFF_S, 2.0 ** min(failures, 10))
-        self.reporter.redis_down(message, retry)
+        self.reporter.redis_down(message, retry, note)
         return retry
 
     # -- metrics -----------------------------------------------------------------------
@@ -299,7 +304,9 @@ class Loop(PoolHost):
     def _snapshot(self, *, redis_up: bool) -> Snapshot:
         """Every pool's figures as of its last check (no queues while Redis is down), and the host's."""
         pools = tuple(PoolFigures(name, run.policy.name, run.s.min_processes, run.s.max_processes, run.workers,
-                                  run.queues if redis_up else (), priority=run.priority, share=run.share)
+                                  run.queues if redis_up else (), priority=run.priority, share=run.share,
+                                  broker_failure=run.s.broker_failure,
+                                  broker_failure_active=run.outage == run.s.broker_failure)
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
                         last_decision_s=self._last_decision_s, counters=self._frozen_counters(),

@@ -54,6 +54,9 @@ class PoolRun:
     queues: tuple[QueueDemand, ...] = ()
     #: Its share of HOST_MAX_PROCESSES at its last check; None: no host budget.
     share: int | None = None
+    #: While the broker cannot be read: the BROKER_FAILURE choice that sets its count now ("hold" also in the
+    #: grace period); "" otherwise (`dqagent.agent.outage`).
+    outage: str = ""
 
     @property
     def priority(self) -> int:

@@ -61,6 +61,8 @@ class Reason(StrEnum):
     DELAYED_MESSAGES = "delayed_messages"
     #: HOST_MAX_PROCESSES: the pool gave way to (or waits for room from) other pools.
     HOST_BUDGET = "host_budget"
+    #: BROKER_FAILURE: Redis could not be read, the pool went to MIN or BROKER_FAILURE_COUNT.
+    BROKER_FAILURE = "broker_failure"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
@@ -190,6 +192,9 @@ class PoolFigures:
     priority: int = 0
     #: Its share of HOST_MAX_PROCESSES (`dqagent.core.budget.Allotment.share`); None: no host budget.
     share: int | None = None
+    #: BROKER_FAILURE, and whether it sets the pool's count now (Redis unreadable; `min`/`fixed`: after the grace).
+    broker_failure: str = "hold"
+    broker_failure_active: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,15 +23,20 @@ The rules, in the order they apply:
 6. **Report**: the bounded metrics reason, the decision line's journal fields and whether it is
    routine (no change, logged at INFO at most once per CHECK_INTERVAL), and the next read time
    (CHECK_INTERVAL for `step`; the adaptive read interval for `target`).
+7. **Broker failure** (`dqagent.core.brokerfail`): while demand cannot be read (`Observed.broker_down_since_s`),
+   BROKER_FAILURE replaces rules 2 and 3 (hold, or MIN / BROKER_FAILURE_COUNT after the grace period).
+8. **Start limits** (`dqagent.core.startlimit`): the reconciler starts no number the agent started near
+   systemd's StartLimitBurst within StartLimitIntervalSec while another number is free (`Observed.starts`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dqagent.core import brokerfail, startlimit
 from dqagent.core.budget import Allotment
 from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
@@ -66,13 +71,17 @@ class Rules:
     startup_delay_s: float
     guard: bool
     queue_names: tuple[str, ...] = ()
+    # -- rule 7 (broker failure) --
+    broker_failure: brokerfail.BrokerFailure = brokerfail.HOLD
 
     @classmethod
     def from_settings(cls, s: Settings, policy: Policy) -> Rules:
         return cls(policy=policy, min_processes=s.min_processes, max_processes=s.max_processes,
                    queue_metric=s.queue_metric, adaptive_reads=s.scaling_policy != "step",
                    read_every_s=s.tick_interval_s(), check_interval_s=s.check_interval_s,
-                   startup_delay_s=s.process_startup_delay_s, guard=s.guard, queue_names=s.queue_names)
+                   startup_delay_s=s.process_startup_delay_s, guard=s.guard, queue_names=s.queue_names,
+                   broker_failure=brokerfail.BrokerFailure(brokerfail.Mode(s.broker_failure), s.broker_failure_count,
+                                                           s.broker_failure_grace_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,11 @@ class Observed:
     units: Sequence[UnitState]
     in_flight: Mapping[int, Intent]
     backoff: Backoff
+    # -- rules 7 and 8 --
+    #: Monotonic seconds of the first failed read of this outage; None: demand was read (`demand` is empty if set).
+    broker_down_since_s: float | None = None
+    #: The agent's own starts of each number within StartLimitIntervalSec (`dqagent.core.startlimit`).
+    starts: startlimit.Starts = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,8 @@ class Seen:
 
     census: Census
     obs: Observation
+    #: Rule 7: the outage's start (`Observed.broker_down_since_s`).
+    broker_down_since_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +189,7 @@ def observe(rules: Rules, seen: Observed) -> Seen:
     obs = Observation(now_s=seen.now_s, queue_length=d.queue_length(rules.queue_metric), ready=d.ready,
                       in_flight=d.in_flight, delayed=d.delayed, workers=counted.pool,
                       starting=counted.coming + young, oldest_age_s=d.oldest_age_s)
-    return Seen(counted, obs)
+    return Seen(counted, obs, seen.broker_down_since_s)
 
 
 def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInput | None = None,
@@ -199,10 +215,11 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
         decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
     plan = reconcile(observed.units, decision.target, min_processes=rules.min_processes,
                      max_processes=rules.max_processes, in_flight=observed.in_flight, backoff=observed.backoff,
-                     now_s=observed.now_s)
+                     now_s=observed.now_s, avoid=startlimit.worn(observed.starts, observed.now_s))
     # The floor decided only where this host runs a worker for it (in fleet mode, a host whose share of G is 0
     # scales for the policy's reasons).
-    label = (Reason.DELAYED_MESSAGES if delayed and decision.target > 0
+    label = (Reason.BROKER_FAILURE if seen.broker_down_since_s is not None
+             else Reason.DELAYED_MESSAGES if delayed and decision.target > 0
              else Reason.HOST_BUDGET if capped else action_reason(rules.policy.name, decision.target, plan.wanted))
     routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
     outstanding = seen.obs.outstanding
@@ -226,6 +243,8 @@ def recommend(rules: Rules, seen: Seen, memory: Memory,
                fleet: FleetInput | None) -> tuple[Decision, Any, Share | None, bool]:
     """Rules 2 and 3: the policy's target for this host (in fleet mode its share of the fleet's G, the
     delayed-message floor applied to G), its next state, and whether the delayed-message floor decided."""
+    if (down := outage(rules, seen)) is not None:  # rule 7: no demand to decide on; the policy's state is kept
+        return down.decision, memory.policy_state, None, False
     if fleet is None:
         decision, state = rules.policy.decide(seen.obs, memory.policy_state)
         decision, delayed = _delayed_floor(decision, seen.obs.delayed)
@@ -239,6 +258,14 @@ def recommend(rules: Rules, seen: Seen, memory: Memory,
     decision, delayed = _delayed_floor(decision, seen.obs.delayed)
     share = share_of(fleet.view, fleet.me, decision)
     return share.decision, state, share, delayed
+
+
+def outage(rules: Rules, seen: Seen) -> brokerfail.Outage | None:
+    """Rule 7: BROKER_FAILURE's decision while the broker cannot be read; None when it was read."""
+    if seen.broker_down_since_s is None:
+        return None
+    return brokerfail.decide(rules.broker_failure, seen.census.pool, rules.min_processes, rules.max_processes,
+                             seen.broker_down_since_s, seen.obs.now_s)
 
 
 def _delayed_floor(decision: Decision, delayed: int) -> tuple[Decision, bool]:

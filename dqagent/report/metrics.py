@@ -52,7 +52,7 @@ METRIC_NAMES = frozenset({
     "dqagent_source_errors_total", "dqagent_redis_up", "dqagent_last_decision_timestamp_seconds",
     "dqagent_build_info", "dqagent_worker_oom_kills_total", "dqagent_guard_holding",
     "dqagent_broker_records_rejected_total", "dqagent_host_workers_limit", "dqagent_workers_share",
-    "dqagent_pool_priority", "dqagent_pool_info",
+    "dqagent_pool_priority", "dqagent_pool_info", "dqagent_broker_failure",
 })
 #: The guard's resources (dqagent.core.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -96,8 +96,12 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
                                  labels=["pool", "queue", "state"])
     ages = GaugeMetricFamily("dqagent_queue_oldest_message_age_seconds",
                              "Age of the oldest ready message; absent for an empty queue", labels=["pool", "queue"])
+    broker = GaugeMetricFamily("dqagent_broker_failure", "1 while Redis cannot be read and BROKER_FAILURE (label "
+                               "mode) sets the pool's count (min and fixed: after the grace period), else 0",
+                               labels=["pool", "mode"])
     for p in snap.pools:
         info.add_metric([p.name, p.policy], {})
+        broker.add_metric([p.name, p.broker_failure], 1 if p.broker_failure_active else 0)
         priority.add_metric([p.name], p.priority)
         limits.add_metric([p.name, "min"], p.min_processes)
         limits.add_metric([p.name, "max"], p.max_processes)
@@ -115,7 +119,7 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
             if q.oldest_age_s is not None:
                 ages.add_metric([p.name, q.queue], q.oldest_age_s)
     # A family without samples is left out (an empty family would still print its HELP and TYPE lines)
-    yield from (f for f in (info, priority, limits, share, workers, messages, ages) if f.samples)
+    yield from (f for f in (info, priority, limits, share, workers, messages, ages, broker) if f.samples)
 
 
 def _counters(snap: Snapshot) -> Iterator[Metric]:
