@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dqagent.core.brokerfail import HOLD, BrokerFailure
+
 #: The dispatch models `PoolConfig.dispatch` accepts.
 DISPATCH_MODELS = ("first", "random", "poll")
 #: `poll` simulated one poll at a time, every idle consumer about once a second (its cost grows with idle
@@ -57,6 +59,10 @@ class PoolConfig:
     #: holds the next starts; reusing a failed unit's number counts as a failure, as in `dqagent.systemd.jobtable`.
     failed_starts_s: tuple[tuple[float, float], ...] = ()
     failure_match_s: float = 1.25
+    #: Broker outages as (start, end) times, ascending: the agent reads no demand in [start, end) and decides by
+    #: `broker_failure` (BROKER_FAILURE, `dqagent.core.brokerfail`); the workers go on with what they hold.
+    broker_outages_s: tuple[tuple[float, float], ...] = ()
+    broker_failure: BrokerFailure = HOLD
 
     def check_s(self) -> float:
         """The agent's PROCESS_STARTUP_DELAY for this pool."""
