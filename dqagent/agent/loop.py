@@ -123,7 +123,6 @@ class Loop(PoolHost):
         except BrokerError as exc:
             return await self._broker_down(str(exc))
         self.reporter.redis_up()
-        broker_outage.broker_back(self)
         self._rejected(demand.rejected)
         self.reporter.note_ages(demand)
         if demand.orphaned:
@@ -145,6 +144,7 @@ class Loop(PoolHost):
                 except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
                     return await self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
                 self._rejected(fleets[name].view.rejected)
+        broker_outage.broker_back(self)  # demand (and the fleet) read: BROKER_FAILURE no longer applies
         checks = await self._decide(base, fleets)
         for name, check in checks.items():
             self.runs[name].memory = check.memory

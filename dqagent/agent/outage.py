@@ -104,8 +104,8 @@ async def decide_without_broker(loop: Loop, message: str) -> float:
 
 
 def broker_back(loop: Loop) -> None:
-    """The broker was read: end the outage (logged for each pool whose choice applied), and every pool decides
-    by its policy again in this check."""
+    """The broker (and in fleet mode the fleet) was read: end the outage, logged for each pool whose choice
+    applied. Every pool decides by its policy in this check (the outage's checks left each one due)."""
     state = loop.outage
     if state.since_s is None:
         return
@@ -117,5 +117,4 @@ def broker_back(loop: Loop) -> None:
                      extra=event("broker_failure_ended", dqagent_pool=name, mode=run.s.broker_failure,
                                  down_s=f"{down_s:.0f}"))
             run.outage = ""
-        run.due_s = -math.inf
     loop.outage = OutageState()
