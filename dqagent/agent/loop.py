@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dqagent import __version__
+from dqagent.agent import outage as broker_outage
 from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
 from dqagent.broker.fleetstore import FleetCoordinator
@@ -93,6 +94,8 @@ class Loop(PoolHost):
         self.exporter: Exporter | None = None
         #: The pools' pauses (`dqagent pause`, `dqagent.agent.pausing`); in memory unless given a directory.
         self.pauses = PauseBook(None, wallclock)
+        #: The broker outage under way, if any (`dqagent.agent.outage`: BROKER_FAILURE).
+        self.outage = broker_outage.OutageState()
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -134,7 +137,7 @@ class Loop(PoolHost):
         try:
             demand = await self.probe.fetch_demand()
         except BrokerError as exc:
-            return self._broker_down(str(exc))
+            return await self._broker_down(str(exc))
         self.reporter.redis_up()
         self._rejected(demand.rejected)
         self.reporter.note_ages(demand)
@@ -156,8 +159,9 @@ class Loop(PoolHost):
                 try:
                     fleets[name] = await run.fleet.sync(run.s, observe(rules, self._observed(run, base[name])))
                 except (BrokerError, ConfigError) as exc:  # like an unreadable demand: keep the workers
-                    return self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
+                    return await self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
                 self._rejected(fleets[name].view.rejected)
+        broker_outage.broker_back(self)  # demand (and the fleet) read: BROKER_FAILURE no longer applies
         checks = await self._decide(base, fleets)
         for name, check in checks.items():
             self.runs[name].memory = check.memory
@@ -215,7 +219,7 @@ class Loop(PoolHost):
     def _observed(self, run: PoolRun, observed: Observed) -> Observed:
         """`observed` with a copy of the pool's jobs in flight and its backoff as they are now."""
         return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff,
-                       start_s=run.jobs.start_s)  # (start_s: the schedule's pre-warm, issue 23)
+                       start_s=run.jobs.start_s, starts=run.jobs.starts)  # (start_s: the schedule's pre-warm)
 
     async def _carry_out(self, checks: Mapping[str, Check], states: Sequence[UnitState], demand: Demand,
                          began: float, base: Mapping[str, Observed]) -> None:
@@ -269,12 +273,12 @@ class Loop(PoolHost):
             if check is not None:
                 run.share = check.budget.share if check.budget is not None else None
 
-    def _broker_down(self, message: str) -> float:
-        """Demand (or the fleet) unreadable: counted, the workers kept, the next try after the backoff."""
+    async def _broker_down(self, message: str) -> float:
+        """Demand (or the fleet) unreadable: counted; each pool decides by BROKER_FAILURE and acts
+        (`dqagent.agent.outage`); the next try after the backoff (or at the end of a grace period)."""
         self.completed = False
         self.counters.source_error(Source.REDIS)
-        self._publish(self._snapshot(redis_up=False))
-        return self._redis_down(message)
+        return await broker_outage.decide_without_broker(self, message)
 
     def _act(self, run: PoolRun, states: Sequence[UnitState], target: int, reason: str, label: str) -> Plan:
         """Adoption: reconcile toward `target` and issue the actions (a check's plan comes from the step)."""
@@ -316,12 +320,12 @@ class Loop(PoolHost):
                     demand.orphaned, requeued,
                     extra=event("orphans_recovered", orphaned=demand.orphaned, requeued=requeued))
 
-    def _redis_down(self, message: str) -> float:
+    def _redis_down(self, message: str, note: str = "keeping workers") -> float:
         # 2, 4, 8 ... s, capped at the larger of CHECK_INTERVAL and 30 s: quick to notice recovery,
         # never a tight loop against a dead server.
         failures = self.reporter.redis_failures + 1
         retry = min(max(self.s.check_interval_s, 30.0), MAX_BACKOFF_S, 2.0 ** min(failures, 10))
-        self.reporter.redis_down(message, retry)
+        self.reporter.redis_down(message, retry, note)
         return retry
 
     # -- metrics -----------------------------------------------------------------------
@@ -349,7 +353,8 @@ class Loop(PoolHost):
                                   run.queues if redis_up else (), priority=run.priority, share=run.share,
                                   schedule_floor=run.schedule.floor if run.schedule else None,
                                   schedule_ceiling=run.schedule.ceiling if run.schedule else None,
-                                  pause=self.pauses.get(name, now))
+                                  pause=self.pauses.get(name, now), broker_failure=run.s.broker_failure,
+                                  broker_failure_active=run.outage == run.s.broker_failure)
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
                         last_decision_s=self._last_decision_s, counters=self._frozen_counters(),

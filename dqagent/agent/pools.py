@@ -60,6 +60,9 @@ class PoolRun:
     retiring: bool = False
     #: SCHEDULE as of its last check (None: no schedule).
     schedule: InForce | None = None
+    #: While the broker cannot be read: the BROKER_FAILURE choice that sets its count now ("hold" also in the
+    #: grace period); "" otherwise (`dqagent.agent.outage`).
+    outage: str = ""
 
     @property
     def priority(self) -> int:

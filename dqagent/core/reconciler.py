@@ -22,7 +22,8 @@ Counting rules (a unit's *phase*, see `classify`):
 
 The pool is running + coming; `wanted` is the target clamped to [MIN, MAX].
 
-- pool < wanted: start `wanted - pool` instances at the lowest free numbers (a failed number is
+- pool < wanted: start `wanted - pool` instances at the lowest free numbers not in `avoid` (those
+  near systemd's start limit, `dqagent.core.startlimit`; taken last) (a failed number is
   reused after `ResetFailedUnit`, listed in `reset`), unless the crash-loop backoff holds starts
   (`Backoff`: the agent counts a failed start check, and the reuse of a crashed unit's number, as a
   failure).
@@ -41,7 +42,7 @@ is stopped and nothing extra is started.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -199,8 +200,10 @@ def census(states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> Cens
 
 
 def reconcile(states: Sequence[UnitState], target: int, *, min_processes: int, max_processes: int,
-              in_flight: Mapping[int, Intent], backoff: Backoff, now_s: float) -> Plan:
-    """The actions that move the pool toward `target` (clamped), under the rules of the module docstring."""
+              in_flight: Mapping[int, Intent], backoff: Backoff, now_s: float,
+              avoid: Collection[int] = frozenset()) -> Plan:
+    """The actions that move the pool toward `target` (clamped), under the rules of the module docstring.
+    `avoid`: numbers started only when no other is free (near systemd's start limit, `dqagent.core.startlimit`)."""
     wanted = max(min_processes, min(max_processes, target))
     counted = census(states, in_flight)
     by_number = {s.instance: s for s in states}
@@ -212,7 +215,11 @@ def reconcile(states: Sequence[UnitState], target: int, *, min_processes: int, m
         if backoff.holds(now_s):
             held = True
         else:
-            start = tuple(itertools.islice(_free_numbers(by_number, in_flight), wanted - counted.pool))
+            free = _free_numbers(by_number, in_flight)
+            if avoid:
+                free = itertools.chain((n for n in free if n not in avoid),
+                                       (n for n in _free_numbers(by_number, in_flight) if n in avoid))
+            start = tuple(itertools.islice(free, wanted - counted.pool))
             reset = tuple(n for n in start if n in by_number and by_number[n].active_state == "failed")
     elif counted.pool > wanted:
         candidates = sorted((s.instance for s in states if settled(s, in_flight.get(s.instance))), reverse=True)

@@ -66,6 +66,8 @@ class Reason(StrEnum):
     SCHEDULE = "schedule"
     #: Maintenance (`dqagent pause --at N`) scaled the pool to N (a pause itself never acts).
     PAUSE = "pause"
+    #: BROKER_FAILURE: Redis could not be read, the pool went to MIN or BROKER_FAILURE_COUNT.
+    BROKER_FAILURE = "broker_failure"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
@@ -200,6 +202,9 @@ class PoolFigures:
     schedule_ceiling: int | None = None
     #: Its pause or maintenance in force (`dqagent pause`); None: not paused.
     pause: Pause | None = None
+    #: BROKER_FAILURE, and whether it sets the pool's count now (Redis unreadable; `min`/`fixed`: after the grace).
+    broker_failure: str = "hold"
+    broker_failure_active: bool = False
 
 
 @dataclass(frozen=True, slots=True)

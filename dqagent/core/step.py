@@ -27,19 +27,26 @@ The rules, in the order they apply:
    headroom is read only for a scale-up: without it, `decide` returns `NeedsHost` and the caller reads
    the host and calls again with the same arguments.
 6. **Reconcile** (`reconciler.reconcile`): clamp to [MIN, MAX], starts at the lowest free numbers
-   unless the crash-loop backoff holds them, stops of the highest settled numbers.
+   unless the crash-loop backoff holds them, stops of the highest settled numbers. **Start limits**
+   (`dqagent.core.startlimit`): it starts no number the agent started near systemd's StartLimitBurst within
+   StartLimitIntervalSec while another number is free (`Observed.starts`).
 7. **Report**: the bounded metrics reason, the decision line's journal fields and whether it is
    routine (no change, logged at INFO at most once per CHECK_INTERVAL), and the next read time
    (CHECK_INTERVAL for `step`; the adaptive read interval for `target`).
+
+**Broker failure** (`dqagent.core.brokerfail`): while demand cannot be read (`Observed.broker_down_since_s`),
+BROKER_FAILURE replaces rules 2 and 3 (hold, or MIN / BROKER_FAILURE_COUNT after the grace period); the
+schedule, a pause, the budget and the guard still apply after it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dqagent.core import brokerfail, startlimit
 from dqagent.core.budget import Allotment
 from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
@@ -86,6 +93,8 @@ class Rules:
     #: SCHEDULE (empty: none), read on the clock of `zone` (SCHEDULE_TIMEZONE's; None: the host's).
     schedule: Schedule = NO_SCHEDULE
     zone: tzinfo | None = None
+    # -- rule 7 (broker failure) --
+    broker_failure: brokerfail.BrokerFailure = brokerfail.HOLD
 
     @classmethod
     def from_settings(cls, s: Settings, policy: Policy) -> Rules:
@@ -93,7 +102,9 @@ class Rules:
                    queue_metric=s.queue_metric, adaptive_reads=s.scaling_policy != "step",
                    read_every_s=s.tick_interval_s(), check_interval_s=s.check_interval_s,
                    startup_delay_s=s.process_startup_delay_s, guard=s.guard, queue_names=s.queue_names,
-                   schedule=s.schedule, zone=zone_for(s.schedule_timezone) if s.schedule else None)
+                   schedule=s.schedule, zone=zone_for(s.schedule_timezone) if s.schedule else None,
+                   broker_failure=brokerfail.BrokerFailure(brokerfail.Mode(s.broker_failure), s.broker_failure_count,
+                                                           s.broker_failure_grace_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +122,11 @@ class Observed:
     #: Seconds a start takes (StartUnit until its job ends), as measured: the schedule's pre-warm lead is this
     #: plus PROCESS_STARTUP_DELAY.
     start_s: float = 0.0
+    # -- rules 7 and 8 --
+    #: Monotonic seconds of the first failed read of this outage; None: demand was read (`demand` is empty if set).
+    broker_down_since_s: float | None = None
+    #: The agent's own starts of each number within StartLimitIntervalSec (`dqagent.core.startlimit`).
+    starts: startlimit.Starts = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +144,8 @@ class Seen:
 
     census: Census
     obs: Observation
+    #: Rule 7: the outage's start (`Observed.broker_down_since_s`).
+    broker_down_since_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +217,7 @@ def observe(rules: Rules, seen: Observed) -> Seen:
     obs = Observation(now_s=seen.now_s, queue_length=d.queue_length(rules.queue_metric), ready=d.ready,
                       in_flight=d.in_flight, delayed=d.delayed, workers=counted.pool,
                       starting=counted.coming + young, oldest_age_s=d.oldest_age_s)
-    return Seen(counted, obs)
+    return Seen(counted, obs, seen.broker_down_since_s)
 
 
 def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInput | None = None,
@@ -236,11 +254,13 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     if verdict.holding:
         decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
     plan = reconcile(observed.units, decision.target, min_processes=lo, max_processes=hi,
-                     in_flight=observed.in_flight, backoff=observed.backoff, now_s=observed.now_s)
+                     in_flight=observed.in_flight, backoff=observed.backoff, now_s=observed.now_s,
+                     avoid=startlimit.worn(observed.starts, observed.now_s))
     # The floor decided only where this host runs a worker for it (in fleet mode, a host whose share of G is 0
     # scales for the policy's reasons).
-    label = (Reason.PAUSE if pause is not None else Reason.DELAYED_MESSAGES if delayed and decision.target > 0
-             and not by_schedule else Reason.HOST_BUDGET if capped else Reason.SCHEDULE if by_schedule
+    label = (Reason.PAUSE if pause is not None else Reason.BROKER_FAILURE if seen.broker_down_since_s is not None
+             else Reason.DELAYED_MESSAGES if delayed and decision.target > 0 and not by_schedule
+             else Reason.HOST_BUDGET if capped else Reason.SCHEDULE if by_schedule
              else action_reason(rules.policy.name, decision.target, plan.wanted))
     routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
     outstanding = seen.obs.outstanding
@@ -287,6 +307,8 @@ def recommend(rules: Rules, seen: Seen, memory: Memory,
                fleet: FleetInput | None) -> tuple[Decision, Any, Share | None, bool]:
     """Rules 2 and 3: the policy's target for this host (in fleet mode its share of the fleet's G, the
     delayed-message floor applied to G), its next state, and whether the delayed-message floor decided."""
+    if (down := outage(rules, seen)) is not None:  # rule 7: no demand to decide on; the policy's state is kept
+        return down.decision, memory.policy_state, None, False
     if fleet is None:
         decision, state = rules.policy.decide(seen.obs, memory.policy_state)
         decision, delayed = _delayed_floor(decision, seen.obs.delayed)
@@ -300,6 +322,14 @@ def recommend(rules: Rules, seen: Seen, memory: Memory,
     decision, delayed = _delayed_floor(decision, seen.obs.delayed)
     share = share_of(fleet.view, fleet.me, decision)
     return share.decision, state, share, delayed
+
+
+def outage(rules: Rules, seen: Seen) -> brokerfail.Outage | None:
+    """Rule 7: BROKER_FAILURE's decision while the broker cannot be read; None when it was read."""
+    if seen.broker_down_since_s is None:
+        return None
+    return brokerfail.decide(rules.broker_failure, seen.census.pool, rules.min_processes, rules.max_processes,
+                             seen.broker_down_since_s, seen.obs.now_s)
 
 
 def _delayed_floor(decision: Decision, delayed: int) -> tuple[Decision, bool]:

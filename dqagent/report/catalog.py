@@ -102,12 +102,23 @@ ENTRIES: tuple[Entry, ...] = (
           "the next check. If it repeats, systemd is overloaded or hung."),
     # -- Redis and systemd -----------------------------------------------------------------------------
     Entry("redis_error", "42671c9d205e4985b8574fd5623a4f59", "dqagent cannot read the Dramatiq broker in Redis",
-          "Reading the queue from Redis failed: @ERROR@. The agent keeps the current workers and retries "
+          "Reading the queue from Redis failed: @ERROR@. The agent keeps the current workers (BROKER_FAILURE=hold; "
+          "min and fixed change the count after BROKER_FAILURE_GRACE) and retries "
           "with a growing pause (up to the larger of CHECK_INTERVAL and 30 s). Check that Redis runs and that "
           "REDIS_HOST/REDIS_PORT/REDIS_URL and the password (/etc/dqagent/redis-password) are right: "
           "`dqagent check`. See docs/operations.md, \"Redis unreachable\"."),
     Entry("redis_ok", "299c6043446b471185da79391aa0c6fd", "dqagent reads Redis again",
           "Redis answers again after failed reads; scaling resumes. Nothing to do."),
+    Entry("broker_failure_applied", "f3f89db538eb4459bb7651758338c49c",
+          "BROKER_FAILURE sets a pool's count while Redis is down",
+          "Redis has been unreadable longer than BROKER_FAILURE_GRACE: the pool (DQAGENT_POOL=) goes to @TARGET@ "
+          "workers (BROKER_FAILURE=min or fixed, MODE=) until Redis answers again. Bring Redis back (see "
+          "\"Redis unreachable\"); the policy takes over at the first successful read. See docs/operations.md, "
+          "\"When Redis cannot be read\"."),
+    Entry("broker_failure_ended", "df3b910c26c6434babea93db260efeca",
+          "a pool follows its policy again after a Redis outage",
+          "Redis answers again after an outage (DOWN_S= seconds); the pool's count (DQAGENT_POOL=) is its "
+          "policy's again, no longer BROKER_FAILURE's. Nothing to do."),
     Entry("systemd_error", "7b8a2ec578e84493ae0828814cb528b2", "systemd refused a request from dqagent",
           "systemd (or polkit) refused a start, stop or reset: @ERROR@. The agent keeps the current workers "
           "and retries at the next check. \"Access denied\" means the polkit rule is missing or not read: run "

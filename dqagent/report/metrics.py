@@ -53,7 +53,7 @@ METRIC_NAMES = frozenset({
     "dqagent_build_info", "dqagent_worker_oom_kills_total", "dqagent_guard_holding",
     "dqagent_broker_records_rejected_total", "dqagent_host_workers_limit", "dqagent_workers_share",
     "dqagent_pool_priority", "dqagent_pool_info", "dqagent_schedule_workers", "dqagent_paused",
-    "dqagent_pause_start_timestamp_seconds", "dqagent_pause_expiry_timestamp_seconds",
+    "dqagent_pause_start_timestamp_seconds", "dqagent_pause_expiry_timestamp_seconds", "dqagent_broker_failure",
 })
 #: The guard's resources (dqagent.core.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -99,11 +99,15 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
                              "Age of the oldest ready message; absent for an empty queue", labels=["pool", "queue"])
     schedule = GaugeMetricFamily("dqagent_schedule_workers", "SCHEDULE's floor and ceiling in force (a floor from its "
                                  "pre-warm on); absent while no window sets them", labels=["pool", "bound"])
+    broker = GaugeMetricFamily("dqagent_broker_failure", "1 while Redis cannot be read and BROKER_FAILURE (label "
+                               "mode) sets the pool's count (min and fixed: after the grace period), else 0",
+                               labels=["pool", "mode"])
     for p in snap.pools:
         for bound, value in (("floor", p.schedule_floor), ("ceiling", p.schedule_ceiling)):
             if value is not None:
                 schedule.add_metric([p.name, bound], value)
         info.add_metric([p.name, p.policy], {})
+        broker.add_metric([p.name, p.broker_failure], 1 if p.broker_failure_active else 0)
         priority.add_metric([p.name], p.priority)
         limits.add_metric([p.name, "min"], p.min_processes)
         limits.add_metric([p.name, "max"], p.max_processes)
@@ -121,7 +125,7 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
             if q.oldest_age_s is not None:
                 ages.add_metric([p.name, q.queue], q.oldest_age_s)
     # A family without samples is left out (an empty family would still print its HELP and TYPE lines)
-    yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages) if f.samples)
+    yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages, broker) if f.samples)
     yield from _pause_gauges(snap)
 
 

@@ -225,15 +225,15 @@ class Reporter:
 
     # -- Redis and systemd ---------------------------------------------------------------------
 
-    def redis_down(self, message: str, retry_s: float) -> None:
+    def redis_down(self, message: str, retry_s: float, note: str = "keeping workers") -> None:
         self.redis_failures += 1
         if not self.redis_error:
-            log.error("redis unavailable, keeping the current workers: %s", message,
+            log.error("redis unavailable (%s): %s", note, message,
                       extra=event("redis_error", error=message))
         elif self.redis_error != message:  # same outage, different wording: not a new event
             log.debug("redis still unavailable: %s", message)
         self.redis_error = message
-        self._status(f"redis unavailable ({message[:80]}), keeping workers, retry in {retry_s:.0f}s")
+        self._status(f"redis unavailable ({message[:80]}), {note}, retry in {retry_s:.0f}s")
 
     def redis_up(self) -> None:
         if self.redis_error:

@@ -86,6 +86,10 @@ class Settings:
     # --- Scaling on age ---
     #: MAX_QUEUE_AGE: the target policy scales up while the oldest waiting message is older; None: off.
     max_queue_age_s: float | None = None
+    # --- When the broker cannot be read: dqagent.core.brokerfail. ---
+    broker_failure: str = "hold"
+    broker_failure_count: int = 0
+    broker_failure_grace_s: float = 60.0
     # --- Prometheus metrics: dqagent.report.metrics. ---
     #: host:port (or [v6]:port) to serve /metrics on, validated; "" off. `parse_metrics_address` splits it.
     metrics_address: str = ""

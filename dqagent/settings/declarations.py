@@ -166,6 +166,15 @@ SETTINGS: tuple[Setting, ...] = (
             "target policy: seconds the oldest waiting message may wait; older, and the pool grows (at least one "
             "worker, more the further past it, at most `SCALE_UP_MAX_STEP`) even inside the tolerance band, and "
             "does not shrink. Only with `SCALING_POLICY=target` (exit 78 otherwise); empty: off"),
+    # When the broker cannot be read, README "When Redis cannot be read" (dqagent.core.brokerfail).
+    Setting("BROKER_FAILURE", "hold", "broker_failure", p.choice(p.BROKER_FAILURE_MODES),
+            "while Redis cannot be read: hold (keep the workers, default), min (go to `MIN_PROCESSES`) or fixed "
+            "(go to `BROKER_FAILURE_COUNT`) once the outage has lasted `BROKER_FAILURE_GRACE`"),
+    Setting("BROKER_FAILURE_COUNT", "0", "broker_failure_count", p.integer(0, MAX_PROCESSES_LIMIT),
+            "`BROKER_FAILURE=fixed`: the workers to run while Redis cannot be read (clamped to [MIN, MAX])"),
+    Setting("BROKER_FAILURE_GRACE", "60", "broker_failure_grace_s",
+            p.number("expected seconds in 0..86400", lambda x: 0 <= x <= 86400),
+            "seconds of outage before `BROKER_FAILURE=min` or `fixed` takes over (the workers are kept until then)"),
     # Pools, README "Pools".
     Setting("POOL_PRIORITY", "0", "pool_priority", p.integer(0, 100),
             "pools: this pool's priority (0..100) for room under `HOST_MAX_PROCESSES`: a higher one is served "

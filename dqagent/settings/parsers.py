@@ -32,6 +32,8 @@ MAX_GRACE_S = 7 * 86400.0
 MAX_QUEUE_AGE_LIMIT_S = 7 * 86400.0
 #: Names accepted by SCALING_POLICY; `dqagent.core.policies.POLICIES` has exactly these keys (a test checks).
 SCALING_POLICIES = ("step", "target")
+#: BROKER_FAILURE (`dqagent.core.brokerfail.Mode`).
+BROKER_FAILURE_MODES = ("hold", "min", "fixed")
 
 
 class QueueMetric(StrEnum):

@@ -10,6 +10,11 @@ for it), and carries out `check.plan` exactly, as `dqagent.agent.lifecycle.Agent
   until a later start reuses its number;
 - the agent's own jobs in flight: a start from its start job until its start check ends (start job +
   PROCESS_STARTUP_DELAY; a failed start until the unit ended), a stop until the process has exited;
+- systemd's start limit (`dqagent.core.startlimit`: StartLimitBurst starts of one unit within
+  StartLimitIntervalSec; every simulated unit stays loaded, the worst case): one more start fails at once with
+  `start-limit-hit` (counted in `start_limit_hits`), until a reset of that number clears its count;
+- a broker outage (`PoolConfig.broker_outages_s`): no demand is read, `Observed.broker_down_since_s` is set and
+  the step decides by BROKER_FAILURE;
 - the starts of one check are judged together when the last check ends (a failed one backs off further
   starts, `dqagent.core.reconciler.Backoff`), and reusing a failed unit's number counts as a failure, as in
   `dqagent.systemd.jobtable`; a replayed real failure (`PoolConfig.failed_starts_s`) fails the first start near it.
@@ -23,6 +28,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING
 
+from dqagent.core import startlimit
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits
 from dqagent.core.pause import Pause
@@ -51,7 +57,7 @@ def rules_for(cfg: PoolConfig, policy: Policy, tick_s: float, adaptive_reads: bo
                  queue_metric=QueueMetric(cfg.metric), adaptive_reads=adaptive_reads, read_every_s=tick_s,
                  check_interval_s=cfg.check_interval_s, startup_delay_s=cfg.check_s(), guard=guard,
                  queue_names=(QUEUE,), schedule=cfg.schedule,
-                 zone=zone_for(cfg.schedule_timezone) if cfg.schedule else None)
+                 zone=zone_for(cfg.schedule_timezone) if cfg.schedule else None, broker_failure=cfg.broker_failure)
 
 
 class SimAgent:
@@ -78,6 +84,11 @@ class SimAgent:
         self.start_took: deque[float] = deque(maxlen=START_SAMPLES)
         #: Operators' pauses (`dqagent pause`): each in force from its since_s to its until_s (wall clock, EPOCH_S).
         self.pauses = tuple(pauses)
+        #: The agent's own starts of each number (its memory, `dqagent.core.startlimit`) and systemd's count.
+        self.starts: startlimit.Starts = {}
+        self.systemd_starts: startlimit.Starts = {}
+        #: Starts systemd refused with start-limit-hit: (time, number).
+        self.start_limit_hits: list[tuple[float, int]] = []
 
     def observe(self, now: float) -> Observed:
         """What a real agent would read now: the queue's counts and the units, with its own jobs and backoff."""
@@ -102,8 +113,15 @@ class SimAgent:
         for n in self.failed_numbers:
             units.append(UnitState(_name(n, name), n, ActiveState.FAILED, "failed", 0, 0, 0, "exit-code", False,
                                    pool=name))
+        down = self.outage_start(now)
+        if down is not None:  # the broker cannot be read: no demand (the step decides by BROKER_FAILURE)
+            demand = Demand(())
         return Observed(now, EPOCH_US + now * 1e6, demand, units, flight, self.backoff,
-                        start_s=max(self.start_took, default=0.0))
+                        start_s=max(self.start_took, default=0.0), broker_down_since_s=down, starts=self.starts)
+
+    def outage_start(self, now: float) -> float | None:
+        """The start of the broker outage under way at `now`, if any."""
+        return next((a for a, b in self.pool.cfg.broker_outages_s if a <= now < b), None)
 
     def check(self, now: float, host_cpu: float | None) -> tuple[Observed, Check]:
         """Observe, then decide with the shared step (the host read only when the guard asks for it)."""
@@ -136,9 +154,11 @@ class SimAgent:
             if plan.reset:  # a failed unit is a crash Restart= could not recover from: reused, but a failure
                 self.failed_numbers.difference_update(plan.reset)
                 self.backoff = self.backoff.after_failure(now)
+                self.systemd_starts = {n: t for n, t in self.systemd_starts.items() if n not in plan.reset}
             self.batches += 1
             job_s = lookup(cfg.start_job_profile_s, now, 0.0)
-            started = [pool.start(now, n, self.batches, job_s, cfg.check_s(), self._replayed_failure(now))
+            self.starts = startlimit.record(self.starts, plan.start, now)
+            started = [pool.start(now, n, self.batches, job_s, cfg.check_s(), self._fails_after(n, now))
                        for n in plan.start]
             self.start_took.extend(job_s for _ in started)
             self.batch_failed[self.batches] = False
@@ -147,6 +167,20 @@ class SimAgent:
             by_number = {w.number: w for w in pool.workers.values()}
             for n in plan.stop:
                 pool.stop(by_number[n], now)
+
+    def _fails_after(self, n: int, now: float) -> float | None:
+        """How long a start of `n` at `now` lives if it fails (systemd's start limit, or a replayed failure)."""
+        limited = self._start_limited(n, now)
+        return limited if limited is not None else self._replayed_failure(now)
+
+    def _start_limited(self, n: int, now: float) -> float | None:
+        """systemd's start limit: 0 (the start fails at once, start-limit-hit) past the burst, else None."""
+        past = startlimit.recent(self.systemd_starts.get(n, ()), now)
+        self.systemd_starts = {**self.systemd_starts, n: (*past, now)}
+        if len(past) < startlimit.BURST:
+            return None
+        self.start_limit_hits.append((now, n))
+        return 0.0
 
     def _replayed_failure(self, now: float) -> float | None:
         """A real run's failed start within `failure_match_s` of `now` (used once): when its unit ended."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dqagent.core.brokerfail import HOLD, BrokerFailure
 from dqagent.settings.schedule import Schedule
 
 #: The dispatch models `PoolConfig.dispatch` accepts.
@@ -63,6 +64,10 @@ class PoolConfig:
     #: `dqagent.sim.pool.EPOCH_US` + the simulated time); empty: none.
     schedule: Schedule = field(default_factory=Schedule)
     schedule_timezone: str = "UTC"
+    #: Broker outages as (start, end) times, ascending: the agent reads no demand in [start, end) and decides by
+    #: `broker_failure` (BROKER_FAILURE, `dqagent.core.brokerfail`); the workers go on with what they hold.
+    broker_outages_s: tuple[tuple[float, float], ...] = ()
+    broker_failure: BrokerFailure = HOLD
 
     def check_s(self) -> float:
         """The agent's PROCESS_STARTUP_DELAY for this pool."""

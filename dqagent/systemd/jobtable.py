@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from dqagent.core import startlimit
 from dqagent.core.reconciler import Backoff, Intent, Plan, census, reconcile
 from dqagent.core.units import ActiveState, JobOutcome, UnitState, of_pool, worker_unit
 from dqagent.errors import BusConnectionError, DqAgentError, SystemdError
@@ -172,6 +173,8 @@ class JobTable:
         self._flight: dict[int, Intent] = {}
         self._tasks: dict[asyncio.Task[None], Intent] = {}
         self.backoff = Backoff()
+        #: When the agent started each number within systemd's start-limit interval (`dqagent.core.startlimit`).
+        self.starts: startlimit.Starts = {}
         self.outcomes: list[Outcome] = []
         self._checker = _Batched(units.started_states)
         #: How long the last few successful StartUnit jobs took (seconds): the schedule's pre-warm lead.
@@ -204,6 +207,7 @@ class JobTable:
             # A failed unit is a crash systemd's Restart= could not recover from: restart it, but back off.
             self._failed(f"reusing failed unit(s) {', '.join(self._unit(n) for n in reset)}")
         self._flight.update(dict.fromkeys(numbers, Intent.START))
+        self.starts = startlimit.record(self.starts, numbers, self._clock())
         self._track(self._start(tuple(numbers), frozenset(reset), startup_delay_s, dict(baseline), stop_timeout_s),
                     Intent.START)
 

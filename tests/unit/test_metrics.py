@@ -159,6 +159,7 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_source_errors_total", (("source", "redis"),))] == 1
     assert got[("dqagent_source_errors_total", (("source", "systemd"),))] == 0
     assert got[("dqagent_last_decision_timestamp_seconds", ())] == 1e9 - 1
+    assert got[("dqagent_broker_failure", labelled(("mode", "hold")))] == 0
     assert got[("dqagent_decision_duration_seconds_count", ())] == 2
     assert got[("dqagent_decision_duration_seconds_sum", ())] == pytest.approx(0.203)
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.005"),))] == 1
@@ -172,7 +173,7 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     # Every worker and queue series, and every scale action, is the default pool's; no host-wide one has `pool`
     per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_priority",
                 "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_info",
-                "dqagent_schedule_workers", "dqagent_paused"}
+                "dqagent_schedule_workers", "dqagent_paused", "dqagent_broker_failure"}
     for name, labels in got:
         assert (dict(labels).get("pool") == "default") == (name in per_pool), (name, labels)
 
@@ -315,7 +316,9 @@ def test_each_tick_publishes_what_it_read_decided_and_did() -> None:
         await agent.tick()
         down = agent.latest
         assert down is not None and not down.redis_up and down.default.queues == ()
-        assert down.default.workers == snap.default.workers  # not read on a Redis failure: the last figures stay
+        # systemd is read on a Redis failure too (BROKER_FAILURE decides through the step): @2 has started
+        assert down.default.workers == WorkerCounts(running=2, starting=0, stopping=0, failed=0, desired=2)
+        assert (down.default.broker_failure, down.default.broker_failure_active) == ("hold", True)
         assert dict(down.counters.source_errors) == {"redis": 1, "systemd": 0, "internal": 0}
         assert down.counters.decision_duration.count == 1  # no decision was made
         probe.error = None
