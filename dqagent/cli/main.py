@@ -184,7 +184,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if command == "start":
             return asyncio.run(_start(args))
         if command == "status":
-            return asyncio.run(_status(args))
+            return asyncio.run(_status(args, _start_broker_read(args)))
         _exit_at_once(asyncio.run(_scale(args, up=command == "scale-up")))
     if command in ("install", "uninstall"):
         from dqagent.setup.install import install, uninstall
@@ -353,11 +353,21 @@ def _reload(args: argparse.Namespace) -> int:
     return EXIT_CONFIG
 
 
-async def _status(args: argparse.Namespace) -> int:
-    from dqagent.cli.status import collect, render_json, render_text
+def _start_broker_read(args: argparse.Namespace) -> Any:
+    """`status`: the broker read forked off before the heavy imports (`dqagent.cli.status_broker`)."""
+    from dqagent.cli.status_broker import Pending
+    from dqagent.settings.parsers import DEFAULT_POOL
+    from dqagent.settings.pools import Pool
 
     loaded = _load(args)
-    report: dict[str, Any] = await collect(loaded, os.environ.get("DQAGENT_BUS_ADDRESS") or None)
+    return Pending.start(loaded, loaded.pools or (Pool(DEFAULT_POOL, loaded.settings),))
+
+
+async def _status(args: argparse.Namespace, broker: Any) -> int:
+    from dqagent.cli.status import collect, render_json, render_text
+
+    loaded = broker.loaded
+    report: dict[str, Any] = await collect(loaded, os.environ.get("DQAGENT_BUS_ADDRESS") or None, broker)
     if args.fleet:  # fleet mode
         from dqagent.broker.fleetstore import fleet_status
 

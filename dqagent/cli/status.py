@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import time
@@ -24,9 +23,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from dqagent.broker.redis import RedisDemandProbe
+from dqagent.cli.status_broker import Pending
 from dqagent.cli.status_text import _guard_lines, render_text
-from dqagent.core.demand import Demand
 from dqagent.core.policies import thresholds
 from dqagent.core.schedule import in_force, local_text, next_change
 from dqagent.core.units import AGENT_UNIT, UnitState, describe_exit, of_pool
@@ -61,12 +59,13 @@ async def _failure(client: SystemdClient, st: UnitState) -> dict[str, Any]:
             "more": f"journalctl -u {st.unit}"}
 
 
-async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
+async def collect(loaded: Loaded, bus_address: str | None, broker: Pending | None = None) -> dict[str, Any]:
     """Read everything the report shows; each source fails on its own.
 
     The top-level keys describe the default pool (the old manager's keys, unchanged) and the host; `pools`
     has one entry per pool, the default pool first, each with the keys of `POOL_KEYS`. All pools' queues are
-    read in one broker read, all their units in one systemd listing, both at once.
+    read in one broker read, all their units in one systemd listing, both at once. `broker`: the broker read
+    already started (`Pending.start`, before the imports); None: started here.
     """
     pools = loaded.pools or (Pool(DEFAULT_POOL, loaded.settings),)
     s = loaded.settings
@@ -74,8 +73,9 @@ async def collect(loaded: Loaded, bus_address: str | None) -> dict[str, Any]:
     parts = {p.name: _blank_pool(p, loaded) for p in pools}
     shapes = {p.name: _read_shape(parts[p.name], p.settings) for p in pools}
     # At once: Redis answers while systemd is read (they fill different keys).
-    _, (memory, running) = await asyncio.gather(_read_broker(report, parts, loaded, pools),
-                                                _read_systemd(report, parts, pools, shapes, bus_address))
+    _, (memory, running) = await asyncio.gather(
+        _take_broker(report, parts, broker if broker is not None else Pending(loaded, pools)),
+        _read_systemd(report, parts, pools, shapes, bus_address))
     if s.guard:
         report["guard"] = guard_report(s, memory, running, report["agent_status_text"])
     _read_pauses(parts)
@@ -189,32 +189,14 @@ def _read_shape(part: dict[str, Any], s: Settings) -> WorkerShape | None:
     return shape
 
 
-async def _read_broker(report: dict[str, Any], parts: dict[str, dict[str, Any]], loaded: Loaded,
-                       pools: Sequence[Pool]) -> None:
-    """Every pool's queues into its part (one read, one connection), or `redis_error`."""
-    every_queue = tuple(q for p in pools for q in p.settings.queue_names)  # host-wide Redis settings: one probe
-    probe = RedisDemandProbe(dataclasses.replace(loaded.settings, queue_names=every_queue))
-    try:
-        demand = await probe.fetch_demand()
-    except DqAgentError as exc:
-        report["redis_error"] = str(exc) + (f"; {loaded.password_note}" if loaded.password_note else "")
-    except Exception as exc:  # data no check caught, or a bug: a line in the report, never a traceback
-        detail = " ".join(str(exc).split())[:200]
-        report["redis_error"] = f"unexpected {type(exc).__name__} reading the broker: {detail}"
-    else:
-        report["broker_data_rejected"] = [{"kind": r.kind.value, "key": r.key, "reason": r.reason}
-                                          for r in demand.rejected]
-        by_queue = {q.queue: q for q in demand.queues}
-        for pool in pools:
-            mine = Demand(tuple(by_queue[name] for name in pool.settings.queue_names))
-            part = parts[pool.name]
-            part["queue_length"] = mine.queue_length(pool.settings.queue_metric)
-            part["queues"] = {q.queue: {"ready": q.ready, "in_flight": q.in_flight, "delayed": q.delayed,
-                                        "dead_lettered": q.dead, "orphaned": q.orphaned,
-                                        "oldest_age_s": q.oldest_age_s}
-                              for q in mine.queues}
-    finally:
-        await probe.close()
+async def _take_broker(report: dict[str, Any], parts: dict[str, dict[str, Any]], broker: Pending) -> None:
+    """Every pool's queues (read by `dqagent.cli.status_broker`, in a child process when it could fork), or
+    `redis_error`, into the report."""
+    answer = await broker.result()
+    report.update(answer.get("report", {}))
+    for name, figures in answer.get("pools", {}).items():
+        if name in parts:
+            parts[name].update(figures)
 
 
 def _process(st: UnitState) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         'DRAMATIQ_QUEUE_NAME=io,io2\nDRAMATIQ_COMMAND="/bin/sleep infinity"\nMIN_PROCESSES=0\nMAX_PROCESSES=5\n'
         "SCALING_POLICY=target\nTARGET_PER_WORKER=10\nPOOL_PRIORITY=7\n")
     monkeypatch.setattr(status, "SystemdClient", Systemd)
-    monkeypatch.setattr(status, "RedisDemandProbe", Broker)
+    monkeypatch.setattr("dqagent.broker.redis.RedisDemandProbe", Broker)  # status_broker imports it when it reads
     Systemd.states = [running("dramatiq-worker@1.service", 11), running("dramatiq-worker@2.service", 12),
                       running("dramatiq-worker@io-1.service", 21), running("dramatiq-worker@io-3.service", 23),
                       running("dramatiq-worker@gone-1.service", 31)]
