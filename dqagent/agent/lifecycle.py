@@ -35,7 +35,7 @@ from dqagent.agent.reload import Reloader
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import DemandProbe
 from dqagent.core.policies import Policy
-from dqagent.core.reconciler import Intent, has_foreign_job
+from dqagent.core.reconciler import Intent, has_foreign_job, stoppable
 from dqagent.core.snapshot import Source
 from dqagent.core.units import UnitState, of_pool
 from dqagent.errors import (
@@ -327,8 +327,7 @@ class Agent(Loop):
             if s.occupied and has_foreign_job(s, flight.get(s.instance)):
                 log.warning("leaving %s alone: it has a %s job the agent did not start", s.unit, s.job_type,
                             extra=event("foreign_job", unit=s.unit, job=s.job_type))
-        return [s for s in states if s.occupied and not has_foreign_job(s, flight.get(s.instance))
-                and flight.get(s.instance) is not Intent.STOP]
+        return stoppable(states, flight)
 
     def _stop_budget_s(self) -> float:
         """How long the stop may take: the slowest pool's graceful stop after a start's check."""

@@ -27,7 +27,7 @@ from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
-from dqagent.core.reconciler import Backoff, Intent, Plan, census, has_foreign_job, reconcile
+from dqagent.core.reconciler import Backoff, Plan, census, reconcile, stoppable
 from dqagent.core.snapshot import (
     Accumulator,
     Counters,
@@ -203,8 +203,7 @@ class Loop(PoolHost):
                 continue
             mine = [s for s in of_pool(states, name) if s.occupied]
             run.status = f"removed, {len(mine)} stopping"
-            ours = [s.instance for s in mine if not has_foreign_job(s, run.jobs.in_flight.get(s.instance))
-                    and run.jobs.in_flight.get(s.instance) is not Intent.STOP]
+            ours = [s.instance for s in stoppable(mine, run.jobs.in_flight)]
             if ours:
                 log.info("pool %s removed: stopping its %d workers gracefully", name, len(ours),
                          extra=event("scale_down", workers=len(mine), target=0, dqagent_pool=name))

@@ -101,17 +101,6 @@ def demand_of(demand: Demand, queue_names: Sequence[str]) -> Demand:
     return replace(demand, queues=tuple(q for q in demand.queues if q.queue in wanted), rejected=())
 
 
-def all_queues(pools: Iterable[Pool | PoolRun]) -> tuple[str, ...]:
-    """Every pool's queues, in pool order: what the one demand probe reads."""
-    return tuple(q for p in pools for q in (p.settings if isinstance(p, Pool) else p.s).queue_names)
-
-
-def probe_settings(settings: Settings, pools: Iterable[Pool | PoolRun]) -> Settings:
-    """The host's settings with every pool's queues: the one demand probe reads them all."""
-    queues = all_queues(pools)
-    return replace(settings, queue_names=queues) if queues else settings
-
-
 class PoolHost:
     """The pools of this host as the loop (`dqagent.agent.loop.Loop`) runs them: every pool by name, the default
     pool first; `s`, `policy`, `memory`, `jobs` and `fleet` are the default pool's (dqagent.env's settings are

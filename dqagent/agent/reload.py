@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dqagent.agent.pools import policies, probe_settings
+from dqagent.agent.pools import policies
 from dqagent.core.policies import Policy, make_policy
 from dqagent.errors import ConfigError, DqAgentError
 from dqagent.report import logs
@@ -43,7 +43,7 @@ from dqagent.report.logs import event
 from dqagent.settings import declarations
 from dqagent.settings.config import Settings, redact_url
 from dqagent.settings.parsers import DEFAULT_POOL
-from dqagent.settings.pools import POOL_KEYS, Pool
+from dqagent.settings.pools import POOL_KEYS, Pool, probe_settings
 from dqagent.settings.sources import Loaded, describe_source
 from dqagent.settings.workercmd import startup_warnings, worker_shape
 

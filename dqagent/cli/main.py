@@ -31,6 +31,7 @@ from dqagent.errors import (
 )
 from dqagent.report.terminal import printable, printable_tree  # tiny and pure: `re` only, which argparse loads anyway
 from dqagent.settings import sources
+from dqagent.settings.pools import probe_settings  # light: sources reads the pools anyway
 
 if TYPE_CHECKING:
     import logging
@@ -224,7 +225,7 @@ async def _start(args: argparse.Namespace) -> int:
     import logging
 
     from dqagent.agent import lifecycle, pausing
-    from dqagent.agent.pools import policies, probe_settings
+    from dqagent.agent.pools import policies
     from dqagent.agent.reload import Reloader, runtime_dir, warn_unknown_settings
     from dqagent.broker.redis import RedisDemandProbe
     from dqagent.core.policies import make_policy

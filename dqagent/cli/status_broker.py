@@ -21,10 +21,10 @@ import os
 import select
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from dqagent.settings.pools import Pool
+from dqagent.settings.pools import Pool, probe_settings
 from dqagent.settings.sources import Loaded
 
 #: Seconds the parent waits for the child beyond three Redis timeouts (the probe's reads are bounded by them).
@@ -39,8 +39,7 @@ async def read(loaded: Loaded, pools: Sequence[Pool]) -> dict[str, Any]:
 
     top: dict[str, Any] = {}
     parts: dict[str, dict[str, Any]] = {p.name: {} for p in pools}
-    every_queue = tuple(q for p in pools for q in p.settings.queue_names)  # host-wide Redis settings: one probe
-    probe = RedisDemandProbe(replace(loaded.settings, queue_names=every_queue))
+    probe = RedisDemandProbe(probe_settings(loaded.settings, pools))  # host-wide Redis settings: one probe
     try:
         demand = await probe.fetch_demand()
     except DqAgentError as exc:

@@ -156,6 +156,13 @@ def has_foreign_job(state: UnitState, intent: Intent | None) -> bool:
     return bool(state.job_type) and intent is None
 
 
+def stoppable(states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> list[UnitState]:
+    """The units the agent may stop when it stops a whole pool (its own stop, a pool a reload removed): those
+    holding a number, but not one with an operator's job nor one it is stopping already."""
+    return [s for s in states if s.occupied and not has_foreign_job(s, in_flight.get(s.instance))
+            and in_flight.get(s.instance) is not Intent.STOP]
+
+
 def classify(state: UnitState, intent: Intent | None = None) -> Phase:
     """The phase of one listed unit, given what the agent itself is doing to it (if anything)."""
     if intent is Intent.STOP:

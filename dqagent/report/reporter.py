@@ -155,10 +155,6 @@ class Reporter:
         oldest = self._oldest() if pool is None else _age(oldest_age_s)
         return f"{line}; queue {queue_length}{oldest}, next check in {next_check_s:g}s"
 
-    def status(self, plan: Plan, states: Sequence[UnitState], backoff_s: float, queue_length: int,
-               next_check_s: float, note: str = "") -> None:
-        self._status(self.status_line(plan, states, backoff_s, queue_length, next_check_s, note))
-
     def show(self, line: str) -> None:
         """Send a STATUS= line built by the caller (several pools' `status_line`s)."""
         self._status(line)

@@ -96,7 +96,7 @@ def parse_pools(default: Settings, host_values: Mapping[str, str],
     is its own fleet (`fleet_of`).
     """
     pools = [Pool(DEFAULT_POOL, default)]
-    shared = {k: v for k, v in host_values.items() if k not in POOL_KEYS}
+    shared = host_wide(host_values)
     for name, (path, values) in sorted(files.items()):
         if name == DEFAULT_POOL or not _NAME_RE.fullmatch(name):
             raise ConfigError(f"{path}: pool name", name, f"expected {POOL_NAME_PATTERN} (lower-case letters, digits, "
@@ -118,6 +118,17 @@ def parse_pools(default: Settings, host_values: Mapping[str, str],
         pools.append(Pool(name, settings, path))
     _check_together(pools)
     return tuple(pools)
+
+
+def host_wide(values: Mapping[str, str]) -> dict[str, str]:
+    """dqagent.env's values that every pool shares (all but `POOL_KEYS`)."""
+    return {k: v for k, v in values.items() if k not in POOL_KEYS}
+
+
+def probe_settings(settings: Settings, pools: Sequence[Pool]) -> Settings:
+    """The host's settings with every pool's queues, in pool order: the one demand probe reads them all."""
+    queues = tuple(q for p in pools for q in p.settings.queue_names)
+    return replace(settings, queue_names=queues) if queues else settings
 
 
 def fleet_of(fleet: str, pool: str) -> str:
@@ -151,5 +162,5 @@ def values_for(name: str, host_values: Mapping[str, str], files: Mapping[str, tu
         return dict(host_values)
     if name not in files:
         raise ConfigError("pool", name, "no pool file declares it (expected pools.d/<pool>.env beside dqagent.env)")
-    shared = {k: v for k, v in host_values.items() if k not in POOL_KEYS}
+    shared = host_wide(host_values)
     return {**DEFAULTS, **shared, **files[name][1]}
