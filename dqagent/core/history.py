@@ -4,7 +4,8 @@ decisions with their reasons.
 Bounded in time and in size: a point per pool at most every `STEP_S` seconds (a later point in the same step
 replaces the earlier one, so a one-second demand read does not make 3,600 points), none older than
 `WINDOW_S`, hence at most `MAX_POINTS` per pool (720 points; about 60 KiB per pool measured with
-`sys.getsizeof`, see docs/status-page.md); and the last `MAX_DECISIONS` decisions that changed something.
+`sys.getsizeof`, see docs/status-page.md); and the last `MAX_DECISIONS` decisions, a decision repeating the
+pool's last one (same count, target and reason, as every routine check does) kept once.
 Only the loop mutates a `History`; readers in other threads get frozen tuples (`points`, `decisions`),
 taken once per check and carried by the snapshot.
 """
@@ -68,7 +69,10 @@ class History:
             ring.popleft()
 
     def decided(self, note: DecisionNote) -> None:
-        self._decisions.append(note)
+        """Keep `note` unless it repeats the pool's last kept decision (same count, target and reason)."""
+        last = next((d for d in reversed(self._decisions) if d.pool == note.pool), None)
+        if last is None or (last.workers, last.target, last.reason) != (note.workers, note.target, note.reason):
+            self._decisions.append(note)
 
     def forget(self, pools: set[str]) -> None:
         """Drop the pools not in `pools` (a reload removed them)."""

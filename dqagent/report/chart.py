@@ -25,14 +25,20 @@ def nice_ceiling(x: float) -> int:
         n *= 10
 
 
+#: The shortest span the chart shows (seconds): a young agent's few minutes fill the chart, up to the hour.
+MIN_SPAN_S = 300.0
+
+
 def chart_svg(pool: str, points: Sequence[Point], now_s: float, window_s: float = WINDOW_S) -> str:
-    """The SVG of `points` over [now - window, now]; `data-points` says how many points it draws."""
+    """The SVG of `points` over [now - span, now], the span from the oldest point (between `MIN_SPAN_S` and
+    `window_s`); `data-points` says how many points it draws."""
     w, h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    span = min(window_s, max(MIN_SPAN_S, now_s - points[0].at_s if points else 0.0))
     y_workers = nice_ceiling(max([1, *(max(p.running, p.target) for p in points)]))
     y_messages = nice_ceiling(max([1, *(p.outstanding or 0 for p in points)]))
 
     def x(t: float) -> float:
-        return LEFT + w * max(0.0, min(1.0, (t - (now_s - window_s)) / window_s))
+        return LEFT + w * max(0.0, min(1.0, (t - (now_s - span)) / span))
 
     def y(v: float, top: int) -> float:
         return TOP + h * (1 - v / top)
@@ -58,10 +64,10 @@ def chart_svg(pool: str, points: Sequence[Point], now_s: float, window_s: float 
         parts.append(f'<text class="axis workers" x="{LEFT - 4}" y="{yy + 4:.1f}" text-anchor="end">'
                      f"{y_workers * frac:g}</text>")
         parts.append(f'<text class="axis messages" x="{LEFT + w + 4}" y="{yy + 4:.1f}">{y_messages * frac:g}</text>')
-    for minutes in (60, 45, 30, 15, 0):
-        xx = x(now_s - minutes * 60)
-        parts.append(f'<text class="axis" x="{xx:.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
-                     f"{'now' if not minutes else f'-{minutes} min'}</text>")
+    for frac in (1.0, 0.75, 0.5, 0.25, 0.0):
+        minutes = span * frac / 60
+        parts.append(f'<text class="axis" x="{x(now_s - span * frac):.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
+                     f"{'now' if not frac else f'-{minutes:.3g} min'}</text>")
     parts += line("messages", [(p.at_s, p.outstanding) for p in points], y_messages)
     parts += line("target", [(p.at_s, p.target) for p in points], y_workers)
     parts += line("workers", [(p.at_s, p.running) for p in points], y_workers)

@@ -123,11 +123,16 @@ def _pool(name: str, p: dict[str, Any], points: Sequence[Point], now_s: float) -
 def _queues(queues: dict[str, dict[str, Any]]) -> str:
     keys = ("ready", "in_flight", "delayed", "dead_lettered", "orphaned", "oldest_age_s")
     rows = "".join(f'<tr data-queue="{e(q)}"><th scope="row">{e(q)}</th>'
-                   + "".join(f'<td data-field="{k}">{e(f[k])}</td>' for k in keys) + "</tr>"
+                   + "".join(f'<td data-field="{k}">{e(f[k])}</td>' for k in keys[:-1])
+                   + f'<td data-field="oldest_age_s">{_age(f["oldest_age_s"])}</td></tr>'
                    for q, f in queues.items())
     return ('<table class="queues"><caption>queues</caption><thead><tr><th>queue</th><th>ready</th><th>in flight'
             '</th><th>delayed</th><th>dead-lettered</th><th>orphaned</th><th>oldest waiting (s)</th></tr></thead>'
             f"<tbody>{rows or _EMPTY.format(7, 'not read')}</tbody></table>")
+
+
+def _age(seconds: float | None) -> str:
+    return "nothing waiting" if seconds is None else f"{seconds:.1f}"
 
 
 def _workers(units: list[dict[str, Any]], failing: list[dict[str, Any]]) -> str:

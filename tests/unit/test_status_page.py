@@ -172,3 +172,21 @@ def test_decisions_are_bounded_and_kept_in_order() -> None:
     for i in range(5):
         h.decided(DecisionNote(NOW + i, DEFAULT_POOL, i, i + 1, f"r{i}"))
     assert [d.reason for d in h.decisions()] == ["r2", "r3", "r4"]
+
+
+def test_a_repeated_decision_is_kept_once() -> None:
+    h = History()
+    for i in range(5):  # a pool held at MAX_PROCESSES: the same decision at every check
+        h.decided(DecisionNote(NOW + i, DEFAULT_POOL, 4, 4, "queue 100 > 20; clamped to [1, 4]"))
+    h.decided(DecisionNote(NOW + 9, "io", 4, 4, "queue 100 > 20; clamped to [1, 4]"))
+    h.decided(DecisionNote(NOW + 10, DEFAULT_POOL, 4, 3, "queue 5 < 10"))
+    assert [(d.pool, d.at_s) for d in h.decisions()] == [(DEFAULT_POOL, NOW), ("io", NOW + 9), (DEFAULT_POOL, NOW + 10)]
+
+
+def test_a_young_agents_chart_spans_its_points_and_an_old_one_the_hour() -> None:
+    from dqagent.report.chart import chart_svg
+
+    young = chart_svg(DEFAULT_POOL, [Point(NOW - 60, 1, 0, 1), Point(NOW, 4, 100, 4)], NOW)
+    assert "-5 min" in young and "-60 min" not in young
+    old = chart_svg(DEFAULT_POOL, [Point(NOW - 7200 + i * 5, 1, 0, 1) for i in range(1440)], NOW)
+    assert "-60 min" in old and 'data-points="1440"' in old

@@ -24,5 +24,6 @@
       window.setTimeout(refresh, PERIOD_MS);
     }
   }
+  document.documentElement.dataset.live = "on"; // what the page shows while it refreshes itself
   window.setTimeout(refresh, PERIOD_MS);
 })();
