@@ -275,7 +275,8 @@ class Loop(PoolHost):
             run.workers = WorkerCounts(running=c.running, starting=c.coming, stopping=c.going, failed=c.failing,
                                        desired=run.last_wanted)
             run.queues, run.units = base[name].demand.queues, tuple(base[name].units)
-            self.history.add(name, Point(self.wallclock(), c.running, base[name].demand.outstanding, run.last_wanted))
+            outstanding = None if base[name].broker_down_since_s is not None else base[name].demand.outstanding
+            self.history.add(name, Point(self.wallclock(), c.running, outstanding, run.last_wanted))
             check = checks.get(name)
             if check is not None:
                 run.share = check.budget.share if check.budget is not None else None

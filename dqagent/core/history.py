@@ -3,9 +3,10 @@ decisions with their reasons.
 
 Bounded in time and in size: a point per pool at most every `STEP_S` seconds (a later point in the same step
 replaces the earlier one, so a one-second demand read does not make 3,600 points), none older than
-`WINDOW_S`, hence at most `MAX_POINTS` per pool (720 points; about 60 KiB per pool measured with
-`sys.getsizeof`, see docs/status-page.md); and the last `MAX_DECISIONS` decisions, a decision repeating the
-pool's last one (same count, target and reason, as every routine check does) kept once.
+`WINDOW_S`, hence at most `MAX_POINTS` per pool (720 points; at most about 90 KiB per pool measured with
+`sys.getsizeof`, plus a 6 KiB tuple per snapshot; docs/status-page.md); and the last `MAX_DECISIONS`
+decisions, a decision repeating the pool's last one (same count, target and reason, as every routine check
+does) kept once. While the broker cannot be read a point has no outstanding messages (a gap in the chart).
 Only the loop mutates a `History`; readers in other threads get frozen tuples (`points`, `decisions`),
 taken once per check and carried by the snapshot.
 """
