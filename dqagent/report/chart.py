@@ -64,10 +64,10 @@ def chart_svg(pool: str, points: Sequence[Point], now_s: float, window_s: float 
         parts.append(f'<text class="axis workers" x="{LEFT - 4}" y="{yy + 4:.1f}" text-anchor="end">'
                      f"{y_workers * frac:g}</text>")
         parts.append(f'<text class="axis messages" x="{LEFT + w + 4}" y="{yy + 4:.1f}">{y_messages * frac:g}</text>')
-    for frac in (1.0, 0.75, 0.5, 0.25, 0.0):
-        minutes = span * frac / 60
-        parts.append(f'<text class="axis" x="{x(now_s - span * frac):.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
-                     f"{'now' if not frac else f'-{minutes:.3g} min'}</text>")
+    step_min = next(m for m in (1, 2, 5, 10, 15, 30, 60) if span / 60 / m <= 5)
+    for minutes in range(0, int(span // 60) + 1, step_min):
+        parts.append(f'<text class="axis" x="{x(now_s - minutes * 60):.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
+                     f"{f'-{minutes} min' if minutes else 'now'}</text>")
     parts += line("messages", [(p.at_s, p.outstanding) for p in points], y_messages)
     parts += line("target", [(p.at_s, p.target) for p in points], y_workers)
     parts += line("workers", [(p.at_s, p.running) for p in points], y_workers)

@@ -1,4 +1,5 @@
-"""The `/metrics` HTTP server: prometheus_client's WSGI app served from an asyncio loop in a thread of its own.
+"""The `/metrics` HTTP server: prometheus_client's WSGI app served from an asyncio loop in a thread of its own
+(with the status page beside it, `dqagent.report.pageapp`, when the agent gives one).
 
 Not prometheus_client's threading server: it spends a thread per connection, without limit, and its
 timeout applies to each read, so clients dribbling header bytes held a thread each for as long as they

@@ -148,7 +148,8 @@ def _workers(units: list[dict[str, Any]], failing: list[dict[str, Any]]) -> str:
 
 
 def _decisions(notes: Sequence[DecisionNote]) -> str:
-    rows = "".join(f'<tr><td>{e(iso(n.at_s))}</td><td>{e(n.pool)}</td><td>{n.workers} → {n.target}</td>'
+    rows = "".join(f'<tr><td><time datetime="{e(iso(n.at_s))}">{e((iso(n.at_s) or "")[11:19])}</time></td>'
+                   f'<td>{e(n.pool)}</td><td>{n.workers} → {n.target}</td>'
                    f'<td class="reason">{e(n.reason)}</td></tr>' for n in reversed(notes))
     return ('<section class="decisions"><h2>last decisions</h2><table><thead><tr><th>at (UTC)</th><th>pool</th>'
             f'<th>workers</th><th>why</th></tr></thead><tbody data-field="decisions">'
