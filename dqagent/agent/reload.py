@@ -66,7 +66,7 @@ DEFAULT_TIMEOUT_S = 170.0
 #: in `dqagent.settings.declarations`).
 NEEDS_INSTALL_FIELDS = declarations.NEEDS_INSTALL_FIELDS
 PROBE_FIELDS = declarations.REDIS_FIELDS
-_SECRET_FIELDS = ("redis_password",)
+_SECRET_FIELDS = ("redis_password", "rabbitmq_password")
 
 
 def setting_key(field_name: str) -> str:
@@ -198,10 +198,12 @@ class Reloader:
     """The agent's side: re-reads the settings from where they came at start, answers the client.
 
     `read` is `sources.load` bound to the start's file, cwd and command; `make_probe` builds a demand
-    probe (`RedisDemandProbe`); `answer_dir` is None outside systemd (no client waits then).
+    probe for the settings and pools (`dqagent.broker.probes.open_probe`); `answer_dir` is None outside
+    systemd (no client waits then).
     """
 
-    def __init__(self, read: Callable[[], Loaded], make_probe: Callable[[Settings], DemandProbe],
+    def __init__(self, read: Callable[[], Loaded],
+                 make_probe: Callable[[Settings, Sequence[Pool]], DemandProbe],
                  answer_dir: Path | None, *, monotonic_ns: Callable[[], int] = time.monotonic_ns,
                  pid: int | None = None) -> None:
         self.read = read
@@ -256,7 +258,7 @@ class Reloader:
                         extra=event("reload_needs_install", keys=",".join(needs_install)))
         before, after = probe_settings(old, old_pools), probe_settings(new, pools)
         if any(getattr(before, f) != getattr(after, f) for f in PROBE_FIELDS):
-            fresh = self.make_probe(after)
+            fresh = self.make_probe(after, pools)
             await probe.close()
             probe = fresh
         note = _apply_logging(old, new)

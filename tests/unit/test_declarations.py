@@ -29,7 +29,11 @@ BASE = {"SCALING_POLICY": "target", "LOG_FILE": "", "REDIS_PASSWORD_FILE": "", "
 #: Another valid value for every setting that fills a `Settings` field: a new setting needs one here.
 ALTERNATIVE = {
     "REDIS_HOST": "redis.example", "REDIS_PORT": "6380", "REDIS_DB": "3", "REDIS_PASSWORD": "pw-secret",
-    "REDIS_URL": "redis://h:6379/0", "REDIS_TIMEOUT": "2", "DRAMATIQ_QUEUE_NAME": "q,r", "DRAMATIQ_NAMESPACE": "ns",
+    "REDIS_URL": "redis://h:6379/0", "REDIS_TIMEOUT": "2",
+    "RABBITMQ_URL": "amqp://dq@rabbit.example/v",
+    "RABBITMQ_PASSWORD": "rabbit-secret", "RABBITMQ_PASSWORD_FILE": "/run/rabbit-pw",
+    "RABBITMQ_MANAGEMENT_URL": "https://rabbit.example:15671", "RABBITMQ_TIMEOUT": "3",
+    "DRAMATIQ_QUEUE_NAME": "q,r", "DRAMATIQ_NAMESPACE": "ns",
     "DRAMATIQ_COMMAND": "/bin/sleep infinity", "MIN_PROCESSES": "2", "MAX_PROCESSES": "9", "CHECK_INTERVAL": "30",
     "SCALE_UP_THRESHOLD_MULTIPLIER": "6", "SCALE_DOWN_THRESHOLD_MULTIPLIER": "2", "LOG_LEVEL": "DEBUG",
     "LOG_FILE": "other.log", "GRACEFUL_SHUTDOWN_TIMEOUT": "60", "PROCESS_STARTUP_DELAY": "3",
@@ -120,7 +124,9 @@ def test_the_operations_reload_table_agrees_with_the_declarations() -> None:
     assert install_row == install
     assert redis_row == redis
     for keys, says in rows:
-        if keys not in (install_row, redis_row):
+        if says.startswith("applied: a new RabbitMQ connection"):
+            assert keys == {s.key for s in SETTINGS if s.on_reload is OnReload.RABBITMQ} - {"RABBITMQ_PASSWORD"}
+        elif keys not in (install_row, redis_row):
             assert not keys & (install | redis), (keys, says)
 
 
@@ -134,7 +140,7 @@ def test_reload_classifies_each_setting_as_declared(setting: Setting) -> None:
     effective = reload.effective_settings(old, new)
     kept = setting.on_reload is OnReload.INSTALL
     assert getattr(effective, setting.field) == getattr(old if kept else new, setting.field)
-    assert (setting.field in reload.PROBE_FIELDS) == (setting.on_reload is OnReload.REDIS)
+    assert (setting.field in reload.PROBE_FIELDS) == (setting.on_reload in (OnReload.REDIS, OnReload.RABBITMQ))
     assert setting.key in reload.describe_changes(old, new)
 
 
@@ -145,7 +151,7 @@ def test_the_reloader_makes_a_new_redis_connection_exactly_for_redis_settings(tm
     old = sources.load(env, environ={}).settings
     env.write_text("".join(f"{k}={v}\n" for k, v in {**BASE, key: ALTERNATIVE[key]}.items()))
     first = FakeDemandProbe()
-    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s: FakeDemandProbe(), None)
+    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s, pools=(): FakeDemandProbe(), None)
     outcome = asyncio.run(reloader.reload(old, first))
     assert outcome.ok
     assert (outcome.probe is not first) == (key in ("REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT"))
@@ -198,7 +204,7 @@ def test_worker_exec_does_not_fail_on_unknown_keys(tmp_path: Path) -> None:
 def test_the_agent_warns_once_per_unknown_key_at_each_reload(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     env = _typo_file(tmp_path)
     old = sources.load(env, environ={}).settings
-    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s: FakeDemandProbe(), None)
+    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s, pools=(): FakeDemandProbe(), None)
     caplog.set_level(logging.INFO)
     for reloads in (1, 2):
         assert asyncio.run(reloader.reload(old, FakeDemandProbe())).ok
