@@ -108,7 +108,8 @@ class RabbitmqDemandProbe:
             url = URL(self._settings.rabbitmq_url)
             url = url.with_user(user(self._settings.rabbitmq_url)).with_password(
                 self._settings.rabbitmq_password or None)
-            self._connection = await aiormq.connect(url, name="dqagent")
+            # `name`: the connection's name in RabbitMQ's tools (rabbitmqctl list_connections client_properties).
+            self._connection = await aiormq.connect(url.update_query(name="dqagent"))
             self._channel = None
         if self._channel is None or self._channel.is_closed:
             self._channel = await self._connection.channel()

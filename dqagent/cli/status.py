@@ -123,6 +123,9 @@ def _blank(loaded: Loaded) -> dict[str, Any]:
         "scaling_policy": s.scaling_policy,
         "max_queue_age_s": s.max_queue_age_s,
         "redis": s.redis_location(),
+        #: "redis" or "rabbitmq" (RABBITMQ_URL set), and where it is (never a password).
+        "broker": s.broker,
+        "broker_location": s.broker_location(),
         #: The file these settings came from; None: no file, defaults (and the environment) only.
         "settings_file": str(loaded.env_file) if loaded.env_file is not None else None,
         "redis_error": None,
