@@ -8,15 +8,29 @@ One server for the file (Erlang boots in seconds), a virtual host per test, a fr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testbed.agent import APP_DIR, PYTHON, QUEUE, dqagent, install, journal, running_workers, worker_names
+from testbed.agent import (
+    APP_DIR,
+    PYTHON,
+    QUEUE,
+    dqagent,
+    install,
+    journal,
+    main_pids,
+    running_workers,
+    sigkill_worker,
+    worker_names,
+)
 from testbed.nspawn import Container
 from testbed.rabbitmq import RabbitServer
 from testbed.redis import RedisServer, free_port
@@ -143,3 +157,136 @@ def test_a_burst_scales_up_and_back_and_every_view_shows_rabbitmqctls_figures(
     # And the delayed messages are not load: the decision's queue length is Q's outstanding only (40)
     last = journal(c, "dqagent", "DQAGENT_EVENT=decision")[-1]
     assert int(last["QUEUE_LENGTH"]) == 40, last
+
+
+def _everything_visible(c: Container) -> str:
+    """The whole journal, status output, the agent's and a worker's Environment=, every command line."""
+    parts = [c.run(["journalctl", "-o", "json", "--no-pager"]).stdout,
+             dqagent(c, "status").stdout, dqagent(c, "status", "--json").stdout,
+             c.systemctl("show", "dqagent", "-p", "Environment").stdout,
+             c.systemctl("show", "dramatiq-worker@1.service", "-p", "Environment").stdout]
+    for proc in Path(c.root, "proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                parts.append((proc / "cmdline").read_bytes().decode(errors="replace"))
+    return "\n".join(parts)
+
+
+def redis_up_metric(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return float(next(line for line in text.splitlines() if line.startswith("dqagent_redis_up ")).split()[1])
+
+
+def test_rabbitmq_stopped_and_back_then_a_wrong_password(fresh_container: Container, rabbit: RabbitServer,
+                                                         redis: RedisServer) -> None:
+    c, port, vhost = fresh_container, free_port(), rabbit.add_vhost(f"down-{uuid.uuid4().hex[:6]}")
+    # Given an agent on RabbitMQ with 2 workers (MIN_PROCESSES=2; /bin/sleep: Dramatiq is not under test here)
+    install_rabbit(c, rabbit, redis, vhost, MIN_PROCESSES=2, DRAMATIQ_COMMAND="/bin/sleep infinity",
+                   METRICS_ADDRESS=f"127.0.0.1:{port}")
+    wait_until("two workers", lambda: running_workers(c) == worker_names(2), timeout=60)
+    pids, agent_pid = main_pids(c, worker_names(2)), c.unit_property("dqagent.service", "MainPID")
+
+    # When RabbitMQ stops
+    rabbit.stop_server()
+    try:
+        # Then STATUS=, the journal and /metrics say so, and the workers are kept
+        wait_until("STATUS= says rabbitmq unavailable",
+                   lambda: "rabbitmq unavailable (RabbitMQ at" in c.unit_property("dqagent.service", "StatusText"),
+                   timeout=20)
+        assert redis_up_metric(port) == 0
+        errors = journal(c, "dqagent", "DQAGENT_EVENT=redis_error")
+        assert len(errors) == 1 and errors[0]["ERROR"].startswith(f"RabbitMQ at {rabbit.url(vhost)}: "), errors
+        time.sleep(3)
+        assert main_pids(c, worker_names(2)) == pids
+    finally:
+        # When it starts again (same port, same data)
+        rabbit.start()
+    # Then the agent reconnects by itself (same PID), logs the recovery, and STATUS= is normal again
+    wait_until("redis_ok logged", lambda: journal(c, "dqagent", "DQAGENT_EVENT=redis_ok"), timeout=45)
+    wait_until("STATUS= normal", lambda: "running of" in c.unit_property("dqagent.service", "StatusText"), timeout=10)
+    assert redis_up_metric(port) == 1
+    assert c.unit_property("dqagent.service", "MainPID") == agent_pid
+    assert main_pids(c, worker_names(2)) == pids
+
+    # When the password file holds a wrong password and the agent reloads
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    c.write("/etc/dqagent/rabbitmq-password", wrong + "\n", mode=0o600)
+    c.run(["chgrp", "dqagent", "/etc/dqagent/rabbitmq-password"])
+    c.run(["chmod", "0640", "/etc/dqagent/rabbitmq-password"])
+    c.systemctl("reload", "dqagent")
+    # Then one clear line in the journal, and in `dqagent check`; the workers stay
+    refused = f"RabbitMQ at {rabbit.url(vhost)}: authentication refused for user 'dq'"
+    wait_until("the refusal logged", lambda: any(r["ERROR"] == refused for r in journal(
+        c, "dqagent", "DQAGENT_EVENT=redis_error")), timeout=20)
+    check = dqagent(c, "check", check=False)
+    assert check.returncode == 78
+    assert [line for line in check.stdout.splitlines() if "RabbitMQ" in line] == [
+        f"FAIL: {refused}; fix: check RABBITMQ_URL (user, virtual host) and RABBITMQ_MANAGEMENT_URL in the settings "
+        "file and the password in /etc/dqagent/rabbitmq-password"]
+    assert main_pids(c, worker_names(2)) == pids
+    # And neither password appears in any journal line, Environment= or command line
+    seen = _everything_visible(c)
+    assert wrong not in seen and rabbit.password not in seen
+
+
+def test_no_message_lost_when_workers_die_and_delayed_messages_wait_without_load(
+        fresh_container: Container, rabbit: RabbitServer, redis: RedisServer) -> None:
+    c, vhost = fresh_container, rabbit.add_vhost(f"loss-{uuid.uuid4().hex[:6]}")
+    reset(redis)
+    install_rabbit(c, rabbit, redis, vhost, MAX_PROCESSES=3, DRAMATIQ_COMMAND=dramatiq_command(4))
+    wait_until("one worker", lambda: running_workers(c) == worker_names(1), timeout=60)
+
+    # Given 30 delayed messages, due in 8 s: the worker holds them unacknowledged until then
+    sent = time.monotonic()  # before the producer runs: each message is due at least 8 s after this
+    delayed = enqueue(c, rabbit, redis, vhost, 30, 10, delay_ms=8000)
+    wait_until("the worker holds them", lambda: rabbit.list_queues(vhost)[f"{QUEUE}.DQ"][1] == 30, timeout=10)
+    # Then, while they wait, they are not load: the pool stays at 1 and the decisions count 0
+    marker = len(journal(c, "dqagent", "DQAGENT_EVENT=decision"))
+    while time.monotonic() - sent < 7:
+        assert running_workers(c) == worker_names(1)
+        time.sleep(0.5)
+    waiting = journal(c, "dqagent", "DQAGENT_EVENT=decision")[marker:]
+    assert waiting and {int(r["QUEUE_LENGTH"]) for r in waiting} == {0}, waiting
+    assert not done(redis) & set(delayed)
+    # And after their delay they are processed
+    wait_until("the delayed ones processed", lambda: set(delayed) <= done(redis), timeout=30)
+    assert time.monotonic() - sent >= 8
+
+    # When 2,000 messages arrive and two workers are SIGKILLed while they hold unacknowledged messages
+    ids = enqueue(c, rabbit, redis, vhost, 2000, 20)
+    wait_until("3 workers", lambda: running_workers(c) == worker_names(3), timeout=60)
+    for unit in ("dramatiq-worker@2.service", "dramatiq-worker@3.service"):
+        wait_until(f"{unit} holds messages", lambda: rabbit.list_queues(vhost)[QUEUE][1] > 0, timeout=20)
+        sigkill_worker(c, unit)
+        time.sleep(1)
+    # Then every message is processed (RabbitMQ re-queued what the dead held) and nothing is left in any queue
+    wait_until("all 2,000 processed", lambda: set(ids) <= done(redis), timeout=180)
+    wait_until("every queue empty", lambda: all(v[:2] == (0, 0) for v in rabbit.list_queues(vhost).values()),
+               timeout=30)
+    counts = redis.cli("HVALS", "dqtest:count").split()
+    assert len(counts) == 2030  # each message at least once (a killed task runs again: at-least-once)
+
+
+def test_without_the_management_api_in_flight_is_estimated_and_said_so(
+        fresh_container: Container, rabbit: RabbitServer, redis: RedisServer) -> None:
+    c, vhost = fresh_container, rabbit.add_vhost(f"nomgmt-{uuid.uuid4().hex[:6]}")
+    reset(redis)
+    install_rabbit(c, rabbit, redis, vhost, management=False)
+    wait_until("one worker", lambda: running_workers(c) == worker_names(1), timeout=60)
+    # Then `dqagent check` says what the agent cannot see and how it compensates
+    check = dqagent(c, "check", check=False).stdout
+    assert "ok: no RABBITMQ_MANAGEMENT_URL: the messages workers hold unacknowledged (in flight" in check, check
+    # When tasks of 30 s fill the workers (2 threads, prefetch 4 each)
+    enqueue(c, rabbit, redis, vhost, 40, 30_000)
+    # Then the pool still grows (in flight estimated as consumers x prefetch while messages are ready)
+    wait_until("4 workers", lambda: running_workers(c) == worker_names(4), timeout=60)
+
+    def estimated() -> bool:
+        ready, unacked, consumers = rabbit.list_queues(vhost)[QUEUE]
+        q = status_json(c)["queues"][QUEUE]
+        return bool(ready > 0 and q["ready"] == ready and q["consumers"] == consumers == 4
+                    and q["in_flight"] == consumers * PREFETCH == unacked and q["in_flight_known"] is False)
+    wait_until("status shows the estimate, equal to RabbitMQ's count while messages wait", estimated, timeout=20)
+    text = dqagent(c, "status").stdout
+    assert "(estimated: no RABBITMQ_MANAGEMENT_URL" in text and "oldest waiting unknown (RabbitMQ)" in text, text
