@@ -87,8 +87,8 @@ class RabbitmqDemandProbe:
         out = []
         for q in names:
             main, delay = counts[q], counts[q + DELAY_SUFFIX]
-            if unacked is not None:
-                main = QueueCounts(main.ready, main.consumers, unacked.get(q, 0))
+            if unacked is not None:  # a queue not sampled yet (seconds after its creation): estimated, as without
+                main = QueueCounts(main.ready, main.consumers, unacked.get(q))
                 delay = QueueCounts(delay.ready, delay.consumers, unacked.get(q + DELAY_SUFFIX, 0))
             out.append(queue_demand(q, main, delay, counts[q + DEAD_SUFFIX],
                                     self._prefetch.get(q, DEFAULT_PREFETCH)))

@@ -51,9 +51,7 @@ class ManagementApi:
             query = urlencode({"page": page, "page_size": PAGE_SIZE, "name": f"^({names})(\\{DELAY_SUFFIX})?$",
                                "use_regex": "true", "columns": "name,messages_unacknowledged"})
             answer = self._get(f"/api/queues/{quote(self.vhost, safe='')}?{query}")
-            for item in answer.get("items", []) if isinstance(answer, dict) else []:
-                if isinstance(item, dict) and isinstance(item.get("messages_unacknowledged"), int):
-                    out[str(item.get("name"))] = max(0, item["messages_unacknowledged"])
+            out.update(unacked_of(answer))
             if not isinstance(answer, dict) or page >= int(answer.get("page_count", 1) or 1):
                 return out
             page += 1
@@ -79,3 +77,19 @@ class ManagementApi:
             return json.loads(body)
         except ValueError:
             raise BrokerError(f"RabbitMQ management API at {self._base}: not JSON") from None
+
+
+def unacked_of(answer: Any) -> dict[str, int]:
+    """One page of `/api/queues/<vhost>?columns=name,messages_unacknowledged` as {queue: unacknowledged}.
+
+    The answer is outside input: anything but a dict item with a string name and a non-negative integer is
+    skipped. A queue the statistics have not sampled yet has no `messages_unacknowledged`: absent (read as 0).
+    """
+    out: dict[str, int] = {}
+    for item in answer.get("items", []) if isinstance(answer, dict) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        n = item.get("messages_unacknowledged")
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+            out[item["name"]] = n
+    return out
