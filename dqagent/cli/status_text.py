@@ -91,8 +91,8 @@ def _demand_lines(p: dict[str, Any], redis_error: str | None, rejected: list[dic
         age = q.get("oldest_age_s")
         if "consumers" in q:  # RabbitMQ: consumers, no orphans, the age never known
             lines.append(f"  {name}: ready {q['ready']}, in flight {q['in_flight']}"
-                         + ("" if q["in_flight_known"] else " (estimated: no RABBITMQ_MANAGEMENT_URL, README "
-                            "\"Brokers\")") + f", delayed {q['delayed']}, dead-lettered {q['dead_lettered']}, "
+                         + ("" if q["in_flight_known"] else " (estimated: consumers x prefetch, README \"Brokers\")")
+                         + f", delayed {q['delayed']}, dead-lettered {q['dead_lettered']}, "
                          f"consumers {q['consumers']}, oldest waiting unknown (RabbitMQ)")
             continue
         lines.append(f"  {name}: ready {q['ready']}, in flight {q['in_flight']}, delayed {q['delayed']}, "

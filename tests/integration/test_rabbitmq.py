@@ -289,4 +289,4 @@ def test_without_the_management_api_in_flight_is_estimated_and_said_so(
                     and q["in_flight"] == consumers * PREFETCH == unacked and q["in_flight_known"] is False)
     wait_until("status shows the estimate, equal to RabbitMQ's count while messages wait", estimated, timeout=20)
     text = dqagent(c, "status").stdout
-    assert "(estimated: no RABBITMQ_MANAGEMENT_URL" in text and "oldest waiting unknown (RabbitMQ)" in text, text
+    assert "(estimated: consumers x prefetch" in text and "oldest waiting unknown (RabbitMQ)" in text, text
