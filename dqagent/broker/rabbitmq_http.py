@@ -62,7 +62,8 @@ class ManagementApi:
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
                 body = response.read(MAX_ANSWER + 1)
         except urllib.error.HTTPError as exc:
-            why = {401: "authentication refused", 403: "this user may not read queues (give it the monitoring tag)",
+            why = {401: "authentication refused (a wrong password, or a user without the monitoring tag)",
+                   403: "this user may not read this virtual host's queues",
                    404: "no such virtual host"}.get(exc.code, f"HTTP {exc.code}")
             raise BrokerError(f"RabbitMQ management API at {self._base}: {why}") from None
         except (urllib.error.URLError, OSError) as exc:
