@@ -208,3 +208,35 @@ def test_a_broker_that_is_down_is_one_line_without_the_password() -> None:
     api = _fetch({"RABBITMQ_URL": f"amqp://app@127.0.0.1:{port}/v", "RABBITMQ_PASSWORD": "s3cret-pw",
                   "RABBITMQ_MANAGEMENT_URL": f"http://127.0.0.1:{port}"})
     assert "s3cret-pw" not in api and "\n" not in api
+
+
+# -- the simulator: the same workload, seen as Redis shows it and as RabbitMQ without its management API --------
+
+def test_the_simulated_pool_scales_on_the_estimate_as_on_the_full_count() -> None:
+    from dqagent.core.policies import StepPolicy
+    from dqagent.sim.model import PoolConfig, simulate
+    from dqagent.sim.traces import Trace, Workload
+
+    settings = parse_settings({"MIN_PROCESSES": "1", "MAX_PROCESSES": "6", "CHECK_INTERVAL": "2", "GUARD": "off",
+                               "DRAMATIQ_QUEUE_NAME": "default"})
+    # A burst of 600 tasks of 0.5 s at t=10 (one worker of 2 threads would need 150 s), nothing after
+    arrivals = tuple(10 + i * 0.001 for i in range(600))
+    workload = Workload(Trace("burst", 300, ((0, 0),)), 1, arrivals, (0.5,) * 600, ())
+    runs = {}
+    for visible in (True, False):
+        pool = PoolConfig(threads=2, prefetch=4, min_workers=1, max_workers=6, check_interval_s=2,
+                          in_flight_visible=visible)
+        runs[visible] = simulate(workload, StepPolicy.from_settings(settings), pool, 2.0, horizon_s=600)
+    full, estimated = runs[True], runs[False]
+    # Every message processed either way; the estimate grows the pool to the same peak while the burst waits
+    assert len(full.waits_s) == len(estimated.waits_s) == 600
+    assert max(x.workers for x in estimated.samples) == max(x.workers for x in full.samples) == 6
+    # The estimated run saw no message in flight once none was ready (the full count did: the burst's tail)
+    assert any(x.ready == 0 and x.outstanding > 0 for x in full.samples)
+    assert not any(x.ready == 0 and x.outstanding > 0 for x in estimated.samples)
+    # What the estimate cannot see (the last messages in flight) costs little: the drain is as fast within 10%
+    assert max(estimated.waits_s) <= 1.1 * max(full.waits_s)
+    # And the pool comes back to MIN afterwards
+    assert estimated.samples[-1].workers == full.samples[-1].workers == 1
+    print(f"worker-seconds: full {full.worker_seconds:.0f}, estimated {estimated.worker_seconds:.0f}; longest wait: "
+          f"full {max(full.waits_s):.1f} s, estimated {max(estimated.waits_s):.1f} s")
