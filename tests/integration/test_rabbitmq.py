@@ -80,6 +80,16 @@ def enqueue(c: Container, rabbit: RabbitServer, redis: RedisServer, vhost: str, 
     return c.run([PYTHON, "-c", code], env=env, timeout=300).stdout.split()
 
 
+def wait_workers(c: Container, n: int, timeout: float = 60) -> None:
+    """Until exactly `n` workers run (any instance numbers); on a timeout, what systemd and the agent said."""
+    try:
+        wait_until(f"{n} workers", lambda: len(running_workers(c)) == n, timeout=timeout)
+    except AssertionError:
+        print(c.systemctl("list-units", "dramatiq-worker@*", "--all", "--no-pager").stdout)
+        print(c.run(["journalctl", "-u", "dqagent", "--no-pager", "-n", "60", "-o", "short-monotonic"]).stdout)
+        raise
+
+
 def done(redis: RedisServer) -> set[str]:
     return set(redis.cli("SMEMBERS", "dqtest:done").split())
 
@@ -111,11 +121,7 @@ def test_a_burst_scales_up_and_back_and_every_view_shows_rabbitmqctls_figures(
     c, port, vhost = fresh_container, free_port(), rabbit.add_vhost(f"burst-{uuid.uuid4().hex[:6]}")
     reset(redis)
     install_rabbit(c, rabbit, redis, vhost, METRICS_ADDRESS=f"127.0.0.1:{port}")
-    try:
-        wait_until("one worker", lambda: running_workers(c) == worker_names(1), timeout=60)
-    except AssertionError:
-        print(c.run(["journalctl", "--no-pager", "-n", "80"]).stdout)
-        raise
+    wait_workers(c, 1)
     # The agent's credential is the file's: not in the unit's environment, nor on any command line
     assert rabbit.password not in c.run(["systemctl", "show", "dqagent", "-p", "Environment"]).stdout
     assert rabbit.password not in c.run(["ps", "-eo", "args"]).stdout
@@ -123,9 +129,9 @@ def test_a_burst_scales_up_and_back_and_every_view_shows_rabbitmqctls_figures(
     # When a burst of 600 tasks of 50 ms arrives (one worker of 2 threads: 40/s)
     ids = enqueue(c, rabbit, redis, vhost, 600, 50)
     # Then the pool grows to MAX (4), every task is processed, and it comes back to MIN (1)
-    wait_until("4 workers", lambda: running_workers(c) == worker_names(4), timeout=60)
+    wait_workers(c, 4)
     wait_until("all 600 processed", lambda: set(ids) <= done(redis), timeout=120)
-    wait_until("back to 1 worker", lambda: running_workers(c) == worker_names(1), timeout=60)
+    wait_workers(c, 1)
     ups = [int(r["TARGET"]) for r in journal(c, "dqagent", "DQAGENT_EVENT=scale_up")]
     assert max(ups) == 4
 
@@ -133,7 +139,7 @@ def test_a_burst_scales_up_and_back_and_every_view_shows_rabbitmqctls_figures(
     # delayed messages (due in 10 minutes: the workers hold them unacknowledged in memory, from Q.DQ)
     enqueue(c, rabbit, redis, vhost, 10, 1000, delay_ms=600_000)
     enqueue(c, rabbit, redis, vhost, 40, 60_000)
-    wait_until("4 workers", lambda: running_workers(c) == worker_names(4), timeout=60)
+    wait_workers(c, 4)
 
     # Then status --json and /metrics show what rabbitmqctl shows, once the figures are still
     def agree() -> bool:
@@ -280,7 +286,7 @@ def test_without_the_management_api_in_flight_is_estimated_and_said_so(
     # When tasks of 30 s fill the workers (2 threads, prefetch 4 each)
     enqueue(c, rabbit, redis, vhost, 40, 30_000)
     # Then the pool still grows (in flight estimated as consumers x prefetch while messages are ready)
-    wait_until("4 workers", lambda: running_workers(c) == worker_names(4), timeout=60)
+    wait_workers(c, 4)
 
     def estimated() -> bool:
         ready, unacked, consumers = rabbit.list_queues(vhost)[QUEUE]
