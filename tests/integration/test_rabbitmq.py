@@ -8,13 +8,11 @@ One server for the file (Erlang boots in seconds), a virtual host per test, a fr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +33,8 @@ from testbed.nspawn import Container
 from testbed.rabbitmq import RabbitServer
 from testbed.redis import RedisServer, free_port
 from testbed.wait import wait_until
+from tests.integration.test_hardening_secrets import _everything_visible
+from tests.integration.test_reliability import done, dramatiq_command
 
 THREADS = 2
 PREFETCH = 2 * THREADS
@@ -49,10 +49,6 @@ def rabbit() -> Iterator[RabbitServer]:
         r.stop()
 
 
-def dramatiq_command(threads: int = THREADS) -> str:
-    return f"{PYTHON} -m dramatiq --processes 1 --threads {threads} dqtestapp"
-
-
 def install_rabbit(c: Container, rabbit: RabbitServer, redis: RedisServer, vhost: str, management: bool = True,
                    **overrides: Any) -> None:
     """Install dqagent on RabbitMQ: the password only in /etc/dqagent/rabbitmq-password (root's file, which
@@ -63,7 +59,7 @@ def install_rabbit(c: Container, rabbit: RabbitServer, redis: RedisServer, vhost
     settings: dict[str, Any] = {
         "RABBITMQ_URL": rabbit.url(vhost), "RABBITMQ_TIMEOUT": 3,
         "RABBITMQ_MANAGEMENT_URL": rabbit.management_url if management else "",
-        "DRAMATIQ_COMMAND": dramatiq_command(), "WORKER_DIRECTORY": str(APP_DIR),
+        "DRAMATIQ_COMMAND": dramatiq_command(THREADS), "WORKER_DIRECTORY": str(APP_DIR),
         "MIN_PROCESSES": 1, "MAX_PROCESSES": 4, "CHECK_INTERVAL": 1,
     }
     settings.update(overrides)
@@ -88,10 +84,6 @@ def wait_workers(c: Container, n: int, timeout: float = 60) -> None:
         print(c.systemctl("list-units", "dramatiq-worker@*", "--all", "--no-pager").stdout)
         print(c.run(["journalctl", "-u", "dqagent", "--no-pager", "-n", "60", "-o", "short-monotonic"]).stdout)
         raise
-
-
-def done(redis: RedisServer) -> set[str]:
-    return set(redis.cli("SMEMBERS", "dqtest:done").split())
 
 
 def reset(redis: RedisServer) -> None:
@@ -163,19 +155,6 @@ def test_a_burst_scales_up_and_back_and_every_view_shows_rabbitmqctls_figures(
     # And the delayed messages are not load: the decision's queue length is Q's outstanding only (40)
     last = journal(c, "dqagent", "DQAGENT_EVENT=decision")[-1]
     assert int(last["QUEUE_LENGTH"]) == 40, last
-
-
-def _everything_visible(c: Container) -> str:
-    """The whole journal, status output, the agent's and a worker's Environment=, every command line."""
-    parts = [c.run(["journalctl", "-o", "json", "--no-pager"]).stdout,
-             dqagent(c, "status").stdout, dqagent(c, "status", "--json").stdout,
-             c.systemctl("show", "dqagent", "-p", "Environment").stdout,
-             c.systemctl("show", "dramatiq-worker@1.service", "-p", "Environment").stdout]
-    for proc in Path(c.root, "proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                parts.append((proc / "cmdline").read_bytes().decode(errors="replace"))
-    return "\n".join(parts)
 
 
 def redis_up_metric(port: int) -> float:
