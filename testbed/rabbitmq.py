@@ -136,6 +136,16 @@ class RabbitServer:
                 rows[parts[0]] = (int(parts[1]), int(parts[2]), int(parts[3]))
         return rows
 
+    def pause(self) -> None:
+        """SIGSTOP the server's process group (a stalled broker: connections stay open, nothing answers)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop_server(self) -> None:
         """Stop the server (SIGTERM to the node's process group, by its PID), keeping epmd and the data."""
         if self.proc is not None and self.proc.poll() is None:

@@ -194,6 +194,17 @@ def test_rabbitmq_stopped_and_back_then_a_wrong_password(fresh_container: Contai
     assert c.unit_property("dqagent.service", "MainPID") == agent_pid
     assert main_pids(c, worker_names(2)) == pids
 
+    # When RabbitMQ stalls (its processes stopped: connections open, nothing answers) past RABBITMQ_TIMEOUT (3 s)
+    rabbit.pause()
+    try:
+        wait_until("STATUS= says no answer", lambda: "no answer within 3 s" in c.unit_property(
+            "dqagent.service", "StatusText"), timeout=30)
+        assert main_pids(c, worker_names(2)) == pids
+    finally:
+        rabbit.resume()
+    # Then it recovers as well
+    wait_until("recovered again", lambda: len(journal(c, "dqagent", "DQAGENT_EVENT=redis_ok")) == 2, timeout=45)
+
     # When the password file holds a wrong password and the agent reloads
     wrong = f"wrong-{uuid.uuid4().hex}"
     c.write("/etc/dqagent/rabbitmq-password", wrong + "\n", mode=0o600)

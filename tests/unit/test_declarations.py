@@ -144,7 +144,8 @@ def test_reload_classifies_each_setting_as_declared(setting: Setting) -> None:
     assert setting.key in reload.describe_changes(old, new)
 
 
-@pytest.mark.parametrize("key", ["REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT", "MAX_PROCESSES", "FLEET"])
+@pytest.mark.parametrize("key", ["REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT", "MAX_PROCESSES", "FLEET",
+                                 "RABBITMQ_URL", "RABBITMQ_TIMEOUT"])
 def test_the_reloader_makes_a_new_redis_connection_exactly_for_redis_settings(tmp_path: Path, key: str) -> None:
     env = tmp_path / "dqagent.env"
     env.write_text("".join(f"{k}={v}\n" for k, v in BASE.items()))
@@ -154,7 +155,16 @@ def test_the_reloader_makes_a_new_redis_connection_exactly_for_redis_settings(tm
     reloader = Reloader(lambda: sources.load(env, environ={}), lambda s, pools=(): FakeDemandProbe(), None)
     outcome = asyncio.run(reloader.reload(old, first))
     assert outcome.ok
-    assert (outcome.probe is not first) == (key in ("REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT"))
+    assert (outcome.probe is not first) == (key in ("REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT",
+                                                     "RABBITMQ_URL", "RABBITMQ_TIMEOUT"))
+
+
+@pytest.mark.parametrize("key", ["REDIS_PASSWORD", "RABBITMQ_PASSWORD"])
+def test_a_changed_password_is_named_on_reload_never_shown(key: str) -> None:
+    old = parse_settings(BASE)
+    new = parse_settings({**BASE, key: ALTERNATIVE[key]})
+    changes = reload.describe_changes(old, new)
+    assert key in changes and ALTERNATIVE[key] not in changes
 
 
 # -- keys no setting declares ---------------------------------------------------------------------
