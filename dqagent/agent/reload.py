@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dqagent.agent.pools import policies
+from dqagent.broker.probes import prefetch_by_queue
 from dqagent.core.policies import Policy, make_policy
 from dqagent.errors import ConfigError, DqAgentError
 from dqagent.report import logs
@@ -257,7 +258,9 @@ class Reloader:
                         "running): %s", ", ".join(needs_install),
                         extra=event("reload_needs_install", keys=",".join(needs_install)))
         before, after = probe_settings(old, old_pools), probe_settings(new, pools)
-        if any(getattr(before, f) != getattr(after, f) for f in PROBE_FIELDS):
+        # RabbitMQ's estimate uses each pool's prefetch (its DRAMATIQ_COMMAND's threads): a change needs a new probe
+        if any(getattr(before, f) != getattr(after, f) for f in PROBE_FIELDS) or (
+                new.rabbitmq_url and prefetch_by_queue(old_pools) != prefetch_by_queue(pools)):
             fresh = self.make_probe(after, pools)
             await probe.close()
             probe = fresh

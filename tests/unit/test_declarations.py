@@ -223,3 +223,19 @@ def test_the_agent_warns_once_per_unknown_key_at_each_reload(tmp_path: Path, cap
     assert warned[0].levelno == logging.WARNING
     assert warned[0].getMessage() == (f"MAX_PROCESS: unknown setting; did you mean MAX_PROCESSES? (in {env}; the "
                                       "agent ignores it)")
+
+
+@pytest.mark.parametrize(("threads", "fresh"), [(5, False), (8, True)])
+def test_on_rabbitmq_a_reload_changing_the_threads_makes_a_new_probe(tmp_path: Path, threads: int,
+                                                                     fresh: bool) -> None:
+    """The estimate without the management API uses 2 x the pool's threads: a new count needs a new probe."""
+    env = tmp_path / "dqagent.env"
+    base = {**BASE, "RABBITMQ_URL": "amqp://dq@mq/v", "DRAMATIQ_COMMAND": "'python -m dramatiq -p 1 -t 5 app'"}
+    env.write_text("".join(f"{k}={v}\n" for k, v in base.items()))
+    loaded = sources.load(env, environ={})
+    env.write_text("".join(f"{k}={v}\n" for k, v in {
+        **base, "DRAMATIQ_COMMAND": f"'python -m dramatiq -p 1 -t {threads} app'"}.items()))
+    first = FakeDemandProbe()
+    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s, pools=(): FakeDemandProbe(), None)
+    outcome = asyncio.run(reloader.reload(loaded.settings, first, loaded.pools))
+    assert outcome.ok and (outcome.probe is not first) == fresh
