@@ -5,10 +5,15 @@ small sample Dramatiq app in testbed/app run as two pools (the default pool on o
 more threads on another, each with Dramatiq's `--queues`), `dqagent install --now` exactly as on a real host,
 a burst of messages on each queue, and the live view an operator would use. Everything it starts is
 stopped by PID at the end, also on Ctrl+C.
+
+`--broker rabbitmq`: the same on RabbitMQ: a private rabbitmq-server (with its management API) carries the
+messages, the app runs on Dramatiq's own RabbitmqBroker, and dqagent reads demand with `RABBITMQ_URL` (the
+password in /etc/dqagent/rabbitmq-password). The Redis then only keeps the app's count of processed messages.
 """
 
 from __future__ import annotations
 
+import argparse
 import signal
 import subprocess
 import sys
@@ -21,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from testbed.agent import APP_DIR, DQAGENT, PYTHON, QUEUE, make_reachable, settings_text
 from testbed.nspawn import Container, require_bench
+from testbed.rabbitmq import RabbitServer
 from testbed.redis import RedisServer, free_port
 
 BURST, TASK_MS = 1500, 200
@@ -38,6 +44,10 @@ def sh(c: Container, *cmd: str) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="dev/demo", description="dqagent scaling real Dramatiq workers")
+    parser.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis",
+                        help="where the messages are and demand is read (default: redis)")
+    args = parser.parse_args()
     require_bench()
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
@@ -48,12 +58,23 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupted)
-    redis = container = None
+    redis = container = rabbit = None
     try:
-        banner("booting a throwaway systemd 252 (systemd-nspawn over a tmpfs overlay) and a private Redis")
+        banner("booting a throwaway systemd 252 (systemd-nspawn over a tmpfs overlay) and a private Redis"
+               + (" and RabbitMQ" if args.broker == "rabbitmq" else ""))
         redis = RedisServer()
         container = c = Container(name=f"dqagent-demo-{uuid.uuid4().hex[:6]}")
         print(sh(c, "systemctl", "--version").splitlines()[0], "| redis on 127.0.0.1:", redis.port)
+        broker_settings: dict[str, object] = {}
+        app_env = {"DQTEST_REDIS_URL": redis.url, "DQTEST_QUEUE": QUEUE}
+        if args.broker == "rabbitmq":
+            rabbit = RabbitServer(management=True)
+            vhost = rabbit.add_vhost("demo")
+            print(rabbit.ctl("version").stdout.strip(), "| rabbitmq on 127.0.0.1:", rabbit.port,
+                  "| management API on", rabbit.management_url)
+            broker_settings = {"RABBITMQ_URL": rabbit.url(vhost), "RABBITMQ_MANAGEMENT_URL": rabbit.management_url}
+            c.write("/etc/dqagent/rabbitmq-password", rabbit.password + "\n", mode=0o600)
+            app_env["DQTEST_RABBITMQ_URL"] = rabbit.url(vhost, password=True)
 
         page = f"127.0.0.1:{free_port()}"  # the status page and /metrics (the bench shares this host's network)
         banner("settings: /etc/dqagent/dqagent.env (the default pool: step rule, check every 2 s, 1..5 workers)")
@@ -62,9 +83,10 @@ def main() -> int:
             redis, MIN_PROCESSES=1, MAX_PROCESSES=5, CHECK_INTERVAL=2, PROCESS_STARTUP_DELAY=1,
             GRACEFUL_SHUTDOWN_TIMEOUT=20, LOG_LEVEL="INFO", WORKER_DIRECTORY=str(APP_DIR), HOST_MAX_PROCESSES=7,
             METRICS_ADDRESS=page,
+            **broker_settings,
             DRAMATIQ_COMMAND=f"{PYTHON} -m dramatiq --processes 1 --threads 4 --worker-shutdown-timeout 15000 "
                              f"dqtestapp --queues {QUEUE}"))
-        c.write("/etc/dqagent/worker.env", f"DQTEST_REDIS_URL={redis.url}\nDQTEST_QUEUE={QUEUE}\n")
+        c.write("/etc/dqagent/worker.env", "".join(f"{k}={v}\n" for k, v in app_env.items()))
         print((c.root / "etc/dqagent/dqagent.env").read_text().rstrip())
         banner("a second pool: /etc/dqagent/pools.d/io.env (8 threads on its own queue, 1..3 workers, priority 10)")
         c.write("/etc/dqagent/pools.d/io.env", "".join(f"{k}={v}\n" for k, v in {
@@ -83,7 +105,7 @@ def main() -> int:
         time.sleep(2)
         code = (f"import sys; sys.path.insert(0, {str(APP_DIR)!r}); import dqtestapp; "
                 f"dqtestapp.enqueue_burst({BURST}, {TASK_MS}); dqtestapp.enqueue_burst({IO_BURST}, {TASK_MS}, io=True)")
-        c.run([PYTHON, "-c", code], env={"DQTEST_REDIS_URL": redis.url, "DQTEST_QUEUE": QUEUE})
+        c.run([PYTHON, "-c", code], env=app_env)
 
         started = time.monotonic()
         peak = 0
@@ -119,7 +141,10 @@ def main() -> int:
             container.stop()
         if redis is not None:
             redis.stop()
-        print("cleaned up: container and redis-server stopped", file=sys.stderr)
+        if rabbit is not None:
+            rabbit.stop()
+        print("cleaned up: container, redis-server" + (" and rabbitmq-server" if rabbit else "") + " stopped",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ MASKED = (
     "redis-server.service", "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer",
     "e2scrub_all.timer", "fstrim.timer", "systemd-timesyncd.service", "cron.service",
     "ssh.service", "logrotate.timer",
+    # Debian's rabbitmq-server enables its unit and epmd's: the bench starts its own server on the host instead.
+    "rabbitmq-server.service", "epmd.service", "epmd.socket",
 )
 
 _BOOT_SCRIPT = r"""

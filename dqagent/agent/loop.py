@@ -138,6 +138,7 @@ class Loop(PoolHost):
         began = self.clock()
         for name in self.pauses.update(self.runs, self.s.pause_group):  # pause requests and expiries: decide now
             self.runs[name].due_s = -math.inf
+        self.reporter.broker = self.s.broker  # a reload may switch between Redis and RabbitMQ
         try:
             demand = await self.probe.fetch_demand()
         except BrokerError as exc:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dqagent.agent.pools import policies
+from dqagent.broker.probes import prefetch_by_queue
 from dqagent.core.policies import Policy, make_policy
 from dqagent.errors import ConfigError, DqAgentError
 from dqagent.report import logs
@@ -66,7 +67,7 @@ DEFAULT_TIMEOUT_S = 170.0
 #: in `dqagent.settings.declarations`).
 NEEDS_INSTALL_FIELDS = declarations.NEEDS_INSTALL_FIELDS
 PROBE_FIELDS = declarations.REDIS_FIELDS
-_SECRET_FIELDS = ("redis_password",)
+_SECRET_FIELDS = ("redis_password", "rabbitmq_password")
 
 
 def setting_key(field_name: str) -> str:
@@ -198,10 +199,12 @@ class Reloader:
     """The agent's side: re-reads the settings from where they came at start, answers the client.
 
     `read` is `sources.load` bound to the start's file, cwd and command; `make_probe` builds a demand
-    probe (`RedisDemandProbe`); `answer_dir` is None outside systemd (no client waits then).
+    probe for the settings and pools (`dqagent.broker.probes.open_probe`); `answer_dir` is None outside
+    systemd (no client waits then).
     """
 
-    def __init__(self, read: Callable[[], Loaded], make_probe: Callable[[Settings], DemandProbe],
+    def __init__(self, read: Callable[[], Loaded],
+                 make_probe: Callable[[Settings, Sequence[Pool]], DemandProbe],
                  answer_dir: Path | None, *, monotonic_ns: Callable[[], int] = time.monotonic_ns,
                  pid: int | None = None) -> None:
         self.read = read
@@ -255,8 +258,10 @@ class Reloader:
                         "running): %s", ", ".join(needs_install),
                         extra=event("reload_needs_install", keys=",".join(needs_install)))
         before, after = probe_settings(old, old_pools), probe_settings(new, pools)
-        if any(getattr(before, f) != getattr(after, f) for f in PROBE_FIELDS):
-            fresh = self.make_probe(after)
+        # RabbitMQ's estimate uses each pool's prefetch (its DRAMATIQ_COMMAND's threads): a change needs a new probe
+        if any(getattr(before, f) != getattr(after, f) for f in PROBE_FIELDS) or (
+                new.rabbitmq_url and prefetch_by_queue(old_pools) != prefetch_by_queue(pools)):
+            fresh = self.make_probe(after, pools)
             await probe.close()
             probe = fresh
         note = _apply_logging(old, new)

@@ -24,7 +24,7 @@ from dqagent.settings.pools import Pool
 #: Keys of the document the agent's HTTP server does not serve (None instead): where its settings and Redis
 #: are, and the worker command's error (which quotes the command). The page exposes no settings values
 #: beyond the figures the metrics carry (bounds, policy, queues), so these stay with `dqagent status`.
-WITHHELD = ("redis", "settings_file", "command_error")
+WITHHELD = ("redis", "broker_location", "settings_file", "command_error")
 
 
 def view_of(snap: Snapshot, settings: Settings, pools: Sequence[Pool]) -> StatusView:

@@ -233,7 +233,7 @@ async def _start(args: argparse.Namespace) -> int:
     from dqagent.agent import lifecycle, pausing
     from dqagent.agent.pools import policies
     from dqagent.agent.reload import Reloader, runtime_dir, warn_unknown_settings
-    from dqagent.broker.redis import RedisDemandProbe
+    from dqagent.broker.probes import open_probe
     from dqagent.core.policies import make_policy
     from dqagent.report import logs
     from dqagent.report.notify import SystemdNotifier, watchdog_interval_s
@@ -260,7 +260,7 @@ async def _start(args: argparse.Namespace) -> int:
         log.warning("%s", loaded.password_note, extra=event("password_unavailable"))
     warn_unknown_settings(loaded)
     log.info("dqagent %s: queues %s on %s, policy %s, workers %d..%d (each %d processes x %d threads%s), "
-             "check every %gs, settings %s", __version__, ",".join(s.queue_names), s.redis_location(),
+             "check every %gs, settings %s", __version__, ",".join(s.queue_names), s.broker_location(),
              s.scaling_policy, s.min_processes, s.max_processes, shape.processes, shape.threads,
              "" if shape.is_dramatiq else ", assumed: not a dramatiq command", s.check_interval_s,
              sources.describe_source(loaded.env_file))
@@ -274,8 +274,8 @@ async def _start(args: argparse.Namespace) -> int:
     await _warn_template_timeout(s, log)
     units = SystemdClient(os.environ.get("DQAGENT_BUS_ADDRESS") or None, call_timeout_s=s.dbus_timeout_s)
     await units.connect()
-    probe = RedisDemandProbe(probe_settings(s, loaded.pools))
-    reloader = Reloader(read_again, RedisDemandProbe, runtime_dir())
+    probe = open_probe(probe_settings(s, loaded.pools), loaded.pools)
+    reloader = Reloader(read_again, open_probe, runtime_dir())
     agent = lifecycle.Agent(s, units, probe, SystemdNotifier(), make_policy(s, s.scaling_policy, shape=shape),
                   initial_processes=args.processes, watchdog_s=watchdog_interval_s(),
                   own_unit=os.environ.get("DQAGENT_UNIT", "dqagent.service"), reloader=reloader,

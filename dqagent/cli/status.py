@@ -79,7 +79,8 @@ def _queues(figures: dict[str, Any] | None) -> tuple[QueueDemand, ...] | None:
     if figures is None or "queues" not in figures:
         return None
     return tuple(QueueDemand(name, q["ready"], q["ready"] + q["in_flight"], q["delayed"], q["dead_lettered"],
-                             q["orphaned"], q["oldest_age_s"]) for name, q in figures["queues"].items())
+                             q["orphaned"], q["oldest_age_s"], q.get("consumers"), q.get("in_flight_known", True))
+                 for name, q in figures["queues"].items())
 
 
 def _read_pauses() -> dict[str, Pause]:

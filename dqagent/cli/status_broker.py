@@ -33,13 +33,13 @@ SLACK_S = 5.0
 
 async def read(loaded: Loaded, pools: Sequence[Pool]) -> dict[str, Any]:
     """Every pool's queues (one read, one connection): {"report": {...}, "pools": {name: {...}}}."""
-    from dqagent.broker.redis import RedisDemandProbe
+    from dqagent.broker.probes import open_probe
     from dqagent.core.demand import Demand
     from dqagent.errors import DqAgentError
 
     top: dict[str, Any] = {}
     parts: dict[str, dict[str, Any]] = {p.name: {} for p in pools}
-    probe = RedisDemandProbe(probe_settings(loaded.settings, pools))  # host-wide Redis settings: one probe
+    probe = open_probe(probe_settings(loaded.settings, pools), pools)  # host-wide broker settings: one probe
     try:
         demand = await probe.fetch_demand()
     except DqAgentError as exc:
@@ -55,7 +55,9 @@ async def read(loaded: Loaded, pools: Sequence[Pool]) -> dict[str, Any]:
             parts[pool.name]["queue_length"] = mine.queue_length(pool.settings.queue_metric)
             parts[pool.name]["queues"] = {
                 q.queue: {"ready": q.ready, "in_flight": q.in_flight, "delayed": q.delayed, "dead_lettered": q.dead,
-                          "orphaned": q.orphaned, "oldest_age_s": q.oldest_age_s} for q in mine.queues}
+                          "orphaned": q.orphaned, "oldest_age_s": q.oldest_age_s,
+                          **({"consumers": q.consumers, "in_flight_known": q.in_flight_known}
+                             if q.consumers is not None else {})} for q in mine.queues}
     finally:
         await probe.close()
     return {"report": top, "pools": parts}
@@ -103,7 +105,7 @@ class Pending:
         """The child's answer (or this process's own read when there is no child)."""
         if self.pid == 0:
             return await read(self.loaded, self.pools)
-        deadline = time.monotonic() + 3 * self.loaded.settings.redis_timeout_s + SLACK_S
+        deadline = time.monotonic() + 3 * self.loaded.settings.broker_timeout_s() + SLACK_S
         chunks: list[bytes] = []
         try:
             while (left := deadline - time.monotonic()) > 0:

@@ -53,7 +53,7 @@ def _host_lines(r: dict[str, Any], pools: dict[str, Any]) -> list[str]:
              + (show(None) if None in running else str(sum(running)))
              + f", host max: {'no cap' if cap is None else cap}"]
     if r["redis_error"]:
-        lines.append(f"redis unavailable: {r['redis_error']}")
+        lines.append(f"{r.get('broker', 'redis')} unavailable: {r['redis_error']}")
     lines += [f"skipped untrusted broker data: {rej['kind']} {rej['key']}: {rej['reason']}"
               for rej in r.get("broker_data_rejected", [])]
     lines.append(_agent_line(r))
@@ -86,9 +86,15 @@ def _agent_line(r: dict[str, Any]) -> str:
 def _demand_lines(p: dict[str, Any], redis_error: str | None, rejected: list[dict[str, str]]) -> list[str]:
     """The queue length and each queue of one pool."""
     lines = [f"queue length ({p['queue_metric']}): {show(p['queue_length'])}"
-             + (f"   [redis unavailable: {redis_error}]" if redis_error else "")]
+             + (f"   [{p.get('broker', 'redis')} unavailable: {redis_error}]" if redis_error else "")]
     for name, q in p["queues"].items():
         age = q.get("oldest_age_s")
+        if "consumers" in q:  # RabbitMQ: consumers, no orphans, the age never known
+            lines.append(f"  {name}: ready {q['ready']}, in flight {q['in_flight']}"
+                         + ("" if q["in_flight_known"] else " (estimated: consumers x prefetch, README \"Brokers\")")
+                         + f", delayed {q['delayed']}, dead-lettered {q['dead_lettered']}, "
+                         f"consumers {q['consumers']}, oldest waiting unknown (RabbitMQ)")
+            continue
         lines.append(f"  {name}: ready {q['ready']}, in flight {q['in_flight']}, delayed {q['delayed']}, "
                      f"dead-lettered {q['dead_lettered']}, orphaned {q['orphaned']}, "
                      + ("nothing waiting" if age is None else f"oldest waiting {age:.1f}s")

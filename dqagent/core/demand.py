@@ -30,6 +30,10 @@ class QueueDemand:
     orphaned: int
     #: Seconds the oldest ready message has waited; None: empty queue (or not read).
     oldest_age_s: float | None = None
+    #: RabbitMQ only: the queue's consumers (one per Dramatiq worker process); None on Redis (not a figure it has).
+    consumers: int | None = None
+    #: False when in flight is an estimate (RabbitMQ without its management API: `dqagent.core.rabbitdemand`).
+    in_flight_known: bool = True
 
     @property
     def in_flight(self) -> int:

@@ -101,14 +101,16 @@ ENTRIES: tuple[Entry, ...] = (
           "systemd did not answer about a stop job in time (DBUS_TIMEOUT). The agent re-reads the units at "
           "the next check. If it repeats, systemd is overloaded or hung."),
     # -- Redis and systemd -----------------------------------------------------------------------------
-    Entry("redis_error", "42671c9d205e4985b8574fd5623a4f59", "dqagent cannot read the Dramatiq broker in Redis",
-          "Reading the queue from Redis failed: @ERROR@. The agent keeps the current workers (BROKER_FAILURE=hold; "
-          "min and fixed change the count after BROKER_FAILURE_GRACE) and retries "
+    Entry("redis_error", "42671c9d205e4985b8574fd5623a4f59",
+          "dqagent cannot read the Dramatiq broker (Redis or RabbitMQ)",
+          "Reading the queue from the broker failed: @ERROR@. The agent keeps the current workers "
+          "(BROKER_FAILURE=hold; min and fixed change the count after BROKER_FAILURE_GRACE) and retries "
           "with a growing pause (up to the larger of CHECK_INTERVAL and 30 s). Check that Redis runs and that "
-          "REDIS_HOST/REDIS_PORT/REDIS_URL and the password (/etc/dqagent/redis-password) are right: "
+          "REDIS_HOST/REDIS_PORT/REDIS_URL and the password (/etc/dqagent/redis-password) are right (with "
+          "RabbitMQ: RABBITMQ_URL, RABBITMQ_MANAGEMENT_URL and /etc/dqagent/rabbitmq-password): "
           "`dqagent check`. See docs/operations.md, \"Redis unreachable\"."),
-    Entry("redis_ok", "299c6043446b471185da79391aa0c6fd", "dqagent reads Redis again",
-          "Redis answers again after failed reads; scaling resumes. Nothing to do."),
+    Entry("redis_ok", "299c6043446b471185da79391aa0c6fd", "dqagent reads the broker again",
+          "The broker (Redis or RabbitMQ) answers again after failed reads; scaling resumes. Nothing to do."),
     Entry("broker_failure_applied", "f3f89db538eb4459bb7651758338c49c",
           "BROKER_FAILURE sets a pool's count while Redis is down",
           "Redis has been unreadable longer than BROKER_FAILURE_GRACE: the pool (DQAGENT_POOL=) goes to @TARGET@ "

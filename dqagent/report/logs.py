@@ -88,6 +88,10 @@ def setup(level: str, log_file: str, *, console: bool = True) -> str:
     # Libraries' chatter (redis-py's DEBUG handshake notes, asyncio) is not an operator's event.
     for name in ("redis", "dramatiq", "dbus_fast", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # aiormq logs every failed connect (and frame dumps at DEBUG) on its own, once per retry: the probe turns
+    # each failure into the agent's one de-duplicated `redis_error` event, so its lines would be noise.
+    for name in ("aiormq", "pamqp"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     fmt = FieldsFormatter("%(asctime)s %(levelname)s %(message)s")
     if under_journal():
         from systemd.journal import JournalHandler

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: Every series name the agent exports (histogram and info families by their exposed names).
 METRIC_NAMES = frozenset({
     "dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages",
-    "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total",
+    "dqagent_queue_oldest_message_age_seconds", "dqagent_queue_consumers", "dqagent_scale_actions_total",
     "dqagent_worker_start_failures_total", "dqagent_decision_duration_seconds_bucket",
     "dqagent_decision_duration_seconds_sum", "dqagent_decision_duration_seconds_count",
     "dqagent_source_errors_total", "dqagent_redis_up", "dqagent_last_decision_timestamp_seconds",
@@ -103,6 +103,8 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
     broker = GaugeMetricFamily("dqagent_broker_failure", "1 while Redis cannot be read and BROKER_FAILURE (label "
                                "mode) sets the pool's count (min and fixed: after the grace period), else 0",
                                labels=["pool", "mode"])
+    consumers = GaugeMetricFamily("dqagent_queue_consumers", "RabbitMQ only: the queue's consumers (one per Dramatiq "
+                                  "worker process)", labels=["pool", "queue"])
     for p in snap.pools:
         for bound, value in (("floor", p.schedule_floor), ("ceiling", p.schedule_ceiling)):
             if value is not None:
@@ -125,8 +127,11 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
                 messages.add_metric([p.name, q.queue, state], n)
             if q.oldest_age_s is not None:
                 ages.add_metric([p.name, q.queue], q.oldest_age_s)
+            if q.consumers is not None:
+                consumers.add_metric([p.name, q.queue], q.consumers)
     # A family without samples is left out (an empty family would still print its HELP and TYPE lines)
-    yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages, broker) if f.samples)
+    yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages, consumers, broker)
+                if f.samples)
     yield from _pause_gauges(snap)
 
 

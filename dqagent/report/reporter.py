@@ -69,6 +69,8 @@ class Reporter:
         self.oldest_age_s: float | None = None
         self.redis_error = ""
         self.redis_failures = 0
+        #: The broker's name in STATUS= and the outage lines: "redis" or "rabbitmq" (the events keep their names).
+        self.broker = "redis"
         self.systemd_error = ""
         #: (kind, key, reason) of every broker value logged as rejected.
         self._rejections: set[tuple[str, str, str]] = set()
@@ -227,16 +229,16 @@ class Reporter:
     def redis_down(self, message: str, retry_s: float, note: str = "keeping workers") -> None:
         self.redis_failures += 1
         if not self.redis_error:
-            log.error("redis unavailable (%s): %s", note, message,
+            log.error("%s unavailable (%s): %s", self.broker, note, message,
                       extra=event("redis_error", error=message))
         elif self.redis_error != message:  # same outage, different wording: not a new event
-            log.debug("redis still unavailable: %s", message)
+            log.debug("%s still unavailable: %s", self.broker, message)
         self.redis_error = message
-        self._status(f"redis unavailable ({message[:80]}), {note}, retry in {retry_s:.0f}s")
+        self._status(f"{self.broker} unavailable ({message[:80]}), {note}, retry in {retry_s:.0f}s")
 
     def redis_up(self) -> None:
         if self.redis_error:
-            log.info("redis reachable again after %d failed checks", self.redis_failures,
+            log.info("%s reachable again after %d failed checks", self.broker, self.redis_failures,
                      extra=event("redis_ok"))
         self.redis_error = ""
         self.redis_failures = 0

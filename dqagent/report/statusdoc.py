@@ -116,6 +116,8 @@ def _host(view: StatusView) -> dict[str, Any]:
         "monitoring_active": view.agent_state == "active", "monitor_state": view.agent_state,
         "process_list": [], "queues": {}, "queue_metric": str(s.queue_metric), "scaling_policy": s.scaling_policy,
         "max_queue_age_s": s.max_queue_age_s, "redis": s.redis_location(),
+        #: "redis" or "rabbitmq" (RABBITMQ_URL set), and where it is (never a password).
+        "broker": s.broker, "broker_location": s.broker_location(),
         #: The file these settings came from; None: no file, defaults (and the environment) only.
         "settings_file": str(view.env_file) if view.env_file is not None else None,
         "redis_error": view.redis_error, "systemd_error": view.systemd_error,
@@ -151,7 +153,10 @@ def _pool(p: PoolView, view: StatusView) -> dict[str, Any]:
     if p.queues is not None:
         part["queue_length"] = Demand(p.queues).queue_length(s.queue_metric)
         part["queues"] = {q.queue: {"ready": q.ready, "in_flight": q.in_flight, "delayed": q.delayed,
-                                    "dead_lettered": q.dead, "orphaned": q.orphaned, "oldest_age_s": q.oldest_age_s}
+                                    "dead_lettered": q.dead, "orphaned": q.orphaned, "oldest_age_s": q.oldest_age_s,
+                                    # RabbitMQ only: its consumers, and whether in flight is an estimate.
+                                    **({"consumers": q.consumers, "in_flight_known": q.in_flight_known}
+                                       if q.consumers is not None else {})}
                           for q in p.queues}
     if p.units is not None:
         n = sum(1 for st in p.units if st.running)

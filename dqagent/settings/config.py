@@ -31,6 +31,7 @@ from dqagent.settings.parsers import (
     redact_url,
     rendered_path,
 )
+from dqagent.settings.rabbitmq import location as rabbitmq_location
 from dqagent.settings.schedule import Schedule, check_bounds
 
 __all__ = [
@@ -130,6 +131,24 @@ class Settings:
     schedule_timezone: str = ""
     #: PAUSE_GROUP: members may `dqagent pause`/`resume` besides root; "": root only.
     pause_group: str = ""
+    # --- RabbitMQ (dqagent.broker.rabbitmq): RABBITMQ_URL set selects it instead of Redis. ---
+    rabbitmq_url: str = ""
+    rabbitmq_password: str = field(default="", repr=False)
+    rabbitmq_management_url: str = ""
+    rabbitmq_timeout_s: float = 5.0
+
+    @property
+    def broker(self) -> str:
+        """The broker demand is read from: "rabbitmq" when RABBITMQ_URL is set, else "redis"."""
+        return "rabbitmq" if self.rabbitmq_url else "redis"
+
+    def broker_location(self) -> str:
+        """Where the broker is, for logs and status: never a password."""
+        return rabbitmq_location(self.rabbitmq_url) if self.rabbitmq_url else self.redis_location()
+
+    def broker_timeout_s(self) -> float:
+        """The broker's call timeout: RABBITMQ_TIMEOUT or REDIS_TIMEOUT."""
+        return self.rabbitmq_timeout_s if self.rabbitmq_url else self.redis_timeout_s
 
     def tick_interval_s(self) -> float:
         """Seconds between two reads of demand: CHECK_INTERVAL, or faster for the target policy."""
@@ -152,7 +171,7 @@ class Settings:
         out: list[tuple[str, str]] = []
         for f in fields(self):
             value: Any = getattr(self, f.name)
-            if f.name == "redis_password":
+            if f.name in ("redis_password", "rabbitmq_password"):
                 value = "(set)" if value else "(unset)"
             elif f.name == "redis_url":
                 value = redact_url(value) if value else ""
@@ -211,8 +230,22 @@ def _check_across(parsed: Mapping[str, Any], v: Mapping[str, str]) -> None:
     if parsed["max_queue_age_s"] is not None and parsed["scaling_policy"] != "target":
         raise ConfigError("MAX_QUEUE_AGE", v["MAX_QUEUE_AGE"], "only SCALING_POLICY=target scales on age: set it, "
                           "or leave MAX_QUEUE_AGE empty")
+    _check_rabbitmq(parsed, v)
     high, top = parsed["worker_memory_high"], parsed["worker_memory_max"]
     if top.isdigit() and high.isdigit() and int(high) >= int(top):
         raise ConfigError("WORKER_MEMORY_HIGH", v["WORKER_MEMORY_HIGH"],
                           f"expected less than WORKER_MEMORY_MAX={v['WORKER_MEMORY_MAX'].strip()} (the throttling "
                           "point must come before the kill point), or empty")
+
+
+def _check_rabbitmq(parsed: Mapping[str, Any], v: Mapping[str, str]) -> None:
+    """What RabbitMQ cannot do: the oldest message's age (Dramatiq sets no AMQP timestamp), and the fleet store
+    (a Redis). Without RABBITMQ_URL the other RABBITMQ_* settings are ignored (so is REDIS_* with it)."""
+    if not parsed["rabbitmq_url"]:
+        return
+    if parsed["max_queue_age_s"] is not None:
+        raise ConfigError("MAX_QUEUE_AGE", v["MAX_QUEUE_AGE"], "expected empty with RABBITMQ_URL: Dramatiq's "
+                          "messages carry no timestamp RabbitMQ exposes, so the oldest message's age is unknown")
+    if parsed["fleet"]:
+        raise ConfigError("FLEET", v["FLEET"], "expected empty with RABBITMQ_URL: fleet mode keeps its shared "
+                          "records in the Dramatiq Redis, which a RabbitMQ deployment does not have")

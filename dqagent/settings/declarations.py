@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from dqagent.settings import parsers as p
 from dqagent.settings.parsers import MAX_GRACE_S, MAX_PROCESSES_LIMIT, MAX_QUEUE_AGE_LIMIT_S, Parser
+from dqagent.settings.rabbitmq import parse_management_url, parse_rabbitmq_url
 from dqagent.settings.schedule import parse_schedule, parse_timezone
 
 
@@ -28,6 +29,8 @@ class OnReload(StrEnum):
     LIVE = "applied"
     #: Applied, through a new Redis connection (the demand probe is rebuilt, the old one closed).
     REDIS = "applied: new Redis connection"
+    #: Applied, through a new RabbitMQ connection (the demand probe is rebuilt, the old one closed).
+    RABBITMQ = "applied: new RabbitMQ connection"
     #: Rendered into the units by `dqagent install`: the running units keep the old value until then.
     INSTALL = "`dqagent install`"
 
@@ -64,6 +67,21 @@ SETTINGS: tuple[Setting, ...] = (
             "file read for the password when not run by systemd (`dqagent status`)", OnReload.REDIS),
     Setting("REDIS_TIMEOUT", "5", "redis_timeout_s", _seconds,
             "seconds before a Redis call is abandoned (keeps the loop under the watchdog)", OnReload.REDIS),
+    # RabbitMQ instead of Redis, README "Brokers" (dqagent.broker.rabbitmq).
+    Setting("RABBITMQ_URL", "", "rabbitmq_url", parse_rabbitmq_url,
+            "read demand from RabbitMQ instead of Redis: `amqp://user@host:5672/vhost` or `amqps://` (TLS); no "
+            "password here: it goes in /etc/dqagent/rabbitmq-password (0640 root:dqagent); empty: Redis",
+            OnReload.RABBITMQ),
+    Setting("RABBITMQ_PASSWORD", "", "rabbitmq_password", p.verbatim,
+            "do not set it here: put it in /etc/dqagent/rabbitmq-password (0640 root:dqagent)", OnReload.RABBITMQ),
+    Setting("RABBITMQ_PASSWORD_FILE", "/etc/dqagent/rabbitmq-password", "", p.stripped,
+            "file read for the RabbitMQ password when not run by systemd (`dqagent status`)", OnReload.RABBITMQ),
+    Setting("RABBITMQ_MANAGEMENT_URL", "", "rabbitmq_management_url", parse_management_url,
+            "RabbitMQ's management API, `http(s)://host:15672` (same user and password): shows the messages "
+            "workers hold unacknowledged (in flight); empty: in flight is estimated (README \"Brokers\")",
+            OnReload.RABBITMQ),
+    Setting("RABBITMQ_TIMEOUT", "5", "rabbitmq_timeout_s", _seconds,
+            "seconds before a RabbitMQ call (AMQP or management API) is abandoned", OnReload.RABBITMQ),
     Setting("DRAMATIQ_QUEUE_NAME", "nietest_subtask", "queue_names", p.parse_queue_names,
             "queue(s) the workers consume, comma-separated; demand is the sum", OnReload.REDIS),
     Setting("DRAMATIQ_NAMESPACE", "dramatiq", "namespace",
@@ -239,7 +257,7 @@ def fields_where(on_reload: OnReload) -> tuple[str, ...]:
 #: Rendered into the units by `dqagent install`: the running units keep the old values until then.
 NEEDS_INSTALL_FIELDS = fields_where(OnReload.INSTALL)
 #: What the demand probe (its Redis connection and key names) is built from: a change means a new one.
-REDIS_FIELDS = fields_where(OnReload.REDIS)
+REDIS_FIELDS = fields_where(OnReload.REDIS) + fields_where(OnReload.RABBITMQ)
 
 
 def unknown_keys(keys: Iterable[str]) -> tuple[str, ...]:

@@ -27,11 +27,14 @@ from dqagent.settings.declarations import unknown_keys
 from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.settings.pools import Pool, parse_pools, pools_dir
 from dqagent.settings.pools import read as read_pools
+from dqagent.settings.rabbitmq import RABBITMQ_CREDENTIAL_NAME
 
 SYSTEM_ENV_FILE = Path("/etc/dqagent/dqagent.env")
 #: The file the unit hands over as the `redis_password` credential (`LoadCredential=`). `dqagent install`
 #: makes it 0640 root:dqagent, so the agent re-reads it on reload without any root process.
 PASSWORD_SOURCE = Path("/etc/dqagent/redis-password")
+#: The same for RabbitMQ (credential `rabbitmq_password`), read only when RABBITMQ_URL is set.
+RABBITMQ_PASSWORD_SOURCE = Path("/etc/dqagent/rabbitmq-password")
 #: Commands that look for `./.env` before the system file (the old manager's `start` in a terminal).
 #: The service's own `start` passes `--env-file` explicitly, so it never depends on this.
 LOCAL_ENV_COMMANDS = frozenset({"start"})
@@ -109,8 +112,25 @@ def _read_text(path: Path) -> tuple[str | None, str]:
         return None, f"password file {path} unavailable ({exc.strerror})"
 
 
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """Where one broker's password comes from: its setting, its file setting and its credential."""
+
+    key: str
+    file_key: str
+    credential: str
+
+    def source(self) -> Path:
+        """The file the unit hands over as the credential (read at call time: tests point it elsewhere)."""
+        return RABBITMQ_PASSWORD_SOURCE if self is RABBITMQ_SECRET else PASSWORD_SOURCE
+
+
+REDIS_SECRET = Secret("REDIS_PASSWORD", "REDIS_PASSWORD_FILE", CREDENTIAL_NAME)
+RABBITMQ_SECRET = Secret("RABBITMQ_PASSWORD", "RABBITMQ_PASSWORD_FILE", RABBITMQ_CREDENTIAL_NAME)
+
+
 def _read_password(values: Mapping[str, str], environ: Mapping[str, str], source: Path | None = None,
-                   *, reloading: bool = False) -> tuple[str | None, str]:
+                   *, reloading: bool = False, secret: Secret = REDIS_SECRET) -> tuple[str | None, str]:
     """(password or None to keep `REDIS_PASSWORD`, note on why a file could not be read).
 
     Under systemd (`$CREDENTIALS_DIRECTORY` set): at start the credential systemd copied, then `source`;
@@ -118,13 +138,14 @@ def _read_password(values: Mapping[str, str], environ: Mapping[str, str], source
     (systemd 252 copies it only then), then the credential. The first file that can be read decides: its
     text, or, when empty, no password (silently; `REDIS_PASSWORD` still applies). `source` unreadable on a
     reload while the credential works means a changed password applies only at restart: said in the
-    note. Otherwise: `REDIS_PASSWORD`, else the file named by `REDIS_PASSWORD_FILE`.
+    note. Otherwise: `REDIS_PASSWORD`, else the file named by `REDIS_PASSWORD_FILE` (`secret`: RabbitMQ's
+    setting, file and credential instead).
     """
     notes: list[str] = []
-    source = PASSWORD_SOURCE if source is None else source
+    source = secret.source() if source is None else source
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
-        credential = Path(cred_dir) / CREDENTIAL_NAME
+        credential = Path(cred_dir) / secret.credential
         for path in ((source, credential) if reloading else (credential, source)):
             text, note = _read_text(path)
             if text is not None:
@@ -135,9 +156,9 @@ def _read_password(values: Mapping[str, str], environ: Mapping[str, str], source
                 return (text or None), "; ".join(notes)
             if note:
                 notes.append(note)
-    if values.get("REDIS_PASSWORD"):
+    if values.get(secret.key):
         return None, ""
-    path_text = values.get("REDIS_PASSWORD_FILE", DEFAULTS["REDIS_PASSWORD_FILE"]).strip()
+    path_text = values.get(secret.file_key, DEFAULTS[secret.file_key]).strip()
     if not path_text:
         return None, "; ".join(notes)
     text, note = _read_text(Path(path_text))
@@ -186,9 +207,10 @@ def load(
     """
     environ = os.environ if environ is None else environ
     file_values, values, path = _read(env_file, environ, flags, cwd, command, system_file)
-    password, note = _read_password(values, environ, reloading=reloading)
+    secret = RABBITMQ_SECRET if values.get("RABBITMQ_URL", "").strip() else REDIS_SECRET
+    password, note = _read_password(values, environ, reloading=reloading, secret=secret)
     if password is not None:
-        values["REDIS_PASSWORD"] = password
+        values[secret.key] = password
     settings = parse_settings(values)
     pools = parse_pools(settings, values, read_pools(pools_dir(path)))
     return Loaded(settings=settings, env_file=path, password_note=note, unknown_keys=unknown_keys(file_values),

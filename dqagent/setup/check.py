@@ -228,10 +228,14 @@ async def bus_results(settings: Settings, bus_address: str | None) -> list[Resul
 
 
 async def redis_results(loaded: sources.Loaded) -> list[Result]:
-    from dqagent.broker.redis import RedisDemandProbe
+    from dqagent.broker.probes import open_probe
 
     s = loaded.settings
-    probe = RedisDemandProbe(s)
+    if s.rabbitmq_url:
+        from dqagent.setup.check_rabbitmq import rabbitmq_results
+
+        return [Result(ok, text) for ok, text in await rabbitmq_results(loaded)]
+    probe = open_probe(s)
     try:
         demand = await probe.fetch_demand()
     except BrokerError as exc:

@@ -37,6 +37,7 @@ from dqagent.setup.layout import (
     PASSWORD_FILE,
     POLKIT_RULE,
     POLKITD,
+    RABBITMQ_PASSWORD_FILE,
     SLICE_LIMITS_FILE,
     SYSUSERS,
     UNIT_DIR,
@@ -52,38 +53,40 @@ from dqagent.setup.reach import dqagent_executable, preflight
 from dqagent.systemd.client import AGENT_UNIT, SystemdClient
 
 
-def _password_file(report: Report) -> None:
-    """The Redis password file: 0640 root:dqagent, so the agent re-reads it on reload without a root process.
+def _password_file(report: Report, path: Path = PASSWORD_FILE) -> None:
+    """A broker password file (Redis's, or RabbitMQ's): 0640 root:dqagent, so the agent re-reads it on reload
+    without a root process.
 
-    Created empty when missing. An existing regular file owned by root gets that group and mode (its
-    content is the operator's and is never read or changed); a symlink or a file of another owner is
-    left as it is, with a warning: the agent then sees a new password only at restart.
+    Created empty when missing (systemd's `LoadCredential=` needs it to exist). An existing regular file
+    owned by root gets that group and mode (its content is the operator's and is never read or changed); a
+    symlink or a file of another owner is left as it is, with a warning: the agent then sees a new password
+    only at restart.
     """
     gid = grp.getgrnam("dqagent").gr_gid
-    if not PASSWORD_FILE.is_symlink() and not PASSWORD_FILE.exists():
-        write(PASSWORD_FILE, "", 0o640, report, owner=(0, gid))
+    if not path.is_symlink() and not path.exists():
+        write(path, "", 0o640, report, owner=(0, gid))
         return
     try:
-        fd = os.open(PASSWORD_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:  # ELOOP: a symlink, never followed by a chown/chmod of ours
-        _password_file_left_alone()
+        _password_file_left_alone(path)
         return
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
-            _password_file_left_alone()
+            _password_file_left_alone(path)
         elif (st.st_gid, stat.S_IMODE(st.st_mode)) != (gid, 0o640):
             os.fchown(fd, 0, gid)
             os.fchmod(fd, 0o640)
-            report.changed.append(f"{PASSWORD_FILE}: now 0640 root:dqagent (the agent re-reads it on reload)")
+            report.changed.append(f"{path}: now 0640 root:dqagent (the agent re-reads it on reload)")
         else:
-            report.kept.append(str(PASSWORD_FILE))
+            report.kept.append(str(path))
     finally:
         os.close(fd)
 
 
-def _password_file_left_alone() -> None:
-    print(f"dqagent install: warning: {PASSWORD_FILE} is not a regular file owned by root: left as it is; "
+def _password_file_left_alone(path: Path) -> None:
+    print(f"dqagent install: warning: {path} is not a regular file owned by root: left as it is; "
           "the agent applies a changed password at restart only, unless group dqagent can read it", file=sys.stderr)
 
 
@@ -232,6 +235,7 @@ def _write_everything(settings: Settings, files: _Rendered, report: Report) -> i
         # Non-secret settings: world-readable so `dqagent status` works for any user.
         write(ENV_FILE, env_template(), 0o644, report)
     _password_file(report)
+    _password_file(report, RABBITMQ_PASSWORD_FILE)
     return None
 
 
@@ -277,7 +281,7 @@ def uninstall(purge: bool = False, bus_address: str | None = None) -> int:
     removed = []
     paths = [AGENT_UNIT_FILE, WORKER_TEMPLATE_FILE, POLKIT_RULE, SYSUSERS, LOGROTATE, CATALOG_FILE]
     if purge:
-        paths += [ENV_FILE, PASSWORD_FILE]
+        paths += [ENV_FILE, PASSWORD_FILE, RABBITMQ_PASSWORD_FILE]
     for path in paths:
         if path.exists():
             path.unlink()

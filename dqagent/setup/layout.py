@@ -32,6 +32,7 @@ UNIT_DIR = Path("/etc/systemd/system")
 ETC = Path("/etc/dqagent")
 ENV_FILE = ETC / "dqagent.env"
 PASSWORD_FILE = ETC / "redis-password"
+RABBITMQ_PASSWORD_FILE = ETC / "rabbitmq-password"
 POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-dqagent.rules")
 SYSUSERS = Path("/etc/sysusers.d/dqagent.conf")
 LOGROTATE = Path("/etc/logrotate.d/dqagent")
@@ -54,7 +55,7 @@ def render(template: str, values: dict[str, str]) -> str:
 def env_template() -> str:
     """The commented settings file: every declared setting with its description and default."""
     lines = ["# dqagent settings (python-dotenv syntax; inline comments allowed).",
-             "# Every setting with its default. The password belongs in /etc/dqagent/redis-password.",
+             "# Every setting with its default. Passwords belong in /etc/dqagent/redis-password (rabbitmq-password).",
              ""]
     for s in SETTINGS:
         about = plain(s.description) + (" [a change needs dqagent install]" if s.on_reload is OnReload.INSTALL

@@ -13,6 +13,8 @@ for it), and carries out `check.plan` exactly, as `dqagent.agent.lifecycle.Agent
 - systemd's start limit (`dqagent.core.startlimit`: StartLimitBurst starts of one unit within
   StartLimitIntervalSec; every simulated unit stays loaded, the worst case): one more start fails at once with
   `start-limit-hit` (counted in `start_limit_hits`), until a reset of that number clears its count;
+- RabbitMQ without its management API (`PoolConfig.in_flight_visible` False): the read sees the ready count and
+  one consumer per worker past its start (not stopping), and in flight as `dqagent.core.rabbitdemand` estimates it;
 - a broker outage (`PoolConfig.broker_outages_s`): no demand is read, `Observed.broker_down_since_s` is set and
   the step decides by BROKER_FAILURE;
 - the starts of one check are judged together when the last check ends (a failed one backs off further
@@ -33,6 +35,7 @@ from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits
 from dqagent.core.pause import Pause
 from dqagent.core.policies import Policy
+from dqagent.core.rabbitdemand import QueueCounts, queue_demand
 from dqagent.core.reconciler import Backoff, Intent
 from dqagent.core.step import Check, Host, Memory, NeedsHost, Observed, Rules, decide
 from dqagent.settings.config import QueueMetric
@@ -99,7 +102,12 @@ class SimAgent:
         # The list head's wait since its arrival (Dramatiq's message_timestamp, the first enqueue: a requeued
         # message keeps it and goes to the tail, as in `Pool.finish_drain`).
         oldest = now - pool.arrivals_s[pool.queue[0]] if pool.queue else None
-        demand = Demand((QueueDemand(self.rules.queue_names[0], ready, ready + held, 0, 0, 0, oldest),))
+        if pool.cfg.in_flight_visible:
+            demand = Demand((QueueDemand(self.rules.queue_names[0], ready, ready + held, 0, 0, 0, oldest),))
+        else:  # RabbitMQ without its management API: ready and consumers only, no age
+            consumers = sum(1 for w in pool.workers.values() if w.ready and not w.stopping)
+            demand = Demand((queue_demand(self.rules.queue_names[0], QueueCounts(ready, consumers), QueueCounts(),
+                                          QueueCounts(), pool.cfg.prefetch),))
         units: list[UnitState] = []
         flight: dict[int, Intent] = {}
         name = self.name

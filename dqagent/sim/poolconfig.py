@@ -68,6 +68,9 @@ class PoolConfig:
     #: `broker_failure` (BROKER_FAILURE, `dqagent.core.brokerfail`); the workers go on with what they hold.
     broker_outages_s: tuple[tuple[float, float], ...] = ()
     broker_failure: BrokerFailure = HOLD
+    #: False: the agent cannot see in flight (RabbitMQ without its management API) and reads what
+    #: `dqagent.core.rabbitdemand.queue_demand` estimates from the ready count and the consumers.
+    in_flight_visible: bool = True
 
     def check_s(self) -> float:
         """The agent's PROCESS_STARTUP_DELAY for this pool."""

@@ -14,6 +14,9 @@ at-least-once duplicate).
 process's pid in `dqtest:pids` (which consumer took it). Environment:
 `DQTEST_REDIS_URL` (required), `DQTEST_QUEUE` (default `dqtest`), `DQTEST_NAMESPACE` (default `dramatiq`).
 
+With `DQTEST_RABBITMQ_URL` set (amqp://user:password@host:port/vhost), the messages go through Dramatiq's own
+`RabbitmqBroker` instead (the records above stay in the Redis of `DQTEST_REDIS_URL`: a test counts them there).
+
 `work_io` is `work` on a second queue, `<DQTEST_QUEUE>_io`: two pools of one application, each started with
 Dramatiq's `--queues` for its own queue (the pool tests).
 """
@@ -25,6 +28,7 @@ import time
 import uuid
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 QUEUE = os.environ.get("DQTEST_QUEUE", "dqtest")
@@ -34,16 +38,23 @@ COUNT_KEY = "dqtest:count"
 TIMES_KEY = "dqtest:times"
 PIDS_KEY = "dqtest:pids"
 
-broker = RedisBroker(url=os.environ["DQTEST_REDIS_URL"],
-                     namespace=os.environ.get("DQTEST_NAMESPACE", "dramatiq"))
+broker: dramatiq.Broker
+if os.environ.get("DQTEST_RABBITMQ_URL"):
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=os.environ["DQTEST_RABBITMQ_URL"])
+    store = redis.Redis.from_url(os.environ["DQTEST_REDIS_URL"])
+else:
+    broker = RedisBroker(url=os.environ["DQTEST_REDIS_URL"], namespace=os.environ.get("DQTEST_NAMESPACE", "dramatiq"))
+    store = broker.client
 dramatiq.set_broker(broker)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def work(msg_id: str, ms: int) -> None:
-    broker.client.sadd(STARTED_KEY, msg_id)
+    store.sadd(STARTED_KEY, msg_id)
     time.sleep(ms / 1000)
-    with broker.client.pipeline(transaction=True) as pipe:
+    with store.pipeline(transaction=True) as pipe:
         pipe.sadd(DONE_KEY, msg_id)
         pipe.hincrby(COUNT_KEY, msg_id, 1)
         pipe.execute()
@@ -58,16 +69,20 @@ def work_io(msg_id: str, ms: int) -> None:
 def timed(i: int, ms: int, enqueued: float) -> None:
     started = time.time()
     time.sleep(ms / 1000)
-    with broker.client.pipeline(transaction=False) as pipe:
+    with store.pipeline(transaction=False) as pipe:
         pipe.hset(TIMES_KEY, str(i), f"{enqueued:.6f} {started:.6f} {time.time():.6f}")
         pipe.hset(PIDS_KEY, str(i), os.getpid())
         pipe.execute()
 
 
-def enqueue_burst(n: int, ms: int, io: bool = False) -> list[str]:
-    """Enqueue `n` messages of `ms` milliseconds each (`io`: on the second queue); returns their ids (as
-    recorded in `dqtest:done`)."""
+def enqueue_burst(n: int, ms: int, io: bool = False, delay_ms: int | None = None) -> list[str]:
+    """Enqueue `n` messages of `ms` milliseconds each (`io`: on the second queue; `delay_ms`: due that much
+    later, through Dramatiq's delay queue); returns their ids (as recorded in `dqtest:done`)."""
     ids = [uuid.uuid4().hex for _ in range(n)]
+    actor = work_io if io else work
     for msg_id in ids:
-        (work_io if io else work).send(msg_id, ms)
+        if delay_ms is None:
+            actor.send(msg_id, ms)
+        else:
+            actor.send_with_options(args=(msg_id, ms), delay=delay_ms)
     return ids

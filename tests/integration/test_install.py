@@ -32,6 +32,9 @@ def test_install_twice_changes_nothing_and_keeps_settings(fresh_container: Conta
     # the password: root's, readable by the agent's group (re-read on reload), by nobody else
     assert _mode(c, "/etc/dqagent/redis-password") == (0o640, 0)
     assert c.run(["stat", "-c", "%G", "/etc/dqagent/redis-password"]).stdout.strip() == "dqagent"
+    # RabbitMQ's password file likewise (the unit's LoadCredential= needs it to exist, even empty)
+    assert _mode(c, "/etc/dqagent/rabbitmq-password") == (0o640, 0)
+    assert c.run(["stat", "-c", "%G", "/etc/dqagent/rabbitmq-password"]).stdout.strip() == "dqagent"
     assert c.unit_property("dqagent.service", "UnitFileState") == "enabled"
     unit = (c.root / "etc/systemd/system/dqagent.service").read_text()
     assert f"ExecStart={DQAGENT} --env-file /etc/dqagent/dqagent.env start" in unit and "@" not in unit.split(

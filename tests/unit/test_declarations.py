@@ -29,7 +29,11 @@ BASE = {"SCALING_POLICY": "target", "LOG_FILE": "", "REDIS_PASSWORD_FILE": "", "
 #: Another valid value for every setting that fills a `Settings` field: a new setting needs one here.
 ALTERNATIVE = {
     "REDIS_HOST": "redis.example", "REDIS_PORT": "6380", "REDIS_DB": "3", "REDIS_PASSWORD": "pw-secret",
-    "REDIS_URL": "redis://h:6379/0", "REDIS_TIMEOUT": "2", "DRAMATIQ_QUEUE_NAME": "q,r", "DRAMATIQ_NAMESPACE": "ns",
+    "REDIS_URL": "redis://h:6379/0", "REDIS_TIMEOUT": "2",
+    "RABBITMQ_URL": "amqp://dq@rabbit.example/v",
+    "RABBITMQ_PASSWORD": "rabbit-secret", "RABBITMQ_PASSWORD_FILE": "/run/rabbit-pw",
+    "RABBITMQ_MANAGEMENT_URL": "https://rabbit.example:15671", "RABBITMQ_TIMEOUT": "3",
+    "DRAMATIQ_QUEUE_NAME": "q,r", "DRAMATIQ_NAMESPACE": "ns",
     "DRAMATIQ_COMMAND": "/bin/sleep infinity", "MIN_PROCESSES": "2", "MAX_PROCESSES": "9", "CHECK_INTERVAL": "30",
     "SCALE_UP_THRESHOLD_MULTIPLIER": "6", "SCALE_DOWN_THRESHOLD_MULTIPLIER": "2", "LOG_LEVEL": "DEBUG",
     "LOG_FILE": "other.log", "GRACEFUL_SHUTDOWN_TIMEOUT": "60", "PROCESS_STARTUP_DELAY": "3",
@@ -120,7 +124,9 @@ def test_the_operations_reload_table_agrees_with_the_declarations() -> None:
     assert install_row == install
     assert redis_row == redis
     for keys, says in rows:
-        if keys not in (install_row, redis_row):
+        if says.startswith("applied: a new RabbitMQ connection"):
+            assert keys == {s.key for s in SETTINGS if s.on_reload is OnReload.RABBITMQ} - {"RABBITMQ_PASSWORD"}
+        elif keys not in (install_row, redis_row):
             assert not keys & (install | redis), (keys, says)
 
 
@@ -134,21 +140,31 @@ def test_reload_classifies_each_setting_as_declared(setting: Setting) -> None:
     effective = reload.effective_settings(old, new)
     kept = setting.on_reload is OnReload.INSTALL
     assert getattr(effective, setting.field) == getattr(old if kept else new, setting.field)
-    assert (setting.field in reload.PROBE_FIELDS) == (setting.on_reload is OnReload.REDIS)
+    assert (setting.field in reload.PROBE_FIELDS) == (setting.on_reload in (OnReload.REDIS, OnReload.RABBITMQ))
     assert setting.key in reload.describe_changes(old, new)
 
 
-@pytest.mark.parametrize("key", ["REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT", "MAX_PROCESSES", "FLEET"])
+@pytest.mark.parametrize("key", ["REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT", "MAX_PROCESSES", "FLEET",
+                                 "RABBITMQ_URL", "RABBITMQ_TIMEOUT"])
 def test_the_reloader_makes_a_new_redis_connection_exactly_for_redis_settings(tmp_path: Path, key: str) -> None:
     env = tmp_path / "dqagent.env"
     env.write_text("".join(f"{k}={v}\n" for k, v in BASE.items()))
     old = sources.load(env, environ={}).settings
     env.write_text("".join(f"{k}={v}\n" for k, v in {**BASE, key: ALTERNATIVE[key]}.items()))
     first = FakeDemandProbe()
-    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s: FakeDemandProbe(), None)
+    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s, pools=(): FakeDemandProbe(), None)
     outcome = asyncio.run(reloader.reload(old, first))
     assert outcome.ok
-    assert (outcome.probe is not first) == (key in ("REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT"))
+    assert (outcome.probe is not first) == (key in ("REDIS_HOST", "DRAMATIQ_NAMESPACE", "REDIS_TIMEOUT",
+                                                     "RABBITMQ_URL", "RABBITMQ_TIMEOUT"))
+
+
+@pytest.mark.parametrize("key", ["REDIS_PASSWORD", "RABBITMQ_PASSWORD"])
+def test_a_changed_password_is_named_on_reload_never_shown(key: str) -> None:
+    old = parse_settings(BASE)
+    new = parse_settings({**BASE, key: ALTERNATIVE[key]})
+    changes = reload.describe_changes(old, new)
+    assert key in changes and ALTERNATIVE[key] not in changes
 
 
 # -- keys no setting declares ---------------------------------------------------------------------
@@ -198,7 +214,7 @@ def test_worker_exec_does_not_fail_on_unknown_keys(tmp_path: Path) -> None:
 def test_the_agent_warns_once_per_unknown_key_at_each_reload(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     env = _typo_file(tmp_path)
     old = sources.load(env, environ={}).settings
-    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s: FakeDemandProbe(), None)
+    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s, pools=(): FakeDemandProbe(), None)
     caplog.set_level(logging.INFO)
     for reloads in (1, 2):
         assert asyncio.run(reloader.reload(old, FakeDemandProbe())).ok
@@ -207,3 +223,19 @@ def test_the_agent_warns_once_per_unknown_key_at_each_reload(tmp_path: Path, cap
     assert warned[0].levelno == logging.WARNING
     assert warned[0].getMessage() == (f"MAX_PROCESS: unknown setting; did you mean MAX_PROCESSES? (in {env}; the "
                                       "agent ignores it)")
+
+
+@pytest.mark.parametrize(("threads", "fresh"), [(5, False), (8, True)])
+def test_on_rabbitmq_a_reload_changing_the_threads_makes_a_new_probe(tmp_path: Path, threads: int,
+                                                                     fresh: bool) -> None:
+    """The estimate without the management API uses 2 x the pool's threads: a new count needs a new probe."""
+    env = tmp_path / "dqagent.env"
+    base = {**BASE, "RABBITMQ_URL": "amqp://dq@mq/v", "DRAMATIQ_COMMAND": "'python -m dramatiq -p 1 -t 5 app'"}
+    env.write_text("".join(f"{k}={v}\n" for k, v in base.items()))
+    loaded = sources.load(env, environ={})
+    env.write_text("".join(f"{k}={v}\n" for k, v in {
+        **base, "DRAMATIQ_COMMAND": f"'python -m dramatiq -p 1 -t {threads} app'"}.items()))
+    first = FakeDemandProbe()
+    reloader = Reloader(lambda: sources.load(env, environ={}), lambda s, pools=(): FakeDemandProbe(), None)
+    outcome = asyncio.run(reloader.reload(loaded.settings, first, loaded.pools))
+    assert outcome.ok and (outcome.probe is not first) == fresh

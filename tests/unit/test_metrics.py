@@ -166,8 +166,9 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.25"),))] == 2
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "+Inf"),))] == 2
     # Without HOST_MAX_PROCESSES: no host budget and no shares
-    # Without HOST_MAX_PROCESSES nor a pause: no host budget, no shares, no pause's times
+    # Without HOST_MAX_PROCESSES nor a pause: no host budget, no shares, no pause's times; on Redis no consumers
     assert {k[0] for k in got} == METRIC_NAMES - {"dqagent_host_workers_limit", "dqagent_workers_share",
+                                                  "dqagent_queue_consumers",
                                                   "dqagent_pause_start_timestamp_seconds",
                                                   "dqagent_pause_expiry_timestamp_seconds"}
     # Every worker and queue series, and every scale action, is the default pool's; no host-wide one has `pool`
@@ -183,7 +184,8 @@ def test_each_pool_is_exported_under_its_name_with_the_host_budget_and_its_share
     acc.scale_action(Direction.UP, "target", pool="io")
     acc.scale_action(Direction.DOWN, Reason.HOST_BUDGET)
     io = PoolFigures("io", "target", 0, 6, WorkerCounts(running=2, starting=0, stopping=1, failed=0, desired=2),
-                     (QueueDemand("slow", ready=40, outstanding=50, delayed=0, dead=0, orphaned=0, oldest_age_s=3.0),),
+                     (QueueDemand("slow", ready=40, outstanding=50, delayed=0, dead=0, orphaned=0, oldest_age_s=3.0,
+                                  consumers=3),),
                      priority=50, share=2, schedule_ceiling=4,
                      pause=Pause("io", 0, "root", "deploy", 1e9, 1e9 + 600))
     got = samples(snapshot(pools=(default_pool(share=3, schedule_floor=2), io), host_max_processes=5,
@@ -205,6 +207,7 @@ def test_each_pool_is_exported_under_its_name_with_the_host_budget_and_its_share
     assert got[("dqagent_queue_messages", (("pool", "io"), ("queue", "slow"), ("state", "in_flight")))] == 10
     assert got[("dqagent_queue_messages", (("pool", "default"), ("queue", "a"), ("state", "ready")))] == 5
     assert got[("dqagent_queue_oldest_message_age_seconds", (("pool", "io"), ("queue", "slow")))] == 3.0
+    assert got[("dqagent_queue_consumers", (("pool", "io"), ("queue", "slow")))] == 3  # a RabbitMQ queue's
     # A queue is one pool's: never listed under another pool
     assert not [k for k in got if dict(k[1]).get("queue") == "slow" and dict(k[1])["pool"] != "io"]
     actions = {tuple(v for _, v in k[1]): n for k, n in got.items() if k[0] == "dqagent_scale_actions_total"}

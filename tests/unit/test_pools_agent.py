@@ -175,7 +175,7 @@ def test_a_reload_adds_changes_and_removes_pools(caplog: pytest.LogCaptureFixtur
         return Loaded(pools[0].settings, tmp_path / "dqagent.env", "", pools=pools)
 
     agent = make(units, probe, read().pools, clock,
-                 reloader=Reloader(read, lambda s: probe, None))  # type: ignore[arg-type, return-value]
+                 reloader=Reloader(read, lambda s, pools=(): probe, None))  # type: ignore[arg-type, return-value]
 
     async def scenario() -> None:
         await agent.tick()
@@ -215,7 +215,7 @@ def test_a_bad_pool_file_on_reload_changes_nothing(caplog: pytest.LogCaptureFixt
         return Loaded(pools[0].settings, tmp_path / "dqagent.env", "", pools=pools)
 
     agent = make(units, probe, read().pools, clock,
-                 reloader=Reloader(read, lambda s: probe, None))  # type: ignore[arg-type, return-value]
+                 reloader=Reloader(read, lambda s, pools=(): probe, None))  # type: ignore[arg-type, return-value]
     files["io"] = {**IO, "MAX_PROCESSES": "many"}
     before = agent.runs["io"].s
     asyncio.run(agent.apply_reload())
@@ -315,7 +315,7 @@ def test_a_pool_files_install_only_change_on_reload_is_named(caplog: pytest.LogC
         return Loaded(pools[0].settings, tmp_path / "dqagent.env", "", pools=pools)
 
     agent = make(FakeUnits(running=[1, ("io", 1)]), probe, read().pools, Clock(),
-                 reloader=Reloader(read, lambda s: probe, None))  # type: ignore[arg-type, return-value]
+                 reloader=Reloader(read, lambda s, pools=(): probe, None))  # type: ignore[arg-type, return-value]
     files["io"] = {**IO, "WORKER_MEMORY_MAX": "1G", "GRACEFUL_SHUTDOWN_TIMEOUT": "30"}
     asyncio.run(agent.apply_reload())
     (needs,) = events(caplog, "reload_needs_install")

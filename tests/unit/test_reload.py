@@ -165,7 +165,7 @@ class Setup:
     def write(self, **values: str) -> None:
         self.env.write_text("".join(f"{k}={v}\n" for k, v in {**BASE, **values}.items()))
 
-    def make_probe(self, s: Settings) -> FakeDemandProbe:
+    def make_probe(self, s: Settings, pools: object = ()) -> FakeDemandProbe:
         probe = FakeDemandProbe()
         for q in s.queue_names:
             probe.set_queue(q, ready=0)
@@ -308,7 +308,7 @@ def test_config_error_of_read_is_the_only_failure_path(tmp_path: Path) -> None:
         raise ConfigError("REDIS_PORT", "0", "expected an integer in 1..65535")
 
     s = settings()
-    r = Reloader(broken, lambda s: FakeDemandProbe(), None)
+    r = Reloader(broken, lambda s, pools=(): FakeDemandProbe(), None)
     probe = FakeDemandProbe()
     outcome = asyncio.run(r.reload(s, probe))
     assert not outcome.ok and outcome.settings is s and outcome.probe is probe and outcome.policy is None
@@ -322,7 +322,7 @@ def test_an_unforeseen_error_fails_the_reload_and_keeps_the_agent(caplog: pytest
         raise RuntimeError("a bug")
 
     s, probe = settings(), FakeDemandProbe()
-    r = Reloader(buggy, lambda s: FakeDemandProbe(), None)
+    r = Reloader(buggy, lambda s, pools=(): FakeDemandProbe(), None)
     with caplog.at_level(logging.ERROR):
         outcome = asyncio.run(r.reload(s, probe))
     assert not outcome.ok and outcome.settings is s and outcome.probe is probe and outcome.policy is None
