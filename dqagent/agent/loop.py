@@ -23,6 +23,7 @@ from dqagent import __version__
 from dqagent.agent import outage as broker_outage
 from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
+from dqagent.agent.workers import Watch, log_restarts, read_all, update
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
@@ -43,6 +44,7 @@ from dqagent.core.units import UnitState, of_pool
 from dqagent.core.untrusted import Rejection
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.host.pressure import HostGuard, MemoryReader
+from dqagent.host.reports import REPORT_ROOT
 from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
 from dqagent.report.reporter import Reporter
@@ -96,6 +98,9 @@ class Loop(PoolHost):
         self.pauses = PauseBook(None, wallclock)
         #: The broker outage under way, if any (`dqagent.agent.outage`: BROKER_FAILURE).
         self.outage = broker_outage.OutageState()
+        #: Where the workers' reports are read (`dqagent.host.reports`), and each pool's view of them.
+        self.report_root = REPORT_ROOT
+        self.watches: dict[str, Watch] = {}
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -146,10 +151,15 @@ class Loop(PoolHost):
         states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
         self._note_undeclared(states)
         await self._retire(states)
+        loads = read_all(states, self.report_root)
         now_s, now_us = self.clock(), self.wallclock() * 1e6
         several = len(self.runs) > 1
+        for name, run in self.runs.items():
+            self.watches[name] = update(self.watches.get(name, Watch()), loads, of_pool(states, name), now_s,
+                                        run.s.worker_hung_after_s)
         base = {name: Observed(now_s, now_us, demand_of(demand, run.s.queue_names) if several else demand,
-                               of_pool(states, name), {}, Backoff()) for name, run in self.runs.items()}
+                               of_pool(states, name), {}, Backoff(), loads=self.watches[name].loads,
+                               hung=self.watches[name].hung) for name, run in self.runs.items()}
         for name, run in self.runs.items():
             self.reporter.note_units(base[name].units, run.jobs.in_flight, now_us, run.s.process_startup_delay_s)
         fleets: dict[str, FleetInput] = {}
@@ -227,7 +237,8 @@ class Loop(PoolHost):
             run = self.runs[name]
             pool, target = check.seen.census.pool, check.decision.target
             log.log(logging.DEBUG if check.routine else logging.INFO, "decision%s: %d -> %d workers (%s)",
-                    self._of(run), pool, target, check.decision.reason,
+                    self._of(run), pool, target,
+                    "; ".join(x for x in (check.decision.reason, check.plan.stop_note) if x),
                     extra=event("decision", dqagent_pool=name, **check.fields))
             if check.budget is not None and check.label == Reason.HOST_BUDGET and check.plan.stop:
                 log.info("pool %s gives way under HOST_MAX_PROCESSES=%s: %d -> %d workers, room to %s",
@@ -305,9 +316,16 @@ class Loop(PoolHost):
             log.debug("scale-up%s to %d held: backing off after failed starts", self._of(run), plan.wanted)
         if plan.stop:
             log.info("scale down%s by %d to %d: %s", self._of(run), len(plan.stop), plan.pool - len(plan.stop),
-                     reason, extra=event("scale_down", workers=plan.pool, target=plan.pool - len(plan.stop),
-                                         dqagent_pool=run.name))
+                     "; ".join(x for x in (reason, plan.stop_note) if x),
+                     extra=event("scale_down", workers=plan.pool, target=plan.pool - len(plan.stop),
+                                 dqagent_pool=run.name, stop_units=",".join(map(str, plan.stop)),
+                                 stop_why=plan.stop_note, all_busy=int(plan.all_busy)))
             run.jobs.stop(plan.stop, stop_timeout_s(run.s))
+        if plan.restart:
+            log_restarts(run.name, plan.restart, self.watches.get(run.name, Watch()), self.clock(),
+                         run.s.worker_hung_after_s)
+            self.counters.hung_restarts(run.name, len(plan.restart))
+            run.jobs.restart(plan.restart, run.s.process_startup_delay_s, stop_timeout_s(run.s))
 
     async def _recover(self, demand: Demand) -> None:
         try:

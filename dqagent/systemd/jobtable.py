@@ -217,6 +217,13 @@ class JobTable:
             self._flight[n] = Intent.STOP
             self._track(self._stop(n, timeout_s, quiet), Intent.STOP)
 
+    def restart(self, numbers: Sequence[int], startup_delay_s: float, stop_timeout_s: float) -> None:
+        """Restart each of `numbers` (hung workers) in its own background task: stop it, then start the same
+        number with the usual start check; a failed check backs off further starts like any failed start."""
+        for n in numbers:
+            self._flight[n] = Intent.RESTART
+            self._track(self._restart(n, startup_delay_s, stop_timeout_s), Intent.RESTART)
+
     def _track(self, coro: Coroutine[Any, Any, None], intent: Intent) -> None:
         task = asyncio.create_task(coro)
         self._tasks[task] = intent
@@ -328,6 +335,28 @@ class JobTable:
 
     def _unit(self, n: int) -> str:
         return worker_unit(n, self.pool)
+
+    async def _restart(self, n: int, delay_s: float, stop_timeout_s: float) -> None:
+        unit = self._unit(n)
+        try:
+            (outcome,) = await self._units.stop_units([unit], timeout_s=stop_timeout_s)
+            state = await self._units.unit_state(unit, brief=True)
+            if state.active_state == "failed":  # (SIGKILLed at TimeoutStopSec: ours to clear)
+                await self._units.reset_failed(unit)
+            if self._flight.get(n) is not Intent.RESTART or self.backoff.holds(self._clock()):
+                return  # stopped meanwhile, or starts are held: the reconciler starts what is needed later
+            self._flight[n] = Intent.START
+            self.starts = startlimit.record(self.starts, [n], self._clock())
+            end = await self._start_one(n, False, delay_s, 0, stop_timeout_s)
+            if end is True:
+                self._failed(f"a failed restart of {unit}")
+            log.info("restarted %s: stop %s, start %s", unit, outcome.text,
+                     "failed" if end is True else "ok", extra=event("worker_restarted", unit=unit))
+        except (BusConnectionError, DqAgentError) as exc:
+            log.warning("restart of %s not confirmed: %s", unit, exc, extra=event("stop_unconfirmed", error=str(exc)))
+        finally:
+            if self._flight.get(n) in (Intent.RESTART, Intent.START):
+                del self._flight[n]
 
     async def _stop(self, n: int, timeout_s: float, quiet: bool) -> None:
         unit = self._unit(n)
