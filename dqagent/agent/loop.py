@@ -23,7 +23,7 @@ from dqagent import __version__
 from dqagent.agent import outage as broker_outage
 from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
-from dqagent.agent.workers import Watch, log_restarts, read_all, update
+from dqagent.agent.workers import Watch, activity, log_restarts, read_all, update
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
@@ -371,7 +371,8 @@ class Loop(PoolHost):
                                   schedule_floor=run.schedule.floor if run.schedule else None,
                                   schedule_ceiling=run.schedule.ceiling if run.schedule else None,
                                   pause=self.pauses.get(name, now), broker_failure=run.s.broker_failure,
-                                  broker_failure_active=run.outage == run.s.broker_failure)
+                                  broker_failure_active=run.outage == run.s.broker_failure,
+                                  activity=activity(self.watches.get(name), run.workers))
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
                         last_decision_s=self._last_decision_s, counters=self._frozen_counters(),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dqagent.core import busy
 from dqagent.core.busy import Load, Sighting
+from dqagent.core.snapshot import WorkerCounts
 from dqagent.core.units import UnitState, worker_unit
 from dqagent.host.reports import REPORT_ROOT, by_instance, read_loads
 from dqagent.report.logs import event
@@ -54,3 +55,12 @@ def log_restarts(pool: str, numbers: Sequence[int], watch: Watch, now_s: float, 
         log.warning("%s hung: no report for %.0fs (WORKER_HUNG_AFTER=%g); restarting it", unit, still_s,
                     hung_after_s or 0, extra=event("worker_hung", unit=unit, dqagent_pool=pool, seconds=still_s,
                                                    hung_after_s=hung_after_s))
+
+
+def activity(watch: Watch | None, workers: WorkerCounts | None) -> tuple[tuple[str, int], ...]:
+    """The snapshot's busy/idle/unreported counts of one pool's running workers (() before its first check)."""
+    if watch is None or workers is None:
+        return ()
+    idle = sum(1 for load in watch.loads.values() if load.idle)
+    busy_n = len(watch.loads) - idle
+    return (("busy", busy_n), ("idle", idle), ("unreported", max(0, workers.running - len(watch.loads))))

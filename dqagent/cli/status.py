@@ -25,10 +25,12 @@ from typing import Any
 
 from dqagent.cli.status_broker import Pending
 from dqagent.cli.status_text import _guard_lines, render_text
+from dqagent.core.busy import status_of
 from dqagent.core.policies import thresholds
 from dqagent.core.schedule import in_force, local_text, next_change
 from dqagent.core.units import AGENT_UNIT, UnitState, describe_exit, of_pool
 from dqagent.errors import DqAgentError
+from dqagent.host.reports import read_loads
 from dqagent.report import journal
 from dqagent.settings.config import Settings
 from dqagent.settings.parsers import DEFAULT_POOL
@@ -251,6 +253,9 @@ async def _pool_units(client: SystemdClient, part: dict[str, Any], s: Settings, 
     # Read one by one: failing units are few, and this stays far below the bus's pending-reply limit.
     part["failing_workers"] = [await _failure(client, st) for st in states if st.crashed_since_start]
     part["process_list"] = [_process(st) for st in states]
+    loads, now = read_loads(states), time.time()  # the workers' own reports (dqagent.dramatiq.WorkerReport)
+    for w, st in zip(part["process_list"], states, strict=True):
+        w["report"] = status_of(loads.get(st.unit), now, s.worker_hung_after_s)
     return n
 
 

@@ -180,3 +180,23 @@ def hung(sightings: Mapping[int, Sighting], settled: Collection[int], now_s: flo
     if after_s is None:
         return frozenset()
     return frozenset(n for n in settled if (s := sightings.get(n)) is not None and now_s - s.advanced_s >= after_s)
+
+
+def status_of(load: Load | None, now_s: float, hung_after_s: float | None) -> dict[str, object] | None:
+    """One unit's report as `dqagent status` shows it (None: no report). `now_s`: wall-clock seconds (status
+    runs in its own process, so it ages the heartbeat by the clock; the agent judges hangs by its own)."""
+    if load is None:
+        return None
+    seen_s = round(max(0.0, now_s - load.heartbeat_s), 1)
+    return {"running": load.running, "prefetched": load.prefetched, "processes": load.processes,
+            "done": load.done, "last_seen_s": seen_s, "state": "idle" if load.idle else "busy",
+            "hung": hung_after_s is not None and seen_s >= hung_after_s}
+
+
+def status_text(report: Mapping[str, object] | None) -> str:
+    """The status line's part for one unit's report: `busy: 2 running, 0 prefetched, seen 0.4s ago`."""
+    if not report:
+        return ""
+    hung = f", HUNG: no report for {report['last_seen_s']}s" if report.get("hung") else ""
+    return (f"{report['state']}: {report['running']} running, {report['prefetched']} prefetched, "
+            f"seen {report['last_seen_s']}s ago{hung}")

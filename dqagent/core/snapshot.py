@@ -212,6 +212,8 @@ class PoolFigures:
     #: BROKER_FAILURE, and whether it sets the pool's count now (Redis unreadable; `min`/`fixed`: after the grace).
     broker_failure: str = "hold"
     broker_failure_active: bool = False
+    #: Running workers by their own reports: (("busy", n), ("idle", n), ("unreported", n)); () before a check.
+    activity: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ them again; the busy worker's task (25 s) outlasts WORKER_HUNG_AFTER (6 s).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -51,8 +52,8 @@ def task_lines(c: Container, unit: str) -> list[tuple[float, str, str]]:
     """(time, task id, start|end) from the worker's own journal lines."""
     out = []
     for r in journal(c, unit):
-        m = re.search(r"task (\S+) (start|end)", str(r.get("MESSAGE", "")))
-        if m:
+        # (two threads' lines can reach the journal glued together: `task a starttask b start`)
+        for m in re.finditer(r"task (\S+?) (start|end)", str(r.get("MESSAGE", ""))):
             out.append((int(r["__REALTIME_TIMESTAMP"]) / 1e6, m.group(1), m.group(2)))
     return out
 
@@ -87,8 +88,13 @@ def test_scale_down_stops_idle_workers_and_interrupts_no_task(busy_bench: tuple[
     wait_until("@4's Dramatiq ready", lambda: dramatiq_ready(c, "dramatiq-worker@4.service"), timeout=60)
     ids = ["long-a", "long-b"]
     enqueue_long(c, redis, ids, LONG_MS)
-    wait_until("both long tasks running on @4", lambda: running_at(c, "dramatiq-worker@4.service", time.time())
-               == set(ids), timeout=30)
+    try:
+        wait_until("both long tasks running on @4, by its report and its journal",
+                   lambda: '"running": 2' in reports(c, "4")
+                   and running_at(c, "dramatiq-worker@4.service", time.time()) == set(ids), timeout=60)
+    except AssertionError as exc:  # say what the worker showed
+        tail = [str(r.get("MESSAGE"))[:160] for r in journal(c, "dramatiq-worker@4.service")][-10:]
+        raise AssertionError(f"{exc}; report {reports(c, '4')!r}; journal {tail}") from None
     # And the agent running four workers (it adopts @4 and starts @1..@3, idle)
     dqagent(c, "install", "--now")
     four = [f"dramatiq-worker@{n}.service" for n in range(1, 5)]
@@ -144,6 +150,14 @@ def test_a_frozen_worker_is_restarted_a_busy_one_is_not(busy_bench: tuple[Contai
     busy_unit = next(u for u in units if '"running": 1' in reports(c, u.split("@")[1].removesuffix(".service")))
     idle_unit = next(u for u in units if u != busy_unit)
     busy_pid = c.unit_property(busy_unit, "MainPID")
+    # Then `dqagent status` shows per worker what it runs, holds and when it last reported (--json the same)
+    report = json.loads(dqagent(c, "status", "--json").stdout)
+    listed = {w["unit"]: w["report"] for w in report["process_list"]}
+    assert listed[busy_unit]["running"] == 1 and listed[busy_unit]["state"] == "busy", listed
+    assert listed[idle_unit]["running"] == 0 and listed[idle_unit]["state"] == "idle", listed
+    assert all(0 <= r["last_seen_s"] < 3 and r["prefetched"] == 0 and not r["hung"] for r in listed.values())
+    text = dqagent(c, "status").stdout
+    assert re.search(rf"{re.escape(busy_unit)} .* busy: 1 running, 0 prefetched, seen [0-9.]+s ago", text), text
     # When the idle worker's Dramatiq worker process (the main PID's child) is frozen
     child = c.run(["pgrep", "-P", c.unit_property(idle_unit, "MainPID")]).stdout.split()[0]
     frozen_at = time.monotonic()
@@ -164,5 +178,3 @@ def test_a_frozen_worker_is_restarted_a_busy_one_is_not(busy_bench: tuple[Contai
     assert c.unit_property(busy_unit, "MainPID") == busy_pid
     assert not any(r.get("UNIT") == busy_unit for r in journal(c, "dqagent", "DQAGENT_EVENT=worker_hung"))
     assert redis.cli("HGET", "dqtest:starts", "busy-1") == "1"
-    metrics = dqagent(c, "status", "--json").stdout
-    assert metrics  # status still answers with a restarted worker
