@@ -68,6 +68,12 @@ class PoolConfig:
     #: `broker_failure` (BROKER_FAILURE, `dqagent.core.brokerfail`); the workers go on with what they hold.
     broker_outages_s: tuple[tuple[float, float], ...] = ()
     broker_failure: BrokerFailure = HOLD
+    #: Dramatiq's `--worker-shutdown-timeout` (seconds): a stopped worker's tasks still running this long after
+    #: the stop are cut short, and Dramatiq delivers them again (they run twice). None: never (drains fully).
+    shutdown_timeout_s: float | None = None
+    #: The app opts in to the per-worker reports (`dqagent.dramatiq.WorkerReport`): the agent sees what each
+    #: worker runs and holds, and stops the least busy first (`dqagent.core.busy`); off: the highest number.
+    reports: bool = False
 
     def check_s(self) -> float:
         """The agent's PROCESS_STARTUP_DELAY for this pool."""
