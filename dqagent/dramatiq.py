@@ -11,13 +11,14 @@ Under dqagent, systemd gives each worker unit a private runtime directory (`Runt
 when the unit stops). Each Dramatiq worker process (`--processes N`: N per unit) writes its own
 `<pid>.json` there about once a second, atomically (write, then rename), from one daemon thread:
 
-    {"pid": 123, "running": 2, "prefetched": 4, "threads": 8, "done": 1042, "heartbeat": 1733530000.1}
+    {"pid": 123, "running": 2, "prefetched": 4, "threads": 8, "done": 0, "heartbeat": 1733530000.1}
 
 `running`: messages its worker threads are processing; `prefetched`: messages fetched from the broker and
 waiting in its work queue (not the delayed messages it holds); `heartbeat`: the wall-clock time of the
-write. The heartbeat thread keeps beating during a long task, so a stale heartbeat means the process is
-frozen or gone, not busy. The message hooks only change in-memory counters under a lock: no I/O and no
-network in the message path, whatever the broker. Outside a dqagent unit (no `$RUNTIME_DIRECTORY`), in a
+write. Both counts are read from Dramatiq's own work queue by the report thread, so the middleware has no
+message hook at all: nothing runs in the message path, no I/O, no network, whatever the broker (`done`
+stays 0: counting would need a hook). The report thread keeps beating during a long task, so a stale
+heartbeat means the process is frozen or gone, not busy. Outside a dqagent unit (no `$RUNTIME_DIRECTORY`), in a
 producer (no worker boots there) and in tests, it does nothing.
 """
 
@@ -63,30 +64,11 @@ class WorkerReport(Middleware):
     def __init__(self, interval_s: float = 1.0, directory: str | None = None) -> None:
         self.interval_s = interval_s
         self._directory = directory
-        self._lock = threading.Lock()
-        self._running: set[str] = set()
-        self._done = 0
         self._worker: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._path: str | None = None
         self._warned = False
-
-    # -- the message path: counters only ---------------------------------------------------------
-
-    def before_process_message(self, broker: Any, message: Any) -> None:
-        with self._lock:
-            self._running.add(message.message_id)
-
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
-                              exception: BaseException | None = None) -> None:
-        with self._lock:
-            self._running.discard(message.message_id)
-            self._done += 1
-
-    def after_skip_message(self, broker: Any, message: Any) -> None:
-        with self._lock:
-            self._running.discard(message.message_id)
 
     # -- the worker's life: one writer thread ----------------------------------------------------
 
@@ -112,14 +94,18 @@ class WorkerReport(Middleware):
                 os.unlink(self._path)
 
     def snapshot(self) -> dict[str, Any]:
-        """What the next report says (also for the app's own tests)."""
-        with self._lock:
-            running, done = len(self._running), self._done
+        """What the next report says (also for the app's own tests), read from the worker's own work queue under
+        its lock: `unfinished_tasks` counts every message put in and not yet done (waiting + running), the
+        queue's length those still waiting (prefetched). Nothing is counted in the message path."""
         worker = self._worker
-        prefetched = worker.work_queue.qsize() if worker is not None else 0
-        threads = len(getattr(worker, "workers", ())) if worker is not None else 0
-        return {"pid": os.getpid(), "running": running, "prefetched": prefetched, "threads": threads,
-                "done": done, "heartbeat": round(time.time(), 3)}
+        waiting = unfinished = threads = 0
+        if worker is not None:
+            q = worker.work_queue
+            with q.mutex:
+                unfinished, waiting = q.unfinished_tasks, len(q.queue)
+            threads = len(getattr(worker, "workers", ()))
+        return {"pid": os.getpid(), "running": max(0, unfinished - waiting), "prefetched": waiting,
+                "threads": threads, "done": 0, "heartbeat": round(time.time(), 3)}
 
     def _beat(self) -> None:
         while True:

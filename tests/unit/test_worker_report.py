@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import dramatiq
@@ -70,8 +69,8 @@ def test_the_report_counts_running_and_prefetched_messages(tmp_path: Path, kind:
         release.set()
         broker.join("q")
         worker.join()
-        wait_until("idle, 5 done", lambda: (r := read(tmp_path))["running"] == 0 and r["prefetched"] == 0
-                   and r["done"] == 5, timeout=10, interval=0.05)
+        wait_until("idle", lambda: (r := read(tmp_path))["running"] == 0 and r["prefetched"] == 0,
+                   timeout=10, interval=0.05)
         assert os.stat(next(tmp_path.glob("*.json"))).st_mode & 0o777 == 0o644
     finally:
         release.set()
@@ -91,20 +90,15 @@ def test_outside_a_dqagent_unit_it_does_nothing(tmp_path: Path, monkeypatch: pyt
     assert not any(t.name == "dqagent-worker-report" for t in threading.enumerate())
 
 
-def test_a_slow_or_failing_write_never_reaches_the_message_path(tmp_path: Path) -> None:
+def test_a_failing_write_is_logged_once_and_no_message_hook_exists(tmp_path: Path) -> None:
     report = WorkerReport(interval_s=0.05, directory=str(tmp_path / "gone"))
     report._path = str(tmp_path / "gone" / "1.json")  # the directory vanished: writes fail, logged once
     report.write()
     report.write()
     assert report._warned
-    began = time.perf_counter()
-    for i in range(10000):
-        message = type("M", (), {"message_id": str(i)})()
-        report.before_process_message(None, message)
-        report.after_process_message(None, message)
-    per_message_us = (time.perf_counter() - began) / 10000 * 1e6
-    assert report.snapshot()["running"] == 0 and report.snapshot()["done"] == 10000
-    assert per_message_us < 100, per_message_us  # counters only (about 1 us here); no I/O
+    # Nothing of it runs per message: it overrides no message hook of Dramatiq's Middleware
+    hooks = [h for h in vars(dramatiq.Middleware) if "message" in h or h.endswith("ack")]
+    assert hooks and not [h for h in hooks if h in vars(WorkerReport)]
 
 
 def test_it_imports_without_any_agent_dependency() -> None:
