@@ -322,8 +322,10 @@ class Loop(PoolHost):
                                  stop_why=plan.stop_note, all_busy=int(plan.all_busy)))
             run.jobs.stop(plan.stop, stop_timeout_s(run.s))
         if plan.restart:
-            log_restarts(run.name, plan.restart, self.watches.get(run.name, Watch()), self.clock(),
-                         run.s.worker_hung_after_s)
+            watch = self.watches.setdefault(run.name, Watch())
+            log_restarts(run.name, plan.restart, watch, self.clock(), run.s.worker_hung_after_s)
+            for n in plan.restart:  # its next activation is judged afresh, from its first report
+                watch.sightings.pop(n, None)
             self.counters.hung_restarts(run.name, len(plan.restart))
             run.jobs.restart(plan.restart, run.s.process_startup_delay_s, stop_timeout_s(run.s))
 
