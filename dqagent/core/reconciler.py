@@ -30,7 +30,8 @@ The pool is running + coming; `wanted` is the target clamped to [MIN, MAX].
 - pool > wanted: stop `pool - wanted` *settled* units (active/running, no job, not in flight), the least
   busy first by the workers' own reports (`dqagent.core.busy.stop_order`: hung, idle, no report, prefetched
   only, fewest running), ties (and every unit without reports) by the highest number; fewer if not enough
-  are settled (the rest wait for the next tick).
+  are settled (the rest wait for the next tick), and no busy one while the agent's own starts are in flight
+  (those units settle within their check, most likely idle).
 - hung (settled units `dqagent.core.busy.hung` names): restarted (stop, then start of the same number: it
   counts as coming meanwhile), unless a scale-down stops it or the crash-loop backoff holds starts.
 - A unit with a job the agent did not start (an operator's restart, reload or stop) is never
@@ -50,7 +51,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from dqagent.core.busy import Load, all_busy, stop_note, stop_order
+from dqagent.core.busy import Load, Rank, all_busy, rank_of, stop_note, stop_order
 from dqagent.core.units import MAX_INSTANCE, UnitState
 
 #: Job types that (re)start a unit; "stop" stops it. Others (reload, verify-active, nop) change neither.
@@ -250,11 +251,21 @@ def reconcile(states: Sequence[UnitState], target: int, *, min_processes: int, m
             start = tuple(itertools.islice(free, wanted - counted.pool))
             reset = tuple(n for n in start if n in by_number and by_number[n].active_state == "failed")
     elif counted.pool > wanted:
-        stop = tuple(stop_order(candidates, loads, hung)[:counted.pool - wanted])
+        stop = tuple(_deferring_busy(stop_order(candidates, loads, hung)[:counted.pool - wanted], loads, hung,
+                                     starting=any(i is not Intent.STOP for i in in_flight.values())))
     restart = () if backoff.holds(now_s) else tuple(sorted(hung.difference(stop)))
     note = stop_note(stop, candidates, loads, hung, "@{}") if loads or hung else ""
     return Plan(start=start, reset=reset, stop=stop, wanted=wanted, census=counted, held_by_backoff=held,
                 restart=restart, stop_note=note, all_busy=bool(stop) and all_busy(candidates, loads, hung))
+
+
+def _deferring_busy(chosen: Sequence[int], loads: Mapping[int, Load], hung: Collection[int],
+                    starting: bool) -> list[int]:
+    """The chosen stops up to the first busy one while the agent's own starts are in flight: those units settle
+    within their start check and are most likely idle, so a busy worker's stop waits for the next check."""
+    if not starting:
+        return list(chosen)
+    return list(itertools.takewhile(lambda n: rank_of(n, loads, hung) < Rank.PREFETCHED, chosen))
 
 
 def _free_numbers(by_number: Mapping[int, UnitState], in_flight: Mapping[int, Intent]) -> Iterator[int]:

@@ -29,6 +29,7 @@ from dqagent.core import startlimit
 from dqagent.core.reconciler import Backoff, Intent, Plan, census, reconcile
 from dqagent.core.units import ActiveState, JobOutcome, UnitState, of_pool, worker_unit
 from dqagent.errors import BusConnectionError, DqAgentError, SystemdError
+from dqagent.host.reports import by_instance, read_loads
 from dqagent.report.logs import event
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
@@ -89,14 +90,15 @@ async def scale_by(units: UnitManager, settings: Settings, delta: int, pool: str
     agent continues from there.
 
     Counts and picks units by the reconciler's rules: the pool is running + coming, and a scale-down
-    stops only settled units (never one with an operator's job). Waits for every job it issues.
+    stops only settled units (never one with an operator's job), the least busy first by the workers'
+    reports. Waits for every job it issues.
     """
     states = of_pool(await units.worker_states(brief=()), pool)  # the rows suffice; the checks read again
     current = census(states, {}).pool
     wanted = current + delta
     target = settings.clamp(wanted)
     plan = reconcile(states, target, min_processes=settings.min_processes, max_processes=settings.max_processes,
-                     in_flight={}, backoff=Backoff(), now_s=0.0)
+                     in_flight={}, backoff=Backoff(), now_s=0.0, loads=by_instance(read_loads(states), states))
     jobs = JobTable(units, Reporter(), pool=pool)
     jobs.start(plan.start, plan.reset, settings.process_startup_delay_s, restart_baseline(states, plan),
                stop_timeout_s(settings))

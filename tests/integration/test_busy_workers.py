@@ -83,6 +83,11 @@ def stop_took(c: Container, unit: str, since: float) -> float | None:
 
 def test_scale_down_stops_idle_workers_and_interrupts_no_task(busy_bench: tuple[Container, RedisServer]) -> None:
     c, redis = busy_bench
+    # (a rerun starts from scratch: no agent, no worker, an empty Redis, MIN_PROCESSES=4 again)
+    c.systemctl("stop", "dqagent.service", "dramatiq-worker@*", check=False)
+    redis.cli("FLUSHALL")
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis, MIN_PROCESSES=4, **SETTINGS,
+                                                       WORKER_DIRECTORY=str(APP_DIR)))
     # Given @4 started alone and running the two long tasks (both its threads)
     c.systemctl("start", "dramatiq-worker@4.service")
     wait_until("@4's Dramatiq ready", lambda: dramatiq_ready(c, "dramatiq-worker@4.service"), timeout=60)
@@ -99,14 +104,19 @@ def test_scale_down_stops_idle_workers_and_interrupts_no_task(busy_bench: tuple[
     dqagent(c, "install", "--now")
     four = [f"dramatiq-worker@{n}.service" for n in range(1, 5)]
     wait_until("4 workers reporting", lambda: running_workers(c) == four
-               and all('"pid"' in reports(c, str(n)) for n in range(1, 5)), timeout=60)
+               and all('"pid"' in reports(c, str(n)) for n in range(1, 5)), timeout=90)
     assert '"running": 2' in reports(c, "4")
     # When demand falls below what 4 workers need and MIN_PROCESSES allows going down to 1
     began = time.time()
     c.write("/etc/dqagent/dqagent.env", settings_text(redis, MIN_PROCESSES=1, **SETTINGS,
                                                        WORKER_DIRECTORY=str(APP_DIR)))
     c.systemctl("reload", "dqagent")
-    wait_until("down to @4 alone", lambda: running_workers(c) == ["dramatiq-worker@4.service"], timeout=60)
+    try:
+        wait_until("down to @4 alone", lambda: running_workers(c) == ["dramatiq-worker@4.service"], timeout=60)
+    except AssertionError as exc:  # say what the agent decided
+        lines = [(str(r.get("MESSAGE"))[:300], r.get("STOP_WHY")) for r in journal(c, "dqagent")
+                 if "decision: 1 -> 1" not in str(r.get("MESSAGE"))][-25:]
+        raise AssertionError(f"{exc}; workers {running_workers(c)}; agent: {lines}") from None
     # Then every stop hit an idle worker: the decision line names it and why, and its own journal agrees
     downs = [r for r in journal(c, "dqagent", "DQAGENT_EVENT=scale_down")
              if int(r["__REALTIME_TIMESTAMP"]) / 1e6 >= began]
@@ -178,3 +188,35 @@ def test_a_frozen_worker_is_restarted_a_busy_one_is_not(busy_bench: tuple[Contai
     assert c.unit_property(busy_unit, "MainPID") == busy_pid
     assert not any(r.get("UNIT") == busy_unit for r in journal(c, "dqagent", "DQAGENT_EVENT=worker_hung"))
     assert redis.cli("HGET", "dqtest:starts", "busy-1") == "1"
+
+
+def test_a_unit_of_two_dramatiq_processes_reports_each_and_the_agent_adds_them(
+        busy_bench: tuple[Container, RedisServer]) -> None:
+    c, redis = busy_bench
+    # Given one worker unit running Dramatiq with --processes 2 (2 threads each): its next start takes the
+    # reloaded command (worker-exec reads the settings at each start), here an operator's restart
+    two = COMMAND.replace("--processes 1", "--processes 2")
+    c.write("/etc/dqagent/dqagent.env", settings_text(redis, MIN_PROCESSES=1, **{**SETTINGS, "MAX_PROCESSES": 1},
+                                                       WORKER_DIRECTORY=str(APP_DIR)).replace(COMMAND, two))
+    c.systemctl("reload", "dqagent")
+    wait_until("one worker", lambda: len(running_workers(c)) == 1, timeout=60)
+    (unit,) = running_workers(c)
+    instance = unit.split("@")[1].removesuffix(".service")
+    c.systemctl("restart", unit)
+    files = lambda: c.run(["sh", "-c", f"ls /run/dramatiq-worker/{instance}/"], check=False).stdout.split()  # noqa: E731
+    wait_until("two reports, one per process", lambda: len([f for f in files() if f.endswith(".json")]) == 2,
+               timeout=60)
+    # When three tasks run on it
+    enqueue_long(c, redis, ["p-1", "p-2", "p-3"], 15_000)
+
+    def seen() -> dict[str, object]:
+        listed = json.loads(dqagent(c, "status", "--json").stdout)["process_list"]
+        return next(w["report"] or {} for w in listed if w["unit"] == unit)
+
+    # Then `dqagent status` adds the two processes' reports: the 3 tasks running or prefetched on the unit (one
+    # process may fetch all three: 2 running, 1 waiting for a thread), from 2 processes
+    wait_until("3 held over 2 processes", lambda: (r := seen()).get("processes") == 2
+               and r.get("running", 0) >= 2 and r.get("running", 0) + r.get("prefetched", 0) == 3,  # type: ignore[operator]
+               timeout=30)
+    wait_until("the tasks done", lambda: {"p-1", "p-2", "p-3"} <= set(redis.cli("SMEMBERS", "dqtest:done").split()),
+               timeout=40)

@@ -106,3 +106,19 @@ def test_a_report_is_untrusted_input() -> None:
         assert parse_report(bad) is None, bad[:40]
     two = busy.combine([busy.ProcessReport(1, 1, 0, 2, 10.0), busy.ProcessReport(2, 0, 3, 1, 9.0)])
     assert two == Load(1, 3, 2, 3, 9.0) and two.rank is Rank.RUNNING
+
+
+def test_a_busy_worker_is_not_stopped_while_our_starts_may_settle_idle() -> None:
+    # @1..@3 are still in their start check (ours in flight), @4 runs two tasks: the scale-down to 1 waits
+    states = [unit(n) for n in (1, 2, 3, 4)]
+    flight = {1: Intent.START, 2: Intent.START, 3: Intent.START}
+    plan = reconcile(states, 1, min_processes=1, max_processes=8, in_flight=flight, backoff=Backoff(), now_s=0,
+                     loads={4: load(2)})
+    assert plan.stop == ()
+    # once they are settled (and idle, or not reported yet), they go first
+    settled_plan = reconcile(states, 1, min_processes=1, max_processes=8, in_flight={}, backoff=Backoff(), now_s=0,
+                             loads={4: load(2)})
+    assert settled_plan.stop == (3, 2, 1)
+    # without reports the old order holds whatever is in flight
+    assert reconcile([*states[3:], unit(5)], 1, min_processes=1, max_processes=8, in_flight=flight,
+                     backoff=Backoff(), now_s=0).stop == (5, 4)
