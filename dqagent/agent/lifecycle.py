@@ -203,7 +203,7 @@ class Agent(Loop):
         """A reload's pools, in memory only (no call that could fail half-way): a changed pool takes its new
         settings and policy (its memory kept unless the policy changed), a new pool starts at the next check,
         a removed pool retires: its workers stop gracefully from the next check on, and it is forgotten once
-        they are gone (`Loop._retire`). Every pool decides at the next check."""
+        they are gone (`PoolHost.retire`). Every pool decides at the next check."""
         wanted = {p.name: p for p in pools}
         for name, run in self.runs.items():
             if name not in wanted:

@@ -11,7 +11,6 @@ reads (`dqagent.core.snapshot`). Settings are read from `self.s` on every check.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -23,12 +22,13 @@ from dqagent import __version__
 from dqagent.agent import outage as broker_outage
 from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
+from dqagent.agent.workers import Watch, activity, restarted, watch_pools
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.history import DecisionNote, History, Point
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
-from dqagent.core.reconciler import Backoff, Plan, census, reconcile, stoppable
+from dqagent.core.reconciler import Backoff, Plan, census, reconcile
 from dqagent.core.snapshot import (
     Accumulator,
     Counters,
@@ -44,6 +44,7 @@ from dqagent.core.units import UnitState, of_pool
 from dqagent.core.untrusted import Rejection
 from dqagent.errors import BrokerError, ConfigError
 from dqagent.host.pressure import HostGuard, MemoryReader
+from dqagent.host.reports import REPORT_ROOT
 from dqagent.report.logs import event
 from dqagent.report.notify import Notifier
 from dqagent.report.reporter import Reporter
@@ -100,6 +101,9 @@ class Loop(PoolHost):
         #: Each pool's figures over the last hour and the last decisions, for the status page (bounded).
         self.history = History()
         self._rejected_now: tuple[Rejection, ...] = ()
+        #: Where the workers' reports are read (`dqagent.host.reports`), and each pool's view of them.
+        self.report_root = REPORT_ROOT
+        self.watches: dict[str, Watch] = {}
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -151,11 +155,14 @@ class Loop(PoolHost):
             await self._recover(demand)
         states = await self.units.worker_states(brief=("ActiveEnterTimestamp", "MainPID"))  # (PIDs: the page)
         self._note_undeclared(states)
-        await self._retire(states)
+        await self.retire(states)
         now_s, now_us = self.clock(), self.wallclock() * 1e6
         several = len(self.runs) > 1
+        self.watches = watch_pools(self.watches, {name: run.s.worker_hung_after_s for name, run in self.runs.items()},
+                                   states, self.report_root, now_s)
         base = {name: Observed(now_s, now_us, demand_of(demand, run.s.queue_names) if several else demand,
-                               of_pool(states, name), {}, Backoff()) for name, run in self.runs.items()}
+                               of_pool(states, name), {}, Backoff(), loads=self.watches[name].loads,
+                               hung=self.watches[name].hung) for name, run in self.runs.items()}
         for name, run in self.runs.items():
             self.reporter.note_units(base[name].units, run.jobs.in_flight, now_us, run.s.process_startup_delay_s)
         fleets: dict[str, FleetInput] = {}
@@ -201,26 +208,6 @@ class Loop(PoolHost):
         assert not isinstance(checks, NeedsHost), "the step asks for the host only once"
         return checks
 
-    async def _retire(self, states: Sequence[UnitState]) -> None:
-        """The pools a reload removed: stop their workers gracefully (not those with an operator's job, nor those
-        already stopping); forget a pool once none is left, and leave its fleet."""
-        for name, run in list(self.runs.items()):
-            if not run.retiring:
-                continue
-            mine = [s for s in of_pool(states, name) if s.occupied]
-            run.status = f"removed, {len(mine)} stopping"
-            ours = [s.instance for s in stoppable(mine, run.jobs.in_flight)]
-            if ours:
-                log.info("pool %s removed: stopping its %d workers gracefully", name, len(ours),
-                         extra=event("scale_down", workers=len(mine), target=0, dqagent_pool=name))
-                run.jobs.stop(ours, stop_timeout_s(run.s))
-            elif not mine and not run.jobs.busy:
-                del self.runs[name]
-                if run.s.fleet:  # its fleet's other hosts take its share at once
-                    with contextlib.suppress(BrokerError):
-                        await run.fleet.leave(run.s)
-                await run.fleet.close()
-
     def _observed(self, run: PoolRun, observed: Observed) -> Observed:
         """`observed` with a copy of the pool's jobs in flight and its backoff as they are now."""
         return replace(observed, in_flight=dict(run.jobs.in_flight), backoff=run.jobs.backoff,
@@ -233,7 +220,8 @@ class Loop(PoolHost):
             run = self.runs[name]
             pool, target = check.seen.census.pool, check.decision.target
             log.log(logging.DEBUG if check.routine else logging.INFO, "decision%s: %d -> %d workers (%s)",
-                    self._of(run), pool, target, check.decision.reason,
+                    self._of(run), pool, target,
+                    "; ".join(x for x in (check.decision.reason, check.plan.stop_note) if x),
                     extra=event("decision", dqagent_pool=name, **check.fields))
             if not check.routine:
                 self.history.decided(DecisionNote(self.wallclock(), name, pool, target, check.decision.reason))
@@ -315,9 +303,16 @@ class Loop(PoolHost):
             log.debug("scale-up%s to %d held: backing off after failed starts", self._of(run), plan.wanted)
         if plan.stop:
             log.info("scale down%s by %d to %d: %s", self._of(run), len(plan.stop), plan.pool - len(plan.stop),
-                     reason, extra=event("scale_down", workers=plan.pool, target=plan.pool - len(plan.stop),
-                                         dqagent_pool=run.name))
+                     "; ".join(x for x in (reason, plan.stop_note) if x),
+                     extra=event("scale_down", workers=plan.pool, target=plan.pool - len(plan.stop),
+                                 dqagent_pool=run.name, stop_units=",".join(map(str, plan.stop)),
+                                 stop_why=plan.stop_note, all_busy=int(plan.all_busy)))
             run.jobs.stop(plan.stop, stop_timeout_s(run.s))
+        if plan.restart:
+            restarted(self.watches.setdefault(run.name, Watch()), run.name, plan.restart, self.clock(),
+                      run.s.worker_hung_after_s)
+            self.counters.hung_restarts(run.name, len(plan.restart))
+            run.jobs.restart(plan.restart, run.s.process_startup_delay_s, stop_timeout_s(run.s))
 
     async def _recover(self, demand: Demand) -> None:
         try:
@@ -364,7 +359,8 @@ class Loop(PoolHost):
                                   schedule_ceiling=run.schedule.ceiling if run.schedule else None,
                                   pause=self.pauses.get(name, now), broker_failure=run.s.broker_failure,
                                   broker_failure_active=run.outage == run.s.broker_failure, units=run.units,
-                                  history=self.history.points(name))
+                                  history=self.history.points(name),
+                                  activity=activity(self.watches.get(name), run.workers))
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
                         last_decision_s=self._last_decision_s, counters=self._frozen_counters(),

@@ -9,6 +9,7 @@ decides for all of them in one host step (`dqagent.core.hoststep`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,10 +19,12 @@ from dataclasses import dataclass, replace
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.policies import Policy, make_policy
+from dqagent.core.reconciler import stoppable
 from dqagent.core.schedule import InForce, status_note
 from dqagent.core.snapshot import WorkerCounts
 from dqagent.core.step import Memory
-from dqagent.core.units import UNIT_DIR, UnitState, pool_dropin
+from dqagent.core.units import UNIT_DIR, UnitState, of_pool, pool_dropin
+from dqagent.errors import BrokerError
 from dqagent.report.logs import event
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
@@ -29,7 +32,7 @@ from dqagent.settings.parsers import DEFAULT_POOL
 from dqagent.settings.pools import Pool
 from dqagent.settings.schedule import zone_for
 from dqagent.settings.workercmd import worker_shape
-from dqagent.systemd.jobtable import JobTable, UnitManager
+from dqagent.systemd.jobtable import JobTable, UnitManager, stop_timeout_s
 
 log = logging.getLogger("dqagent.agent.loop")  # the loop's events, as before pools
 
@@ -217,6 +220,27 @@ class PoolHost:
                         "systemctl stop 'dramatiq-worker@%s-*', or add pools.d/%s.env)", pool, pool, pool,
                         extra=event("undeclared_pool", dqagent_pool=pool))
 
+
+
+    async def retire(self, states: Sequence[UnitState]) -> None:
+        """The pools a reload removed: stop their workers gracefully (not those with an operator's job, nor those
+        already stopping); forget a pool once none is left, and leave its fleet."""
+        for name, run in list(self.runs.items()):
+            if not run.retiring:
+                continue
+            mine = [s for s in of_pool(states, name) if s.occupied]
+            run.status = f"removed, {len(mine)} stopping"
+            ours = [s.instance for s in stoppable(mine, run.jobs.in_flight)]
+            if ours:
+                log.info("pool %s removed: stopping its %d workers gracefully", name, len(ours),
+                         extra=event("scale_down", workers=len(mine), target=0, dqagent_pool=name))
+                run.jobs.stop(ours, stop_timeout_s(run.s))
+            elif not mine and not run.jobs.busy:
+                del self.runs[name]
+                if run.s.fleet:  # its fleet's other hosts take its share at once
+                    with contextlib.suppress(BrokerError):
+                        await run.fleet.leave(run.s)
+                await run.fleet.close()
 
 
 def _or_empty(n: int | None) -> str:

@@ -25,11 +25,13 @@ from typing import Any
 
 from dqagent.cli.status_broker import Pending
 from dqagent.cli.status_text import _guard_lines, render_text
+from dqagent.core.busy import Load
 from dqagent.core.demand import QueueDemand
 from dqagent.core.pause import Pause
 from dqagent.core.units import AGENT_UNIT, UnitState, of_pool
 from dqagent.core.untrusted import RecordKind, Rejection
 from dqagent.errors import DqAgentError
+from dqagent.host.reports import read_loads
 from dqagent.report import journal, statusdoc
 from dqagent.report.statusdoc import POOL_KEYS, Failure, GuardReading, PoolView, StatusView, document, schedule_report
 from dqagent.settings.config import Settings
@@ -64,7 +66,7 @@ async def collect(loaded: Loaded, bus_address: str | None, broker: Pending | Non
     top, figures = answer.get("report", {}), answer.get("pools", {})
     pauses = _read_pauses()
     views = tuple(PoolView(p, _queues(figures.get(p.name)), seen.units.get(p.name), pauses.get(p.name),
-                           seen.failures) for p in pools)
+                           seen.failures, seen.loads) for p in pools)
     view = StatusView(loaded.settings, loaded.env_file, views, time.time(), redis_error=top.get("redis_error"),
                       rejected=tuple(Rejection(RecordKind(r["kind"]), r["key"], r["reason"])
                                      for r in top.get("broker_data_rejected", [])),
@@ -100,6 +102,8 @@ class _Systemd:
     agent_state: str = "unknown"
     agent_status_text: str | None = None
     guard: GuardReading | None = None
+    #: The running workers' own reports (`dqagent.host.reports`), by unit name; None: systemd was not read.
+    loads: dict[str, Load] | None = None
     error: str | None = None
 
 
@@ -123,6 +127,7 @@ async def _read_systemd(pools: Sequence[Pool], s: Settings, bus_address: str | N
         declared = {p.name for p in pools}
         seen.units = {p.name: tuple(of_pool(states, p.name)) for p in pools}
         seen.undeclared = tuple(st for st in states if st.pool not in declared)
+        seen.loads = read_loads(st for st in states if st.pool in declared)
         # Read one by one: failing units are few, and this stays far below the bus's pending-reply limit.
         seen.failures = {st.unit: await _failure(client, st) for st in states
                          if st.pool in declared and st.crashed_since_start}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dqagent.core.busy import status_text
 from dqagent.report.terminal import printable_tree
 from dqagent.settings.sources import describe_source
 
@@ -138,7 +139,9 @@ def _worker_lines(p: dict[str, Any]) -> list[str]:
     if p["process_list"]:
         lines.append("workers:")
         for w in p["process_list"]:
-            lines.append(f"  {w['unit']}  pid {show(w['pid'])}  since {show(w['start_time'])}  {w['status']}")
+            load = status_text(w.get("report"))
+            lines.append(f"  {w['unit']}  pid {show(w['pid'])}  since {show(w['start_time'])}  {w['status']}"
+                         + (f"  {load}" if load else ""))
     if p["failing_workers"]:
         lines.append("failing workers:")
         for f in p["failing_workers"]:

@@ -27,8 +27,13 @@ The pool is running + coming; `wanted` is the target clamped to [MIN, MAX].
   reused after `ResetFailedUnit`, listed in `reset`), unless the crash-loop backoff holds starts
   (`Backoff`: the agent counts a failed start check, and the reuse of a crashed unit's number, as a
   failure).
-- pool > wanted: stop `pool - wanted` *settled* units (active/running, no job, not in flight),
-  highest numbers first; fewer if not enough are settled (the rest wait for the next tick).
+- pool > wanted: stop `pool - wanted` *settled* units (active/running, no job, not in flight), the least
+  busy first by the workers' own reports (`dqagent.core.busy.stop_order`: hung, idle, no report, prefetched
+  only, fewest running), ties (and every unit without reports) by the highest number; fewer if not enough
+  are settled (the rest wait for the next tick), and no busy one while the agent's own starts are in flight
+  (those units settle within their check, most likely idle).
+- hung (settled units `dqagent.core.busy.hung` names): restarted (stop, then start of the same number: it
+  counts as coming meanwhile), unless a scale-down stops it or the crash-loop backoff holds starts.
 - A unit with a job the agent did not start (an operator's restart, reload or stop) is never
   stopped, started, reset or counted as free: no operator job is ever cancelled.
 - No action takes the pool outside [MIN, MAX] (nor past `wanted` in either direction), and
@@ -46,6 +51,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from dqagent.core.busy import Load, Rank, all_busy, rank_of, stop_note, stop_order
 from dqagent.core.units import MAX_INSTANCE, UnitState
 
 #: Job types that (re)start a unit; "stop" stops it. Others (reload, verify-active, nop) change neither.
@@ -61,6 +67,8 @@ class Intent(StrEnum):
 
     START = "start"
     STOP = "stop"
+    #: A hung worker's stop, then its start: capacity on its way back (counted as coming).
+    RESTART = "restart"
 
 
 class Phase(StrEnum):
@@ -141,6 +149,12 @@ class Plan:
     census: Census
     #: A start was needed but the crash-loop backoff held it.
     held_by_backoff: bool = False
+    #: Hung settled instances to restart (stop, then start the same number).
+    restart: tuple[int, ...] = ()
+    #: Why `stop` holds these units (`dqagent.core.busy.stop_note`), "" without reports or stops.
+    stop_note: str = ""
+    #: Every stop candidate was busy (reported, none idle): the stop interrupts or requeues work.
+    all_busy: bool = False
 
     @property
     def pool(self) -> int:
@@ -148,7 +162,7 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not (self.start or self.stop or self.reset)
+        return not (self.start or self.stop or self.reset or self.restart)
 
 
 def has_foreign_job(state: UnitState, intent: Intent | None) -> bool:
@@ -165,6 +179,8 @@ def stoppable(states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> l
 
 def classify(state: UnitState, intent: Intent | None = None) -> Phase:
     """The phase of one listed unit, given what the agent itself is doing to it (if anything)."""
+    if intent is Intent.RESTART:
+        return Phase.COMING
     if intent is Intent.STOP:
         return Phase.GOING if state.active_state not in ("inactive", "failed") else _by_state(state)
     if state.job_type in STOP_JOBS:
@@ -200,7 +216,7 @@ def census(states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> Cens
     """Count the units by phase; the agent's own starts not listed (yet) count as coming."""
     listed = {s.instance for s in states}
     phases = [classify(s, in_flight.get(s.instance)) for s in states]
-    unlisted_starts = sum(1 for n, i in in_flight.items() if i is Intent.START and n not in listed)
+    unlisted_starts = sum(1 for n, i in in_flight.items() if i is not Intent.STOP and n not in listed)
     return Census(running=phases.count(Phase.RUNNING), coming=phases.count(Phase.COMING) + unlisted_starts,
                   going=phases.count(Phase.GOING), failing=sum(1 for s in states if s.crashed),
                   foreign=tuple(s.instance for s in states if has_foreign_job(s, in_flight.get(s.instance))))
@@ -208,9 +224,12 @@ def census(states: Sequence[UnitState], in_flight: Mapping[int, Intent]) -> Cens
 
 def reconcile(states: Sequence[UnitState], target: int, *, min_processes: int, max_processes: int,
               in_flight: Mapping[int, Intent], backoff: Backoff, now_s: float,
-              avoid: Collection[int] = frozenset()) -> Plan:
+              avoid: Collection[int] = frozenset(), loads: Mapping[int, Load] | None = None,
+              hung: Collection[int] = frozenset()) -> Plan:
     """The actions that move the pool toward `target` (clamped), under the rules of the module docstring.
-    `avoid`: numbers started only when no other is free (near systemd's start limit, `dqagent.core.startlimit`)."""
+    `avoid`: numbers started only when no other is free (near systemd's start limit, `dqagent.core.startlimit`).
+    `loads`: the workers' reports by number (`dqagent.core.busy`; none: the highest numbers stop first);
+    `hung`: the numbers `dqagent.core.busy.hung` named (restarted, or stopped first)."""
     wanted = max(min_processes, min(max_processes, target))
     counted = census(states, in_flight)
     by_number = {s.instance: s for s in states}
@@ -218,6 +237,9 @@ def reconcile(states: Sequence[UnitState], target: int, *, min_processes: int, m
     reset: tuple[int, ...] = ()
     stop: tuple[int, ...] = ()
     held = False
+    loads = loads or {}
+    candidates = [s.instance for s in states if settled(s, in_flight.get(s.instance))]
+    hung = frozenset(n for n in hung if n in candidates)
     if counted.pool < wanted:
         if backoff.holds(now_s):
             held = True
@@ -229,9 +251,21 @@ def reconcile(states: Sequence[UnitState], target: int, *, min_processes: int, m
             start = tuple(itertools.islice(free, wanted - counted.pool))
             reset = tuple(n for n in start if n in by_number and by_number[n].active_state == "failed")
     elif counted.pool > wanted:
-        candidates = sorted((s.instance for s in states if settled(s, in_flight.get(s.instance))), reverse=True)
-        stop = tuple(candidates[:counted.pool - wanted])
-    return Plan(start=start, reset=reset, stop=stop, wanted=wanted, census=counted, held_by_backoff=held)
+        stop = tuple(_deferring_busy(stop_order(candidates, loads, hung)[:counted.pool - wanted], loads, hung,
+                                     starting=any(i is not Intent.STOP for i in in_flight.values())))
+    restart = () if backoff.holds(now_s) else tuple(sorted(hung.difference(stop)))
+    note = stop_note(stop, candidates, loads, hung, "@{}") if loads or hung else ""
+    return Plan(start=start, reset=reset, stop=stop, wanted=wanted, census=counted, held_by_backoff=held,
+                restart=restart, stop_note=note, all_busy=bool(stop) and all_busy(candidates, loads, hung))
+
+
+def _deferring_busy(chosen: Sequence[int], loads: Mapping[int, Load], hung: Collection[int],
+                    starting: bool) -> list[int]:
+    """The chosen stops up to the first busy one while the agent's own starts are in flight: those units settle
+    within their start check and are most likely idle, so a busy worker's stop waits for the next check."""
+    if not starting:
+        return list(chosen)
+    return list(itertools.takewhile(lambda n: rank_of(n, loads, hung) < Rank.PREFETCHED, chosen))
 
 
 def _free_numbers(by_number: Mapping[int, UnitState], in_flight: Mapping[int, Intent]) -> Iterator[int]:

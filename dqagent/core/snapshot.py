@@ -123,6 +123,8 @@ class Counters:
     source_errors: tuple[tuple[str, int], ...] = tuple((s.value, 0) for s in Source)
     #: (kind, values skipped), for every `RecordKind`: broker data refused at each read (dqagent.core.untrusted).
     records_rejected: tuple[tuple[str, int], ...] = tuple((k.value, 0) for k in RecordKind)
+    #: (pool, hung workers restarted), sorted (`dqagent.core.busy.hung`).
+    hung_restarts: tuple[tuple[str, int], ...] = ()
     decision_duration: Histogram = field(default_factory=lambda: Histogram(
         DURATION_BUCKETS_S, (0,) * (len(DURATION_BUCKETS_S) + 1), 0.0))
 
@@ -140,10 +142,14 @@ class Accumulator:
         #: Starts that failed their check, and workers the kernel killed for memory, ever.
         self.start_failures = 0
         self.oom_kills = 0
+        self._hung: dict[str, int] = {}
 
     def scale_action(self, direction: Direction, reason: str, pool: str = DEFAULT_POOL) -> None:
         key = (pool, direction.value, reason)
         self._actions[key] = self._actions.get(key, 0) + 1
+
+    def hung_restarts(self, pool: str, n: int) -> None:
+        self._hung[pool] = self._hung.get(pool, 0) + n
 
     def source_error(self, source: Source) -> None:
         self._errors[source.value] += 1
@@ -168,6 +174,7 @@ class Accumulator:
                         oom_kills=self.oom_kills,
                         source_errors=tuple(sorted(self._errors.items())),
                         records_rejected=tuple(sorted(self._rejected.items())),
+                        hung_restarts=tuple(sorted(self._hung.items())),
                         decision_duration=Histogram(self._buckets, tuple(self._counts), self._sum))
 
 
@@ -212,6 +219,8 @@ class PoolFigures:
     units: tuple[UnitState, ...] = ()
     #: Its figures over the last hour (`dqagent.core.history`), for the status page's chart.
     history: tuple[Point, ...] = ()
+    #: Running workers by their own reports: (("busy", n), ("idle", n), ("unreported", n)); () before a check.
+    activity: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

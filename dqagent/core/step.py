@@ -27,7 +27,9 @@ The rules, in the order they apply:
    headroom is read only for a scale-up: without it, `decide` returns `NeedsHost` and the caller reads
    the host and calls again with the same arguments.
 6. **Reconcile** (`reconciler.reconcile`): clamp to [MIN, MAX], starts at the lowest free numbers
-   unless the crash-loop backoff holds them, stops of the highest settled numbers. **Start limits**
+   unless the crash-loop backoff holds them, stops of the least busy settled units by the workers' reports
+   (`dqagent.core.busy`; without reports the highest numbers), restarts of hung ones (`Observed.hung`; not
+   while paused). **Start limits**
    (`dqagent.core.startlimit`): it starts no number the agent started near systemd's StartLimitBurst within
    StartLimitIntervalSec while another number is free (`Observed.starts`).
 7. **Report**: the bounded metrics reason, the decision line's journal fields and whether it is
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from dqagent.core import brokerfail, startlimit
 from dqagent.core.budget import Allotment
+from dqagent.core.busy import Load
 from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
 from dqagent.core.pause import Pause, hold
@@ -127,6 +130,11 @@ class Observed:
     broker_down_since_s: float | None = None
     #: The agent's own starts of each number within StartLimitIntervalSec (`dqagent.core.startlimit`).
     starts: startlimit.Starts = field(default_factory=dict)
+    # -- rule 6: which worker is busy (`dqagent.core.busy`) --
+    #: The workers' own reports by instance number (empty: the app did not opt in; the old stop order).
+    loads: Mapping[int, Load] = field(default_factory=dict)
+    #: Settled workers whose reports stopped advancing for WORKER_HUNG_AFTER: restarted (`busy.hung`).
+    hung: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +213,18 @@ class Check:
                     workers=c.pool, running=c.running, target=self.decision.target, ready=d.ready,
                     in_flight=d.in_flight, delayed=d.delayed, dead_lettered=d.dead, orphaned=d.orphaned,
                     policy=self.rules.policy.name, breakdown=breakdown(d), oldest_age_s=format_age(d.oldest_age_s),
-                    **(self.share.fields() if self.share is not None else {}))
+                    **(self.share.fields() if self.share is not None else {}), **self.stop_fields())
+
+    def stop_fields(self) -> dict[str, object]:
+        """Which units this check stops or restarts and why (rule 6), for the decision line; {} when none."""
+        plan = self.plan
+        out: dict[str, object] = {}
+        if plan.stop:
+            out.update(stop_units=",".join(str(n) for n in plan.stop), stop_why=plan.stop_note,
+                       all_busy=int(plan.all_busy))
+        if plan.restart:
+            out["restart_units"] = ",".join(str(n) for n in plan.restart)
+        return out
 
 
 def observe(rules: Rules, seen: Observed) -> Seen:
@@ -255,7 +274,8 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
         decision = Decision(verdict.target, f"{decision.reason}; {verdict.status()}")
     plan = reconcile(observed.units, decision.target, min_processes=lo, max_processes=hi,
                      in_flight=observed.in_flight, backoff=observed.backoff, now_s=observed.now_s,
-                     avoid=startlimit.worn(observed.starts, observed.now_s))
+                     avoid=startlimit.worn(observed.starts, observed.now_s), loads=observed.loads,
+                     hung=observed.hung if pause is None else frozenset())
     # The floor decided only where this host runs a worker for it (in fleet mode, a host whose share of G is 0
     # scales for the policy's reasons).
     label = (Reason.PAUSE if pause is not None else Reason.BROKER_FAILURE if seen.broker_down_since_s is not None

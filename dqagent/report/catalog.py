@@ -42,8 +42,9 @@ ENTRIES: tuple[Entry, ...] = (
           "e.g. MAX_QUEUE_AGE). Nothing to do. If it happens too often, see the scaling settings "
           "(SCALING_POLICY, TARGET_TOLERANCE, SCALE_DOWN_WINDOW) in docs/scaling.md."),
     Entry("scale_down", "a120bb7b109a4dabb44a4a329ff69942", "dqagent stopped Dramatiq workers",
-          "The backlog no longer needs as many workers, so dqagent asked systemd to stop the highest-numbered "
-          "settled units gracefully: from @WORKERS@ to @TARGET@. Running tasks finish first "
+          "The backlog no longer needs as many workers, so dqagent asked systemd to stop settled units "
+          "gracefully (the least busy first when the app reports with WorkerReport, else the highest-numbered): "
+          "from @WORKERS@ to @TARGET@. Running tasks finish first "
           "(GRACEFUL_SHUTDOWN_TIMEOUT). Nothing to do."),
     Entry("decision", "e301c325d61c40b185cb6d12e9dc28b3", "dqagent checked the queue and decided a worker count",
           "One line per check: the queue figures (QUEUE_LENGTH, READY, IN_FLIGHT, DELAYED, OLDEST_AGE_S, "
@@ -91,6 +92,17 @@ ENTRIES: tuple[Entry, ...] = (
           "A worker did not finish its running tasks within GRACEFUL_SHUTDOWN_TIMEOUT (TimeoutStopSec=), so "
           "systemd SIGKILLed it: those tasks were cut short and Dramatiq redelivers them later. Raise "
           "GRACEFUL_SHUTDOWN_TIMEOUT (then run `dqagent install` again) if tasks are longer than that."),
+    Entry("worker_hung", "7345010cd44b464d82a62ddddabd8a6a", "dqagent restarts a hung Dramatiq worker",
+          "The worker's own report (dqagent.dramatiq.WorkerReport in the app) has not advanced for "
+          "WORKER_HUNG_AFTER seconds while systemd shows the unit running: its Dramatiq process is frozen or "
+          "gone. A busy worker keeps reporting during long tasks, so this is not a long task. dqagent stops "
+          "the unit and starts it again (the usual start check and backoff). Look at the unit's journal "
+          "before the restart (journalctl -u @UNIT@) for what it was doing; raise WORKER_HUNG_AFTER if "
+          "workers legitimately stall longer."),
+    Entry("worker_restarted", "aff8e207a2a7494e8fef6856bb147a60", "dqagent restarted a hung Dramatiq worker",
+          "The restart that a worker_hung line announced has ended: the unit was stopped (a frozen process is "
+          "SIGKILLed at GRACEFUL_SHUTDOWN_TIMEOUT) and started again; the message says whether the new "
+          "start passed its check. Nothing to do unless it repeats."),
     Entry("start_backoff", "21dac11c721647b0808757b7f62da932", "dqagent holds worker starts after failures",
           "Starts failed, so the agent waits before starting workers again (doubling, capped at 5 minutes). "
           "Fix the cause in the worker_failed lines before this one; the agent retries by itself."),

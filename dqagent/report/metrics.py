@@ -55,6 +55,7 @@ METRIC_NAMES = frozenset({
     "dqagent_broker_records_rejected_total", "dqagent_host_workers_limit", "dqagent_workers_share",
     "dqagent_pool_priority", "dqagent_pool_info", "dqagent_schedule_workers", "dqagent_paused",
     "dqagent_pause_start_timestamp_seconds", "dqagent_pause_expiry_timestamp_seconds", "dqagent_broker_failure",
+    "dqagent_workers_activity", "dqagent_worker_hung_restarts_total",
 })
 #: The guard's resources (dqagent.core.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -64,6 +65,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     """The metric families of one snapshot (pure: what a scrape and the textfile show)."""
     yield from _gauges(snap)
     yield from _pool_gauges(snap)
+    yield from _activity(snap)
     yield from _counters(snap)
 
 
@@ -133,6 +135,22 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
     yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages, consumers, broker)
                 if f.samples)
     yield from _pause_gauges(snap)
+
+
+def _activity(snap: Snapshot) -> Iterator[Metric]:
+    """What the running workers do by their own reports (`dqagent.dramatiq.WorkerReport`), per pool; the hung
+    restarts. Totals only: no per-unit label."""
+    activity = GaugeMetricFamily("dqagent_workers_activity", "Running workers by their own reports: busy (running "
+                                 "or holding messages), idle, unreported (the app did not opt in, or starting)",
+                                 labels=["pool", "activity"])
+    hung = CounterMetricFamily("dqagent_worker_hung_restarts", "Workers restarted because their report stopped "
+                               "advancing for WORKER_HUNG_AFTER", labels=["pool"])
+    restarts = dict(snap.counters.hung_restarts)
+    for p in snap.pools:
+        for name, n in p.activity:
+            activity.add_metric([p.name, name], n)
+        hung.add_metric([p.name], restarts.get(p.name, 0))
+    yield from (f for f in (activity, hung) if f.samples)
 
 
 def _pause_gauges(snap: Snapshot) -> Iterator[Metric]:

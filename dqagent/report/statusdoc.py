@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dqagent.core.busy import Load, status_of
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits, decide
 from dqagent.core.pause import Pause
@@ -70,6 +71,8 @@ class PoolView:
     pause: Pause | None = None
     #: Details of failing units, by unit name (a failing unit without an entry shows what its state says).
     failures: Mapping[str, Failure] = field(default_factory=dict)
+    #: The running workers' own reports (`dqagent.dramatiq.WorkerReport`), by unit name; None: not read.
+    loads: Mapping[str, Load] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,9 @@ def _pool(p: PoolView, view: StatusView) -> dict[str, Any]:
                                                                                   st.exec_main_status)))
                                    for st in p.units if st.crashed_since_start]
         part["process_list"] = [_process(st) for st in p.units]
+        if p.loads is not None:  # what each worker runs and holds, by its own report (None: no report)
+            for w, st in zip(part["process_list"], p.units, strict=True):
+                w["report"] = status_of(p.loads.get(st.unit), view.now_s, s.worker_hung_after_s)
     return part
 
 

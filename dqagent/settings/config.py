@@ -87,6 +87,8 @@ class Settings:
     # --- Scaling on age ---
     #: MAX_QUEUE_AGE: the target policy scales up while the oldest waiting message is older; None: off.
     max_queue_age_s: float | None = None
+    #: WORKER_HUNG_AFTER: a settled worker whose report has not advanced this long is restarted; None: off.
+    worker_hung_after_s: float | None = None
     # --- When the broker cannot be read: dqagent.core.brokerfail. ---
     broker_failure: str = "hold"
     broker_failure_count: int = 0

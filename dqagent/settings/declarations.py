@@ -119,6 +119,11 @@ SETTINGS: tuple[Setting, ...] = (
                      lambda x: 0 < x <= MAX_GRACE_S and round(x, 3) == x),
             "seconds a worker may take to stop before SIGKILL (TimeoutStopSec; up to 7 days, to the ms)",
             OnReload.INSTALL),
+    Setting("WORKER_HUNG_AFTER", "", "worker_hung_after_s",
+            p.optional(p.number(f"expected seconds in [5, {MAX_GRACE_S:g}], or empty for off",
+                                lambda x: 5 <= x <= MAX_GRACE_S)),
+            "seconds a running worker's report (`dqagent.dramatiq.WorkerReport`) may go without a heartbeat "
+            "before the agent restarts it as hung; its report thread beats through long tasks; empty: off"),
     Setting("PROCESS_STARTUP_DELAY", "5", "process_startup_delay_s",
             p.number("expected seconds >= 0", lambda x: x >= 0),
             "seconds after a start before the worker must still be running"),

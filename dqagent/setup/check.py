@@ -35,11 +35,13 @@ class Result:
 
     ok: bool
     text: str
+    #: Advice, not a failure (`hint: ...`): e.g. what the workers' opt-in report would give.
+    hint: bool = False
 
     def line(self) -> str:
         """For a terminal (check's and install's output): the text may quote Redis's or systemd's words or a
         setting's value, so its control characters are shown as escapes (`terminal.printable`)."""
-        return f"{'ok' if self.ok else 'FAIL'}: {printable(self.text)}"
+        return f"{'hint' if self.hint else 'ok' if self.ok else 'FAIL'}: {printable(self.text)}"
 
 
 def _dramatiq_args_problem(command: str) -> tuple[bool, str]:
@@ -227,6 +229,33 @@ async def bus_results(settings: Settings, bus_address: str | None) -> list[Resul
     return out
 
 
+async def report_results(bus_address: str | None) -> list[Result]:
+    """Whether the running workers report what they do (`dqagent.dramatiq.WorkerReport`): a hint, never a FAIL,
+    when none does (the agent then stops the highest numbers and cannot tell a hung worker)."""
+    from dqagent.host.reports import read_loads
+    from dqagent.systemd.client import SystemdClient
+
+    client = SystemdClient(bus_address)
+    try:
+        await client.connect()
+        running = [s for s in await client.worker_states(brief=()) if s.running]
+    except DqAgentError:
+        return []  # bus_results says what is wrong with systemd
+    finally:
+        client.close()
+    if not running:
+        return []
+    reporting = len(read_loads(running))
+    if reporting:
+        return [Result(True, f"{reporting} of {len(running)} running workers report what they run "
+                       "(dqagent.dramatiq.WorkerReport): scale-down stops the least busy first")]
+    return [Result(True, f"none of the {len(running)} running workers reports what it runs: add "
+                   "`broker.add_middleware(WorkerReport())` (from dqagent.dramatiq import WorkerReport) to the app "
+                   "so that scale-down stops idle workers first, never cuts a running task short while one is "
+                   "idle, and WORKER_HUNG_AFTER can restart hung workers (README, \"Which worker is busy\")",
+                   hint=True)]
+
+
 async def redis_results(loaded: sources.Loaded) -> list[Result]:
     from dqagent.broker.probes import open_probe
 
@@ -284,6 +313,7 @@ async def run_checks(env_file: Path | None, offline: bool = False,
     if not offline:
         results += await redis_results(loaded)
         results += await bus_results(s, bus_address)
+        results += await report_results(bus_address)
     return results
 
 

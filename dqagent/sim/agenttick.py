@@ -31,6 +31,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from dqagent.core import startlimit
+from dqagent.core.busy import Load
 from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits
 from dqagent.core.pause import Pause
@@ -124,8 +125,12 @@ class SimAgent:
         down = self.outage_start(now)
         if down is not None:  # the broker cannot be read: no demand (the step decides by BROKER_FAILURE)
             demand = Demand(())
+        # The app's reports (`PoolConfig.reports`): what each ready worker runs and holds, as the agent reads it
+        loads = {w.number: Load(w.running, len(w.held), 1, 0, now) for w in pool.workers.values()
+                 if w.ready and not w.stopping} if pool.cfg.reports else {}
         return Observed(now, EPOCH_US + now * 1e6, demand, units, flight, self.backoff,
-                        start_s=max(self.start_took, default=0.0), broker_down_since_s=down, starts=self.starts)
+                        start_s=max(self.start_took, default=0.0), broker_down_since_s=down, starts=self.starts,
+                        loads=loads)
 
     def outage_start(self, now: float) -> float | None:
         """The start of the broker outage under way at `now`, if any."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from dqagent.core.policies import Policy
 from dqagent.sim.agenttick import SimAgent, rules_for
 from dqagent.sim.polling import SLEEP_EXACT_S, Polling
-from dqagent.sim.pool import ARRIVE, DONE, FAIL, POLL, READY, TICK, Life, Pool, lookup
+from dqagent.sim.pool import ARRIVE, CUT, DONE, FAIL, POLL, READY, TICK, Life, Pool, lookup
 from dqagent.sim.poolconfig import DISPATCH_MODELS, POLL_EXACT, PoolConfig
 from dqagent.sim.traces import Workload
 
@@ -58,6 +58,8 @@ class Result:
     end_s: float
     #: Every worker's life, in the order they ended (the still running ones last, ended at `end_s`).
     lives: tuple[Life, ...] = ()
+    #: Tasks cut short at a stopped worker's shutdown timeout, run again (`PoolConfig.shutdown_timeout_s`).
+    reruns: int = 0
 
 
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
@@ -143,6 +145,8 @@ class PoolRun:
             self.polling.on_poll(a, now)
         elif kind == DONE:
             pool.on_done(a, b, now)
+        elif kind == CUT:
+            pool.on_cut(a, now)
         sleepers = self.sleepers
         if sleepers is not None and pool.queue and sleepers.race_wid < 0:  # attend's first test, inlined (hot)
             sleepers.attend(now)
@@ -190,7 +194,7 @@ class PoolRun:
                        for members in workload.burst_members if members)
         return Result(name, waits, tuple(pool.completions), pool.cost, tuple(self.scale_events),
                       tuple(self.samples), drains, self.max_backlog, max(self.end_arrivals, pool.last_done),
-                      tuple(pool.lives))
+                      tuple(pool.lives), pool.reruns)
 
 
 def oracle_worker_seconds(workload: Workload, pool: PoolConfig) -> float:

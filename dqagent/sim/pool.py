@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from dqagent.sim.host import HostModel
     from dqagent.sim.poolconfig import PoolConfig
 
-#: Event kinds: an arrival, a worker ready, a task done, the agent's read, a consumer's poll, a failed start.
-ARRIVE, READY, DONE, TICK, POLL, FAIL = range(6)
+#: Event kinds: an arrival, a worker ready, a task done, the agent's read, a consumer's poll, a failed start, a
+#: stopped worker's shutdown timeout.
+ARRIVE, READY, DONE, TICK, POLL, FAIL, CUT = range(7)
 #: The simulated wall clock (microseconds, as systemd's ActiveEnterTimestamp): simulated time 0 is this long
 #: after the epoch, so a warm unit's 0 ("never", as a real agent reads it) is long before any check.
 EPOCH_US = 2**40
@@ -47,6 +48,8 @@ class Worker:
     ready: bool = False
     stopping: bool = False
     running: int = 0
+    #: The messages it runs (`running` of them), by index.
+    tasks: set[int] = field(default_factory=set)
     held: deque[int] = field(default_factory=deque)  # prefetched, not running
     misses: int = 0  # "poll" dispatch: empty fetches since the last message (Dramatiq's backoff exponent)
     # "poll" dispatch, a consumer asleep after an empty fetch (no poll event pending): FRESH (its next poll
@@ -116,6 +119,8 @@ class Pool:
         self.next_wid = 0
         self.started_at = [math.nan] * n
         self.completions = [0] * n
+        #: Tasks cut short by a stopped worker's shutdown timeout (each runs again: `PoolConfig.shutdown_timeout_s`).
+        self.reruns = 0
         self.cost = 0.0
         self.done_count = 0
         self.last_done = 0.0
@@ -141,6 +146,7 @@ class Pool:
 
     def begin(self, w: Worker, i: int, now: float) -> None:
         w.running += 1
+        w.tasks.add(i)
         self.started_at[i] = now
         slow = self.host.slowdown(self.busy()) if self.host is not None else 1.0
         self.push(now + self.services_s[i] * slow, DONE, w.wid, i)
@@ -208,6 +214,21 @@ class Pool:
         w.stopped_s = now
         if w.running == 0:
             self.finish_drain(w, now)
+        elif self.cfg.shutdown_timeout_s is not None:
+            self.push(now + self.cfg.shutdown_timeout_s, CUT, w.wid)
+
+    def on_cut(self, wid: int, now: float) -> None:
+        """A stopped worker's shutdown timeout: its running tasks are cut short and delivered again (at the
+        queue's tail, as Dramatiq's requeue of an unacked message), then it drains as usual."""
+        w = self.workers.get(wid)
+        if w is None or not w.stopping or not w.running:
+            return
+        self.reruns += len(w.tasks)
+        self.queue.extend(sorted(w.tasks))
+        w.tasks.clear()
+        w.running = 0
+        self.finish_drain(w, now)
+        self.dispatch(now)
 
     def finish_drain(self, w: Worker, now: float) -> None:
         """The last running task ended: requeue what it holds (RPUSH: the tail), free the slot; the process
@@ -241,9 +262,12 @@ class Pool:
         return failed
 
     def on_done(self, wid: int, i: int, now: float) -> None:
-        w = self.workers[wid]
+        w = self.workers.get(wid)
+        if w is None or i not in w.tasks:
+            return  # cut short at its worker's shutdown timeout (`on_cut`): it runs again elsewhere
         full = w.running + len(w.held) >= self.cfg.prefetch
         w.running -= 1
+        w.tasks.discard(i)
         if self.polling is not None and w.sleep != AWAKE and full:
             self.polling.gained_room(w, now)
         self.completions[i] += 1

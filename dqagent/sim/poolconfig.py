@@ -71,6 +71,12 @@ class PoolConfig:
     #: False: the agent cannot see in flight (RabbitMQ without its management API) and reads what
     #: `dqagent.core.rabbitdemand.queue_demand` estimates from the ready count and the consumers.
     in_flight_visible: bool = True
+    #: Dramatiq's `--worker-shutdown-timeout` (seconds): a stopped worker's tasks still running this long after
+    #: the stop are cut short, and Dramatiq delivers them again (they run twice). None: never (drains fully).
+    shutdown_timeout_s: float | None = None
+    #: The app opts in to the per-worker reports (`dqagent.dramatiq.WorkerReport`): the agent sees what each
+    #: worker runs and holds, and stops the least busy first (`dqagent.core.busy`); off: the highest number.
+    reports: bool = False
 
     def check_s(self) -> float:
         """The agent's PROCESS_STARTUP_DELAY for this pool."""

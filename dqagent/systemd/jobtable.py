@@ -29,6 +29,7 @@ from dqagent.core import startlimit
 from dqagent.core.reconciler import Backoff, Intent, Plan, census, reconcile
 from dqagent.core.units import ActiveState, JobOutcome, UnitState, of_pool, worker_unit
 from dqagent.errors import BusConnectionError, DqAgentError, SystemdError
+from dqagent.host.reports import by_instance, read_loads
 from dqagent.report.logs import event
 from dqagent.report.reporter import Reporter
 from dqagent.settings.config import Settings
@@ -89,14 +90,15 @@ async def scale_by(units: UnitManager, settings: Settings, delta: int, pool: str
     agent continues from there.
 
     Counts and picks units by the reconciler's rules: the pool is running + coming, and a scale-down
-    stops only settled units (never one with an operator's job). Waits for every job it issues.
+    stops only settled units (never one with an operator's job), the least busy first by the workers'
+    reports. Waits for every job it issues.
     """
     states = of_pool(await units.worker_states(brief=()), pool)  # the rows suffice; the checks read again
     current = census(states, {}).pool
     wanted = current + delta
     target = settings.clamp(wanted)
     plan = reconcile(states, target, min_processes=settings.min_processes, max_processes=settings.max_processes,
-                     in_flight={}, backoff=Backoff(), now_s=0.0)
+                     in_flight={}, backoff=Backoff(), now_s=0.0, loads=by_instance(read_loads(states), states))
     jobs = JobTable(units, Reporter(), pool=pool)
     jobs.start(plan.start, plan.reset, settings.process_startup_delay_s, restart_baseline(states, plan),
                stop_timeout_s(settings))
@@ -217,6 +219,13 @@ class JobTable:
             self._flight[n] = Intent.STOP
             self._track(self._stop(n, timeout_s, quiet), Intent.STOP)
 
+    def restart(self, numbers: Sequence[int], startup_delay_s: float, stop_timeout_s: float) -> None:
+        """Restart each of `numbers` (hung workers) in its own background task: stop it, then start the same
+        number with the usual start check; a failed check backs off further starts like any failed start."""
+        for n in numbers:
+            self._flight[n] = Intent.RESTART
+            self._track(self._restart(n, startup_delay_s, stop_timeout_s), Intent.RESTART)
+
     def _track(self, coro: Coroutine[Any, Any, None], intent: Intent) -> None:
         task = asyncio.create_task(coro)
         self._tasks[task] = intent
@@ -328,6 +337,28 @@ class JobTable:
 
     def _unit(self, n: int) -> str:
         return worker_unit(n, self.pool)
+
+    async def _restart(self, n: int, delay_s: float, stop_timeout_s: float) -> None:
+        unit = self._unit(n)
+        try:
+            (outcome,) = await self._units.stop_units([unit], timeout_s=stop_timeout_s)
+            state = await self._units.unit_state(unit, brief=True)
+            if state.active_state == "failed":  # (SIGKILLed at TimeoutStopSec: ours to clear)
+                await self._units.reset_failed(unit)
+            if self._flight.get(n) is not Intent.RESTART or self.backoff.holds(self._clock()):
+                return  # stopped meanwhile, or starts are held: the reconciler starts what is needed later
+            self._flight[n] = Intent.START
+            self.starts = startlimit.record(self.starts, [n], self._clock())
+            end = await self._start_one(n, False, delay_s, 0, stop_timeout_s)
+            if end is True:
+                self._failed(f"a failed restart of {unit}")
+            log.info("restarted %s: stop %s, start %s", unit, outcome.text,
+                     "failed" if end is True else "ok", extra=event("worker_restarted", unit=unit))
+        except (BusConnectionError, DqAgentError) as exc:
+            log.warning("restart of %s not confirmed: %s", unit, exc, extra=event("stop_unconfirmed", error=str(exc)))
+        finally:
+            if self._flight.get(n) in (Intent.RESTART, Intent.START):
+                del self._flight[n]
 
     async def _stop(self, n: int, timeout_s: float, quiet: bool) -> None:
         unit = self._unit(n)

@@ -17,6 +17,11 @@ process's pid in `dqtest:pids` (which consumer took it). Environment:
 With `DQTEST_RABBITMQ_URL` set (amqp://user:password@host:port/vhost), the messages go through Dramatiq's own
 `RabbitmqBroker` instead (the records above stay in the Redis of `DQTEST_REDIS_URL`: a test counts them there).
 
+`long(msg_id, ms)` is `work` that also prints `task <msg_id> start` and `task <msg_id> end` (the unit's
+journal: which task ran where and when) and counts each start in the hash `dqtest:starts` (a count above 1 is
+a re-delivery). With `DQTEST_REPORT=1` the app opts in to dqagent's per-worker reports
+(`broker.add_middleware(WorkerReport())`, the one line the README shows).
+
 `work_io` is `work` on a second queue, `<DQTEST_QUEUE>_io`: two pools of one application, each started with
 Dramatiq's `--queues` for its own queue (the pool tests).
 """
@@ -37,6 +42,7 @@ DONE_KEY = "dqtest:done"
 COUNT_KEY = "dqtest:count"
 TIMES_KEY = "dqtest:times"
 PIDS_KEY = "dqtest:pids"
+STARTS_KEY = "dqtest:starts"
 
 broker: dramatiq.Broker
 if os.environ.get("DQTEST_RABBITMQ_URL"):
@@ -47,6 +53,10 @@ if os.environ.get("DQTEST_RABBITMQ_URL"):
 else:
     broker = RedisBroker(url=os.environ["DQTEST_REDIS_URL"], namespace=os.environ.get("DQTEST_NAMESPACE", "dramatiq"))
     store = broker.client
+if os.environ.get("DQTEST_REPORT") == "1":
+    from dqagent.dramatiq import WorkerReport
+
+    broker.add_middleware(WorkerReport())
 dramatiq.set_broker(broker)
 
 
@@ -58,6 +68,14 @@ def work(msg_id: str, ms: int) -> None:
         pipe.sadd(DONE_KEY, msg_id)
         pipe.hincrby(COUNT_KEY, msg_id, 1)
         pipe.execute()
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def long(msg_id: str, ms: int) -> None:
+    store.hincrby(STARTS_KEY, msg_id, 1)
+    print(f"task {msg_id} start", flush=True)
+    work.fn(msg_id, ms)
+    print(f"task {msg_id} end", flush=True)
 
 
 @dramatiq.actor(queue_name=f"{QUEUE}_io", max_retries=0)

@@ -29,7 +29,13 @@ def test_check_passes_then_names_each_broken_part(fresh_container: Container,
     wait_until("worker", lambda: running_workers(c) == worker_names(1))
     code, lines = _check(c)
     assert code == 0 and _fails(lines) == [], lines
-    assert all(ln.startswith("ok: ") for ln in lines)
+    assert all(ln.startswith(("ok: ", "hint: ")) for ln in lines)
+    # And the worker (`/bin/sleep`, no Dramatiq app with the opt-in) gives no report: a hint, not a FAIL
+    assert [ln for ln in lines if ln.startswith("hint: ")] == [
+        "hint: none of the 1 running workers reports what it runs: add `broker.add_middleware(WorkerReport())` "
+        "(from dqagent.dramatiq import WorkerReport) to the app so that scale-down stops idle workers first, never "
+        "cuts a running task short while one is idle, and WORKER_HUNG_AFTER can restart hung workers (README, "
+        "\"Which worker is busy\")"]
     assert f"ok: Redis at redis://127.0.0.1:{pw.port}/0 answers with the configured credentials" in lines
     assert "ok: queue dqtest (namespace dramatiq) is empty: Redis holds no key for it (nothing enqueued yet, " \
            "or everything processed)" in lines

@@ -63,7 +63,8 @@ def default_pool(**kw: object) -> PoolFigures:
         name="default", policy="step", min_processes=1, max_processes=8,
         workers=WorkerCounts(running=3, starting=1, stopping=2, failed=1, desired=4),
         queues=(QueueDemand("a", ready=5, outstanding=9, delayed=2, dead=1, orphaned=0, oldest_age_s=12.5),
-                QueueDemand("b", ready=0, outstanding=0, delayed=0, dead=0, orphaned=0)))
+                QueueDemand("b", ready=0, outstanding=0, delayed=0, dead=0, orphaned=0)),
+        activity=(("busy", 1), ("idle", 2), ("unreported", 0)))
     values.update(kw)
     return PoolFigures(**values)  # type: ignore[arg-type]
 
@@ -80,6 +81,7 @@ def snapshot(pool: PoolFigures | None = None, **kw: object) -> Snapshot:
     acc.start_failed()
     acc.start_failed()
     acc.oom_killed()
+    acc.hung_restarts("default", 1)
     values: dict[str, object] = dict(
         version="9.9", taken_at_s=1e9, redis_up=True, pools=(pool or default_pool(),),
         last_decision_s=1e9 - 1, counters=acc.frozen(), guard_holding="cpu")
@@ -153,6 +155,10 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_scale_actions_total", labelled(("direction", "down"), ("reason", "step")))] == 0
     assert got[("dqagent_worker_start_failures_total", ())] == 2
     assert got[("dqagent_worker_oom_kills_total", ())] == 1
+    # What the workers report: per pool totals only (no unit label), and the hung restarts
+    assert {dict(k[1])["activity"]: v for k, v in got.items() if k[0] == "dqagent_workers_activity"} == {
+        "busy": 1, "idle": 2, "unreported": 0}
+    assert got[("dqagent_worker_hung_restarts_total", DEFAULT)] == 1
     # The guard: 1 for the resource it holds on, 0 for the others
     assert {dict(k[1])["resource"]: v for k, v in got.items() if k[0] == "dqagent_guard_holding"} == {
         "cpu": 1, "memory": 0, "memory_full": 0, "memory_available": 0}
@@ -174,7 +180,8 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     # Every worker and queue series, and every scale action, is the default pool's; no host-wide one has `pool`
     per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_priority",
                 "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_info",
-                "dqagent_schedule_workers", "dqagent_paused", "dqagent_broker_failure"}
+                "dqagent_schedule_workers", "dqagent_paused", "dqagent_broker_failure", "dqagent_workers_activity",
+                "dqagent_worker_hung_restarts_total"}
     for name, labels in got:
         assert (dict(labels).get("pool") == "default") == (name in per_pool), (name, labels)
 

@@ -82,6 +82,7 @@ def apply_as_in_flight(world: World, plan: Plan) -> World:
     flight = dict(world.in_flight)
     flight.update({n: Intent.START for n in plan.start})
     flight.update({n: Intent.STOP for n in plan.stop})
+    flight.update({n: Intent.RESTART for n in plan.restart})
     return replace(world, in_flight=flight)
 
 
@@ -94,7 +95,7 @@ def finish_jobs(world: World, plan: Plan) -> World:
         del by_n[n]
     # Earlier jobs of ours finished the same way.
     for n, intent in world.in_flight.items():
-        if intent is Intent.START:
+        if intent in (Intent.START, Intent.RESTART):
             by_n[n] = unit(n)
         else:
             by_n.pop(n, None)
@@ -194,7 +195,7 @@ def test_counts_partition_the_listed_units(world: World) -> None:
     plan = world.plan()
     phases = [classify(s, world.in_flight.get(s.instance)) for s in world.states]
     unlisted_starts = sum(1 for n, i in world.in_flight.items()
-                          if i is Intent.START and n not in {s.instance for s in world.states})
+                          if i is not Intent.STOP and n not in {s.instance for s in world.states})
     c = plan.census
     assert c.running == phases.count(Phase.RUNNING)
     assert c.coming == phases.count(Phase.COMING) + unlisted_starts
