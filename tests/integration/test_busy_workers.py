@@ -42,6 +42,13 @@ def busy_bench(module_container: Container, redis: RedisServer) -> Iterator[tupl
     yield c, redis
 
 
+def apply(c: Container) -> None:
+    """The settings just written, applied: a reload, or a start when the agent is not running (each test stands
+    alone: under pytest-xdist a test may run before the one that installs and starts the agent)."""
+    active = c.systemctl("is-active", "dqagent", check=False).stdout.strip() == "active"
+    c.systemctl("reload" if active else "start", "dqagent")
+
+
 def enqueue_long(c: Container, redis: RedisServer, ids: list[str], ms: int) -> None:
     code = (f"import sys; sys.path.insert(0, {str(APP_DIR)!r}); import dqtestapp\n"
             f"for i in {ids!r}: dqtestapp.long.send(i, {ms})")
@@ -149,7 +156,7 @@ def test_a_frozen_worker_is_restarted_a_busy_one_is_not(busy_bench: tuple[Contai
     # Given two workers reporting, WORKER_HUNG_AFTER=6, one of them running a task of 25 s
     c.write("/etc/dqagent/dqagent.env", settings_text(redis, MIN_PROCESSES=2, WORKER_HUNG_AFTER=hung_after,
                                                        **SETTINGS, WORKER_DIRECTORY=str(APP_DIR)))
-    c.systemctl("reload", "dqagent")
+    apply(c)
     wait_until("2 workers reporting", lambda: len(running_workers(c)) == 2
                and all('"pid"' in reports(c, u.split("@")[1].removesuffix(".service")) for u in running_workers(c)),
                timeout=60)
@@ -199,7 +206,7 @@ def test_a_unit_of_two_dramatiq_processes_reports_each_and_the_agent_adds_them(
     two = COMMAND.replace("--processes 1", "--processes 2")
     c.write("/etc/dqagent/dqagent.env", settings_text(redis, MIN_PROCESSES=1, **{**SETTINGS, "MAX_PROCESSES": 1},
                                                        WORKER_DIRECTORY=str(APP_DIR)).replace(COMMAND, two))
-    c.systemctl("reload", "dqagent")
+    apply(c)
     wait_until("one worker", lambda: len(running_workers(c)) == 1, timeout=60)
     (unit,) = running_workers(c)
     instance = unit.split("@")[1].removesuffix(".service")

@@ -124,7 +124,8 @@ def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -
     # series has a pool, and without HOST_MAX_PROCESSES there is neither a host budget nor a share
     per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_info",
                 "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_priority",
-                "dqagent_paused", "dqagent_broker_failure"}
+                "dqagent_paused", "dqagent_broker_failure", "dqagent_workers_activity",
+                "dqagent_worker_hung_restarts_total"}
     assert {name for name, labels in got if dict(labels).get("pool") == "default"} == per_pool
     assert {dict(labels).get("pool") for name, labels in got if name in per_pool} == {"default"}
     assert not [name for name, _ in got if name in ("dqagent_host_workers_limit", "dqagent_workers_share")]
