@@ -68,6 +68,8 @@ class Reason(StrEnum):
     PAUSE = "pause"
     #: BROKER_FAILURE: Redis could not be read, the pool went to MIN or BROKER_FAILURE_COUNT.
     BROKER_FAILURE = "broker_failure"
+    #: PREDICTIVE=on: the forecast's floor pre-warmed or held workers (`dqagent.core.prediction`).
+    FORECAST = "forecast"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
