@@ -17,16 +17,16 @@ What it learns, from one figure per check (outstanding messages, the count the p
   once three days have. Its forecast is a **level** (the count itself: at a steady flow it is the work in
   flight, which the workers do not change once there are enough).
 
-How right it is: what the floor uses is scored, the highest count forecast from now until `lead` seconds
-ahead (`commit`): it is kept until that window has been seen, then set against the highest count seen in it.
-A burst a bucket early or late still scores well; a burst forecast that does not come, or one that comes
-unforecast, scores badly. `error_recent()` (the last `RECENT_SCORES` scores, what the floor trusts) and
-`error_day()` (the last day, what operators read) are the weighted absolute percentage error,
-sum |forecast - seen| / sum seen. None: too few scores to say.
+How right it is: the forecast for the bucket `lead` seconds ahead (`commit`) is kept until that bucket has
+been seen, then scored against what came (a rise within JITTER buckets counts as on time). A batch forecast
+that does not come, or one that comes unforecast, scores badly. `error_recent()` (the last `RECENT_SCORES`
+scores, what the floor trusts) and `error_day()` (the last day, what operators read) are the weighted absolute
+percentage error, sum |forecast - seen| / sum seen. None: too few scores to say.
 
-Bounds: at most RECENT_BUCKETS + 7 x 288 + 288 figures, DAY_SCORES scores of 3 numbers and one pending
-forecast per bucket of the lead: about 4,000 numbers (under 100 KB as JSON); the period search is
-O(RECENT_BUCKETS x the periods tried) and runs at most once per `SEARCH_EVERY_S`. Gaps (the agent or the
+Bounds: at most 2 x RECENT_BUCKETS + 2 x (7 x 288 + 288) figures, DAY_SCORES scores of 3 numbers and a few
+pending forecasts (about 240 KB as JSON after two days of reads every 2 s); the period search is
+O(RECENT_BUCKETS x the periods tried) and runs at most once per `SEARCH_EVERY_S` (a check costs about 0.25 ms
+on average on this project's 2-core machine). Gaps (the agent or the
 broker down) are missing buckets: they are skipped, never read as zero.
 
 No clock and no I/O: the caller passes wall-clock seconds and saves `to_dict()` where it wants.
@@ -47,6 +47,8 @@ from typing import Any
 RESOLUTION_S = 10.0
 #: Buckets of the recent series kept (2 hours).
 RECENT_BUCKETS = 720
+#: Buckets either side of a phase a batch may come early or late by (forecast and period search alike).
+JITTER = 2
 #: Shortest and longest regular period searched (seconds).
 MIN_PERIOD_S = 30.0
 MAX_PERIOD_S = 1800.0
@@ -108,7 +110,8 @@ class Forecaster:
         self.last: tuple[int, int] | None = None
         #: (day number, slot) of the slot being filled, and its highest count so far.
         self.slot: tuple[int, int] | None = None
-        self.slot_high = 0
+        self.slot_sum = 0
+        self.slot_n = 0
         self.weekly: list[float | None] = [None] * (7 * SLOTS_PER_DAY)
         self.weekly_n: list[int] = [0] * (7 * SLOTS_PER_DAY)
         self.daily: list[float | None] = [None] * SLOTS_PER_DAY
@@ -116,9 +119,10 @@ class Forecaster:
         self.base: int | None = None
         self.period: Period | None = None
         self.searched_s = -math.inf
-        #: Last bucket of a committed window -> (its first bucket, the kind and the highest forecast in it),
-        #: not scored yet.
-        self.pending: dict[int, tuple[int, Kind, float]] = {}
+        #: Bucket index -> the kind and the forecast made for it a lead ahead, until it has been scored.
+        self.pending: dict[int, tuple[Kind, float]] = {}
+        #: The last bucket scored (each is scored once).
+        self.scored_to = -1
         #: (bucket index, forecast, seen), oldest first.
         self.scores: deque[tuple[int, float, int]] = deque(maxlen=DAY_SCORES)
 
@@ -146,26 +150,41 @@ class Forecaster:
             self.period = find_period(self.rises, b)
 
     def _close_buckets(self, current: int) -> None:
-        for last in [k for k in self.pending if k < current]:
-            first, kind, forecast = self.pending.pop(last)
-            series = self.rises if kind is Kind.RISE else self.recent
-            seen = [series.get(b, 0) for b in range(first, last + 1) if b in self.recent]
-            if seen:
-                self.scores.append((last, forecast, max(seen)))
+        for c in sorted(k for k in self.pending if self.scored_to < k < current - JITTER):
+            self._score(c)
+            self.scored_to = c
+        for old in [k for k in self.pending if k < current - 3 * JITTER]:
+            del self.pending[old]
         for old in [k for k in self.recent if k <= current - RECENT_BUCKETS]:
             del self.recent[old]
             self.rises.pop(old, None)
 
+    def _score(self, c: int) -> None:
+        """Score bucket `c` (seen, with the JITTER buckets after it). Rises are compared as the highest within
+        JITTER buckets either side, forecast and seen alike: a batch JITTER early or late is on time, and is
+        scored as such on every bucket near it."""
+        kind, forecast = self.pending[c]
+        if c not in self.recent:
+            return
+        if kind is Kind.LEVEL:
+            self.scores.append((c, forecast, self.recent[c]))
+            return
+        near = range(c - JITTER, c + JITTER + 1)
+        forecasts = [self.pending[b][1] for b in near if b in self.pending and self.pending[b][0] is kind]
+        seen = max(self.rises.get(b, 0) for b in near)
+        self.scores.append((c, max(forecasts), seen))
+
     def _observe_slot(self, now_s: float, outstanding: int) -> None:
         key = local_slot(now_s, self.zone)
         if self.slot == key:
-            self.slot_high = max(self.slot_high, outstanding)
+            self.slot_sum += outstanding
+            self.slot_n += 1
             return
-        if self.slot is not None:
-            self._learn_slot(*self.slot, self.slot_high)
-        self.slot, self.slot_high = key, outstanding
+        if self.slot is not None and self.slot_n:
+            self._learn_slot(*self.slot, self.slot_sum / self.slot_n)
+        self.slot, self.slot_sum, self.slot_n = key, outstanding, 1
 
-    def _learn_slot(self, day: int, slot: int, high: int) -> None:
+    def _learn_slot(self, day: int, slot: int, high: float) -> None:
         w = (day + 3) % 7 * SLOTS_PER_DAY + slot  # day 0 (1970-01-01) was a Thursday: weekday 3
         self.weekly[w] = _blend(self.weekly[w], high)
         self.weekly_n[w] += 1
@@ -203,21 +222,23 @@ class Forecaster:
 
     def outlook(self, from_s: float, to_s: float) -> Outlook | None:
         """The highest forecast over the buckets in [from_s, to_s], and its kind (None: no forecast). A rise
-        forecast for the bucket under way counts only what has not risen in it yet."""
+        forecast counts only what has not risen in the last 2 x JITTER buckets (a batch that came a little early
+        or late has come)."""
         kind, first = self.kind(), bucket(from_s)
-        found = [f - (self.rises.get(b, 0) if b == first and kind is Kind.RISE else 0)
+        # A batch that came up to JITTER buckets early or late has come: what rose lately is taken off.
+        came = max((self.rises.get(b, 0) for b in range(first - 2 * JITTER, first + 1)), default=0)
+        found = [f - (came if kind is Kind.RISE and b <= first + 2 * JITTER else 0)
                  for b in range(first, bucket(to_s) + 1)
                  if (f := self.at(b * RESOLUTION_S + RESOLUTION_S / 2)) is not None]
         return Outlook(kind, max(0.0, max(found))) if found and kind is not None else None
 
-    def commit(self, now_s: float, lead_s: float) -> Outlook | None:
-        """The outlook from the next bucket until `lead_s` ahead, kept to be scored once that window has been
-        seen (one window per last bucket: the first forecast for it counts)."""
-        first, last = bucket(now_s) + 1, bucket(now_s + lead_s)
-        found = self.outlook(first * RESOLUTION_S, now_s + lead_s)
-        if found is not None and last >= first:
-            self.pending.setdefault(last, (first, found.kind, found.value))
-        return found
+    def commit(self, now_s: float, lead_s: float) -> None:
+        """Keep the forecast for the bucket `lead_s` ahead, to be scored once it has been seen (the first
+        forecast made for a bucket counts)."""
+        b = bucket(now_s + lead_s)
+        kind = self.kind()
+        if b not in self.pending and kind is not None and (f := self.at(b * RESOLUTION_S)) is not None:
+            self.pending[b] = (kind, f)
 
     # -- how right it is --
 
@@ -235,12 +256,13 @@ class Forecaster:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe copy of what was learnt (`from_dict` reads it back)."""
         return {"version": VERSION, "recent": [[k, v] for k, v in sorted(self.recent.items())],
-                "slot": list(self.slot) if self.slot else None, "slot_high": self.slot_high,
+                "slot": list(self.slot) if self.slot else None, "slot_sum": self.slot_sum,
+                "slot_n": self.slot_n,
                 "weekly": self.weekly, "weekly_n": self.weekly_n, "daily": self.daily, "daily_n": self.daily_n,
-                "pending": [[k, a, str(kind), f] for k, (a, kind, f) in sorted(self.pending.items())],
+                "pending": [[k, str(kind), f] for k, (kind, f) in sorted(self.pending.items())],
                 "rises": [[k, v] for k, v in sorted(self.rises.items())],
                 "last": list(self.last) if self.last else None,
-                "scores": [list(s) for s in self.scores]}
+                "scores": [list(s) for s in self.scores], "scored_to": self.scored_to}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], zone: tzinfo | None = None) -> Forecaster:
@@ -251,13 +273,14 @@ class Forecaster:
             f = cls(zone)
             f.recent = {int(k): int(v) for k, v in data["recent"]}
             f.slot = (int(data["slot"][0]), int(data["slot"][1])) if data["slot"] else None
-            f.slot_high = int(data["slot_high"])
+            f.slot_sum, f.slot_n = int(data["slot_sum"]), int(data["slot_n"])
             f.weekly, f.weekly_n = _profile(data["weekly"], data["weekly_n"], 7 * SLOTS_PER_DAY)
             f.daily, f.daily_n = _profile(data["daily"], data["daily_n"], SLOTS_PER_DAY)
-            f.pending = {int(k): (int(a), Kind(kind), float(v)) for k, a, kind, v in data["pending"]}
+            f.pending = {int(k): (Kind(kind), float(v)) for k, kind, v in data["pending"]}
             f.rises = {int(k): int(v) for k, v in data["rises"]}
             f.last = (int(data["last"][0]), int(data["last"][1])) if data["last"] else None
             f.scores.extend((int(b), float(p), int(s)) for b, p, s in data["scores"])
+            f.scored_to = int(data["scored_to"])
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"not a forecast: {exc!r}") from None
         if f.recent:
@@ -286,8 +309,9 @@ def find_period(recent: Mapping[int, int], now_bucket: int) -> Period | None:
     hi = min(int(MAX_PERIOD_S / RESOLUTION_S), span // MIN_REPEATS)
     if hi < lo:
         return None
-    mean = statistics.fmean(recent.values())
-    dev = {k: v - mean for k, v in recent.items()}
+    smooth = {k: max(recent.get(i, 0) for i in range(k - JITTER, k + JITTER + 1)) for k in recent}
+    mean = statistics.fmean(smooth.values())
+    dev = {k: v - mean for k, v in smooth.items()}
     var = statistics.fmean(d * d for d in dev.values())
     if var == 0:
         return None
@@ -309,7 +333,7 @@ def wape(scores: list[tuple[int, float, int]]) -> float | None:
     return sum(abs(p - s) for _, p, s in scores) / max(1, sum(s for _, _, s in scores))
 
 
-def _blend(old: float | None, new: int) -> float:
+def _blend(old: float | None, new: float) -> float:
     return float(new) if old is None else (1 - PROFILE_WEIGHT) * old + PROFILE_WEIGHT * new
 
 
