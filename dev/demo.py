@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from testbed.agent import APP_DIR, DQAGENT, PYTHON, QUEUE, make_reachable, settings_text
 from testbed.nspawn import Container, require_bench
-from testbed.redis import RedisServer
+from testbed.redis import RedisServer, free_port
 
 BURST, TASK_MS = 1500, 200
 IO_BURST = 400
@@ -55,11 +55,13 @@ def main() -> int:
         container = c = Container(name=f"dqagent-demo-{uuid.uuid4().hex[:6]}")
         print(sh(c, "systemctl", "--version").splitlines()[0], "| redis on 127.0.0.1:", redis.port)
 
+        page = f"127.0.0.1:{free_port()}"  # the status page and /metrics (the bench shares this host's network)
         banner("settings: /etc/dqagent/dqagent.env (the default pool: step rule, check every 2 s, 1..5 workers)")
         make_reachable(c)
         c.write("/etc/dqagent/dqagent.env", settings_text(
             redis, MIN_PROCESSES=1, MAX_PROCESSES=5, CHECK_INTERVAL=2, PROCESS_STARTUP_DELAY=1,
             GRACEFUL_SHUTDOWN_TIMEOUT=20, LOG_LEVEL="INFO", WORKER_DIRECTORY=str(APP_DIR), HOST_MAX_PROCESSES=7,
+            METRICS_ADDRESS=page,
             DRAMATIQ_COMMAND=f"{PYTHON} -m dramatiq --processes 1 --threads 4 --worker-shutdown-timeout 15000 "
                              f"dqtestapp --queues {QUEUE}"))
         c.write("/etc/dqagent/worker.env", f"DQTEST_REDIS_URL={redis.url}\nDQTEST_QUEUE={QUEUE}\n")
@@ -75,6 +77,7 @@ def main() -> int:
         banner("dqagent install --now")
         print(c.run([DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "install", "--now"]).stdout.rstrip())
         print(sh(c, "systemctl", "status", "dqagent", "--no-pager", "--lines=0"))
+        banner(f"status page: http://{page}/ (open it in a browser while the demo runs; also /status.json, /metrics)")
 
         banner(f"enqueueing a burst of {BURST} messages of {TASK_MS} ms on {QUEUE}, {IO_BURST} on {IO_QUEUE}")
         time.sleep(2)
@@ -85,7 +88,8 @@ def main() -> int:
         started = time.monotonic()
         peak = 0
         while time.monotonic() - started < DEADLINE_S:
-            banner(f"t+{time.monotonic() - started:.0f}s: dqagent status; systemctl list-units 'dramatiq-worker@*'")
+            banner(f"t+{time.monotonic() - started:.0f}s: dqagent status; systemctl list-units 'dramatiq-worker@*'"
+                   f"  (page: http://{page}/)")
             print(sh(c, DQAGENT, "--env-file", "/etc/dqagent/dqagent.env", "status"))
             print(sh(c, "systemctl", "list-units", "dramatiq-worker@*", "--no-pager"))
             running = len([ln for ln in sh(c, "systemctl", "list-units", "dramatiq-worker@*", "--plain",

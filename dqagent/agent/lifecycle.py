@@ -249,9 +249,11 @@ class Agent(Loop):
         """Serve METRICS_ADDRESS / write METRICS_TEXTFILE when set; an exit status when it cannot listen."""
         if not (self.s.metrics_address or self.s.metrics_textfile):
             return None
+        from dqagent.agent.statusview import page_source
         from dqagent.report.metrics import Exporter, MetricsError
 
-        self.exporter = Exporter(lambda: self.latest, self.s.metrics_address, self.s.metrics_textfile)
+        page = page_source(lambda: self.latest, lambda: self.s, self.pool_list)
+        self.exporter = Exporter(lambda: self.latest, self.s.metrics_address, self.s.metrics_textfile, page)
         try:
             self.exporter.start()
         except MetricsError as exc:

@@ -25,6 +25,7 @@ from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
 from dqagent.broker.fleetstore import FleetCoordinator
 from dqagent.core.demand import Demand, DemandProbe
+from dqagent.core.history import DecisionNote, History, Point
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
 from dqagent.core.reconciler import Backoff, Plan, census, reconcile, stoppable
@@ -96,6 +97,9 @@ class Loop(PoolHost):
         self.pauses = PauseBook(None, wallclock)
         #: The broker outage under way, if any (`dqagent.agent.outage`: BROKER_FAILURE).
         self.outage = broker_outage.OutageState()
+        #: Each pool's figures over the last hour and the last decisions, for the status page (bounded).
+        self.history = History()
+        self._rejected_now: tuple[Rejection, ...] = ()
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -140,10 +144,11 @@ class Loop(PoolHost):
             return await self._broker_down(str(exc))
         self.reporter.redis_up()
         self._rejected(demand.rejected)
+        self._rejected_now = demand.rejected
         self.reporter.note_ages(demand)
         if demand.orphaned:
             await self._recover(demand)
-        states = await self.units.worker_states(brief=("ActiveEnterTimestamp",))
+        states = await self.units.worker_states(brief=("ActiveEnterTimestamp", "MainPID"))  # (PIDs: the page)
         self._note_undeclared(states)
         await self._retire(states)
         now_s, now_us = self.clock(), self.wallclock() * 1e6
@@ -229,6 +234,8 @@ class Loop(PoolHost):
             log.log(logging.DEBUG if check.routine else logging.INFO, "decision%s: %d -> %d workers (%s)",
                     self._of(run), pool, target, check.decision.reason,
                     extra=event("decision", dqagent_pool=name, **check.fields))
+            if not check.routine:
+                self.history.decided(DecisionNote(self.wallclock(), name, pool, target, check.decision.reason))
             if check.budget is not None and check.label == Reason.HOST_BUDGET and check.plan.stop:
                 log.info("pool %s gives way under HOST_MAX_PROCESSES=%s: %d -> %d workers, room to %s",
                          name, self.s.host_max_processes, pool, check.plan.pool - len(check.plan.stop),
@@ -267,7 +274,9 @@ class Loop(PoolHost):
             c = census(base[name].units, run.jobs.in_flight)
             run.workers = WorkerCounts(running=c.running, starting=c.coming, stopping=c.going, failed=c.failing,
                                        desired=run.last_wanted)
-            run.queues = base[name].demand.queues
+            run.queues, run.units = base[name].demand.queues, tuple(base[name].units)
+            outstanding = None if base[name].broker_down_since_s is not None else base[name].demand.outstanding
+            self.history.add(name, Point(self.wallclock(), c.running, outstanding, run.last_wanted))
             check = checks.get(name)
             if check is not None:
                 run.share = check.budget.share if check.budget is not None else None
@@ -353,11 +362,15 @@ class Loop(PoolHost):
                                   schedule_floor=run.schedule.floor if run.schedule else None,
                                   schedule_ceiling=run.schedule.ceiling if run.schedule else None,
                                   pause=self.pauses.get(name, now), broker_failure=run.s.broker_failure,
-                                  broker_failure_active=run.outage == run.s.broker_failure)
+                                  broker_failure_active=run.outage == run.s.broker_failure, units=run.units,
+                                  history=self.history.points(name))
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,
                         last_decision_s=self._last_decision_s, counters=self._frozen_counters(),
-                        guard_holding=self._guard_holding(), host_max_processes=self.s.host_max_processes)
+                        guard_holding=self._guard_holding(), host_max_processes=self.s.host_max_processes,
+                        status_text=self.reporter.status_text,
+                        broker_error="" if redis_up else self.reporter.redis_error, rejected=self._rejected_now,
+                        decisions=self.history.decisions(), headroom=self.guard.last)
 
     def _guard_holding(self) -> str | None:
         if not self.s.guard:

@@ -68,7 +68,7 @@ async def decide_without_broker(loop: Loop, message: str) -> float:
     state = loop.outage
     if state.since_s is None:
         state.since_s = loop.clock()
-    states = await loop.units.worker_states(brief=("ActiveEnterTimestamp",))
+    states = await loop.units.worker_states(brief=("ActiveEnterTimestamp", "MainPID"))  # (PIDs: the status page)
     now_s, now_us = loop.clock(), loop.wallclock() * 1e6
     base = {name: Observed(now_s, now_us, Demand(()), of_pool(states, name), {}, Backoff(),
                            broker_down_since_s=state.since_s) for name in loop.runs}

@@ -54,6 +54,7 @@ class PoolRun:
     #: Its figures as of the last check, for the snapshot (`dqagent.core.snapshot.PoolFigures`).
     workers: WorkerCounts | None = None
     queues: tuple[QueueDemand, ...] = ()
+    units: tuple[UnitState, ...] = ()
     #: Its share of HOST_MAX_PROCESSES at its last check; None: no host budget.
     share: int | None = None
     #: A reload removed its file: its workers stop, then it is forgotten (it no longer decides).
@@ -170,8 +171,9 @@ class PoolHost:
         return self.default.jobs
 
     def pool_list(self) -> tuple[Pool, ...]:
-        """The pools as they run now (the default pool first)."""
-        return tuple(Pool(name, run.s) for name, run in self.runs.items())
+        """The pools as they run now (the default pool first). The status page calls it from the metrics
+        server's thread: `runs` is copied in one C-level step before any Python code runs between items."""
+        return tuple(Pool(name, run.s) for name, run in tuple(self.runs.items()))
 
     def add_pools(self, pools: Sequence[Pool], pool_policies: Mapping[str, Policy] | None = None) -> None:
         """Add the pools not yet run (the default pool is given to the constructor); warn about each whose

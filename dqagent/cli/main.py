@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from dqagent import __version__
+from dqagent.cli import watch  # light: argparse, time, datetime
 from dqagent.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -81,6 +82,8 @@ def build_parser(simulator: bool = True) -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show queue, workers and thresholds from systemd and Redis")
     status.add_argument("--json", action="store_true", help="machine-readable, old manager's keys")
     status.add_argument("--fleet", action="store_true", help="also every member of this host's FLEET (docs/fleet.md)")
+    status.add_argument("--watch", nargs="?", const=watch.DEFAULT_S, type=watch.seconds, metavar="SECONDS",
+                        help=f"redraw every SECONDS (default {watch.DEFAULT_S:g}) until Ctrl+C, changes highlighted")
 
     for name, verb in (("scale-up", "start"), ("scale-down", "stop")):
         p = sub.add_parser(name, help=f"{verb} workers now, through systemd")
@@ -184,8 +187,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if command == "start":
             return asyncio.run(_start(args))
+        if command == "status" and args.watch is not None:
+            return watch.watch(lambda: asyncio.run(_status(args, _start_broker_read(args))), args.watch)
         if command == "status":
-            return asyncio.run(_status(args, _start_broker_read(args)))
+            print(asyncio.run(_status(args, _start_broker_read(args))))
+            return EXIT_OK
         _exit_at_once(asyncio.run(_scale(args, up=command == "scale-up")))
     if command in ("install", "uninstall"):
         from dqagent.setup.install import install, uninstall
@@ -364,7 +370,7 @@ def _start_broker_read(args: argparse.Namespace) -> Any:
     return Pending.start(loaded, loaded.pools or (Pool(DEFAULT_POOL, loaded.settings),))
 
 
-async def _status(args: argparse.Namespace, broker: Any) -> int:
+async def _status(args: argparse.Namespace, broker: Any) -> str:
     from dqagent.cli.status import collect, render_json, render_text
 
     loaded = broker.loaded
@@ -374,10 +380,8 @@ async def _status(args: argparse.Namespace, broker: Any) -> int:
 
         report["fleet"] = await fleet_status(loaded.settings, report["queue_length"])
     if args.json:
-        print(render_json(report))
-    else:
-        print(render_text(report) + (f"\n{_fleet_text(report['fleet'])}" if args.fleet else ""))
-    return EXIT_OK
+        return render_json(report)
+    return render_text(report) + (f"\n{_fleet_text(report['fleet'])}" if args.fleet else "")
 
 
 def _fleet_text(fleet: dict[str, Any]) -> str:

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from dqagent.core.untrusted import RecordKind
+from dqagent.core.guard import Headroom
+from dqagent.core.history import DecisionNote, Point
+from dqagent.core.units import UnitState
+from dqagent.core.untrusted import RecordKind, Rejection
 from dqagent.settings.parsers import DEFAULT_POOL
 
 if TYPE_CHECKING:  # the type only: this module imports no redis
@@ -207,6 +210,10 @@ class PoolFigures:
     #: BROKER_FAILURE, and whether it sets the pool's count now (Redis unreadable; `min`/`fixed`: after the grace).
     broker_failure: str = "hold"
     broker_failure_active: bool = False
+    #: Its worker units as the last check listed them (for the status page; a running unit's restarts: -1).
+    units: tuple[UnitState, ...] = ()
+    #: Its figures over the last hour (`dqagent.core.history`), for the status page's chart.
+    history: tuple[Point, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +233,13 @@ class Snapshot:
     guard_holding: str | None = None
     #: HOST_MAX_PROCESSES: the host's budget of worker processes, shared by the pools; None: no host cap.
     host_max_processes: int | None = None
+    #: STATUS= as last sent; why the broker could not be read ("" when it could); the broker data the last
+    #: read skipped; the last decisions that changed something; the guard's last reading of the host.
+    status_text: str = ""
+    broker_error: str = ""
+    rejected: tuple[Rejection, ...] = ()
+    decisions: tuple[DecisionNote, ...] = ()
+    headroom: Headroom | None = None
 
     @property
     def default(self) -> PoolFigures:

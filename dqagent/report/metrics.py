@@ -39,6 +39,7 @@ from dqagent.core.snapshot import Direction, Snapshot
 from dqagent.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, DqAgentError
 from dqagent.report.logs import event
 from dqagent.report.metrics_http import Server, start_server
+from dqagent.report.page import PageData
 from dqagent.settings.config import parse_metrics_address
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,10 @@ class MetricsError(DqAgentError, OSError):
 class Exporter:
     """The `/metrics` server and the textfile of one agent, over its `latest` snapshot."""
 
-    def __init__(self, latest: Callable[[], Snapshot | None], address: str, textfile: str) -> None:
+    def __init__(self, latest: Callable[[], Snapshot | None], address: str, textfile: str,
+                 page: Callable[[], PageData | None] | None = None) -> None:
         self.registry = registry_for(latest)
+        self.page = page  # the status page's data, served beside /metrics (`dqagent.report.pageapp`)
         self.address = ""
         self.textfile = Path(textfile) if textfile else None
         self._server: Server | None = None
@@ -261,7 +264,7 @@ class Exporter:
         assert parsed is not None
         host, port = parsed
         try:
-            self._server = start_server(host, port, self.registry)
+            self._server = start_server(host, port, self.registry, self.page)
         except OSError as exc:
             # A port in use may come free (systemd restarts us); anything else is the setting's fault.
             code = EXIT_UNAVAILABLE if exc.errno == errno.EADDRINUSE else EXIT_CONFIG

@@ -1,4 +1,5 @@
-"""The `/metrics` HTTP server: prometheus_client's WSGI app served from an asyncio loop in a thread of its own.
+"""The `/metrics` HTTP server: prometheus_client's WSGI app served from an asyncio loop in a thread of its own
+(with the status page beside it, `dqagent.report.pageapp`, when the agent gives one).
 
 Not prometheus_client's threading server: it spends a thread per connection, without limit, and its
 timeout applies to each read, so clients dribbling header bytes held a thread each for as long as they
@@ -24,6 +25,8 @@ from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.registry import CollectorRegistry
 
 from dqagent.report.logs import event
+from dqagent.report.page import PageData
+from dqagent.report.pageapp import page_app
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +189,10 @@ def _response(status: str, headers: list[tuple[str, str]], body: bytes) -> bytes
     return "\r\n".join(head).encode("latin-1") + body
 
 
-def start_server(host: str, port: int, registry: CollectorRegistry) -> Server:
-    """Serve `registry` on host:port (`Server`), listening before this returns.
+def start_server(host: str, port: int, registry: CollectorRegistry,
+                 page: Callable[[], PageData | None] | None = None) -> Server:
+    """Serve `registry` on host:port (`Server`), listening before this returns; with `page`, the status page
+    beside /metrics (`dqagent.report.pageapp`).
 
     The address family is picked by `getaddrinfo` as prometheus_client's `start_http_server` does, with
     `SO_REUSEADDR` as socketserver sets it. Raises `OSError` (incl. `socket.gaierror`) when it cannot listen.
@@ -201,6 +206,7 @@ def start_server(host: str, port: int, registry: CollectorRegistry) -> Server:
     except BaseException:
         sock.close()
         raise
-    server = Server(sock, make_wsgi_app(registry))
+    metrics = make_wsgi_app(registry)
+    server = Server(sock, metrics if page is None else page_app(metrics, page))
     server.start()
     return server

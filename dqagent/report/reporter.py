@@ -55,6 +55,8 @@ class Reporter:
         self.notifier = notifier
         #: The loop's counters: the failures logged here are counted there (one place for every counter).
         self.counters = counters if counters is not None else Accumulator()
+        #: The last STATUS= line sent ("" before the first).
+        self.status_text = ""
         #: unit -> the failure reasons logged for it; dropped once the unit runs settled again.
         self._failing: dict[str, set[str]] = {}
         #: unit -> reason of its last failed start check (a unit the agent stopped after it is not listed).
@@ -75,6 +77,7 @@ class Reporter:
         self.tick_failures = 0
 
     def _status(self, line: str) -> None:
+        self.status_text = line  # the status page shows it
         if self.notifier is not None:
             self.notifier.status(line)
 

@@ -125,8 +125,9 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds before a D-Bus call to systemd is abandoned (`dqagent status` and the agent never hang)"),
     # Prometheus metrics, docs/metrics.md.
     Setting("METRICS_ADDRESS", "", "metrics_address", p.check_metrics_address,
-            "serve Prometheus `/metrics` on `host:port` or `[v6]:port` (e.g. `127.0.0.1:9810`); empty: off "
-            "([docs/metrics.md](docs/metrics.md))"),
+            "serve Prometheus `/metrics` and the read-only status page `/` on `host:port` or `[v6]:port` (e.g. "
+            "`127.0.0.1:9810`); empty: off ([docs/metrics.md](docs/metrics.md), "
+            "[docs/status-page.md](docs/status-page.md))"),
     Setting("METRICS_TEXTFILE", "", "metrics_textfile", p.parse_metrics_textfile,
             "also write the same metrics to this absolute `.prom` path after each check, atomically, for "
             "node_exporter's textfile collector (its directory is the agent unit's `ReadWritePaths=`)",

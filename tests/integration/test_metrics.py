@@ -161,12 +161,13 @@ def test_scrape_while_scaling_agrees_with_status_and_systemd(metered: Metered) -
     m.at_min()
 
 
-def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(metered: Metered) -> None:
+def test_fifty_concurrent_scrapes_and_page_loads_delay_no_scale_up_and_starve_no_watchdog(metered: Metered) -> None:
     m, c = metered, metered.c
     pid = c.unit_property("dqagent.service", "MainPID")
     restarts = c.unit_property("dqagent.service", "NRestarts")
     quiet = m.scale_up_s()
-    # When: bursts of 50 scrapes at once (0.2 s apart, as 50 Prometheus servers would) during a scale-up
+    # When: bursts of 50 scrapes and 50 status page loads at once (0.2 s apart, as 50 Prometheus servers and 50
+    # open browsers would: each client a scrape, then the page or its /status.json) during a scale-up
     stop = threading.Event()
     burst = threading.Barrier(50)
     ok = [0] * 50
@@ -180,6 +181,9 @@ def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(meter
                 began = time.monotonic()
                 with urllib.request.urlopen(m.url, timeout=20) as r:  # the text only: this process's CPU
                     assert r.status == 200 and b"dqagent_redis_up 1.0" in r.read()  # stays the agent's
+                page, mark = ("status.json", b'"pools"') if ok[i] % 2 else ("", b'data-pool="default"')
+                with urllib.request.urlopen(m.url.removesuffix("metrics") + page, timeout=20) as r:
+                    assert r.status == 200 and mark in r.read()
                 latencies.append(time.monotonic() - began)
                 ok[i] += 1
             except threading.BrokenBarrierError:
@@ -201,8 +205,8 @@ def test_fifty_concurrent_scrapes_delay_no_scale_up_and_starve_no_watchdog(meter
             t.join(30)
     latencies.sort()
     print(f"\nscale-up 1 -> {MAX}: {quiet:.1f}s without scrapes, {loaded:.1f}s under bursts of 50 concurrent "
-          f"scrapes ({sum(ok)} scrapes, {len(errors)} errors, scrape p50 {latencies[len(latencies) // 2]:.2f}s "
-          f"max {latencies[-1]:.2f}s)")
+          f"scrapes + page loads ({sum(ok)} of each, {len(errors)} errors, scrape + page p50 "
+          f"{latencies[len(latencies) // 2]:.2f}s max {latencies[-1]:.2f}s)")
     # Then: every scraper was answered, the scale-up took no longer beyond noise, no watchdog kill
     assert not errors, errors[:3]
     assert all(n >= 1 for n in ok)
@@ -309,6 +313,13 @@ def test_a_scrape_while_redis_is_down_answers_redis_up_0(metered: Metered) -> No
         assert not [k for k in got if k[0] == "dqagent_queue_messages"]  # unknown, not stale
         assert pooled(got, "dqagent_workers", state="running") == 1  # kept: the agent never scales on unknown data
         assert running_workers(c) == worker_names(1)
+        # the status page and its document are served meanwhile, and say that Redis is down
+        base = m.url.removesuffix("metrics")
+        with urllib.request.urlopen(base + "status.json", timeout=5) as r:
+            doc = json.loads(r.read())
+        assert doc["redis_error"] and doc["queues"] == {} and doc["current_processes"] == 1
+        with urllib.request.urlopen(base, timeout=5) as r:
+            assert b'data-field="redis_error">Redis unavailable' in r.read()
     finally:
         m.redis.restart()
     wait_until("dqagent_redis_up 1 again", lambda: value(m.scrape(), "dqagent_redis_up") == 1, timeout=60)

@@ -6,10 +6,10 @@ import signal
 
 import pytest
 
-from dqagent.cli import status
 from dqagent.core import units
 from dqagent.core.reconciler import Phase, census, classify
 from dqagent.core.units import ActiveState, UnitState, describe_exit
+from dqagent.report import statusdoc
 
 
 def state(active: ActiveState = ActiveState.FAILED, sub: str = "failed", restarts: int = 3,
@@ -20,7 +20,7 @@ def state(active: ActiveState = ActiveState.FAILED, sub: str = "failed", restart
 
 def test_one_decoder_of_a_main_process_end_and_it_reads_like_systemctl_status() -> None:
     assert not hasattr(UnitState, "exit_status")  # the second decoder, used by tests only, is gone
-    assert status.describe_exit is units.describe_exit
+    assert statusdoc.describe_exit is units.describe_exit
     s = state(code=3, exit_status=int(signal.SIGSEGV))
     assert describe_exit(s.exec_main_code, s.exec_main_status) == "killed by SIGSEGV (core dumped)"
     assert describe_exit(1, 2) == "exit status 2"
