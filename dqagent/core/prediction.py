@@ -17,8 +17,10 @@ reports what it would have done (`Predicted.would`), never acting.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from dqagent.core.policies import Decision, Policy, StepPolicy, TargetPolicy
 
@@ -67,6 +69,46 @@ class Predicted:
     @property
     def acted(self) -> bool:
         return self.mode is Mode.ON and self.would is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastReport:
+    """One pool's forecast as operators read it (`dqagent status`, `/metrics`, the journal): its mode, whether
+    it is trusted (else `why` it stepped aside), its error over the recent scores and the last day, the short
+    period found (None: none, the daily/weekly profile or nothing), and the floor it asked for at `at_s`."""
+
+    mode: Mode
+    trusted: bool
+    why: str
+    error_recent: float | None
+    error_day: float | None
+    period_s: float | None
+    floor: int
+    would: int | None
+    #: Wall-clock seconds of the check this report is from.
+    at_s: float
+
+    def to_json(self) -> dict[str, object]:
+        return {"mode": str(self.mode), "trusted": self.trusted, "why": self.why, "error_recent": self.error_recent,
+                "error_day": self.error_day, "period_s": self.period_s, "floor": self.floor, "would": self.would,
+                "at_s": self.at_s}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ForecastReport:
+        """What `to_json` wrote; raises ValueError, KeyError or TypeError on anything else."""
+        def opt(v: Any) -> float | None:
+            return None if v is None else float(v)
+        return cls(Mode(d["mode"]), bool(d["trusted"]), str(d["why"])[:200], opt(d["error_recent"]),
+                   opt(d["error_day"]), opt(d["period_s"]), int(d["floor"]),
+                   None if d["would"] is None else int(d["would"]), float(d["at_s"]))
+
+
+def forecast_fields(p: Predicted) -> dict[str, object]:
+    """The decision line's journal fields for PREDICTIVE (shadow or on): the mode, the floor the forecast asked
+    for, the target it set or would have set ("" when it left the policy's), its recent error ("" unknown) and
+    why it stepped aside ("" when trusted)."""
+    return dict(forecast_mode=str(p.mode), forecast_floor=p.floor, forecast_would="" if p.would is None else p.would,
+                forecast_error="" if p.error is None else f"{p.error:.3f}", forecast_aside=p.aside)
 
 
 def per_worker(policy: Policy) -> float:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from dqagent.core.guard import Headroom
 from dqagent.core.history import DecisionNote, Point
+from dqagent.core.prediction import ForecastReport
 from dqagent.core.units import UnitState
 from dqagent.core.untrusted import RecordKind, Rejection
 from dqagent.settings.parsers import DEFAULT_POOL
@@ -214,6 +215,8 @@ class PoolFigures:
     units: tuple[UnitState, ...] = ()
     #: Its figures over the last hour (`dqagent.core.history`), for the status page's chart.
     history: tuple[Point, ...] = ()
+    #: PREDICTIVE: the forecast as of its last check (None: off, or no check yet).
+    forecast: ForecastReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
 from dqagent.core.pause import Pause, hold
 from dqagent.core.policies import FAST_READ_S, Decision, Observation, Policy, read_interval_s
-from dqagent.core.prediction import Forecast, Predicted, per_worker
+from dqagent.core.prediction import Forecast, Predicted, forecast_fields, per_worker
 from dqagent.core.prediction import floor as forecast_floor
 from dqagent.core.reconciler import Backoff, Census, Intent, Plan, census, reconcile
 from dqagent.core.schedule import InForce, in_force
@@ -213,7 +213,8 @@ class Check:
                     workers=c.pool, running=c.running, target=self.decision.target, ready=d.ready,
                     in_flight=d.in_flight, delayed=d.delayed, dead_lettered=d.dead, orphaned=d.orphaned,
                     policy=self.rules.policy.name, breakdown=breakdown(d), oldest_age_s=format_age(d.oldest_age_s),
-                    **(self.share.fields() if self.share is not None else {}))
+                    **(self.share.fields() if self.share is not None else {}),
+                    **(forecast_fields(self.predicted) if self.predicted is not None else {}))
 
 
 def observe(rules: Rules, seen: Observed) -> Seen:

@@ -33,7 +33,7 @@ from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits
 from dqagent.core.pause import Pause
 from dqagent.core.policies import Policy
-from dqagent.core.prediction import Mode
+from dqagent.core.prediction import Forecast, Mode
 from dqagent.core.predictor import Predicting
 from dqagent.core.reconciler import Backoff, Intent
 from dqagent.core.step import Check, Host, Memory, NeedsHost, Observed, Rules, decide
@@ -131,8 +131,7 @@ class SimAgent:
         """Observe, then decide with the shared step (the host read only when the guard asks for it)."""
         observed = self.observe(now)
         pause = self.pause_at(now)
-        wall = EPOCH_S + now
-        forecast = None if self.predicting is None else self.predicting.forecast(self.rules, observed, wall)
+        forecast = self.forecast(observed, now)
         check = decide(self.rules, observed, self.memory, pause=pause, forecast=forecast)
         if isinstance(check, NeedsHost):
             assert self.limits is not None, "the guard is off: the step never asks for the host"
@@ -140,9 +139,17 @@ class SimAgent:
                            pause=pause, forecast=forecast)
         assert isinstance(check, Check), "the step asks for the host only once"
         self.memory = check.memory
-        if self.predicting is not None and forecast is not None:
-            self.predicting.learn(observed, wall, forecast.lead_s)
+        self.learn(observed, now, forecast)
         return observed, check
+
+    def forecast(self, observed: Observed, now: float) -> Forecast | None:
+        """PREDICTIVE's input to this check's step (None: off), as the agent's loop asks for it: before deciding."""
+        return None if self.predicting is None else self.predicting.forecast(self.rules, observed, EPOCH_S + now)
+
+    def learn(self, observed: Observed, now: float, forecast: Forecast | None) -> None:
+        """After the check's step: the forecast kept to be scored (as the agent's loop does)."""
+        if self.predicting is not None and forecast is not None:
+            self.predicting.learn(observed, EPOCH_S + now, forecast.lead_s)
 
     def pause_at(self, now: float) -> Pause | None:
         """The pause in force at simulated time `now`, as the agent's `PauseBook.get` would give it."""
