@@ -6,9 +6,10 @@ What it learns, from one figure per check (outstanding messages, the count the p
   `RESOLUTION_S` bucket over the last `RECENT_BUCKETS` buckets, 2 hours, how far the count climbed above
   where the bucket before ended) are searched for the period whose autocorrelation is highest (at least
   `MIN_CORRELATION`, at least `MIN_REPEATS` periods seen); the smallest period close to the best wins, so a
-  multiple of the period is never taken for it. The forecast for a moment is a **rise**: the highest, over the
-  last three periods, of the rise at that phase (a bucket missing there: its neighbour's). The highest, not a
-  median: a read that came late in a batch sees less of it than arrived, never more. Rises, not counts:
+  multiple of the period is never taken for it. Only buckets whose JITTER neighbours have all been seen take
+  part (a batch due in the next buckets must not read as missing). The forecast for a moment is a **rise**: the
+  highest, over the last three periods, of the rise at that phase (a bucket missing there: its neighbour's). The
+  highest, not a median: a read that came late in a batch sees less of it than arrived, never more. Rises, not counts:
   how fast a batch drains depends on the workers the forecast itself started, how much arrives does not.
 - **The daily and weekly profile** (a business-hours curve, a nightly import): the highest count in each
   `SLOT_S` slot of the host's local day (so a DST change moves the profile with the clock), blended into a
@@ -21,13 +22,15 @@ How right it is: the forecast for the bucket `lead` seconds ahead (`commit`) is 
 been seen, then scored against what came (a rise within JITTER buckets counts as on time). A batch forecast
 that does not come, or one that comes unforecast, scores badly. `error_recent()` (the last `RECENT_SCORES`
 scores, what the floor trusts) and `error_day()` (the last day, what operators read) are the weighted absolute
-percentage error, sum |forecast - seen| / sum seen. None: too few scores to say.
+percentage error, sum |forecast - seen| / sum seen. None: under MIN_SCORES scores. When a short period is first
+found, the history it was found in is scored at once (`_hindcast`: each bucket from the periods before it), so a
+rhythm seen three times can be trusted before its fourth batch instead of MIN_SCORES buckets later.
 
 Bounds: at most 2 x RECENT_BUCKETS + 2 x (7 x 288 + 288) figures, DAY_SCORES scores of 3 numbers and a few
 pending forecasts (about 240 KB as JSON after two days of reads every 2 s); the period search is
-O(RECENT_BUCKETS x the periods tried) and runs at most once per `SEARCH_EVERY_S` (a check costs about 0.25 ms
-on average on this project's 2-core machine). Gaps (the agent or the
-broker down) are missing buckets: they are skipped, never read as zero.
+O(RECENT_BUCKETS x the periods tried) and runs at most once per `SEARCH_EVERY_S` (10 ms on a full window), more
+often while the history is short and the search cheap (every SEARCH_SHARE of its span, at most once per bucket).
+Gaps (the agent or the broker down) are missing buckets: they are skipped, never read as zero.
 
 No clock and no I/O: the caller passes wall-clock seconds and saves `to_dict()` where it wants.
 """
@@ -58,8 +61,12 @@ MIN_REPEATS = 3
 MIN_CORRELATION = 0.6
 #: A period within this share of the best correlation counts as as good (the smallest of them wins).
 NEAR_BEST = 0.9
-#: Seconds between period searches.
+#: Longest time between period searches (a search over the whole window costs about 10 ms); with less history
+#: they come more often, down to every bucket: a search costs O(history^2), and a short period is found when its
+#: third repeat has been seen, not up to a minute later.
 SEARCH_EVERY_S = 60.0
+#: ... every this share of the history's span.
+SEARCH_SHARE = 1 / 18
 #: Seconds per slot of the daily and weekly profiles.
 SLOT_S = 300.0
 SLOTS_PER_DAY = 288
@@ -71,6 +78,8 @@ WEEKLY_SAMPLES = 2
 #: Scores kept: the recent ones the floor trusts, and a day's for operators.
 RECENT_SCORES = 60
 DAY_SCORES = 8640
+#: Scores an error needs (fewer: None, too few to say).
+MIN_SCORES = 8
 #: Format of `to_dict()`.
 VERSION = 1
 
@@ -145,9 +154,29 @@ class Forecaster:
             self.rises[b] = max(self.rises.get(b, 0), outstanding - self.base)
         self.last = (b, outstanding)
         self._observe_slot(now_s, outstanding)
-        if now_s - self.searched_s >= SEARCH_EVERY_S:
+        span_s = (b - min(self.recent)) * RESOLUTION_S
+        if now_s - self.searched_s >= min(SEARCH_EVERY_S, max(RESOLUTION_S, SEARCH_SHARE * span_s)):
             self.searched_s = now_s
-            self.period = find_period(self.rises, b)
+            before, self.period = self.period, find_period(self.rises, b)
+            if before is None and self.period is not None:
+                self._hindcast(b)
+
+    def _hindcast(self, now_bucket: int) -> None:
+        """A period just found: score what it would have forecast for the complete buckets after its first
+        period (each from the periods before it only, as `_score` scores rises), so that its error is known when
+        it is found rather than MIN_SCORES buckets later. In-sample (the period was chosen on these buckets): a
+        rhythm the agent trusts on it has been seen to repeat, and the live scores take over from there."""
+        assert self.period is not None
+        back = round(self.period.seconds / RESOLUTION_S)
+        last = now_bucket - 1 - JITTER
+        for c in range(max(min(self.rises) + back, last - RECENT_SCORES + 1, self.scored_to + 1), last + 1):
+            if c not in self.recent:
+                continue
+            near = range(c - JITTER, c + JITTER + 1)
+            said = [f for b in near if (f := self._by_period(b * RESOLUTION_S, self.period.seconds)) is not None]
+            if said:
+                self.scores.append((c, max(said), max(self.rises.get(b, 0) for b in near)))
+        self.scored_to = max(self.scored_to, last)
 
     def _close_buckets(self, current: int) -> None:
         for c in sorted(k for k in self.pending if self.scored_to < k < current - JITTER):
@@ -301,15 +330,18 @@ def local_slot(when_s: float, zone: tzinfo) -> tuple[int, int]:
 
 def find_period(recent: Mapping[int, int], now_bucket: int) -> Period | None:
     """The short regular period of the recent series (see the module docstring), or None."""
-    if len(recent) < 2:
+    # Only buckets whose smoothing window has been seen whole (a batch due in the next JITTER buckets must not
+    # read as missing), the bucket under way excluded.
+    seen = [k for k in recent if k <= now_bucket - 1 - JITTER]
+    if len(seen) < 2:
         return None
-    first = min(recent)
+    first = min(seen)
     span = now_bucket - first + 1
     lo = max(2, math.ceil(MIN_PERIOD_S / RESOLUTION_S))
     hi = min(int(MAX_PERIOD_S / RESOLUTION_S), span // MIN_REPEATS)
     if hi < lo:
         return None
-    smooth = {k: max(recent.get(i, 0) for i in range(k - JITTER, k + JITTER + 1)) for k in recent}
+    smooth = {k: max(recent.get(i, 0) for i in range(k - JITTER, k + JITTER + 1)) for k in seen}
     mean = statistics.fmean(smooth.values())
     dev = {k: v - mean for k, v in smooth.items()}
     var = statistics.fmean(d * d for d in dev.values())
@@ -327,8 +359,8 @@ def find_period(recent: Mapping[int, int], now_bucket: int) -> Period | None:
 
 
 def wape(scores: list[tuple[int, float, int]]) -> float | None:
-    """sum |forecast - seen| / sum seen (None: under RECENT_SCORES / 4 scores; 0 seen counts as 1)."""
-    if len(scores) < RECENT_SCORES // 4:
+    """sum |forecast - seen| / sum seen (None: under MIN_SCORES scores; 0 seen counts as 1)."""
+    if len(scores) < MIN_SCORES:
         return None
     return sum(abs(p - s) for _, p, s in scores) / max(1, sum(s for _, _, s in scores))
 

@@ -39,6 +39,21 @@ def test_a_regular_batch_is_found_and_forecast_a_lead_ahead() -> None:
     assert f.error_recent() is not None and f.error_recent() <= 0.1
 
 
+def test_a_one_minute_burst_is_forecast_and_scored_before_the_fourth() -> None:
+    """Three bursts seen (15, 75, 135 s), read every second: before the fourth (195 s) the period is found, its
+    error is known (the history it was found in is scored at once) and the burst is forecast a lead ahead."""
+    f = Forecaster()
+    for i in range(0, 186):
+        f.observe(T0 + i, 40 if i >= 15 and (i - 15) % 60 < 8 else 0)
+        f.commit(T0 + i, 5.0)
+    assert f.period is not None and f.period.seconds == 60
+    error = f.error_recent()
+    assert error is not None and error <= 0.1
+    now = T0 + 186
+    out = f.outlook(now, now + 10)
+    assert out is not None and out.kind is Kind.RISE and out.value == 40
+
+
 def test_no_rhythm_no_period() -> None:
     import random
     rng = random.Random(7)
