@@ -9,7 +9,6 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,13 @@ from dqagent.agent.forecasting import read_report, state_path
 from dqagent.agent.lifecycle import Agent
 from dqagent.agent.pools import policy_for
 from dqagent.agent.statusview import public_document
-from dqagent.core.units import JobOutcome
 from dqagent.report.metrics import families
 from dqagent.settings.config import Settings, parse_settings
 from dqagent.settings.pools import Pool
-from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.fakes import FakeDemandProbe, RecordingNotifier
 from tests.unit.logged import events
 from tests.unit.test_agent_loop import Clock
+from tests.unit.test_schedule_agent import SlowStarts  # (StartUnit takes 1.5 s: the measured lead)
 
 T0 = 1_800_000_000.0  # wall clock at t = 0 (a Friday, 08:00 UTC)
 PERIOD = 60
@@ -42,18 +41,6 @@ def waiting(t: float) -> int:
     """A burst of BURST messages at each multiple of PERIOD, drained linearly within 20 s."""
     phase = t % PERIOD
     return max(0, BURST - int(phase * BURST / 20)) if phase < 20 else 0
-
-
-class SlowStarts(FakeUnits):
-    """Each StartUnit takes 1.5 s of the agent's monotonic clock: the measured start the lead is made of."""
-
-    def __init__(self, clock: Clock) -> None:
-        super().__init__()
-        self.clock = clock
-
-    async def start_units(self, units: Sequence[str], timeout_s: float = 90) -> list[JobOutcome]:
-        self.clock.now += 1.5
-        return await super().start_units(units, timeout_s)
 
 
 class Run:
