@@ -169,17 +169,17 @@ class Forecasts:
     def _trust_changed(self, pool: str, p: PoolForecast, r: ForecastReport) -> None:
         period = f"a period of {r.period_s:.0f} s" if r.period_s is not None else "the daily and weekly profile"
         fields = dict(dqagent_pool=pool, forecast_mode=str(r.mode), forecast_error=_ratio(r.error_recent),
+                      forecast_error_day=_ratio(r.error_day),
                       forecast_period_s="" if r.period_s is None else f"{r.period_s:.0f}")
         if r.trusted:
             acts = "pre-warms and holds workers" if r.mode is Mode.ON else "reports what it would do"
-            log.info("pool %s: forecast trusted (recent error %s, %s): PREDICTIVE=%s %s", pool,
-                     _percent(r.error_recent), period, r.mode, acts, extra=event("forecast_trusted", **fields))
+            log.info("pool %s: forecast trusted (recent error %s, %s over the last day, %s): PREDICTIVE=%s %s", pool,
+                     _percent(r.error_recent), _percent(r.error_day), period, r.mode, acts,
+                     extra=event("forecast_trusted", **fields))
             return
         level = logging.WARNING if p.trusted else logging.INFO  # (stepping aside after trust is news)
-        log.log(level, "pool %s: forecast steps aside (%s): the policy alone decides", pool, r.why,
-                extra=event("forecast_aside", dqagent_pool=pool, forecast_mode=str(r.mode),
-                            forecast_error=_ratio(r.error_recent), forecast_period_s=fields["forecast_period_s"],
-                            forecast_aside=r.why))
+        log.log(level, "pool %s: forecast steps aside (%s; %s over the last day): the policy alone decides", pool,
+                r.why, _percent(r.error_day), extra=event("forecast_aside", **fields, forecast_aside=r.why))
 
     def report(self, pool: str) -> ForecastReport | None:
         p = self.pools.get(pool)

@@ -82,7 +82,11 @@ def test_on_pre_warms_before_a_learnt_burst(caplog: pytest.LogCaptureFixture) ->
     lines = [vars(r) for r in events(caplog, "decision")]
     assert {line["FORECAST_MODE"] for line in lines} == {"on"}
     assert any(line["FORECAST_WOULD"] != "" for line in lines)
-    assert [vars(r)["FORECAST_MODE"] for r in events(caplog, "forecast_trusted")] == ["on"]
+    trusted = [vars(r) for r in events(caplog, "forecast_trusted")]
+    assert [(r["FORECAST_MODE"], r["FORECAST_PERIOD_S"]) for r in trusted] == [("on", "60")]
+    assert float(trusted[0]["FORECAST_ERROR"]) <= 0.5 and "FORECAST_ERROR_DAY" in trusted[0]
+    aside = [vars(r) for r in events(caplog, "forecast_aside")]
+    assert aside and aside[0]["FORECAST_ASIDE"] == "no rhythm learnt yet"
     assert events(caplog, "forecast_would") == []  # (shadow only)
 
 
