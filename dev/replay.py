@@ -71,6 +71,9 @@ TRACES: dict[str, Trace] = {t.name: t for t in (
     Trace("spiky", 900, _spikes(900, 1.5), description="1.5/s with 25-45 s spikes to 6-7.5/s"),
     # The smoke test's (tests/integration/test_replay.py): seconds of real time.
     Trace("tiny", 20, ((0, 0.5),), bursts=((4, 40),), service_mean_s=0.5, description="40 at once on 0.5/s"),
+    # PREDICTIVE's (`--predictive shadow`): a burst every 240 trace seconds (60 s real at the default x4).
+    Trace("periodic", 1680, ((0, 0.2),), bursts=tuple((60.0 + 240 * k, 100) for k in range(7)),
+          description="100 at once every 240 s on 0.2/s"),
 )}
 #: What `dev/replay` runs by default: a burst, a ramp and a spiky trace.
 DEFAULT_TRACES = ("burst", "ramp", "spiky")
@@ -118,6 +121,9 @@ class Run:
     agent_events: list[tuple[float, str, str]] = field(default_factory=list)
     #: systemd's messages about the worker units that are not the ones `intervals` parses: (wall time, unit, text)
     unit_log: list[tuple[float, str, str]] = field(default_factory=list)
+    #: PREDICTIVE (shadow, on): each decision line's (wall time, workers, target, FORECAST_WOULD, FORECAST_ERROR,
+    #: FORECAST_ASIDE), `dev/replay_forecast.py`
+    forecast: list[tuple[float, int, int, str, str, str]] = field(default_factory=list)
 
     def metrics(self) -> Measured:
         waits = [s - e for e, s, _ in self.times]
@@ -345,9 +351,11 @@ def replay_once(c: Any, redis: Any, name: str, seed: int, factor: float, threads
     wait_until("the run's workers ready or ended", settled, timeout=180, interval=2)
     unit_log: list[tuple[float, str, str]] = []
     intervals = worker_intervals(c, t0 - 3600, end, unit_log)
+    from replay_forecast import forecast_lines
+
     return Run(name, factor, seed, threads, lo, hi, t0, end, [tuple(t) for t in times],  # type: ignore[misc]
                events, intervals, [int(pid_of.get(str(i), 0)) for i in range(n)], agent_events,
-               [entry for entry in unit_log if entry[0] >= t0])
+               [entry for entry in unit_log if entry[0] >= t0], forecast_lines(c, t0, end))
 
 
 def _hgetall(redis: Any, key: str) -> dict[str, str]:
@@ -392,7 +400,8 @@ def worker_intervals(c: Any, since: float, end: float,
     return intervals
 
 
-def install_agent(c: Any, redis: Any, factor: float, threads: int, lo: int, hi: int) -> None:
+def install_agent(c: Any, redis: Any, factor: float, threads: int, lo: int, hi: int,
+                  predictive: str = "off") -> None:
     """dqagent as on a host: SCALING_POLICY=target, the sample app's real workers, the trace-time
     settings divided by `factor`."""
     from testbed.agent import APP_DIR, PYTHON, install
@@ -402,11 +411,12 @@ def install_agent(c: Any, redis: Any, factor: float, threads: int, lo: int, hi: 
             WORKER_DIRECTORY=str(APP_DIR), SCALING_POLICY="target", MIN_PROCESSES=lo, MAX_PROCESSES=hi,
             CHECK_INTERVAL=60, DEMAND_POLL_INTERVAL=f"{POLL_S / factor:g}",
             SCALE_DOWN_WINDOW=f"{WINDOW_S / factor:g}", PROCESS_STARTUP_DELAY=f"{STARTUP_S / factor:g}",
-            GRACEFUL_SHUTDOWN_TIMEOUT=60, LOG_LEVEL="DEBUG")  # DEBUG: every read's decision, for the comparison
+            GRACEFUL_SHUTDOWN_TIMEOUT=60, PREDICTIVE=predictive,
+            LOG_LEVEL="DEBUG")  # DEBUG: every read's decision, for the comparison
 
 
 def real_runs(names: Sequence[str], runs: int, seed: int, factor: float, threads: int, lo: int,
-              hi: int) -> list[Run]:
+              hi: int, predictive: str = "off") -> list[Run]:
     from testbed.nspawn import Container, require_bench
     from testbed.redis import RedisServer
 
@@ -414,7 +424,7 @@ def real_runs(names: Sequence[str], runs: int, seed: int, factor: float, threads
     redis = RedisServer()
     c = Container()
     try:
-        install_agent(c, redis, factor, threads, lo, hi)
+        install_agent(c, redis, factor, threads, lo, hi, predictive)
         done: list[Run] = []
         for k in range(runs):
             for name in names:
@@ -443,6 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="agent: the run's enqueue times, start jobs and failed starts (default); reads: and its "
                              "read times; simple: drawn arrivals, no start jobs, no failed starts")
     parser.add_argument("--phases", type=int, default=16, help="read phases the simulator runs (default 16)")
+    parser.add_argument("--predictive", default="off", choices=("off", "shadow", "on"),
+                        help="PREDICTIVE of the agent (shadow: the forecast's error and what it would have done, "
+                        "per burst; try --traces periodic)")
     parser.add_argument("--save", type=Path, help="write the real measurements to this JSON file")
     parser.add_argument("--load", type=Path, action="append", default=[],
                         help="re-print the comparison from saved measurements (no bench)")
@@ -455,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for r in json.loads(path.read_text())]
     else:
         runs = real_runs(args.traces, args.runs, args.seed, args.factor, args.threads, args.min_workers,
-                         args.max_workers)
+                         args.max_workers, args.predictive)
         if args.save:
             args.save.write_text(json.dumps([asdict(r) for r in runs]))
     print(f"\ncompression x{runs[0].factor:g}; real seconds; err = sim / real - 1; boot = mean start job -> "
@@ -463,6 +476,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"real start), failed starts and median stop time; sim rows: median over {args.phases} read phases "
           "(p95 range), /reads: at the run's own read times, /simple: drawn arrivals, no start jobs or failed starts")
     report(runs, args.dispatch, args.models, args.phases)
+    from replay_forecast import forecast_report
+
+    forecast_report(runs)
     return 0
 
 

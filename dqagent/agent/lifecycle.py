@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dqagent.agent.forecasting import Forecasts
 from dqagent.agent.loop import MAX_BACKOFF_S, Loop
 from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolRun
@@ -88,6 +89,7 @@ class Agent(Loop):
         self._progress_deadline = math.inf
         if pause_dir is not None:  # `dqagent pause`'s requests and the pauses in force (dqagent.agent.pausing)
             self.pauses = PauseBook(pause_dir, wallclock)
+            self.forecasts = Forecasts(pause_dir, clock, wallclock)  # PREDICTIVE's state files, beside pauses.json
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -194,8 +196,10 @@ class Agent(Loop):
             self.probe = outcome.probe
             policies = {**outcome.pool_policies, DEFAULT_POOL: outcome.policy}
             self._apply_pools(outcome.pools or (Pool(DEFAULT_POOL, outcome.settings),), policies)
+            self.forecasts.sync(self.runs)  # PREDICTIVE may have changed: saved when turned off, else saved below
             self._reload_exporter()
             self.guard.warn_missing(self.s)  # GUARD may have been turned on
+        self.forecasts.save_all()
         self.notifier.ready()
         self.reloader.answer(outcome)
 
@@ -280,6 +284,7 @@ class Agent(Loop):
     async def _shutdown(self) -> int:
         """Stop the workers only when the agent itself is being stopped, not restarted."""
         self.notifier.stopping()
+        self.forecasts.save_all()  # (a restart or a reboot keeps the learning)
         if self.under_systemd:
             try:
                 job = await self.units.pending_job_type(self.own_unit)

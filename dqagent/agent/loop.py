@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from dqagent import __version__
 from dqagent.agent import outage as broker_outage
+from dqagent.agent.forecasting import Forecasts
 from dqagent.agent.pausing import PauseBook
 from dqagent.agent.pools import PoolHost, PoolRun, demand_of
 from dqagent.agent.workers import Watch, activity, restarted, watch_pools
@@ -28,6 +29,7 @@ from dqagent.core.demand import Demand, DemandProbe
 from dqagent.core.history import DecisionNote, History, Point
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
+from dqagent.core.prediction import Forecast
 from dqagent.core.reconciler import Backoff, Plan, census, reconcile
 from dqagent.core.snapshot import (
     Accumulator,
@@ -104,6 +106,8 @@ class Loop(PoolHost):
         #: Where the workers' reports are read (`dqagent.host.reports`), and each pool's view of them.
         self.report_root = REPORT_ROOT
         self.watches: dict[str, Watch] = {}
+        #: PREDICTIVE: each pool's forecaster (`dqagent.agent.forecasting`); in memory unless given a directory.
+        self.forecasts = Forecasts(None, clock, wallclock)
 
     async def _adopt(self) -> None:
         """Take over whatever systemd runs; issue (not await) the jobs that reach each pool's start target."""
@@ -175,8 +179,14 @@ class Loop(PoolHost):
                     return await self._broker_down(str(exc))  # (ConfigError: a reload left this host without an id)
                 self._rejected(fleets[name].view.rejected)
         broker_outage.broker_back(self)  # demand (and the fleet) read: BROKER_FAILURE no longer applies
-        checks = await self._decide(base, fleets)
+        self.forecasts.sync(self.runs)  # PREDICTIVE: each due pool's forecast is asked before the step, told after
+        forecasts = {name: self.forecasts.forecast(name, Rules.from_settings(run.s, run.policy),
+                                                   self._observed(run, base[name]))
+                     for name, run in self.runs.items()
+                     if name in self.forecasts.pools and is_due(run.due_s, now_s, len(self.runs))}
+        checks = await self._decide(base, fleets, forecasts)
         for name, check in checks.items():
+            self.forecasts.after(name, base[name], forecasts.get(name), check)
             self.runs[name].memory = check.memory
             self.runs[name].due_s = now_s + check.next_read_s
         held = [c for c in checks.values() if c.verdict.holding]
@@ -190,7 +200,8 @@ class Loop(PoolHost):
         wall = self.wallclock()  # (a pause's deadline: the check at which it expires)
         return max(0.0, min(self.pauses.next_check_s(name, wall, run.due_s - now_s) for name, run in self.runs.items()))
 
-    async def _decide(self, base: Mapping[str, Observed], fleets: Mapping[str, FleetInput]) -> dict[str, Check]:
+    async def _decide(self, base: Mapping[str, Observed], fleets: Mapping[str, FleetInput],
+                      forecasts: Mapping[str, Forecast | None] | None = None) -> dict[str, Check]:
         """The host step for the pools due now (the others count at their current size); the host is read
         only when a scale-up asks for it. The jobs in flight and backoffs are taken as they are after each
         wait (a start's check may end meanwhile)."""
@@ -198,7 +209,8 @@ class Loop(PoolHost):
             return [PoolInput(name, Rules.from_settings(run.s, run.policy), self._observed(run, base[name]),
                               run.memory, run.priority, fleets.get(name),
                               due=is_due(run.due_s, base[name].now_s, len(self.runs)), retiring=run.retiring,
-                              pause=self.pauses.get(name, base[name].now_us / 1e6))
+                              pause=self.pauses.get(name, base[name].now_us / 1e6),
+                              forecast=(forecasts or {}).get(name))
                     for name, run in self.runs.items()]
 
         checks = decide_host(inputs(), self.s.host_max_processes)
@@ -359,7 +371,7 @@ class Loop(PoolHost):
                                   schedule_ceiling=run.schedule.ceiling if run.schedule else None,
                                   pause=self.pauses.get(name, now), broker_failure=run.s.broker_failure,
                                   broker_failure_active=run.outage == run.s.broker_failure, units=run.units,
-                                  history=self.history.points(name),
+                                  history=self.history.points(name), forecast=self.forecasts.report(name),
                                   activity=activity(self.watches.get(name), run.workers))
                       for name, run in self.runs.items())
         return Snapshot(version=__version__, taken_at_s=self.wallclock(), redis_up=redis_up, pools=pools,

@@ -36,7 +36,7 @@ def view_of(snap: Snapshot, settings: Settings, pools: Sequence[Pool]) -> Status
         f = figures.get(pool.name)
         views.append(PoolView(pool, queues=f.queues if f is not None and snap.redis_up else None,
                               units=f.units if f is not None and f.workers is not None else None,
-                              pause=f.pause if f is not None else None))
+                              pause=f.pause if f is not None else None, forecast=f.forecast if f is not None else None))
     guard = None
     if settings.guard and snap.headroom is not None:
         guard = GuardReading(snap.headroom, limits(settings, snap.headroom.mem_total))

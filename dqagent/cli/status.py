@@ -28,6 +28,7 @@ from dqagent.cli.status_text import _guard_lines, render_text
 from dqagent.core.busy import Load
 from dqagent.core.demand import QueueDemand
 from dqagent.core.pause import Pause
+from dqagent.core.prediction import ForecastReport
 from dqagent.core.units import AGENT_UNIT, UnitState, of_pool
 from dqagent.core.untrusted import RecordKind, Rejection
 from dqagent.errors import DqAgentError
@@ -66,7 +67,7 @@ async def collect(loaded: Loaded, bus_address: str | None, broker: Pending | Non
     top, figures = answer.get("report", {}), answer.get("pools", {})
     pauses = _read_pauses()
     views = tuple(PoolView(p, _queues(figures.get(p.name)), seen.units.get(p.name), pauses.get(p.name),
-                           seen.failures, seen.loads) for p in pools)
+                           seen.failures, seen.loads, _read_forecast(p)) for p in pools)
     view = StatusView(loaded.settings, loaded.env_file, views, time.time(), redis_error=top.get("redis_error"),
                       rejected=tuple(Rejection(RecordKind(r["kind"]), r["key"], r["reason"])
                                      for r in top.get("broker_data_rejected", [])),
@@ -90,6 +91,16 @@ def _read_pauses() -> dict[str, Pause]:
     from dqagent.agent.pausing import read_pauses, state_dir
 
     return read_pauses(state_dir())
+
+
+def _read_forecast(pool: Pool) -> ForecastReport | None:
+    """The pool's forecast as the agent last saved it (its state file, readable by any user); None: off."""
+    if pool.settings.predictive == "off":
+        return None
+    from dqagent.agent.forecasting import read_report
+    from dqagent.agent.pausing import state_dir
+
+    return read_report(state_dir(), pool.name)
 
 
 @dataclass

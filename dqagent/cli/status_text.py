@@ -115,7 +115,22 @@ def _shape_lines(p: dict[str, Any]) -> list[str]:
         lines.append(f"worker command: {p['command_error']}")
     lines.append(f"scale-up threshold ({p['scaling_policy']} policy): {show(p['scale_up_threshold'])}")
     lines.append(f"scale-down threshold: {show(p['scale_down_threshold'])}")
-    return lines + _schedule_lines(p.get("schedule"))
+    return lines + _schedule_lines(p.get("schedule")) + _forecast_lines(p.get("forecast"))
+
+
+def _forecast_lines(f: dict[str, Any] | None) -> list[str]:
+    """PREDICTIVE: its mode, whether it is trusted (else why not), its error, the period found, its floor."""
+    if not f or f["mode"] == "off":
+        return []
+    if f["state"] == "unknown":
+        return [f"forecast (PREDICTIVE={f['mode']}): unknown: {f['why']}"]
+
+    def pct(x: float | None) -> str:
+        return "unknown" if x is None else f"{x:.0%}"
+    state = "trusted" if f["state"] == "trusted" else f"stepped aside ({f['why']})"
+    period = f"period {f['period_s']:g}s" if f["period_s"] is not None else "no short period"
+    return [f"forecast (PREDICTIVE={f['mode']}): {state}; error {pct(f['error_recent'])} recent, "
+            f"{pct(f['error_day'])} over the last day; {period}; floor {f['floor']} (as of {f['as_of']})"]
 
 
 def _schedule_lines(sch: dict[str, Any] | None) -> list[str]:

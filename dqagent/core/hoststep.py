@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from dqagent.core.budget import Allotment, Claim, apportion
 from dqagent.core.pause import Pause, hold
+from dqagent.core.prediction import Forecast
 from dqagent.core.step import (
     Check,
     FleetInput,
@@ -64,6 +65,9 @@ class PoolInput:
     retiring: bool = False
     #: The pool's active pause or maintenance (`dqagent.core.pause`; step rule 4b): it claims what it holds.
     pause: Pause | None = None
+    #: PREDICTIVE's forecast for this check (step rule 3b; None: off). It only raises the pool's own target, so
+    #: its claim on the budget is the policy's (a forecast never takes room from another pool's present work).
+    forecast: Forecast | None = None
 
 
 def claims(pools: Sequence[PoolInput]) -> list[Claim]:
@@ -97,7 +101,7 @@ def decide_host(pools: Sequence[PoolInput], budget: int | None, host: Host | Non
             continue
         check = decide(p.rules, p.observed, p.memory, fleet=p.fleet, host=host,
                        budget=allotted[p.name] if allotted is not None else None, host_starting=starting,
-                       pause=p.pause)
+                       pause=p.pause, forecast=p.forecast)
         if isinstance(check, NeedsHost):
             return check
         starting += len(check.plan.start)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from dqagent.core.guard import Headroom
 from dqagent.core.history import DecisionNote, Point
+from dqagent.core.prediction import ForecastReport
 from dqagent.core.units import UnitState
 from dqagent.core.untrusted import RecordKind, Rejection
 from dqagent.settings.parsers import DEFAULT_POOL
@@ -71,6 +72,8 @@ class Reason(StrEnum):
     PAUSE = "pause"
     #: BROKER_FAILURE: Redis could not be read, the pool went to MIN or BROKER_FAILURE_COUNT.
     BROKER_FAILURE = "broker_failure"
+    #: PREDICTIVE=on: the forecast's floor pre-warmed or held workers (`dqagent.core.prediction`).
+    FORECAST = "forecast"
 
 
 def action_reason(policy: str, proposed: int, wanted: int, *, delayed_override: bool = False) -> str:
@@ -221,6 +224,8 @@ class PoolFigures:
     history: tuple[Point, ...] = ()
     #: Running workers by their own reports: (("busy", n), ("idle", n), ("unreported", n)); () before a check.
     activity: tuple[tuple[str, int], ...] = ()
+    #: PREDICTIVE: the forecast as of its last check (None: off, or no check yet).
+    forecast: ForecastReport | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,10 @@ The rules, in the order they apply:
 3. **Delayed messages**: a target of 0 while messages wait in the delay queue becomes 1: only a
    consumer moves due messages (and Dramatiq's retries) back to the queue. Metrics reason
    `delayed_messages`, in fleet mode too.
+3b. **Prediction** (`dqagent.core.prediction`, PREDICTIVE): the forecast's floor raises the target to the workers
+   the forecast count needs a measured start-up ahead (pre-warm), or keeps the running workers it needs again
+   within the hold horizon; never lowers it, never leaves [MIN, MAX], only in mode `on` and only while the
+   forecast's recent error is low (mode `shadow` reports what it would have done). Metrics reason `forecast`.
 4. **Schedule** (`dqagent.core.schedule`, SCHEDULE): the windows in force at `Observed.now_us` bound the
    target: the highest floor raises it, the lowest ceiling lowers it (a floor above a ceiling wins), a floor
    from its pre-warm on (the measured start time `Observed.start_s` + PROCESS_STARTUP_DELAY before its window
@@ -54,7 +58,9 @@ from dqagent.core.busy import Load
 from dqagent.core.guard import Headroom, Limits, Verdict
 from dqagent.core.guard import decide as guard_decide
 from dqagent.core.pause import Pause, hold
-from dqagent.core.policies import Decision, Observation, Policy, read_interval_s
+from dqagent.core.policies import FAST_READ_S, Decision, Observation, Policy, read_interval_s
+from dqagent.core.prediction import Forecast, Predicted, forecast_fields, per_worker
+from dqagent.core.prediction import floor as forecast_floor
 from dqagent.core.reconciler import Backoff, Census, Intent, Plan, census, reconcile
 from dqagent.core.schedule import InForce, in_force
 from dqagent.core.snapshot import Reason, action_reason
@@ -203,6 +209,8 @@ class Check:
     budget: Allotment | None = None
     #: SCHEDULE at this check (None: no schedule).
     schedule: InForce | None = None
+    #: PREDICTIVE at this check (None: off).
+    predicted: Predicted | None = None
 
     @property
     def fields(self) -> dict[str, object]:
@@ -213,7 +221,8 @@ class Check:
                     workers=c.pool, running=c.running, target=self.decision.target, ready=d.ready,
                     in_flight=d.in_flight, delayed=d.delayed, dead_lettered=d.dead, orphaned=d.orphaned,
                     policy=self.rules.policy.name, breakdown=breakdown(d), oldest_age_s=format_age(d.oldest_age_s),
-                    **(self.share.fields() if self.share is not None else {}), **self.stop_fields())
+                    **(self.share.fields() if self.share is not None else {}),
+                    **(forecast_fields(self.predicted) if self.predicted is not None else {}), **self.stop_fields())
 
     def stop_fields(self) -> dict[str, object]:
         """Which units this check stops or restarts and why (rule 6), for the decision line; {} when none."""
@@ -241,14 +250,15 @@ def observe(rules: Rules, seen: Observed) -> Seen:
 
 def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInput | None = None,
            host: Host | None = None, budget: Allotment | None = None, host_starting: int = 0,
-           pause: Pause | None = None) -> Check | NeedsHost:
+           pause: Pause | None = None, forecast: Forecast | None = None) -> Check | NeedsHost:
     """The whole check (see the module docstring for the order of the rules). Pure and deterministic:
     the same arguments give the same result, so a `NeedsHost` answer is followed by the same call with
     `host` set. With pools (`dqagent.core.hoststep`): `budget` is the pool's part of HOST_MAX_PROCESSES,
     and `host_starting` the workers other pools start in the same check (the guard counts them as starting).
-    `pause`: the pool's active pause or maintenance (rule 4b)."""
+    `pause`: the pool's active pause or maintenance (rule 4b). `forecast`: PREDICTIVE's (rule 3b; None: off)."""
     seen = observe(rules, observed)
     decision, state, share, delayed = recommend(rules, seen, memory, fleet)
+    decision, predicted, by_forecast = foreseen(rules, seen, decision, forecast)  # -- rule 3b --
     # -- rule 4, the schedule --
     window = scheduled(rules, observed)
     decision, by_schedule = bounded(decision, window)
@@ -281,16 +291,29 @@ def decide(rules: Rules, observed: Observed, memory: Memory, *, fleet: FleetInpu
     label = (Reason.PAUSE if pause is not None else Reason.BROKER_FAILURE if seen.broker_down_since_s is not None
              else Reason.DELAYED_MESSAGES if delayed and decision.target > 0 and not by_schedule
              else Reason.HOST_BUDGET if capped else Reason.SCHEDULE if by_schedule
+             else Reason.FORECAST if by_forecast
              else action_reason(rules.policy.name, decision.target, plan.wanted))
     routine = decision.target == pool and observed.now_s - memory.last_logged_s < rules.check_interval_s
     outstanding = seen.obs.outstanding
     next_read = (read_interval_s(rules.read_every_s, seen.obs, decision.target, memory.previous_outstanding,
                                  rules.check_interval_s) if rules.adaptive_reads else rules.read_every_s)
+    if forecast is not None and forecast.watch:  # rule 3b: a forecast batch is read as it arrives
+        next_read = min(next_read, FAST_READ_S)
     if window is not None and window.next_us is not None:  # the schedule's next change (rule 4)
         next_read = min(next_read, max(MIN_READ_S, (window.next_us - observed.now_us) / 1e6))
     memory = Memory(state, outstanding, memory.last_logged_s if routine else observed.now_s)
     return Check(seen, decision, verdict, plan, label, memory, share, routine, next_read, rules, observed.demand,
-                 budget, window)
+                 budget, window, predicted)
+
+
+def foreseen(rules: Rules, seen: Seen, decision: Decision,
+             forecast: Forecast | None) -> tuple[Decision, Predicted | None, bool]:
+    """Rule 3b: the forecast's floor (none while the broker is down), what it did, and whether it raised the target."""
+    if forecast is None or seen.broker_down_since_s is not None:
+        return decision, None, False
+    raised, predicted = forecast_floor(decision, seen.census.pool, forecast, per_worker(rules.policy),
+                                       rules.min_processes, rules.max_processes)
+    return raised, predicted, raised.target > decision.target
 
 
 #: The soonest next read the schedule asks for (a change due now is read again just after it).

@@ -240,6 +240,29 @@ ENTRIES: tuple[Entry, ...] = (
           "floor and ceiling they set and the next change. A window's floor applies from its pre-warm on (the "
           "measured start time plus PROCESS_STARTUP_DELAY before it opens), so its workers run when it opens. "
           "Nothing to do; to change the windows, edit SCHEDULE and reload (README, Schedules)."),
+    Entry("forecast_would", "c94713a6ecce47e78118de7c2a3ee131", "PREDICTIVE=shadow would have started or kept workers",
+          "In shadow mode the forecast of this pool (DQAGENT_POOL) would have raised the target to FORECAST_WOULD "
+          "workers (pre-warm before a forecast rise, or hold through a gap); nothing was started. Logged once per "
+          "change. Compare with the rises that followed to judge it; PREDICTIVE=on lets it act (README, Prediction)."),
+    Entry("forecast_trusted", "3f6544d7e45d460e939c7df8f9730361", "The forecast of a pool is trusted",
+          "The recent error of this pool's forecast (FORECAST_ERROR, a ratio) is low enough: with PREDICTIVE=on it "
+          "now pre-warms and holds workers, with shadow it reports what it would do. Nothing to do."),
+    Entry("forecast_aside", "56040f6615bf4a78b36e6878dc05f257", "The forecast of a pool steps aside",
+          "The forecast of this pool does not act (FORECAST_ASIDE says why: no rhythm learnt yet, too few "
+          "forecasts scored, or an error above the limit because the workload has no rhythm or it changed). The "
+          "policy alone decides until the forecast is trusted again. Nothing to do; dqagent status shows the "
+          "error over the last day."),
+    Entry("forecast_restored", "f59187d416af4a21ae8d331f066905c0", "A pool's forecast state was read back",
+          "PREDICTIVE's learning of this pool was read from its state file (PATH) in the agent's state directory: "
+          "a restart or a reboot keeps it. Nothing to do."),
+    Entry("forecast_state_damaged", "3d39fb5212d54071af387fa62ca711fc",
+          "A pool's forecast state file could not be used",
+          "The file at PATH is damaged or is not this pool's forecast state (ERROR says why). The forecast starts "
+          "learning afresh and replaces the file at its next save; the workers are not affected."),
+    Entry("forecast_state_unsaved", "24ddb0c22fab4c97a1c7af248bea747d", "A pool's forecast state could not be saved",
+          "Writing PATH failed (ERROR). The forecast goes on in memory, but a restart would forget its learning. "
+          "Check the agent's state directory (/var/lib/dqagent/agent): it must exist and belong to dqagent; "
+          "dqagent install makes it."),
     Entry("budget_yield", "184e549eb6da4465bbd8d661e565449e", "A pool gave way to others under HOST_MAX_PROCESSES",
           "The pools together want more workers than HOST_MAX_PROCESSES allows, so this pool (DQAGENT_POOL) stops "
           "workers gracefully to leave room to the pools named in DQAGENT_TO_POOLS (higher POOL_PRIORITY, or equal "

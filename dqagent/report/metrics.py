@@ -56,6 +56,8 @@ METRIC_NAMES = frozenset({
     "dqagent_pool_priority", "dqagent_pool_info", "dqagent_schedule_workers", "dqagent_paused",
     "dqagent_pause_start_timestamp_seconds", "dqagent_pause_expiry_timestamp_seconds", "dqagent_broker_failure",
     "dqagent_workers_activity", "dqagent_worker_hung_restarts_total",
+    "dqagent_forecast_error_ratio", "dqagent_forecast_floor_workers", "dqagent_forecast_trusted",
+    "dqagent_forecast_period_seconds",
 })
 #: The guard's resources (dqagent.core.guard.Verdict.resource), each a series of `dqagent_guard_holding`.
 GUARD_RESOURCES = ("cpu", "memory", "memory_full", "memory_available")
@@ -135,6 +137,7 @@ def _pool_gauges(snap: Snapshot) -> Iterator[Metric]:
     yield from (f for f in (info, priority, limits, share, schedule, workers, messages, ages, consumers, broker)
                 if f.samples)
     yield from _pause_gauges(snap)
+    yield from _forecast_gauges(snap)
 
 
 def _activity(snap: Snapshot) -> Iterator[Metric]:
@@ -170,12 +173,39 @@ def _pause_gauges(snap: Snapshot) -> Iterator[Metric]:
     yield from (f for f in (paused, since, until) if f.samples)
 
 
+def _forecast_gauges(snap: Snapshot) -> Iterator[Metric]:
+    """PREDICTIVE (pools with shadow or on, after their first check): how right the forecast is, and its floor."""
+    error = GaugeMetricFamily("dqagent_forecast_error_ratio", "The forecast's weighted absolute percentage error "
+                              "(0.25 = 25%) over its recent scores (window=recent, what it is trusted on) or the last "
+                              "day (window=day); absent while too few forecasts are scored", labels=["pool", "window"])
+    floor = GaugeMetricFamily("dqagent_forecast_floor_workers", "Workers the forecast asks for at the last check (a "
+                              "floor under the policy's target with PREDICTIVE=on; 0 while it steps aside)",
+                              labels=["pool"])
+    trusted = GaugeMetricFamily("dqagent_forecast_trusted", "1 while the forecast is trusted (it acts with "
+                                "PREDICTIVE=on, label mode), 0 while it steps aside", labels=["pool", "mode"])
+    period = GaugeMetricFamily("dqagent_forecast_period_seconds", "The short regular period the forecast found; "
+                               "absent when none is found", labels=["pool"])
+    for p in snap.pools:
+        f = p.forecast
+        if f is None:
+            continue
+        for window, value in (("recent", f.error_recent), ("day", f.error_day)):
+            if value is not None:
+                error.add_metric([p.name, window], value)
+        floor.add_metric([p.name], f.floor)
+        trusted.add_metric([p.name, str(f.mode)], 1 if f.trusted else 0)
+        if f.period_s is not None:
+            period.add_metric([p.name], f.period_s)
+    yield from (m for m in (error, floor, trusted, period) if m.samples)
+
+
 def _counters(snap: Snapshot) -> Iterator[Metric]:
     """What the loop did since it started: actions, failures, the guard's hold, errors, skipped data, durations."""
     c = snap.counters
     actions = CounterMetricFamily("dqagent_scale_actions", "Scale actions issued, by pool, direction and reason "
                                   "(the policy's name, startup, min_processes, max_processes, delayed_messages, "
-                                  "host_budget, schedule)", labels=["pool", "direction", "reason"])
+                                  "host_budget, schedule, pause, broker_failure, forecast)",
+                                  labels=["pool", "direction", "reason"])
     seen = dict(c.scale_actions)
     for p in snap.pools:  # each pool's policy series exist from the start, so rate() sees the first action
         for d in Direction:

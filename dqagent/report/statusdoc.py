@@ -23,6 +23,7 @@ from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits, decide
 from dqagent.core.pause import Pause
 from dqagent.core.policies import thresholds
+from dqagent.core.prediction import ForecastReport
 from dqagent.core.schedule import in_force, local_text, next_change
 from dqagent.core.units import UnitState, describe_exit
 from dqagent.core.untrusted import Rejection
@@ -37,7 +38,7 @@ from dqagent.settings.workercmd import WorkerShape, worker_shape
 POOL_KEYS = ("queue_length", "current_processes", "min_processes", "max_processes", "scale_up_threshold",
              "scale_down_threshold", "process_list", "queues", "queue_metric", "scaling_policy", "max_queue_age_s",
              "worker_shape", "command_error", "failing_workers", "pool_priority", "settings_file", "schedule",
-             "pause")
+             "pause", "forecast")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,8 @@ class PoolView:
     failures: Mapping[str, Failure] = field(default_factory=dict)
     #: The running workers' own reports (`dqagent.dramatiq.WorkerReport`), by unit name; None: not read.
     loads: Mapping[str, Load] | None = None
+    #: PREDICTIVE: the forecast as the agent last published it (None: off, or not published / not readable).
+    forecast: ForecastReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,9 @@ def _pool(p: PoolView, view: StatusView) -> dict[str, Any]:
         "schedule": schedule_report(s, view.now_s * 1e6),
         #: `dqagent pause`: {"by", "uid", "since", "until" (None: until resumed), "reason", "at", "status"}.
         "pause": _pause(p.pause, view.now_s),
+        #: PREDICTIVE: {"mode", "state" (off, trusted, aside, unknown), "why", "error_recent", "error_day",
+        #: "period_s", "floor", "would", "as_of"} (`forecast_report`).
+        "forecast": forecast_report(s, p.forecast),
     }
     shape = _shape(part, s, view.cpu_count)
     if p.queues is not None:
@@ -216,6 +222,22 @@ def _pause(p: Pause | None, now_s: float) -> dict[str, Any] | None:
         return None
     return {"by": p.user, "uid": p.uid, "since": iso(p.since_s), "until": iso(p.until_s),
             "reason": p.reason, "at": p.at, "status": p.status(now_s)}
+
+
+def forecast_report(s: Settings, r: ForecastReport | None) -> dict[str, Any]:
+    """PREDICTIVE as the agent last published it. Without a report (the agent has not checked or saved yet, or
+    this user cannot read its state), the mode from the settings and state "unknown", saying why."""
+    if s.predictive == "off":
+        return {"mode": "off", "state": "off", "why": None, "error_recent": None, "error_day": None,
+                "period_s": None, "floor": None, "would": None, "as_of": None}
+    if r is None:
+        return {"mode": s.predictive, "state": "unknown",
+                "why": "the agent's forecast is not readable yet (it publishes it after a check and saves it at "
+                       "most 5 min apart)", "error_recent": None, "error_day": None, "period_s": None,
+                "floor": None, "would": None, "as_of": None}
+    return {"mode": str(r.mode), "state": "trusted" if r.trusted else "aside", "why": r.why or None,
+            "error_recent": r.error_recent, "error_day": r.error_day, "period_s": r.period_s, "floor": r.floor,
+            "would": r.would, "as_of": iso(r.at_s)}
 
 
 def schedule_report(s: Settings, now_us: float) -> dict[str, Any] | None:

@@ -93,6 +93,8 @@ class Settings:
     broker_failure: str = "hold"
     broker_failure_count: int = 0
     broker_failure_grace_s: float = 60.0
+    #: PREDICTIVE: off, shadow or on (`dqagent.core.prediction.Mode`).
+    predictive: str = "off"
     # --- Prometheus metrics: dqagent.report.metrics. ---
     #: host:port (or [v6]:port) to serve /metrics on, validated; "" off. `parse_metrics_address` splits it.
     metrics_address: str = ""

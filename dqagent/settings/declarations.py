@@ -199,6 +199,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BROKER_FAILURE_GRACE", "60", "broker_failure_grace_s",
             p.number("expected seconds in 0..86400", lambda x: 0 <= x <= 86400),
             "seconds of outage before `BROKER_FAILURE=min` or `fixed` takes over (the workers are kept until then)"),
+    # Prediction, README "Prediction" (dqagent.core.forecast, dqagent.core.prediction).
+    Setting("PREDICTIVE", "off", "predictive", p.choice(p.PREDICTIVE_MODES),
+            "learn the pool's rhythm (short periods, the daily and weekly profile) and pre-warm / hold workers: off "
+            "(default), shadow (forecast and journal what it would do, never act) or on (a floor under the policy's "
+            "target while the forecast's error is low); README \"Prediction\""),
     # Pools, README "Pools".
     Setting("POOL_PRIORITY", "0", "pool_priority", p.integer(0, 100),
             "pools: this pool's priority (0..100) for room under `HOST_MAX_PROCESSES`: a higher one is served "

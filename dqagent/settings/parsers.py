@@ -34,6 +34,8 @@ MAX_QUEUE_AGE_LIMIT_S = 7 * 86400.0
 SCALING_POLICIES = ("step", "target")
 #: BROKER_FAILURE (`dqagent.core.brokerfail.Mode`).
 BROKER_FAILURE_MODES = ("hold", "min", "fixed")
+#: PREDICTIVE (`dqagent.core.prediction.Mode`).
+PREDICTIVE_MODES = ("off", "shadow", "on")
 
 
 class QueueMetric(StrEnum):

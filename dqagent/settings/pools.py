@@ -38,6 +38,7 @@ POOL_KEYS: frozenset[str] = frozenset({
     "TARGET_TOLERANCE", "SCALE_UP_MAX_STEP", "SCALE_DOWN_WINDOW", "MAX_QUEUE_AGE", "WORKER_MEMORY_MAX",
     "WORKER_MEMORY_HIGH", "POOL_MEMORY_MAX", "POOL_CPU_QUOTA", "POOL_TASKS_MAX", "POOL_PRIORITY",
     "SCHEDULE", "SCHEDULE_TIMEZONE", "BROKER_FAILURE", "BROKER_FAILURE_COUNT", "BROKER_FAILURE_GRACE",
+    "PREDICTIVE",
 })
 #: Where pool files live, beside the settings file (`/etc/dqagent/pools.d`).
 POOLS_DIRNAME = "pools.d"

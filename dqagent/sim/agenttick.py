@@ -36,6 +36,8 @@ from dqagent.core.demand import Demand, QueueDemand
 from dqagent.core.guard import Headroom, Limits
 from dqagent.core.pause import Pause
 from dqagent.core.policies import Policy
+from dqagent.core.prediction import Forecast, Mode
+from dqagent.core.predictor import Predicting
 from dqagent.core.rabbitdemand import QueueCounts, queue_demand
 from dqagent.core.reconciler import Backoff, Intent
 from dqagent.core.step import Check, Host, Memory, NeedsHost, Observed, Rules, decide
@@ -69,7 +71,7 @@ class SimAgent:
     the start batches not judged yet, and the failed units not reset yet."""
 
     def __init__(self, rules: Rules, pool: Pool, limits: Limits | None, name: str = DEFAULT_POOL,
-                 pauses: Sequence[Pause] = ()) -> None:
+                 pauses: Sequence[Pause] = (), predictive: Mode = Mode.OFF) -> None:
         self.rules = rules
         self.pool = pool
         #: The pool's name (its units' names: `dramatiq-worker@<name>-N`, the default pool's `@N`).
@@ -93,6 +95,8 @@ class SimAgent:
         self.systemd_starts: startlimit.Starts = {}
         #: Starts systemd refused with start-limit-hit: (time, number).
         self.start_limit_hits: list[tuple[float, int]] = []
+        #: PREDICTIVE: the forecaster the agent keeps (None: off), fed and asked at every check as the agent does.
+        self.predicting = Predicting(predictive) if predictive is not Mode.OFF else None
 
     def observe(self, now: float) -> Observed:
         """What a real agent would read now: the queue's counts and the units, with its own jobs and backoff."""
@@ -140,14 +144,25 @@ class SimAgent:
         """Observe, then decide with the shared step (the host read only when the guard asks for it)."""
         observed = self.observe(now)
         pause = self.pause_at(now)
-        check = decide(self.rules, observed, self.memory, pause=pause)
+        forecast = self.forecast(observed, now)
+        check = decide(self.rules, observed, self.memory, pause=pause, forecast=forecast)
         if isinstance(check, NeedsHost):
             assert self.limits is not None, "the guard is off: the step never asks for the host"
             check = decide(self.rules, observed, self.memory, host=Host(Headroom(cpu_some=host_cpu), self.limits),
-                           pause=pause)
+                           pause=pause, forecast=forecast)
         assert isinstance(check, Check), "the step asks for the host only once"
         self.memory = check.memory
+        self.learn(observed, now, forecast)
         return observed, check
+
+    def forecast(self, observed: Observed, now: float) -> Forecast | None:
+        """PREDICTIVE's input to this check's step (None: off), as the agent's loop asks for it: before deciding."""
+        return None if self.predicting is None else self.predicting.forecast(self.rules, observed, EPOCH_S + now)
+
+    def learn(self, observed: Observed, now: float, forecast: Forecast | None) -> None:
+        """After the check's step: the forecast kept to be scored (as the agent's loop does)."""
+        if self.predicting is not None and forecast is not None:
+            self.predicting.learn(observed, EPOCH_S + now, forecast.lead_s)
 
     def pause_at(self, now: float) -> Pause | None:
         """The pause in force at simulated time `now`, as the agent's `PauseBook.get` would give it."""

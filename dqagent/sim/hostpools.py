@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from dqagent.core.hoststep import PoolInput, decide_host, is_due
 from dqagent.core.policies import Policy
+from dqagent.core.prediction import Mode
 from dqagent.sim.agenttick import SimAgent, rules_for
 from dqagent.sim.model import PoolRun, Result
 from dqagent.sim.pool import TICK, Pool
@@ -35,6 +36,8 @@ class PoolSpec:
     policy: Policy
     config: PoolConfig
     priority: int = 0
+    #: PREDICTIVE for this pool.
+    predictive: Mode = Mode.OFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ def simulate_host(pools: Sequence[PoolSpec], budget: int | None, tick_s: float =
     priority = {p.name: p.priority for p in pools}
     for p in pools:
         rules = replace(rules_for(p.config, p.policy, tick_s, adaptive_reads, guard=False), queue_names=(p.name,))
-        agent = SimAgent(rules, Pool(p.workload, p.config, None), None, p.name)
+        agent = SimAgent(rules, Pool(p.workload, p.config, None), None, p.name, predictive=p.predictive)
         runs[p.name] = run = PoolRun(p.workload, p.config, None, agent, horizon_s, ())
         run.begin(p.config.min_workers, None)
     horizon = max(run.horizon for run in runs.values())
@@ -106,13 +109,17 @@ def _read(runs: Mapping[str, PoolRun], priority: Mapping[str, int], budget: int 
     (`is_due`: each on its own schedule; the others claim their current size), act; returns the next check's
     time, the earliest pool's next read. `due` is each pool's next read, updated."""
     observed = {name: run.agent.observe(now) for name, run in runs.items()}
+    due_now = {name: is_due(due.get(name, -math.inf), now, len(runs)) for name in runs}
+    forecasts = {name: run.agent.forecast(observed[name], now) if due_now[name] else None
+                 for name, run in runs.items()}
     checks = decide_host([PoolInput(name, run.agent.rules, observed[name], run.agent.memory, priority[name],
-                                    due=is_due(due.get(name, -math.inf), now, len(runs)))
+                                    due=due_now[name], forecast=forecasts[name])
                           for name, run in runs.items()], budget)
     assert isinstance(checks, dict), "the guard is off: the host step never asks for the host"
     for name, check in checks.items():
         run = runs[name]
         run.agent.memory = check.memory
+        run.agent.learn(observed[name], now, forecasts[name])
         run.apply(observed[name], check, now)
         run.read_seq = run.pool.seq
         run.on_event(TICK, 0, 0, now)  # a read wakes the pool's sleepers as any event does

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dqagent.core.policies import Policy
+from dqagent.core.prediction import Mode
 from dqagent.sim.agenttick import SimAgent, rules_for
 from dqagent.sim.polling import SLEEP_EXACT_S, Polling
 from dqagent.sim.pool import ARRIVE, CUT, DONE, FAIL, POLL, READY, TICK, Life, Pool, lookup
@@ -65,7 +66,8 @@ class Result:
 def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float,
              initial_workers: int | None = None, horizon_s: float | None = None,
              host: HostModel | None = None, guard: Limits | None = None, adaptive_reads: bool = False,
-             first_read_s: float = 0.0, read_times_s: Sequence[float] = (), pauses: Sequence[Pause] = ()) -> Result:
+             first_read_s: float = 0.0, read_times_s: Sequence[float] = (), pauses: Sequence[Pause] = (),
+             predictive: Mode = Mode.OFF) -> Result:
     """Run `workload` through a pool driven by `policy` under the agent's rules. Returns every message's wait
     and the cost.
 
@@ -76,12 +78,14 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     phase of its reads against the workload's clock; a real agent's is whatever it happens to be).
     `read_times_s` (ascending): read exactly then instead (a real agent's measured reads, replayed), and at
     the intervals after the last one. `pauses`: operators' pauses or maintenance windows (`dqagent pause`), their
-    times on the simulated wall clock (`dqagent.sim.agenttick.EPOCH_S` + simulated seconds).
+    times on the simulated wall clock (`dqagent.sim.agenttick.EPOCH_S` + simulated seconds). `predictive`:
+    PREDICTIVE's mode (the agent's forecaster, learning from this run only).
     """
     if pool.dispatch not in (*DISPATCH_MODELS, POLL_EXACT):
         raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected one of {', '.join(DISPATCH_MODELS)}")
     run = PoolRun(workload, pool, host, SimAgent(rules_for(pool, policy, tick_s, adaptive_reads, guard is not None),
-                                              Pool(workload, pool, host), guard, pauses=pauses), horizon_s,
+                                              Pool(workload, pool, host), guard, pauses=pauses,
+                                              predictive=predictive), horizon_s,
                   read_times_s)
     return run.run(policy.name, initial_workers if initial_workers is not None else pool.min_workers, first_read_s)
 

@@ -28,6 +28,7 @@ from dqagent.agent.lifecycle import Agent
 from dqagent.core.demand import QueueDemand
 from dqagent.core.pause import Pause
 from dqagent.core.policies import StepPolicy
+from dqagent.core.prediction import ForecastReport, Mode
 from dqagent.core.snapshot import (
     Accumulator,
     Direction,
@@ -135,7 +136,8 @@ def test_frozen_counters_do_not_change_with_the_accumulator() -> None:
 # -- the collector over hand-built snapshots ----------------------------------------------------------
 
 def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> None:
-    got = samples(snapshot(default_pool(schedule_floor=3)))
+    got = samples(snapshot(default_pool(schedule_floor=3, forecast=ForecastReport(
+        Mode.SHADOW, True, "", 0.125, 0.25, 60.0, 4, 4, 1e9))))
     assert got[("dqagent_build_info", (("policy", "step"), ("version", "9.9")))] == 1
     assert got[("dqagent_pool_info", (("policy", "step"), ("pool", "default")))] == 1
     assert got[("dqagent_pool_priority", DEFAULT)] == 0
@@ -171,6 +173,12 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.005"),))] == 1
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "0.25"),))] == 2
     assert got[("dqagent_decision_duration_seconds_bucket", (("le", "+Inf"),))] == 2
+    # PREDICTIVE: the recent and the day's error, the floor, trusted (with the mode), the period found
+    assert {dict(k[1])["window"]: v for k, v in got.items() if k[0] == "dqagent_forecast_error_ratio"} == {
+        "recent": 0.125, "day": 0.25}
+    assert got[("dqagent_forecast_floor_workers", DEFAULT)] == 4
+    assert got[("dqagent_forecast_trusted", labelled(("mode", "shadow")))] == 1
+    assert got[("dqagent_forecast_period_seconds", DEFAULT)] == 60
     # Without HOST_MAX_PROCESSES: no host budget and no shares
     # Without HOST_MAX_PROCESSES nor a pause: no host budget, no shares, no pause's times; on Redis no consumers
     assert {k[0] for k in got} == METRIC_NAMES - {"dqagent_host_workers_limit", "dqagent_workers_share",
@@ -181,9 +189,14 @@ def test_every_figure_of_a_snapshot_is_exported_under_its_documented_name() -> N
     per_pool = {"dqagent_workers", "dqagent_workers_limit", "dqagent_queue_messages", "dqagent_pool_priority",
                 "dqagent_queue_oldest_message_age_seconds", "dqagent_scale_actions_total", "dqagent_pool_info",
                 "dqagent_schedule_workers", "dqagent_paused", "dqagent_broker_failure", "dqagent_workers_activity",
-                "dqagent_worker_hung_restarts_total"}
+                "dqagent_worker_hung_restarts_total",
+                "dqagent_forecast_error_ratio", "dqagent_forecast_floor_workers", "dqagent_forecast_trusted",
+                "dqagent_forecast_period_seconds"}
     for name, labels in got:
         assert (dict(labels).get("pool") == "default") == (name in per_pool), (name, labels)
+
+
+FORECAST_NAMES = {n for n in METRIC_NAMES if n.startswith("dqagent_forecast_")}
 
 
 def test_each_pool_is_exported_under_its_name_with_the_host_budget_and_its_share() -> None:
@@ -221,7 +234,7 @@ def test_each_pool_is_exported_under_its_name_with_the_host_budget_and_its_share
     # (direction, pool, reason): what happened, and each pool's own policy from the start (at 0)
     assert actions == {("up", "io", "target"): 1, ("down", "io", "target"): 0, ("down", "default", "host_budget"): 1,
                        ("up", "default", "step"): 0, ("down", "default", "step"): 0}
-    assert {k[0] for k in got} == METRIC_NAMES
+    assert {k[0] for k in got} == METRIC_NAMES - FORECAST_NAMES  # (no pool here has PREDICTIVE on)
 
 
 def test_a_pool_without_workers_or_queues_read_yet_has_only_its_settings() -> None:

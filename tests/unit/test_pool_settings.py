@@ -29,6 +29,11 @@ def test_a_pool_takes_its_own_keys_the_defaults_for_the_rest_and_the_hosts_share
     assert s.redis_port == 6380  # host-wide: from dqagent.env
 
 
+def test_predictive_is_a_pools_own_setting() -> None:
+    (default, io) = pools({"io": {"DRAMATIQ_QUEUE_NAME": "io", "PREDICTIVE": "Shadow"}}, {**HOST, "PREDICTIVE": "on"})
+    assert (default.settings.predictive, io.settings.predictive) == ("on", "shadow")  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(("files", "names"), [
     ({"IO": {"DRAMATIQ_QUEUE_NAME": "io"}}, ("IO.env: pool name", "rename the file")),
     ({"default": {"DRAMATIQ_QUEUE_NAME": "io"}}, ("default.env: pool name",)),
@@ -37,6 +42,7 @@ def test_a_pool_takes_its_own_keys_the_defaults_for_the_rest_and_the_hosts_share
     ({"io": {"DRAMATIQ_QUEUE_NAME": "io", "REDIS_HOST": "x"}}, ("io.env: REDIS_HOST", "host-wide")),
     ({"io": {"DRAMATIQ_QUEUE_NAME": "io", "MAX_PROCESSES": "0"}}, ("io.env: MAX_PROCESSES", "1..1000")),
     ({"io": {"MAX_PROCESSES": "3"}}, ("io.env: DRAMATIQ_QUEUE_NAME", "must name its queue")),
+    ({"io": {"DRAMATIQ_QUEUE_NAME": "io", "PREDICTIVE": "yes"}}, ("io.env: PREDICTIVE", "off, shadow, on")),
     ({"io": {"DRAMATIQ_QUEUE_NAME": "x,q"}}, ("io.env: DRAMATIQ_QUEUE_NAME", "already served by pool 'default'")),
     ({"a": {"DRAMATIQ_QUEUE_NAME": "x"}, "b": {"DRAMATIQ_QUEUE_NAME": "x"}}, ("b.env", "pool 'a'")),
 ])

@@ -74,3 +74,19 @@ def test_dev_pools_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:3] == ["HOST_MAX_PROCESSES", "priorities", "pool"] and len(lines) == 9
+
+
+def test_one_pool_with_predictive_on_is_the_single_pool_simulator_exactly() -> None:
+    """The host step passes each pool's forecast to its step (PoolInput.forecast): one code path with the
+    single-pool simulator, whose forecaster pre-warms (the result differs from PREDICTIVE=off)."""
+    from dqagent.core.prediction import Mode
+    from dqagent.sim.periodic import draw_periodic
+
+    case = draw_periodic(1, 0)  # regular bursts
+    workload = generate(case.trace, 1)
+    policy = target_policy(case.pool)
+    alone = simulate(workload, policy, case.pool, 5.0, adaptive_reads=True, predictive=Mode.ON)
+    host = simulate_host([PoolSpec("default", workload, policy, case.pool, predictive=Mode.ON)], None, 5.0,
+                         adaptive_reads=True)
+    assert host.pools == {"default": alone}
+    assert alone != simulate(workload, policy, case.pool, 5.0, adaptive_reads=True)
