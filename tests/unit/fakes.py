@@ -221,6 +221,16 @@ class FakeDemandProbe:
         self.closed = True
 
 
+class Clock:
+    """A clock the test moves: `now` seconds (monotonic or wall-clock, as the agent is given it)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class RecordingNotifier:
     """In-memory notifier for tests of the loop."""
 

@@ -18,20 +18,12 @@ from dqagent.core.policies import StepPolicy
 from dqagent.core.units import ActiveState, UnitState
 from dqagent.errors import BrokerError, SystemdTimeoutError
 from dqagent.settings.config import parse_settings
-from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.fakes import Clock, FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
 SETTINGS = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                            "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
 T = TypeVar("T")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def FakeProbe(ready: int = 0, delayed: int = 0) -> FakeDemandProbe:
@@ -43,7 +35,7 @@ def FakeProbe(ready: int = 0, delayed: int = 0) -> FakeDemandProbe:
 
 def make(units: FakeUnits, probe: FakeDemandProbe, clock: Clock | None = None, **kw: object) -> Agent:
     return Agent(SETTINGS, units, probe, RecordingNotifier(), StepPolicy.from_settings(SETTINGS),
-                 clock=clock or Clock(), **kw)  # type: ignore[arg-type]
+                 clock=clock or Clock(1000.0), **kw)  # type: ignore[arg-type]
 
 
 def run(scenario: Callable[[], Awaitable[T]]) -> T:
@@ -160,7 +152,7 @@ def test_redis_error_keeps_workers_and_logs_once(caplog: pytest.LogCaptureFixtur
 
 
 def test_a_crash_looping_start_backs_off_exponentially(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     units, probe = FakeUnits(running=[1], broken=[2, 3]), FakeProbe(ready=100)
     agent = make(units, probe, clock)
     caplog.set_level(logging.INFO)
@@ -206,7 +198,7 @@ def test_a_start_restarted_by_systemd_within_the_check_is_a_failed_start(caplog:
 
 
 def test_a_failed_unit_is_logged_once_and_restarted_after_the_backoff(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     units, probe = FakeUnits(running=[1, 2]), FakeProbe(ready=10)  # 2 x 2.5 <= 10 <= 2 x 5: hold 2
     units.fail(2, "start-limit-hit")
     agent = make(units, probe, clock)
@@ -289,7 +281,7 @@ def test_adoption_does_not_wait_for_stops() -> None:
     settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "2", "CHECK_INTERVAL": "1",
                                "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "600"})
     agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings),
-                  clock=Clock(), under_systemd=False)
+                  clock=Clock(1000.0), under_systemd=False)
 
     async def scenario() -> None:
         units.drain = asyncio.Event()  # @3 takes GRACEFUL_SHUTDOWN_TIMEOUT to drain
@@ -305,7 +297,7 @@ def test_adoption_does_not_wait_for_stops() -> None:
 
 
 def test_watchdog_pings_only_while_the_loop_makes_progress() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     agent = make(FakeUnits(), FakeProbe(), clock, watchdog_s=0.01)
 
     async def scenario() -> list[str]:
@@ -329,7 +321,7 @@ def test_delayed_messages_keep_one_consumer_when_min_is_zero() -> None:
     settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "0", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                                "PROCESS_STARTUP_DELAY": "0"})
     units, probe = FakeUnits(running=[1]), FakeProbe(delayed=3)
-    agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings), clock=Clock())
+    agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings), clock=Clock(1000.0))
 
     async def scenario() -> None:
         await agent.tick()
@@ -358,7 +350,7 @@ def test_refused_requests_are_logged_as_failures_not_successes(caplog: pytest.Lo
 
 
 def test_refused_reset_counts_as_a_failed_start_and_backs_off(caplog: pytest.LogCaptureFixture) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     units, probe = FakeUnits(running=[1]), FakeProbe(ready=100)
     units.fail(2, "exit-code")
     units.refuse = "org.freedesktop.DBus.Error.AccessDenied"
@@ -408,9 +400,9 @@ def test_a_unit_crash_looping_under_restart_is_not_logged_as_recovered_each_cycl
     settings = parse_settings({"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
                                "PROCESS_STARTUP_DELAY": "5"})
     units, probe = FakeUnits(running=[1, 2]), FakeProbe(ready=7)  # 2 x 2.5 <= 7 <= 2 x 5: hold 2
-    wall = Clock()
+    wall = Clock(1000.0)
     agent = Agent(settings, units, probe, RecordingNotifier(), StepPolicy.from_settings(settings),
-                  clock=Clock(), wallclock=wall)
+                  clock=Clock(1000.0), wallclock=wall)
     caplog.set_level(logging.INFO)
 
     async def scenario() -> None:
@@ -441,7 +433,7 @@ def test_target_reads_every_second_at_zero_and_asks_for_a_worker_on_the_first_re
                         "DEMAND_POLL_INTERVAL": "5", "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1"})
     units, probe = FakeUnits(running=[]), FakeProbe(ready=0)
     agent = Agent(s, units, probe, RecordingNotifier(), TargetPolicy.from_settings(s, worker_shape("x", 1)),
-                  clock=Clock())
+                  clock=Clock(1000.0))
 
     async def scenario() -> None:
         assert await agent.tick() == 1.0

@@ -22,21 +22,13 @@ from dqagent.errors import BrokerError, ConfigError
 from dqagent.settings.config import Settings, parse_settings
 from dqagent.settings.workercmd import worker_shape
 from dqagent.sim.fleetstore import MemoryFleetStore
-from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.fakes import Clock, FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
 BASE = {"MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1", "PROCESS_STARTUP_DELAY": "0",
         "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "SCALING_POLICY": "target", "TARGET_PER_WORKER": "10",
         "DRAMATIQ_COMMAND": "/bin/sleep infinity", "REDIS_TIMEOUT": "1", "FLEET": "f",
         "GUARD": "off"}  # the guard would read this host's real pressure (tests/unit/test_guard.py covers it)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def settings(host: str, **kw: str) -> Settings:
@@ -99,7 +91,7 @@ def test_the_record_ttl_is_a_few_polls() -> None:
 
 def test_three_agents_run_the_fleets_total_not_three_times_it(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
-        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(1000.0), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         caplog.set_level(logging.INFO)
         await burst(agents, store, probe, clock)  # 60 outstanding at 10 per worker: 6 workers
@@ -120,7 +112,7 @@ def test_three_agents_run_the_fleets_total_not_three_times_it(caplog: pytest.Log
 
 def test_independent_agents_would_run_three_times_as_many() -> None:
     async def scenario() -> None:
-        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(1000.0), FakeDemandProbe()
         agents = [agent(h, store, probe, clock, FLEET="") for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 3)
@@ -131,7 +123,7 @@ def test_independent_agents_would_run_three_times_as_many() -> None:
 
 def test_a_dead_host_drops_out_at_its_ttl_and_the_others_take_its_share() -> None:
     async def scenario() -> None:
-        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(1000.0), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 3)
@@ -146,7 +138,7 @@ def test_a_dead_host_drops_out_at_its_ttl_and_the_others_take_its_share() -> Non
 
 def test_a_partitioned_host_keeps_its_workers_and_never_scales_up() -> None:
     async def scenario() -> None:
-        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(1000.0), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 3)
@@ -167,7 +159,7 @@ def test_a_partitioned_host_keeps_its_workers_and_never_scales_up() -> None:
 
 def test_stopping_an_agent_removes_its_record_at_once() -> None:
     async def scenario() -> None:
-        store, clock, probe = MemoryFleetStore(), Clock(), FakeDemandProbe()
+        store, clock, probe = MemoryFleetStore(), Clock(1000.0), FakeDemandProbe()
         agents = [agent(h, store, probe, clock) for h in ("a", "b", "c")]
         await burst(agents, store, probe, clock)
         await rounds(agents, store, clock, 2)
@@ -189,7 +181,7 @@ def test_without_a_host_id_the_agent_holds_its_workers(tmp_path: Path) -> None:
         s = settings("")
         policy = TargetPolicy.from_settings(s, worker_shape(s.dramatiq_command, 1))
         store = MemoryFleetStore()
-        a = Agent(s, FakeUnits(running=[1, 2]), probe, RecordingNotifier(), policy, clock=Clock(),
+        a = Agent(s, FakeUnits(running=[1, 2]), probe, RecordingNotifier(), policy, clock=Clock(1000.0),
                   fleet=FleetCoordinator(lambda _s: store, machine_id=tmp_path / "missing"))
         assert await a.tick() > 0
         await a.jobs.wait()
@@ -212,7 +204,7 @@ def test_a_start_check_that_fails_during_the_fleet_read_holds_this_checks_starts
         await a.tick()
         await a.jobs.wait()
 
-    store, clock, probe = FailingMeanwhile(), Clock(), FakeDemandProbe()
+    store, clock, probe = FailingMeanwhile(), Clock(1000.0), FakeDemandProbe()
     a = agent("a", store, probe, clock)
     asyncio.run(scenario())
     assert pool(a) == 1  # held: no start in this check

@@ -19,21 +19,13 @@ from dqagent.core.policies import StepPolicy
 from dqagent.settings.config import parse_settings
 from dqagent.settings.pools import Pool, parse_pools
 from dqagent.settings.sources import Loaded
-from tests.unit.fakes import FakeDemandProbe, FakeUnits, RecordingNotifier
+from tests.unit.fakes import Clock, FakeDemandProbe, FakeUnits, RecordingNotifier
 from tests.unit.logged import events
 
 HOST = {"GUARD": "off", "MIN_PROCESSES": "1", "MAX_PROCESSES": "5", "CHECK_INTERVAL": "1",
         "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "DRAMATIQ_QUEUE_NAME": "q"}
 IO = {"DRAMATIQ_QUEUE_NAME": "io", "MIN_PROCESSES": "1", "MAX_PROCESSES": "4", "CHECK_INTERVAL": "1",
       "PROCESS_STARTUP_DELAY": "0", "GRACEFUL_SHUTDOWN_TIMEOUT": "1", "DRAMATIQ_COMMAND": "/bin/sleep infinity"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def pools_of(host: dict[str, str], **files: dict[str, str]) -> tuple[Pool, ...]:
@@ -67,7 +59,7 @@ def test_a_burst_on_one_pools_queue_scales_only_that_pool(caplog: pytest.LogCapt
     probe = FakeDemandProbe()
     probe.set_queue("q", ready=0)
     probe.set_queue("io", ready=40)  # > 1 x 5: the io pool grows
-    clock = Clock()
+    clock = Clock(1000.0)
     agent = make(units, probe, pools_of(HOST, io=IO), clock)
     io_pid = units.units[1].pid
 
@@ -98,7 +90,7 @@ def test_the_host_budget_goes_to_the_higher_priority_pool_and_back(caplog: pytes
     probe = FakeDemandProbe()
     probe.set_queue("q", ready=100)
     probe.set_queue("io", ready=0)
-    clock = Clock()
+    clock = Clock(1000.0)
     agent = make(units, probe, pools_of(host, io=io), clock)
 
     def counts() -> tuple[int, int]:
@@ -145,7 +137,7 @@ def test_a_pool_not_due_is_not_decided_but_keeps_its_room() -> None:
     probe = FakeDemandProbe()
     probe.set_queue("q", ready=0)
     probe.set_queue("io", ready=40)
-    clock = Clock()
+    clock = Clock(1000.0)
     agent = make(units, probe, pools_of(HOST, io=io), clock)
 
     async def scenario() -> float:
@@ -168,7 +160,7 @@ def test_a_reload_adds_changes_and_removes_pools(caplog: pytest.LogCaptureFixtur
     probe = FakeDemandProbe()
     probe.set_queue("q", ready=0)
     probe.set_queue("io", ready=0)
-    clock = Clock()
+    clock = Clock(1000.0)
 
     def read() -> Loaded:
         pools = pools_of(host, **files)
@@ -208,7 +200,7 @@ def test_a_bad_pool_file_on_reload_changes_nothing(caplog: pytest.LogCaptureFixt
     files: dict[str, dict[str, str]] = {"io": dict(IO)}
     units = FakeUnits(running=[1, ("io", 1)])
     probe = FakeDemandProbe()
-    clock = Clock()
+    clock = Clock(1000.0)
 
     def read() -> Loaded:
         pools = pools_of(HOST, **files)
@@ -228,7 +220,7 @@ def test_units_of_an_undeclared_pool_are_left_alone_and_named_once(caplog: pytes
     units = FakeUnits(running=[1, ("old", 1)])
     probe = FakeDemandProbe()
     probe.set_queue("q", ready=0)
-    agent = make(units, probe, pools_of(HOST), Clock())
+    agent = make(units, probe, pools_of(HOST), Clock(1000.0))
 
     async def scenario() -> None:
         await agent.tick()
@@ -262,7 +254,7 @@ def test_in_fleet_mode_each_pool_shares_its_own_global_target() -> None:
     probe = FakeDemandProbe()
     probe.set_queue("q", ready=0)
     probe.set_queue("io", ready=0)
-    clock = Clock()
+    clock = Clock(1000.0)
     hosts = []
     for host in ("a", "b"):
         h = {**HOST, "FLEET": "f", "FLEET_HOST_ID": host, "MAX_PROCESSES": "4"}
@@ -301,7 +293,7 @@ def test_a_pool_whose_dropins_are_not_installed_is_named(caplog: pytest.LogCaptu
     installed.parent.mkdir(parents=True)
     installed.write_text("[Service]\n")
     batch = {**IO, "DRAMATIQ_QUEUE_NAME": "batch"}
-    make(FakeUnits(), FakeDemandProbe(), pools_of(HOST, io=IO, batch=batch), Clock())
+    make(FakeUnits(), FakeDemandProbe(), pools_of(HOST, io=IO, batch=batch), Clock(1000.0))
     assert [e.DQAGENT_POOL for e in events(caplog, "pool_not_installed")] == ["batch"]  # type: ignore[attr-defined]
 
 
@@ -314,7 +306,7 @@ def test_a_pool_files_install_only_change_on_reload_is_named(caplog: pytest.LogC
         pools = pools_of(HOST, **files)
         return Loaded(pools[0].settings, tmp_path / "dqagent.env", "", pools=pools)
 
-    agent = make(FakeUnits(running=[1, ("io", 1)]), probe, read().pools, Clock(),
+    agent = make(FakeUnits(running=[1, ("io", 1)]), probe, read().pools, Clock(1000.0),
                  reloader=Reloader(read, lambda s, pools=(): probe, None))  # type: ignore[arg-type, return-value]
     files["io"] = {**IO, "WORKER_MEMORY_MAX": "1G", "GRACEFUL_SHUTDOWN_TIMEOUT": "30"}
     asyncio.run(agent.apply_reload())

@@ -27,7 +27,7 @@ from dqagent.sim.host import HostModel
 from dqagent.sim.model import PoolConfig, Result, simulate
 from dqagent.sim.traces import Trace, Workload
 from dqagent.systemd.client import worker_instance
-from tests.unit.fakes import FakeDemandProbe, FakeUnit, FakeUnits, RecordingNotifier
+from tests.unit.fakes import Clock, FakeDemandProbe, FakeUnit, FakeUnits, RecordingNotifier
 
 RAW = {
     "SCALING_POLICY": "target", "MIN_PROCESSES": "1", "MAX_PROCESSES": "6", "DEMAND_POLL_INTERVAL": "2",
@@ -74,13 +74,6 @@ def simulated(monkeypatch: pytest.MonkeyPatch, pool: PoolConfig = POOL, policy: 
                       first_read_s=0.5)
     monkeypatch.undo()
     return result, reads
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_agent_decides_and_acts_as_the_simulator_on_every_read_it_made(monkeypatch: pytest.MonkeyPatch) -> None:

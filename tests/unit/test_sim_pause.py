@@ -21,7 +21,7 @@ from dqagent.sim.agenttick import EPOCH_S
 from dqagent.sim.model import PoolConfig, Result, simulate
 from dqagent.sim.traces import Trace, Workload
 from dqagent.systemd.client import worker_instance
-from tests.unit.fakes import FakeDemandProbe, FakeUnit, FakeUnits, RecordingNotifier
+from tests.unit.fakes import Clock, FakeDemandProbe, FakeUnit, FakeUnits, RecordingNotifier
 
 SETTINGS = parse_settings({
     "SCALING_POLICY": "target", "MIN_PROCESSES": "1", "MAX_PROCESSES": "6", "DEMAND_POLL_INTERVAL": "2",
@@ -59,13 +59,6 @@ def simulated(monkeypatch: pytest.MonkeyPatch) -> tuple[Result, list[Read]]:
     result = simulate(workload, POLICY, POOL, 2.0, adaptive_reads=True, first_read_s=0.5, pauses=PAUSES)
     monkeypatch.undo()
     return result, reads
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_pause_window_and_maintenance_decide_alike_in_the_agent_and_the_simulator(

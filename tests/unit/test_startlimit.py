@@ -23,7 +23,7 @@ from dqagent.sim import model as sim_model
 from dqagent.sim.model import PoolConfig, Result, simulate
 from dqagent.sim.traces import Trace, Workload
 from dqagent.systemd.client import worker_instance
-from tests.unit.fakes import FakeDemandProbe, FakeUnit, FakeUnits, RecordingNotifier
+from tests.unit.fakes import Clock, FakeDemandProbe, FakeUnit, FakeUnits, RecordingNotifier
 from tests.unit.test_reconciler import unit
 
 
@@ -113,13 +113,6 @@ def test_the_simulators_start_limit_is_hit_without_the_rule(monkeypatch: pytest.
     monkeypatch.setattr("dqagent.core.step.startlimit.worn", lambda *a, **kw: frozenset())
     sim = simulated(monkeypatch)[2]
     assert sim.start_limit_hits  # the same numbers started once a second: systemd refuses the 6th in 60 s
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_agent_decides_and_acts_as_the_simulator_through_an_outage_and_flipping_demand(
