@@ -59,11 +59,18 @@ def public_document(snap: Snapshot, settings: Settings, pools: Sequence[Pool]) -
 def page_source(latest: Callable[[], Snapshot | None], settings: Callable[[], Settings],
                 pools: Callable[[], Sequence[Pool]]) -> Callable[[], PageData | None]:
     """What the status page reads on each request: the public document, each pool's history and the last
-    decisions, all from one snapshot (None before the first check)."""
+    decisions, all from one snapshot (None before the first check). Built once per snapshot (and settings,
+    pools): the same `PageData` object until one of them is replaced, so `pageapp` renders it once."""
+    made: list[tuple[tuple[object, object, object], PageData]] = []  # the last one made, and from what
+
     def read() -> PageData | None:
-        snap = latest()
+        snap, s, ps = latest(), settings(), pools()
         if snap is None:
             return None
-        return PageData(public_document(snap, settings(), pools()), {p.name: p.history for p in snap.pools},
-                        snap.decisions, snap.taken_at_s)
+        if made and made[0][0][0] is snap and made[0][0][1:] == (s, ps):
+            return made[0][1]  # the same snapshot (replaced whole, never changed) and settings: the same page
+        data = PageData(public_document(snap, s, ps), {p.name: p.history for p in snap.pools}, snap.decisions,
+                        snap.taken_at_s)
+        made[:] = [((snap, s, ps), data)]
+        return data
     return read

@@ -30,9 +30,28 @@ def _asset(path: str) -> bytes:
     return resources.files("dqagent.report").joinpath("assets", path.lstrip("/")).read_bytes()
 
 
+def _json(data: PageData | None) -> str:
+    return json.dumps(data.document if data is not None else None, indent=2)
+
+
 def page_app(metrics: WsgiApp, source: Callable[[], PageData | None]) -> WsgiApp:
     """`metrics` on /metrics, the status page from `source()` (read per request) on the other paths."""
     assets = {path: (_asset(path), kind) for path, kind in ASSETS.items()}  # read once, at start
+    renders = {"/": full_page, "/index.html": full_page, "/fragment.html": fragment, "/status.json": _json}
+    rendered: dict[str, bytes] = {}
+    rendered_from: list[PageData | None] = []
+
+    def render(path: str) -> bytes:
+        """`path`'s body for the current data: rendered once per `PageData` object (one per snapshot), so
+        that a crowd of browsers costs this thread a dictionary read each, not a page build holding the GIL
+        the agent's loop needs. Only this server's one thread calls it: no lock."""
+        data = source()
+        if not rendered_from or rendered_from[0] is not data:
+            rendered.clear()
+            rendered_from[:] = [data]
+        if path not in rendered:
+            rendered[path] = renders[path](data).encode()
+        return rendered[path]
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
@@ -43,14 +62,9 @@ def page_app(metrics: WsgiApp, source: Callable[[], PageData | None]) -> WsgiApp
             return metrics(environ, start_response)
         if path in assets:
             body, kind = assets[path]
-        elif path in ("/", "/index.html"):
-            body, kind = full_page(source()).encode(), "text/html; charset=utf-8"
-        elif path == "/fragment.html":
-            body, kind = fragment(source()).encode(), "text/html; charset=utf-8"
-        elif path == "/status.json":
-            data = source()
-            body = json.dumps(data.document if data is not None else None, indent=2).encode()
-            kind = "application/json"
+        elif path in renders:
+            body = render(path)
+            kind = "application/json" if path == "/status.json" else "text/html; charset=utf-8"
         else:
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"), *HEADERS])
             return [b"" if method == "HEAD" else b"not found: the status page is /, the metrics /metrics\n"]

@@ -12,6 +12,7 @@ from dataclasses import replace
 from html.parser import HTMLParser
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from dqagent.core.pause import Pause
 from dqagent.core.snapshot import Counters, PoolFigures, Snapshot, WorkerCounts
 from dqagent.core.units import ActiveState, UnitState
 from dqagent.core.untrusted import RecordKind, Rejection
+from dqagent.report import pageapp
 from dqagent.report.page import fragment, full_page
 from dqagent.report.pageapp import CSP, page_app
 from dqagent.report.statusdoc import PoolView, StatusView, document
@@ -190,3 +192,23 @@ def test_a_young_agents_chart_spans_its_points_and_an_old_one_the_hour() -> None
     assert "-5 min" in young and "-60 min" not in young
     old = chart_svg(DEFAULT_POOL, [Point(NOW - 7200 + i * 5, 1, 0, 1) for i in range(1440)], NOW)
     assert "-60 min" in old and 'data-points="1440"' in old
+
+
+def test_a_page_is_built_once_per_snapshot_however_many_ask(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given: the page's renderers counted, and a snapshot the loop has not replaced yet
+    built: list[str] = []
+    real_full, real_fragment = pageapp.full_page, pageapp.fragment
+    monkeypatch.setattr(pageapp, "full_page", lambda d: built.append("page") or real_full(d))
+    monkeypatch.setattr(pageapp, "fragment", lambda d: built.append("fragment") or real_fragment(d))
+    current = [snapshot()]
+    pools = lambda: (Pool(DEFAULT_POOL, SETTINGS),)  # noqa: E731 (a new tuple each time, as the agent's)
+    app = page_app(metrics_app, page_source(lambda: current[0], lambda: SETTINGS, pools))
+    # When: a crowd loads the page, its fragment and /status.json from that one snapshot
+    first = [call(app, "GET", path)[2] for path in ("/", "/fragment.html", "/status.json")]
+    for _ in range(50):
+        assert [call(app, "GET", path)[2] for path in ("/", "/fragment.html", "/status.json")] == first
+    # Then: each was built once; a new snapshot builds them again
+    assert built == ["page", "fragment"]
+    current[0] = snapshot(redis_up=False)
+    call(app, "GET", "/")
+    assert built == ["page", "fragment", "page"]
