@@ -1,7 +1,10 @@
 """`systemctl reload dqagent` and the settings file, in a real systemd 252 with a real Redis.
 
 One container and one Redis for the module: each test starts by writing a known settings file and
-reloading it (asserting that this works), and leaves the agent running.
+reloading it (asserting that this works), and leaves the agent running. Workers are counted, not named
+@1..@N: the tests scale the same numbers up within a minute, and a number started 3 times in 60 s is
+skipped for a fresh one (@5 ...: systemd's start limit, docs/operations.md); a start this bench's cgroup v1
+fails now and then counts too. Stops take the highest numbers first, so @1 is the one left at MIN 1.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def settle(c: Container, redis: RedisServer, backlog: int, workers: int, **overr
     """Reload `overrides`, set the backlog, wait for `workers` running; returns the agent's MainPID."""
     configure(c, redis, **overrides)
     set_backlog(redis, backlog)
-    wait_until(f"{workers} workers", lambda: running_workers(c) == worker_names(workers), timeout=60)
+    wait_until(f"{workers} workers", lambda: len(running_workers(c)) == workers, timeout=60)
     # ... and settled for the agent too: its start checks done (a unit it is still starting is not a
     # stop candidate, so a reload right after would stop other, settled numbers)
     wait_until("the agent counts them running", lambda: c.unit_property("dqagent.service", "StatusText")
@@ -91,7 +94,8 @@ def test_status_reads_the_service_file_from_the_old_managers_directory(agent: Co
 def test_reload_below_the_running_count_scales_down_same_pid(agent: Container, redis: RedisServer) -> None:
     c = agent
     pid = settle(c, redis, 100, 4, MIN_PROCESSES=1, MAX_PROCESSES=4)
-    kept = main_pids(c, worker_names(2))
+    lowest = running_workers(c)[:2]
+    kept = main_pids(c, lowest)
 
     # When MAX_PROCESSES goes below the running count and the agent is reloaded
     c.write(ENV, settings_text(redis, MIN_PROCESSES=1, MAX_PROCESSES=2))
@@ -99,9 +103,9 @@ def test_reload_below_the_running_count_scales_down_same_pid(agent: Container, r
     assert result.returncode == 0
 
     # Then it scales down to the new MAX from the highest numbers, in the same process
-    wait_until("2 workers", lambda: running_workers(c) == worker_names(2), timeout=30)
+    wait_until("2 workers", lambda: running_workers(c) == lowest, timeout=30)
     assert c.unit_property("dqagent.service", "MainPID") == pid
-    assert main_pids(c, worker_names(2)) == kept  # the workers that stay are the same processes
+    assert main_pids(c, lowest) == kept  # the workers that stay are the same processes
     last = reload_events(c, "reloaded")[-1]
     assert last["CHANGED"] == "MAX_PROCESSES" and "MAX_PROCESSES 4 -> 2" in last["MESSAGE"]
     assert last["SETTINGS_FILE"] == ENV
@@ -142,12 +146,13 @@ def test_bad_value_fails_the_reload_and_changes_nothing(agent: Container, redis:
     wait_until("status after the reload", lambda: "next check in 1s" in c.unit_property(
         "dqagent.service", "StatusText"))
     set_backlog(redis, 100)
-    wait_until("2 workers", lambda: running_workers(c) == worker_names(2), timeout=30)
+    wait_until("2 workers", lambda: len(running_workers(c)) == 2, timeout=30)
+    two = running_workers(c)
     decisions = len(journal(c, "dqagent", "DQAGENT_EVENT=decision"))
     wait_until("three more checks", lambda: len(journal(c, "dqagent", "DQAGENT_EVENT=decision")) >= decisions + 3,
                timeout=30)
     # (workers read only DRAMATIQ_COMMAND and WORKER_DIRECTORY: the bad MAX_PROCESSES does not fail them)
-    assert running_workers(c) == worker_names(2), c.run(["journalctl", "--no-pager", "-n", "60"]).stdout
+    assert running_workers(c) == two and len(two) == 2, c.run(["journalctl", "--no-pager", "-n", "60"]).stdout
     assert "next check in 1s" in c.unit_property("dqagent.service", "StatusText")
     set_backlog(redis, 0)
 
@@ -176,7 +181,7 @@ def test_reload_during_a_scale_up_completes_both(agent: Container, redis: RedisS
     assert ts(scale_up) < asked < ts(reloaded)
     wait_until("the start under way at the reload completed",
                lambda: any(ts(r) > ts(scale_up) for r in reload_events(c, "worker_started")), timeout=30)
-    wait_until("4 workers (the new MAX)", lambda: running_workers(c) == worker_names(4), timeout=60)
+    wait_until("4 workers (the new MAX)", lambda: len(running_workers(c)) == 4, timeout=60)
     assert c.unit_property("dqagent.service", "MainPID") == pid
     set_backlog(redis, 0)
 
