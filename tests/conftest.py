@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -94,8 +95,9 @@ HEAVY = frozenset({"test_reliability.py", "test_systemd_scale.py"})
 #: summary info"). The bench's systemd runs in nspawn on this machine's cgroup v1 kernel, which now
 #: and then refuses a cgroup operation ("Failed to kill control group ... Input/output error", a unit's
 #: process ending with 219/CGROUP: about one in a few hundred starts, more under parallel load): not
-#: dqagent's behaviour. A test that fails twice fails the run. Unit tests never rerun.
-INTEGRATION_RERUNS = 1
+#: dqagent's behaviour. A test that fails twice fails the run. Unit tests never rerun. The marker wins over
+#: pytest's own `--reruns`, so to see every first failure (hunting a flaky test) set DQAGENT_TEST_RERUNS=0.
+INTEGRATION_RERUNS = int(os.environ.get("DQAGENT_TEST_RERUNS", "1"))
 
 
 #: The longest groups first (minutes each, measured): xdist hands groups out in collection order, so a long one
