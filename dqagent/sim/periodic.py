@@ -13,6 +13,8 @@ Each case runs `target` (reactive), `target` with PREDICTIVE=on (the same policy
 top), and keda-hpa, on the same workload. The goals (issue text): on periodic families the forecaster's p95 wait
 at most half of `target`'s, its flaps at most keda-hpa's, its worker-seconds at most `target`'s + 10 %; on the
 drawn (non-periodic) families no worse than `target` by more than 2 % on p95, flaps and worker-seconds.
+`--oracle` adds, on the periodic cases, the same floor fed a perfect forecast, MAX warm, a cost bound and whose
+fault each miss is (`dqagent.sim.verdict`).
 """
 
 from __future__ import annotations

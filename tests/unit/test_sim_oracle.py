@@ -138,6 +138,10 @@ def test_each_miss_is_the_goals_the_policy_or_the_forecaster() -> None:
     assert blame(row(9.0, 7.0, 2.0, 500.0))["p95"] == "policy"
     assert blame(row(9.0, 7.0, 6.0, 2000.0)) == {"p95": "goals", "flaps": "goals"}
     assert category(row(9.0, 7.0, 6.0, 2000.0)) == "unattainable"
+    # p95 the policy's, but the bound rules out the three goals together: unattainable.
+    assert blame(row(9.0, 7.0, 2.0, 1200.0)) == {"p95": "policy", "flaps": "goals"}
+    assert category(row(9.0, 7.0, 2.0, 1200.0)) == "unattainable"
+    assert category(row(9.0, 4.0, 2.0, 1090.0)) == "policy"
 
 
 def test_the_periodic_table_prints_the_oracle_verdicts(capsys: pytest.CaptureFixture[str]) -> None:
