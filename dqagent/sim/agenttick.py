@@ -49,6 +49,7 @@ from dqagent.systemd.client import ActiveState, UnitState, worker_unit
 from dqagent.systemd.jobtable import START_SAMPLES
 
 if TYPE_CHECKING:
+    from dqagent.core.forecast import Forecaster
     from dqagent.sim.poolconfig import PoolConfig
 
 #: Simulated time 0 on the wall clock (seconds): a `Pause`'s since/until are this plus simulated seconds.
@@ -71,7 +72,8 @@ class SimAgent:
     the start batches not judged yet, and the failed units not reset yet."""
 
     def __init__(self, rules: Rules, pool: Pool, limits: Limits | None, name: str = DEFAULT_POOL,
-                 pauses: Sequence[Pause] = (), predictive: Mode = Mode.OFF) -> None:
+                 pauses: Sequence[Pause] = (), predictive: Mode = Mode.OFF,
+                 forecaster: Forecaster | None = None) -> None:
         self.rules = rules
         self.pool = pool
         #: The pool's name (its units' names: `dramatiq-worker@<name>-N`, the default pool's `@N`).
@@ -95,8 +97,9 @@ class SimAgent:
         self.systemd_starts: startlimit.Starts = {}
         #: Starts systemd refused with start-limit-hit: (time, number).
         self.start_limit_hits: list[tuple[float, int]] = []
-        #: PREDICTIVE: the forecaster the agent keeps (None: off), fed and asked at every check as the agent does.
-        self.predicting = Predicting(predictive) if predictive is not Mode.OFF else None
+        #: PREDICTIVE: the forecaster the agent keeps (None: off), fed and asked at every check as the agent does;
+        #: `forecaster` replaces the agent's own (`dqagent.sim.oracle`: the same floor fed a perfect forecast).
+        self.predicting = Predicting(predictive, forecaster) if predictive is not Mode.OFF else None
 
     def observe(self, now: float) -> Observed:
         """What a real agent would read now: the queue's counts and the units, with its own jobs and backoff."""

@@ -25,6 +25,7 @@ from dqagent.sim.poolconfig import DISPATCH_MODELS, POLL_EXACT, PoolConfig
 from dqagent.sim.traces import Workload
 
 if TYPE_CHECKING:
+    from dqagent.core.forecast import Forecaster
     from dqagent.core.guard import Limits
     from dqagent.core.pause import Pause
     from dqagent.core.step import Check, Observed
@@ -67,7 +68,7 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
              initial_workers: int | None = None, horizon_s: float | None = None,
              host: HostModel | None = None, guard: Limits | None = None, adaptive_reads: bool = False,
              first_read_s: float = 0.0, read_times_s: Sequence[float] = (), pauses: Sequence[Pause] = (),
-             predictive: Mode = Mode.OFF) -> Result:
+             predictive: Mode = Mode.OFF, forecaster: Forecaster | None = None) -> Result:
     """Run `workload` through a pool driven by `policy` under the agent's rules. Returns every message's wait
     and the cost.
 
@@ -79,13 +80,14 @@ def simulate(workload: Workload, policy: Policy, pool: PoolConfig, tick_s: float
     `read_times_s` (ascending): read exactly then instead (a real agent's measured reads, replayed), and at
     the intervals after the last one. `pauses`: operators' pauses or maintenance windows (`dqagent pause`), their
     times on the simulated wall clock (`dqagent.sim.agenttick.EPOCH_S` + simulated seconds). `predictive`:
-    PREDICTIVE's mode (the agent's forecaster, learning from this run only).
+    PREDICTIVE's mode (the agent's forecaster, learning from this run only); `forecaster`: another source for
+    the same floor (`dqagent.sim.oracle.Oracle`, the workload's true future), with `predictive` not off.
     """
     if pool.dispatch not in (*DISPATCH_MODELS, POLL_EXACT):
         raise ValueError(f"dispatch: unknown {pool.dispatch!r}, expected one of {', '.join(DISPATCH_MODELS)}")
     run = PoolRun(workload, pool, host, SimAgent(rules_for(pool, policy, tick_s, adaptive_reads, guard is not None),
                                               Pool(workload, pool, host), guard, pauses=pauses,
-                                              predictive=predictive), horizon_s,
+                                              predictive=predictive, forecaster=forecaster), horizon_s,
                   read_times_s)
     return run.run(policy.name, initial_workers if initial_workers is not None else pool.min_workers, first_read_s)
 

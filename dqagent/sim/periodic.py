@@ -13,6 +13,8 @@ Each case runs `target` (reactive), `target` with PREDICTIVE=on (the same policy
 top), and keda-hpa, on the same workload. The goals (issue text): on periodic families the forecaster's p95 wait
 at most half of `target`'s, its flaps at most keda-hpa's, its worker-seconds at most `target`'s + 10 %; on the
 drawn (non-periodic) families no worse than `target` by more than 2 % on p95, flaps and worker-seconds.
+`--oracle` adds, on the periodic cases, the same floor fed a perfect forecast, MAX warm, a cost bound and whose
+fault each miss is (`dqagent.sim.verdict`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 
 from dqagent.core.prediction import Mode
-from dqagent.sim.bench import Metrics, metrics, percentile, unit_target_policy
+from dqagent.sim.bench import metrics, percentile, unit_target_policy
+from dqagent.sim.bound import cost_bound
 from dqagent.sim.families import FAMILIES, draw_case
-from dqagent.sim.model import PoolConfig, simulate
+from dqagent.sim.model import PoolConfig, Result, simulate
+from dqagent.sim.oracle import Oracle
 from dqagent.sim.reference import KedaHpa
 from dqagent.sim.robust import pool_for
 from dqagent.sim.traces import Trace, generate
+from dqagent.sim.verdict import Oracular, Row, verdicts_markdown
 
 PERIODIC = ("bursts", "bursts_noisy", "daily", "rhythm_change")
 #: Batches a bursts trace holds at least (the forecaster learns from the first three: the rest shows its use).
@@ -112,30 +117,11 @@ def _daily(rng: random.Random, pool: PoolConfig, service: float) -> Trace:
     return Trace("daily", 4 * DAY_S, tuple(points), service_mean_s=service, description=f"peak {peak:.2f}/s")
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    label: str
-    periodic: bool
-    target: Metrics
-    predictive: Metrics
-    hpa: Metrics
-    #: p95 wait of the messages that arrived once the forecaster had learnt: target, predictive, hpa.
-    learnt_p95_s: tuple[float, float, float]
-
-    def met(self) -> dict[str, bool]:
-        t, p, k = self.target, self.predictive, self.hpa
-        if self.periodic:
-            lt, lp, _ = self.learnt_p95_s
-            return {"p95": lp <= 0.5 * lt or lp <= 1.0, "flaps": p.flaps <= k.flaps,
-                    "cost": p.worker_seconds <= 1.10 * t.worker_seconds}
-        return {"p95": p.p95_s <= 1.02 * t.p95_s or p.p95_s - t.p95_s <= 0.5, "flaps": p.flaps <= t.flaps,
-                "cost": p.worker_seconds <= 1.02 * t.worker_seconds}
-
-
 def run_three(label: str, periodic: bool, trace: Trace, pool: PoolConfig, seed: int, processes: int = 1,
-              learnt_s: float = 0.0) -> Row:
+              learnt_s: float = 0.0, oracle: bool = False) -> Row:
     """`target`, `target` with PREDICTIVE=on, and keda-hpa on one workload; the p95 waits of messages that
-    arrived after `learnt_s` (the forecaster's learning time) for the goals, the whole run's beside them."""
+    arrived after `learnt_s` (the forecaster's learning time) for the goals, the whole run's beside them.
+    `oracle`: also the runs and the bound of `Oracular`."""
     workload = generate(trace, seed)
     target = unit_target_policy(pool, processes, {})
     results = [simulate(workload, target, pool, 5.0, adaptive_reads=True, predictive=mode)
@@ -145,16 +131,29 @@ def run_three(label: str, periodic: bool, trace: Trace, pool: PoolConfig, seed: 
     late = [i for i, a in enumerate(workload.arrivals_s) if a >= learnt_s]
     t, p, k = (metrics(r, trace.name, name) for r, name in zip((*results, hpa), ("target", "predictive", "hpa"),
                                                                  strict=True))
-    lt, lp, lk = (percentile([r.waits_s[i] for i in late if i < len(r.waits_s)], 0.95) for r in (*results, hpa))
-    return Row(label, periodic, t, p, k, (lt, lp, lk))
+    lt, lp, lk = (_learnt(r, late) for r in (*results, hpa))
+    extra = None
+    if oracle:
+        best = simulate(workload, target, pool, 5.0, adaptive_reads=True, predictive=Mode.ON,
+                        forecaster=Oracle(workload))
+        warm = simulate(workload, target, replace(pool, min_workers=pool.max_workers), 5.0, adaptive_reads=True)
+        extra = Oracular(metrics(best, trace.name, "oracle"), _learnt(best, late), _learnt(warm, late),
+                         cost_bound(workload, pool, target.per_worker, k.flaps, results[0]))
+    return Row(label, periodic, t, p, k, (lt, lp, lk), extra)
 
 
-def rows(seeds: Sequence[int], k: int, drawn: int) -> list[Row]:
+def _learnt(r: Result, late: Sequence[int]) -> float:
+    return percentile([r.waits_s[i] for i in late if i < len(r.waits_s)], 0.95)
+
+
+def rows(seeds: Sequence[int], k: int, drawn: int, oracle: bool = False) -> list[Row]:
+    """The cases of `seeds`: `k` periodic and `drawn` drawn ones each (`oracle`: with `Oracular`, periodic only)."""
     out = []
     for seed in seeds:
         for i in range(k):
             case = draw_periodic(seed, i)
-            out.append(run_three(case.label(), True, case.trace, case.pool, seed, learnt_s=case.learnt_s()))
+            out.append(run_three(case.label(), True, case.trace, case.pool, seed, learnt_s=case.learnt_s(),
+                                 oracle=oracle))
         for i in range(drawn):
             c = draw_case(seed, i)
             out.append(run_three(c.label(), False, c.trace, pool_for(c, "poll"), seed, c.processes))
@@ -190,9 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--periodic", type=int, default=len(PERIODIC) * 2, help="periodic cases per seed")
     ap.add_argument("--drawn", type=int, default=len(FAMILIES), help="drawn (non-periodic) cases per seed")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also a perfect forecast, MAX warm and the cost bound on the periodic cases, and verdicts")
     args = ap.parse_args(argv)
     started = time.monotonic()
-    print(markdown(rows(args.seeds, args.periodic, args.drawn)))
+    found = rows(args.seeds, args.periodic, args.drawn, args.oracle)
+    print(markdown(found))
+    if args.oracle:
+        print("\n" + verdicts_markdown(found))
     print(f"\n({time.monotonic() - started:.0f}s; seeds {', '.join(map(str, args.seeds))})", file=sys.stderr)
     return 0
 
