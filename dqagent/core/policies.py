@@ -340,8 +340,14 @@ def read_interval_s(base_s: float, obs: Observation, target: int, previous_outst
     if obs.workers == 0 or target > obs.workers or obs.starting or rising:
         return fast
     if obs.outstanding == 0 and target == obs.workers:
-        return max(base_s, min(2 * base_s, slowest_s))
+        return idle_read_s(base_s, slowest_s)
     return base_s
+
+
+def idle_read_s(base_s: float, slowest_s: float = math.inf) -> float:
+    """The longest adaptive read interval, an idle pool's: 2 x `base_s`, at most `slowest_s`, never under
+    `base_s`."""
+    return max(base_s, min(2 * base_s, slowest_s))
 
 
 #: Policies offered to users, by SCALING_POLICY name.

@@ -12,7 +12,7 @@ from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 from dqagent.core.forecast import Forecaster, Kind, Outlook
-from dqagent.core.policies import FAST_READ_S
+from dqagent.core.policies import FAST_READ_S, idle_read_s
 from dqagent.core.prediction import Forecast, Mode
 
 if TYPE_CHECKING:
@@ -32,9 +32,10 @@ def lead_s(rules: Rules, observed: Observed) -> float:
 
 
 def watch_s(rules: Rules, lead: float) -> float:
-    """How far ahead forecast work switches to fast reads: the lead plus one ordinary read interval, so the read
-    that starts the pre-warm is never late."""
-    return lead + max(rules.read_every_s, FAST_READ_S)
+    """How far ahead forecast work switches to fast reads: the lead plus the longest interval between two reads
+    (an idle pool's, with adaptive reads), so the read that starts the pre-warm is never late."""
+    longest = idle_read_s(rules.read_every_s, rules.check_interval_s) if rules.adaptive_reads else rules.read_every_s
+    return lead + max(longest, FAST_READ_S)
 
 
 def hold_s(lead: float) -> float:

@@ -5,14 +5,18 @@ DST change, and the floor (dqagent.core.prediction): it never lowers the reactiv
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dqagent.core.forecast import RESOLUTION_S, Forecaster, Kind, local_slot
-from dqagent.core.policies import Decision
+from dqagent.core.policies import Decision, Observation, StepPolicy, read_interval_s
 from dqagent.core.prediction import Forecast, Mode, floor
+from dqagent.core.predictor import watch_s
+from dqagent.core.step import Rules
+from dqagent.settings.config import parse_settings
 
 T0 = 1_800_000_000.0  # a Friday, 2027-01-15 08:00 UTC
 
@@ -145,3 +149,23 @@ def test_the_floor_never_lowers_the_target_nor_leaves_its_bounds(
         assert decision.target == target  # shadow never acts
     if predicted.aside:
         assert decision.target == target and predicted.would is None
+
+
+SETTINGS = parse_settings({"DRAMATIQ_COMMAND": "/bin/sleep infinity", "SCALING_POLICY": "target"})
+RULES = Rules.from_settings(SETTINGS, StepPolicy.from_settings(SETTINGS))
+
+
+@given(base=st.floats(0.1, 60), slowest=st.floats(0.1, 300), lead=st.floats(0, 120), adaptive=st.booleans(),
+       ready=st.integers(0, 50), in_flight=st.integers(0, 50), workers=st.integers(0, 10),
+       target=st.integers(0, 10), previous=st.none() | st.integers(0, 100))
+@example(base=5.0, slowest=30.0, lead=10.0, adaptive=True, ready=0, in_flight=0, workers=1, target=1, previous=0)
+def test_the_watch_horizon_covers_the_longest_wait_for_a_read(
+        base: float, slowest: float, lead: float, adaptive: bool, ready: int, in_flight: int, workers: int,
+        target: int, previous: int | None) -> None:
+    """Forecast work within `watch_s` switches to fast reads; whatever the pool's state, the next read comes
+    before the lead begins, so the read that starts the pre-warm is never late (an idle pool is read every
+    2 x DEMAND_POLL_INTERVAL)."""
+    rules = replace(RULES, read_every_s=base, check_interval_s=slowest, adaptive_reads=adaptive)
+    obs = Observation(0.0, ready + in_flight, ready, in_flight, 0, workers)
+    wait = read_interval_s(base, obs, target, previous, slowest) if adaptive else base
+    assert watch_s(rules, lead) - lead >= wait - 1e-9
