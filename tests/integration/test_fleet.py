@@ -228,13 +228,18 @@ def test_with_fleet_empty_each_host_scales_alone_as_today(fleet: dict[str, Conta
 
 
 def test_a_killed_host_drops_out_at_its_ttl_and_the_other_two_run_the_whole_g(
-        fleet: dict[str, Container], redis: RedisServer) -> None:
+        fleet: dict[str, Container], redis: RedisServer, boot_container: Callable[[], Container]) -> None:
+    if "host-c" not in fleet:  # a rerun: the first try killed host-c, so boot a new one (else 2 + 2 + 2 never comes)
+        fleet["host-c"] = boot_container()
+        install(fleet["host-c"], redis, **fleet_settings(redis, "host-c"))
     formed(fleet, redis)
     c = fleet.pop("host-c")
     # Killing the container's init takes every process of the "host" with it: no shutdown, no leave
     killed_us = time.time() * 1e6
     os.kill(c.leader, signal.SIGKILL)
-    took, peak, _, _ = watch(fleet, f"{G} on the other two", lambda n: sum(n.values()) == G, TTL_S + 2 * POLL_S + 8)
+    # The agents' decision is timed tightly below, from their own journal; the units' starts are systemd's,
+    # which the suite's load can slow by seconds (9.8 s in all on a quiet machine)
+    took, peak, _, _ = watch(fleet, f"{G} on the other two", lambda n: sum(n.values()) == G, TTL_S + 2 * POLL_S + 20)
     decided_s = decided_after(fleet, killed_us)
     print(f"\nhost killed: the other two decided after {decided_s:.1f}s, run G={G} after {took:.1f}s "
           f"(TTL {TTL_S:g}s + polls)")
