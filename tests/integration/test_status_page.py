@@ -10,19 +10,20 @@ pause's reason, a heartbeat member in Redis), since queue names that are not Dra
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -75,6 +76,20 @@ def page(paged: Paged) -> Iterator[WebDriver]:
         yield driver
 
 
+def fresh(read: Callable[..., Any]) -> Callable[..., Any]:
+    """`read` again when the page swapped its live fragment (every 3 s, /page.js) between finding an element
+    and reading it (selenium's StaleElementReferenceException): a read sees one fragment, never a stale one."""
+    @functools.wraps(read)
+    def again(*args: Any, **kwargs: Any) -> Any:
+        for _ in range(5):
+            with contextlib.suppress(StaleElementReferenceException):
+                return read(*args, **kwargs)
+            time.sleep(0.05)
+        return read(*args, **kwargs)
+    return again
+
+
+@fresh
 def shown(driver: WebDriver, field: str, root: str = 'section[data-pool="default"]') -> str:
     return str(driver.find_element(By.CSS_SELECTOR, f'{root} [data-field="{field}"]').text)
 
@@ -84,6 +99,7 @@ def text_of(value: Any) -> str:
     return "—" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+@fresh
 def dom_figures(driver: WebDriver) -> dict[str, Any]:
     """The default pool's figures, queues and workers as the DOM shows them now."""
     pool = driver.find_element(By.CSS_SELECTOR, 'section[data-pool="default"]')
@@ -105,6 +121,7 @@ def json_figures(doc: dict[str, Any]) -> dict[str, Any]:
     return {"fields": {f: text_of(doc[f]) for f in FIELDS}, "queues": queues, "workers": workers}
 
 
+@fresh
 def points(driver: WebDriver) -> int:
     return int(driver.find_element(By.CSS_SELECTOR, 'section[data-pool="default"] svg.chart')
                .get_attribute("data-points") or 0)
@@ -164,6 +181,7 @@ def test_hostile_text_from_outside_is_shown_as_text_and_runs_nothing(paged: Page
         page.get(paged.url)
         page.execute_script("window.alerts = []; window.alert = (m) => window.alerts.push(m);")
 
+        @fresh
         def both_shown() -> bool:
             texts = [e.text for e in page.find_elements(By.CSS_SELECTOR, '[data-field="pause"], '
                                                                          '[data-field="broker_data_rejected"]')]
